@@ -1,0 +1,140 @@
+/*
+ * insitra: in-situ transformer training for MPI simulation codes.
+ *
+ * The one public C header. Every call returns an insitra_status; on failure
+ * insitra_last_error() holds a message with context (key, value, allowed
+ * range, rank). The library never exits, aborts or prints unless the
+ * configuration asks it to print progress.
+ *
+ * Collective calls (every rank of the trainer's communicator must make them,
+ * in the same order): insitra_trainer_create, insitra_trainer_free,
+ * insitra_train_step, insitra_predict, insitra_evaluate. A collective call
+ * that fails on one rank fails on every rank with the failing rank's message,
+ * so no rank is left waiting.
+ *
+ * Array layout: a sample is T tokens of F features, float32, row-major. A
+ * batch of n inputs is a C array x[n][T][F_in]; targets y[n][T][F_out]. From
+ * Fortran the same memory is x(F_in, T, n).
+ */
+#ifndef INSITRA_H
+#define INSITRA_H
+
+#include <mpi.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define INSITRA_VERSION_MAJOR 0
+#define INSITRA_VERSION_MINOR 1
+#define INSITRA_VERSION_PATCH 0
+
+typedef enum insitra_status {
+    INSITRA_STATUS_OK = 0,
+    INSITRA_STATUS_INVALID_ARGUMENT = 1, /* NULL handle, wrong size, NaN in data */
+    INSITRA_STATUS_CONFIG_ERROR = 2,     /* unknown key, value out of range */
+    INSITRA_STATUS_PARSE_ERROR = 3,      /* malformed YAML */
+    INSITRA_STATUS_IO_ERROR = 4,         /* a file could not be read or written */
+    INSITRA_STATUS_OUT_OF_MEMORY = 5,
+    INSITRA_STATUS_MPI_ERROR = 6,
+    INSITRA_STATUS_NOT_READY = 7,        /* e.g. training with an empty sample store */
+    INSITRA_STATUS_NUMERICAL_ERROR = 8,  /* the loss or a gradient became non-finite */
+    INSITRA_STATUS_REMOTE_ERROR = 9      /* another rank failed this collective call */
+} insitra_status;
+
+/* The message of the last failed call on this thread ("" if none). */
+const char *insitra_last_error(void);
+/* A constant name for a status code, e.g. "INSITRA_STATUS_CONFIG_ERROR". */
+const char *insitra_status_name(insitra_status status);
+/* The library version as "MAJOR.MINOR.PATCH". */
+const char *insitra_version(void);
+
+/* ------------------------------------------------------------------------ */
+/* Configuration: defaults, YAML, and overrides by dotted key.              */
+/* ------------------------------------------------------------------------ */
+
+typedef struct insitra_config insitra_config;
+
+/* A configuration holding the defaults listed in docs/config.md. */
+insitra_status insitra_config_create(insitra_config **cfg);
+insitra_status insitra_config_free(insitra_config *cfg);
+
+/* Applies every key of a YAML file (nested mappings, e.g. model: {d_model: 256}).
+ * On any error the configuration is left as it was. */
+insitra_status insitra_config_load_yaml(insitra_config *cfg, const char *path);
+/* The same from YAML text in memory. */
+insitra_status insitra_config_load_yaml_string(insitra_config *cfg, const char *yaml);
+
+/* Sets one key from its text form, e.g. ("model.d_model", "256"). The value is
+ * checked against the key's type and range; on error nothing changes. */
+insitra_status insitra_config_set(insitra_config *cfg, const char *key, const char *value);
+/* Writes the text form of a key's value into buf (NUL-terminated). */
+insitra_status insitra_config_get(const insitra_config *cfg, const char *key, char *buf,
+                                  size_t buf_size);
+/* Checks relations between keys (heads divide d_model, ...). trainer_create
+ * calls it too; calling it early gives the error before any MPI work. */
+insitra_status insitra_config_validate(const insitra_config *cfg);
+
+/* ------------------------------------------------------------------------ */
+/* Trainer                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef struct insitra_trainer insitra_trainer;
+
+typedef struct insitra_metrics {
+    int64_t step;             /* optimizer steps taken, counting this one */
+    int64_t tokens;           /* tokens in this step's global batch */
+    double loss;              /* mean squared error over the global batch */
+    double grad_norm;         /* global L2 norm of the gradient, before clipping */
+    double lr;                /* learning rate used by this step */
+    double tokens_per_second; /* tokens / step_seconds */
+    double step_seconds;      /* wall time of the step on this rank */
+} insitra_metrics;
+
+/* Collective over comm (which is duplicated; the caller keeps its own). The
+ * configuration is copied: later changes to cfg do not affect the trainer. */
+insitra_status insitra_trainer_create(insitra_trainer **trainer, const insitra_config *cfg,
+                                      MPI_Comm comm);
+/* The same for a Fortran communicator handle (MPI_Comm_f2c). */
+insitra_status insitra_trainer_create_fcomm(insitra_trainer **trainer, const insitra_config *cfg,
+                                            MPI_Fint comm);
+/* Collective. Frees everything the trainer holds; NULL is a no-op. */
+insitra_status insitra_trainer_free(insitra_trainer *trainer);
+
+/* The sample shape this trainer expects: T tokens, F_in input and F_out output features. */
+insitra_status insitra_trainer_sample_shape(const insitra_trainer *trainer, int64_t *seq_len,
+                                            int64_t *in_features, int64_t *out_features);
+/* Number of trainable parameters of the whole model. */
+insitra_status insitra_trainer_num_parameters(const insitra_trainer *trainer, int64_t *count);
+
+/* Local (not collective). Copies n samples into this rank's sample store, a
+ * ring buffer of data.capacity samples that evicts the oldest. x is
+ * [n][T][F_in], y is [n][T][F_out]. Samples holding NaN or Inf are rejected
+ * (the message names the first bad index) and the store keeps its contents. */
+insitra_status insitra_push_samples(insitra_trainer *trainer, int64_t n, const float *x,
+                                    const float *y);
+/* Samples currently held in this rank's store. */
+insitra_status insitra_samples_stored(const insitra_trainer *trainer, int64_t *count);
+
+/* Collective. One optimizer step: each rank draws training.batch_size samples
+ * from its own store (seeded sampler), forward and backward in micro-batches,
+ * gradients averaged over ranks, clipped, AdamW with warmup + cosine decay.
+ * metrics may be NULL. */
+insitra_status insitra_train_step(insitra_trainer *trainer, insitra_metrics *metrics);
+
+/* Collective (n may differ between ranks, and be 0). Model outputs for n
+ * inputs: x is [n][T][F_in], y_out is [n][T][F_out]. */
+insitra_status insitra_predict(insitra_trainer *trainer, int64_t n, const float *x, float *y_out);
+
+/* Collective. Mean squared error over all ranks' samples (n may differ
+ * between ranks, and be 0 on some); every rank receives the global value. */
+insitra_status insitra_evaluate(insitra_trainer *trainer, int64_t n, const float *x,
+                                const float *y, double *loss);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* INSITRA_H */

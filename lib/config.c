@@ -1,0 +1,246 @@
+#include "config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "error.h"
+
+typedef enum { KIND_INT, KIND_REAL, KIND_BOOL, KIND_STRING } value_kind;
+
+typedef struct {
+    const char *key;
+    value_kind kind;
+    size_t offset;
+    double min, max; /* inclusive range for numbers */
+    const char *default_value;
+} config_entry;
+
+#define FIELD(f) offsetof(insitra_config, f)
+#define INT_MAX_KEY 9.007199254740992e15 /* 2^53: every int64 below is exact in a double */
+
+/* Every key, its range and default. docs/config.md documents the same table. */
+static const config_entry entries[] = {
+    {"model.seq_len", KIND_INT, FIELD(model.seq_len), 1, 65536, "64"},
+    {"model.in_features", KIND_INT, FIELD(model.in_features), 1, 1048576, "16"},
+    {"model.out_features", KIND_INT, FIELD(model.out_features), 1, 1048576, "16"},
+    {"model.d_model", KIND_INT, FIELD(model.d_model), 1, 65536, "128"},
+    {"model.n_layers", KIND_INT, FIELD(model.n_layers), 1, 1024, "4"},
+    {"model.n_heads", KIND_INT, FIELD(model.n_heads), 1, 1024, "4"},
+    {"model.causal", KIND_BOOL, FIELD(model.causal), 0, 1, "false"},
+    {"model.init_std", KIND_REAL, FIELD(model.init_std), 0, 10, "0.02"},
+    {"training.batch_size", KIND_INT, FIELD(training.batch_size), 1, 1048576, "16"},
+    {"training.micro_batch_size", KIND_INT, FIELD(training.micro_batch_size), 0, 1048576, "0"},
+    {"training.seed", KIND_INT, FIELD(training.seed), 0, INT_MAX_KEY, "1234"},
+    {"training.grad_clip", KIND_REAL, FIELD(training.grad_clip), 0, 1e30, "1.0"},
+    {"optimizer.lr", KIND_REAL, FIELD(optimizer.lr), 0, 10, "1e-3"},
+    {"optimizer.min_lr", KIND_REAL, FIELD(optimizer.min_lr), 0, 10, "1e-5"},
+    {"optimizer.warmup_steps", KIND_INT, FIELD(optimizer.warmup_steps), 0, INT_MAX_KEY, "100"},
+    {"optimizer.decay_steps", KIND_INT, FIELD(optimizer.decay_steps), 1, INT_MAX_KEY, "10000"},
+    {"optimizer.beta1", KIND_REAL, FIELD(optimizer.beta1), 0, 0.999999, "0.9"},
+    {"optimizer.beta2", KIND_REAL, FIELD(optimizer.beta2), 0, 0.999999, "0.95"},
+    {"optimizer.eps", KIND_REAL, FIELD(optimizer.eps), 1e-30, 1, "1e-8"},
+    {"optimizer.weight_decay", KIND_REAL, FIELD(optimizer.weight_decay), 0, 1, "0.01"},
+    {"data.capacity", KIND_INT, FIELD(data.capacity), 1, INT_MAX_KEY, "1024"},
+    {"log.every_steps", KIND_INT, FIELD(log.every_steps), 0, INT_MAX_KEY, "0"},
+    {"log.jsonl", KIND_STRING, FIELD(log.jsonl), 0, 0, ""},
+};
+#define NUM_ENTRIES (sizeof entries / sizeof entries[0])
+
+static const config_entry *find_entry(const char *key)
+{
+    for (size_t i = 0; i < NUM_ENTRIES; i++)
+        if (strcmp(entries[i].key, key) == 0) return &entries[i];
+    return NULL;
+}
+
+/* "unknown config key 'model.dmodel'; keys under 'model.': model.seq_len, ..." */
+static insitra_status unknown_key_error(const char *key)
+{
+    char known[640] = "";
+    size_t section_len = strcspn(key, ".");
+    for (size_t i = 0; i < NUM_ENTRIES; i++) {
+        bool same_section = key[section_len] == '.' &&
+                            strncmp(entries[i].key, key, section_len + 1) == 0;
+        if (!same_section) continue;
+        size_t used = strlen(known);
+        snprintf(known + used, sizeof known - used, "%s%s", used ? ", " : "", entries[i].key);
+    }
+    if (known[0] != '\0')
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "unknown config key '%s' (keys in section '%.*s': %s)", key,
+                                 (int)section_len, key, known);
+    return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                             "unknown config key '%s' (sections: model, training, optimizer, "
+                             "data, log)",
+                             key);
+}
+
+static insitra_status parse_bool(const char *key, const char *s, bool *out)
+{
+    static const char *yes[] = {"true", "yes", "on", "1"};
+    static const char *no[] = {"false", "no", "off", "0"};
+    for (int i = 0; i < 4; i++) {
+        if (strcasecmp(s, yes[i]) == 0) { *out = true; return INSITRA_STATUS_OK; }
+        if (strcasecmp(s, no[i]) == 0) { *out = false; return INSITRA_STATUS_OK; }
+    }
+    return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                             "config key '%s': value '%s' is not a boolean (true/false)", key, s);
+}
+
+static insitra_status parse_number(const config_entry *e, const char *s, double *out)
+{
+    char *end = NULL;
+    errno = 0;
+    double v;
+    if (e->kind == KIND_INT) {
+        long long i = strtoll(s, &end, 10);
+        v = (double)i;
+    } else {
+        v = strtod(s, &end);
+    }
+    while (end && (*end == ' ' || *end == '\t')) end++;
+    if (s[0] == '\0' || end == s || *end != '\0' || errno == ERANGE || !isfinite(v))
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "config key '%s': value '%s' is not %s", e->key, s,
+                                 e->kind == KIND_INT ? "an integer" : "a finite number");
+    if (v < e->min || v > e->max)
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "config key '%s': value '%s' is out of range [%.15g, %.15g]",
+                                 e->key, s, e->min, e->max);
+    *out = v;
+    return INSITRA_STATUS_OK;
+}
+
+static insitra_status set_entry(insitra_config *cfg, const config_entry *e, const char *value)
+{
+    char *field = (char *)cfg + e->offset;
+    double v = 0;
+    switch (e->kind) {
+    case KIND_INT:
+        INSITRA_CHECK(parse_number(e, value, &v));
+        *(int64_t *)field = (int64_t)v;
+        break;
+    case KIND_REAL:
+        INSITRA_CHECK(parse_number(e, value, &v));
+        *(double *)field = v;
+        break;
+    case KIND_BOOL:
+        INSITRA_CHECK(parse_bool(e->key, value, (bool *)field));
+        break;
+    case KIND_STRING:
+        if (strlen(value) >= INSITRA_CONFIG_PATH_MAX)
+            return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                     "config key '%s': value is %zu characters, at most %d allowed",
+                                     e->key, strlen(value), INSITRA_CONFIG_PATH_MAX - 1);
+        strcpy(field, value);
+        break;
+    }
+    return INSITRA_STATUS_OK;
+}
+
+static void format_entry(const insitra_config *cfg, const config_entry *e, char *buf, size_t n)
+{
+    const char *field = (const char *)cfg + e->offset;
+    switch (e->kind) {
+    case KIND_INT: snprintf(buf, n, "%" PRId64, *(const int64_t *)field); break;
+    case KIND_REAL: snprintf(buf, n, "%.17g", *(const double *)field); break;
+    case KIND_BOOL: snprintf(buf, n, "%s", *(const bool *)field ? "true" : "false"); break;
+    case KIND_STRING: snprintf(buf, n, "%s", field); break;
+    }
+}
+
+insitra_status insitra_config_create(insitra_config **cfg)
+{
+    if (!cfg) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "config_create: cfg is NULL");
+    insitra_config *c = calloc(1, sizeof *c);
+    if (!c) return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "config_create: out of memory");
+    for (size_t i = 0; i < NUM_ENTRIES; i++) {
+        insitra_status s = set_entry(c, &entries[i], entries[i].default_value);
+        if (s != INSITRA_STATUS_OK) { free(c); return s; } /* a bad default is our bug */
+    }
+    *cfg = c;
+    return INSITRA_STATUS_OK;
+}
+
+insitra_status insitra_config_free(insitra_config *cfg)
+{
+    free(cfg);
+    return INSITRA_STATUS_OK;
+}
+
+insitra_status insitra_config_set(insitra_config *cfg, const char *key, const char *value)
+{
+    if (!cfg || !key || !value)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                 "config_set: %s is NULL", !cfg ? "cfg" : !key ? "key" : "value");
+    const config_entry *e = find_entry(key);
+    if (!e) return unknown_key_error(key);
+    return set_entry(cfg, e, value);
+}
+
+insitra_status insitra_config_get(const insitra_config *cfg, const char *key, char *buf,
+                                  size_t buf_size)
+{
+    if (!cfg || !key || !buf || buf_size == 0)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                 "config_get: NULL argument or empty buffer");
+    const config_entry *e = find_entry(key);
+    if (!e) return unknown_key_error(key);
+    char text[INSITRA_CONFIG_PATH_MAX + 32];
+    format_entry(cfg, e, text, sizeof text);
+    if (strlen(text) >= buf_size)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                 "config_get: value of '%s' needs %zu bytes, buffer has %zu", key,
+                                 strlen(text) + 1, buf_size);
+    strcpy(buf, text);
+    return INSITRA_STATUS_OK;
+}
+
+void insitra_config_for_each(const insitra_config *cfg,
+                             void (*fn)(const char *key, const char *value, void *ctx), void *ctx)
+{
+    char text[INSITRA_CONFIG_PATH_MAX + 32];
+    for (size_t i = 0; i < NUM_ENTRIES; i++) {
+        format_entry(cfg, &entries[i], text, sizeof text);
+        fn(entries[i].key, text, ctx);
+    }
+}
+
+int64_t insitra_config_micro_batch(const insitra_config *cfg)
+{
+    return cfg->training.micro_batch_size > 0 ? cfg->training.micro_batch_size
+                                              : cfg->training.batch_size;
+}
+
+insitra_status insitra_config_validate(const insitra_config *cfg)
+{
+    if (!cfg) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "config_validate: cfg is NULL");
+    const int64_t C = cfg->model.d_model, H = cfg->model.n_heads;
+    if (C % H != 0)
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "config key 'model.n_heads': value %" PRId64
+                                 " does not divide model.d_model = %" PRId64,
+                                 H, C);
+    const int64_t B = cfg->training.batch_size, mb = insitra_config_micro_batch(cfg);
+    if (mb > B || B % mb != 0)
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "config key 'training.micro_batch_size': value %" PRId64
+                                 " must divide training.batch_size = %" PRId64,
+                                 mb, B);
+    if (cfg->optimizer.min_lr > cfg->optimizer.lr)
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "config key 'optimizer.min_lr': value %g exceeds optimizer.lr = %g",
+                                 cfg->optimizer.min_lr, cfg->optimizer.lr);
+    if (cfg->optimizer.warmup_steps > cfg->optimizer.decay_steps)
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "config key 'optimizer.warmup_steps': value %" PRId64
+                                 " exceeds optimizer.decay_steps = %" PRId64,
+                                 cfg->optimizer.warmup_steps, cfg->optimizer.decay_steps);
+    return INSITRA_STATUS_OK;
+}

@@ -1,0 +1,86 @@
+#include "sample_store.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+
+insitra_status insitra_sample_store_create(insitra_sample_store *s, int64_t capacity,
+                                           int64_t x_numel, int64_t y_numel)
+{
+    memset(s, 0, sizeof *s);
+    s->capacity = capacity;
+    s->x_numel = x_numel;
+    s->y_numel = y_numel;
+    s->x = malloc((size_t)(capacity * x_numel) * sizeof(float));
+    s->y = malloc((size_t)(capacity * y_numel) * sizeof(float));
+    if (!s->x || !s->y) {
+        insitra_sample_store_free(s);
+        return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY,
+                                 "sample store: cannot allocate %" PRId64 " samples (%.1f MiB); "
+                                 "lower data.capacity",
+                                 capacity,
+                                 (double)(capacity * (x_numel + y_numel)) * 4.0 / 1048576.0);
+    }
+    return INSITRA_STATUS_OK;
+}
+
+void insitra_sample_store_free(insitra_sample_store *s)
+{
+    free(s->x);
+    free(s->y);
+    memset(s, 0, sizeof *s);
+}
+
+int64_t insitra_first_nonfinite(const float *a, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(a[i])) return i;
+    return -1;
+}
+
+/* "x[3][7][2] = nan": the index of a flat offset in (n, T, F) terms. */
+static insitra_status nonfinite_error(const char *what, const float *a, int64_t flat,
+                                      int64_t per_sample)
+{
+    return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                             "push_samples: %s of sample %" PRId64 " holds %g at element %" PRId64
+                             " (flat index %" PRId64 "); samples must be finite, nothing was stored",
+                             what, flat / per_sample, (double)a[flat], flat % per_sample, flat);
+}
+
+insitra_status insitra_sample_store_push(insitra_sample_store *s, int64_t n, const float *x,
+                                         const float *y)
+{
+    const int64_t bad_x = insitra_first_nonfinite(x, n * s->x_numel);
+    if (bad_x >= 0) return nonfinite_error("input x", x, bad_x, s->x_numel);
+    const int64_t bad_y = insitra_first_nonfinite(y, n * s->y_numel);
+    if (bad_y >= 0) return nonfinite_error("target y", y, bad_y, s->y_numel);
+    for (int64_t i = 0; i < n; i++) {
+        memcpy(s->x + s->next * s->x_numel, x + i * s->x_numel, (size_t)s->x_numel * sizeof(float));
+        memcpy(s->y + s->next * s->y_numel, y + i * s->y_numel, (size_t)s->y_numel * sizeof(float));
+        s->next = (s->next + 1) % s->capacity;
+    }
+    s->count = s->count + n < s->capacity ? s->count + n : s->capacity;
+    s->pushed += n;
+    return INSITRA_STATUS_OK;
+}
+
+void insitra_sample_store_draw(const insitra_sample_store *s, insitra_rng *rng, int64_t n,
+                               int64_t *slots)
+{
+    /* While the ring is filling, slots [0, count) are the held ones; once
+     * full, every slot is. Either way [0, count) is exactly the held set. */
+    for (int64_t i = 0; i < n; i++) slots[i] = (int64_t)insitra_rng_below(rng, (uint64_t)s->count);
+}
+
+void insitra_sample_store_gather(const insitra_sample_store *s, const int64_t *slots, int64_t n,
+                                 float *x, float *y)
+{
+    for (int64_t i = 0; i < n; i++) {
+        memcpy(x + i * s->x_numel, s->x + slots[i] * s->x_numel, (size_t)s->x_numel * sizeof(float));
+        memcpy(y + i * s->y_numel, s->y + slots[i] * s->y_numel, (size_t)s->y_numel * sizeof(float));
+    }
+}

@@ -1,0 +1,35 @@
+/*
+ * The trainer handle behind the public API. One per communicator: the
+ * configuration it was made with, the model, optimizer state, the sample
+ * store and the sampler, and the small per-step buffers, all allocated in
+ * insitra_trainer_create.
+ */
+#ifndef INSITRA_TRAINER_H
+#define INSITRA_TRAINER_H
+
+#include <stdio.h>
+
+#include "comm.h"
+#include "config.h"
+#include "model.h"
+#include "rng.h"
+#include "sample_store.h"
+
+struct insitra_trainer {
+    insitra_config cfg;
+    insitra_comm comm;
+    insitra_model model;
+    float *opt_state;           /* one buffer: AdamW m then v, each layout.total floats */
+    float *opt_m, *opt_v;       /* views into opt_state */
+    insitra_sample_store store;
+    insitra_rng sampler;        /* seeded by (training.seed, rank): draws this rank's batches */
+    int64_t *batch_slots;       /* (batch_size) store slots of this step's samples */
+    float *batch_x, *batch_y;   /* (micro_batch, T, F_in), (micro_batch, T, F_out) */
+    int64_t step;               /* optimizer steps taken */
+    FILE *jsonl;                /* rank 0's metrics file, or NULL */
+};
+
+/* Progress line and JSON line for one step (rank 0, as configured). */
+void insitra_log_step(insitra_trainer *t, const insitra_metrics *m);
+
+#endif /* INSITRA_TRAINER_H */

@@ -1,0 +1,166 @@
+/*
+ * Bad input to the trainer API gets a clear error and loses nothing: NULL
+ * handles, wrong sizes, n above capacity, NaN/Inf in samples (the message
+ * names the first bad index and the store keeps its contents), an empty
+ * store, a configuration that fails validation, an unwritable log file.
+ */
+#include <math.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "insitra.h"
+
+static int failures = 0;
+
+#define EXPECT(cond, ...)                               \
+    do {                                                \
+        if (!(cond)) {                                  \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__); \
+            printf(__VA_ARGS__);                        \
+            printf("\n");                               \
+            failures++;                                 \
+        }                                               \
+    } while (0)
+
+static void expect_error(insitra_status got, insitra_status want, const char *w1, const char *w2)
+{
+    const char *msg = insitra_last_error();
+    EXPECT(got == want, "status %s, expected %s (%s)", insitra_status_name(got),
+           insitra_status_name(want), msg);
+    EXPECT(!w1 || strstr(msg, w1), "message '%s' lacks '%s'", msg, w1);
+    EXPECT(!w2 || strstr(msg, w2), "message '%s' lacks '%s'", msg, w2);
+    printf("  error as expected: %s\n", msg);
+}
+
+enum { T = 4, FI = 3, FO = 2, CAP = 8 };
+
+static insitra_config *small_config(void)
+{
+    insitra_config *cfg = NULL;
+    insitra_config_create(&cfg);
+    const char *kv[][2] = {{"model.seq_len", "4"},      {"model.in_features", "3"},
+                           {"model.out_features", "2"}, {"model.d_model", "8"},
+                           {"model.n_layers", "1"},     {"model.n_heads", "2"},
+                           {"training.batch_size", "2"}, {"data.capacity", "8"}};
+    for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++) insitra_config_set(cfg, kv[i][0], kv[i][1]);
+    return cfg;
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    insitra_config *cfg = small_config();
+    insitra_trainer *t = NULL;
+    float x[CAP + 1][T][FI], y[CAP + 1][T][FO], out[CAP][T][FO];
+    for (int i = 0; i < (CAP + 1) * T * FI; i++) (&x[0][0][0])[i] = (float)sin(0.1 * i);
+    for (int i = 0; i < (CAP + 1) * T * FO; i++) (&y[0][0][0])[i] = (float)cos(0.1 * i);
+    double loss = 0;
+
+    /* creation */
+    expect_error(insitra_trainer_create(NULL, cfg, MPI_COMM_WORLD), INSITRA_STATUS_INVALID_ARGUMENT,
+                 "trainer", NULL);
+    expect_error(insitra_trainer_create(&t, NULL, MPI_COMM_WORLD), INSITRA_STATUS_INVALID_ARGUMENT,
+                 "cfg", NULL);
+    expect_error(insitra_trainer_create(&t, cfg, MPI_COMM_NULL), INSITRA_STATUS_INVALID_ARGUMENT,
+                 "MPI_COMM_NULL", NULL);
+    insitra_config_set(cfg, "model.n_heads", "3");
+    expect_error(insitra_trainer_create(&t, cfg, MPI_COMM_WORLD), INSITRA_STATUS_CONFIG_ERROR,
+                 "model.n_heads", "does not divide model.d_model = 8");
+    EXPECT(t == NULL, "a failed create leaves *trainer NULL");
+    insitra_config_set(cfg, "model.n_heads", "2");
+    insitra_config_set(cfg, "log.jsonl", "/nonexistent-dir/metrics.jsonl");
+    expect_error(insitra_trainer_create(&t, cfg, MPI_COMM_WORLD), INSITRA_STATUS_IO_ERROR,
+                 "log.jsonl", "/nonexistent-dir/metrics.jsonl");
+    insitra_config_set(cfg, "log.jsonl", "");
+    EXPECT(insitra_trainer_create(&t, cfg, MPI_COMM_WORLD) == INSITRA_STATUS_OK, "create: %s",
+           insitra_last_error());
+
+    /* NULL handles everywhere */
+    expect_error(insitra_push_samples(NULL, 1, &x[0][0][0], &y[0][0][0]),
+                 INSITRA_STATUS_INVALID_ARGUMENT, "trainer is NULL", NULL);
+    expect_error(insitra_train_step(NULL, NULL), INSITRA_STATUS_INVALID_ARGUMENT, "trainer is NULL", NULL);
+    expect_error(insitra_predict(NULL, 1, &x[0][0][0], &out[0][0][0]),
+                 INSITRA_STATUS_INVALID_ARGUMENT, "trainer is NULL", NULL);
+    expect_error(insitra_evaluate(NULL, 1, &x[0][0][0], &y[0][0][0], &loss),
+                 INSITRA_STATUS_INVALID_ARGUMENT, "trainer is NULL", NULL);
+    EXPECT(insitra_trainer_free(NULL) == INSITRA_STATUS_OK, "free(NULL) is a no-op");
+
+    /* training before any sample */
+    expect_error(insitra_train_step(t, NULL), INSITRA_STATUS_NOT_READY, "empty", "rank 0");
+
+    /* push: sizes and pointers */
+    expect_error(insitra_push_samples(t, CAP + 1, &x[0][0][0], &y[0][0][0]),
+                 INSITRA_STATUS_INVALID_ARGUMENT, "n = 9", "data.capacity");
+    expect_error(insitra_push_samples(t, -1, &x[0][0][0], &y[0][0][0]),
+                 INSITRA_STATUS_INVALID_ARGUMENT, "n = -1", NULL);
+    expect_error(insitra_push_samples(t, 2, NULL, &y[0][0][0]), INSITRA_STATUS_INVALID_ARGUMENT,
+                 "x is NULL", NULL);
+
+    /* a good push, and its loss as the witness of the store's contents */
+    EXPECT(insitra_push_samples(t, 3, &x[0][0][0], &y[0][0][0]) == INSITRA_STATUS_OK, "push: %s",
+           insitra_last_error());
+    int64_t count = 0;
+    insitra_samples_stored(t, &count);
+    EXPECT(count == 3, "3 samples stored, got %lld", (long long)count);
+
+    /* NaN and Inf: rejected whole, first bad index named, store unchanged */
+    float bad_x[2][T][FI], bad_y[2][T][FO];
+    memcpy(bad_x, x, sizeof bad_x);
+    memcpy(bad_y, y, sizeof bad_y);
+    bad_x[1][2][1] = NAN;
+    expect_error(insitra_push_samples(t, 2, &bad_x[0][0][0], &bad_y[0][0][0]),
+                 INSITRA_STATUS_INVALID_ARGUMENT, "input x of sample 1", "element 7");
+    bad_x[1][2][1] = 0.0f;
+    bad_y[0][3][0] = INFINITY;
+    expect_error(insitra_push_samples(t, 2, &bad_x[0][0][0], &bad_y[0][0][0]),
+                 INSITRA_STATUS_INVALID_ARGUMENT, "target y of sample 0", "inf");
+    insitra_samples_stored(t, &count);
+    EXPECT(count == 3, "store unchanged after rejected pushes: %lld", (long long)count);
+
+    /* eviction: 8 more samples into capacity 8 keeps the newest 8 */
+    EXPECT(insitra_push_samples(t, CAP, &x[1][0][0], &y[1][0][0]) == INSITRA_STATUS_OK, "push 8");
+    insitra_samples_stored(t, &count);
+    EXPECT(count == CAP, "capacity caps the count: %lld", (long long)count);
+
+    /* training, predict and evaluate work after the rejected input */
+    insitra_metrics m;
+    EXPECT(insitra_train_step(t, &m) == INSITRA_STATUS_OK, "train_step: %s", insitra_last_error());
+    EXPECT(m.step == 1 && isfinite(m.loss) && m.tokens == 2 * T, "metrics step %lld loss %g",
+           (long long)m.step, m.loss);
+    expect_error(insitra_predict(t, -2, &x[0][0][0], &out[0][0][0]), INSITRA_STATUS_INVALID_ARGUMENT,
+                 "n = -2", NULL);
+    expect_error(insitra_predict(t, 2, &x[0][0][0], NULL), INSITRA_STATUS_INVALID_ARGUMENT,
+                 "y_out is NULL", NULL);
+    EXPECT(insitra_predict(t, 0, NULL, NULL) == INSITRA_STATUS_OK, "predict n = 0");
+    expect_error(insitra_evaluate(t, 0, NULL, NULL, &loss), INSITRA_STATUS_INVALID_ARGUMENT,
+                 "no rank passed any sample", NULL);
+    expect_error(insitra_evaluate(t, 1, &x[0][0][0], &y[0][0][0], NULL),
+                 INSITRA_STATUS_INVALID_ARGUMENT, "loss is NULL", NULL);
+
+    /* predict's outputs agree with evaluate's loss */
+    EXPECT(insitra_predict(t, CAP, &x[0][0][0], &out[0][0][0]) == INSITRA_STATUS_OK, "predict");
+    EXPECT(insitra_evaluate(t, CAP, &x[0][0][0], &y[0][0][0], &loss) == INSITRA_STATUS_OK, "evaluate");
+    double sse = 0;
+    for (int i = 0; i < CAP * T * FO; i++) {
+        const double d = (&out[0][0][0])[i] - (&y[0][0][0])[i];
+        sse += d * d;
+    }
+    EXPECT(fabs(sse / (CAP * T * FO) - loss) <= 1e-6 * loss, "evaluate %g vs predict's MSE %g", loss,
+           sse / (CAP * T * FO));
+
+    int64_t st = 0, fi = 0, fo = 0, np = 0;
+    insitra_trainer_sample_shape(t, &st, &fi, &fo);
+    insitra_trainer_num_parameters(t, &np);
+    EXPECT(st == T && fi == FI && fo == FO, "sample shape %lld %lld %lld", (long long)st,
+           (long long)fi, (long long)fo);
+    /* embed 8*3+8, pos 4*8, block 2*8+3*8*8+3*8+8*8+8+2*8+4*8*8+4*8+8*4*8+8, ln_f 16, head 2*8+2 */
+    EXPECT(np == 32 + 32 + 872 + 16 + 18, "parameter count %lld", (long long)np);
+
+    insitra_trainer_free(t);
+    insitra_config_free(cfg);
+    printf("api_errors: %s (%d failures)\n", failures ? "FAILED" : "passed", failures);
+    MPI_Finalize();
+    return failures ? 1 : 0;
+}

@@ -1,0 +1,148 @@
+/*
+ * Configuration: defaults, set/get by dotted key, YAML files, and every kind
+ * of bad input: unknown keys, malformed YAML (line and column), values out
+ * of range, wrong types, and relations between keys. A failed call must
+ * leave the configuration unchanged.
+ */
+#include <mpi.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "insitra.h"
+
+static int failures = 0;
+
+#define EXPECT(cond, ...)                          \
+    do {                                           \
+        if (!(cond)) {                             \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__); \
+            printf(__VA_ARGS__);                   \
+            printf("\n");                          \
+            failures++;                            \
+        }                                          \
+    } while (0)
+
+static void expect_value(const insitra_config *cfg, const char *key, const char *want)
+{
+    char buf[256];
+    insitra_status s = insitra_config_get(cfg, key, buf, sizeof buf);
+    EXPECT(s == INSITRA_STATUS_OK && strcmp(buf, want) == 0, "%s = '%s', expected '%s' (%s)", key,
+           buf, want, insitra_last_error());
+}
+
+/* The call fails with status and a message containing each of the words. */
+static void expect_error(insitra_status got, insitra_status want, const char *w1, const char *w2,
+                         const char *w3)
+{
+    const char *msg = insitra_last_error();
+    EXPECT(got == want, "status %s, expected %s (%s)", insitra_status_name(got),
+           insitra_status_name(want), msg);
+    const char *words[] = {w1, w2, w3};
+    for (int i = 0; i < 3; i++)
+        EXPECT(!words[i] || strstr(msg, words[i]), "message '%s' lacks '%s'", msg, words[i]);
+    printf("  error as expected: %s\n", msg);
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    const char *dir = argc > 1 ? argv[1] : "tests/data";
+    char path[1024];
+    insitra_config *cfg = NULL;
+    EXPECT(insitra_config_create(&cfg) == INSITRA_STATUS_OK, "create");
+
+    /* defaults */
+    expect_value(cfg, "model.d_model", "128");
+    expect_value(cfg, "model.causal", "false");
+    expect_value(cfg, "optimizer.lr", "0.001");
+    expect_value(cfg, "log.jsonl", "");
+    EXPECT(insitra_config_validate(cfg) == INSITRA_STATUS_OK, "defaults validate: %s",
+           insitra_last_error());
+
+    /* set/get */
+    EXPECT(insitra_config_set(cfg, "model.d_model", "256") == INSITRA_STATUS_OK, "set");
+    expect_value(cfg, "model.d_model", "256");
+    EXPECT(insitra_config_set(cfg, "model.causal", "yes") == INSITRA_STATUS_OK, "set bool");
+    expect_value(cfg, "model.causal", "true");
+
+    /* bad values: nothing changes */
+    expect_error(insitra_config_set(cfg, "model.d_model", "-3"), INSITRA_STATUS_CONFIG_ERROR,
+                 "model.d_model", "-3", "[1, 65536]");
+    expect_error(insitra_config_set(cfg, "model.d_model", "12x"), INSITRA_STATUS_CONFIG_ERROR,
+                 "model.d_model", "12x", "integer");
+    expect_error(insitra_config_set(cfg, "model.d_model", "1.5"), INSITRA_STATUS_CONFIG_ERROR,
+                 "model.d_model", "integer", NULL);
+    expect_error(insitra_config_set(cfg, "optimizer.lr", "nan"), INSITRA_STATUS_CONFIG_ERROR,
+                 "optimizer.lr", "finite", NULL);
+    expect_error(insitra_config_set(cfg, "model.causal", "maybe"), INSITRA_STATUS_CONFIG_ERROR,
+                 "model.causal", "maybe", "boolean");
+    expect_value(cfg, "model.d_model", "256");
+    expect_error(insitra_config_set(cfg, "model.d_modle", "4"), INSITRA_STATUS_CONFIG_ERROR,
+                 "unknown config key 'model.d_modle'", "model.d_model", NULL);
+    expect_error(insitra_config_set(cfg, "nosuch", "4"), INSITRA_STATUS_CONFIG_ERROR,
+                 "unknown config key 'nosuch'", "sections", NULL);
+    expect_error(insitra_config_set(NULL, "model.d_model", "4"), INSITRA_STATUS_INVALID_ARGUMENT,
+                 "cfg", NULL, NULL);
+    char tiny[2];
+    expect_error(insitra_config_get(cfg, "model.d_model", tiny, sizeof tiny),
+                 INSITRA_STATUS_INVALID_ARGUMENT, "model.d_model", "buffer", NULL);
+
+    /* relations between keys */
+    insitra_config_set(cfg, "model.n_heads", "3");
+    expect_error(insitra_config_validate(cfg), INSITRA_STATUS_CONFIG_ERROR, "model.n_heads", "3",
+                 "256");
+    insitra_config_set(cfg, "model.n_heads", "4");
+    insitra_config_set(cfg, "training.micro_batch_size", "5");
+    expect_error(insitra_config_validate(cfg), INSITRA_STATUS_CONFIG_ERROR,
+                 "training.micro_batch_size", "5", "16");
+    insitra_config_set(cfg, "training.micro_batch_size", "0");
+    EXPECT(insitra_config_validate(cfg) == INSITRA_STATUS_OK, "valid again: %s", insitra_last_error());
+
+    /* YAML: a good file */
+    snprintf(path, sizeof path, "%s/good.yaml", dir);
+    EXPECT(insitra_config_load_yaml(cfg, path) == INSITRA_STATUS_OK, "load good: %s",
+           insitra_last_error());
+    expect_value(cfg, "model.seq_len", "32");
+    expect_value(cfg, "model.n_heads", "8");
+    expect_value(cfg, "model.causal", "true");
+    expect_value(cfg, "training.micro_batch_size", "4");
+    expect_value(cfg, "optimizer.lr", "0.00029999999999999997");
+    expect_value(cfg, "log.jsonl", "metrics.jsonl");
+    expect_value(cfg, "optimizer.beta1", "0.90000000000000002"); /* untouched default */
+
+    /* YAML errors leave the config as it was, even for keys before the bad one */
+    insitra_config_set(cfg, "model.d_model", "96");
+    snprintf(path, sizeof path, "%s/unknown_key.yaml", dir);
+    expect_error(insitra_config_load_yaml(cfg, path), INSITRA_STATUS_CONFIG_ERROR,
+                 "unknown_key.yaml:3:3", "model.n_layer", "model.n_layers");
+    expect_value(cfg, "model.d_model", "96"); /* the file's d_model: 64 came before the bad key */
+    snprintf(path, sizeof path, "%s/out_of_range.yaml", dir);
+    expect_error(insitra_config_load_yaml(cfg, path), INSITRA_STATUS_CONFIG_ERROR,
+                 "out_of_range.yaml:4:10", "optimizer.beta2", "1.5");
+    expect_value(cfg, "training.batch_size", "8");
+    insitra_config_set(cfg, "training.batch_size", "12");
+    expect_error(insitra_config_load_yaml(cfg, path), INSITRA_STATUS_CONFIG_ERROR,
+                 "optimizer.beta2", NULL, NULL);
+    expect_value(cfg, "training.batch_size", "12"); /* the file's batch_size: 8 was not applied */
+    snprintf(path, sizeof path, "%s/malformed.yaml", dir);
+    expect_error(insitra_config_load_yaml(cfg, path), INSITRA_STATUS_PARSE_ERROR,
+                 "malformed.yaml:3:", "malformed YAML", NULL);
+    expect_error(insitra_config_load_yaml(cfg, "/nonexistent/insitra.yaml"), INSITRA_STATUS_IO_ERROR,
+                 "/nonexistent/insitra.yaml", NULL, NULL);
+    expect_error(insitra_config_load_yaml_string(cfg, "model: [1, 2]"), INSITRA_STATUS_PARSE_ERROR,
+                 "<string>:1:8", "lists", NULL);
+    expect_error(insitra_config_load_yaml_string(cfg, "model:\n  d_model:\n"),
+                 INSITRA_STATUS_CONFIG_ERROR, "model.d_model", "no value", NULL);
+    expect_error(insitra_config_load_yaml_string(cfg, "- a\n"), INSITRA_STATUS_PARSE_ERROR,
+                 "lists", NULL, NULL);
+    EXPECT(insitra_config_load_yaml_string(cfg, "") == INSITRA_STATUS_OK, "empty document: %s",
+           insitra_last_error());
+    EXPECT(insitra_config_load_yaml_string(cfg, "data: {capacity: 77}") == INSITRA_STATUS_OK,
+           "flow mapping: %s", insitra_last_error());
+    expect_value(cfg, "data.capacity", "77");
+
+    insitra_config_free(cfg);
+    printf("config: %s (%d failures)\n", failures ? "FAILED" : "passed", failures);
+    MPI_Finalize();
+    return failures ? 1 : 0;
+}
