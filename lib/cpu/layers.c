@@ -4,6 +4,17 @@
 #include <math.h>
 #include <string.h>
 
+/* Elementwise and row kernels are built twice, for AVX2 and for baseline
+ * x86-64, and the loader picks one per machine (GCC function multiversioning),
+ * so a distribution build runs at full width without -march=native. ISO C
+ * mode forbids FMA contraction, and reductions use a fixed lane count, so
+ * both versions compute bit-identical results. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
 /* Column blocks for reductions over rows: a thread owns whole columns and
  * adds rows in order, so sums never depend on the thread count. */
 #define COL_BLOCK 64
@@ -16,9 +27,8 @@ static inline float vexpf(float x)
 {
     x = x < -87.0f ? -87.0f : x;
     x = x > 88.0f ? 88.0f : x;
-    const float t = x * 1.44269504088896341f;
-    const int32_t n = (int32_t)(t + (t >= 0.0f ? 0.5f : -0.5f));
-    const float fn = (float)n;
+    /* n = round(x / ln2) without a branch: adding 1.5 * 2^23 rounds to an integer. */
+    const float fn = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float r = x - fn * 0.693359375f;
     r = r - fn * -2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -28,13 +38,56 @@ static inline float vexpf(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    union { int32_t i; float f; } scale = {.i = (n + 127) << 23};
+    union { int32_t i; float f; } scale = {.i = ((int32_t)fn + 127) << 23};
     return p * scale.f;
 }
 
 static inline float vtanhf(float x) { return 1.0f - 2.0f / (vexpf(2.0f * x) + 1.0f); }
 
+/* Row reductions in LANES independent partial sums, combined in a fixed
+ * order: the compiler vectorises them without reassociating (no -ffast-math),
+ * and the result is the same on every run and thread count. */
+#define LANES 8
+
+static inline float row_sum(const float *x, int64_t n)
+{
+    float acc[LANES] = {0};
+    int64_t j = 0;
+    for (; j + LANES <= n; j += LANES)
+        for (int k = 0; k < LANES; k++) acc[k] += x[j + k];
+    for (int64_t k = 0; j + k < n; k++) acc[k] += x[j + k];
+    float s = 0.0f;
+    for (int k = 0; k < LANES; k++) s += acc[k];
+    return s;
+}
+
+static inline float row_dot(const float *a, const float *b, int64_t n)
+{
+    float acc[LANES] = {0};
+    int64_t j = 0;
+    for (; j + LANES <= n; j += LANES)
+        for (int k = 0; k < LANES; k++) acc[k] += a[j + k] * b[j + k];
+    for (int64_t k = 0; j + k < n; k++) acc[k] += a[j + k] * b[j + k];
+    float s = 0.0f;
+    for (int k = 0; k < LANES; k++) s += acc[k];
+    return s;
+}
+
+static inline float row_max(const float *x, int64_t n)
+{
+    float acc[LANES];
+    for (int k = 0; k < LANES; k++) acc[k] = x[0];
+    int64_t j = 0;
+    for (; j + LANES <= n; j += LANES)
+        for (int k = 0; k < LANES; k++) acc[k] = x[j + k] > acc[k] ? x[j + k] : acc[k];
+    for (int64_t k = 0; j + k < n; k++) acc[k] = x[j + k] > acc[k] ? x[j + k] : acc[k];
+    float m = acc[0];
+    for (int k = 1; k < LANES; k++) m = acc[k] > m ? acc[k] : m;
+    return m;
+}
+
 /* acc (OC) += column sums of x (N,OC), rows in order. */
+VECTOR_CLONES
 static void column_sums_add(float *acc, const float *x, int64_t N, int64_t OC)
 {
 #pragma omp parallel for schedule(static)
@@ -49,6 +102,7 @@ static void column_sums_add(float *acc, const float *x, int64_t N, int64_t OC)
     }
 }
 
+VECTOR_CLONES
 void insitra_linear_forward(float *out, const float *inp, const float *w, const float *b,
                             const float *residual, int64_t N, int64_t IC, int64_t OC)
 {
@@ -58,8 +112,12 @@ void insitra_linear_forward(float *out, const float *inp, const float *w, const 
 #pragma omp parallel for schedule(static)
         for (int64_t n = 0; n < N; n++) {
             float *o = out + n * OC;
-            const float *r = residual ? residual + n * OC : NULL;
-            for (int64_t j = 0; j < OC; j++) o[j] = (r ? r[j] : 0.0f) + (b ? b[j] : 0.0f);
+            if (residual && b)
+                for (int64_t j = 0; j < OC; j++) o[j] = residual[n * OC + j] + b[j];
+            else if (residual)
+                memcpy(o, residual + n * OC, (size_t)OC * sizeof(float));
+            else
+                memcpy(o, b, (size_t)OC * sizeof(float));
         }
         beta = 1.0f;
     }
@@ -78,6 +136,7 @@ void insitra_linear_backward(float *dinp, float *dw, float *db, const float *dou
     if (db) column_sums_add(db, dout, N, OC);
 }
 
+VECTOR_CLONES
 void insitra_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                                const float *w, const float *b, int64_t N, int64_t C)
 {
@@ -85,19 +144,19 @@ void insitra_layernorm_forward(float *out, float *mean, float *rstd, const float
     for (int64_t n = 0; n < N; n++) {
         const float *x = inp + n * C;
         float *o = out + n * C;
-        float m = 0.0f;
-        for (int64_t i = 0; i < C; i++) m += x[i];
-        m /= (float)C;
-        float v = 0.0f;
-        for (int64_t i = 0; i < C; i++) v += (x[i] - m) * (x[i] - m);
-        v /= (float)C;
+        const float m = row_sum(x, C) / (float)C;
+        /* Two passes (mean, then squared deviations) keep the variance accurate. */
+        float *dev = o; /* out doubles as scratch for x - mean */
+        for (int64_t i = 0; i < C; i++) dev[i] = x[i] - m;
+        const float v = row_dot(dev, dev, C) / (float)C;
         const float s = 1.0f / sqrtf(v + 1e-5f);
-        for (int64_t i = 0; i < C; i++) o[i] = (x[i] - m) * s * w[i] + b[i];
+        for (int64_t i = 0; i < C; i++) o[i] = dev[i] * s * w[i] + b[i];
         mean[n] = m;
         rstd[n] = s;
     }
 }
 
+VECTOR_CLONES
 void insitra_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
                                 const float *inp, const float *mean, const float *rstd,
                                 const float *w, int64_t N, int64_t C)
@@ -107,11 +166,24 @@ void insitra_layernorm_backward(float *dinp, float *dw, float *db, const float *
         const float *x = inp + n * C, *g = dout + n * C;
         float *dx = dinp + n * C;
         const float m = mean[n], s = rstd[n];
+        /* mean of dnorm = g * w, and of dnorm * xhat */
+        float acc_dn[LANES] = {0}, acc_dnx[LANES] = {0};
+        int64_t i0 = 0;
+        for (; i0 + LANES <= C; i0 += LANES)
+            for (int k = 0; k < LANES; k++) {
+                const float dn = g[i0 + k] * w[i0 + k];
+                acc_dn[k] += dn;
+                acc_dnx[k] += dn * (x[i0 + k] - m) * s;
+            }
+        for (int k = 0; i0 + k < C; k++) {
+            const float dn = g[i0 + k] * w[i0 + k];
+            acc_dn[k] += dn;
+            acc_dnx[k] += dn * (x[i0 + k] - m) * s;
+        }
         float sum_dn = 0.0f, sum_dn_xhat = 0.0f;
-        for (int64_t i = 0; i < C; i++) {
-            const float dn = g[i] * w[i];
-            sum_dn += dn;
-            sum_dn_xhat += dn * (x[i] - m) * s;
+        for (int k = 0; k < LANES; k++) {
+            sum_dn += acc_dn[k];
+            sum_dn_xhat += acc_dnx[k];
         }
         sum_dn /= (float)C;
         sum_dn_xhat /= (float)C;
@@ -140,24 +212,22 @@ void insitra_layernorm_backward(float *dinp, float *dw, float *db, const float *
 }
 
 /* Row-wise softmax of P (T,T) in place; with causal, row i keeps j <= i. */
+VECTOR_CLONES
 static void softmax_rows(float *P, int64_t T, bool causal)
 {
     for (int64_t i = 0; i < T; i++) {
         float *row = P + i * T;
         const int64_t len = causal ? i + 1 : T;
-        float mx = row[0];
-        for (int64_t j = 1; j < len; j++) mx = row[j] > mx ? row[j] : mx;
-        float sum = 0.0f;
-        for (int64_t j = 0; j < len; j++) {
-            row[j] = vexpf(row[j] - mx);
-            sum += row[j];
-        }
+        const float mx = row_max(row, len);
+        for (int64_t j = 0; j < len; j++) row[j] = vexpf(row[j] - mx);
+        const float sum = row_sum(row, len);
         const float inv = 1.0f / sum;
         for (int64_t j = 0; j < len; j++) row[j] *= inv;
         for (int64_t j = len; j < T; j++) row[j] = 0.0f;
     }
 }
 
+VECTOR_CLONES
 void insitra_attention_forward(float *out, float *att, const float *qkv, int64_t B, int64_t T,
                                int64_t C, int64_t H, bool causal)
 {
@@ -183,6 +253,7 @@ void insitra_attention_forward(float *out, float *att, const float *qkv, int64_t
     }
 }
 
+VECTOR_CLONES
 void insitra_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
                                 const float *att, int64_t B, int64_t T, int64_t C, int64_t H)
 {
@@ -208,8 +279,7 @@ void insitra_attention_backward(float *dqkv, float *datt, const float *dout, con
             for (int64_t i = 0; i < T; i++) {
                 const float *p = P + i * T;
                 float *d = dS + i * T;
-                float dot = 0.0f;
-                for (int64_t j = 0; j < T; j++) dot += p[j] * d[j];
+                const float dot = row_dot(p, d, T);
                 for (int64_t j = 0; j < T; j++) d[j] = scale * p[j] * (d[j] - dot);
             }
             /* dq (T,hs) = dS @ k;  dk (T,hs) = dS^T @ q */
@@ -224,6 +294,7 @@ void insitra_attention_backward(float *dqkv, float *datt, const float *dout, con
 #define GELU_K 0.7978845608028654f /* sqrt(2 / pi) */
 #define GELU_A 0.044715f
 
+VECTOR_CLONES
 void insitra_gelu_forward(float *out, const float *inp, int64_t n)
 {
 #pragma omp parallel for simd schedule(static)
@@ -233,6 +304,7 @@ void insitra_gelu_forward(float *out, const float *inp, int64_t n)
     }
 }
 
+VECTOR_CLONES
 void insitra_gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n)
 {
 #pragma omp parallel for simd schedule(static)
@@ -244,6 +316,7 @@ void insitra_gelu_backward(float *dinp, const float *inp, const float *dout, int
     }
 }
 
+VECTOR_CLONES
 void insitra_pos_embed_forward(float *out, const float *pos, int64_t B, int64_t T, int64_t C)
 {
 #pragma omp parallel for collapse(2) schedule(static)
@@ -255,6 +328,7 @@ void insitra_pos_embed_forward(float *out, const float *pos, int64_t B, int64_t 
         }
 }
 
+VECTOR_CLONES
 void insitra_pos_embed_backward(float *dpos, const float *dout, int64_t B, int64_t T, int64_t C)
 {
 #pragma omp parallel for schedule(static)
@@ -277,6 +351,7 @@ double insitra_mse_forward(const float *pred, const float *target, int64_t n)
     return sum / (double)n;
 }
 
+VECTOR_CLONES
 void insitra_mse_backward(float *dpred, const float *pred, const float *target, int64_t n,
                           float scale)
 {

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs, on Debian/Ubuntu, the packages insitra needs to build and test,
+# skipping those already present. Pass extra package names to add them (the
+# benchmarks add python3-torch).
+set -euo pipefail
+
+packages=(cmake make gcc pkg-config mpich libmpich-dev libhdf5-mpich-dev
+          libopenblas-openmp-dev libyaml-dev "$@")
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if ! command -v apt-get >/dev/null; then
+  echo "install-deps: missing ${missing[*]}, and apt-get is not available; install them by hand" >&2
+  exit 1
+fi
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+echo "install-deps: installing ${missing[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
