@@ -91,6 +91,7 @@ typedef struct insitra_metrics {
     double lr;                /* learning rate used by this step */
     double tokens_per_second; /* tokens / step_seconds */
     double step_seconds;      /* wall time of the step on this rank */
+    double comm_wait_seconds; /* part of step_seconds spent waiting on communication */
 } insitra_metrics;
 
 /* Collective over comm (which is duplicated; the caller keeps its own). The
@@ -132,6 +133,41 @@ insitra_status insitra_predict(insitra_trainer *trainer, int64_t n, const float 
  * between ranks, and be 0 on some); every rank receives the global value. */
 insitra_status insitra_evaluate(insitra_trainer *trainer, int64_t n, const float *x,
                                 const float *y, double *loss);
+
+/* ------------------------------------------------------------------------ */
+/* Memory: what a trainer holds, and what a configuration would need.       */
+/* ------------------------------------------------------------------------ */
+
+/* Bytes held on one rank. Model state is parameters + gradients + optimizer
+ * state; the ZeRO stage (parallel.zero_stage) decides how much of each is
+ * sharded across the data-parallel ranks. */
+typedef struct insitra_memory_usage {
+    int64_t parameter_bytes;     /* parameters held (full, or this rank's shard at stage 3) */
+    int64_t gradient_bytes;      /* gradients held (full at stages 0-1, shard at 2-3) */
+    int64_t optimizer_bytes;     /* AdamW moments (full at stage 0, shard at 1-3) */
+    int64_t activation_bytes;    /* the activation workspace for one micro-batch */
+    int64_t communication_bytes; /* gather, staging and per-layer gradient buffers */
+    int64_t sample_store_bytes;  /* this rank's sample store */
+    int64_t total_bytes;         /* the sum of the above */
+} insitra_memory_usage;
+
+/* What this rank holds now. */
+insitra_status insitra_memory_report(const insitra_trainer *trainer, insitra_memory_usage *usage);
+
+/* The plan for one ZeRO stage: memory per rank and traffic per step. */
+typedef struct insitra_plan {
+    int32_t world_size;
+    int32_t zero_stage;
+    insitra_memory_usage memory;  /* per rank, as insitra_memory_report would report it */
+    int64_t comm_bytes_per_step;  /* bytes each rank sends per optimizer step (ring algorithms) */
+    int32_t collectives_per_step; /* collective calls per optimizer step */
+} insitra_plan;
+
+/* Local, allocates nothing: the memory and communication of training cfg on
+ * world_size ranks at ZeRO stage zero_stage (0-3), ignoring cfg's own
+ * parallel.* keys. The same arithmetic sizes a real trainer's buffers. */
+insitra_status insitra_plan_stage(const insitra_config *cfg, int32_t world_size,
+                                  int32_t zero_stage, insitra_plan *plan);
 
 #ifdef __cplusplus
 }

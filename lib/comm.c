@@ -1,6 +1,6 @@
 #include "comm.h"
 
-#include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
@@ -13,8 +13,20 @@ static insitra_status mpi_error(int rc, const char *what)
     return insitra_error_set(INSITRA_STATUS_MPI_ERROR, "%s failed: %s", what, text);
 }
 
+static insitra_status finish_setup(insitra_comm *c)
+{
+    MPI_Comm_rank(c->comm, &c->rank);
+    MPI_Comm_size(c->comm, &c->size);
+    c->gathered = malloc((size_t)c->size * INSITRA_COMM_SUM_MAX * sizeof(double));
+    if (!c->gathered)
+        return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "communicator: out of memory");
+    return INSITRA_STATUS_OK;
+}
+
 insitra_status insitra_comm_create(insitra_comm *c, MPI_Comm parent)
 {
+    c->comm = MPI_COMM_NULL;
+    c->gathered = NULL;
     int initialized = 0, finalized = 0;
     MPI_Initialized(&initialized);
     MPI_Finalized(&finalized);
@@ -27,15 +39,24 @@ insitra_status insitra_comm_create(insitra_comm *c, MPI_Comm parent)
     if (rc != MPI_SUCCESS) return mpi_error(rc, "MPI_Comm_dup");
     /* Our own communicator reports errors to us instead of aborting the job. */
     MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN);
-    MPI_Comm_rank(c->comm, &c->rank);
-    MPI_Comm_size(c->comm, &c->size);
-    return INSITRA_STATUS_OK;
+    return finish_setup(c);
+}
+
+insitra_status insitra_comm_split(const insitra_comm *parent, int color, int key, insitra_comm *c)
+{
+    c->gathered = NULL;
+    int rc = MPI_Comm_split(parent->comm, color, key, &c->comm);
+    if (rc != MPI_SUCCESS) return mpi_error(rc, "MPI_Comm_split");
+    MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN);
+    return finish_setup(c);
 }
 
 void insitra_comm_free(insitra_comm *c)
 {
     if (c->comm != MPI_COMM_NULL) MPI_Comm_free(&c->comm);
     c->comm = MPI_COMM_NULL;
+    free(c->gathered);
+    c->gathered = NULL;
 }
 
 insitra_status insitra_comm_agree(const insitra_comm *c, insitra_status local)
@@ -58,19 +79,21 @@ insitra_status insitra_comm_agree(const insitra_comm *c, insitra_status local)
                              insitra_status_name((insitra_status)msg.status), msg.text);
 }
 
-insitra_status insitra_comm_sum_doubles(const insitra_comm *c, double *v, int n)
+insitra_status insitra_comm_sum_ordered(const insitra_comm *c, double *v, int n)
 {
-    int rc = MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, c->comm);
-    return rc == MPI_SUCCESS ? INSITRA_STATUS_OK : mpi_error(rc, "MPI_Allreduce (double sum)");
-}
-
-insitra_status insitra_comm_sum_floats(const insitra_comm *c, float *v, int64_t n)
-{
-    /* MPI counts are int: large buffers go in pieces. */
-    for (int64_t off = 0; off < n; off += INT_MAX / 2) {
-        const int64_t len = n - off < INT_MAX / 2 ? n - off : INT_MAX / 2;
-        int rc = MPI_Allreduce(MPI_IN_PLACE, v + off, (int)len, MPI_FLOAT, MPI_SUM, c->comm);
-        if (rc != MPI_SUCCESS) return mpi_error(rc, "MPI_Allreduce (gradients)");
+    int rc = MPI_Allgather(v, n, MPI_DOUBLE, c->gathered, n, MPI_DOUBLE, c->comm);
+    if (rc != MPI_SUCCESS) return mpi_error(rc, "MPI_Allgather (ordered sum)");
+    for (int i = 0; i < n; i++) {
+        double s = 0.0;
+        for (int r = 0; r < c->size; r++) s += c->gathered[r * n + i];
+        v[i] = s;
     }
     return INSITRA_STATUS_OK;
 }
+
+insitra_status insitra_comm_max_int64(const insitra_comm *c, int64_t *v)
+{
+    int rc = MPI_Allreduce(MPI_IN_PLACE, v, 1, MPI_INT64_T, MPI_MAX, c->comm);
+    return rc == MPI_SUCCESS ? INSITRA_STATUS_OK : mpi_error(rc, "MPI_Allreduce (max)");
+}
+

@@ -10,8 +10,9 @@
 #include <strings.h>
 
 #include "error.h"
+#include "model.h"
 
-typedef enum { KIND_INT, KIND_REAL, KIND_BOOL, KIND_STRING } value_kind;
+typedef enum { KIND_INT, KIND_REAL, KIND_BOOL, KIND_STRING, KIND_CHOICE } value_kind;
 
 typedef struct {
     const char *key;
@@ -19,6 +20,7 @@ typedef struct {
     size_t offset;
     double min, max; /* inclusive range for numbers */
     const char *default_value;
+    const char *choices[4];  /* KIND_CHOICE: the allowed words, stored as their index */
 } config_entry;
 
 #define FIELD(f) offsetof(insitra_config, f)
@@ -26,29 +28,33 @@ typedef struct {
 
 /* Every key, its range and default. docs/config.md documents the same table. */
 static const config_entry entries[] = {
-    {"model.seq_len", KIND_INT, FIELD(model.seq_len), 1, 65536, "64"},
-    {"model.in_features", KIND_INT, FIELD(model.in_features), 1, 1048576, "16"},
-    {"model.out_features", KIND_INT, FIELD(model.out_features), 1, 1048576, "16"},
-    {"model.d_model", KIND_INT, FIELD(model.d_model), 1, 65536, "128"},
-    {"model.n_layers", KIND_INT, FIELD(model.n_layers), 1, 1024, "4"},
-    {"model.n_heads", KIND_INT, FIELD(model.n_heads), 1, 1024, "4"},
-    {"model.causal", KIND_BOOL, FIELD(model.causal), 0, 1, "false"},
-    {"model.init_std", KIND_REAL, FIELD(model.init_std), 0, 10, "0.02"},
-    {"training.batch_size", KIND_INT, FIELD(training.batch_size), 1, 1048576, "16"},
-    {"training.micro_batch_size", KIND_INT, FIELD(training.micro_batch_size), 0, 1048576, "0"},
-    {"training.seed", KIND_INT, FIELD(training.seed), 0, INT_MAX_KEY, "1234"},
-    {"training.grad_clip", KIND_REAL, FIELD(training.grad_clip), 0, 1e30, "1.0"},
-    {"optimizer.lr", KIND_REAL, FIELD(optimizer.lr), 0, 10, "1e-3"},
-    {"optimizer.min_lr", KIND_REAL, FIELD(optimizer.min_lr), 0, 10, "1e-5"},
-    {"optimizer.warmup_steps", KIND_INT, FIELD(optimizer.warmup_steps), 0, INT_MAX_KEY, "100"},
-    {"optimizer.decay_steps", KIND_INT, FIELD(optimizer.decay_steps), 1, INT_MAX_KEY, "10000"},
-    {"optimizer.beta1", KIND_REAL, FIELD(optimizer.beta1), 0, 0.999999, "0.9"},
-    {"optimizer.beta2", KIND_REAL, FIELD(optimizer.beta2), 0, 0.999999, "0.95"},
-    {"optimizer.eps", KIND_REAL, FIELD(optimizer.eps), 1e-30, 1, "1e-8"},
-    {"optimizer.weight_decay", KIND_REAL, FIELD(optimizer.weight_decay), 0, 1, "0.01"},
-    {"data.capacity", KIND_INT, FIELD(data.capacity), 1, INT_MAX_KEY, "1024"},
-    {"log.every_steps", KIND_INT, FIELD(log.every_steps), 0, INT_MAX_KEY, "0"},
-    {"log.jsonl", KIND_STRING, FIELD(log.jsonl), 0, 0, ""},
+    {"model.seq_len", KIND_INT, FIELD(model.seq_len), 1, 65536, "64", {0}},
+    {"model.in_features", KIND_INT, FIELD(model.in_features), 1, 1048576, "16", {0}},
+    {"model.out_features", KIND_INT, FIELD(model.out_features), 1, 1048576, "16", {0}},
+    {"model.d_model", KIND_INT, FIELD(model.d_model), 1, 65536, "128", {0}},
+    {"model.n_layers", KIND_INT, FIELD(model.n_layers), 1, 1024, "4", {0}},
+    {"model.n_heads", KIND_INT, FIELD(model.n_heads), 1, 1024, "4", {0}},
+    {"model.causal", KIND_BOOL, FIELD(model.causal), 0, 1, "false", {0}},
+    {"model.init_std", KIND_REAL, FIELD(model.init_std), 0, 10, "0.02", {0}},
+    {"training.batch_size", KIND_INT, FIELD(training.batch_size), 1, 1048576, "16", {0}},
+    {"training.micro_batch_size", KIND_INT, FIELD(training.micro_batch_size), 0, 1048576, "0", {0}},
+    {"training.seed", KIND_INT, FIELD(training.seed), 0, INT_MAX_KEY, "1234", {0}},
+    {"training.grad_clip", KIND_REAL, FIELD(training.grad_clip), 0, 1e30, "1.0", {0}},
+    {"optimizer.lr", KIND_REAL, FIELD(optimizer.lr), 0, 10, "1e-3", {0}},
+    {"optimizer.min_lr", KIND_REAL, FIELD(optimizer.min_lr), 0, 10, "1e-5", {0}},
+    {"optimizer.warmup_steps", KIND_INT, FIELD(optimizer.warmup_steps), 0, INT_MAX_KEY, "100", {0}},
+    {"optimizer.decay_steps", KIND_INT, FIELD(optimizer.decay_steps), 1, INT_MAX_KEY, "10000", {0}},
+    {"optimizer.beta1", KIND_REAL, FIELD(optimizer.beta1), 0, 0.999999, "0.9", {0}},
+    {"optimizer.beta2", KIND_REAL, FIELD(optimizer.beta2), 0, 0.999999, "0.95", {0}},
+    {"optimizer.eps", KIND_REAL, FIELD(optimizer.eps), 1e-30, 1, "1e-8", {0}},
+    {"optimizer.weight_decay", KIND_REAL, FIELD(optimizer.weight_decay), 0, 1, "0.01", {0}},
+    {"data.capacity", KIND_INT, FIELD(data.capacity), 1, INT_MAX_KEY, "1024", {0}},
+    {"data.sampler", KIND_CHOICE, FIELD(data.sampler), 0, 0, "random", {"random", "sequential"}},
+    {"log.every_steps", KIND_INT, FIELD(log.every_steps), 0, INT_MAX_KEY, "0", {0}},
+    {"log.jsonl", KIND_STRING, FIELD(log.jsonl), 0, 0, "", {0}},
+    {"parallel.dp", KIND_INT, FIELD(parallel.dp), 0, 1048576, "0", {0}},
+    {"parallel.tp", KIND_INT, FIELD(parallel.tp), 1, 1, "1", {0}},
+    {"parallel.zero_stage", KIND_INT, FIELD(parallel.zero_stage), 0, 3, "0", {0}},
 };
 #define NUM_ENTRIES (sizeof entries / sizeof entries[0])
 
@@ -77,7 +83,7 @@ static insitra_status unknown_key_error(const char *key)
                                  (int)section_len, key, known);
     return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
                              "unknown config key '%s' (sections: model, training, optimizer, "
-                             "data, log)",
+                             "data, log, parallel)",
                              key);
 }
 
@@ -133,6 +139,18 @@ static insitra_status set_entry(insitra_config *cfg, const config_entry *e, cons
     case KIND_BOOL:
         INSITRA_CHECK(parse_bool(e->key, value, (bool *)field));
         break;
+    case KIND_CHOICE:
+        for (int i = 0; i < 4 && e->choices[i]; i++)
+            if (strcmp(value, e->choices[i]) == 0) {
+                *(int *)field = i;
+                return INSITRA_STATUS_OK;
+            }
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "config key '%s': value '%s' is not one of: %s%s%s%s%s%s%s", e->key,
+                                 value, e->choices[0], e->choices[1] ? ", " : "",
+                                 e->choices[1] ? e->choices[1] : "", e->choices[2] ? ", " : "",
+                                 e->choices[2] ? e->choices[2] : "", e->choices[3] ? ", " : "",
+                                 e->choices[3] ? e->choices[3] : "");
     case KIND_STRING:
         if (strlen(value) >= INSITRA_CONFIG_PATH_MAX)
             return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
@@ -152,7 +170,37 @@ static void format_entry(const insitra_config *cfg, const config_entry *e, char 
     case KIND_REAL: snprintf(buf, n, "%.17g", *(const double *)field); break;
     case KIND_BOOL: snprintf(buf, n, "%s", *(const bool *)field ? "true" : "false"); break;
     case KIND_STRING: snprintf(buf, n, "%s", field); break;
+    case KIND_CHOICE: snprintf(buf, n, "%s", e->choices[*(const int *)field]); break;
     }
+}
+
+uint64_t insitra_config_hash(const insitra_config *cfg)
+{
+    /* FNV-1a over "key=value;" for every key, in table order. */
+    uint64_t h = 0xcbf29ce484222325ull;
+    char text[INSITRA_CONFIG_PATH_MAX + 32];
+    for (size_t i = 0; i < NUM_ENTRIES; i++) {
+        format_entry(cfg, &entries[i], text, sizeof text);
+        for (int part = 0; part < 2; part++)
+            for (const char *c = part ? text : entries[i].key; *c; c++) {
+                h ^= (unsigned char)*c;
+                h *= 0x100000001b3ull;
+            }
+        h ^= ';';
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+const char *insitra_config_first_difference(const insitra_config *a, const insitra_config *b,
+                                            char *va, char *vb, size_t len)
+{
+    for (size_t i = 0; i < NUM_ENTRIES; i++) {
+        format_entry(a, &entries[i], va, len);
+        format_entry(b, &entries[i], vb, len);
+        if (strcmp(va, vb) != 0) return entries[i].key;
+    }
+    return NULL;
 }
 
 insitra_status insitra_config_create(insitra_config **cfg)
@@ -243,4 +291,17 @@ insitra_status insitra_config_validate(const insitra_config *cfg)
                                  " exceeds optimizer.decay_steps = %" PRId64,
                                  cfg->optimizer.warmup_steps, cfg->optimizer.decay_steps);
     return INSITRA_STATUS_OK;
+}
+
+insitra_model_dims insitra_config_model_dims(const insitra_config *cfg)
+{
+    return (insitra_model_dims){
+        .seq_len = cfg->model.seq_len,
+        .in_features = cfg->model.in_features,
+        .out_features = cfg->model.out_features,
+        .d_model = cfg->model.d_model,
+        .n_layers = cfg->model.n_layers,
+        .n_heads = cfg->model.n_heads,
+        .causal = cfg->model.causal,
+    };
 }

@@ -14,6 +14,9 @@
 
 #define INSITRA_CONFIG_PATH_MAX 1024
 
+/* data.sampler: how a rank draws its batch from its own store. */
+enum { INSITRA_SAMPLER_RANDOM = 0, INSITRA_SAMPLER_SEQUENTIAL = 1 };
+
 struct insitra_config {
     struct {
         int64_t seq_len, in_features, out_features;
@@ -30,15 +33,32 @@ struct insitra_config {
     insitra_adamw_hparams optimizer;
     struct {
         int64_t capacity;         /* samples held per rank */
+        int sampler;              /* INSITRA_SAMPLER_* */
     } data;
+    struct {
+        int64_t dp;               /* data-parallel ranks; 0 = world size / tp */
+        int64_t tp;               /* tensor-parallel ranks (1 in this version) */
+        int64_t zero_stage;       /* 0-3 */
+    } parallel;
     struct {
         int64_t every_steps;      /* progress line on rank 0; 0 = silent */
         char jsonl[INSITRA_CONFIG_PATH_MAX]; /* metrics file on rank 0; "" = none */
     } log;
 };
 
+/* The model's dimensions from the model.* keys. */
+struct insitra_model_dims;
+struct insitra_model_dims insitra_config_model_dims(const insitra_config *cfg);
+
 /* Micro-batch size with the "0 means batch_size" rule applied. */
 int64_t insitra_config_micro_batch(const insitra_config *cfg);
+
+/* A 64-bit hash of every key's value: ranks compare it at trainer_create. */
+uint64_t insitra_config_hash(const insitra_config *cfg);
+/* The first key whose value differs between a and b (NULL if none), with
+ * both values written to va and vb. */
+const char *insitra_config_first_difference(const insitra_config *a, const insitra_config *b,
+                                            char *va, char *vb, size_t len);
 
 /* Calls fn for every key in table order with its current text value (the
  * basis of dumping a config, e.g. into a checkpoint). */

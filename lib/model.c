@@ -61,12 +61,29 @@ insitra_status insitra_param_layout_create(insitra_param_layout *l, const insitr
     add_tensor(l, "ln_f.bias", C, 1, 1);
     add_tensor(l, "head.weight", d->out_features, C, 2);
     add_tensor(l, "head.bias", d->out_features, 1, 1);
+
+    l->num_units = L + 2;
+    l->units = calloc((size_t)l->num_units, sizeof *l->units);
+    if (!l->units) {
+        insitra_param_layout_free(l);
+        return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "model: out of memory for the unit table");
+    }
+    for (int64_t u = 0; u < l->num_units; u++) {
+        insitra_param_unit *unit = &l->units[u];
+        unit->first_tensor = u == 0 ? 0 : l->first_block_tensor + (u - 1) * INSITRA_BLOCK_NUM_TENSORS;
+        unit->num_tensors = u == 0 ? 3 : u <= L ? INSITRA_BLOCK_NUM_TENSORS : 4;
+        const insitra_tensor_desc *last = &l->tensors[unit->first_tensor + unit->num_tensors - 1];
+        unit->offset = l->tensors[unit->first_tensor].offset;
+        unit->numel = last->offset + last->numel - unit->offset;
+        if (unit->numel > l->max_unit_numel) l->max_unit_numel = unit->numel;
+    }
     return INSITRA_STATUS_OK;
 }
 
 void insitra_param_layout_free(insitra_param_layout *l)
 {
     free(l->tensors);
+    free(l->units);
     memset(l, 0, sizeof *l);
 }
 
@@ -77,29 +94,33 @@ int64_t insitra_param_layout_find(const insitra_param_layout *l, const char *nam
     return -1;
 }
 
-/* Points every view at its tensor inside base; the table order is the layout. */
-static void bind_view(insitra_param_view *v, const insitra_param_layout *l, float *base, int64_t L)
+/* The view's pointer for tensor i of the layout. */
+static float **view_slot(insitra_param_view *v, const insitra_param_layout *l, int64_t i)
 {
-    const insitra_tensor_desc *t = l->tensors;
-    v->embed_w = base + t[0].offset;
-    v->embed_b = base + t[1].offset;
-    v->pos = base + t[2].offset;
-    for (int64_t b = 0; b < L; b++) {
-        float *p[INSITRA_BLOCK_NUM_TENSORS];
-        for (int i = 0; i < INSITRA_BLOCK_NUM_TENSORS; i++)
-            p[i] = base + t[l->first_block_tensor + b * INSITRA_BLOCK_NUM_TENSORS + i].offset;
-        v->blocks[b] = (insitra_block_view){
-            p[INSITRA_BLOCK_LN1_W],  p[INSITRA_BLOCK_LN1_B],  p[INSITRA_BLOCK_QKV_W],
-            p[INSITRA_BLOCK_QKV_B],  p[INSITRA_BLOCK_PROJ_W], p[INSITRA_BLOCK_PROJ_B],
-            p[INSITRA_BLOCK_LN2_W],  p[INSITRA_BLOCK_LN2_B],  p[INSITRA_BLOCK_FC_W],
-            p[INSITRA_BLOCK_FC_B],   p[INSITRA_BLOCK_FCPROJ_W], p[INSITRA_BLOCK_FCPROJ_B],
-        };
-    }
-    const int64_t n = l->num_tensors;
-    v->lnf_w = base + t[n - 4].offset;
-    v->lnf_b = base + t[n - 3].offset;
-    v->head_w = base + t[n - 2].offset;
-    v->head_b = base + t[n - 1].offset;
+    const int64_t n = l->num_tensors, fb = l->first_block_tensor;
+    if (i == 0) return &v->embed_w;
+    if (i == 1) return &v->embed_b;
+    if (i == 2) return &v->pos;
+    if (i == n - 4) return &v->lnf_w;
+    if (i == n - 3) return &v->lnf_b;
+    if (i == n - 2) return &v->head_w;
+    if (i == n - 1) return &v->head_b;
+    return &v->blocks[(i - fb) / INSITRA_BLOCK_NUM_TENSORS].tensor[(i - fb) % INSITRA_BLOCK_NUM_TENSORS];
+}
+
+void insitra_param_view_bind_unit(insitra_param_view *v, const insitra_param_layout *l,
+                                  int64_t unit, float *unit_base)
+{
+    const insitra_param_unit *u = &l->units[unit];
+    for (int64_t i = u->first_tensor; i < u->first_tensor + u->num_tensors; i++)
+        *view_slot(v, l, i) = unit_base + (l->tensors[i].offset - u->offset);
+}
+
+/* Points every view at its tensor inside base, a whole parameter-shaped buffer. */
+static void bind_view(insitra_param_view *v, const insitra_param_layout *l, float *base)
+{
+    for (int64_t u = 0; u < l->num_units; u++)
+        insitra_param_view_bind_unit(v, l, u, base + l->units[u].offset);
 }
 
 /* Carves the workspace; with base == NULL it only counts (the same code sizes
@@ -153,19 +174,26 @@ int64_t insitra_model_act_numel(const insitra_model_dims *d, int64_t max_batch)
 
 insitra_status insitra_model_create(insitra_model *m, const insitra_model_dims *d, int64_t max_batch)
 {
+    return insitra_model_create_partial(m, d, max_batch, true, true);
+}
+
+insitra_status insitra_model_create_partial(insitra_model *m, const insitra_model_dims *d,
+                                            int64_t max_batch, bool full_params, bool full_grads)
+{
     memset(m, 0, sizeof *m);
     m->dims = *d;
     m->max_batch = max_batch;
     INSITRA_CHECK(insitra_param_layout_create(&m->layout, d));
     const int64_t P = m->layout.total;
     m->act_numel = insitra_model_act_numel(d, max_batch);
-    m->params = calloc((size_t)P, sizeof(float));
-    m->grads = calloc((size_t)P, sizeof(float));
+    m->params = full_params ? calloc((size_t)P, sizeof(float)) : NULL;
+    m->grads = full_grads ? calloc((size_t)P, sizeof(float)) : NULL;
     m->act_memory = calloc((size_t)m->act_numel, sizeof(float));
     m->p.blocks = calloc((size_t)d->n_layers, sizeof(insitra_block_view));
     m->g.blocks = calloc((size_t)d->n_layers, sizeof(insitra_block_view));
     m->a.blocks = calloc((size_t)d->n_layers, sizeof(insitra_block_acts));
-    if (!m->params || !m->grads || !m->act_memory || !m->p.blocks || !m->g.blocks || !m->a.blocks) {
+    if ((full_params && !m->params) || (full_grads && !m->grads) || !m->act_memory ||
+        !m->p.blocks || !m->g.blocks || !m->a.blocks) {
         insitra_model_free(m);
         return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY,
                                  "model: cannot allocate %lld parameters and %lld activation floats "
@@ -173,8 +201,8 @@ insitra_status insitra_model_create(insitra_model *m, const insitra_model_dims *
                                  (long long)P, (long long)m->act_numel,
                                  (double)(2 * P + m->act_numel) * 4.0 / 1048576.0);
     }
-    bind_view(&m->p, &m->layout, m->params, d->n_layers);
-    bind_view(&m->g, &m->layout, m->grads, d->n_layers);
+    if (m->params) bind_view(&m->p, &m->layout, m->params);
+    if (m->grads) bind_view(&m->g, &m->layout, m->grads);
     bind_acts(&m->a, d, max_batch, m->act_memory);
     return INSITRA_STATUS_OK;
 }
@@ -191,29 +219,38 @@ void insitra_model_free(insitra_model *m)
     memset(m, 0, sizeof *m);
 }
 
-void insitra_model_init_params(insitra_model *m, uint64_t seed, double std)
+void insitra_param_init_unit(const insitra_param_layout *l, int64_t unit, int64_t n_layers,
+                             double std, insitra_rng *rng, float *unit_base)
 {
-    insitra_rng rng;
-    insitra_rng_seed(&rng, seed, 0);
     /* GPT-2's scaling keeps the residual stream's variance from growing with depth. */
-    const double proj_std = std / sqrt(2.0 * (double)m->dims.n_layers);
-    for (int64_t i = 0; i < m->layout.num_tensors; i++) {
-        const insitra_tensor_desc *t = &m->layout.tensors[i];
-        float *p = m->params + t->offset;
+    const double proj_std = std / sqrt(2.0 * (double)n_layers);
+    const insitra_param_unit *u = &l->units[unit];
+    for (int64_t i = u->first_tensor; i < u->first_tensor + u->num_tensors; i++) {
+        const insitra_tensor_desc *t = &l->tensors[i];
+        float *p = unit_base + (t->offset - u->offset);
         const bool is_ln_gain = strstr(t->name, "ln") && strstr(t->name, ".weight");
         const bool is_proj = strstr(t->name, "proj.weight") != NULL;
         if (is_ln_gain) {
             for (int64_t j = 0; j < t->numel; j++) p[j] = 1.0f;
         } else if (t->ndim == 2) {
             const double s = is_proj ? proj_std : std;
-            for (int64_t j = 0; j < t->numel; j++) p[j] = (float)(s * insitra_rng_normal(&rng));
+            for (int64_t j = 0; j < t->numel; j++) p[j] = (float)(s * insitra_rng_normal(rng));
         } else {
             memset(p, 0, (size_t)t->numel * sizeof(float));
         }
     }
 }
 
+void insitra_model_init_params(insitra_model *m, uint64_t seed, double std)
+{
+    insitra_rng rng;
+    insitra_rng_seed(&rng, seed, 0);
+    for (int64_t u = 0; u < m->layout.num_units; u++)
+        insitra_param_init_unit(&m->layout, u, m->dims.n_layers, std, &rng,
+                                m->params + m->layout.units[u].offset);
+}
+
 void insitra_model_zero_grads(insitra_model *m)
 {
-    memset(m->grads, 0, (size_t)m->layout.total * sizeof(float));
+    if (m->grads) memset(m->grads, 0, (size_t)m->layout.total * sizeof(float));
 }

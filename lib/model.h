@@ -59,6 +59,15 @@ enum insitra_block_tensor {
     INSITRA_BLOCK_NUM_TENSORS
 };
 
+/* A unit is a run of tensors that moves together: 0 is the embedding (embed,
+ * pos_embed), 1..L are the blocks, L+1 the head (ln_f, head). Forward visits
+ * units in order, backward in reverse; sharded stages gather and reduce one
+ * unit at a time. */
+typedef struct insitra_param_unit {
+    int64_t first_tensor, num_tensors;
+    int64_t offset, numel;       /* the unit's range of the flat buffer */
+} insitra_param_unit;
+
 typedef struct insitra_param_layout {
     int64_t num_tensors;         /* 3 + 12 L + 4 */
     insitra_tensor_desc *tensors;
@@ -66,16 +75,23 @@ typedef struct insitra_param_layout {
     int64_t first_block_tensor;  /* index of blocks.0.ln1.weight */
     int64_t block_offset0;       /* offset of block 0 */
     int64_t block_numel;         /* floats per block */
+    int64_t num_units;           /* L + 2 */
+    insitra_param_unit *units;
+    int64_t max_unit_numel;
 } insitra_param_layout;
 
-/* Named pointers into a parameter-shaped buffer (parameters or gradients). */
-typedef struct insitra_block_view {
-    float *ln1_w, *ln1_b;     /* (C) */
-    float *qkv_w, *qkv_b;     /* (3C, C), (3C) */
-    float *proj_w, *proj_b;   /* (C, C), (C) */
-    float *ln2_w, *ln2_b;     /* (C) */
-    float *fc_w, *fc_b;       /* (4C, C), (4C) */
-    float *fcproj_w, *fcproj_b; /* (C, 4C), (C) */
+/* Named pointers into a parameter-shaped buffer (parameters or gradients);
+ * tensor[] is the same pointers in enum insitra_block_tensor order. */
+typedef union insitra_block_view {
+    struct {
+        float *ln1_w, *ln1_b;       /* (C) */
+        float *qkv_w, *qkv_b;       /* (3C, C), (3C) */
+        float *proj_w, *proj_b;     /* (C, C), (C) */
+        float *ln2_w, *ln2_b;       /* (C) */
+        float *fc_w, *fc_b;         /* (4C, C), (4C) */
+        float *fcproj_w, *fcproj_b; /* (C, 4C), (C) */
+    };
+    float *tensor[INSITRA_BLOCK_NUM_TENSORS];
 } insitra_block_view;
 
 typedef struct insitra_param_view {
@@ -117,8 +133,20 @@ typedef struct insitra_acts {
     float *dout;              /* (B,T,F_out) */
 } insitra_acts;
 
+/* Called around every unit in forward and backward, so a sharded trainer can
+ * gather a unit's parameters just before it is used (and point the views at
+ * them) and reduce its gradients as soon as they are final. Errors are kept
+ * by the implementation; the model itself never communicates. */
+typedef enum { INSITRA_PASS_FORWARD, INSITRA_PASS_BACKWARD } insitra_pass;
+typedef struct insitra_model_hooks {
+    void *ctx;
+    void (*unit_begin)(void *ctx, int64_t unit, insitra_pass pass);
+    void (*unit_end)(void *ctx, int64_t unit, insitra_pass pass);
+} insitra_model_hooks;
+
 typedef struct insitra_model {
     insitra_model_dims dims;
+    const insitra_model_hooks *hooks; /* NULL: parameters and gradients stay in place */
     int64_t max_batch;        /* B the workspace was sized for */
     insitra_param_layout layout;
     float *params;            /* layout.total floats */
@@ -134,6 +162,11 @@ typedef struct insitra_model {
 insitra_status insitra_param_layout_create(insitra_param_layout *layout,
                                            const insitra_model_dims *dims);
 void insitra_param_layout_free(insitra_param_layout *layout);
+/* Points the views of unit u's tensors at unit_base, a buffer holding that
+ * unit's range of the flat layout (unit_base[0] = flat element units[u].offset). */
+void insitra_param_view_bind_unit(insitra_param_view *v, const insitra_param_layout *layout,
+                                  int64_t unit, float *unit_base);
+
 /* Index of a tensor by name, or -1. */
 int64_t insitra_param_layout_find(const insitra_param_layout *layout, const char *name);
 
@@ -144,14 +177,25 @@ int64_t insitra_model_act_numel(const insitra_model_dims *dims, int64_t max_batc
  * max_batch samples per forward. Nothing is allocated after this. */
 insitra_status insitra_model_create(insitra_model *m, const insitra_model_dims *dims,
                                     int64_t max_batch);
+/* The same, but the full parameter and/or gradient buffers are left out
+ * (NULL): a sharded trainer binds the views to its own buffers per unit. */
+insitra_status insitra_model_create_partial(insitra_model *m, const insitra_model_dims *dims,
+                                            int64_t max_batch, bool full_params, bool full_grads);
 void insitra_model_free(insitra_model *m);
 
 /* Deterministic initialisation from seed: weights N(0, std) (residual
  * projections scaled by 1/sqrt(2L)), positions N(0, std), biases 0, LN gains 1. */
 void insitra_model_init_params(insitra_model *m, uint64_t seed, double std);
+/* The same for one unit into unit_base (the unit's range of the flat layout).
+ * Initialising units 0, 1, ... in order with one generator reproduces
+ * insitra_model_init_params exactly, so a sharded trainer can initialise a
+ * unit at a time. */
+struct insitra_rng;
+void insitra_param_init_unit(const insitra_param_layout *layout, int64_t unit, int64_t n_layers,
+                             double std, struct insitra_rng *rng, float *unit_base);
 void insitra_model_zero_grads(insitra_model *m);
 
-/* Forward for B <= max_batch samples. x is (B,T,F_in). Outputs land in
+/* Forward for B <= max_batch samples (B = 0 runs only the hooks). x is (B,T,F_in). Outputs land in
  * m->a.out (B,T,F_out). With y (B,T,F_out) it returns the mean squared error,
  * accumulated in double; without y it returns 0. */
 double insitra_model_forward(insitra_model *m, int64_t B, const float *x, const float *y);

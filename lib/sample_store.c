@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h"
 #include "error.h"
 
 insitra_status insitra_sample_store_create(insitra_sample_store *s, int64_t capacity,
@@ -68,12 +69,19 @@ insitra_status insitra_sample_store_push(insitra_sample_store *s, int64_t n, con
     return INSITRA_STATUS_OK;
 }
 
-void insitra_sample_store_draw(const insitra_sample_store *s, insitra_rng *rng, int64_t n,
-                               int64_t *slots)
+void insitra_sample_store_draw(const insitra_sample_store *s, int sampler, insitra_rng *rng,
+                               int64_t *cursor, int64_t n, int64_t *slots)
 {
-    /* While the ring is filling, slots [0, count) are the held ones; once
-     * full, every slot is. Either way [0, count) is exactly the held set. */
-    for (int64_t i = 0; i < n; i++) slots[i] = (int64_t)insitra_rng_below(rng, (uint64_t)s->count);
+    const int64_t oldest = (s->next - s->count + s->capacity) % s->capacity;
+    for (int64_t i = 0; i < n; i++) {
+        /* While the ring is filling, slots [0, count) are the held ones; once
+         * full, every slot is. Either way [0, count) is exactly the held set. */
+        if (sampler == INSITRA_SAMPLER_SEQUENTIAL)
+            slots[i] = (oldest + (*cursor + i) % s->count) % s->capacity;
+        else
+            slots[i] = (int64_t)insitra_rng_below(rng, (uint64_t)s->count);
+    }
+    *cursor += n;
 }
 
 void insitra_sample_store_gather(const insitra_sample_store *s, const int64_t *slots, int64_t n,

@@ -31,9 +31,11 @@ void insitra_sample_store_free(insitra_sample_store *s);
 insitra_status insitra_sample_store_push(insitra_sample_store *s, int64_t n, const float *x,
                                          const float *y);
 
-/* Draws n slot indices uniformly, with replacement, from the held samples. */
-void insitra_sample_store_draw(const insitra_sample_store *s, insitra_rng *rng, int64_t n,
-                               int64_t *slots);
+/* Picks n slots of held samples. INSITRA_SAMPLER_RANDOM draws uniformly with
+ * replacement from rng; INSITRA_SAMPLER_SEQUENTIAL walks the held samples
+ * oldest first from *cursor, wrapping around. *cursor counts samples drawn. */
+void insitra_sample_store_draw(const insitra_sample_store *s, int sampler, insitra_rng *rng,
+                               int64_t *cursor, int64_t n, int64_t *slots);
 /* Copies the samples at slots[0..n) into contiguous x (n, x_numel), y (n, y_numel). */
 void insitra_sample_store_gather(const insitra_sample_store *s, const int64_t *slots, int64_t n,
                                  float *x, float *y);

@@ -1,8 +1,9 @@
 /*
  * The public trainer API: create/free, pushing samples, the training step,
  * predict and evaluate. The step reads top to bottom: draw a batch from this
- * rank's store -> forward/backward per micro-batch -> average gradients over
- * ranks -> clip -> AdamW.
+ * rank's store -> forward/backward per micro-batch (the ZeRO hooks gather
+ * parameters and reduce gradients unit by unit) -> global loss and gradient
+ * norm -> AdamW on this rank's shard.
  */
 #include "trainer.h"
 
@@ -15,38 +16,69 @@
 #include "error.h"
 #include "optimizer.h"
 
-static insitra_model_dims dims_of(const insitra_config *cfg)
+/* Every rank must run the same configuration: compare with rank 0's, and
+ * name the first key that differs. */
+static insitra_status check_same_config(insitra_trainer *t)
 {
-    return (insitra_model_dims){
-        .seq_len = cfg->model.seq_len,
-        .in_features = cfg->model.in_features,
-        .out_features = cfg->model.out_features,
-        .d_model = cfg->model.d_model,
-        .n_layers = cfg->model.n_layers,
-        .n_heads = cfg->model.n_heads,
-        .causal = cfg->model.causal,
-    };
+    uint64_t h[2] = {insitra_config_hash(&t->cfg), 0};
+    h[1] = ~h[0];
+    int rc = MPI_Allreduce(MPI_IN_PLACE, h, 2, MPI_UINT64_T, MPI_MAX, t->comm.comm);
+    if (rc != MPI_SUCCESS)
+        return insitra_error_set(INSITRA_STATUS_MPI_ERROR, "trainer_create: MPI_Allreduce failed");
+    if (h[0] == ~h[1]) return INSITRA_STATUS_OK; /* max == min: all equal */
+    insitra_config *root = malloc(sizeof *root);
+    if (!root) return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "trainer_create: out of memory");
+    *root = t->cfg;
+    MPI_Bcast(root, (int)sizeof *root, MPI_BYTE, 0, t->comm.comm);
+    char mine[INSITRA_CONFIG_PATH_MAX + 32], theirs[INSITRA_CONFIG_PATH_MAX + 32];
+    const char *key = insitra_config_first_difference(&t->cfg, root, mine, theirs, sizeof mine);
+    insitra_status s = INSITRA_STATUS_OK;
+    if (key)
+        s = insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                              "the configuration differs between ranks: key '%s' is '%s' on rank "
+                              "%d but '%s' on rank 0",
+                              key, mine, t->comm.rank, theirs);
+    free(root);
+    return s;
 }
 
-/* Everything but the communicator, which the caller set up already. */
+/* parallel.dp x parallel.tp must be the communicator's size. */
+static insitra_status check_grid(insitra_trainer *t)
+{
+    const int64_t world = t->comm.size, tp = t->cfg.parallel.tp;
+    const int64_t dp = t->cfg.parallel.dp > 0 ? t->cfg.parallel.dp : world / tp;
+    if (dp * tp != world)
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "config keys 'parallel.dp' x 'parallel.tp' = %" PRId64 " x %" PRId64
+                                 " = %" PRId64 " does not match the communicator's %" PRId64
+                                 " ranks (parallel.dp = 0 picks world / tp)",
+                                 dp, tp, dp * tp, world);
+    return INSITRA_STATUS_OK;
+}
+
+/* The process grid: rank = dp_rank * tp + tp_rank. */
+static insitra_status build_grid(insitra_trainer *t)
+{
+    const int tp = (int)t->cfg.parallel.tp, rank = t->comm.rank;
+    INSITRA_CHECK(insitra_comm_split(&t->comm, rank % tp, rank, &t->dp));
+    return insitra_comm_split(&t->comm, rank / tp, rank, &t->tp);
+}
+
+/* Everything but the communicators. */
 static insitra_status allocate(insitra_trainer *t)
 {
     const insitra_config *cfg = &t->cfg;
     const int64_t T = cfg->model.seq_len, mb = insitra_config_micro_batch(cfg);
-    const insitra_model_dims dims = dims_of(cfg);
-    INSITRA_CHECK(insitra_model_create(&t->model, &dims, mb));
-    insitra_model_init_params(&t->model, (uint64_t)cfg->training.seed, cfg->model.init_std);
-    const int64_t P = t->model.layout.total;
-    t->opt_state = calloc((size_t)(2 * P), sizeof(float));
+    const int stage = (int)cfg->parallel.zero_stage;
+    const insitra_model_dims dims = insitra_config_model_dims(cfg);
+    INSITRA_CHECK(insitra_model_create_partial(&t->model, &dims, mb, stage <= 2, stage <= 1));
+    INSITRA_CHECK(insitra_zero_create(&t->zero, stage, &t->dp, &t->model));
+    insitra_zero_init_params(&t->zero, (uint64_t)cfg->training.seed, cfg->model.init_std);
     t->batch_slots = calloc((size_t)cfg->training.batch_size, sizeof(int64_t));
     t->batch_x = calloc((size_t)(mb * T * cfg->model.in_features), sizeof(float));
     t->batch_y = calloc((size_t)(mb * T * cfg->model.out_features), sizeof(float));
-    if (!t->opt_state || !t->batch_slots || !t->batch_x || !t->batch_y)
-        return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY,
-                                 "trainer: cannot allocate optimizer state (%.1f MiB) and batch buffers",
-                                 (double)(2 * P) * 4.0 / 1048576.0);
-    t->opt_m = t->opt_state;
-    t->opt_v = t->opt_state + P;
+    if (!t->batch_slots || !t->batch_x || !t->batch_y)
+        return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "trainer: cannot allocate batch buffers");
     INSITRA_CHECK(insitra_sample_store_create(&t->store, cfg->data.capacity,
                                               T * cfg->model.in_features,
                                               T * cfg->model.out_features));
@@ -61,16 +93,18 @@ static insitra_status allocate(insitra_trainer *t)
     return INSITRA_STATUS_OK;
 }
 
-/* Frees what allocate() made; safe on a partly built trainer. */
+/* Frees what create made; safe on a partly built trainer. */
 static void release(insitra_trainer *t)
 {
     if (t->jsonl) fclose(t->jsonl);
     insitra_sample_store_free(&t->store);
-    free(t->opt_state);
     free(t->batch_slots);
     free(t->batch_x);
     free(t->batch_y);
+    insitra_zero_free(&t->zero);
     insitra_model_free(&t->model);
+    insitra_comm_free(&t->tp);
+    insitra_comm_free(&t->dp);
     insitra_comm_free(&t->comm);
     free(t);
 }
@@ -85,15 +119,22 @@ insitra_status insitra_trainer_create(insitra_trainer **trainer, const insitra_c
     *trainer = NULL;
     insitra_trainer *t = calloc(1, sizeof *t);
     if (!t) return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "trainer_create: out of memory");
-    t->comm.comm = MPI_COMM_NULL;
+    t->comm.comm = t->dp.comm = t->tp.comm = MPI_COMM_NULL;
     t->cfg = *cfg;
     insitra_status s = insitra_comm_create(&t->comm, comm);
     if (s != INSITRA_STATUS_OK) {
+        insitra_comm_free(&t->comm);
         free(t);
         return s;
     }
     /* From here on every failure is agreed, so all ranks fail together. */
-    s = insitra_comm_agree(&t->comm, insitra_config_validate(&t->cfg));
+    s = insitra_comm_agree(&t->comm, check_same_config(t));
+    if (s == INSITRA_STATUS_OK) {
+        insitra_status local = insitra_config_validate(&t->cfg);
+        if (local == INSITRA_STATUS_OK) local = check_grid(t);
+        s = insitra_comm_agree(&t->comm, local);
+    }
+    if (s == INSITRA_STATUS_OK) s = insitra_comm_agree(&t->comm, build_grid(t));
     if (s == INSITRA_STATUS_OK) s = insitra_comm_agree(&t->comm, allocate(t));
     if (s != INSITRA_STATUS_OK) {
         release(t);
@@ -171,49 +212,46 @@ insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
     const insitra_config *cfg = &t->cfg;
     insitra_model *m = &t->model;
     const int64_t B = cfg->training.batch_size, mb = insitra_config_micro_batch(cfg);
+    const int64_t dp = t->dp.size;
 
-    insitra_model_zero_grads(m);
-    insitra_sample_store_draw(&t->store, &t->sampler, B, t->batch_slots);
+    insitra_zero_begin_step(&t->zero);
+    insitra_sample_store_draw(&t->store, cfg->data.sampler, &t->sampler, &t->sample_cursor, B,
+                              t->batch_slots);
     double loss_sum = 0.0; /* sum over micro-batches of (micro-batch mean) x samples */
     for (int64_t first = 0; first < B; first += mb) {
         insitra_sample_store_gather(&t->store, t->batch_slots + first, mb, t->batch_x, t->batch_y);
+        insitra_zero_set_last_micro_batch(&t->zero, first + mb >= B);
         loss_sum += insitra_model_forward(m, mb, t->batch_x, t->batch_y) * (double)mb;
         /* Each micro-batch contributes its share of this rank's batch mean. */
         insitra_model_backward(m, mb, t->batch_x, t->batch_y, (float)mb / (float)B);
     }
+    INSITRA_CHECK(insitra_zero_finish_backward(&t->zero));
 
-    /* Data parallel: the global batch is every rank's batch; average gradients. */
-    const int64_t P = m->layout.total;
-    double loss = loss_sum / (double)B;
-    if (t->comm.size > 1) {
-        INSITRA_CHECK(insitra_comm_sum_floats(&t->comm, m->grads, P));
-        INSITRA_CHECK(insitra_comm_sum_doubles(&t->comm, &loss, 1));
-        const float inv = 1.0f / (float)t->comm.size;
-        for (int64_t i = 0; i < P; i++) m->grads[i] *= inv;
-        loss /= (double)t->comm.size;
-    }
-
-    /* Every rank holds the same averaged gradient, so this verdict agrees by itself. */
-    const double norm = sqrt(insitra_sum_squares(m->grads, P));
+    /* The global batch is every dp rank's batch: the loss and the gradient are
+     * the means over ranks of the local means; the reductions above summed. */
+    double sums[2] = {loss_sum / (double)B, insitra_zero_grad_sum_squares(&t->zero)};
+    INSITRA_CHECK(insitra_comm_sum_ordered(&t->dp, sums, 2));
+    const double loss = sums[0] / (double)dp, norm = sqrt(sums[1]) / (double)dp;
     if (!isfinite(loss) || !isfinite(norm))
         return insitra_error_set(INSITRA_STATUS_NUMERICAL_ERROR,
                                  "train_step %" PRId64 ": loss = %g, gradient norm = %g; the update "
                                  "was skipped (lower optimizer.lr or check the samples' scale)",
                                  t->step + 1, loss, norm);
     const double lr = insitra_lr_at(&cfg->optimizer, t->step);
-    const float clip = insitra_clip_factor(norm, cfg->training.grad_clip);
+    const double clip = insitra_clip_factor(norm, cfg->training.grad_clip);
     t->step++;
-    insitra_adamw_update_all(m->params, m->grads, t->opt_m, t->opt_v, &m->layout, t->step, lr, clip,
-                             &cfg->optimizer);
+    INSITRA_CHECK(insitra_zero_update(&t->zero, t->step, lr, (float)(clip / (double)dp),
+                                      &cfg->optimizer));
 
     const double seconds = MPI_Wtime() - t0;
     insitra_metrics out = {
         .step = t->step,
-        .tokens = B * cfg->model.seq_len * t->comm.size,
+        .tokens = B * cfg->model.seq_len * dp,
         .loss = loss,
         .grad_norm = norm,
         .lr = lr,
         .step_seconds = seconds,
+        .comm_wait_seconds = t->zero.wait_seconds,
     };
     out.tokens_per_second = seconds > 0 ? (double)out.tokens / seconds : 0.0;
     insitra_log_step(t, &out);
@@ -222,8 +260,8 @@ insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
 }
 
 /* Local argument checks shared by predict and evaluate. */
-static insitra_status check_batch_args(const insitra_trainer *t, const char *fn, int64_t n,
-                                       const void *x, const void *y, const char *y_name)
+static insitra_status check_batch_args(const char *fn, int64_t n, const void *x, const void *y,
+                                       const char *y_name)
 {
     if (n < 0)
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "%s: n = %" PRId64 " is negative",
@@ -231,43 +269,78 @@ static insitra_status check_batch_args(const insitra_trainer *t, const char *fn,
     if (n > 0 && (!x || !y))
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "%s: %s is NULL with n = %" PRId64,
                                  fn, !x ? "x" : y_name, n);
-    (void)t;
     return INSITRA_STATUS_OK;
+}
+
+/* Forward over n samples in micro-batches. Every rank runs as many forwards
+ * as the rank with the most samples (empty ones where it has none), because
+ * at ZeRO stage 3 each forward gathers parameters collectively. Returns the
+ * sum of squared errors when y is given. */
+static insitra_status forward_all(insitra_trainer *t, int64_t n, const float *x, const float *y,
+                                  float *y_out, double *sse)
+{
+    insitra_model *m = &t->model;
+    const int64_t xs = t->store.x_numel, ys = t->store.y_numel;
+    int64_t chunks = (n + m->max_batch - 1) / m->max_batch;
+    INSITRA_CHECK(insitra_comm_max_int64(&t->dp, &chunks));
+    t->zero.error = INSITRA_STATUS_OK;
+    *sse = 0.0;
+    for (int64_t c = 0; c < chunks; c++) {
+        const int64_t first = c * m->max_batch;
+        const int64_t b = first >= n ? 0 : n - first < m->max_batch ? n - first : m->max_batch;
+        const double mse = insitra_model_forward(m, b, b ? x + first * xs : NULL,
+                                                 y && b ? y + first * ys : NULL);
+        *sse += mse * (double)(b * ys);
+        if (y_out && b) memcpy(y_out + first * ys, m->a.out, (size_t)(b * ys) * sizeof(float));
+    }
+    return t->zero.error;
 }
 
 insitra_status insitra_predict(insitra_trainer *t, int64_t n, const float *x, float *y_out)
 {
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "predict: trainer is NULL");
-    INSITRA_CHECK(insitra_comm_agree(&t->comm, check_batch_args(t, "predict", n, x, y_out, "y_out")));
-    insitra_model *m = &t->model;
-    const int64_t xs = t->store.x_numel, ys = t->store.y_numel;
-    for (int64_t first = 0; first < n; first += m->max_batch) {
-        const int64_t b = n - first < m->max_batch ? n - first : m->max_batch;
-        insitra_model_forward(m, b, x + first * xs, NULL);
-        memcpy(y_out + first * ys, m->a.out, (size_t)(b * ys) * sizeof(float));
-    }
-    return INSITRA_STATUS_OK;
+    INSITRA_CHECK(insitra_comm_agree(&t->comm, check_batch_args("predict", n, x, y_out, "y_out")));
+    double unused;
+    return forward_all(t, n, x, NULL, y_out, &unused);
 }
 
 insitra_status insitra_evaluate(insitra_trainer *t, int64_t n, const float *x, const float *y,
                                 double *loss)
 {
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "evaluate: trainer is NULL");
-    insitra_status local = check_batch_args(t, "evaluate", n, x, y, "y");
+    insitra_status local = check_batch_args("evaluate", n, x, y, "y");
     if (local == INSITRA_STATUS_OK && !loss)
         local = insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "evaluate: loss is NULL");
     INSITRA_CHECK(insitra_comm_agree(&t->comm, local));
-    insitra_model *m = &t->model;
-    const int64_t xs = t->store.x_numel, ys = t->store.y_numel;
-    double acc[2] = {0.0, (double)(n * ys)}; /* sum of squared errors, values */
-    for (int64_t first = 0; first < n; first += m->max_batch) {
-        const int64_t b = n - first < m->max_batch ? n - first : m->max_batch;
-        acc[0] += insitra_model_forward(m, b, x + first * xs, y + first * ys) * (double)(b * ys);
-    }
-    INSITRA_CHECK(insitra_comm_sum_doubles(&t->comm, acc, 2));
+    double acc[2] = {0.0, (double)(n * t->store.y_numel)}; /* squared errors, values */
+    INSITRA_CHECK(forward_all(t, n, x, y, NULL, &acc[0]));
+    INSITRA_CHECK(insitra_comm_sum_ordered(&t->dp, acc, 2));
     if (acc[1] == 0.0)
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
                                  "evaluate: no rank passed any sample (n = 0 everywhere)");
     *loss = acc[0] / acc[1];
+    return INSITRA_STATUS_OK;
+}
+
+insitra_status insitra_memory_report(const insitra_trainer *t, insitra_memory_usage *usage)
+{
+    if (!t || !usage)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "memory_report: %s is NULL",
+                                 !t ? "trainer" : "usage");
+    const insitra_zero_sizes z = insitra_zero_sizes_for(t->zero.stage, &t->model.layout, &t->zero.sl);
+    const int64_t f = (int64_t)sizeof(float);
+    const int64_t batch = (int64_t)t->cfg.training.batch_size * (int64_t)sizeof(int64_t) +
+                          insitra_config_micro_batch(&t->cfg) * (t->store.x_numel + t->store.y_numel) * f;
+    *usage = (insitra_memory_usage){
+        .parameter_bytes = z.params * f,
+        .gradient_bytes = z.grads * f,
+        .optimizer_bytes = z.moments * f,
+        .activation_bytes = t->model.act_numel * f + batch,
+        .communication_bytes = z.comm * f,
+        .sample_store_bytes = t->store.capacity * (t->store.x_numel + t->store.y_numel) * f,
+    };
+    usage->total_bytes = usage->parameter_bytes + usage->gradient_bytes + usage->optimizer_bytes +
+                         usage->activation_bytes + usage->communication_bytes +
+                         usage->sample_store_bytes;
     return INSITRA_STATUS_OK;
 }

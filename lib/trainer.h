@@ -14,15 +14,18 @@
 #include "model.h"
 #include "rng.h"
 #include "sample_store.h"
+#include "zero.h"
 
 struct insitra_trainer {
     insitra_config cfg;
-    insitra_comm comm;
+    insitra_comm comm;          /* the caller's communicator, duplicated */
+    insitra_comm dp;            /* the data-parallel group: ZeRO shards over it */
+    insitra_comm tp;            /* the ranks sharing one replica (one rank while tp = 1) */
     insitra_model model;
-    float *opt_state;           /* one buffer: AdamW m then v, each layout.total floats */
-    float *opt_m, *opt_v;       /* views into opt_state */
+    insitra_zero zero;          /* optimizer state, shards and collectives */
     insitra_sample_store store;
     insitra_rng sampler;        /* seeded by (training.seed, rank): draws this rank's batches */
+    int64_t sample_cursor;      /* samples drawn so far (the sequential sampler's position) */
     int64_t *batch_slots;       /* (batch_size) store slots of this step's samples */
     float *batch_x, *batch_y;   /* (micro_batch, T, F_in), (micro_batch, T, F_out) */
     int64_t step;               /* optimizer steps taken */

@@ -1,0 +1,88 @@
+/*
+ * The planner: memory per rank and traffic per step for a configuration at
+ * each ZeRO stage, from the same layout and sizing code the trainer uses, so
+ * a plan matches what insitra_memory_report says once the job runs.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "error.h"
+#include "model.h"
+#include "shard.h"
+#include "zero.h"
+
+/* Bytes one rank sends per step (ring algorithms: an all-reduce of n floats
+ * sends 2 (N-1)/N n, a reduce-scatter or all-gather of N slots of s floats
+ * sends (N-1) s), and the number of collective calls. */
+static void traffic(int stage, const insitra_param_layout *l, const insitra_shard_layout *sl,
+                    int64_t micro_steps, int64_t *bytes, int32_t *calls)
+{
+    const double N = (double)sl->dp, U = (double)l->num_units;
+    const double S = (double)sl->total; /* one rank's slots of every unit */
+    double floats = 0, n = 0;
+    switch (stage) {
+    case 0: floats = 2.0 * (N - 1) / N * (double)l->total; n = U; break;
+    case 1: floats = 2.0 * (N - 1) * S; n = 2 * U; break;
+    case 2: floats = (double)(micro_steps + 1) * (N - 1) * S; n = (double)(micro_steps + 1) * U; break;
+    case 3: {
+        /* Forward gathers every unit, backward all but the head, which is
+         * still resident; later micro-batches find the embedding resident too.
+         * Every micro-batch reduce-scatters every unit. Unit sizes are averaged. */
+        const double gathers = U + (U - 1) + (double)(micro_steps - 1) * 2 * (U - 1);
+        floats = (N - 1) * S / U * (gathers + (double)micro_steps * U);
+        n = gathers + (double)micro_steps * U;
+        break;
+    }
+    }
+    *bytes = sl->dp > 1 ? (int64_t)(floats * sizeof(float)) : 0;
+    *calls = sl->dp > 1 ? (int32_t)n : 0;
+}
+
+insitra_status insitra_plan_stage(const insitra_config *cfg, int32_t world_size, int32_t zero_stage,
+                                  insitra_plan *plan)
+{
+    if (!cfg || !plan)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "plan_stage: %s is NULL",
+                                 !cfg ? "cfg" : "plan");
+    if (world_size < 1)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                 "plan_stage: world_size = %d, must be at least 1", world_size);
+    if (zero_stage < 0 || zero_stage > 3)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                 "plan_stage: zero_stage = %d is outside [0, 3]", zero_stage);
+    INSITRA_CHECK(insitra_config_validate(cfg));
+    const insitra_model_dims dims = insitra_config_model_dims(cfg);
+    const int64_t dp = world_size / cfg->parallel.tp, mb = insitra_config_micro_batch(cfg);
+    insitra_param_layout layout;
+    insitra_shard_layout sl;
+    INSITRA_CHECK(insitra_param_layout_create(&layout, &dims));
+    insitra_status s = insitra_shard_layout_create(&sl, &layout, dp, 0);
+    if (s != INSITRA_STATUS_OK) {
+        insitra_param_layout_free(&layout);
+        return s;
+    }
+    const insitra_zero_sizes z = insitra_zero_sizes_for(zero_stage, &layout, &sl);
+    const int64_t f = (int64_t)sizeof(float);
+    const int64_t xs = dims.seq_len * dims.in_features, ys = dims.seq_len * dims.out_features;
+    memset(plan, 0, sizeof *plan);
+    plan->world_size = world_size;
+    plan->zero_stage = zero_stage;
+    plan->memory = (insitra_memory_usage){
+        .parameter_bytes = z.params * f,
+        .gradient_bytes = z.grads * f,
+        .optimizer_bytes = z.moments * f,
+        .activation_bytes = insitra_model_act_numel(&dims, mb) * f +
+                            cfg->training.batch_size * (int64_t)sizeof(int64_t) + mb * (xs + ys) * f,
+        .communication_bytes = z.comm * f,
+        .sample_store_bytes = cfg->data.capacity * (xs + ys) * f,
+    };
+    insitra_memory_usage *m = &plan->memory;
+    m->total_bytes = m->parameter_bytes + m->gradient_bytes + m->optimizer_bytes +
+                     m->activation_bytes + m->communication_bytes + m->sample_store_bytes;
+    traffic(zero_stage, &layout, &sl, cfg->training.batch_size / mb, &plan->comm_bytes_per_step,
+            &plan->collectives_per_step);
+    insitra_shard_layout_free(&sl);
+    insitra_param_layout_free(&layout);
+    return INSITRA_STATUS_OK;
+}
