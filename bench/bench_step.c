@@ -193,7 +193,10 @@ static int bench_training(bench_config *bc, int warmup, int steps, int n_overrid
     }
 
     double *times = malloc((size_t)steps * sizeof *times);
-    if (!times) {
+    double *waits = malloc((size_t)steps * sizeof *waits);
+    if (!times || !waits) {
+        free(times);
+        free(waits);
         insitra_trainer_free(trainer);
         return 1;
     }
@@ -203,8 +206,10 @@ static int bench_training(bench_config *bc, int warmup, int steps, int n_overrid
         double t0 = MPI_Wtime();
         err = check(insitra_train_step(trainer, &metrics), "insitra_train_step");
         double dt = MPI_Wtime() - t0;
-        if (i >= warmup)
+        if (i >= warmup) {
             times[i - warmup] = dt;
+            waits[i - warmup] = metrics.comm_wait_seconds;
+        }
     }
     if (!err && !isfinite(metrics.loss)) {
         fprintf(stderr, "bench_step: loss is not finite after %d steps\n", warmup + steps);
@@ -215,18 +220,21 @@ static int bench_training(bench_config *bc, int warmup, int steps, int n_overrid
         for (int i = 0; i < steps; i++)
             mean += times[i] / steps;
         double step_s = median(times, steps);
+        double wait_s = median(waits, steps);
         double tokens = (double)(nranks * bc->batch_size * bc->seq_len);
         double flops_per_token =
             6.0 * (double)params + 12.0 * (double)(bc->n_layers * bc->d_model * bc->seq_len);
         double tokens_per_s = tokens / step_s;
         printf("insitra config=%s ranks=%d threads=%s warmup=%d steps=%d params=%lld "
                "tokens_per_step=%.0f flops_per_token=%.0f step_ms=%.3f step_ms_min=%.3f "
-               "step_ms_mean=%.3f tokens_per_s=%.1f gflops=%.2f loss=%.6g\n",
+               "step_ms_mean=%.3f tokens_per_s=%.1f gflops=%.2f comm_wait_ms=%.3f "
+               "comm_share=%.4f loss=%.6g\n",
                bc->name, nranks, thread_env(), warmup, steps, (long long)params, tokens,
                flops_per_token, 1e3 * step_s, 1e3 * times[0], 1e3 * mean, tokens_per_s,
-               flops_per_token * tokens_per_s * 1e-9, metrics.loss);
+               flops_per_token * tokens_per_s * 1e-9, 1e3 * wait_s, wait_s / step_s, metrics.loss);
     }
     free(times);
+    free(waits);
     err |= check(insitra_trainer_free(trainer), "insitra_trainer_free");
     return err;
 }

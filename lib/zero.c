@@ -173,7 +173,8 @@ static void unit_end(void *ctx, int64_t u, insitra_pass pass)
     insitra_zero *z = ctx;
     if (pass == INSITRA_PASS_BACKWARD) {
         const insitra_param_unit *unit = &z->layout->units[u];
-        if (z->stage <= 1 && z->communicate)
+        /* On one rank the full local gradient already is the sum. */
+        if (z->stage <= 1 && z->communicate && z->sl.dp > 1)
             start_reduce(z, u, z->model->grads + unit->offset);
         else if (z->stage >= 2)
             start_reduce(z, u, z->unit_grads);
@@ -353,7 +354,7 @@ insitra_status insitra_zero_update(insitra_zero *z, int64_t t, double lr, float 
         insitra_adamw_update(p, g, z->m + z->sl.offset[i], z->v + z->sl.offset[i], count, t, lr,
                              grad_scale, l->tensors[i].decay, hp);
     }
-    if (z->stage <= 2)
+    if (z->stage <= 2 && z->sl.dp > 1)
         allgather_params(z);
     else
         z->gather_id[0] = z->gather_id[1] = -1; /* gathered copies are stale now */

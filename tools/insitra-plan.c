@@ -1,0 +1,130 @@
+/*
+ * insitra-plan: memory per rank and communication per step of a
+ * configuration at every ZeRO stage, before a job is submitted.
+ *
+ *   insitra-plan [--ranks N[,N...]] [--set key=value]... [--memory-per-rank GiB] [config.yaml]
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "insitra.h"
+
+static int usage(FILE *out)
+{
+    fprintf(out,
+            "usage: insitra-plan [--ranks N[,N...]] [--set key=value]... [--memory-per-rank GiB]\n"
+            "                    [config.yaml]\n"
+            "Prints, for each ZeRO stage and rank count, the bytes one rank holds (parameters,\n"
+            "gradients, optimizer state, activations, communication buffers, sample store) and\n"
+            "the bytes it sends per optimizer step. With --memory-per-rank, marks the stages that\n"
+            "fit and names the cheapest one (the least traffic).\n");
+    return out == stdout ? 0 : 2;
+}
+
+static double mib(int64_t bytes) { return (double)bytes / 1048576.0; }
+
+/* Applies "key=value". */
+static int apply_set(insitra_config *cfg, const char *arg)
+{
+    char kv[1024];
+    snprintf(kv, sizeof kv, "%s", arg);
+    char *eq = strchr(kv, '=');
+    if (!eq) {
+        fprintf(stderr, "insitra-plan: --set wants key=value, got '%s'\n", kv);
+        return 0;
+    }
+    *eq = '\0';
+    if (insitra_config_set(cfg, kv, eq + 1) != INSITRA_STATUS_OK) {
+        fprintf(stderr, "insitra-plan: %s\n", insitra_last_error());
+        return 0;
+    }
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    const char *ranks_arg = "1,2,4,8", *yaml = NULL;
+    double budget_gib = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) return usage(stdout);
+        if (!strcmp(a, "--ranks") && i + 1 < argc)
+            ranks_arg = argv[++i];
+        else if (!strcmp(a, "--memory-per-rank") && i + 1 < argc)
+            budget_gib = atof(argv[++i]);
+        else if (!strcmp(a, "--set") && i + 1 < argc)
+            i++; /* applied after the file */
+        else if (a[0] != '-' && !yaml)
+            yaml = a;
+        else {
+            fprintf(stderr, "insitra-plan: unexpected argument '%s'\n", a);
+            return usage(stderr);
+        }
+    }
+    /* Defaults, then the file, then every --set on top. */
+    insitra_config *cfg = NULL;
+    if (insitra_config_create(&cfg) != INSITRA_STATUS_OK) return 1;
+    if (yaml && insitra_config_load_yaml(cfg, yaml) != INSITRA_STATUS_OK) {
+        fprintf(stderr, "insitra-plan: %s\n", insitra_last_error());
+        return 2;
+    }
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--set") && i + 1 < argc && !apply_set(cfg, argv[++i])) return 2;
+    if (insitra_config_validate(cfg) != INSITRA_STATUS_OK) {
+        fprintf(stderr, "insitra-plan: %s\n", insitra_last_error());
+        return 2;
+    }
+
+    char val[64];
+    printf("model:");
+    const char *keys[] = {"model.d_model", "model.n_layers", "model.n_heads", "model.seq_len",
+                          "training.batch_size", "training.micro_batch_size"};
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
+        insitra_config_get(cfg, keys[k], val, sizeof val);
+        printf(" %s=%s", strchr(keys[k], '.') + 1, val);
+    }
+    printf("\n\n%5s %5s %10s %10s %10s %10s %10s %10s %11s %12s %6s%s\n", "ranks", "stage",
+           "param MiB", "grad MiB", "optim MiB", "activ MiB", "comm MiB", "store MiB", "total MiB",
+           "sent MiB/step", "calls", budget_gib > 0 ? "  fits" : "");
+
+    char list[256];
+    snprintf(list, sizeof list, "%s", ranks_arg);
+    for (char *tok = strtok(list, ","); tok; tok = strtok(NULL, ",")) {
+        const int n = atoi(tok);
+        if (n < 1) {
+            fprintf(stderr, "insitra-plan: bad rank count '%s'\n", tok);
+            return 2;
+        }
+        int best = -1;
+        int64_t best_traffic = 0;
+        for (int stage = 0; stage < 4; stage++) {
+            insitra_plan p;
+            if (insitra_plan_stage(cfg, n, stage, &p) != INSITRA_STATUS_OK) {
+                fprintf(stderr, "insitra-plan: %s\n", insitra_last_error());
+                return 2;
+            }
+            const insitra_memory_usage *m = &p.memory;
+            const int fits = budget_gib > 0 && mib(m->total_bytes) <= budget_gib * 1024.0;
+            if (fits && (best < 0 || p.comm_bytes_per_step < best_traffic)) {
+                best = stage;
+                best_traffic = p.comm_bytes_per_step;
+            }
+            printf("%5d %5d %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %11.1f %12.1f %6d%s\n", n,
+                   stage, mib(m->parameter_bytes), mib(m->gradient_bytes), mib(m->optimizer_bytes),
+                   mib(m->activation_bytes), mib(m->communication_bytes),
+                   mib(m->sample_store_bytes), mib(m->total_bytes), mib(p.comm_bytes_per_step),
+                   p.collectives_per_step, budget_gib > 0 ? (fits ? "  yes" : "  no") : "");
+        }
+        if (budget_gib > 0) {
+            if (best >= 0)
+                printf("      -> on %d ranks with %.1f GiB each: parallel.zero_stage: %d\n", n,
+                       budget_gib, best);
+            else
+                printf("      -> on %d ranks no stage fits in %.1f GiB\n", n, budget_gib);
+        }
+    }
+    printf("\nBytes sent per rank follow ring algorithms; stage 2 and 3 reduce every micro-batch.\n");
+    insitra_config_free(cfg);
+    return 0;
+}
