@@ -62,7 +62,7 @@ static void progress(insitra_zero *z)
     if (z->stage == 3) test_all(z->gather_req, 2);
 }
 
-/* ---- gradients: reduce-scatter one unit at a time (stages 1-3) ---- */
+/* ---- gradients: reduce-scatter one unit at a time ---- */
 
 /* Stage 0's all-reduce is a reduce-scatter followed by an all-gather of the
  * summed slots: the same summation as stages 1-3, so every stage computes
