@@ -4,7 +4,7 @@
 # benchmarks add python3-torch).
 set -euo pipefail
 
-packages=(cmake make gcc pkg-config mpich libmpich-dev libhdf5-mpich-dev
+packages=(cmake make gcc gfortran pkg-config mpich libmpich-dev libhdf5-mpich-dev
           libopenblas-openmp-dev libyaml-dev "$@")
 
 missing=()

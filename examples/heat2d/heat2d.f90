@@ -1,0 +1,374 @@
+! heat2d: a 2-D heat-equation simulation that trains a transformer surrogate
+! of its own time step while it runs.
+!
+!   mpiexec -n 4 ./heat2d [parameters.nml]
+!
+! The solver: u_t = kappa lap(u) - c u + q(x, y, t) on the periodic unit
+! square, explicit finite differences (5-point Laplacian, forward Euler), on
+! an nx x ny grid split over the ranks by MPI_Cart_create, with a one-cell
+! halo exchanged every step. q is two Gaussian spots, one heating and one
+! cooling, moving through the domain, so the field keeps changing; c is a
+! weak cooling that bounds it.
+!
+! The surrogate learns one solver step on patches: every push_every steps
+! each rank cuts patches_per_push P x P patches out of its own subdomain at
+! random places. A sample is one patch: T = P*P tokens (grid points), each
+! carrying F_in = 6 features, the 5-point stencil of u(t) and the source
+! increment at that point (a point's next value depends on its neighbours,
+! so giving each token its stencil lets the surrogate get patch edges right);
+! the target is u(t + dt) at the same points (F_out = 1). In Fortran the
+! samples are x(6, T, n) and y(1, T, n), exactly the C layout [n][T][F].
+!
+! Every output_every steps rank 0 prints one line: the last training loss and
+! the surrogate's relative L2 error on patches of the current step, made
+! before that step is pushed (never trained on), next to the error of
+! predicting no change at all. At the end test_steps further solver steps,
+! never pushed, are predicted tile by tile over the whole domain. Metrics go
+! to a JSON-lines file (see plot.sh).
+!
+! Parameters: the namelist &parameters below, read from the file given as the
+! first argument (every rank reads it); any parameter left out keeps its
+! default. The surrogate's configuration is built in (surrogate_yaml below);
+! a YAML file named by `surrogate` overrides any of its keys.
+program heat2d
+  use, intrinsic :: iso_c_binding, only: c_float, c_double, c_int64_t
+  use, intrinsic :: ieee_arithmetic, only: ieee_is_finite
+  use mpi_f08
+  use insitra
+  implicit none
+
+  integer, parameter :: dp = c_double
+  integer, parameter :: F_IN = 6, F_OUT = 1
+  real(dp), parameter :: PI = 3.14159265358979323846_dp
+
+  ! ---- parameters (namelist &parameters) ----
+  integer :: nx = 256, ny = 256          ! global grid
+  integer :: steps = 4000                ! solver steps while training
+  integer :: push_every = 2              ! K: push samples and train every K steps
+  integer :: output_every = 250          ! progress line and metrics record
+  integer :: patch = 8                   ! P: patches are P x P grid points
+  integer :: patches_per_push = 8        ! samples each rank pushes every K steps
+  integer :: eval_patches = 64           ! samples per rank for the progress error
+  integer :: test_steps = 20             ! held-out solver steps at the end
+  real(dp) :: diffusion_number = 0.2_dp  ! r = kappa dt / h^2 (stable below 0.25)
+  real(dp) :: cooling = 0.002_dp         ! c dt
+  real(dp) :: source_strength = 0.02_dp  ! peak q dt of a spot
+  real(dp) :: max_test_error = 0         ! > 0: fail unless the held-out error is below it
+  integer :: seed = 2024
+  character(len=256) :: surrogate = ''   ! YAML file overriding the built-in surrogate config
+  character(len=256) :: metrics = 'heat2d.jsonl'
+  namelist /parameters/ nx, ny, steps, push_every, output_every, patch, patches_per_push, &
+                    eval_patches, test_steps, diffusion_number, cooling, source_strength, &
+                    max_test_error, seed, surrogate, metrics
+
+  character(len=*), parameter :: surrogate_yaml = &
+    '{model: {d_model: 32, n_layers: 2, n_heads: 4}, ' // &
+    'training: {batch_size: 16}, ' // &
+    'optimizer: {lr: 4.0e-3, min_lr: 1.0e-4, weight_decay: 0.0}, ' // &
+    'data: {capacity: 2048}}'
+
+  ! ---- the decomposition ----
+  type(MPI_Comm) :: cart
+  integer :: rank, nranks, dims(2), coords(2), west, east, south, north
+  integer :: lnx, lny, ix0, iy0            ! local interior size, global offset
+  real(dp), allocatable :: u(:,:), u_next(:,:), q(:,:)  ! (0:lnx+1, 0:lny+1) with halo
+
+  ! ---- the surrogate ----
+  type(insitra_config) :: cfg
+  type(insitra_trainer) :: trainer
+  type(insitra_metrics) :: m
+  real(c_float), allocatable :: x(:,:,:), y(:,:,:), pred(:,:,:)
+  integer :: ntok
+
+  integer :: step, unit, ios, ntiles
+  real(dp) :: t0, err(3), test_err(3), rel, still
+  character(len=512) :: line
+
+  call MPI_Init()
+  call MPI_Comm_rank(MPI_COMM_WORLD, rank)
+  call MPI_Comm_size(MPI_COMM_WORLD, nranks)
+  call read_parameters()
+  call decompose()
+  ntok = patch * patch
+
+  ! The surrogate: built-in configuration, then the user's YAML, then the
+  ! shape this program's samples have.
+  call cfg%create()
+  call cfg%load_yaml_string(surrogate_yaml)
+  ! The learning rate warms up over the first tenth of the run's training
+  ! steps and decays (cosine) to min_lr by its end.
+  call cfg%set('optimizer.decay_steps', max(1, steps / push_every))
+  call cfg%set('optimizer.warmup_steps', steps / push_every / 10)
+  if (len_trim(surrogate) > 0) call cfg%load_yaml(surrogate)
+  call cfg%set('model.seq_len', ntok)
+  call cfg%set('model.in_features', F_IN)
+  call cfg%set('model.out_features', F_OUT)
+  call trainer%create(cfg, cart)
+
+  allocate(u(0:lnx + 1, 0:lny + 1), u_next(0:lnx + 1, 0:lny + 1), q(0:lnx + 1, 0:lny + 1))
+  allocate(x(F_IN, ntok, max(patches_per_push, eval_patches)))
+  allocate(y(F_OUT, ntok, size(x, 3)), pred(F_OUT, ntok, size(x, 3)))
+  call initial_field()
+  call seed_sampler()
+
+  if (rank == 0) then
+    print '(3a, 2(i0, a), 3(i0, a), 2(i0, a))', 'heat2d with insitra ', insitra_version(), ': ', &
+      nx, ' x ', ny, ' grid on ', nranks, ' ranks (', dims(1), ' x ', dims(2), '), patches ', &
+      patch, ' x ', patch, ' points'
+    open(newunit=unit, file=trim(metrics), status='replace', action='write', iostat=ios)
+    if (ios /= 0) error stop 'heat2d: cannot open the metrics file'
+  end if
+
+  ! ---- the time loop ----
+  t0 = MPI_Wtime()
+  do step = 1, steps
+    call advance(step)                         ! u_next = one solver step from u
+
+    if (mod(step, output_every) == 0) then
+      ! Held out: patches of this step, scored before the step is pushed.
+      call cut_patches(eval_patches, random=.true.)
+      err = squared_sums(eval_patches)
+      err(1:2) = sqrt([err(1), err(3)] / err(2))  ! surrogate, no change
+    end if
+
+    if (mod(step, push_every) == 0) then
+      call cut_patches(patches_per_push, random=.true.)
+      call trainer%push_samples(x(:, :, 1:patches_per_push), y(:, :, 1:patches_per_push))
+      call trainer%train_step(m)
+    end if
+
+    if (mod(step, output_every) == 0) call report(step, err)
+
+    ! ---- checkpoint place ----------------------------------------------
+    ! Periodic checkpointing of the surrogate (trainer) and of the field u
+    ! goes here, once the HDF5 checkpoint API exists (issue #5).
+    ! --------------------------------------------------------------------
+
+    u(1:lnx, 1:lny) = u_next(1:lnx, 1:lny)
+  end do
+
+  ! ---- held-out test: further steps, never pushed, the whole domain ----
+  ntiles = (lnx / patch) * (lny / patch)
+  deallocate(x, y, pred)
+  allocate(x(F_IN, ntok, ntiles), y(F_OUT, ntok, ntiles), pred(F_OUT, ntok, ntiles))
+  test_err = 0
+  do step = steps + 1, steps + test_steps
+    call advance(step)
+    call cut_patches(ntiles, random=.false.)
+    test_err = test_err + squared_sums(ntiles)
+    u(1:lnx, 1:lny) = u_next(1:lnx, 1:lny)
+  end do
+  rel = sqrt(test_err(1) / test_err(2))
+  still = sqrt(test_err(3) / test_err(2))
+  if (rank == 0) then
+    print '(/, a, i0, a, es10.3)', 'held-out relative L2 error over ', test_steps, &
+      ' steps (whole domain): ', rel
+    print '(a, es10.3)', "relative L2 error of predicting 'no change': ", still
+    print '(a, i0, a, f7.1, a)', 'training steps ', m%step, ', wall time', MPI_Wtime() - t0, ' s'
+    print '(a, a)', 'metrics: ', trim(metrics)
+    write(line, '(a, i0, a, es13.5e3, a, es13.5e3, a, i0, a)') '{"event": "held_out", "test_steps": ', &
+      test_steps, ', "rel_l2": ', rel, ', "no_change_rel_l2": ', still, ', "train_steps": ', &
+      m%step, '}'
+    write(unit, '(a)') trim(line)
+    close(unit)
+  end if
+
+  deallocate(u, u_next, q, x, y, pred)
+  call trainer%free()
+  call cfg%free()
+  call MPI_Comm_free(cart)
+  call MPI_Finalize()
+  if (.not. ieee_is_finite(rel)) error stop 'heat2d: the held-out error is not finite'
+  if (max_test_error > 0 .and. rel > max_test_error) &
+    error stop 'heat2d: the held-out error is above max_test_error'
+
+contains
+
+  subroutine read_parameters()
+    character(len=256) :: path
+    if (command_argument_count() < 1) return
+    call get_command_argument(1, path)
+    open(newunit=unit, file=trim(path), status='old', action='read', iostat=ios)
+    if (ios == 0) read(unit, nml=parameters, iostat=ios)
+    if (ios /= 0) then
+      if (rank == 0) write(*, '(a)') 'heat2d: cannot read namelist &parameters from ' // trim(path)
+      error stop 1
+    end if
+    close(unit)
+  end subroutine read_parameters
+
+  ! A periodic Cartesian grid of ranks; each owns a block of the global grid.
+  subroutine decompose()
+    dims = 0
+    call MPI_Dims_create(nranks, 2, dims)
+    call MPI_Cart_create(MPI_COMM_WORLD, 2, dims, [.true., .true.], .true., cart)
+    call MPI_Comm_rank(cart, rank)
+    call MPI_Cart_coords(cart, rank, 2, coords)
+    call MPI_Cart_shift(cart, 0, 1, west, east)
+    call MPI_Cart_shift(cart, 1, 1, south, north)
+    call split(nx, dims(1), coords(1), lnx, ix0)
+    call split(ny, dims(2), coords(2), lny, iy0)
+    if (lnx < patch .or. lny < patch) then
+      if (rank == 0) print '(a)', 'heat2d: a subdomain is smaller than one patch; ' // &
+                                  'use a larger grid, a smaller patch or fewer ranks'
+      error stop 1
+    end if
+  end subroutine decompose
+
+  ! n points over parts: this part's count and first (0-based) index.
+  subroutine split(n, parts, me, count, first)
+    integer, intent(in) :: n, parts, me
+    integer, intent(out) :: count, first
+    count = n / parts
+    first = me * count + min(me, mod(n, parts))
+    if (me < mod(n, parts)) count = count + 1
+  end subroutine split
+
+  ! Smooth random modes (the same field for any decomposition).
+  subroutine initial_field()
+    integer :: i, j, k
+    real(dp) :: gx, gy, a(4), ph(4)
+    a = [0.5_dp, -0.3_dp, 0.2_dp, 0.25_dp]
+    ph = [0.3_dp, 1.1_dp, 2.0_dp, 4.2_dp]
+    u = 0
+    do j = 1, lny
+      gy = (iy0 + j - 0.5_dp) / ny
+      do i = 1, lnx
+        gx = (ix0 + i - 0.5_dp) / nx
+        do k = 1, 4
+          u(i, j) = u(i, j) + a(k) * sin(2 * PI * (k * gx + (5 - k) * gy) + ph(k))
+        end do
+      end do
+    end do
+  end subroutine initial_field
+
+  ! The heat source increment q dt at time step `step`: a heating and a
+  ! cooling Gaussian spot on Lissajous paths (periodic distances).
+  subroutine source(step)
+    integer, intent(in) :: step
+    real(dp), parameter :: width = 0.015_dp
+    real(dp) :: s, cx(2), cy(2), dx, dy, gx, gy
+    integer :: i, j, k
+    s = real(step, dp) / 1500
+    cx = [0.5_dp + 0.3_dp * cos(2 * PI * s), 0.5_dp + 0.35_dp * sin(2 * PI * 0.7_dp * s)]
+    cy = [0.5_dp + 0.3_dp * sin(2 * PI * s), 0.5_dp + 0.35_dp * cos(2 * PI * 1.3_dp * s)]
+    q = 0
+    do j = 1, lny
+      gy = (iy0 + j - 0.5_dp) / ny
+      do i = 1, lnx
+        gx = (ix0 + i - 0.5_dp) / nx
+        do k = 1, 2
+          dx = gx - cx(k) - anint(gx - cx(k))
+          dy = gy - cy(k) - anint(gy - cy(k))
+          q(i, j) = q(i, j) + (3 - 2 * k) * source_strength * &
+                    exp(-(dx * dx + dy * dy) / (2 * width * width))
+        end do
+      end do
+    end do
+  end subroutine source
+
+  ! One explicit step: halo exchange, then the 5-point update of the interior.
+  subroutine advance(step)
+    integer, intent(in) :: step
+    integer :: i, j
+    call exchange_halo(u)
+    call source(step)
+    do j = 1, lny
+      do i = 1, lnx
+        u_next(i, j) = u(i, j) + diffusion_number * &
+                       (u(i + 1, j) + u(i - 1, j) + u(i, j + 1) + u(i, j - 1) - 4 * u(i, j)) &
+                       - cooling * u(i, j) + q(i, j)
+      end do
+    end do
+  end subroutine advance
+
+  ! Faces are packed into contiguous buffers; a direction with one rank
+  ! sends to itself (the domain is periodic).
+  subroutine exchange_halo(f)
+    real(dp), intent(inout) :: f(0:, 0:)
+    real(dp) :: sx(lny), rx_(lny), sy(lnx), ry_(lnx)
+    sx = f(lnx, 1:lny)
+    call MPI_Sendrecv(sx, lny, MPI_DOUBLE_PRECISION, east, 1, rx_, lny, MPI_DOUBLE_PRECISION, &
+                      west, 1, cart, MPI_STATUS_IGNORE)
+    f(0, 1:lny) = rx_
+    sx = f(1, 1:lny)
+    call MPI_Sendrecv(sx, lny, MPI_DOUBLE_PRECISION, west, 2, rx_, lny, MPI_DOUBLE_PRECISION, &
+                      east, 2, cart, MPI_STATUS_IGNORE)
+    f(lnx + 1, 1:lny) = rx_
+    sy = f(1:lnx, lny)
+    call MPI_Sendrecv(sy, lnx, MPI_DOUBLE_PRECISION, north, 3, ry_, lnx, MPI_DOUBLE_PRECISION, &
+                      south, 3, cart, MPI_STATUS_IGNORE)
+    f(1:lnx, 0) = ry_
+    sy = f(1:lnx, 1)
+    call MPI_Sendrecv(sy, lnx, MPI_DOUBLE_PRECISION, south, 4, ry_, lnx, MPI_DOUBLE_PRECISION, &
+                      north, 4, cart, MPI_STATUS_IGNORE)
+    f(1:lnx, lny + 1) = ry_
+  end subroutine exchange_halo
+
+  subroutine seed_sampler()
+    integer :: n, i
+    integer, allocatable :: s(:)
+    call random_seed(size=n)
+    allocate(s(n))
+    s = [(seed + 7919 * rank + 104729 * i, i = 1, n)]
+    call random_seed(put=s)
+  end subroutine seed_sampler
+
+  ! Samples 1..n of x(F_IN, T, :) and y(F_OUT, T, :) from u (with its halo),
+  ! q and u_next: patches at random places, or the tiles of the subdomain.
+  subroutine cut_patches(n, random)
+    integer, intent(in) :: n
+    logical, intent(in) :: random
+    integer :: s, i0, j0, i, j, k, tok
+    real :: r(2)
+    do s = 1, n
+      if (random) then
+        call random_number(r)
+        i0 = min(int(r(1) * (lnx - patch + 1)), lnx - patch)
+        j0 = min(int(r(2) * (lny - patch + 1)), lny - patch)
+      else
+        k = s - 1
+        i0 = mod(k, lnx / patch) * patch
+        j0 = (k / (lnx / patch)) * patch
+      end if
+      do j = 1, patch
+        do i = 1, patch
+          tok = (j - 1) * patch + i
+          x(:, tok, s) = real([u(i0 + i, j0 + j), u(i0 + i + 1, j0 + j), u(i0 + i - 1, j0 + j), &
+                               u(i0 + i, j0 + j + 1), u(i0 + i, j0 + j - 1), q(i0 + i, j0 + j)], &
+                              c_float)
+          y(1, tok, s) = real(u_next(i0 + i, j0 + j), c_float)
+        end do
+      end do
+    end do
+  end subroutine cut_patches
+
+  ! Collective: over samples 1..n of every rank, the sums of the surrogate's
+  ! squared error, of the squared target u(t + dt), and of the squared
+  ! change u(t + dt) - u(t) (the error of predicting no change).
+  function squared_sums(n) result(e)
+    integer, intent(in) :: n
+    real(dp) :: e(3)
+    call trainer%predict(x(:, :, 1:n), pred(:, :, 1:n))
+    e(1) = sum(real(pred(1, :, 1:n) - y(1, :, 1:n), dp)**2)
+    e(2) = sum(real(y(1, :, 1:n), dp)**2)
+    e(3) = sum(real(x(1, :, 1:n) - y(1, :, 1:n), dp)**2)
+    call MPI_Allreduce(MPI_IN_PLACE, e, 3, MPI_DOUBLE_PRECISION, MPI_SUM, cart)
+  end function squared_sums
+
+  subroutine report(step, e)
+    integer, intent(in) :: step
+    real(dp), intent(in) :: e(3)
+    if (rank /= 0) return
+    print '(a, i6, a, i5, a, es9.2, a, es9.2, a, es9.2, a, es9.2, a, f6.1, a)', 'step ', step, &
+      '  train steps ', m%step, '  loss ', m%loss, '  lr ', m%lr, '  surrogate rel L2 ', e(1), &
+      '  (no change ', e(2), ')  ', MPI_Wtime() - t0, ' s'
+    ! es...e3: a three-digit exponent keeps every value valid JSON.
+    write(line, '(a, i0, a, i0, 5(a, es13.5e3), a)') '{"event": "interval", "step": ', &
+      step, ', "train_steps": ', m%step, ', "loss": ', m%loss, ', "lr": ', m%lr, &
+      ', "rel_l2": ', e(1), ', "no_change_rel_l2": ', e(2), ', "wall_s": ', MPI_Wtime() - t0, '}'
+    write(unit, '(a)') trim(line)
+    flush(unit)
+  end subroutine report
+
+end program heat2d

@@ -1,0 +1,968 @@
+!> insitra: Fortran 2008 bindings of the C API (include/insitra.h).
+!>
+!>   use insitra
+!>   type(insitra_config)  :: cfg
+!>   type(insitra_trainer) :: trainer
+!>   call cfg%create()
+!>   call cfg%set("model.d_model", 64)
+!>   call trainer%create(cfg, MPI_COMM_WORLD)       ! integer or type(MPI_Comm)
+!>   call trainer%push_samples(x, y)                ! x(F_in, T, n), y(F_out, T, n)
+!>   call trainer%train_step(metrics)
+!>
+!> Handles are derived types wrapping the C pointer, with type-bound
+!> procedures and a final procedure. Every procedure takes an optional
+!> integer `stat`: present, it receives the status code (INSITRA_STATUS_OK on
+!> success) and insitra_last_error() returns the message; absent, a failure
+!> writes the message to standard error and stops the program (error stop).
+!>
+!> Arrays are contiguous assumed-shape real(c_float) arrays handed to C
+!> without copies. Fortran is column-major, so an array x(F, T, n) has exactly
+!> the memory of the C row-major x[n][T][F]: the feature index varies fastest,
+!> then the token, then the sample.
+module insitra
+  use, intrinsic :: iso_c_binding, only: c_ptr, c_null_ptr, c_associated, c_f_pointer, c_char, &
+                                         c_null_char, c_int, c_int32_t, c_int64_t, c_size_t, &
+                                         c_float, c_double
+  use, intrinsic :: iso_fortran_env, only: error_unit
+  use mpi_f08, only: MPI_Comm, MPI_COMM_NULL, MPI_SUCCESS, MPI_INTEGER, MPI_CHARACTER, MPI_MIN, &
+                     MPI_ERRORS_RETURN, MPI_Comm_dup, MPI_Comm_free, MPI_Comm_rank, MPI_Comm_size, &
+                     MPI_Comm_set_errhandler, MPI_Allreduce, MPI_Bcast, MPI_Finalized, &
+                     operator(/=)
+  implicit none
+  private
+
+  integer, parameter, public :: INSITRA_VERSION_MAJOR = 0
+  integer, parameter, public :: INSITRA_VERSION_MINOR = 1
+  integer, parameter, public :: INSITRA_VERSION_PATCH = 0
+
+  ! The values of the C enum insitra_status.
+  integer, parameter, public :: INSITRA_STATUS_OK = 0
+  integer, parameter, public :: INSITRA_STATUS_INVALID_ARGUMENT = 1
+  integer, parameter, public :: INSITRA_STATUS_CONFIG_ERROR = 2
+  integer, parameter, public :: INSITRA_STATUS_PARSE_ERROR = 3
+  integer, parameter, public :: INSITRA_STATUS_IO_ERROR = 4
+  integer, parameter, public :: INSITRA_STATUS_OUT_OF_MEMORY = 5
+  integer, parameter, public :: INSITRA_STATUS_MPI_ERROR = 6
+  integer, parameter, public :: INSITRA_STATUS_NOT_READY = 7
+  integer, parameter, public :: INSITRA_STATUS_NUMERICAL_ERROR = 8
+  integer, parameter, public :: INSITRA_STATUS_REMOTE_ERROR = 9
+
+  ! Longest message the C side keeps (INSITRA_ERROR_MAX), and a buffer that
+  ! holds any configuration value's text (string keys are < 1024 bytes).
+  integer, parameter :: MESSAGE_MAX = 1024
+  integer, parameter :: VALUE_MAX = 4096
+
+  !> One training step's metrics (C struct insitra_metrics).
+  type, bind(c), public :: insitra_metrics
+    integer(c_int64_t) :: step = 0              ! optimizer steps taken, counting this one
+    integer(c_int64_t) :: tokens = 0            ! tokens in this step's global batch
+    real(c_double) :: loss = 0                  ! mean squared error over the global batch
+    real(c_double) :: grad_norm = 0             ! global gradient L2 norm before clipping
+    real(c_double) :: lr = 0                    ! learning rate used by this step
+    real(c_double) :: tokens_per_second = 0
+    real(c_double) :: step_seconds = 0          ! wall time of the step on this rank
+    real(c_double) :: comm_wait_seconds = 0     ! part of step_seconds waiting on communication
+  end type insitra_metrics
+
+  !> Bytes held on one rank (C struct insitra_memory_usage).
+  type, bind(c), public :: insitra_memory_usage
+    integer(c_int64_t) :: parameter_bytes = 0
+    integer(c_int64_t) :: gradient_bytes = 0
+    integer(c_int64_t) :: optimizer_bytes = 0
+    integer(c_int64_t) :: activation_bytes = 0
+    integer(c_int64_t) :: communication_bytes = 0
+    integer(c_int64_t) :: sample_store_bytes = 0
+    integer(c_int64_t) :: total_bytes = 0
+  end type insitra_memory_usage
+
+  !> Memory and traffic of one ZeRO stage (C struct insitra_plan).
+  type, bind(c), public :: insitra_plan
+    integer(c_int32_t) :: world_size = 0
+    integer(c_int32_t) :: zero_stage = 0
+    type(insitra_memory_usage) :: memory
+    integer(c_int64_t) :: comm_bytes_per_step = 0
+    integer(c_int32_t) :: collectives_per_step = 0
+  end type insitra_plan
+
+  !> A configuration: defaults, YAML, dotted-key overrides. Local (no MPI).
+  type, public :: insitra_config
+    private
+    type(c_ptr) :: handle = c_null_ptr
+  contains
+    procedure :: create => config_create
+    procedure :: free => config_free
+    procedure :: created => config_created
+    procedure :: load_yaml => config_load_yaml
+    procedure :: load_yaml_string => config_load_yaml_string
+    procedure, private :: config_set_string, config_set_int32, config_set_int64, &
+                          config_set_real32, config_set_real64, config_set_logical
+    generic :: set => config_set_string, config_set_int32, config_set_int64, config_set_real32, &
+                      config_set_real64, config_set_logical
+    procedure, private :: config_get_string, config_get_int32, config_get_int64, &
+                          config_get_real64, config_get_logical
+    generic :: get => config_get_string, config_get_int32, config_get_int64, config_get_real64, &
+                      config_get_logical
+    procedure :: validate => config_validate
+    procedure :: plan_stage => config_plan_stage
+    procedure, private :: config_assign
+    generic :: assignment(=) => config_assign
+    final :: config_final
+  end type insitra_config
+
+  !> A trainer: model, optimizer and this rank's sample store.
+  type, public :: insitra_trainer
+    private
+    type(c_ptr) :: handle = c_null_ptr
+    ! A duplicate of the trainer's communicator, used only to agree on
+    ! argument errors found here before a collective C call (see agree()).
+    type(MPI_Comm) :: comm = MPI_COMM_NULL
+    integer :: rank = 0, nranks = 1
+    integer(c_int64_t) :: seq_len = 0, in_features = 0, out_features = 0
+  contains
+    procedure, private :: trainer_create_f08, trainer_create_int
+    generic :: create => trainer_create_f08, trainer_create_int
+    procedure :: free => trainer_free
+    procedure :: created => trainer_created
+    procedure :: sample_shape => trainer_sample_shape
+    procedure :: num_parameters => trainer_num_parameters
+    procedure :: push_samples => trainer_push_samples
+    procedure :: samples_stored => trainer_samples_stored
+    procedure :: train_step => trainer_train_step
+    procedure :: predict => trainer_predict
+    procedure :: evaluate => trainer_evaluate
+    procedure :: memory_report => trainer_memory_report
+    procedure, private :: trainer_assign
+    generic :: assignment(=) => trainer_assign
+    final :: trainer_final
+  end type insitra_trainer
+
+  public :: insitra_last_error, insitra_status_name, insitra_version
+
+  ! The message of the last failure seen through this module (C's message,
+  ! or one about a Fortran argument). One per process, not per thread.
+  character(len=:), allocatable :: last_message
+
+  interface
+    function c_insitra_last_error() bind(c, name='insitra_last_error') result(text)
+      import :: c_ptr
+      type(c_ptr) :: text
+    end function c_insitra_last_error
+
+    function c_insitra_status_name(status) bind(c, name='insitra_status_name') result(text)
+      import :: c_ptr, c_int
+      integer(c_int), value :: status
+      type(c_ptr) :: text
+    end function c_insitra_status_name
+
+    function c_insitra_version() bind(c, name='insitra_version') result(text)
+      import :: c_ptr
+      type(c_ptr) :: text
+    end function c_insitra_version
+
+    function c_insitra_config_create(cfg) bind(c, name='insitra_config_create') result(status)
+      import :: c_ptr, c_int
+      type(c_ptr), intent(out) :: cfg
+      integer(c_int) :: status
+    end function c_insitra_config_create
+
+    function c_insitra_config_free(cfg) bind(c, name='insitra_config_free') result(status)
+      import :: c_ptr, c_int
+      type(c_ptr), value :: cfg
+      integer(c_int) :: status
+    end function c_insitra_config_free
+
+    function c_insitra_config_load_yaml(cfg, path) bind(c, name='insitra_config_load_yaml') &
+        result(status)
+      import :: c_ptr, c_int, c_char
+      type(c_ptr), value :: cfg
+      character(kind=c_char), intent(in) :: path(*)
+      integer(c_int) :: status
+    end function c_insitra_config_load_yaml
+
+    function c_insitra_config_load_yaml_string(cfg, yaml) &
+        bind(c, name='insitra_config_load_yaml_string') result(status)
+      import :: c_ptr, c_int, c_char
+      type(c_ptr), value :: cfg
+      character(kind=c_char), intent(in) :: yaml(*)
+      integer(c_int) :: status
+    end function c_insitra_config_load_yaml_string
+
+    function c_insitra_config_set(cfg, key, value) bind(c, name='insitra_config_set') &
+        result(status)
+      import :: c_ptr, c_int, c_char
+      type(c_ptr), value :: cfg
+      character(kind=c_char), intent(in) :: key(*), value(*)
+      integer(c_int) :: status
+    end function c_insitra_config_set
+
+    function c_insitra_config_get(cfg, key, buf, buf_size) bind(c, name='insitra_config_get') &
+        result(status)
+      import :: c_ptr, c_int, c_char, c_size_t
+      type(c_ptr), value :: cfg
+      character(kind=c_char), intent(in) :: key(*)
+      character(kind=c_char), intent(out) :: buf(*)
+      integer(c_size_t), value :: buf_size
+      integer(c_int) :: status
+    end function c_insitra_config_get
+
+    function c_insitra_config_validate(cfg) bind(c, name='insitra_config_validate') &
+        result(status)
+      import :: c_ptr, c_int
+      type(c_ptr), value :: cfg
+      integer(c_int) :: status
+    end function c_insitra_config_validate
+
+    ! insitra_trainer_create takes a C MPI_Comm, which Fortran cannot name:
+    ! both Fortran communicator kinds go through the MPI_Fint variant.
+    function c_insitra_trainer_create_fcomm(trainer, cfg, comm) &
+        bind(c, name='insitra_trainer_create_fcomm') result(status)
+      import :: c_ptr, c_int
+      type(c_ptr), intent(out) :: trainer
+      type(c_ptr), value :: cfg
+      integer(c_int), value :: comm ! MPI_Fint
+      integer(c_int) :: status
+    end function c_insitra_trainer_create_fcomm
+
+    function c_insitra_trainer_free(trainer) bind(c, name='insitra_trainer_free') result(status)
+      import :: c_ptr, c_int
+      type(c_ptr), value :: trainer
+      integer(c_int) :: status
+    end function c_insitra_trainer_free
+
+    function c_insitra_trainer_sample_shape(trainer, seq_len, in_features, out_features) &
+        bind(c, name='insitra_trainer_sample_shape') result(status)
+      import :: c_ptr, c_int, c_int64_t
+      type(c_ptr), value :: trainer
+      integer(c_int64_t), intent(out) :: seq_len, in_features, out_features
+      integer(c_int) :: status
+    end function c_insitra_trainer_sample_shape
+
+    function c_insitra_trainer_num_parameters(trainer, count) &
+        bind(c, name='insitra_trainer_num_parameters') result(status)
+      import :: c_ptr, c_int, c_int64_t
+      type(c_ptr), value :: trainer
+      integer(c_int64_t), intent(out) :: count
+      integer(c_int) :: status
+    end function c_insitra_trainer_num_parameters
+
+    function c_insitra_push_samples(trainer, n, x, y) bind(c, name='insitra_push_samples') &
+        result(status)
+      import :: c_ptr, c_int, c_int64_t, c_float
+      type(c_ptr), value :: trainer
+      integer(c_int64_t), value :: n
+      real(c_float), intent(in) :: x(*), y(*) ! [n][T][F_in], [n][T][F_out]
+      integer(c_int) :: status
+    end function c_insitra_push_samples
+
+    function c_insitra_samples_stored(trainer, count) bind(c, name='insitra_samples_stored') &
+        result(status)
+      import :: c_ptr, c_int, c_int64_t
+      type(c_ptr), value :: trainer
+      integer(c_int64_t), intent(out) :: count
+      integer(c_int) :: status
+    end function c_insitra_samples_stored
+
+    function c_insitra_train_step(trainer, metrics) bind(c, name='insitra_train_step') &
+        result(status)
+      import :: c_ptr, c_int, insitra_metrics
+      type(c_ptr), value :: trainer
+      type(insitra_metrics), intent(out) :: metrics
+      integer(c_int) :: status
+    end function c_insitra_train_step
+
+    function c_insitra_predict(trainer, n, x, y_out) bind(c, name='insitra_predict') &
+        result(status)
+      import :: c_ptr, c_int, c_int64_t, c_float
+      type(c_ptr), value :: trainer
+      integer(c_int64_t), value :: n
+      real(c_float), intent(in) :: x(*)      ! [n][T][F_in]
+      real(c_float), intent(inout) :: y_out(*) ! [n][T][F_out]
+      integer(c_int) :: status
+    end function c_insitra_predict
+
+    function c_insitra_evaluate(trainer, n, x, y, loss) bind(c, name='insitra_evaluate') &
+        result(status)
+      import :: c_ptr, c_int, c_int64_t, c_float, c_double
+      type(c_ptr), value :: trainer
+      integer(c_int64_t), value :: n
+      real(c_float), intent(in) :: x(*), y(*) ! [n][T][F_in], [n][T][F_out]
+      real(c_double), intent(out) :: loss
+      integer(c_int) :: status
+    end function c_insitra_evaluate
+
+    function c_insitra_memory_report(trainer, usage) bind(c, name='insitra_memory_report') &
+        result(status)
+      import :: c_ptr, c_int, insitra_memory_usage
+      type(c_ptr), value :: trainer
+      type(insitra_memory_usage), intent(out) :: usage
+      integer(c_int) :: status
+    end function c_insitra_memory_report
+
+    function c_insitra_plan_stage(cfg, world_size, zero_stage, plan) &
+        bind(c, name='insitra_plan_stage') result(status)
+      import :: c_ptr, c_int, c_int32_t, insitra_plan
+      type(c_ptr), value :: cfg
+      integer(c_int32_t), value :: world_size, zero_stage
+      type(insitra_plan), intent(out) :: plan
+      integer(c_int) :: status
+    end function c_insitra_plan_stage
+
+    function c_strlen(s) bind(c, name='strlen') result(n)
+      import :: c_ptr, c_size_t
+      type(c_ptr), value :: s
+      integer(c_size_t) :: n
+    end function c_strlen
+  end interface
+
+contains
+
+  ! ------------------------------------------------------------------------
+  ! Module procedures: messages and version.
+  ! ------------------------------------------------------------------------
+
+  !> The message of the last failed call ("" if none failed yet).
+  function insitra_last_error() result(message)
+    character(len=:), allocatable :: message
+    if (allocated(last_message)) then
+      message = last_message
+    else
+      message = ''
+    end if
+  end function insitra_last_error
+
+  !> The constant name of a status code, e.g. "INSITRA_STATUS_CONFIG_ERROR".
+  function insitra_status_name(status) result(name)
+    integer, intent(in) :: status
+    character(len=:), allocatable :: name
+    name = from_c_string(c_insitra_status_name(int(status, c_int)))
+  end function insitra_status_name
+
+  !> The library version as "MAJOR.MINOR.PATCH".
+  function insitra_version() result(version)
+    character(len=:), allocatable :: version
+    version = from_c_string(c_insitra_version())
+  end function insitra_version
+
+  ! ------------------------------------------------------------------------
+  ! Helpers: strings and the stat / error stop rule.
+  ! ------------------------------------------------------------------------
+
+  ! A Fortran string as a NUL-terminated C string; trailing blanks (the
+  ! padding of fixed-length variables) are dropped.
+  pure function to_c_string(s) result(cs)
+    character(len=*), intent(in) :: s
+    character(kind=c_char, len=:), allocatable :: cs
+    cs = trim(s) // c_null_char
+  end function to_c_string
+
+  ! A copy of the NUL-terminated C string at p.
+  function from_c_string(p) result(s)
+    type(c_ptr), intent(in) :: p
+    character(len=:), allocatable :: s
+    character(kind=c_char), pointer :: chars(:)
+    integer :: i, n(1)
+    if (.not. c_associated(p)) then
+      s = ''
+      return
+    end if
+    n(1) = int(c_strlen(p))
+    call c_f_pointer(p, chars, n)
+    allocate(character(len=n(1)) :: s)
+    do i = 1, n(1)
+      s(i:i) = chars(i)
+    end do
+  end function from_c_string
+
+  ! Every procedure ends here with the C call's status: stat present, it is
+  ! returned; absent, a failure stops the program with the message.
+  subroutine finish(status, where, stat)
+    integer(c_int), intent(in) :: status
+    character(len=*), intent(in) :: where
+    integer, intent(out), optional :: stat
+    if (status /= INSITRA_STATUS_OK) last_message = from_c_string(c_insitra_last_error())
+    call report(int(status), where, stat)
+  end subroutine finish
+
+  ! The same for an error found on the Fortran side, with its own message.
+  subroutine fail(status, message, where, stat)
+    integer, intent(in) :: status
+    character(len=*), intent(in) :: message, where
+    integer, intent(out), optional :: stat
+    last_message = message
+    call report(status, where, stat)
+  end subroutine fail
+
+  subroutine report(status, where, stat)
+    integer, intent(in) :: status
+    character(len=*), intent(in) :: where
+    integer, intent(out), optional :: stat
+    if (present(stat)) then
+      stat = status
+    else if (status /= INSITRA_STATUS_OK) then
+      write(error_unit, '(a)') 'insitra: ' // where // ' failed (' // &
+        insitra_status_name(status) // '): ' // insitra_last_error()
+      flush(error_unit)
+      error stop 1
+    end if
+  end subroutine report
+
+  ! "(2, 16, 4)"
+  function shape_text(dims) result(text)
+    integer, intent(in) :: dims(:)
+    character(len=:), allocatable :: text
+    character(len=24) :: item
+    integer :: i
+    text = '('
+    do i = 1, size(dims)
+      write(item, '(i0)') dims(i)
+      text = text // trim(item)
+      if (i < size(dims)) text = text // ', '
+    end do
+    text = text // ')'
+  end function shape_text
+
+  function int_text(i) result(text)
+    integer(c_int64_t), intent(in) :: i
+    character(len=:), allocatable :: text
+    character(len=24) :: item
+    write(item, '(i0)') i
+    text = trim(item)
+  end function int_text
+
+  ! ------------------------------------------------------------------------
+  ! insitra_config
+  ! ------------------------------------------------------------------------
+
+  !> A configuration holding the defaults of docs/config.md. Creating over a
+  !> live configuration frees the old one first.
+  subroutine config_create(self, stat)
+    class(insitra_config), intent(inout) :: self
+    integer, intent(out), optional :: stat
+    integer(c_int) :: status
+    if (c_associated(self%handle)) status = c_insitra_config_free(self%handle)
+    self%handle = c_null_ptr
+    status = c_insitra_config_create(self%handle)
+    call finish(status, 'insitra_config%create', stat)
+  end subroutine config_create
+
+  !> Frees the configuration; a configuration never created is a no-op.
+  subroutine config_free(self, stat)
+    class(insitra_config), intent(inout) :: self
+    integer, intent(out), optional :: stat
+    integer(c_int) :: status
+    status = INSITRA_STATUS_OK
+    if (c_associated(self%handle)) status = c_insitra_config_free(self%handle)
+    self%handle = c_null_ptr
+    call finish(status, 'insitra_config%free', stat)
+  end subroutine config_free
+
+  !> Whether create succeeded and free has not been called since.
+  logical function config_created(self)
+    class(insitra_config), intent(in) :: self
+    config_created = c_associated(self%handle)
+  end function config_created
+
+  !> Applies every key of a YAML file; on error nothing changes.
+  subroutine config_load_yaml(self, path, stat)
+    class(insitra_config), intent(inout) :: self
+    character(len=*), intent(in) :: path
+    integer, intent(out), optional :: stat
+    call finish(c_insitra_config_load_yaml(self%handle, to_c_string(path)), &
+                'insitra_config%load_yaml', stat)
+  end subroutine config_load_yaml
+
+  !> The same from YAML text (lines separated by new_line('a'), or flow
+  !> style such as "{model: {d_model: 64}, training: {batch_size: 8}}").
+  subroutine config_load_yaml_string(self, yaml, stat)
+    class(insitra_config), intent(inout) :: self
+    character(len=*), intent(in) :: yaml
+    integer, intent(out), optional :: stat
+    call finish(c_insitra_config_load_yaml_string(self%handle, to_c_string(yaml)), &
+                'insitra_config%load_yaml_string', stat)
+  end subroutine config_load_yaml_string
+
+  !> Sets one key from its text form, e.g. ("model.d_model", "256").
+  subroutine config_set_string(self, key, value, stat)
+    class(insitra_config), intent(inout) :: self
+    character(len=*), intent(in) :: key, value
+    integer, intent(out), optional :: stat
+    call finish(c_insitra_config_set(self%handle, to_c_string(key), to_c_string(value)), &
+                'insitra_config%set', stat)
+  end subroutine config_set_string
+
+  subroutine config_set_int32(self, key, value, stat)
+    class(insitra_config), intent(inout) :: self
+    character(len=*), intent(in) :: key
+    integer(c_int32_t), intent(in) :: value
+    integer, intent(out), optional :: stat
+    call config_set_string(self, key, int_text(int(value, c_int64_t)), stat)
+  end subroutine config_set_int32
+
+  subroutine config_set_int64(self, key, value, stat)
+    class(insitra_config), intent(inout) :: self
+    character(len=*), intent(in) :: key
+    integer(c_int64_t), intent(in) :: value
+    integer, intent(out), optional :: stat
+    call config_set_string(self, key, int_text(value), stat)
+  end subroutine config_set_int64
+
+  ! Seven significant digits: the decimal a user writes as a default-real
+  ! literal (2.0e-3), not the binary float's expansion (2.00000009e-3).
+  subroutine config_set_real32(self, key, value, stat)
+    class(insitra_config), intent(inout) :: self
+    character(len=*), intent(in) :: key
+    real(c_float), intent(in) :: value
+    integer, intent(out), optional :: stat
+    character(len=32) :: text
+    write(text, '(es15.6e3)') value
+    call config_set_string(self, key, adjustl(text), stat)
+  end subroutine config_set_real32
+
+  ! Seventeen significant digits: the double round-trips exactly.
+  subroutine config_set_real64(self, key, value, stat)
+    class(insitra_config), intent(inout) :: self
+    character(len=*), intent(in) :: key
+    real(c_double), intent(in) :: value
+    integer, intent(out), optional :: stat
+    character(len=32) :: text
+    write(text, '(es25.16e3)') value
+    call config_set_string(self, key, adjustl(text), stat)
+  end subroutine config_set_real64
+
+  subroutine config_set_logical(self, key, value, stat)
+    class(insitra_config), intent(inout) :: self
+    character(len=*), intent(in) :: key
+    logical, intent(in) :: value
+    integer, intent(out), optional :: stat
+    if (value) then
+      call config_set_string(self, key, 'true', stat)
+    else
+      call config_set_string(self, key, 'false', stat)
+    end if
+  end subroutine config_set_logical
+
+  !> The text form of a key's value.
+  subroutine config_get_string(self, key, value, stat)
+    class(insitra_config), intent(in) :: self
+    character(len=*), intent(in) :: key
+    character(len=:), allocatable, intent(out) :: value
+    integer, intent(out), optional :: stat
+    character(kind=c_char, len=VALUE_MAX) :: buf
+    integer(c_int) :: status
+    buf = c_null_char
+    status = c_insitra_config_get(self%handle, to_c_string(key), buf, &
+                                  int(VALUE_MAX, c_size_t))
+    if (status == INSITRA_STATUS_OK) then
+      value = buf(1:index(buf, c_null_char) - 1)
+    else
+      value = ''
+    end if
+    call finish(status, 'insitra_config%get', stat)
+  end subroutine config_get_string
+
+  ! Typed reads: the text form read back; a key of another type is a
+  ! CONFIG_ERROR naming the key and the text.
+  subroutine get_as(self, key, text, ok, stat)
+    class(insitra_config), intent(in) :: self
+    character(len=*), intent(in) :: key
+    character(len=:), allocatable, intent(out) :: text
+    logical, intent(out) :: ok
+    integer, intent(out), optional :: stat
+    integer :: status
+    call config_get_string(self, key, text, status)
+    ok = status == INSITRA_STATUS_OK
+    call report(status, 'insitra_config%get', stat)
+  end subroutine get_as
+
+  subroutine config_get_int64(self, key, value, stat)
+    class(insitra_config), intent(in) :: self
+    character(len=*), intent(in) :: key
+    integer(c_int64_t), intent(out) :: value
+    integer, intent(out), optional :: stat
+    character(len=:), allocatable :: text
+    logical :: ok
+    integer :: ios
+    value = 0
+    call get_as(self, key, text, ok, stat)
+    if (.not. ok) return
+    read(text, *, iostat=ios) value
+    if (ios /= 0 .or. verify(text, '+-0123456789') /= 0) then
+      value = 0
+      call fail(INSITRA_STATUS_CONFIG_ERROR, "config key '" // trim(key) // "': value '" // &
+                text // "' is not an integer", 'insitra_config%get', stat)
+    end if
+  end subroutine config_get_int64
+
+  subroutine config_get_int32(self, key, value, stat)
+    class(insitra_config), intent(in) :: self
+    character(len=*), intent(in) :: key
+    integer(c_int32_t), intent(out) :: value
+    integer, intent(out), optional :: stat
+    integer(c_int64_t) :: wide
+    integer :: status
+    value = 0
+    call config_get_int64(self, key, wide, status)
+    if (status /= INSITRA_STATUS_OK) then
+      call report(status, 'insitra_config%get', stat)
+    else if (wide > huge(value) .or. wide < -huge(value)) then
+      call fail(INSITRA_STATUS_CONFIG_ERROR, "config key '" // trim(key) // "': value " // &
+                int_text(wide) // ' does not fit a 32-bit integer; use integer(c_int64_t)', &
+                'insitra_config%get', stat)
+    else
+      value = int(wide, c_int32_t)
+      if (present(stat)) stat = INSITRA_STATUS_OK
+    end if
+  end subroutine config_get_int32
+
+  subroutine config_get_real64(self, key, value, stat)
+    class(insitra_config), intent(in) :: self
+    character(len=*), intent(in) :: key
+    real(c_double), intent(out) :: value
+    integer, intent(out), optional :: stat
+    character(len=:), allocatable :: text
+    logical :: ok
+    integer :: ios
+    value = 0
+    call get_as(self, key, text, ok, stat)
+    if (.not. ok) return
+    read(text, *, iostat=ios) value
+    if (ios /= 0 .or. verify(text, '+-.0123456789eE') /= 0) then
+      value = 0
+      call fail(INSITRA_STATUS_CONFIG_ERROR, "config key '" // trim(key) // "': value '" // &
+                text // "' is not a number", 'insitra_config%get', stat)
+    end if
+  end subroutine config_get_real64
+
+  subroutine config_get_logical(self, key, value, stat)
+    class(insitra_config), intent(in) :: self
+    character(len=*), intent(in) :: key
+    logical, intent(out) :: value
+    integer, intent(out), optional :: stat
+    character(len=:), allocatable :: text
+    logical :: ok
+    value = .false.
+    call get_as(self, key, text, ok, stat)
+    if (.not. ok) return
+    if (text == 'true') then
+      value = .true.
+    else if (text /= 'false') then
+      call fail(INSITRA_STATUS_CONFIG_ERROR, "config key '" // trim(key) // "': value '" // &
+                text // "' is not a boolean", 'insitra_config%get', stat)
+    end if
+  end subroutine config_get_logical
+
+  !> Checks relations between keys (heads divide d_model, ...) before any MPI work.
+  subroutine config_validate(self, stat)
+    class(insitra_config), intent(in) :: self
+    integer, intent(out), optional :: stat
+    call finish(c_insitra_config_validate(self%handle), 'insitra_config%validate', stat)
+  end subroutine config_validate
+
+  !> Local, allocates nothing: memory per rank and traffic per step of
+  !> training this configuration on world_size ranks at ZeRO stage zero_stage.
+  subroutine config_plan_stage(self, world_size, zero_stage, plan, stat)
+    class(insitra_config), intent(in) :: self
+    integer, intent(in) :: world_size, zero_stage
+    type(insitra_plan), intent(out) :: plan
+    integer, intent(out), optional :: stat
+    call finish(c_insitra_plan_stage(self%handle, int(world_size, c_int32_t), &
+                                     int(zero_stage, c_int32_t), plan), &
+                'insitra_config%plan_stage', stat)
+  end subroutine config_plan_stage
+
+  ! A handle owns its C object: copying one would free it twice. Assigning
+  ! an empty (never created or freed) configuration is allowed.
+  subroutine config_assign(lhs, rhs)
+    class(insitra_config), intent(inout) :: lhs
+    type(insitra_config), intent(in) :: rhs
+    if (c_associated(rhs%handle) .or. c_associated(lhs%handle)) &
+      call fail(INSITRA_STATUS_INVALID_ARGUMENT, 'an insitra_config cannot be copied (it owns ' // &
+                'its C object); pass it by reference', 'assignment(=)')
+  end subroutine config_assign
+
+  impure elemental subroutine config_final(self)
+    type(insitra_config), intent(inout) :: self
+    integer(c_int) :: status
+    if (c_associated(self%handle)) status = c_insitra_config_free(self%handle)
+    self%handle = c_null_ptr
+  end subroutine config_final
+
+  ! ------------------------------------------------------------------------
+  ! insitra_trainer
+  ! ------------------------------------------------------------------------
+
+  !> Collective over comm (an integer handle from `use mpi` or mpif.h); the
+  !> communicator is duplicated, the configuration copied.
+  subroutine trainer_create_int(self, cfg, comm, stat)
+    class(insitra_trainer), intent(inout) :: self
+    class(insitra_config), intent(in) :: cfg
+    integer, intent(in) :: comm
+    integer, intent(out), optional :: stat
+    type(MPI_Comm) :: f08
+    f08%MPI_VAL = comm
+    call trainer_create_f08(self, cfg, f08, stat)
+  end subroutine trainer_create_int
+
+  !> Collective over comm (type(MPI_Comm) from mpi_f08). Creating over a
+  !> live trainer frees the old one first (also collective).
+  subroutine trainer_create_f08(self, cfg, comm, stat)
+    class(insitra_trainer), intent(inout) :: self
+    class(insitra_config), intent(in) :: cfg
+    type(MPI_Comm), intent(in) :: comm
+    integer, intent(out), optional :: stat
+    integer(c_int) :: status
+    integer :: ierr
+    call release(self)
+    status = c_insitra_trainer_create_fcomm(self%handle, cfg%handle, int(comm%MPI_VAL, c_int))
+    if (status == INSITRA_STATUS_OK) &
+      status = c_insitra_trainer_sample_shape(self%handle, self%seq_len, self%in_features, &
+                                              self%out_features)
+    if (status /= INSITRA_STATUS_OK) then
+      call finish(status, 'insitra_trainer%create', stat)
+      return
+    end if
+    call MPI_Comm_dup(comm, self%comm, ierr)
+    if (ierr == MPI_SUCCESS) call MPI_Comm_set_errhandler(self%comm, MPI_ERRORS_RETURN, ierr)
+    if (ierr == MPI_SUCCESS) call MPI_Comm_rank(self%comm, self%rank, ierr)
+    if (ierr == MPI_SUCCESS) call MPI_Comm_size(self%comm, self%nranks, ierr)
+    if (ierr /= MPI_SUCCESS) then
+      call release(self)
+      call fail(INSITRA_STATUS_MPI_ERROR, 'MPI_Comm_dup of the trainer communicator failed', &
+                'insitra_trainer%create', stat)
+      return
+    end if
+    call finish(status, 'insitra_trainer%create', stat)
+  end subroutine trainer_create_f08
+
+  ! Frees the C trainer and our communicator; returns the C status.
+  subroutine release(self, c_status)
+    class(insitra_trainer), intent(inout) :: self
+    integer(c_int), intent(out), optional :: c_status
+    integer(c_int) :: status
+    integer :: ierr
+    status = INSITRA_STATUS_OK
+    if (c_associated(self%handle)) status = c_insitra_trainer_free(self%handle)
+    if (self%comm /= MPI_COMM_NULL) call MPI_Comm_free(self%comm, ierr)
+    self%handle = c_null_ptr
+    self%comm = MPI_COMM_NULL
+    self%rank = 0
+    self%nranks = 1
+    self%seq_len = 0
+    self%in_features = 0
+    self%out_features = 0
+    if (present(c_status)) c_status = status
+  end subroutine release
+
+  !> Collective. Frees everything the trainer holds; an empty trainer is a no-op.
+  subroutine trainer_free(self, stat)
+    class(insitra_trainer), intent(inout) :: self
+    integer, intent(out), optional :: stat
+    integer(c_int) :: status
+    call release(self, status)
+    call finish(status, 'insitra_trainer%free', stat)
+  end subroutine trainer_free
+
+  !> Whether create succeeded and free has not been called since.
+  logical function trainer_created(self)
+    class(insitra_trainer), intent(in) :: self
+    trainer_created = c_associated(self%handle)
+  end function trainer_created
+
+  !> The sample shape: T tokens, F_in input and F_out output features.
+  subroutine trainer_sample_shape(self, seq_len, in_features, out_features, stat)
+    class(insitra_trainer), intent(in) :: self
+    integer(c_int64_t), intent(out) :: seq_len, in_features, out_features
+    integer, intent(out), optional :: stat
+    call finish(c_insitra_trainer_sample_shape(self%handle, seq_len, in_features, out_features), &
+                'insitra_trainer%sample_shape', stat)
+  end subroutine trainer_sample_shape
+
+  !> Trainable parameters of the whole model.
+  subroutine trainer_num_parameters(self, count, stat)
+    class(insitra_trainer), intent(in) :: self
+    integer(c_int64_t), intent(out) :: count
+    integer, intent(out), optional :: stat
+    count = 0
+    call finish(c_insitra_trainer_num_parameters(self%handle, count), &
+                'insitra_trainer%num_parameters', stat)
+  end subroutine trainer_num_parameters
+
+  ! "" when x (F_in, T, n) and y (F_out, T, n) fit this trainer, else why not.
+  function shape_error(self, fn, x, y, y_name) result(message)
+    class(insitra_trainer), intent(in) :: self
+    character(len=*), intent(in) :: fn, y_name
+    real(c_float), intent(in) :: x(:,:,:), y(:,:,:)
+    character(len=:), allocatable :: message
+    integer(c_int64_t) :: n
+    integer :: x_shape(3), y_shape(3) ! named, so that no temporary is made
+    message = ''
+    if (.not. c_associated(self%handle)) then
+      message = fn // ': the trainer was not created (call create first)'
+      return
+    end if
+    n = size(x, 3, kind=c_int64_t)
+    x_shape = shape(x)
+    y_shape = shape(y)
+    if (size(x, 1, kind=c_int64_t) /= self%in_features .or. &
+        size(x, 2, kind=c_int64_t) /= self%seq_len) then
+      message = fn // ': x has shape ' // shape_text(x_shape) // '; this trainer needs (' // &
+                'F_in = ' // int_text(self%in_features) // ', T = ' // int_text(self%seq_len) // &
+                ', n)'
+    else if (size(y, 1, kind=c_int64_t) /= self%out_features .or. &
+             size(y, 2, kind=c_int64_t) /= self%seq_len .or. size(y, 3, kind=c_int64_t) /= n) then
+      message = fn // ': ' // y_name // ' has shape ' // shape_text(y_shape) // &
+                '; this trainer needs (F_out = ' // int_text(self%out_features) // ', T = ' // &
+                int_text(self%seq_len) // ', n = ' // int_text(n) // ') to match x'
+    end if
+  end function shape_error
+
+  ! Collective calls check their arrays here before entering C, so a rank
+  ! with a wrong shape must not skip the C call alone (the others would wait
+  ! in it): the first failing rank's message reaches every rank, the way the
+  ! C library agrees on its own errors.
+  subroutine agree(self, status, message)
+    class(insitra_trainer), intent(in) :: self
+    integer, intent(inout) :: status
+    character(len=:), allocatable, intent(inout) :: message
+    character(len=MESSAGE_MAX) :: text
+    integer :: mine, first, first_status, ierr
+    character(len=24) :: rank_text
+    if (self%nranks == 1) return
+    mine = self%nranks
+    if (status /= INSITRA_STATUS_OK) mine = self%rank
+    call MPI_Allreduce(mine, first, 1, MPI_INTEGER, MPI_MIN, self%comm, ierr)
+    if (ierr /= MPI_SUCCESS) then
+      status = INSITRA_STATUS_MPI_ERROR
+      message = 'MPI_Allreduce (argument agreement) failed'
+      return
+    end if
+    if (first == self%nranks) return
+    text = ''
+    first_status = status
+    if (self%rank == first) text = message
+    call MPI_Bcast(first_status, 1, MPI_INTEGER, first, self%comm, ierr)
+    if (ierr == MPI_SUCCESS) call MPI_Bcast(text, len(text), MPI_CHARACTER, first, self%comm, ierr)
+    write(rank_text, '(i0)') first
+    if (self%rank == first) then
+      message = 'rank ' // trim(rank_text) // ': ' // message
+    else
+      status = INSITRA_STATUS_REMOTE_ERROR
+      message = 'rank ' // trim(rank_text) // ' failed (' // insitra_status_name(first_status) // &
+                '): ' // trim(text)
+    end if
+  end subroutine agree
+
+  !> Local. Copies the samples x(F_in, T, n), y(F_out, T, n) into this rank's
+  !> store (C x[n][T][F_in], y[n][T][F_out]). NaN or Inf rejects the push whole.
+  subroutine trainer_push_samples(self, x, y, stat)
+    class(insitra_trainer), intent(inout) :: self
+    real(c_float), intent(in), contiguous :: x(:,:,:), y(:,:,:)
+    integer, intent(out), optional :: stat
+    character(len=:), allocatable :: message
+    message = shape_error(self, 'push_samples', x, y, 'y')
+    if (len(message) > 0) then
+      call fail(INSITRA_STATUS_INVALID_ARGUMENT, message, 'insitra_trainer%push_samples', stat)
+      return
+    end if
+    call finish(c_insitra_push_samples(self%handle, size(x, 3, kind=c_int64_t), x, y), &
+                'insitra_trainer%push_samples', stat)
+  end subroutine trainer_push_samples
+
+  !> Samples currently held in this rank's store.
+  subroutine trainer_samples_stored(self, count, stat)
+    class(insitra_trainer), intent(in) :: self
+    integer(c_int64_t), intent(out) :: count
+    integer, intent(out), optional :: stat
+    count = 0
+    call finish(c_insitra_samples_stored(self%handle, count), 'insitra_trainer%samples_stored', &
+                stat)
+  end subroutine trainer_samples_stored
+
+  !> Collective. One optimizer step; metrics (optional) describe it.
+  subroutine trainer_train_step(self, metrics, stat)
+    class(insitra_trainer), intent(inout) :: self
+    type(insitra_metrics), intent(out), optional :: metrics
+    integer, intent(out), optional :: stat
+    type(insitra_metrics) :: m
+    integer(c_int) :: status
+    status = c_insitra_train_step(self%handle, m)
+    if (present(metrics)) metrics = m
+    call finish(status, 'insitra_trainer%train_step', stat)
+  end subroutine trainer_train_step
+
+  !> Collective (n may differ between ranks, and be 0). Model outputs
+  !> y_out(F_out, T, n) for inputs x(F_in, T, n).
+  subroutine trainer_predict(self, x, y_out, stat)
+    class(insitra_trainer), intent(inout) :: self
+    real(c_float), intent(in), contiguous :: x(:,:,:)
+    real(c_float), intent(inout), contiguous :: y_out(:,:,:)
+    integer, intent(out), optional :: stat
+    character(len=:), allocatable :: message
+    integer :: status
+    message = shape_error(self, 'predict', x, y_out, 'y_out')
+    status = INSITRA_STATUS_OK
+    if (len(message) > 0) status = INSITRA_STATUS_INVALID_ARGUMENT
+    if (c_associated(self%handle)) call agree(self, status, message)
+    if (status /= INSITRA_STATUS_OK) then
+      call fail(status, message, 'insitra_trainer%predict', stat)
+      return
+    end if
+    call finish(c_insitra_predict(self%handle, size(x, 3, kind=c_int64_t), x, y_out), &
+                'insitra_trainer%predict', stat)
+  end subroutine trainer_predict
+
+  !> Collective. Mean squared error of the model on x(F_in, T, n) against
+  !> y(F_out, T, n) over all ranks' samples; every rank receives it.
+  subroutine trainer_evaluate(self, x, y, loss, stat)
+    class(insitra_trainer), intent(inout) :: self
+    real(c_float), intent(in), contiguous :: x(:,:,:), y(:,:,:)
+    real(c_double), intent(out) :: loss
+    integer, intent(out), optional :: stat
+    character(len=:), allocatable :: message
+    integer :: status
+    loss = 0
+    message = shape_error(self, 'evaluate', x, y, 'y')
+    status = INSITRA_STATUS_OK
+    if (len(message) > 0) status = INSITRA_STATUS_INVALID_ARGUMENT
+    if (c_associated(self%handle)) call agree(self, status, message)
+    if (status /= INSITRA_STATUS_OK) then
+      call fail(status, message, 'insitra_trainer%evaluate', stat)
+      return
+    end if
+    call finish(c_insitra_evaluate(self%handle, size(x, 3, kind=c_int64_t), x, y, loss), &
+                'insitra_trainer%evaluate', stat)
+  end subroutine trainer_evaluate
+
+  !> Bytes this rank holds now.
+  subroutine trainer_memory_report(self, usage, stat)
+    class(insitra_trainer), intent(in) :: self
+    type(insitra_memory_usage), intent(out) :: usage
+    integer, intent(out), optional :: stat
+    call finish(c_insitra_memory_report(self%handle, usage), 'insitra_trainer%memory_report', stat)
+  end subroutine trainer_memory_report
+
+  subroutine trainer_assign(lhs, rhs)
+    class(insitra_trainer), intent(inout) :: lhs
+    type(insitra_trainer), intent(in) :: rhs
+    if (c_associated(rhs%handle) .or. c_associated(lhs%handle)) &
+      call fail(INSITRA_STATUS_INVALID_ARGUMENT, 'an insitra_trainer cannot be copied (it owns ' // &
+                'its C object); pass it by reference', 'assignment(=)')
+  end subroutine trainer_assign
+
+  ! Freeing is collective, so a trainer is best freed explicitly; this is the
+  ! safety net. After MPI_Finalize nothing can be freed (the process is
+  ! ending anyway), so the handle is dropped.
+  impure elemental subroutine trainer_final(self)
+    type(insitra_trainer), intent(inout) :: self
+    logical :: finalized
+    integer :: ierr
+    if (.not. c_associated(self%handle)) return
+    call MPI_Finalized(finalized, ierr)
+    if (finalized) then
+      self%handle = c_null_ptr
+      return
+    end if
+    call release(self)
+  end subroutine trainer_final
+
+end module insitra
