@@ -135,6 +135,35 @@ insitra_status insitra_evaluate(insitra_trainer *trainer, int64_t n, const float
                                 const float *y, double *loss);
 
 /* ------------------------------------------------------------------------ */
+/* Checkpoints: one parallel-HDF5 file per checkpoint (docs/checkpoint.md).  */
+/* ------------------------------------------------------------------------ */
+
+/* Collective. Writes dir/step-NNNNNNNN.h5 (every rank its shard), then
+ * points dir/latest at it and deletes checkpoints beyond checkpoint.keep_last.
+ * The file appears under its final name only once every rank has written and
+ * flushed its part: a crash leaves the previous checkpoint as it was. If
+ * path_out is not NULL, the new file's path is written there (NUL-terminated,
+ * truncated to path_size). */
+insitra_status insitra_checkpoint_save(insitra_trainer *trainer, const char *dir, char *path_out,
+                                       size_t path_size);
+
+/* Collective. Restores parameters, optimizer state, the step, every rank's
+ * sampler and (when the checkpoint has them) the samples. path is a file, or
+ * a directory: then its newest checkpoint that verifies (file complete, every
+ * CRC32C right) is used, older ones tried in turn. The checkpoint may come
+ * from another rank count or ZeRO stage. The model keys must match the
+ * trainer's; a mismatch names the key. If path_out is not NULL, the path that
+ * was loaded is written there. */
+insitra_status insitra_checkpoint_load(insitra_trainer *trainer, const char *path, char *path_out,
+                                       size_t path_size);
+
+/* Local. *stop becomes 1 once the ranks have agreed to stop (SIGUSR1 or
+ * SIGTERM arrived, or the checkpoint.deadline passed) and the final
+ * checkpoint was written by insitra_train_step; the host then leaves its time
+ * loop. */
+insitra_status insitra_should_stop(const insitra_trainer *trainer, int32_t *stop);
+
+/* ------------------------------------------------------------------------ */
 /* Memory: what a trainer holds, and what a configuration would need.       */
 /* ------------------------------------------------------------------------ */
 

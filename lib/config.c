@@ -52,6 +52,14 @@ static const config_entry entries[] = {
     {"data.sampler", KIND_CHOICE, FIELD(data.sampler), 0, 0, "random", {"random", "sequential"}},
     {"log.every_steps", KIND_INT, FIELD(log.every_steps), 0, INT_MAX_KEY, "0", {0}},
     {"log.jsonl", KIND_STRING, FIELD(log.jsonl), 0, 0, "", {0}},
+    {"checkpoint.dir", KIND_STRING, FIELD(checkpoint.dir), 0, 0, "", {0}},
+    {"checkpoint.every_steps", KIND_INT, FIELD(checkpoint.every_steps), 0, INT_MAX_KEY, "0", {0}},
+    {"checkpoint.keep_last", KIND_INT, FIELD(checkpoint.keep_last), 1, 1000000, "3", {0}},
+    {"checkpoint.include_samples", KIND_BOOL, FIELD(checkpoint.include_samples), 0, 1, "false", {0}},
+    {"checkpoint.signals", KIND_BOOL, FIELD(checkpoint.signals), 0, 1, "true", {0}},
+    {"checkpoint.deadline_seconds", KIND_REAL, FIELD(checkpoint.deadline_seconds), 0, 1e12, "0", {0}},
+    {"checkpoint.deadline_env", KIND_STRING, FIELD(checkpoint.deadline_env), 0, 0, "", {0}},
+    {"checkpoint.deadline_margin_seconds", KIND_REAL, FIELD(checkpoint.deadline_margin_seconds), 0, 1e9, "120", {0}},
     {"parallel.dp", KIND_INT, FIELD(parallel.dp), 0, 1048576, "0", {0}},
     {"parallel.tp", KIND_INT, FIELD(parallel.tp), 1, 1, "1", {0}},
     {"parallel.zero_stage", KIND_INT, FIELD(parallel.zero_stage), 0, 3, "0", {0}},
@@ -83,7 +91,7 @@ static insitra_status unknown_key_error(const char *key)
                                  (int)section_len, key, known);
     return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
                              "unknown config key '%s' (sections: model, training, optimizer, "
-                             "data, log, parallel)",
+                             "data, log, checkpoint, parallel)",
                              key);
 }
 
@@ -123,6 +131,13 @@ static insitra_status parse_number(const config_entry *e, const char *s, double 
     return INSITRA_STATUS_OK;
 }
 
+/* Bytes of a string field (every string key is a char array in the struct). */
+static size_t string_capacity(const config_entry *e)
+{
+    return e->offset == FIELD(checkpoint.deadline_env) ? sizeof(((insitra_config *)0)->checkpoint.deadline_env)
+                                                       : INSITRA_CONFIG_PATH_MAX;
+}
+
 static insitra_status set_entry(insitra_config *cfg, const config_entry *e, const char *value)
 {
     char *field = (char *)cfg + e->offset;
@@ -152,10 +167,10 @@ static insitra_status set_entry(insitra_config *cfg, const config_entry *e, cons
                                  e->choices[2] ? e->choices[2] : "", e->choices[3] ? ", " : "",
                                  e->choices[3] ? e->choices[3] : "");
     case KIND_STRING:
-        if (strlen(value) >= INSITRA_CONFIG_PATH_MAX)
+        if (strlen(value) >= string_capacity(e))
             return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
-                                     "config key '%s': value is %zu characters, at most %d allowed",
-                                     e->key, strlen(value), INSITRA_CONFIG_PATH_MAX - 1);
+                                     "config key '%s': value is %zu characters, at most %zu allowed",
+                                     e->key, strlen(value), string_capacity(e) - 1);
         strcpy(field, value);
         break;
     }
@@ -285,6 +300,12 @@ insitra_status insitra_config_validate(const insitra_config *cfg)
         return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
                                  "config key 'optimizer.min_lr': value %g exceeds optimizer.lr = %g",
                                  cfg->optimizer.min_lr, cfg->optimizer.lr);
+    const bool needs_dir = cfg->checkpoint.every_steps > 0 || cfg->checkpoint.deadline_seconds > 0 ||
+                           cfg->checkpoint.deadline_env[0] != '\0';
+    if (needs_dir && cfg->checkpoint.dir[0] == '\0')
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "config key 'checkpoint.dir' is empty, but checkpoint.every_steps or a "
+                                 "checkpoint deadline asks for checkpoints");
     if (cfg->optimizer.warmup_steps > cfg->optimizer.decay_steps)
         return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
                                  "config key 'optimizer.warmup_steps': value %" PRId64
@@ -304,4 +325,37 @@ insitra_model_dims insitra_config_model_dims(const insitra_config *cfg)
         .n_heads = cfg->model.n_heads,
         .causal = cfg->model.causal,
     };
+}
+
+size_t insitra_config_dump_yaml(const insitra_config *cfg, char *buf, size_t len)
+{
+    char text[INSITRA_CONFIG_PATH_MAX + 32];
+    size_t used = 0;
+    const char *section = "";
+    size_t section_len = 0;
+#define EMIT(...)                                                                  \
+    do {                                                                           \
+        int n_ = snprintf(used < len ? buf + used : NULL, used < len ? len - used : 0, __VA_ARGS__); \
+        used += n_ > 0 ? (size_t)n_ : 0;                                           \
+    } while (0)
+    for (size_t i = 0; i < NUM_ENTRIES; i++) {
+        const config_entry *e = &entries[i];
+        const char *dot = strchr(e->key, '.');
+        if ((size_t)(dot - e->key) != section_len || strncmp(e->key, section, section_len) != 0) {
+            section = e->key;
+            section_len = (size_t)(dot - e->key);
+            EMIT("%.*s:\n", (int)section_len, section);
+        }
+        format_entry(cfg, e, text, sizeof text);
+        if (e->kind == KIND_STRING) {
+            /* double-quoted YAML: escape backslashes and quotes */
+            EMIT("  %s: \"", dot + 1);
+            for (const char *c = text; *c; c++) EMIT(*c == '"' || *c == '\\' ? "\\%c" : "%c", *c);
+            EMIT("\"\n");
+        } else {
+            EMIT("  %s: %s\n", dot + 1, text);
+        }
+    }
+#undef EMIT
+    return used;
 }

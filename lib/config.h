@@ -36,6 +36,16 @@ struct insitra_config {
         int sampler;              /* INSITRA_SAMPLER_* */
     } data;
     struct {
+        char dir[INSITRA_CONFIG_PATH_MAX]; /* automatic saves go here; "" = none */
+        int64_t every_steps;      /* save every N steps; 0 = only on request or signal */
+        int64_t keep_last;        /* checkpoints kept in dir */
+        bool include_samples;     /* store every rank's samples too */
+        bool signals;             /* SIGUSR1/SIGTERM ask for a final checkpoint */
+        double deadline_seconds;  /* after trainer creation; 0 = none */
+        char deadline_env[128];   /* env var holding the job's end (Unix seconds); "" = none */
+        double deadline_margin_seconds; /* stop this long before the deadline */
+    } checkpoint;
+    struct {
         int64_t dp;               /* data-parallel ranks; 0 = world size / tp */
         int64_t tp;               /* tensor-parallel ranks (1 in this version) */
         int64_t zero_stage;       /* 0-3 */
@@ -59,6 +69,10 @@ uint64_t insitra_config_hash(const insitra_config *cfg);
  * both values written to va and vb. */
 const char *insitra_config_first_difference(const insitra_config *a, const insitra_config *b,
                                             char *va, char *vb, size_t len);
+
+/* The configuration as YAML text (nested sections) into buf; returns the
+ * length it needs (snprintf-style), so a caller can size buf first. */
+size_t insitra_config_dump_yaml(const insitra_config *cfg, char *buf, size_t len);
 
 /* Calls fn for every key in table order with its current text value (the
  * basis of dumping a config, e.g. into a checkpoint). */

@@ -72,14 +72,15 @@ insitra_status insitra_sample_store_push(insitra_sample_store *s, int64_t n, con
 void insitra_sample_store_draw(const insitra_sample_store *s, int sampler, insitra_rng *rng,
                                int64_t *cursor, int64_t n, int64_t *slots)
 {
+    /* Both samplers pick a position among the held samples, oldest first,
+     * so a store restored from a checkpoint (oldest first from slot 0) draws
+     * the same samples as the one that was saved. */
     const int64_t oldest = (s->next - s->count + s->capacity) % s->capacity;
     for (int64_t i = 0; i < n; i++) {
-        /* While the ring is filling, slots [0, count) are the held ones; once
-         * full, every slot is. Either way [0, count) is exactly the held set. */
-        if (sampler == INSITRA_SAMPLER_SEQUENTIAL)
-            slots[i] = (oldest + (*cursor + i) % s->count) % s->capacity;
-        else
-            slots[i] = (int64_t)insitra_rng_below(rng, (uint64_t)s->count);
+        const int64_t pos = sampler == INSITRA_SAMPLER_SEQUENTIAL
+                                ? (*cursor + i) % s->count
+                                : (int64_t)insitra_rng_below(rng, (uint64_t)s->count);
+        slots[i] = (oldest + pos) % s->capacity;
     }
     *cursor += n;
 }

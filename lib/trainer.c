@@ -8,12 +8,14 @@
 #include "trainer.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
+#include "ckpt.h"
 #include "optimizer.h"
 
 /* Every rank must run the same configuration: compare with rank 0's, and
@@ -83,6 +85,7 @@ static insitra_status allocate(insitra_trainer *t)
                                               T * cfg->model.in_features,
                                               T * cfg->model.out_features));
     insitra_rng_seed(&t->sampler, (uint64_t)cfg->training.seed, 1 + (uint64_t)t->comm.rank);
+    INSITRA_CHECK(insitra_preempt_setup(t));
     if (t->comm.rank == 0 && cfg->log.jsonl[0] != '\0') {
         t->jsonl = fopen(cfg->log.jsonl, "a");
         if (!t->jsonl)
@@ -96,6 +99,7 @@ static insitra_status allocate(insitra_trainer *t)
 /* Frees what create made; safe on a partly built trainer. */
 static void release(insitra_trainer *t)
 {
+    insitra_preempt_release(t);
     if (t->jsonl) fclose(t->jsonl);
     insitra_sample_store_free(&t->store);
     free(t->batch_slots);
@@ -228,9 +232,11 @@ insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
     INSITRA_CHECK(insitra_zero_finish_backward(&t->zero));
 
     /* The global batch is every dp rank's batch: the loss and the gradient are
-     * the means over ranks of the local means; the reductions above summed. */
-    double sums[2] = {loss_sum / (double)B, insitra_zero_grad_sum_squares(&t->zero)};
-    INSITRA_CHECK(insitra_comm_sum_ordered(&t->dp, sums, 2));
+     * the means over ranks of the local means; the reductions above summed.
+     * A stop request (signal or deadline) on any rank rides along. */
+    double sums[3] = {loss_sum / (double)B, insitra_zero_grad_sum_squares(&t->zero),
+                      insitra_preempt_requested(t) ? 1.0 : 0.0};
+    INSITRA_CHECK(insitra_comm_sum_ordered(&t->dp, sums, 3));
     const double loss = sums[0] / (double)dp, norm = sqrt(sums[1]) / (double)dp;
     if (!isfinite(loss) || !isfinite(norm))
         return insitra_error_set(INSITRA_STATUS_NUMERICAL_ERROR,
@@ -256,6 +262,53 @@ insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
     out.tokens_per_second = seconds > 0 ? (double)out.tokens / seconds : 0.0;
     insitra_log_step(t, &out);
     if (metrics) *metrics = out;
+
+    /* Checkpoints: every checkpoint.every_steps, and a final one on request. */
+    const insitra_config *ck = cfg;
+    const bool periodic = ck->checkpoint.every_steps > 0 && t->step % ck->checkpoint.every_steps == 0;
+    if (periodic || sums[2] > 0) {
+        char path[4096];
+        INSITRA_CHECK(insitra_ckpt_save(t, ck->checkpoint.dir, path, sizeof path));
+        if (t->comm.rank == 0 && ck->log.every_steps > 0)
+            printf("insitra step %8" PRId64 " | checkpoint %s%s\n", t->step, path,
+                   sums[2] > 0 ? " (stop requested)" : "");
+        t->stop = sums[2] > 0;
+    }
+    return INSITRA_STATUS_OK;
+}
+
+insitra_status insitra_checkpoint_save(insitra_trainer *t, const char *dir, char *path_out,
+                                       size_t path_size)
+{
+    if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "checkpoint_save: trainer is NULL");
+    const char *target = dir && dir[0] ? dir : t->cfg.checkpoint.dir;
+    insitra_status local = INSITRA_STATUS_OK;
+    if (target[0] == '\0')
+        local = insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                  "checkpoint_save: no directory given and config key 'checkpoint.dir' is empty");
+    INSITRA_CHECK(insitra_comm_agree(&t->comm, local));
+    return insitra_ckpt_save(t, target, path_out, path_size);
+}
+
+insitra_status insitra_checkpoint_load(insitra_trainer *t, const char *path, char *path_out,
+                                       size_t path_size)
+{
+    if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "checkpoint_load: trainer is NULL");
+    const char *source = path && path[0] ? path : t->cfg.checkpoint.dir;
+    insitra_status local = INSITRA_STATUS_OK;
+    if (source[0] == '\0')
+        local = insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                  "checkpoint_load: no path given and config key 'checkpoint.dir' is empty");
+    INSITRA_CHECK(insitra_comm_agree(&t->comm, local));
+    return insitra_ckpt_load(t, source, path_out, path_size);
+}
+
+insitra_status insitra_should_stop(const insitra_trainer *t, int32_t *stop)
+{
+    if (!t || !stop)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "should_stop: %s is NULL",
+                                 !t ? "trainer" : "stop");
+    *stop = t->stop ? 1 : 0;
     return INSITRA_STATUS_OK;
 }
 

@@ -30,7 +30,16 @@ struct insitra_trainer {
     float *batch_x, *batch_y;   /* (micro_batch, T, F_in), (micro_batch, T, F_out) */
     int64_t step;               /* optimizer steps taken */
     FILE *jsonl;                /* rank 0's metrics file, or NULL */
+    double deadline;            /* MPI_Wtime at which to checkpoint and stop; 0 = none */
+    bool handlers_installed;    /* this trainer owns the SIGUSR1/SIGTERM handlers */
+    bool stop;                  /* the ranks agreed to stop; the final checkpoint is written */
 };
+
+/* Preemption (preempt.c): signal handlers that only set a flag, and the deadline. */
+insitra_status insitra_preempt_setup(insitra_trainer *t);
+void insitra_preempt_release(insitra_trainer *t);
+/* Whether this rank has been asked to stop (a signal, or the deadline passed). */
+bool insitra_preempt_requested(const insitra_trainer *t);
 
 /* Progress line and JSON line for one step (rank 0, as configured). */
 void insitra_log_step(insitra_trainer *t, const insitra_metrics *m);

@@ -361,21 +361,39 @@ insitra_status insitra_zero_update(insitra_zero *z, int64_t t, double lr, float 
     return z->error;
 }
 
-insitra_status insitra_zero_gather_params(insitra_zero *z, float *full)
+/* Every rank's slots of a shard-shaped buffer into a full one. */
+static void gather_slots(insitra_zero *z, const float *slots, float *full)
 {
     const insitra_param_layout *l = z->layout;
-    if (z->stage < 3) {
-        memcpy(full, z->model->params, (size_t)l->total * sizeof(float));
-        return INSITRA_STATUS_OK;
-    }
     for (int64_t u = 0; u < l->num_units; u++) {
         const int count = (int)z->sl.unit_len[u];
         record(z,
-               MPI_Allgather(z->param_shard + z->sl.unit_offset[u], count, MPI_FLOAT,
-                             z->gather_packed[0], count, MPI_FLOAT, z->dp->comm),
+               MPI_Allgather(slots + z->sl.unit_offset[u], count, MPI_FLOAT, z->reduce_packed[0], count,
+                             MPI_FLOAT, z->dp->comm),
                "MPI_Allgather");
-        insitra_shard_unpack_unit(&z->sl, l, u, z->gather_packed[0], full + l->units[u].offset);
+        insitra_shard_unpack_unit(&z->sl, l, u, z->reduce_packed[0], full + l->units[u].offset);
     }
-    z->gather_id[0] = -1; /* slot 0's packed buffer was overwritten */
+}
+
+insitra_status insitra_zero_gather_state(insitra_zero *z, float *params, float *m, float *v)
+{
+    const size_t bytes = (size_t)z->layout->total * sizeof(float);
+    z->error = INSITRA_STATUS_OK;
+    if (params) {
+        if (z->stage < 3) memcpy(params, z->model->params, bytes);
+        else gather_slots(z, z->param_shard, params);
+    }
+    for (int k = 0; k < 2; k++) {
+        float *out = k == 0 ? m : v;
+        const float *mine = k == 0 ? z->m : z->v;
+        if (!out) continue;
+        if (z->stage == 0) memcpy(out, mine, bytes);
+        else gather_slots(z, mine, out);
+    }
     return z->error;
+}
+
+insitra_status insitra_zero_gather_params(insitra_zero *z, float *full)
+{
+    return insitra_zero_gather_state(z, full, NULL, NULL);
 }

@@ -95,5 +95,7 @@ insitra_status insitra_zero_update(insitra_zero *z, int64_t t, double lr, float 
                                    const insitra_adamw_hparams *hp);
 /* Collective: every parameter into full (layout.total floats), e.g. for checks. */
 insitra_status insitra_zero_gather_params(insitra_zero *z, float *full);
+/* Collective: parameters and AdamW moments, each into a full buffer (any may be NULL). */
+insitra_status insitra_zero_gather_state(insitra_zero *z, float *params, float *m, float *v);
 
 #endif /* INSITRA_ZERO_H */

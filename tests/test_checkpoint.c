@@ -1,0 +1,359 @@
+/*
+ * Checkpoint/resume, driven by mode (CTest runs the modes as fixtures, each
+ * in its own process):
+ *   straight DIR STAGE   20 steps; a checkpoint after step 10; the losses of
+ *                        steps 11-20 go to DIR/losses.bin
+ *   resume DIR STAGE     load DIR, 10 steps: the losses must equal the
+ *                        straight run's bit for bit
+ *   reshard-write DIR S  6 steps, a checkpoint, the full state to DIR/state.bin
+ *   reshard-read DIR S   load (another rank count/stage): parameters and AdamW
+ *                        moments must equal the saved ones exactly; 3 more steps
+ *   faults DIR           a flipped byte, a truncated file and a stale .tmp are
+ *                        skipped with a fallback; another model is refused by key
+ *   crash-prepare DIR    a good checkpoint at step 5
+ *   crash DIR            train on to step 10 and save (a rank is killed inside
+ *                        the save by INSITRA_CKPT_FAULT)
+ *   crash-check DIR      `latest` still names step 5, which loads and verifies
+ *   signal DIR           SIGUSR1 on every rank (or on rank 0 only) during
+ *                        training: one checkpoint, a clean stop, and the resumed
+ *                        run continues exactly like an uninterrupted one
+ */
+#include <fcntl.h>
+#include <math.h>
+#include <mpi.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ckpt.h"
+#include "insitra.h"
+#include "trainer.h"
+
+static int rank, size, failures;
+
+#define EXPECT(cond, ...)                                             \
+    do {                                                              \
+        if (!(cond)) {                                                \
+            printf("rank %d FAIL %s:%d: ", rank, __FILE__, __LINE__); \
+            printf(__VA_ARGS__);                                      \
+            printf("\n");                                             \
+            failures++;                                               \
+        }                                                             \
+    } while (0)
+
+static insitra_trainer *make(int stage, const char *dir, int d_model)
+{
+    insitra_config *cfg;
+    insitra_config_create(&cfg);
+    insitra_config_load_yaml_string(cfg, "model: {seq_len: 8, in_features: 3, out_features: 2,\n"
+                                         "        n_layers: 2, n_heads: 2}\n"
+                                         "training: {batch_size: 4, micro_batch_size: 2, seed: 3}\n"
+                                         "optimizer: {lr: 1.0e-2, warmup_steps: 3, decay_steps: 30}\n"
+                                         "data: {capacity: 40}\n"
+                                         "checkpoint: {include_samples: true, keep_last: 5}\n");
+    char v[32];
+    snprintf(v, sizeof v, "%d", stage);
+    insitra_config_set(cfg, "parallel.zero_stage", v);
+    snprintf(v, sizeof v, "%d", d_model);
+    insitra_config_set(cfg, "model.d_model", v);
+    if (dir) insitra_config_set(cfg, "checkpoint.dir", dir);
+    insitra_trainer *t = NULL;
+    if (insitra_trainer_create(&t, cfg, MPI_COMM_WORLD) != INSITRA_STATUS_OK) {
+        printf("rank %d: create: %s\n", rank, insitra_last_error());
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+    insitra_config_free(cfg);
+    return t;
+}
+
+/* 48 samples per rank, pushed into a store of 40: the ring wraps. */
+static void push(insitra_trainer *t)
+{
+    static float x[48][8][3], y[48][8][2];
+    for (int i = 0; i < 48 * 24; i++) (&x[0][0][0])[i] = (float)sin(0.21 * i + rank);
+    for (int i = 0; i < 48 * 16; i++) (&y[0][0][0])[i] = (float)cos(0.13 * i - rank);
+    insitra_push_samples(t, 40, &x[0][0][0], &y[0][0][0]);
+    insitra_push_samples(t, 8, &x[40][0][0], &y[40][0][0]);
+}
+
+static double step(insitra_trainer *t)
+{
+    insitra_metrics m;
+    if (insitra_train_step(t, &m) != INSITRA_STATUS_OK) {
+        printf("rank %d: train_step: %s\n", rank, insitra_last_error());
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+    return m.loss;
+}
+
+static void save(insitra_trainer *t, const char *dir, char *path)
+{
+    if (insitra_checkpoint_save(t, dir, path, 4096) != INSITRA_STATUS_OK) {
+        printf("rank %d: save: %s\n", rank, insitra_last_error());
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+}
+
+static void file_io(const char *path, void *data, size_t bytes, int write)
+{
+    FILE *f = fopen(path, write ? "wb" : "rb");
+    size_t done = f ? (write ? fwrite(data, 1, bytes, f) : fread(data, 1, bytes, f)) : 0;
+    if (f) fclose(f);
+    if (done != bytes) {
+        printf("rank %d: cannot %s %s\n", rank, write ? "write" : "read", path);
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+}
+
+/* The full parameters and moments (3 P floats), on every rank. */
+static float *full_state(insitra_trainer *t)
+{
+    const int64_t P = t->model.layout.total;
+    float *s = malloc((size_t)(3 * P) * sizeof(float));
+    insitra_zero_gather_state(&t->zero, s, s + P, s + 2 * P);
+    return s;
+}
+
+static int straight(const char *dir, int stage)
+{
+    insitra_trainer *t = make(stage, NULL, 16);
+    push(t);
+    double losses[10];
+    char path[4096];
+    for (int k = 0; k < 10; k++) step(t);
+    save(t, dir, path);
+    for (int k = 0; k < 10; k++) losses[k] = step(t);
+    char out[4200];
+    snprintf(out, sizeof out, "%s/losses.bin", dir);
+    if (rank == 0) file_io(out, losses, sizeof losses, 1);
+    insitra_trainer_free(t);
+    return 0;
+}
+
+static int resume(const char *dir, int stage)
+{
+    insitra_trainer *t = make(stage, NULL, 16); /* no push: the samples come from the checkpoint */
+    char path[4096] = "";
+    insitra_status s = insitra_checkpoint_load(t, dir, path, sizeof path);
+    EXPECT(s == INSITRA_STATUS_OK, "load: %s", insitra_last_error());
+    EXPECT(t->step == 10, "step after load is %lld", (long long)t->step);
+    double losses[10], want[10];
+    for (int k = 0; k < 10; k++) losses[k] = step(t);
+    char in[4200];
+    snprintf(in, sizeof in, "%s/losses.bin", dir);
+    file_io(in, want, sizeof want, 0);
+    EXPECT(memcmp(losses, want, sizeof want) == 0, "resumed losses differ: %.17g vs %.17g (last)", losses[9],
+           want[9]);
+    if (rank == 0)
+        printf("resume on %d ranks, stage %d, from %s: steps 11-20 %s (last loss %.9g)\n", size, stage, path,
+               memcmp(losses, want, sizeof want) == 0 ? "bit-identical" : "DIFFERENT", losses[9]);
+    insitra_trainer_free(t);
+    return 0;
+}
+
+static int reshard_write(const char *dir, int stage)
+{
+    insitra_trainer *t = make(stage, NULL, 16);
+    push(t);
+    for (int k = 0; k < 6; k++) step(t);
+    char path[4096], out[4200];
+    save(t, dir, path);
+    float *s = full_state(t);
+    snprintf(out, sizeof out, "%s/state.bin", dir);
+    if (rank == 0) file_io(out, s, (size_t)(3 * t->model.layout.total) * sizeof(float), 1);
+    free(s);
+    insitra_trainer_free(t);
+    return 0;
+}
+
+static int reshard_read(const char *dir, int stage)
+{
+    insitra_trainer *t = make(stage, NULL, 16);
+    EXPECT(insitra_checkpoint_load(t, dir, NULL, 0) == INSITRA_STATUS_OK, "load: %s", insitra_last_error());
+    const int64_t P = t->model.layout.total;
+    float *got = full_state(t), *want = malloc((size_t)(3 * P) * sizeof(float));
+    char in[4200];
+    snprintf(in, sizeof in, "%s/state.bin", dir);
+    file_io(in, want, (size_t)(3 * P) * sizeof(float), 0);
+    const char *what[3] = {"parameters", "AdamW m", "AdamW v"};
+    for (int k = 0; k < 3; k++)
+        EXPECT(memcmp(got + k * P, want + k * P, (size_t)P * sizeof(float)) == 0, "%s differ after resharding",
+               what[k]);
+    int64_t held = 0;
+    insitra_samples_stored(t, &held);
+    EXPECT(held > 0, "no samples after resharding");
+    double last = 0;
+    for (int k = 0; k < 3; k++) last = step(t);
+    EXPECT(isfinite(last) && t->step == 9, "training after resharding: loss %g step %lld", last,
+           (long long)t->step);
+    if (rank == 0)
+        printf("resharded load on %d ranks, stage %d: parameters and moments exact; %lld samples here; "
+               "3 more steps, loss %.6g\n", size, stage, (long long)held, last);
+    free(got);
+    free(want);
+    insitra_trainer_free(t);
+    return 0;
+}
+
+/* Flips one byte in the middle of a dataset's raw data. */
+static void flip_byte(const char *file, const char *dataset)
+{
+    hid_t f = H5Fopen(file, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, dataset, H5P_DEFAULT);
+    const haddr_t offset = H5Dget_offset(d) + H5Dget_storage_size(d) / 2;
+    H5Dclose(d);
+    H5Fclose(f);
+    int fd = open(file, O_RDWR);
+    unsigned char b;
+    pread(fd, &b, 1, (off_t)offset);
+    b ^= 0x40;
+    pwrite(fd, &b, 1, (off_t)offset);
+    close(fd);
+}
+
+static int faults(const char *dir)
+{
+    insitra_trainer *t = make(1, NULL, 16);
+    push(t);
+    char p5[4096], p10[4096], p15[4096], loaded[4096];
+    for (int k = 0; k < 5; k++) step(t);
+    save(t, dir, p5);
+    for (int k = 0; k < 5; k++) step(t);
+    save(t, dir, p10);
+    for (int k = 0; k < 5; k++) step(t);
+    save(t, dir, p15);
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (rank == 0) {
+        flip_byte(p15, "/model/blocks.1.mlp.fc.weight"); /* newest: a flipped bit */
+        if (truncate(p10, 4096) != 0) perror("truncate");  /* next: cut short */
+        char stale[4200];
+        snprintf(stale, sizeof stale, "%s/step-00000099.h5.tmp", dir);
+        FILE *f = fopen(stale, "w");
+        if (f) fclose(f);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    insitra_trainer *r = make(1, NULL, 16);
+    insitra_status s = insitra_checkpoint_load(r, dir, loaded, sizeof loaded);
+    EXPECT(s == INSITRA_STATUS_OK && strcmp(loaded, p5) == 0, "fallback loaded '%s' (%s)", loaded,
+           insitra_last_error());
+    EXPECT(r->step == 5, "fallback step %lld", (long long)r->step);
+    char stale[4200];
+    snprintf(stale, sizeof stale, "%s/step-00000099.h5.tmp", dir);
+    EXPECT(access(stale, F_OK) != 0, "the stale .tmp was not removed");
+    /* each bad file named by itself fails with a reason */
+    s = insitra_checkpoint_load(r, p15, NULL, 0);
+    EXPECT(s == INSITRA_STATUS_IO_ERROR && strstr(insitra_last_error(), "CRC32C") &&
+               strstr(insitra_last_error(), "blocks.1.mlp.fc.weight"),
+           "flipped byte: %s", insitra_last_error());
+    if (rank == 0) printf("flipped byte: %s\n", insitra_last_error());
+    s = insitra_checkpoint_load(r, p10, NULL, 0);
+    EXPECT(s == INSITRA_STATUS_IO_ERROR, "truncated file: %s", insitra_last_error());
+    if (rank == 0) printf("truncated: %s\n", insitra_last_error());
+    EXPECT(r->step == 0, "a failed load leaves the trainer at its initial state");
+    /* another model */
+    insitra_trainer *other = make(1, NULL, 24);
+    s = insitra_checkpoint_load(other, p5, NULL, 0);
+    EXPECT(s == (rank == 0 ? INSITRA_STATUS_CONFIG_ERROR : INSITRA_STATUS_REMOTE_ERROR) &&
+               strstr(insitra_last_error(), "model.d_model"),
+           "incompatible model: %s", insitra_last_error());
+    if (rank == 0) printf("incompatible: %s\n", insitra_last_error());
+    insitra_trainer_free(other);
+    insitra_trainer_free(r);
+    insitra_trainer_free(t);
+    return 0;
+}
+
+static int crash(const char *dir, const char *mode)
+{
+    insitra_trainer *t = make(2, NULL, 16);
+    char path[4096];
+    if (!strcmp(mode, "crash-prepare")) {
+        push(t);
+        for (int k = 0; k < 5; k++) step(t);
+        save(t, dir, path);
+    } else if (!strcmp(mode, "crash")) {
+        EXPECT(insitra_checkpoint_load(t, dir, NULL, 0) == INSITRA_STATUS_OK, "load: %s", insitra_last_error());
+        for (int k = 0; k < 5; k++) step(t);
+        save(t, dir, path); /* INSITRA_CKPT_FAULT kills a rank in here */
+        printf("rank %d: the save was expected to be killed\n", rank);
+        failures++;
+    } else {
+        char latest[4200], line[64] = "";
+        snprintf(latest, sizeof latest, "%s/latest", dir);
+        FILE *f = fopen(latest, "r");
+        if (f && fgets(line, sizeof line, f)) line[strcspn(line, "\n")] = '\0';
+        if (f) fclose(f);
+        EXPECT(!strcmp(line, "step-00000005.h5"), "latest names '%s'", line);
+        EXPECT(insitra_checkpoint_load(t, dir, path, sizeof path) == INSITRA_STATUS_OK && t->step == 5,
+               "after the crash: %s", insitra_last_error());
+        if (rank == 0) printf("after a crash inside the save: latest = %s, loads %s\n", line, path);
+    }
+    insitra_trainer_free(t);
+    return 0;
+}
+
+static int signal_mode(const char *dir, int only_rank0)
+{
+    /* Uninterrupted reference. */
+    insitra_trainer *a = make(3, NULL, 16);
+    push(a);
+    double want[20], got[20];
+    for (int k = 0; k < 20; k++) want[k] = step(a);
+    insitra_trainer_free(a);
+
+    insitra_trainer *b = make(3, dir, 16);
+    push(b);
+    int k = 0, stopped = 0;
+    for (; k < 20 && !stopped; k++) {
+        if (k == 6 && (!only_rank0 || rank == 0)) raise(SIGUSR1);
+        got[k] = step(b);
+        int32_t stop = 0;
+        insitra_should_stop(b, &stop);
+        stopped = stop;
+    }
+    EXPECT(stopped && k == 7, "stopped after %d steps (want 7)", k);
+    insitra_trainer_free(b);
+
+    insitra_trainer *c = make(3, dir, 16);
+    EXPECT(insitra_checkpoint_load(c, dir, NULL, 0) == INSITRA_STATUS_OK, "load: %s", insitra_last_error());
+    for (; k < 20; k++) got[k] = step(c);
+    EXPECT(memcmp(got, want, sizeof want) == 0, "interrupted run differs (last %.17g vs %.17g)", got[19], want[19]);
+    if (rank == 0)
+        printf("SIGUSR1 on %s at step 7: checkpoint, stop, resume: 20 losses %s\n",
+               only_rank0 ? "rank 0 only" : "every rank", memcmp(got, want, sizeof want) ? "DIFFERENT" : "bit-identical");
+    insitra_trainer_free(c);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (argc < 3) {
+        if (rank == 0) printf("usage: test_checkpoint MODE DIR [STAGE]\n");
+        MPI_Finalize();
+        return 2;
+    }
+    const char *mode = argv[1], *dir = argv[2];
+    const int stage = argc > 3 ? atoi(argv[3]) : 0;
+    if (rank == 0) mkdir(dir, 0777);
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (!strcmp(mode, "straight")) straight(dir, stage);
+    else if (!strcmp(mode, "resume")) resume(dir, stage);
+    else if (!strcmp(mode, "reshard-write")) reshard_write(dir, stage);
+    else if (!strcmp(mode, "reshard-read")) reshard_read(dir, stage);
+    else if (!strcmp(mode, "faults")) faults(dir);
+    else if (!strncmp(mode, "crash", 5)) crash(dir, mode);
+    else if (!strcmp(mode, "signal")) signal_mode(dir, 0);
+    else if (!strcmp(mode, "signal-rank0")) signal_mode(dir, 1);
+    else failures++;
+    int total = 0;
+    MPI_Allreduce(&failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    if (rank == 0) printf("checkpoint %s on %d ranks: %s (%d failures)\n", mode, size, total ? "FAILED" : "passed", total);
+    MPI_Finalize();
+    return total ? 1 : 0;
+}
