@@ -115,6 +115,16 @@ static insitra_status write_attr(hid_t obj, const char *name, hid_t type, const 
                    : INSITRA_STATUS_OK;
 }
 
+/* A scalar attribute converted to type. */
+static insitra_status read_attr(hid_t obj, const char *name, hid_t type, void *v)
+{
+    hid_t attr = H5Aexists(obj, name) > 0 ? H5Aopen(obj, name, H5P_DEFAULT) : -1;
+    herr_t err = attr < 0 ? -1 : H5Aread(attr, type, v);
+    if (attr >= 0) H5Aclose(attr);
+    return err < 0 ? insitra_error_set(INSITRA_STATUS_IO_ERROR, "attribute '%s' is missing or unreadable", name)
+                   : INSITRA_STATUS_OK;
+}
+
 insitra_status insitra_ckpt_write_attr_i64(hid_t obj, const char *name, int64_t v)
 {
     return write_attr(obj, name, H5T_NATIVE_INT64, &v);
@@ -127,11 +137,7 @@ insitra_status insitra_ckpt_write_attr_u32(hid_t obj, const char *name, uint32_t
 
 insitra_status insitra_ckpt_read_attr_u32(hid_t obj, const char *name, uint32_t *v)
 {
-    hid_t attr = H5Aexists(obj, name) > 0 ? H5Aopen(obj, name, H5P_DEFAULT) : -1;
-    herr_t err = attr < 0 ? -1 : H5Aread(attr, H5T_NATIVE_UINT32, v);
-    if (attr >= 0) H5Aclose(attr);
-    return err < 0 ? insitra_error_set(INSITRA_STATUS_IO_ERROR, "attribute '%s' is missing or unreadable", name)
-                   : INSITRA_STATUS_OK;
+    return read_attr(obj, name, H5T_NATIVE_UINT32, v);
 }
 
 insitra_status insitra_ckpt_write_attr_str(hid_t obj, const char *name, const char *text)
@@ -145,11 +151,7 @@ insitra_status insitra_ckpt_write_attr_str(hid_t obj, const char *name, const ch
 
 insitra_status insitra_ckpt_read_attr_i64(hid_t obj, const char *name, int64_t *v)
 {
-    hid_t attr = H5Aexists(obj, name) > 0 ? H5Aopen(obj, name, H5P_DEFAULT) : -1;
-    herr_t err = attr < 0 ? -1 : H5Aread(attr, H5T_NATIVE_INT64, v);
-    if (attr >= 0) H5Aclose(attr);
-    return err < 0 ? insitra_error_set(INSITRA_STATUS_IO_ERROR, "attribute '%s' is missing or unreadable", name)
-                   : INSITRA_STATUS_OK;
+    return read_attr(obj, name, H5T_NATIVE_INT64, v);
 }
 
 insitra_status insitra_ckpt_read_attr_str(hid_t obj, const char *name, char **text)

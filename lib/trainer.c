@@ -277,16 +277,25 @@ insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
     return INSITRA_STATUS_OK;
 }
 
+/* The path a checkpoint call uses: the caller's, else checkpoint.dir; agreed,
+ * so an empty one fails on every rank. */
+static insitra_status checkpoint_path(insitra_trainer *t, const char *fn, const char *given,
+                                      const char **path)
+{
+    *path = given && given[0] ? given : t->cfg.checkpoint.dir;
+    insitra_status local = INSITRA_STATUS_OK;
+    if ((*path)[0] == '\0')
+        local = insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                  "%s: no path given and config key 'checkpoint.dir' is empty", fn);
+    return insitra_comm_agree(&t->comm, local);
+}
+
 insitra_status insitra_checkpoint_save(insitra_trainer *t, const char *dir, char *path_out,
                                        size_t path_size)
 {
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "checkpoint_save: trainer is NULL");
-    const char *target = dir && dir[0] ? dir : t->cfg.checkpoint.dir;
-    insitra_status local = INSITRA_STATUS_OK;
-    if (target[0] == '\0')
-        local = insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
-                                  "checkpoint_save: no directory given and config key 'checkpoint.dir' is empty");
-    INSITRA_CHECK(insitra_comm_agree(&t->comm, local));
+    const char *target;
+    INSITRA_CHECK(checkpoint_path(t, "checkpoint_save", dir, &target));
     return insitra_ckpt_save(t, target, path_out, path_size);
 }
 
@@ -294,12 +303,8 @@ insitra_status insitra_checkpoint_load(insitra_trainer *t, const char *path, cha
                                        size_t path_size)
 {
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "checkpoint_load: trainer is NULL");
-    const char *source = path && path[0] ? path : t->cfg.checkpoint.dir;
-    insitra_status local = INSITRA_STATUS_OK;
-    if (source[0] == '\0')
-        local = insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
-                                  "checkpoint_load: no path given and config key 'checkpoint.dir' is empty");
-    INSITRA_CHECK(insitra_comm_agree(&t->comm, local));
+    const char *source;
+    INSITRA_CHECK(checkpoint_path(t, "checkpoint_load", path, &source));
     return insitra_ckpt_load(t, source, path_out, path_size);
 }
 

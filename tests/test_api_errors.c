@@ -10,19 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "expect.h"
 #include "insitra.h"
 
+static const int rank = 0; /* these checks run on one rank */
 static int failures = 0;
 
-#define EXPECT(cond, ...)                               \
-    do {                                                \
-        if (!(cond)) {                                  \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-            printf(__VA_ARGS__);                        \
-            printf("\n");                               \
-            failures++;                                 \
-        }                                               \
-    } while (0)
 
 static void expect_error(insitra_status got, insitra_status want, const char *w1, const char *w2)
 {

@@ -29,20 +29,12 @@
 #include <unistd.h>
 
 #include "ckpt.h"
+#include "expect.h"
 #include "insitra.h"
 #include "trainer.h"
 
 static int rank, size, failures;
 
-#define EXPECT(cond, ...)                                             \
-    do {                                                              \
-        if (!(cond)) {                                                \
-            printf("rank %d FAIL %s:%d: ", rank, __FILE__, __LINE__); \
-            printf(__VA_ARGS__);                                      \
-            printf("\n");                                             \
-            failures++;                                               \
-        }                                                             \
-    } while (0)
 
 static insitra_trainer *make(int stage, const char *dir, int d_model)
 {

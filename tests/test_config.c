@@ -8,19 +8,12 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "expect.h"
 #include "insitra.h"
 
+static const int rank = 0; /* these checks run on one rank */
 static int failures = 0;
 
-#define EXPECT(cond, ...)                          \
-    do {                                           \
-        if (!(cond)) {                             \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-            printf(__VA_ARGS__);                   \
-            printf("\n");                          \
-            failures++;                            \
-        }                                          \
-    } while (0)
 
 static void expect_value(const insitra_config *cfg, const char *key, const char *want)
 {

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "expect.h"
 #include "insitra.h"
 #include "trainer.h"
 
@@ -29,15 +30,6 @@ enum { STEPS = 20, T = 8, F = 3, BG = 12, N_SAMPLES = STEPS * BG };
 static float gx[N_SAMPLES][T][F], gy[N_SAMPLES][T][F];
 static int rank, size, failures;
 
-#define EXPECT(cond, ...)                                              \
-    do {                                                               \
-        if (!(cond)) {                                                 \
-            printf("rank %d FAIL %s:%d: ", rank, __FILE__, __LINE__);  \
-            printf(__VA_ARGS__);                                       \
-            printf("\n");                                              \
-            failures++;                                                \
-        }                                                              \
-    } while (0)
 
 typedef struct {
     double loss[STEPS];
