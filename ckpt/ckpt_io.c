@@ -1,4 +1,8 @@
 /* Pieces of tensors, hyperslabs, CRC combination and attributes. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+/* The CRC32Cs cover the little-endian bytes a file holds, computed from memory. */
+#error "insitra checkpoints are written on little-endian hosts only"
+#endif
 #include <stdlib.h>
 #include <string.h>
 

@@ -187,7 +187,8 @@ static insitra_status read_samples(insitra_trainer *t, hid_t file, int64_t write
 
 /* One file, all ranks together. On failure the trainer's state may be
  * partly overwritten; the caller loads another checkpoint or resets. */
-static insitra_status try_load(insitra_trainer *t, const char *file, bool *samples_touched)
+static insitra_status try_load(insitra_trainer *t, const char *file, bool *state_touched,
+                               bool *samples_touched)
 {
     insitra_zero *z = &t->zero;
     const insitra_param_layout *l = &t->model.layout;
@@ -222,6 +223,7 @@ static insitra_status try_load(insitra_trainer *t, const char *file, bool *sampl
     /* Collective reads need every rank: agree before starting them. */
     s = insitra_comm_agree(&t->comm, s);
     if (s == INSITRA_STATUS_OK) {
+        *state_touched = true; /* from here a failure leaves the trainer's state mixed */
         uint32_t *stored = crc + 3 * nt;
         const bool full_moments = z->stage == 0;
         hid_t gm = H5Gopen2(f, "model", H5P_DEFAULT);
@@ -337,12 +339,12 @@ insitra_status insitra_ckpt_load(insitra_trainer *t, const char *path, char *pat
     MPI_Bcast(&n, 1, MPI_INT, 0, t->comm.comm);
     char failures[INSITRA_ERROR_MAX] = "";
     insitra_status s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "no checkpoint found in '%s'", path);
-    bool samples_touched = false;
+    bool state_touched = false, samples_touched = false;
     insitra_ckpt_quiet quiet;
     insitra_ckpt_quiet_begin(&quiet);
     for (int i = 0; i < n; i++) {
         MPI_Bcast(cand[i], PATH_LEN, MPI_CHAR, 0, t->comm.comm);
-        s = try_load(t, cand[i], &samples_touched);
+        s = try_load(t, cand[i], &state_touched, &samples_touched);
         if (s == INSITRA_STATUS_OK) {
             if (path_out && path_size) snprintf(path_out, path_size, "%s", cand[i]);
             if (failures[0] && t->comm.rank == 0 && t->cfg.log.every_steps > 0)
@@ -357,13 +359,13 @@ insitra_status insitra_ckpt_load(insitra_trainer *t, const char *path, char *pat
     }
     insitra_ckpt_quiet_end(&quiet);
     free(cand);
-    if (s != INSITRA_STATUS_OK) {
-        reset(t, samples_touched);
-        if (n > 0 && !strstr(insitra_last_error(), "holds another model"))
-            s = insitra_error_set(INSITRA_STATUS_IO_ERROR,
-                                  "no valid checkpoint in '%s'; the trainer is back at its initial "
-                                  "state. Tried:%s",
-                                  path, failures);
+    if (s != INSITRA_STATUS_OK && !strstr(insitra_last_error(), "holds another model") && n > 0) {
+        /* A half-read checkpoint must not pass for trained state. */
+        if (state_touched) reset(t, samples_touched);
+        s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "no valid checkpoint in '%s'%s. Tried:%s", path,
+                              state_touched ? "; the trainer is back at its initial state"
+                                            : "; the trainer is unchanged",
+                              failures);
     }
     return s;
 }

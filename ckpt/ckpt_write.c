@@ -155,7 +155,7 @@ static insitra_status write_tensors(insitra_trainer *t, hid_t group, hid_t dxpl,
     for (int64_t i = 0; i < l->num_tensors; i++) {
         const insitra_tensor_desc *d = &l->tensors[i];
         const hsize_t dims[2] = {(hsize_t)d->shape[0], (hsize_t)d->shape[1]};
-        hid_t dset = create_dataset(group, d->name, H5T_NATIVE_FLOAT, d->ndim, dims);
+        hid_t dset = create_dataset(group, d->name, H5T_IEEE_F32LE, d->ndim, dims);
         if (dset < 0)
             return insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: cannot create dataset '%s'",
                                      d->name);
@@ -234,7 +234,7 @@ static insitra_status write_samples(insitra_trainer *t, hid_t file, hid_t dxpl)
     insitra_status s = INSITRA_STATUS_OK;
     for (int p = 0; p < 2 && s == INSITRA_STATUS_OK; p++) {
         const hsize_t dims[2] = {(hsize_t)total, (hsize_t)parts[p].width};
-        hid_t dset = create_dataset(group, parts[p].name, H5T_NATIVE_FLOAT, 2, dims);
+        hid_t dset = create_dataset(group, parts[p].name, H5T_IEEE_F32LE, 2, dims);
         crc[p] = 0;
         /* Two collective writes on every rank: the ring's two runs. */
         const int64_t run_start[2] = {oldest, 0}, run_len[2] = {first_run, st->count - first_run};

@@ -16,6 +16,12 @@
 
 #define CRC32C_POLY 0x82F63B78u /* reflected Castagnoli polynomial */
 
+/* The crc32 instruction of SSE4.2 (x86-64), called through GCC/Clang builtins
+ * from functions compiled for it, and used only when the CPU reports it. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define CRC32C_HAVE_SSE42 1
+#endif
+
 /* The hardware path runs three streams of LANE_LONG bytes each (the crc32
  * instruction has a latency of three cycles and a throughput of one), then
  * of LANE_SHORT bytes for the rest of a buffer, then one stream. */
@@ -58,15 +64,7 @@ static void shift_table_init(uint32_t table[4][256], uint64_t bytes)
         for (uint32_t b = 0; b < 256; b++) table[k][b] = multmodp(factor, b << (8 * k));
 }
 
-/* The register times x^(8 lane) mod P, by table: the operator is linear. */
-static uint32_t shift(uint32_t table[4][256], uint32_t crc)
-{
-    return table[0][crc & 0xff] ^ table[1][(crc >> 8) & 0xff] ^ table[2][(crc >> 16) & 0xff] ^
-           table[3][crc >> 24];
-}
-
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define CRC32C_HAVE_SSE42 1
+#ifdef CRC32C_HAVE_SSE42
 static int cpu_has_sse42(void)
 {
     __builtin_cpu_init();
@@ -119,6 +117,13 @@ static uint32_t register_portable(uint32_t c, const unsigned char *p, size_t len
 }
 
 #ifdef CRC32C_HAVE_SSE42
+/* The register times x^(8 lane) mod P, by table: the operator is linear. */
+static uint32_t shift(uint32_t table[4][256], uint32_t crc)
+{
+    return table[0][crc & 0xff] ^ table[1][(crc >> 8) & 0xff] ^ table[2][(crc >> 16) & 0xff] ^
+           table[3][crc >> 24];
+}
+
 /* Three streams of lane bytes each from c0: b = p[lane..2 lane) and
  * c = p[2 lane..3 lane) start from a zero register, and
  * R(a || b || c) = (R(a) * x^(8 lane) ^ R0(b)) * x^(8 lane) ^ R0(c). */

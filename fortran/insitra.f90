@@ -51,6 +51,8 @@ module insitra
   ! holds any configuration value's text (string keys are < 1024 bytes).
   integer, parameter :: MESSAGE_MAX = 1024
   integer, parameter :: VALUE_MAX = 4096
+  ! A buffer for the checkpoint paths that C writes back (path_out).
+  integer, parameter :: PATH_MAX = 4096
 
   !> One training step's metrics (C struct insitra_metrics).
   type, bind(c), public :: insitra_metrics
@@ -131,6 +133,9 @@ module insitra
     procedure :: predict => trainer_predict
     procedure :: evaluate => trainer_evaluate
     procedure :: memory_report => trainer_memory_report
+    procedure :: checkpoint_save => trainer_checkpoint_save
+    procedure :: checkpoint_load => trainer_checkpoint_load
+    procedure :: should_stop => trainer_should_stop
     procedure, private :: trainer_assign
     generic :: assignment(=) => trainer_assign
     final :: trainer_final
@@ -297,6 +302,34 @@ module insitra
       type(insitra_memory_usage), intent(out) :: usage
       integer(c_int) :: status
     end function c_insitra_memory_report
+
+    function c_insitra_checkpoint_save(trainer, dir, path_out, path_size) &
+        bind(c, name='insitra_checkpoint_save') result(status)
+      import :: c_ptr, c_int, c_char, c_size_t
+      type(c_ptr), value :: trainer
+      character(kind=c_char), intent(in) :: dir(*)
+      character(kind=c_char), intent(out) :: path_out(*)
+      integer(c_size_t), value :: path_size
+      integer(c_int) :: status
+    end function c_insitra_checkpoint_save
+
+    function c_insitra_checkpoint_load(trainer, path, path_out, path_size) &
+        bind(c, name='insitra_checkpoint_load') result(status)
+      import :: c_ptr, c_int, c_char, c_size_t
+      type(c_ptr), value :: trainer
+      character(kind=c_char), intent(in) :: path(*)
+      character(kind=c_char), intent(out) :: path_out(*)
+      integer(c_size_t), value :: path_size
+      integer(c_int) :: status
+    end function c_insitra_checkpoint_load
+
+    function c_insitra_should_stop(trainer, stop) bind(c, name='insitra_should_stop') &
+        result(status)
+      import :: c_ptr, c_int, c_int32_t
+      type(c_ptr), value :: trainer
+      integer(c_int32_t), intent(out) :: stop
+      integer(c_int) :: status
+    end function c_insitra_should_stop
 
     function c_insitra_plan_stage(cfg, world_size, zero_stage, plan) &
         bind(c, name='insitra_plan_stage') result(status)
@@ -940,6 +973,67 @@ contains
     integer, intent(out), optional :: stat
     call finish(c_insitra_memory_report(self%handle, usage), 'insitra_trainer%memory_report', stat)
   end subroutine trainer_memory_report
+
+  ! The path C wrote into buf ("" after a failure).
+  subroutine set_path_out(status, buf, path_out)
+    integer(c_int), intent(in) :: status
+    character(kind=c_char, len=*), intent(in) :: buf
+    character(len=:), allocatable, intent(out) :: path_out
+    if (status == INSITRA_STATUS_OK .and. index(buf, c_null_char) > 0) then
+      path_out = buf(1:index(buf, c_null_char) - 1)
+    else
+      path_out = ''
+    end if
+  end subroutine set_path_out
+
+  !> Collective. Writes dir/step-NNNNNNNN.h5 (every rank its shard), points
+  !> dir/latest at it and deletes checkpoints beyond checkpoint.keep_last;
+  !> path_out (optional) receives the new file's path.
+  subroutine trainer_checkpoint_save(self, dir, path_out, stat)
+    class(insitra_trainer), intent(inout) :: self
+    character(len=*), intent(in) :: dir
+    character(len=:), allocatable, intent(out), optional :: path_out
+    integer, intent(out), optional :: stat
+    character(kind=c_char, len=PATH_MAX) :: buf
+    integer(c_int) :: status
+    buf = c_null_char
+    status = c_insitra_checkpoint_save(self%handle, to_c_string(dir), buf, &
+                                       int(PATH_MAX, c_size_t))
+    if (present(path_out)) call set_path_out(status, buf, path_out)
+    call finish(status, 'insitra_trainer%checkpoint_save', stat)
+  end subroutine trainer_checkpoint_save
+
+  !> Collective. Restores the trainer from a checkpoint file, or from the
+  !> newest checkpoint of a directory that verifies; path_out (optional)
+  !> receives the path of the file that was loaded.
+  subroutine trainer_checkpoint_load(self, path, path_out, stat)
+    class(insitra_trainer), intent(inout) :: self
+    character(len=*), intent(in) :: path
+    character(len=:), allocatable, intent(out), optional :: path_out
+    integer, intent(out), optional :: stat
+    character(kind=c_char, len=PATH_MAX) :: buf
+    integer(c_int) :: status
+    buf = c_null_char
+    status = c_insitra_checkpoint_load(self%handle, to_c_string(path), buf, &
+                                       int(PATH_MAX, c_size_t))
+    if (present(path_out)) call set_path_out(status, buf, path_out)
+    call finish(status, 'insitra_trainer%checkpoint_load', stat)
+  end subroutine trainer_checkpoint_load
+
+  !> Local. stop_now becomes .true. once the ranks have agreed to stop (SIGUSR1 or
+  !> SIGTERM, or the checkpoint deadline) and train_step has written the final
+  !> checkpoint: the simulation then leaves its time loop.
+  subroutine trainer_should_stop(self, stop_now, stat)
+    class(insitra_trainer), intent(in) :: self
+    logical, intent(out) :: stop_now
+    integer, intent(out), optional :: stat
+    integer(c_int32_t) :: flag
+    integer(c_int) :: status
+    flag = 0
+    status = c_insitra_should_stop(self%handle, flag)
+    stop_now = status == INSITRA_STATUS_OK .and. flag /= 0
+    call finish(status, 'insitra_trainer%should_stop', stat)
+  end subroutine trainer_should_stop
 
   subroutine trainer_assign(lhs, rhs)
     class(insitra_trainer), intent(inout) :: lhs

@@ -153,7 +153,9 @@ insitra_status insitra_checkpoint_save(insitra_trainer *trainer, const char *dir
  * CRC32C right) is used, older ones tried in turn. The checkpoint may come
  * from another rank count or ZeRO stage. The model keys must match the
  * trainer's; a mismatch names the key. If path_out is not NULL, the path that
- * was loaded is written there. */
+ * was loaded is written there. When nothing loads, the trainer is unchanged,
+ * unless a checkpoint failed its checks halfway through reading: then it is
+ * reset to the state insitra_trainer_create gave it (the message says which). */
 insitra_status insitra_checkpoint_load(insitra_trainer *trainer, const char *path, char *path_out,
                                        size_t path_size);
 

@@ -3,7 +3,8 @@
 ! push / train / predict / evaluate, the array layout rule x(F, T, n) = C
 ! x[n][T][F], and the error paths with stat present: bad key, malformed YAML,
 ! wrong array shapes (one rank only, in a collective call: no rank may hang),
-! NaN in samples (the store keeps its contents), an empty store.
+! NaN in samples (the store keeps its contents), an empty store; a checkpoint
+! save / load round trip.
 program test_api
   use, intrinsic :: iso_c_binding, only: c_float, c_double, c_int64_t, c_size_t, c_sizeof
   use, intrinsic :: ieee_arithmetic, only: ieee_value, ieee_quiet_nan
@@ -41,6 +42,7 @@ program test_api
   call test_layout()
   call test_errors()
   call test_sub_communicator()
+  call test_checkpoint()
   call cfg%free()
 
   call MPI_Allreduce(failures, total_failures, 1, MPI_INTEGER, MPI_SUM, MPI_COMM_WORLD)
@@ -382,5 +384,60 @@ contains
     deallocate(trainer)
     call MPI_Comm_free(alone)
   end subroutine test_sub_communicator
+
+  ! A checkpoint restores the model exactly (the same loss on the same data),
+  ! loaded by file name or from its directory; path_out names the file; a
+  ! missing file fails on every rank and leaves path_out empty.
+  subroutine test_checkpoint()
+    type(insitra_trainer) :: trainer
+    real(c_float) :: x(FI, T, CAP), y(FO, T, CAP)
+    real(c_double) :: saved_loss, loss
+    character(len=:), allocatable :: saved, loaded
+    character(len=32) :: dir
+    logical :: stop_now
+    integer :: stat, step
+
+    ! One directory per rank count: fortran_api and fortran_api_np2 may run at once.
+    write(dir, '(a, i0)') 'fortran_ckpt_np', nranks
+    call trainer%create(cfg, MPI_COMM_WORLD)
+    call make_samples(x, y, 11 * rank)
+    call trainer%push_samples(x, y)
+    do step = 1, 3
+      call trainer%train_step()
+    end do
+    call trainer%checkpoint_save(trim(dir), saved)
+    call check(saved == trim(dir) // '/step-00000003.h5', 'checkpoint_save path_out: ' // saved)
+    call trainer%evaluate(x, y, saved_loss)
+    call trainer%train_step()
+    call trainer%evaluate(x, y, loss)
+    call check(.not. same_bits(loss, saved_loss), 'a step after the save changes the model')
+
+    call trainer%checkpoint_load(saved, loaded)
+    call check(loaded == saved, 'checkpoint_load of a file: path_out = ' // loaded)
+    call trainer%evaluate(x, y, loss)
+    call check(same_bits(loss, saved_loss), 'the loaded model gives the saved loss bit for bit')
+
+    call trainer%train_step()
+    call trainer%checkpoint_load(trim(dir), loaded)
+    call check(loaded == saved, 'checkpoint_load of the directory finds its newest: ' // loaded)
+    call trainer%evaluate(x, y, loss)
+    call check(same_bits(loss, saved_loss), 'loading from the directory restores the model too')
+    call trainer%checkpoint_save(trim(dir)) ! path_out is optional
+
+    call trainer%should_stop(stop_now)
+    call check(.not. stop_now, 'should_stop is false without a signal or deadline')
+
+    call trainer%checkpoint_load(trim(dir) // '/step-99999999.h5', loaded, stat)
+    call check(stat /= INSITRA_STATUS_OK, 'loading a missing file fails')
+    call check(len(loaded) == 0, 'path_out is empty after a failed load')
+    call check(len(insitra_last_error()) > 0, 'a failed load has a message')
+    if (rank == 0) print '(a)', '  error as expected (missing checkpoint): ' // insitra_last_error()
+    call trainer%free()
+  end subroutine test_checkpoint
+
+  logical function same_bits(a, b)
+    real(c_double), intent(in) :: a, b
+    same_bits = transfer(a, 0_c_int64_t) == transfer(b, 0_c_int64_t)
+  end function same_bits
 
 end program test_api

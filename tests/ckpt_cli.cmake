@@ -1,0 +1,95 @@
+# insitra-ckpt against real checkpoints: test_ckpt_cli_make writes two (steps
+# 3 and 6, on 2 ranks) into a clean directory, then damaged copies; every CLI
+# test requires those fixtures. Included from tests/CMakeLists.txt.
+
+add_executable(test_ckpt_cli_make test_ckpt_cli_make.c)
+set_target_properties(test_ckpt_cli_make PROPERTIES C_STANDARD 11 C_EXTENSIONS OFF)
+target_compile_definitions(test_ckpt_cli_make PRIVATE _POSIX_C_SOURCE=200809L)
+target_compile_options(test_ckpt_cli_make PRIVATE -Wall -Wextra
+  $<$<BOOL:${INSITRA_WARNINGS_AS_ERRORS}>:-Werror>)
+target_link_libraries(test_ckpt_cli_make PRIVATE insitra_internal HDF5::HDF5)
+
+set(dir "${CMAKE_CURRENT_BINARY_DIR}/ckpt/cli")
+set(step3 "${dir}/step-00000003.h5")
+set(step6 "${dir}/step-00000006.h5")
+set(tool "$<TARGET_FILE:insitra-ckpt>")
+set(expect "${CMAKE_CURRENT_SOURCE_DIR}/ckpt_cli_expect.cmake")
+
+add_test(NAME ckpt_cli_clean COMMAND ${CMAKE_COMMAND} -E rm -rf "${dir}")
+set_tests_properties(ckpt_cli_clean PROPERTIES FIXTURES_SETUP ckpt_cli_clean LABELS ckpt)
+insitra_add_test(NAME ckpt_cli_make TARGET test_ckpt_cli_make RANKS 2 LABELS ckpt
+                 ARGS make "${dir}")
+set_tests_properties(ckpt_cli_make PROPERTIES FIXTURES_REQUIRED ckpt_cli_clean
+                                              FIXTURES_SETUP ckpt_cli_files)
+
+# The damaged copies: a flipped byte inside one tensor, half a file, a
+# format version from the future.
+set(damage
+  "corrupt|${step6}|${dir}/corrupt.h5|/model/blocks.1.attn.qkv.weight"
+  "truncate|${step6}|${dir}/truncated.h5"
+  "version|${step6}|${dir}/version2.h5|2")
+foreach(args IN LISTS damage)
+  string(REPLACE "|" ";" args "${args}")
+  list(GET args 0 mode)
+  insitra_add_test(NAME ckpt_cli_make_${mode} TARGET test_ckpt_cli_make LABELS ckpt ARGS ${args})
+  set_tests_properties(ckpt_cli_make_${mode} PROPERTIES FIXTURES_REQUIRED ckpt_cli_files
+                                                        FIXTURES_SETUP ckpt_cli_${mode})
+endforeach()
+
+# ckpt_cli_check(NAME <name> ARGS <arg|arg...> RC <status> [MATCH <regex>...]
+#                [ABSENT <path>] [FIXTURES <fixtures...>])
+function(ckpt_cli_check)
+  cmake_parse_arguments(arg "" "NAME;ARGS;RC;ABSENT" "MATCH;FIXTURES;SETUP" ${ARGN})
+  set(defs "-DCOMMAND=${tool}|${arg_ARGS}" "-DEXPECT_RC=${arg_RC}")
+  set(i 0)
+  foreach(regex IN LISTS arg_MATCH)
+    math(EXPR i "${i} + 1")
+    list(APPEND defs "-DMATCH_${i}=${regex}")
+  endforeach()
+  if(arg_ABSENT)
+    list(APPEND defs "-DABSENT=${arg_ABSENT}")
+  endif()
+  add_test(NAME ckpt_cli_${arg_NAME} COMMAND ${CMAKE_COMMAND} ${defs} -P "${expect}")
+  set_tests_properties(ckpt_cli_${arg_NAME} PROPERTIES LABELS ckpt
+    FIXTURES_REQUIRED "ckpt_cli_files;${arg_FIXTURES}")
+  if(arg_SETUP)
+    set_tests_properties(ckpt_cli_${arg_NAME} PROPERTIES FIXTURES_SETUP "${arg_SETUP}")
+  endif()
+endfunction()
+
+ckpt_cli_check(NAME list ARGS "list|${dir}" RC 0
+  MATCH "step-00000003\\.h5 +3 +[0-9.]+ [KM]?i?B +complete"
+        "step-00000006\\.h5 +6 +[0-9.]+ [KM]?i?B +\\* +complete")
+ckpt_cli_check(NAME info ARGS "info|${step6}" RC 0
+  MATCH "step +6[^0-9]" "world +2 ranks \\(dp 2 x tp 1\\)" "zero_stage +1[^0-9]"
+        "d_model=16 n_layers=2 n_heads=2 seq_len=8 in_features=3 out_features=2"
+        "optimizer +AdamW moments: 31 tensors in /optim/m, 31 in /optim/v"
+        "samples +22 stored \\(per rank: 12 10\\)")
+ckpt_cli_check(NAME verify_step3 ARGS "verify|${step3}" RC 0 MATCH "VALID: .*step-00000003\\.h5")
+ckpt_cli_check(NAME verify_step6 ARGS "verify|${step6}" RC 0
+  MATCH "VALID: .*step-00000006\\.h5 \\(95 float32 datasets")
+ckpt_cli_check(NAME export ARGS "export|${step6}|${dir}/export.h5" RC 0
+  MATCH "exported 31 tensors \\([0-9]+ parameters" SETUP ckpt_cli_export)
+ckpt_cli_check(NAME export_verify ARGS "verify|${dir}/export.h5" RC 0
+  MATCH "VALID: .*export\\.h5 \\(31 float32 datasets" FIXTURES ckpt_cli_export)
+ckpt_cli_check(NAME export_info ARGS "info|${dir}/export.h5" RC 0
+  MATCH "kind +model export" "stored +31 tensors in /model" FIXTURES ckpt_cli_export)
+# Damage is found and named; nothing crashes.
+ckpt_cli_check(NAME verify_corrupt ARGS "verify|${dir}/corrupt.h5" RC 1
+  MATCH "PROBLEM /model/blocks\\.1\\.attn\\.qkv\\.weight: crc32c mismatch: attribute 0x"
+        "INVALID: .*corrupt\\.h5 \\(1 problem\\)" FIXTURES ckpt_cli_corrupt)
+ckpt_cli_check(NAME export_corrupt ARGS "export|${dir}/corrupt.h5|${dir}/corrupt_export.h5" RC 1
+  MATCH "blocks\\.1\\.attn\\.qkv\\.weight: crc32c mismatch" ABSENT "${dir}/corrupt_export.h5"
+  FIXTURES ckpt_cli_corrupt)
+ckpt_cli_check(NAME verify_truncated ARGS "verify|${dir}/truncated.h5" RC 1
+  MATCH "truncated or corrupt" FIXTURES ckpt_cli_truncate)
+ckpt_cli_check(NAME info_truncated ARGS "info|${dir}/truncated.h5" RC 1
+  MATCH "truncated or corrupt" FIXTURES ckpt_cli_truncate)
+ckpt_cli_check(NAME verify_version ARGS "verify|${dir}/version2.h5" RC 1
+  MATCH "checkpoint format version 2; this insitra-ckpt reads version 1"
+  FIXTURES ckpt_cli_version)
+ckpt_cli_check(NAME verify_not_hdf5 ARGS "verify|${dir}/latest" RC 1 MATCH "not an HDF5 file")
+ckpt_cli_check(NAME info_missing ARGS "info|${dir}/step-99999999.h5" RC 1
+  MATCH "cannot open: No such file")
+ckpt_cli_check(NAME usage ARGS "verify" RC 2 MATCH "wrong number of arguments" "usage: insitra-ckpt")
+ckpt_cli_check(NAME unknown_command ARGS "inspect|${step6}" RC 2 MATCH "unknown command 'inspect'")
