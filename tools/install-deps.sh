@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(cmake make gcc gfortran pkg-config mpich libmpich-dev libhdf5-mpich-dev
-          libopenblas-openmp-dev libyaml-dev "$@")
+          libopenblas-openmp-dev libyaml-dev gnuplot-nox "$@")  # gnuplot: the demo's plot
 
 missing=()
 for p in "${packages[@]}"; do

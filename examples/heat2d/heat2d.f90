@@ -30,8 +30,27 @@
 ! first argument (every rank reads it); any parameter left out keeps its
 ! default. The surrogate's configuration is built in (surrogate_yaml below);
 ! a YAML file named by `surrogate` overrides any of its keys.
+!
+! Checkpoints (checkpoint_dir, or the YAML's checkpoint.dir): a job that is
+! stopped and started again must continue two things, and insitra holds
+! only one of them. insitra's checkpoint (step-N.h5, written by train_step
+! every checkpoint_every training steps and when a stop is requested) holds
+! the surrogate: weights, AdamW moments, the step, the samplers and, with
+! include_samples, the sample stores. The simulation's own state, the field
+! u, the solver step and each rank's patch generator, is this program's to
+! keep: it writes heat2d-N.field next to step-N.h5 at the same step
+! boundary (one collective MPI-IO file: a header, u in global order, the
+! generators). Restarting the surrogate without the field would train it on
+! a simulation started over from t = 0; restarting the field without the
+! surrogate would throw the training away. heat2d-index lists the pairs
+! written (and says "finished" once the run is done); on start, a directory
+! with an unfinished run is resumed from the newest pair that loads, so a
+! requeued job continues exactly where it stopped. SIGUSR1 or SIGTERM (the
+! batch system's warning) or checkpoint.deadline_* make the next training
+! step write the pair; heat2d then leaves the time loop, says so, and exits
+! with status 0 (examples/batch has Slurm and PBS scripts that requeue it).
 program heat2d
-  use, intrinsic :: iso_c_binding, only: c_float, c_double, c_int64_t
+  use, intrinsic :: iso_c_binding, only: c_float, c_double, c_int64_t, c_char, c_int, c_null_char
   use, intrinsic :: ieee_arithmetic, only: ieee_is_finite
   use mpi_f08
   use insitra
@@ -57,15 +76,20 @@ program heat2d
   integer :: seed = 2024
   character(len=256) :: surrogate = ''   ! YAML file overriding the built-in surrogate config
   character(len=256) :: metrics = 'heat2d.jsonl'
+  character(len=256) :: checkpoint_dir = ''  ! '' = no checkpoints (insitra's checkpoint.dir)
+  integer :: checkpoint_every = 250      ! training steps between checkpoints; 0 = only on a stop
   namelist /parameters/ nx, ny, steps, push_every, output_every, patch, patches_per_push, &
                     eval_patches, test_steps, diffusion_number, cooling, source_strength, &
-                    max_test_error, seed, surrogate, metrics
+                    max_test_error, seed, surrogate, metrics, checkpoint_dir, checkpoint_every
 
   character(len=*), parameter :: surrogate_yaml = &
     '{model: {d_model: 32, n_layers: 2, n_heads: 4}, ' // &
     'training: {batch_size: 16}, ' // &
     'optimizer: {lr: 4.0e-3, min_lr: 1.0e-4, weight_decay: 0.0}, ' // &
-    'data: {capacity: 2048}}'
+    'data: {capacity: 2048}, ' // &
+    'checkpoint: {keep_last: 2, include_samples: true}}'
+  ! include_samples: a resumed run trains on the samples it had, not on an
+  ! empty store (and so continues exactly as an uninterrupted run would).
 
   ! ---- the decomposition ----
   type(MPI_Comm) :: cart
@@ -80,9 +104,31 @@ program heat2d
   real(c_float), allocatable :: x(:,:,:), y(:,:,:), pred(:,:,:)
   integer :: ntok
 
+  ! ---- checkpoints ----
+  character(len=:), allocatable :: ckpt_dir   ! '' when checkpoints are off
+  integer :: ckpt_every                       ! insitra's checkpoint.every_steps
+  integer(c_int64_t) :: train_now = 0         ! the trainer's step
+  integer(c_int64_t) :: last_pair = -1        ! training step of the newest pair on disk
+  integer(c_int64_t), allocatable :: pairs(:) ! rank 0: the pairs heat2d-index lists
+  ! A field file starts with the bytes "heat2d-1" (little-endian int64).
+  integer(c_int64_t), parameter :: FIELD_MAGIC = int(z'312D643274616568', c_int64_t)
+  integer, parameter :: HEADER_WORDS = 10       ! int64 words before the field
+  integer :: first_step
+  logical :: stop_now = .false.
+  real(dp) :: train_tokens = 0, train_seconds = 0
+
   integer :: step, unit, ios, ntiles
   real(dp) :: t0, err(3), test_err(3), rel, still
-  character(len=512) :: line
+  character(len=1024) :: line
+
+  interface
+    ! C's rename(2): moves a finished file into place in one step.
+    function c_rename(old, new) bind(c, name='rename') result(rc)
+      import :: c_char, c_int
+      character(kind=c_char), intent(in) :: old(*), new(*)
+      integer(c_int) :: rc
+    end function c_rename
+  end interface
 
   call MPI_Init()
   call MPI_Comm_rank(MPI_COMM_WORLD, rank)
@@ -99,29 +145,53 @@ program heat2d
   ! steps and decays (cosine) to min_lr by its end.
   call cfg%set('optimizer.decay_steps', max(1, steps / push_every))
   call cfg%set('optimizer.warmup_steps', steps / push_every / 10)
+  if (len_trim(checkpoint_dir) > 0) then
+    call cfg%set('checkpoint.dir', trim(checkpoint_dir))
+    call cfg%set('checkpoint.every_steps', checkpoint_every)
+  end if
   if (len_trim(surrogate) > 0) call cfg%load_yaml(surrogate)
   call cfg%set('model.seq_len', ntok)
   call cfg%set('model.in_features', F_IN)
   call cfg%set('model.out_features', F_OUT)
+  ! What the configuration says in the end (the YAML may set these too).
+  call cfg%get('checkpoint.dir', ckpt_dir)
+  call cfg%get('checkpoint.every_steps', ckpt_every)
   call trainer%create(cfg, cart)
 
   allocate(u(0:lnx + 1, 0:lny + 1), u_next(0:lnx + 1, 0:lny + 1), q(0:lnx + 1, 0:lny + 1))
   allocate(x(F_IN, ntok, max(patches_per_push, eval_patches)))
   allocate(y(F_OUT, ntok, size(x, 3)), pred(F_OUT, ntok, size(x, 3)))
   call initial_field()
-  call seed_sampler()
+  call seed_sampler(0)
 
-  if (rank == 0) then
+  if (rank == 0) &
     print '(3a, 2(i0, a), 3(i0, a), 2(i0, a))', 'heat2d with insitra ', insitra_version(), ': ', &
       nx, ' x ', ny, ' grid on ', nranks, ' ranks (', dims(1), ' x ', dims(2), '), patches ', &
       patch, ' x ', patch, ' points'
-    open(newunit=unit, file=trim(metrics), status='replace', action='write', iostat=ios)
+  first_step = 1
+  if (len(ckpt_dir) > 0) call resume(first_step)
+  if (rank == 0) then
+    if (first_step > 1) then   ! the metrics of the earlier part stay
+      open(newunit=unit, file=trim(metrics), status='unknown', position='append', &
+           action='write', iostat=ios)
+    else
+      open(newunit=unit, file=trim(metrics), status='replace', action='write', iostat=ios)
+    end if
     if (ios /= 0) error stop 'heat2d: cannot open the metrics file'
+    if (first_step > 1) then
+      write(line, '(a, i0, a, i0, 5a)') '{"event": "resumed", "step": ', first_step - 1, &
+        ', "train_steps": ', train_now, ', "checkpoint": "', ckpt_path(train_now), &
+        '", "field": "', field_path(train_now), '"}'
+      write(unit, '(a)') trim(line)
+    end if
+    if (len(ckpt_dir) > 0) &
+      print '(3a, i0, a)', 'checkpoints: ', ckpt_dir, ', every ', ckpt_every, &
+        ' training steps and on SIGUSR1/SIGTERM'
   end if
 
   ! ---- the time loop ----
   t0 = MPI_Wtime()
-  do step = 1, steps
+  do step = first_step, steps
     call advance(step)                         ! u_next = one solver step from u
 
     if (mod(step, output_every) == 0) then
@@ -135,42 +205,29 @@ program heat2d
       call cut_patches(patches_per_push, random=.true.)
       call trainer%push_samples(x(:, :, 1:patches_per_push), y(:, :, 1:patches_per_push))
       call trainer%train_step(m)
+      train_now = m%step
+      train_tokens = train_tokens + real(m%tokens, dp)
+      train_seconds = train_seconds + m%step_seconds
+      ! train_step has just written step-N.h5 if N is a multiple of
+      ! checkpoint.every_steps or a stop was requested: the field after
+      ! this solver step goes next to it.
+      call trainer%should_stop(stop_now)
+      if (len(ckpt_dir) > 0) then
+        if (stop_now .or. (ckpt_every > 0 .and. mod(train_now, int(ckpt_every, c_int64_t)) == 0)) &
+          call save_pair_field(step, u_next)
+      end if
     end if
 
     if (mod(step, output_every) == 0) call report(step, err)
-
-    ! ---- checkpoint place ----------------------------------------------
-    ! Periodic checkpointing of the surrogate (trainer) and of the field u
-    ! goes here, once the HDF5 checkpoint API exists (issue #5).
-    ! --------------------------------------------------------------------
+    if (stop_now) exit
 
     u(1:lnx, 1:lny) = u_next(1:lnx, 1:lny)
   end do
 
-  ! ---- held-out test: further steps, never pushed, the whole domain ----
-  ntiles = (lnx / patch) * (lny / patch)
-  deallocate(x, y, pred)
-  allocate(x(F_IN, ntok, ntiles), y(F_OUT, ntok, ntiles), pred(F_OUT, ntok, ntiles))
-  test_err = 0
-  do step = steps + 1, steps + test_steps
-    call advance(step)
-    call cut_patches(ntiles, random=.false.)
-    test_err = test_err + squared_sums(ntiles)
-    u(1:lnx, 1:lny) = u_next(1:lnx, 1:lny)
-  end do
-  rel = sqrt(test_err(1) / test_err(2))
-  still = sqrt(test_err(3) / test_err(2))
-  if (rank == 0) then
-    print '(/, a, i0, a, es10.3)', 'held-out relative L2 error over ', test_steps, &
-      ' steps (whole domain): ', rel
-    print '(a, es10.3)', "relative L2 error of predicting 'no change': ", still
-    print '(a, i0, a, f7.1, a)', 'training steps ', m%step, ', wall time', MPI_Wtime() - t0, ' s'
-    print '(a, a)', 'metrics: ', trim(metrics)
-    write(line, '(a, i0, a, es13.5e3, a, es13.5e3, a, i0, a)') '{"event": "held_out", "test_steps": ', &
-      test_steps, ', "rel_l2": ', rel, ', "no_change_rel_l2": ', still, ', "train_steps": ', &
-      m%step, '}'
-    write(unit, '(a)') trim(line)
-    close(unit)
+  if (stop_now) then
+    call report_stop()
+  else
+    call finish_run()
   end if
 
   deallocate(u, u_next, q, x, y, pred)
@@ -178,9 +235,12 @@ program heat2d
   call cfg%free()
   call MPI_Comm_free(cart)
   call MPI_Finalize()
-  if (.not. ieee_is_finite(rel)) error stop 'heat2d: the held-out error is not finite'
-  if (max_test_error > 0 .and. rel > max_test_error) &
-    error stop 'heat2d: the held-out error is above max_test_error'
+  ! A stopped run ends here with status 0: the batch script requeues it.
+  if (.not. stop_now) then
+    if (.not. ieee_is_finite(rel)) error stop 'heat2d: the held-out error is not finite'
+    if (max_test_error > 0 .and. rel > max_test_error) &
+      error stop 'heat2d: the held-out error is above max_test_error'
+  end if
 
 contains
 
@@ -305,12 +365,15 @@ contains
     f(1:lnx, lny + 1) = ry_
   end subroutine exchange_halo
 
-  subroutine seed_sampler()
+  ! Each rank's patch generator, from the seed, the rank and (when a run
+  ! resumes on another rank count) the solver step.
+  subroutine seed_sampler(shift)
+    integer, intent(in) :: shift
     integer :: n, i
     integer, allocatable :: s(:)
     call random_seed(size=n)
     allocate(s(n))
-    s = [(seed + 7919 * rank + 104729 * i, i = 1, n)]
+    s = [(seed + 7919 * rank + 104729 * i + 31 * shift, i = 1, n)]
     call random_seed(put=s)
   end subroutine seed_sampler
 
@@ -370,5 +433,401 @@ contains
     write(unit, '(a)') trim(line)
     flush(unit)
   end subroutine report
+
+  ! Rank 0, after a stop request: says where the run stopped and what holds it.
+  subroutine report_stop()
+    if (rank /= 0) return
+    print '(/, a, i0, a, i0, 5a)', 'heat2d: stop requested (SIGUSR1, SIGTERM or the deadline) '// &
+      'at solver step ', step, ', training step ', train_now, '; saved ', ckpt_path(train_now), &
+      ' and ', field_path(train_now), '. Run again to continue.'
+    write(line, '(a, i0, a, i0, a, es24.16e3, 3(a, es13.5e3), 3a)') &
+      '{"event": "stopped", "step": ', step, ', "train_steps": ', train_now, ', "loss": ', &
+      m%loss, ', "wall_s": ', MPI_Wtime() - t0, ', "train_tokens": ', train_tokens, &
+      ', "train_seconds": ', train_seconds, ', "checkpoint": "', ckpt_path(train_now), '"}'
+    write(unit, '(a)') trim(line)
+    close(unit)
+  end subroutine report_stop
+
+  ! The end of a run that was not stopped: the last checkpoint pair, the
+  ! held-out test (further steps, never pushed, the whole domain) and the
+  ! summary; heat2d-index then says the run finished.
+  subroutine finish_run()
+    if (len(ckpt_dir) > 0 .and. last_pair /= train_now) then
+      call trainer%checkpoint_save('')
+      call save_pair_field(steps, u)
+    end if
+
+    ntiles = (lnx / patch) * (lny / patch)
+    deallocate(x, y, pred)
+    allocate(x(F_IN, ntok, ntiles), y(F_OUT, ntok, ntiles), pred(F_OUT, ntok, ntiles))
+    test_err = 0
+    do step = steps + 1, steps + test_steps
+      call advance(step)
+      call cut_patches(ntiles, random=.false.)
+      test_err = test_err + squared_sums(ntiles)
+      u(1:lnx, 1:lny) = u_next(1:lnx, 1:lny)
+    end do
+    rel = sqrt(test_err(1) / test_err(2))
+    still = sqrt(test_err(3) / test_err(2))
+    if (rank == 0) then
+      print '(/, a, i0, a, es10.3)', 'held-out relative L2 error over ', test_steps, &
+        ' steps (whole domain): ', rel
+      print '(a, es10.3)', "relative L2 error of predicting 'no change': ", still
+      print '(a, i0, a, es10.3, a, f7.1, a)', 'training steps ', train_now, ', final loss ', &
+        m%loss, ', wall time', MPI_Wtime() - t0, ' s'
+      if (train_seconds > 0) print '(a, es10.3, a, f8.1, a)', 'training throughput ', &
+        train_tokens / train_seconds, ' tokens/s; ', (steps - first_step + 1) / (MPI_Wtime() - t0), &
+        ' solver steps/s with training'
+      if (len(ckpt_dir) > 0) print '(2a)', 'checkpoint: ', ckpt_path(last_pair)
+      print '(a, a)', 'metrics: ', trim(metrics)
+      ! loss: 17 significant digits, so runs can be compared bit for bit.
+      write(line, '(a, i0, 2(a, es13.5e3), 2(a, i0), a, es24.16e3, 3(a, es13.5e3))') &
+        '{"event": "held_out", "test_steps": ', test_steps, ', "rel_l2": ', rel, &
+        ', "no_change_rel_l2": ', still, ', "step": ', steps, ', "train_steps": ', train_now, &
+        ', "loss": ', m%loss, ', "wall_s": ', MPI_Wtime() - t0, ', "train_tokens": ', &
+        train_tokens, ', "train_seconds": ', train_seconds
+      if (len(ckpt_dir) > 0) then
+        write(unit, '(4a)') trim(line), ', "checkpoint": "', ckpt_path(last_pair), '"}'
+      else
+        write(unit, '(2a)') trim(line), '}'
+      end if
+      close(unit)
+    end if
+    if (len(ckpt_dir) > 0) call write_index(finished=.true.)
+  end subroutine finish_run
+
+  ! ---- checkpoints: the simulation's half ---------------------------------
+
+  ! dir/step-NNNNNNNN.h5, insitra's name for training step n.
+  function ckpt_path(n) result(path)
+    integer(c_int64_t), intent(in) :: n
+    character(len=:), allocatable :: path
+    path = ckpt_dir // '/step-' // padded(n) // '.h5'
+  end function ckpt_path
+
+  ! dir/heat2d-NNNNNNNN.field: the field that goes with step-NNNNNNNN.h5.
+  function field_path(n) result(path)
+    integer(c_int64_t), intent(in) :: n
+    character(len=:), allocatable :: path
+    path = ckpt_dir // '/heat2d-' // padded(n) // '.field'
+  end function field_path
+
+  function padded(n) result(text)
+    integer(c_int64_t), intent(in) :: n
+    character(len=:), allocatable :: text
+    character(len=24) :: buf
+    write(buf, '(i8.8)') n
+    if (n > 99999999_c_int64_t) write(buf, '(i0)') n
+    text = trim(buf)
+  end function padded
+
+  ! The training step of a checkpoint file name (.../step-NNNNNNNN.h5).
+  function step_of(path) result(n)
+    character(len=*), intent(in) :: path
+    integer(c_int64_t) :: n
+    integer :: at, dot, ios_
+    at = index(path, 'step-', back=.true.)
+    dot = index(path, '.h5', back=.true.)
+    n = -1
+    if (at > 0 .and. dot > at + 5) read(path(at + 5:dot - 1), *, iostat=ios_) n
+  end function step_of
+
+  function file_exists(path) result(yes)
+    character(len=*), intent(in) :: path
+    logical :: yes
+    inquire(file=path, exist=yes)
+  end function file_exists
+
+  subroutine delete_file(path)
+    character(len=*), intent(in) :: path
+    integer :: u_, ios_
+    open(newunit=u_, file=path, status='old', iostat=ios_)
+    if (ios_ == 0) close(u_, status='delete')
+  end subroutine delete_file
+
+  subroutine check_mpi(ierr, what)
+    integer, intent(in) :: ierr
+    character(len=*), intent(in) :: what
+    character(len=MPI_MAX_ERROR_STRING) :: text
+    integer :: length, ierr2
+    if (ierr == MPI_SUCCESS) return
+    call MPI_Error_string(ierr, text, length, ierr2)
+    write(*, '(5a)') 'heat2d: ', what, ' failed: ', text(1:length)
+    error stop 1
+  end subroutine check_mpi
+
+  ! Collective. Writes heat2d-N.field for training step train_now (whose
+  ! step-N.h5 train_step or checkpoint_save has just written): a header of
+  ! ten int64 (magic, version, nx, ny, solver step, training step, ranks,
+  ! generator size, the last training loss's float64 bits, 0), the field f
+  ! after solver step `solver_step` as float64 in global (x fastest) order,
+  ! then every rank's generator state (default integers). The file is
+  ! written as .tmp, synced and renamed, so a crash leaves either the whole
+  ! file or none.
+  subroutine save_pair_field(solver_step, f)
+    integer, intent(in) :: solver_step
+    real(dp), intent(in) :: f(0:, 0:)
+    type(MPI_File) :: fh
+    type(MPI_Datatype) :: block_type
+    integer(c_int64_t) :: header(HEADER_WORDS)
+    integer(MPI_OFFSET_KIND) :: states_at   ! bytes before the generator states
+    integer, allocatable :: state(:)
+    real(dp), allocatable :: block(:, :)
+    character(len=:), allocatable :: path
+    integer :: n, ierr
+
+    path = field_path(train_now)
+    call random_seed(size=n)
+    allocate(state(n))
+    call random_seed(get=state)
+    header = [FIELD_MAGIC, 1_c_int64_t, int(nx, c_int64_t), int(ny, c_int64_t), &
+              int(solver_step, c_int64_t), train_now, int(nranks, c_int64_t), int(n, c_int64_t), &
+              transfer(m%loss, 0_c_int64_t), 0_c_int64_t]
+    states_at = 8_MPI_OFFSET_KIND * (HEADER_WORDS + int(nx, MPI_OFFSET_KIND) * ny)
+
+    call MPI_File_open(cart, path // '.tmp', ior(MPI_MODE_CREATE, MPI_MODE_WRONLY), &
+                       MPI_INFO_NULL, fh, ierr)
+    call check_mpi(ierr, 'creating ' // path // '.tmp')
+    call MPI_File_set_size(fh, 0_MPI_OFFSET_KIND, ierr)
+    call check_mpi(ierr, 'truncating ' // path // '.tmp')
+    ! The default view counts bytes: the header, then this rank's generator.
+    if (rank == 0) then
+      call MPI_File_write_at(fh, 0_MPI_OFFSET_KIND, header, HEADER_WORDS, MPI_INTEGER8, &
+                             MPI_STATUS_IGNORE, ierr)
+      call check_mpi(ierr, 'writing ' // path // '.tmp')
+    end if
+    call MPI_File_write_at_all(fh, states_at + int(rank, MPI_OFFSET_KIND) * n * &
+                               (storage_size(state) / 8), state, n, MPI_INTEGER, &
+                               MPI_STATUS_IGNORE, ierr)
+    call check_mpi(ierr, 'writing ' // path // '.tmp')
+    ! The field: this rank's block of the global nx x ny array.
+    call MPI_Type_create_subarray(2, [nx, ny], [lnx, lny], [ix0, iy0], MPI_ORDER_FORTRAN, &
+                                  MPI_DOUBLE_PRECISION, block_type)
+    call MPI_Type_commit(block_type)
+    call MPI_File_set_view(fh, 8_MPI_OFFSET_KIND * HEADER_WORDS, MPI_DOUBLE_PRECISION, block_type, &
+                           'native', MPI_INFO_NULL, ierr)
+    call check_mpi(ierr, 'setting the view of ' // path // '.tmp')
+    block = f(1:lnx, 1:lny)
+    call MPI_File_write_all(fh, block, lnx * lny, MPI_DOUBLE_PRECISION, MPI_STATUS_IGNORE, ierr)
+    call check_mpi(ierr, 'writing ' // path // '.tmp')
+    call MPI_File_sync(fh, ierr)
+    call check_mpi(ierr, 'syncing ' // path // '.tmp')
+    call MPI_File_close(fh, ierr)
+    call check_mpi(ierr, 'closing ' // path // '.tmp')
+    call MPI_Type_free(block_type)
+    if (rank == 0) then
+      if (c_rename(path // '.tmp' // c_null_char, path // c_null_char) /= 0) then
+        write(*, '(3a)') 'heat2d: cannot rename ', path, '.tmp'
+        error stop 1
+      end if
+    end if
+    last_pair = train_now
+    call write_index(finished=.false.)
+  end subroutine save_pair_field
+
+  ! Collective. Reads a field file into u (interior) and, when it was
+  ! written on as many ranks, this rank's generator; returns its solver
+  ! step, or -1 (on every rank) when the file is missing or does not fit.
+  function load_field(path) result(solver_step)
+    character(len=*), intent(in) :: path
+    integer :: solver_step
+    type(MPI_File) :: fh
+    type(MPI_Datatype) :: block_type
+    integer(c_int64_t) :: header(HEADER_WORDS)
+    integer(MPI_OFFSET_KIND) :: states_at, size_
+    integer, allocatable :: state(:)
+    real(dp), allocatable :: block(:, :)
+    integer :: n, ierr
+    character(len=160) :: why
+
+    solver_step = -1
+    call MPI_File_open(cart, path, MPI_MODE_RDONLY, MPI_INFO_NULL, fh, ierr)
+    if (ierr /= MPI_SUCCESS) then
+      if (rank == 0) write(*, '(3a)') 'heat2d: cannot open ', path, '; trying an older checkpoint'
+      return
+    end if
+    call MPI_File_read_at_all(fh, 0_MPI_OFFSET_KIND, header, HEADER_WORDS, MPI_INTEGER8, &
+                              MPI_STATUS_IGNORE, ierr)
+    call check_mpi(ierr, 'reading ' // path)
+    call MPI_File_get_size(fh, size_, ierr)
+    call check_mpi(ierr, 'reading ' // path)
+    states_at = 8_MPI_OFFSET_KIND * (HEADER_WORDS + int(nx, MPI_OFFSET_KIND) * ny)
+    why = ''
+    if (header(1) /= FIELD_MAGIC .or. header(2) /= 1) then
+      why = 'not a heat2d field file (version 1)'
+    else if (header(3) /= nx .or. header(4) /= ny) then
+      write(why, '(a, i0, a, i0, a)') 'written for a ', header(3), ' x ', header(4), ' grid'
+    else if (size_ /= states_at + header(7) * header(8) * (storage_size(n) / 8)) then
+      why = 'truncated'
+    end if
+    if (len_trim(why) > 0) then
+      if (rank == 0) write(*, '(5a)') 'heat2d: ', path, ' is ', trim(why), '; trying an older checkpoint'
+      call MPI_File_close(fh, ierr)
+      return
+    end if
+    call random_seed(size=n)
+    if (header(7) == nranks .and. header(8) == n) then
+      allocate(state(n))
+      call MPI_File_read_at_all(fh, states_at + int(rank, MPI_OFFSET_KIND) * n * &
+                                (storage_size(state) / 8), state, n, MPI_INTEGER, &
+                                MPI_STATUS_IGNORE, ierr)
+      call check_mpi(ierr, 'reading ' // path)
+      call random_seed(put=state)
+    else
+      ! Another rank count: the patches differ from here on anyway.
+      call seed_sampler(int(header(5)))
+    end if
+    call MPI_Type_create_subarray(2, [nx, ny], [lnx, lny], [ix0, iy0], MPI_ORDER_FORTRAN, &
+                                  MPI_DOUBLE_PRECISION, block_type)
+    call MPI_Type_commit(block_type)
+    call MPI_File_set_view(fh, 8_MPI_OFFSET_KIND * HEADER_WORDS, MPI_DOUBLE_PRECISION, block_type, &
+                           'native', MPI_INFO_NULL, ierr)
+    call check_mpi(ierr, 'setting the view of ' // path)
+    allocate(block(lnx, lny))
+    call MPI_File_read_all(fh, block, lnx * lny, MPI_DOUBLE_PRECISION, MPI_STATUS_IGNORE, ierr)
+    call check_mpi(ierr, 'reading ' // path)
+    call MPI_File_close(fh, ierr)
+    call MPI_Type_free(block_type)
+    u(1:lnx, 1:lny) = block
+    solver_step = int(header(5))
+    m%step = header(6)                           ! what the last training step reported
+    m%loss = transfer(header(9), 0.0_dp)
+  end function load_field
+
+  ! Collective. If checkpoint.dir holds an unfinished run of this program,
+  ! loads the newest checkpoint pair that loads (insitra's step-N.h5 and
+  ! heat2d-N.field) and sets first to the solver step after it; otherwise
+  ! leaves first at 1.
+  subroutine resume(first)
+    integer, intent(inout) :: first
+    character(len=:), allocatable :: loaded
+    integer(c_int64_t) :: newest, candidate
+    integer(c_int64_t), allocatable :: listed(:)
+    integer :: k, count_, status, solver_step
+    logical :: finished
+
+    call read_index(listed, finished)
+    count_ = size(listed)
+    if (count_ == 0) then
+      if (file_exists(ckpt_dir // '/latest')) then
+        if (rank == 0) write(*, '(3a)') 'heat2d: ', ckpt_dir, ' holds insitra checkpoints but ' // &
+          'no heat2d-index (not written by heat2d); remove it or set another checkpoint_dir'
+        error stop 1
+      end if
+      allocate(pairs(0))
+      return                             ! a new run
+    end if
+    if (finished) then
+      if (rank == 0) write(*, '(3a)') 'heat2d: ', ckpt_dir, ' holds a finished run; remove it ' // &
+        '(or set another checkpoint_dir) to start a new one'
+      error stop 1
+    end if
+
+    ! The newest checkpoint that verifies, then the newest field that pairs
+    ! with a loadable checkpoint (a crash can come between the two writes).
+    call trainer%checkpoint_load(ckpt_dir, loaded, status)
+    if (status /= INSITRA_STATUS_OK) then
+      if (rank == 0) write(*, '(4a)') 'heat2d: cannot resume from ', ckpt_dir, ': ', insitra_last_error()
+      error stop 1
+    end if
+    newest = step_of(loaded)
+    do k = count_, 1, -1
+      candidate = listed(k)
+      if (candidate > newest) cycle      ! its step-N.h5 did not verify
+      if (candidate < newest) then
+        call trainer%checkpoint_load(ckpt_path(candidate), loaded, status)
+        if (status /= INSITRA_STATUS_OK) cycle
+        newest = candidate
+      end if
+      solver_step = load_field(field_path(candidate))
+      if (solver_step < 0) cycle
+      first = solver_step + 1
+      train_now = candidate
+      last_pair = candidate
+      pairs = pack(listed, listed <= candidate)
+      if (rank == 0) print '(a, i0, 5a)', 'resuming after solver step ', solver_step, ' from ', &
+        ckpt_path(candidate), ' and ', field_path(candidate), ''
+      return
+    end do
+    if (rank == 0) write(*, '(3a)') 'heat2d: no heat2d field in ', ckpt_dir, &
+      ' pairs with a checkpoint that loads; remove the directory to start over'
+    error stop 1
+  end subroutine resume
+
+  ! Rank 0 reads heat2d-index and shares it: the training steps of the
+  ! pairs, oldest first, and whether the run finished.
+  subroutine read_index(listed, finished)
+    integer(c_int64_t), allocatable, intent(out) :: listed(:)
+    logical, intent(out) :: finished
+    integer :: u_, ios_, count_
+    integer(c_int64_t) :: value
+    character(len=64) :: entry
+    integer(c_int64_t), allocatable :: buf(:)
+    allocate(buf(0))
+    finished = .false.
+    if (rank == 0) then
+      open(newunit=u_, file=ckpt_dir // '/heat2d-index', status='old', action='read', iostat=ios_)
+      if (ios_ == 0) then
+        do
+          read(u_, '(a)', iostat=ios_) entry
+          if (ios_ /= 0) exit
+          if (entry(1:1) == '#' .or. len_trim(entry) == 0) cycle
+          if (trim(entry) == 'finished') then
+            finished = .true.
+            cycle
+          end if
+          read(entry, *, iostat=ios_) value
+          if (ios_ == 0) buf = [buf, value]
+        end do
+        close(u_)
+      end if
+    end if
+    count_ = size(buf)
+    call MPI_Bcast(count_, 1, MPI_INTEGER, 0, cart)
+    call MPI_Bcast(finished, 1, MPI_LOGICAL, 0, cart)
+    if (rank /= 0) then
+      deallocate(buf)
+      allocate(buf(count_))
+    end if
+    if (count_ > 0) call MPI_Bcast(buf, count_, MPI_INTEGER8, 0, cart)
+    listed = buf
+  end subroutine read_index
+
+  ! Rank 0: adds the newest pair to heat2d-index, drops (and deletes the
+  ! field of) every pair whose step-N.h5 insitra has removed under
+  ! checkpoint.keep_last, and replaces the index in one rename.
+  subroutine write_index(finished)
+    logical, intent(in) :: finished
+    integer :: u_, ios_, k
+    logical, allocatable :: keep(:)
+    character(len=:), allocatable :: path
+    if (rank /= 0) return
+    if (last_pair >= 0) then
+      if (.not. any(pairs == last_pair)) pairs = [pairs, last_pair]
+    end if
+    allocate(keep(size(pairs)))
+    do k = 1, size(pairs)
+      keep(k) = .true.
+      if (pairs(k) /= last_pair) keep(k) = file_exists(ckpt_path(pairs(k)))
+      if (.not. keep(k)) call delete_file(field_path(pairs(k)))
+    end do
+    pairs = pack(pairs, keep)
+    path = ckpt_dir // '/heat2d-index'
+    open(newunit=u_, file=path // '.tmp', status='replace', action='write', iostat=ios_)
+    if (ios_ /= 0) then
+      write(*, '(3a)') 'heat2d: cannot write ', path, '.tmp'
+      error stop 1
+    end if
+    write(u_, '(a)') '# heat2d checkpoint pairs (insitra step-N.h5 + heat2d-N.field), oldest first'
+    do k = 1, size(pairs)
+      write(u_, '(i0)') pairs(k)
+    end do
+    if (finished) write(u_, '(a)') 'finished'
+    close(u_)
+    if (c_rename(path // '.tmp' // c_null_char, path // c_null_char) /= 0) then
+      write(*, '(3a)') 'heat2d: cannot rename ', path, '.tmp'
+      error stop 1
+    end if
+  end subroutine write_index
 
 end program heat2d

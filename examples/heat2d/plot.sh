@@ -45,6 +45,11 @@ if gnuplot -e "set terminal" 2>&1 | grep -q pngcairo; then
   terminal="pngcairo size 900,560 font ',10'"
 fi
 title="$(basename "$metrics" .jsonl)"
+# A run resumed from a checkpoint: a dotted line at each solver step it resumed after.
+resumes=$(awk '/"event": "resumed"/ { if (match($0, /"step": *[0-9]+/)) {
+  s = substr($0, RSTART, RLENGTH); sub(/^[^:]*: */, "", s)
+  printf "set arrow from %s, graph 0 to %s, graph 1 nohead dashtype 3 lc rgb \"gray40\"\n", s, s
+  printf "set label \"resumed\" at %s, graph 0.04 offset 0.5, 0 font \",9\"\n", s } }' "$metrics")
 [ -n "$final" ] && title="$title: held-out relative L2 error at the end $final"
 
 gnuplot <<GNUPLOT
@@ -56,6 +61,7 @@ set logscale y
 set format y '10^{%L}'
 set grid
 set key top right
+$resumes
 plot '$data' using 1:2 with linespoints pt 7 ps 0.6 title 'training loss (MSE)', \
      '' using 1:3 with linespoints pt 5 ps 0.6 title 'surrogate relative L2 error (held out)', \
      '' using 1:4 with lines dashtype 2 title "relative L2 error of predicting 'no change'"
