@@ -219,7 +219,7 @@ static insitra_status try_load(insitra_trainer *t, const char *file, bool *state
     if (s == INSITRA_STATUS_OK && (!crc || !bytes))
         s = insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "checkpoint: out of memory");
     hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
-    H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
+    H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT); /* disjoint pieces: see ckpt_write.c */
     /* Collective reads need every rank: agree before starting them. */
     s = insitra_comm_agree(&t->comm, s);
     if (s == INSITRA_STATUS_OK) {

@@ -91,8 +91,10 @@ static int compare_desc(const void *a, const void *b)
     return (x < y) - (x > y);
 }
 
-/* Rank 0, after the commit: only the newest keep checkpoints stay. */
-static void apply_retention(const char *dir, int64_t keep)
+/* Rank 0, after the commit: the checkpoint just written and the keep - 1
+ * newest before it stay. Files of later steps (a run that was abandoned, for
+ * one, after resuming from an older checkpoint) are not this save's to delete. */
+static void apply_retention(const char *dir, int64_t current, int64_t keep)
 {
     DIR *d = opendir(dir);
     if (!d) return;
@@ -100,12 +102,12 @@ static void apply_retention(const char *dir, int64_t keep)
     int n = 0;
     for (struct dirent *e; (e = readdir(d)) && n < 4096;) {
         const int64_t s = insitra_ckpt_step_of(e->d_name, ".h5");
-        if (s >= 0) steps[n++] = s;
+        if (s >= 0 && s < current) steps[n++] = s;
     }
     closedir(d);
     qsort(steps, (size_t)n, sizeof steps[0], compare_desc);
     char path[4096];
-    for (int i = (int)keep; i < n; i++) {
+    for (int i = (int)keep - 1; i < n; i++) {
         snprintf(path, sizeof path, "%s/step-%08" PRId64 ".h5", dir, steps[i]);
         unlink(path);
     }
@@ -113,7 +115,7 @@ static void apply_retention(const char *dir, int64_t keep)
 
 /* Rank 0: rename into place, then point `latest` at it, fsyncing each step. */
 static insitra_status commit(const char *dir, const char *tmp, const char *final_path,
-                             const char *final_name, int64_t keep)
+                             const char *final_name, int64_t step, int64_t keep)
 {
     INSITRA_CHECK(fsync_path(tmp, O_RDONLY));
     if (rename(tmp, final_path) != 0) return posix_error("cannot rename", tmp);
@@ -127,7 +129,7 @@ static insitra_status commit(const char *dir, const char *tmp, const char *final
     if (fclose(f) != 0 || !ok) return posix_error("cannot write", latest_tmp);
     if (rename(latest_tmp, latest) != 0) return posix_error("cannot rename", latest_tmp);
     INSITRA_CHECK(fsync_path(dir, O_RDONLY | O_DIRECTORY));
-    apply_retention(dir, keep);
+    apply_retention(dir, step, keep);
     return INSITRA_STATUS_OK;
 }
 
@@ -356,8 +358,12 @@ insitra_status insitra_ckpt_save(insitra_trainer *t, const char *dir, char *path
         s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: cannot create '%s'", tmp);
     } else {
         fault_point(t, "created");
+        /* Every rank's slot of a tensor is one contiguous, disjoint byte range:
+         * independent writes need no per-dataset synchronisation, which
+         * otherwise costs a collective round per tensor. Metadata stays
+         * collective (the file access properties above). */
         hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
-        H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
+        H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT);
         s = write_contents(t, file, dxpl);
         H5Pclose(dxpl);
         if (H5Fclose(file) < 0 && s == INSITRA_STATUS_OK)
@@ -371,7 +377,7 @@ insitra_status insitra_ckpt_save(insitra_trainer *t, const char *dir, char *path
         insitra_status c = INSITRA_STATUS_OK;
         if (t->comm.rank == 0) {
             fault_point(t, "commit");
-            c = commit(dir, tmp, final_path, final_name, t->cfg.checkpoint.keep_last);
+            c = commit(dir, tmp, final_path, final_name, t->step, t->cfg.checkpoint.keep_last);
         }
         s = insitra_comm_agree(&t->comm, c);
     } else if (t->comm.rank == 0) {

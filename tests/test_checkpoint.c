@@ -245,9 +245,19 @@ static int faults(const char *dir)
     EXPECT(s == INSITRA_STATUS_IO_ERROR, "truncated file: %s", insitra_last_error());
     if (rank == 0) printf("truncated: %s\n", insitra_last_error());
     EXPECT(r->step == 0, "a failed load leaves the trainer at its initial state");
+    /* Retention after resuming from an older checkpoint: the new file stays,
+     * older ones beyond keep_last go, later-numbered ones are left alone. */
+    EXPECT(insitra_checkpoint_load(r, dir, NULL, 0) == INSITRA_STATUS_OK, "reload: %s", insitra_last_error());
+    r->cfg.checkpoint.keep_last = 1;
+    step(r);
+    char p6[4096];
+    save(r, dir, p6);
+    EXPECT(access(p6, F_OK) == 0, "the checkpoint just written (%s) was deleted", p6);
+    EXPECT(access(p5, F_OK) != 0, "step 5 should have been retired (keep_last = 1)");
+    EXPECT(access(p15, F_OK) == 0, "a later-numbered checkpoint was deleted");
     /* another model */
     insitra_trainer *other = make(1, NULL, 24);
-    s = insitra_checkpoint_load(other, p5, NULL, 0);
+    s = insitra_checkpoint_load(other, p6, NULL, 0);
     EXPECT(s == (rank == 0 ? INSITRA_STATUS_CONFIG_ERROR : INSITRA_STATUS_REMOTE_ERROR) &&
                strstr(insitra_last_error(), "model.d_model"),
            "incompatible model: %s", insitra_last_error());
