@@ -351,11 +351,12 @@ insitra_status insitra_ckpt_load(insitra_trainer *t, const char *path, char *pat
                 printf("insitra: loaded %s after skipping:%s\n", cand[i], failures);
             break;
         }
-        if (s == INSITRA_STATUS_CONFIG_ERROR || s == INSITRA_STATUS_REMOTE_ERROR ||
-            s == INSITRA_STATUS_OUT_OF_MEMORY || s == INSITRA_STATUS_MPI_ERROR)
-            if (strstr(insitra_last_error(), "holds another model")) break; /* no older file fits either */
+        /* Another model: no older file fits either. */
+        if (strstr(insitra_last_error(), "holds another model")) break;
         size_t used = strlen(failures);
         snprintf(failures + used, sizeof failures - used, " %s (%s);", cand[i], insitra_last_error());
+        /* MPI or memory failures are not the file's fault: trying older files would not help. */
+        if (s == INSITRA_STATUS_MPI_ERROR || s == INSITRA_STATUS_OUT_OF_MEMORY) break;
     }
     insitra_ckpt_quiet_end(&quiet);
     free(cand);

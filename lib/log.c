@@ -24,3 +24,11 @@ void insitra_log_step(insitra_trainer *t, const insitra_metrics *m)
         fflush(t->jsonl);
     }
 }
+
+void insitra_log_checkpoint(const insitra_trainer *t, const char *path, bool stop_requested)
+{
+    if (t->comm.rank != 0 || t->cfg.log.every_steps <= 0) return;
+    printf("insitra step %8" PRId64 " | checkpoint %s%s\n", t->step, path,
+           stop_requested ? " (stop requested)" : "");
+    fflush(stdout);
+}

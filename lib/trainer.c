@@ -8,7 +8,6 @@
 #include "trainer.h"
 
 #include <errno.h>
-#include <stdio.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
@@ -264,15 +263,13 @@ insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
     if (metrics) *metrics = out;
 
     /* Checkpoints: every checkpoint.every_steps, and a final one on request. */
-    const insitra_config *ck = cfg;
-    const bool periodic = ck->checkpoint.every_steps > 0 && t->step % ck->checkpoint.every_steps == 0;
-    if (periodic || sums[2] > 0) {
+    const bool stop = sums[2] > 0;
+    const bool periodic = cfg->checkpoint.every_steps > 0 && t->step % cfg->checkpoint.every_steps == 0;
+    if (periodic || stop) {
         char path[4096];
-        INSITRA_CHECK(insitra_ckpt_save(t, ck->checkpoint.dir, path, sizeof path));
-        if (t->comm.rank == 0 && ck->log.every_steps > 0)
-            printf("insitra step %8" PRId64 " | checkpoint %s%s\n", t->step, path,
-                   sums[2] > 0 ? " (stop requested)" : "");
-        t->stop = sums[2] > 0;
+        INSITRA_CHECK(insitra_ckpt_save(t, cfg->checkpoint.dir, path, sizeof path));
+        insitra_log_checkpoint(t, path, stop);
+        t->stop = stop;
     }
     return INSITRA_STATUS_OK;
 }

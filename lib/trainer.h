@@ -43,5 +43,7 @@ bool insitra_preempt_requested(const insitra_trainer *t);
 
 /* Progress line and JSON line for one step (rank 0, as configured). */
 void insitra_log_step(insitra_trainer *t, const insitra_metrics *m);
+/* A line on rank 0 (when progress lines are on) for a checkpoint written by the step. */
+void insitra_log_checkpoint(const insitra_trainer *t, const char *path, bool stop_requested);
 
 #endif /* INSITRA_TRAINER_H */
