@@ -30,3 +30,8 @@ endif()
 
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(YAML REQUIRED IMPORTED_TARGET yaml-0.1)
+
+if(INSITRA_ENABLE_CUDA)
+  find_package(CUDAToolkit REQUIRED)
+  find_package(NCCL REQUIRED)
+endif()

@@ -46,6 +46,7 @@ module insitra
   integer, parameter, public :: INSITRA_STATUS_NOT_READY = 7
   integer, parameter, public :: INSITRA_STATUS_NUMERICAL_ERROR = 8
   integer, parameter, public :: INSITRA_STATUS_REMOTE_ERROR = 9
+  integer, parameter, public :: INSITRA_STATUS_DEVICE_ERROR = 10
 
   ! Longest message the C side keeps (INSITRA_ERROR_MAX), and a buffer that
   ! holds any configuration value's text (string keys are < 1024 bytes).

@@ -41,7 +41,8 @@ typedef enum insitra_status {
     INSITRA_STATUS_MPI_ERROR = 6,
     INSITRA_STATUS_NOT_READY = 7,        /* e.g. training with an empty sample store */
     INSITRA_STATUS_NUMERICAL_ERROR = 8,  /* the loss or a gradient became non-finite */
-    INSITRA_STATUS_REMOTE_ERROR = 9      /* another rank failed this collective call */
+    INSITRA_STATUS_REMOTE_ERROR = 9,     /* another rank failed this collective call */
+    INSITRA_STATUS_DEVICE_ERROR = 10     /* no usable GPU, or a CUDA, cuBLAS or NCCL call failed */
 } insitra_status;
 
 /* The message of the last failed call on this thread ("" if none). */
@@ -116,6 +117,11 @@ insitra_status insitra_trainer_num_parameters(const insitra_trainer *trainer, in
  * (the message names the first bad index) and the store keeps its contents. */
 insitra_status insitra_push_samples(insitra_trainer *trainer, int64_t n, const float *x,
                                     const float *y);
+/* The same for a trainer with device = cuda, from arrays in this rank's GPU
+ * memory (a simulation whose fields live on the GPU): checked for finite
+ * values and copied on the device. Not collective. */
+insitra_status insitra_push_samples_device(insitra_trainer *trainer, int64_t n, const float *x,
+                                           const float *y);
 /* Samples currently held in this rank's store. */
 insitra_status insitra_samples_stored(const insitra_trainer *trainer, int64_t *count);
 

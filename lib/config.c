@@ -28,6 +28,8 @@ typedef struct {
 
 /* Every key, its range and default. docs/config.md documents the same table. */
 static const config_entry entries[] = {
+    {"device", KIND_CHOICE, FIELD(device), 0, 0, "cpu", {"cpu", "cuda"}},
+    {"precision", KIND_CHOICE, FIELD(precision), 0, 0, "fp32", {"fp32", "bf16"}},
     {"model.seq_len", KIND_INT, FIELD(model.seq_len), 1, 65536, "64", {0}},
     {"model.in_features", KIND_INT, FIELD(model.in_features), 1, 1048576, "16", {0}},
     {"model.out_features", KIND_INT, FIELD(model.out_features), 1, 1048576, "16", {0}},
@@ -63,6 +65,7 @@ static const config_entry entries[] = {
     {"parallel.dp", KIND_INT, FIELD(parallel.dp), 0, 1048576, "0", {0}},
     {"parallel.tp", KIND_INT, FIELD(parallel.tp), 1, 1, "1", {0}},
     {"parallel.zero_stage", KIND_INT, FIELD(parallel.zero_stage), 0, 3, "0", {0}},
+    {"cuda.graphs", KIND_BOOL, FIELD(cuda.graphs), 0, 1, "true", {0}},
 };
 #define NUM_ENTRIES (sizeof entries / sizeof entries[0])
 
@@ -306,6 +309,10 @@ insitra_status insitra_config_validate(const insitra_config *cfg)
         return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
                                  "config key 'checkpoint.dir' is empty, but checkpoint.every_steps or a "
                                  "checkpoint deadline asks for checkpoints");
+    if (cfg->precision == INSITRA_PRECISION_BF16 && cfg->device != INSITRA_DEVICE_CUDA)
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "config key 'precision': bf16 is for device = cuda; the CPU backend "
+                                 "computes in fp32 (set precision = fp32 or device = cuda)");
     if (cfg->optimizer.warmup_steps > cfg->optimizer.decay_steps)
         return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
                                  "config key 'optimizer.warmup_steps': value %" PRId64
@@ -340,20 +347,23 @@ size_t insitra_config_dump_yaml(const insitra_config *cfg, char *buf, size_t len
     } while (0)
     for (size_t i = 0; i < NUM_ENTRIES; i++) {
         const config_entry *e = &entries[i];
+        /* top-level keys (device, precision) come first in the table, then sections */
         const char *dot = strchr(e->key, '.');
-        if ((size_t)(dot - e->key) != section_len || strncmp(e->key, section, section_len) != 0) {
+        const size_t key_section = dot ? (size_t)(dot - e->key) : 0;
+        if (key_section != section_len || strncmp(e->key, section, section_len) != 0) {
             section = e->key;
-            section_len = (size_t)(dot - e->key);
+            section_len = key_section;
             EMIT("%.*s:\n", (int)section_len, section);
         }
+        const char *name = dot ? dot + 1 : e->key, *indent = dot ? "  " : "";
         format_entry(cfg, e, text, sizeof text);
         if (e->kind == KIND_STRING) {
             /* double-quoted YAML: escape backslashes and quotes */
-            EMIT("  %s: \"", dot + 1);
+            EMIT("%s%s: \"", indent, name);
             for (const char *c = text; *c; c++) EMIT(*c == '"' || *c == '\\' ? "\\%c" : "%c", *c);
             EMIT("\"\n");
         } else {
-            EMIT("  %s: %s\n", dot + 1, text);
+            EMIT("%s%s: %s\n", indent, name, text);
         }
     }
 #undef EMIT

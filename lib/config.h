@@ -17,7 +17,13 @@
 /* data.sampler: how a rank draws its batch from its own store. */
 enum { INSITRA_SAMPLER_RANDOM = 0, INSITRA_SAMPLER_SEQUENTIAL = 1 };
 
+/* device and precision: where and in what type the model computes. */
+enum { INSITRA_DEVICE_CPU = 0, INSITRA_DEVICE_CUDA = 1 };
+enum { INSITRA_PRECISION_FP32 = 0, INSITRA_PRECISION_BF16 = 1 };
+
 struct insitra_config {
+    int device;                   /* INSITRA_DEVICE_* */
+    int precision;                /* INSITRA_PRECISION_*: bf16 compute, fp32 master weights */
     struct {
         int64_t seq_len, in_features, out_features;
         int64_t d_model, n_layers, n_heads;
@@ -50,6 +56,9 @@ struct insitra_config {
         int64_t tp;               /* tensor-parallel ranks (1 in this version) */
         int64_t zero_stage;       /* 0-3 */
     } parallel;
+    struct {
+        bool graphs;              /* capture the training step as a CUDA graph */
+    } cuda;
     struct {
         int64_t every_steps;      /* progress line on rank 0; 0 = silent */
         char jsonl[INSITRA_CONFIG_PATH_MAX]; /* metrics file on rank 0; "" = none */

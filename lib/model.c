@@ -192,7 +192,7 @@ insitra_status insitra_model_create_partial(insitra_model *m, const insitra_mode
     m->p.blocks = calloc((size_t)d->n_layers, sizeof(insitra_block_view));
     m->g.blocks = calloc((size_t)d->n_layers, sizeof(insitra_block_view));
     m->a.blocks = calloc((size_t)d->n_layers, sizeof(insitra_block_acts));
-    if ((full_params && !m->params) || (full_grads && !m->grads) || !m->act_memory ||
+    if ((full_params && !m->params) || (full_grads && !m->grads) || (m->act_numel > 0 && !m->act_memory) ||
         !m->p.blocks || !m->g.blocks || !m->a.blocks) {
         insitra_model_free(m);
         return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY,

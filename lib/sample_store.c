@@ -69,6 +69,15 @@ insitra_status insitra_sample_store_push(insitra_sample_store *s, int64_t n, con
     return INSITRA_STATUS_OK;
 }
 
+int64_t insitra_sample_store_reserve(insitra_sample_store *s, int64_t n)
+{
+    const int64_t first = s->next;
+    s->next = (s->next + n) % s->capacity;
+    s->count = s->count + n < s->capacity ? s->count + n : s->capacity;
+    s->pushed += n;
+    return first;
+}
+
 void insitra_sample_store_draw(const insitra_sample_store *s, int sampler, insitra_rng *rng,
                                int64_t *cursor, int64_t n, int64_t *slots)
 {

@@ -31,6 +31,11 @@ void insitra_sample_store_free(insitra_sample_store *s);
 insitra_status insitra_sample_store_push(insitra_sample_store *s, int64_t n, const float *x,
                                          const float *y);
 
+/* Makes room for n <= capacity samples the caller writes itself (they come
+ * from elsewhere, e.g. device memory already checked): returns the first
+ * slot; the n slots run from there, wrapping around. */
+int64_t insitra_sample_store_reserve(insitra_sample_store *s, int64_t n);
+
 /* Picks n slots of held samples. INSITRA_SAMPLER_RANDOM draws uniformly with
  * replacement from rng; INSITRA_SAMPLER_SEQUENTIAL walks the held samples
  * oldest first from *cursor, wrapping around. *cursor counts samples drawn. */

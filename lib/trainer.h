@@ -22,7 +22,9 @@ struct insitra_trainer {
     insitra_comm dp;            /* the data-parallel group: ZeRO shards over it */
     insitra_comm tp;            /* the ranks sharing one replica (one rank while tp = 1) */
     insitra_model model;
-    insitra_zero zero;          /* optimizer state, shards and collectives */
+    insitra_zero zero;          /* optimizer state, shards and collectives; with a GPU, the
+                                   host copies of the parameters and moments checkpoints use */
+    struct insitra_gpu *gpu;    /* device = cuda: the engine that trains on the GPU, else NULL */
     insitra_sample_store store;
     insitra_rng sampler;        /* seeded by (training.seed, rank): draws this rank's batches */
     int64_t sample_cursor;      /* samples drawn so far (the sequential sampler's position) */

@@ -1,0 +1,543 @@
+/*
+ * Kernels for lib/cuda/kernels.cuh. Memory-bound, so the shape of each is
+ * about access: warp per row for the row-wise kernels (layernorm, softmax),
+ * 32 consecutive columns per warp for column sums, grid-stride loops
+ * elsewhere. Accumulation is in fp32 (double for the loss and the norm).
+ */
+#include "kernels.cuh"
+
+#include <math.h>
+
+namespace {
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16(x); }
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+constexpr int kThreads = 256;
+
+int grid_for(int64_t n)
+{
+    const int64_t b = (n + kThreads - 1) / kThreads;
+    return (int)(b < 65536 ? (b > 0 ? b : 1) : 65536);
+}
+
+/* ---- data ---- */
+
+template <typename T>
+__global__ void gather_batch_k(T *x, float *y, const float *sx, const float *sy,
+                               const int64_t *slots, int64_t n, int64_t xs, int64_t ys)
+{
+    const int64_t total = n * (xs + ys);
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        if (i < n * xs) {
+            const int64_t s = i / xs, e = i - s * xs;
+            x[i] = from_f<T>(sx[slots[s] * xs + e]);
+        } else {
+            const int64_t k = i - n * xs, s = k / ys, e = k - s * ys;
+            y[k] = sy[slots[s] * ys + e];
+        }
+    }
+}
+
+template <typename To, typename Ti>
+__global__ void convert_k(To *out, const Ti *in, int64_t n)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = from_f<To>(to_f(in[i]));
+}
+
+__global__ void add_f32_k(float *dst, const float *src, int64_t n)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] += src[i];
+}
+
+__global__ void find_nonfinite_k(const float *a, int64_t n, unsigned long long *first)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        if (!isfinite(a[i])) atomicMin(first, (unsigned long long)i);
+}
+
+/* ---- layers ---- */
+
+template <typename T>
+__global__ void pos_forward_k(T *enc, const T *pos, int64_t total, int64_t tc)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x)
+        enc[i] = from_f<T>(to_f(enc[i]) + to_f(pos[i % tc]));
+}
+
+/* One warp per row; the row is read twice (mean, then variance) and once more to write. */
+template <typename T>
+__global__ void layernorm_forward_k(T *out, float *mean, float *rstd, const T *x, const T *w,
+                                    const T *b, int64_t N, int64_t C)
+{
+    const int64_t row = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= N) return;
+    const T *xr = x + row * C;
+    float s = 0.f;
+    for (int64_t c = lane; c < C; c += 32) s += to_f(xr[c]);
+    const float mu = warp_sum(s) / (float)C;
+    float v = 0.f;
+    for (int64_t c = lane; c < C; c += 32) {
+        const float d = to_f(xr[c]) - mu;
+        v += d * d;
+    }
+    const float rs = rsqrtf(warp_sum(v) / (float)C + 1e-5f);
+    T *o = out + row * C;
+    for (int64_t c = lane; c < C; c += 32)
+        o[c] = from_f<T>((to_f(xr[c]) - mu) * rs * to_f(w[c]) + to_f(b[c]));
+    if (lane == 0) {
+        mean[row] = mu;
+        rstd[row] = rs;
+    }
+}
+
+template <typename T>
+__global__ void layernorm_backward_dx_k(T *dx, const T *dy, const T *x, const float *mean,
+                                        const float *rstd, const T *w, int64_t N, int64_t C,
+                                        bool accumulate)
+{
+    const int64_t row = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= N) return;
+    const T *xr = x + row * C, *dyr = dy + row * C;
+    const float mu = mean[row], rs = rstd[row];
+    float sd = 0.f, sdx = 0.f; /* sums of dxhat and dxhat * xhat */
+    for (int64_t c = lane; c < C; c += 32) {
+        const float xh = (to_f(xr[c]) - mu) * rs, dxh = to_f(dyr[c]) * to_f(w[c]);
+        sd += dxh;
+        sdx += dxh * xh;
+    }
+    sd = warp_sum(sd) / (float)C;
+    sdx = warp_sum(sdx) / (float)C;
+    T *dxr = dx + row * C;
+    for (int64_t c = lane; c < C; c += 32) {
+        const float xh = (to_f(xr[c]) - mu) * rs, dxh = to_f(dyr[c]) * to_f(w[c]);
+        const float g = rs * (dxh - sd - xh * sdx);
+        dxr[c] = from_f<T>(accumulate ? to_f(dxr[c]) + g : g);
+    }
+}
+
+/* Block (32 columns x 8 row lanes) over one split of the rows: partial sums
+ * of dy * xhat and dy per column, written to partial[split][0|1][col]. */
+template <typename T>
+__global__ void column_partial_k(float *partial, const T *dy, const T *x, const float *mean,
+                                 const float *rstd, int64_t rows, int64_t cols, int64_t per_split)
+{
+    __shared__ float sw[8][33], sb[8][33];
+    const int64_t col = blockIdx.x * 32 + threadIdx.x;
+    const int64_t r0 = blockIdx.y * per_split;
+    const int64_t r1 = r0 + per_split < rows ? r0 + per_split : rows;
+    float aw = 0.f, ab = 0.f;
+    if (col < cols) {
+        for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
+            const float g = to_f(dy[r * cols + col]);
+            ab += g;
+            if (x) aw += g * (to_f(x[r * cols + col]) - mean[r]) * rstd[r];
+        }
+    }
+    sw[threadIdx.y][threadIdx.x] = aw;
+    sb[threadIdx.y][threadIdx.x] = ab;
+    __syncthreads();
+    if (threadIdx.y == 0 && col < cols) {
+        for (int k = 1; k < 8; k++) {
+            aw += sw[k][threadIdx.x];
+            ab += sb[k][threadIdx.x];
+        }
+        float *p = partial + blockIdx.y * 2 * cols;
+        p[col] = aw;
+        p[cols + col] = ab;
+    }
+}
+
+__global__ void column_finish_k(float *dw, float *db, const float *partial, int splits,
+                                int64_t cols)
+{
+    for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < cols;
+         c += (int64_t)gridDim.x * blockDim.x) {
+        float aw = 0.f, ab = 0.f;
+        for (int k = 0; k < splits; k++) {
+            aw += partial[k * 2 * cols + c];
+            ab += partial[k * 2 * cols + cols + c];
+        }
+        if (dw) dw[c] += aw;
+        db[c] += ab;
+    }
+}
+
+__device__ __forceinline__ float gelu_inner(float x) { return 0.7978845608028654f * (x + 0.044715f * x * x * x); }
+
+template <typename T>
+__global__ void gelu_forward_k(T *out, const T *in, int64_t n)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const float x = to_f(in[i]);
+        out[i] = from_f<T>(0.5f * x * (1.f + tanhf(gelu_inner(x))));
+    }
+}
+
+template <typename T>
+__global__ void gelu_backward_k(T *d, const T *in, int64_t n)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const float x = to_f(in[i]), th = tanhf(gelu_inner(x));
+        const float dg = 0.5f * (1.f + th) +
+                         0.5f * x * (1.f - th * th) * 0.7978845608028654f * (1.f + 3.f * 0.044715f * x * x);
+        d[i] = from_f<T>(to_f(d[i]) * dg);
+    }
+}
+
+/* i runs over (B,H,T,hd) */
+template <typename T>
+__global__ void heads_split_k(T *dst, const T *src, int64_t rs, int64_t B, int64_t Tn, int64_t H,
+                              int64_t hd)
+{
+    const int64_t total = B * H * Tn * hd;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t d = i % hd, t = (i / hd) % Tn, h = (i / (hd * Tn)) % H, b = i / (hd * Tn * H);
+        dst[i] = src[(b * Tn + t) * rs + h * hd + d];
+    }
+}
+
+template <typename T>
+__global__ void heads_merge_k(T *dst, int64_t rs, const T *src, int64_t B, int64_t Tn, int64_t H,
+                              int64_t hd)
+{
+    const int64_t total = B * H * Tn * hd;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t d = i % hd, t = (i / hd) % Tn, h = (i / (hd * Tn)) % H, b = i / (hd * Tn * H);
+        dst[(b * Tn + t) * rs + h * hd + d] = src[i];
+    }
+}
+
+/* One warp per row; masked entries (causal, j > query) become exact zeros. */
+template <typename T>
+__global__ void softmax_forward_k(T *att, int64_t rows, int64_t Tn, bool causal)
+{
+    const int64_t row = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    T *a = att + row * Tn;
+    const int64_t valid = causal ? row % Tn + 1 : Tn;
+    float mx = -INFINITY;
+    for (int64_t j = lane; j < valid; j += 32) mx = fmaxf(mx, to_f(a[j]));
+    mx = warp_max(mx);
+    float s = 0.f;
+    for (int64_t j = lane; j < valid; j += 32) s += __expf(to_f(a[j]) - mx);
+    const float inv = 1.f / warp_sum(s);
+    for (int64_t j = lane; j < Tn; j += 32)
+        a[j] = from_f<T>(j < valid ? __expf(to_f(a[j]) - mx) * inv : 0.f);
+}
+
+template <typename T>
+__global__ void softmax_backward_k(T *datt, const T *att, int64_t rows, int64_t Tn, float scale)
+{
+    const int64_t row = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    T *d = datt + row * Tn;
+    const T *p = att + row * Tn;
+    float s = 0.f;
+    for (int64_t j = lane; j < Tn; j += 32) s += to_f(p[j]) * to_f(d[j]);
+    s = warp_sum(s);
+    for (int64_t j = lane; j < Tn; j += 32)
+        d[j] = from_f<T>(scale * to_f(p[j]) * (to_f(d[j]) - s));
+}
+
+template <typename T>
+__global__ void bias_add_f32_k(float *out, const T *b, int64_t n, int64_t F)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        out[i] += to_f(b[i % F]);
+}
+
+template <typename T>
+__global__ void mse_backward_k(T *dout, const float *out, const float *y, int64_t n, float scale)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        dout[i] = from_f<T>(scale * (out[i] - y[i]));
+}
+
+/* ---- reductions ---- */
+
+__global__ void sum_squares_partial_k(double *partial, const float *a, const float *b, int64_t n)
+{
+    __shared__ double sh[kThreads];
+    double acc = 0.0;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const double d = b ? (double)a[i] - (double)b[i] : (double)a[i];
+        acc += d * d;
+    }
+    sh[threadIdx.x] = acc;
+    __syncthreads();
+    for (int w = kThreads / 2; w > 0; w >>= 1) {
+        if (threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.x] = sh[0];
+}
+
+__global__ void sum_finish_k(double *dst, const double *partial, int n, double scale,
+                             bool accumulate)
+{
+    __shared__ double sh[kThreads];
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) acc += partial[i];
+    sh[threadIdx.x] = acc;
+    __syncthreads();
+    for (int w = kThreads / 2; w > 0; w >>= 1) {
+        if (threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) *dst = (accumulate ? *dst : 0.0) + scale * sh[0];
+}
+
+/* ---- optimizer ---- */
+
+__global__ void adamw_k(float *p, const float *g, float *m, float *v, const uint8_t *decay,
+                        int64_t n, const insitra_adamw_device *hp, const double *stats)
+{
+    const double norm = sqrt(stats[1]) / hp->dp;
+    if (!isfinite(stats[0]) || !isfinite(norm)) return; /* the host reports it; nothing changes */
+    float clip = 1.f;
+    if (hp->max_norm > 0.0) {
+        const double f = hp->max_norm / (norm + 1e-6);
+        clip = f < 1.0 ? (float)f : 1.f;
+    }
+    const float scale = (float)((double)clip / hp->dp);
+    const float b1 = hp->beta1, b2 = hp->beta2;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const float gi = g[i] * scale;
+        const float mi = b1 * m[i] + (1.f - b1) * gi;
+        const float vi = b2 * v[i] + (1.f - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        const float keep = decay[i] ? hp->keep_decay : 1.f;
+        p[i] = p[i] * keep - hp->step_size * mi / (sqrtf(vi) * hp->inv_sqrt_bc2 + hp->eps);
+    }
+}
+
+/* ---- shards ---- */
+
+template <typename T, bool kPack>
+__global__ void shard_copy_k(T *packed, T *flat, const insitra_shard_copy *copies,
+                             int64_t rank_stride)
+{
+    const insitra_shard_copy c = copies[blockIdx.y];
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < c.numel;
+         e += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = e / c.len, j = e - r * c.len;
+        T *pk = packed + r * rank_stride + c.slot + j;
+        if (kPack)
+            *pk = flat[c.flat + e];
+        else
+            flat[c.flat + e] = *pk;
+    }
+}
+
+} // namespace
+
+int insitra_col_splits(int64_t rows)
+{
+    const int64_t s = (rows + 255) / 256;
+    return (int)(s < 32 ? (s > 0 ? s : 1) : 32);
+}
+
+template <typename T>
+void insitra_gather_batch(T *x, float *y, const float *sx, const float *sy, const int64_t *slots,
+                          int64_t n, int64_t xs, int64_t ys, cudaStream_t s)
+{
+    gather_batch_k<T><<<grid_for(n * (xs + ys)), kThreads, 0, s>>>(x, y, sx, sy, slots, n, xs, ys);
+}
+
+template <typename To, typename Ti>
+void insitra_convert(To *out, const Ti *in, int64_t n, cudaStream_t s)
+{
+    convert_k<To, Ti><<<grid_for(n), kThreads, 0, s>>>(out, in, n);
+}
+
+void insitra_add_f32(float *dst, const float *src, int64_t n, cudaStream_t s)
+{
+    add_f32_k<<<grid_for(n), kThreads, 0, s>>>(dst, src, n);
+}
+
+void insitra_find_nonfinite(const float *a, int64_t n, unsigned long long *first, cudaStream_t s)
+{
+    if (n > 0) find_nonfinite_k<<<grid_for(n), kThreads, 0, s>>>(a, n, first);
+}
+
+template <typename T>
+void insitra_pos_forward(T *enc, const T *pos, int64_t B, int64_t Tn, int64_t C, cudaStream_t s)
+{
+    pos_forward_k<T><<<grid_for(B * Tn * C), kThreads, 0, s>>>(enc, pos, B * Tn * C, Tn * C);
+}
+
+template <typename T>
+void insitra_layernorm_forward(T *out, float *mean, float *rstd, const T *x, const T *w,
+                               const T *b, int64_t N, int64_t C, cudaStream_t s)
+{
+    layernorm_forward_k<T><<<(unsigned)((N + 7) / 8), kThreads, 0, s>>>(out, mean, rstd, x, w, b, N, C);
+}
+
+template <typename T>
+void insitra_layernorm_backward_dx(T *dx, const T *dy, const T *x, const float *mean,
+                                   const float *rstd, const T *w, int64_t N, int64_t C,
+                                   bool accumulate, cudaStream_t s)
+{
+    layernorm_backward_dx_k<T><<<(unsigned)((N + 7) / 8), kThreads, 0, s>>>(dx, dy, x, mean, rstd, w,
+                                                                          N, C, accumulate);
+}
+
+template <typename T>
+void insitra_column_grads(float *dw, float *db, const T *dy, const T *x, const float *mean,
+                          const float *rstd, int64_t rows, int64_t cols, float *partial,
+                          cudaStream_t s)
+{
+    const int splits = insitra_col_splits(rows);
+    const int64_t per_split = (rows + splits - 1) / splits;
+    const dim3 grid((unsigned)((cols + 31) / 32), (unsigned)splits), block(32, 8);
+    column_partial_k<T><<<grid, block, 0, s>>>(partial, dy, x, mean, rstd, rows, cols, per_split);
+    column_finish_k<<<grid_for(cols), kThreads, 0, s>>>(x ? dw : nullptr, db, partial, splits, cols);
+}
+
+template <typename T>
+void insitra_gelu_forward(T *out, const T *in, int64_t n, cudaStream_t s)
+{
+    gelu_forward_k<T><<<grid_for(n), kThreads, 0, s>>>(out, in, n);
+}
+
+template <typename T>
+void insitra_gelu_backward(T *d, const T *in, int64_t n, cudaStream_t s)
+{
+    gelu_backward_k<T><<<grid_for(n), kThreads, 0, s>>>(d, in, n);
+}
+
+template <typename T>
+void insitra_heads_split(T *dst, const T *src, int64_t rs, int64_t B, int64_t Tn, int64_t H,
+                         int64_t hd, cudaStream_t s)
+{
+    heads_split_k<T><<<grid_for(B * Tn * H * hd), kThreads, 0, s>>>(dst, src, rs, B, Tn, H, hd);
+}
+
+template <typename T>
+void insitra_heads_merge(T *dst, int64_t rs, const T *src, int64_t B, int64_t Tn, int64_t H,
+                         int64_t hd, cudaStream_t s)
+{
+    heads_merge_k<T><<<grid_for(B * Tn * H * hd), kThreads, 0, s>>>(dst, rs, src, B, Tn, H, hd);
+}
+
+template <typename T>
+void insitra_softmax_forward(T *att, int64_t rows, int64_t Tn, bool causal, cudaStream_t s)
+{
+    softmax_forward_k<T><<<(unsigned)((rows + 7) / 8), kThreads, 0, s>>>(att, rows, Tn, causal);
+}
+
+template <typename T>
+void insitra_softmax_backward(T *datt, const T *att, int64_t rows, int64_t Tn, float scale,
+                              cudaStream_t s)
+{
+    softmax_backward_k<T><<<(unsigned)((rows + 7) / 8), kThreads, 0, s>>>(datt, att, rows, Tn, scale);
+}
+
+template <typename T>
+void insitra_bias_add_f32(float *out, const T *b, int64_t N, int64_t F, cudaStream_t s)
+{
+    bias_add_f32_k<T><<<grid_for(N * F), kThreads, 0, s>>>(out, b, N * F, F);
+}
+
+template <typename T>
+void insitra_mse_backward(T *dout, const float *out, const float *y, int64_t n, float scale,
+                          cudaStream_t s)
+{
+    mse_backward_k<T><<<grid_for(n), kThreads, 0, s>>>(dout, out, y, n, 2.f * scale / (float)n);
+}
+
+void insitra_sum_squares(double *dst, const float *a, const float *b, int64_t n, double scale,
+                         bool accumulate, double *partial, cudaStream_t s)
+{
+    sum_squares_partial_k<<<INSITRA_REDUCE_BLOCKS, kThreads, 0, s>>>(partial, a, b, n);
+    sum_finish_k<<<1, kThreads, 0, s>>>(dst, partial, INSITRA_REDUCE_BLOCKS, scale, accumulate);
+}
+
+void insitra_adamw(float *p, const float *g, float *m, float *v, const uint8_t *decay, int64_t n,
+                   const insitra_adamw_device *hp, const double *stats, cudaStream_t s)
+{
+    adamw_k<<<grid_for(n), kThreads, 0, s>>>(p, g, m, v, decay, n, hp, stats);
+}
+
+template <typename T>
+void insitra_shard_pack(T *packed, const T *flat, const insitra_shard_copy *copies, int64_t n,
+                        int64_t rank_stride, int64_t max_numel, cudaStream_t s)
+{
+    const dim3 grid((unsigned)grid_for(max_numel), (unsigned)n);
+    shard_copy_k<T, true><<<grid, kThreads, 0, s>>>(packed, const_cast<T *>(flat), copies, rank_stride);
+}
+
+template <typename T>
+void insitra_shard_unpack(T *flat, const T *packed, const insitra_shard_copy *copies, int64_t n,
+                          int64_t rank_stride, int64_t max_numel, cudaStream_t s)
+{
+    const dim3 grid((unsigned)grid_for(max_numel), (unsigned)n);
+    shard_copy_k<T, false><<<grid, kThreads, 0, s>>>(const_cast<T *>(packed), flat, copies, rank_stride);
+}
+
+#define INSTANTIATE(T)                                                                            \
+    template void insitra_gather_batch<T>(T *, float *, const float *, const float *,            \
+                                          const int64_t *, int64_t, int64_t, int64_t, cudaStream_t); \
+    template void insitra_convert<T, float>(T *, const float *, int64_t, cudaStream_t);          \
+    template void insitra_pos_forward<T>(T *, const T *, int64_t, int64_t, int64_t, cudaStream_t); \
+    template void insitra_layernorm_forward<T>(T *, float *, float *, const T *, const T *,      \
+                                               const T *, int64_t, int64_t, cudaStream_t);       \
+    template void insitra_layernorm_backward_dx<T>(T *, const T *, const T *, const float *,     \
+                                                   const float *, const T *, int64_t, int64_t,   \
+                                                   bool, cudaStream_t);                          \
+    template void insitra_column_grads<T>(float *, float *, const T *, const T *, const float *, \
+                                          const float *, int64_t, int64_t, float *, cudaStream_t); \
+    template void insitra_gelu_forward<T>(T *, const T *, int64_t, cudaStream_t);                \
+    template void insitra_gelu_backward<T>(T *, const T *, int64_t, cudaStream_t);               \
+    template void insitra_heads_split<T>(T *, const T *, int64_t, int64_t, int64_t, int64_t,     \
+                                         int64_t, cudaStream_t);                                 \
+    template void insitra_heads_merge<T>(T *, int64_t, const T *, int64_t, int64_t, int64_t,     \
+                                         int64_t, cudaStream_t);                                 \
+    template void insitra_softmax_forward<T>(T *, int64_t, int64_t, bool, cudaStream_t);         \
+    template void insitra_softmax_backward<T>(T *, const T *, int64_t, int64_t, float,           \
+                                              cudaStream_t);                                     \
+    template void insitra_bias_add_f32<T>(float *, const T *, int64_t, int64_t, cudaStream_t);   \
+    template void insitra_mse_backward<T>(T *, const float *, const float *, int64_t, float,     \
+                                          cudaStream_t);                                         \
+    template void insitra_shard_pack<T>(T *, const T *, const insitra_shard_copy *, int64_t,     \
+                                        int64_t, int64_t, cudaStream_t);                         \
+    template void insitra_shard_unpack<T>(T *, const T *, const insitra_shard_copy *, int64_t,   \
+                                          int64_t, int64_t, cudaStream_t);
+
+INSTANTIATE(float)
+INSTANTIATE(bf16)
