@@ -8,6 +8,7 @@
 
 #include "config.h"
 #include "error.h"
+#include "gpu_sizes.h"
 #include "model.h"
 #include "shard.h"
 #include "zero.h"
@@ -77,6 +78,20 @@ insitra_status insitra_plan_stage(const insitra_config *cfg, int32_t world_size,
         .communication_bytes = z.comm * f,
         .sample_store_bytes = cfg->data.capacity * (xs + ys) * f,
     };
+    if (cfg->device == INSITRA_DEVICE_CUDA) {
+        /* device memory, as lib/cuda/ allocates it */
+        insitra_config at = *cfg;
+        at.parallel.zero_stage = zero_stage;
+        const insitra_gpu_bytes g = insitra_gpu_bytes_for(&at, &layout, &sl);
+        plan->memory = (insitra_memory_usage){
+            .parameter_bytes = g.params,
+            .gradient_bytes = g.grads,
+            .optimizer_bytes = g.moments,
+            .activation_bytes = g.activations,
+            .communication_bytes = g.comm,
+            .sample_store_bytes = g.store,
+        };
+    }
     insitra_memory_usage *m = &plan->memory;
     m->total_bytes = m->parameter_bytes + m->gradient_bytes + m->optimizer_bytes +
                      m->activation_bytes + m->communication_bytes + m->sample_store_bytes;

@@ -26,6 +26,10 @@
 #include "model_cuda.cuh"
 
 extern "C" {
+#include "../gpu_sizes.h"
+}
+
+extern "C" {
 #include "../gpu.h"
 #include "../trainer.h"
 }
@@ -78,6 +82,7 @@ struct insitra_gpu {
     int grad_slot;
     int64_t gather_pos, gather_total;
     size_t bytes_params, bytes_grads, bytes_moments, bytes_comm, bytes_store;
+    insitra_gpu_bytes planned;          /* lib/gpu_sizes.c: what the planner predicts */
 };
 
 namespace {
@@ -460,6 +465,12 @@ insitra_status insitra_gpu_create(insitra_gpu **out, insitra_trainer *t)
     g->bytes_store = carve_store(g, nullptr);
     INSITRA_CHECK(device_alloc(&g->store_mem, g->bytes_store, "the sample store (data.capacity)"));
     carve_store(g, (char *)g->store_mem);
+    g->planned = insitra_gpu_bytes_for(cfg, g->layout, g->sl);
+    if (g->planned.params != (int64_t)g->bytes_params || g->planned.grads != (int64_t)g->bytes_grads ||
+        g->planned.moments != (int64_t)g->bytes_moments || g->planned.comm != (int64_t)g->bytes_comm ||
+        g->planned.store != (int64_t)g->bytes_store)
+        return insitra_error_set(INSITRA_STATUS_DEVICE_ERROR,
+                                 "internal: the device buffers and lib/gpu_sizes.c disagree");
     CUDA_TRY(cudaMallocHost(&g->host_mem, 4096 + (size_t)g->batch * sizeof(int64_t)));
     g->hp_host = (insitra_adamw_device *)g->host_mem;
     g->stats_host = (double *)((char *)g->host_mem + 1024);
@@ -706,12 +717,12 @@ insitra_status insitra_gpu_forward(insitra_gpu *g, int64_t n, int64_t chunks, co
 insitra_status insitra_gpu_memory(const insitra_gpu *g, insitra_memory_usage *u)
 {
     *u = insitra_memory_usage{};
-    u->parameter_bytes = (int64_t)g->bytes_params;
-    u->gradient_bytes = (int64_t)g->bytes_grads;
-    u->optimizer_bytes = (int64_t)g->bytes_moments;
-    u->activation_bytes = (int64_t)(g->model.bytes + g->mm.workspace_bytes);
-    u->communication_bytes = (int64_t)g->bytes_comm;
-    u->sample_store_bytes = (int64_t)g->bytes_store;
+    u->parameter_bytes = g->planned.params;
+    u->gradient_bytes = g->planned.grads;
+    u->optimizer_bytes = g->planned.moments;
+    u->activation_bytes = g->planned.activations;
+    u->communication_bytes = g->planned.comm;
+    u->sample_store_bytes = g->planned.store;
     u->total_bytes = u->parameter_bytes + u->gradient_bytes + u->optimizer_bytes + u->activation_bytes +
                      u->communication_bytes + u->sample_store_bytes;
     return INSITRA_STATUS_OK;

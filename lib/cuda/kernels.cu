@@ -29,6 +29,44 @@ __device__ __forceinline__ float warp_max(float v)
 
 constexpr int kThreads = 256;
 
+/* 16-byte vectors: 8 bf16 or 4 floats, converted to and from fp32 registers. */
+template <typename T> struct vec16 { static constexpr int n = 16 / (int)sizeof(T); };
+__device__ __forceinline__ void load16(float *f, const float *p)
+{
+    const float4 v = *(const float4 *)p;
+    f[0] = v.x, f[1] = v.y, f[2] = v.z, f[3] = v.w;
+}
+__device__ __forceinline__ void load16(float *f, const bf16 *p)
+{
+    uint4 raw = *(const uint4 *)p;
+    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&raw;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const float2 t = __bfloat1622float2(h[k]);
+        f[2 * k] = t.x, f[2 * k + 1] = t.y;
+    }
+}
+__device__ __forceinline__ void store16(float *p, const float *f)
+{
+    *(float4 *)p = make_float4(f[0], f[1], f[2], f[3]);
+}
+__device__ __forceinline__ void store16(bf16 *p, const float *f)
+{
+    uint4 raw;
+    __nv_bfloat162 *h = (__nv_bfloat162 *)&raw;
+#pragma unroll
+    for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
+    *(uint4 *)p = raw;
+}
+/* Rows up to kRowVecs x 32 vectors long are held in registers by one warp. */
+constexpr int kRowVecs = 8;
+template <typename T> bool row_fits(int64_t cols, const void *a, const void *b = nullptr)
+{
+    const int V = vec16<T>::n;
+    return cols % V == 0 && cols <= 32 * kRowVecs * V && ((uintptr_t)a % 16) == 0 &&
+           ((uintptr_t)b % 16) == 0;
+}
+
 int grid_for(int64_t n)
 {
     const int64_t b = (n + kThreads - 1) / kThreads;
@@ -285,6 +323,234 @@ __global__ void mse_backward_k(T *dout, const float *out, const float *y, int64_
         dout[i] = from_f<T>(scale * (out[i] - y[i]));
 }
 
+
+/* ---- the row kernels with the row in registers (16-byte accesses) ---- */
+
+template <typename T>
+__global__ void layernorm_forward_vk(T *out, float *mean, float *rstd, const T *x, const T *w,
+                                     const T *b, int64_t N, int C)
+{
+    constexpr int V = vec16<T>::n;
+    const int64_t row = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32, nv = C / V;
+    if (row >= N) return;
+    float r[kRowVecs][V];
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < kRowVecs; k++) {
+        const int c = (lane + 32 * k) * V;
+        if (lane + 32 * k < nv) {
+            load16(r[k], x + row * C + c);
+#pragma unroll
+            for (int e = 0; e < V; e++) s += r[k][e];
+        }
+    }
+    const float mu = warp_sum(s) / (float)C;
+    float v = 0.f;
+#pragma unroll
+    for (int k = 0; k < kRowVecs; k++)
+        if (lane + 32 * k < nv)
+#pragma unroll
+            for (int e = 0; e < V; e++) v += (r[k][e] - mu) * (r[k][e] - mu);
+    const float rs = rsqrtf(warp_sum(v) / (float)C + 1e-5f);
+#pragma unroll
+    for (int k = 0; k < kRowVecs; k++) {
+        const int c = (lane + 32 * k) * V;
+        if (lane + 32 * k < nv) {
+            float wv[V], bv[V], o[V];
+            load16(wv, w + c);
+            load16(bv, b + c);
+#pragma unroll
+            for (int e = 0; e < V; e++) o[e] = (r[k][e] - mu) * rs * wv[e] + bv[e];
+            store16(out + row * C + c, o);
+        }
+    }
+    if (lane == 0) {
+        mean[row] = mu;
+        rstd[row] = rs;
+    }
+}
+
+template <typename T>
+__global__ void layernorm_backward_dx_vk(T *dx, const T *dy, const T *x, const float *mean,
+                                         const float *rstd, const T *w, int64_t N, int C,
+                                         bool accumulate)
+{
+    constexpr int V = vec16<T>::n;
+    const int64_t row = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32, nv = C / V;
+    if (row >= N) return;
+    const float mu = mean[row], rs = rstd[row];
+    float xh[kRowVecs][V], g[kRowVecs][V]; /* xhat and dxhat = dy * w */
+    float sd = 0.f, sdx = 0.f;
+#pragma unroll
+    for (int k = 0; k < kRowVecs; k++) {
+        const int c = (lane + 32 * k) * V;
+        if (lane + 32 * k < nv) {
+            float wv[V];
+            load16(xh[k], x + row * C + c);
+            load16(g[k], dy + row * C + c);
+            load16(wv, w + c);
+#pragma unroll
+            for (int e = 0; e < V; e++) {
+                xh[k][e] = (xh[k][e] - mu) * rs;
+                g[k][e] *= wv[e];
+                sd += g[k][e];
+                sdx += g[k][e] * xh[k][e];
+            }
+        }
+    }
+    sd = warp_sum(sd) / (float)C;
+    sdx = warp_sum(sdx) / (float)C;
+#pragma unroll
+    for (int k = 0; k < kRowVecs; k++) {
+        const int c = (lane + 32 * k) * V;
+        if (lane + 32 * k < nv) {
+            float o[V], prev[V];
+            if (accumulate) load16(prev, dx + row * C + c);
+#pragma unroll
+            for (int e = 0; e < V; e++) {
+                o[e] = rs * (g[k][e] - sd - xh[k][e] * sdx);
+                if (accumulate) o[e] += prev[e];
+            }
+            store16(dx + row * C + c, o);
+        }
+    }
+}
+
+template <typename T>
+__global__ void softmax_forward_vk(T *att, int64_t rows, int Tn, bool causal)
+{
+    constexpr int V = vec16<T>::n;
+    const int64_t row = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32, nv = Tn / V;
+    if (row >= rows) return;
+    T *a = att + row * Tn;
+    const int valid = causal ? (int)(row % Tn) + 1 : Tn;
+    float r[kRowVecs][V];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < kRowVecs; k++) {
+        const int c = (lane + 32 * k) * V;
+        if (lane + 32 * k < nv) {
+            load16(r[k], a + c);
+#pragma unroll
+            for (int e = 0; e < V; e++)
+                if (c + e < valid) mx = fmaxf(mx, r[k][e]);
+        }
+    }
+    mx = warp_max(mx);
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < kRowVecs; k++) {
+        const int c = (lane + 32 * k) * V;
+        if (lane + 32 * k < nv)
+#pragma unroll
+            for (int e = 0; e < V; e++) {
+                r[k][e] = c + e < valid ? __expf(r[k][e] - mx) : 0.f;
+                s += r[k][e];
+            }
+    }
+    const float inv = 1.f / warp_sum(s);
+#pragma unroll
+    for (int k = 0; k < kRowVecs; k++) {
+        const int c = (lane + 32 * k) * V;
+        if (lane + 32 * k < nv) {
+#pragma unroll
+            for (int e = 0; e < V; e++) r[k][e] *= inv;
+            store16(a + c, r[k]);
+        }
+    }
+}
+
+template <typename T>
+__global__ void softmax_backward_vk(T *datt, const T *att, int64_t rows, int Tn, float scale)
+{
+    constexpr int V = vec16<T>::n;
+    const int64_t row = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32, nv = Tn / V;
+    if (row >= rows) return;
+    T *d = datt + row * Tn;
+    const T *p = att + row * Tn;
+    float pr[kRowVecs][V], dr[kRowVecs][V];
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < kRowVecs; k++) {
+        const int c = (lane + 32 * k) * V;
+        if (lane + 32 * k < nv) {
+            load16(pr[k], p + c);
+            load16(dr[k], d + c);
+#pragma unroll
+            for (int e = 0; e < V; e++) s += pr[k][e] * dr[k][e];
+        }
+    }
+    s = warp_sum(s);
+#pragma unroll
+    for (int k = 0; k < kRowVecs; k++) {
+        const int c = (lane + 32 * k) * V;
+        if (lane + 32 * k < nv) {
+#pragma unroll
+            for (int e = 0; e < V; e++) dr[k][e] = scale * pr[k][e] * (dr[k][e] - s);
+            store16(d + c, dr[k]);
+        }
+    }
+}
+
+/* One 16-byte vector per thread; i runs over the vectors of (B,H,T,hd). */
+template <typename T, bool kSplit>
+__global__ void heads_vk(T *bhtd, T *rows, int64_t rs, int B, int Tn, int H, int hd)
+{
+    constexpr int V = vec16<T>::n;
+    const int hv = hd / V;
+    const int64_t total = (int64_t)B * H * Tn * hv;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int dv = (int)(i % hv);
+        const int64_t bht = i / hv;
+        const int t = (int)(bht % Tn), h = (int)((bht / Tn) % H);
+        const int64_t b = bht / ((int64_t)Tn * H);
+        T *r = rows + (b * Tn + t) * rs + h * hd + dv * V;
+        T *q = bhtd + bht * hd + dv * V;
+        if (kSplit)
+            *(uint4 *)q = *(const uint4 *)r;
+        else
+            *(uint4 *)r = *(const uint4 *)q;
+    }
+}
+
+template <typename T>
+__global__ void gelu_forward_vk(T *out, const T *in, int64_t nvec)
+{
+    constexpr int V = vec16<T>::n;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < nvec;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float f[V];
+        load16(f, in + i * V);
+#pragma unroll
+        for (int e = 0; e < V; e++) f[e] = 0.5f * f[e] * (1.f + tanhf(gelu_inner(f[e])));
+        store16(out + i * V, f);
+    }
+}
+
+template <typename T>
+__global__ void gelu_backward_vk(T *d, const T *in, int64_t nvec)
+{
+    constexpr int V = vec16<T>::n;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < nvec;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float x[V], g[V];
+        load16(x, in + i * V);
+        load16(g, d + i * V);
+#pragma unroll
+        for (int e = 0; e < V; e++) {
+            const float th = tanhf(gelu_inner(x[e]));
+            g[e] *= 0.5f * (1.f + th) + 0.5f * x[e] * (1.f - th * th) * 0.7978845608028654f *
+                                            (1.f + 3.f * 0.044715f * x[e] * x[e]);
+        }
+        store16(d + i * V, g);
+    }
+}
+
 /* ---- reductions ---- */
 
 __global__ void sum_squares_partial_k(double *partial, const float *a, const float *b, int64_t n)
@@ -366,12 +632,6 @@ __global__ void shard_copy_k(T *packed, T *flat, const insitra_shard_copy *copie
 
 } // namespace
 
-int insitra_col_splits(int64_t rows)
-{
-    const int64_t s = (rows + 255) / 256;
-    return (int)(s < 32 ? (s > 0 ? s : 1) : 32);
-}
-
 template <typename T>
 void insitra_gather_batch(T *x, float *y, const float *sx, const float *sy, const int64_t *slots,
                           int64_t n, int64_t xs, int64_t ys, cudaStream_t s)
@@ -405,7 +665,10 @@ template <typename T>
 void insitra_layernorm_forward(T *out, float *mean, float *rstd, const T *x, const T *w,
                                const T *b, int64_t N, int64_t C, cudaStream_t s)
 {
-    layernorm_forward_k<T><<<(unsigned)((N + 7) / 8), kThreads, 0, s>>>(out, mean, rstd, x, w, b, N, C);
+    if (row_fits<T>(C, out, x) && row_fits<T>(C, w, b))
+        layernorm_forward_vk<T><<<(unsigned)((N + 7) / 8), kThreads, 0, s>>>(out, mean, rstd, x, w, b, N, (int)C);
+    else
+        layernorm_forward_k<T><<<(unsigned)((N + 7) / 8), kThreads, 0, s>>>(out, mean, rstd, x, w, b, N, C);
 }
 
 template <typename T>
@@ -413,8 +676,12 @@ void insitra_layernorm_backward_dx(T *dx, const T *dy, const T *x, const float *
                                    const float *rstd, const T *w, int64_t N, int64_t C,
                                    bool accumulate, cudaStream_t s)
 {
-    layernorm_backward_dx_k<T><<<(unsigned)((N + 7) / 8), kThreads, 0, s>>>(dx, dy, x, mean, rstd, w,
-                                                                          N, C, accumulate);
+    if (row_fits<T>(C, dx, dy) && row_fits<T>(C, x, w))
+        layernorm_backward_dx_vk<T><<<(unsigned)((N + 7) / 8), kThreads, 0, s>>>(dx, dy, x, mean, rstd, w,
+                                                                               N, (int)C, accumulate);
+    else
+        layernorm_backward_dx_k<T><<<(unsigned)((N + 7) / 8), kThreads, 0, s>>>(dx, dy, x, mean, rstd, w,
+                                                                              N, C, accumulate);
 }
 
 template <typename T>
@@ -422,7 +689,7 @@ void insitra_column_grads(float *dw, float *db, const T *dy, const T *x, const f
                           const float *rstd, int64_t rows, int64_t cols, float *partial,
                           cudaStream_t s)
 {
-    const int splits = insitra_col_splits(rows);
+    const int splits = (int)insitra_gpu_col_splits(rows);
     const int64_t per_split = (rows + splits - 1) / splits;
     const dim3 grid((unsigned)((cols + 31) / 32), (unsigned)splits), block(32, 8);
     column_partial_k<T><<<grid, block, 0, s>>>(partial, dy, x, mean, rstd, rows, cols, per_split);
@@ -432,40 +699,64 @@ void insitra_column_grads(float *dw, float *db, const T *dy, const T *x, const f
 template <typename T>
 void insitra_gelu_forward(T *out, const T *in, int64_t n, cudaStream_t s)
 {
-    gelu_forward_k<T><<<grid_for(n), kThreads, 0, s>>>(out, in, n);
+    constexpr int V = vec16<T>::n;
+    if (n % V == 0 && row_fits<T>(V, out, in))
+        gelu_forward_vk<T><<<grid_for(n / V), kThreads, 0, s>>>(out, in, n / V);
+    else
+        gelu_forward_k<T><<<grid_for(n), kThreads, 0, s>>>(out, in, n);
 }
 
 template <typename T>
 void insitra_gelu_backward(T *d, const T *in, int64_t n, cudaStream_t s)
 {
-    gelu_backward_k<T><<<grid_for(n), kThreads, 0, s>>>(d, in, n);
+    constexpr int V = vec16<T>::n;
+    if (n % V == 0 && row_fits<T>(V, d, in))
+        gelu_backward_vk<T><<<grid_for(n / V), kThreads, 0, s>>>(d, in, n / V);
+    else
+        gelu_backward_k<T><<<grid_for(n), kThreads, 0, s>>>(d, in, n);
 }
 
 template <typename T>
 void insitra_heads_split(T *dst, const T *src, int64_t rs, int64_t B, int64_t Tn, int64_t H,
                          int64_t hd, cudaStream_t s)
 {
-    heads_split_k<T><<<grid_for(B * Tn * H * hd), kThreads, 0, s>>>(dst, src, rs, B, Tn, H, hd);
+    constexpr int V = vec16<T>::n;
+    if (hd % V == 0 && rs % V == 0 && row_fits<T>(V, dst, src))
+        heads_vk<T, true><<<grid_for(B * Tn * H * hd / V), kThreads, 0, s>>>(
+            dst, const_cast<T *>(src), rs, (int)B, (int)Tn, (int)H, (int)hd);
+    else
+        heads_split_k<T><<<grid_for(B * Tn * H * hd), kThreads, 0, s>>>(dst, src, rs, B, Tn, H, hd);
 }
 
 template <typename T>
 void insitra_heads_merge(T *dst, int64_t rs, const T *src, int64_t B, int64_t Tn, int64_t H,
                          int64_t hd, cudaStream_t s)
 {
-    heads_merge_k<T><<<grid_for(B * Tn * H * hd), kThreads, 0, s>>>(dst, rs, src, B, Tn, H, hd);
+    constexpr int V = vec16<T>::n;
+    if (hd % V == 0 && rs % V == 0 && row_fits<T>(V, dst, src))
+        heads_vk<T, false><<<grid_for(B * Tn * H * hd / V), kThreads, 0, s>>>(
+            const_cast<T *>(src), dst, rs, (int)B, (int)Tn, (int)H, (int)hd);
+    else
+        heads_merge_k<T><<<grid_for(B * Tn * H * hd), kThreads, 0, s>>>(dst, rs, src, B, Tn, H, hd);
 }
 
 template <typename T>
 void insitra_softmax_forward(T *att, int64_t rows, int64_t Tn, bool causal, cudaStream_t s)
 {
-    softmax_forward_k<T><<<(unsigned)((rows + 7) / 8), kThreads, 0, s>>>(att, rows, Tn, causal);
+    if (row_fits<T>(Tn, att))
+        softmax_forward_vk<T><<<(unsigned)((rows + 7) / 8), kThreads, 0, s>>>(att, rows, (int)Tn, causal);
+    else
+        softmax_forward_k<T><<<(unsigned)((rows + 7) / 8), kThreads, 0, s>>>(att, rows, Tn, causal);
 }
 
 template <typename T>
 void insitra_softmax_backward(T *datt, const T *att, int64_t rows, int64_t Tn, float scale,
                               cudaStream_t s)
 {
-    softmax_backward_k<T><<<(unsigned)((rows + 7) / 8), kThreads, 0, s>>>(datt, att, rows, Tn, scale);
+    if (row_fits<T>(Tn, datt, att))
+        softmax_backward_vk<T><<<(unsigned)((rows + 7) / 8), kThreads, 0, s>>>(datt, att, rows, (int)Tn, scale);
+    else
+        softmax_backward_k<T><<<(unsigned)((rows + 7) / 8), kThreads, 0, s>>>(datt, att, rows, Tn, scale);
 }
 
 template <typename T>
@@ -484,8 +775,8 @@ void insitra_mse_backward(T *dout, const float *out, const float *y, int64_t n, 
 void insitra_sum_squares(double *dst, const float *a, const float *b, int64_t n, double scale,
                          bool accumulate, double *partial, cudaStream_t s)
 {
-    sum_squares_partial_k<<<INSITRA_REDUCE_BLOCKS, kThreads, 0, s>>>(partial, a, b, n);
-    sum_finish_k<<<1, kThreads, 0, s>>>(dst, partial, INSITRA_REDUCE_BLOCKS, scale, accumulate);
+    sum_squares_partial_k<<<INSITRA_GPU_REDUCE_BLOCKS, kThreads, 0, s>>>(partial, a, b, n);
+    sum_finish_k<<<1, kThreads, 0, s>>>(dst, partial, INSITRA_GPU_REDUCE_BLOCKS, scale, accumulate);
 }
 
 void insitra_adamw(float *p, const float *g, float *m, float *v, const uint8_t *decay, int64_t n,

@@ -15,12 +15,11 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-typedef __nv_bfloat16 bf16;
+extern "C" {
+#include "../gpu_sizes.h" /* INSITRA_GPU_REDUCE_BLOCKS, insitra_gpu_col_splits */
+}
 
-/* Blocks of the two-pass column and scalar reductions. */
-#define INSITRA_REDUCE_BLOCKS 264
-/* Row splits of a column reduction over n rows (partials: splits x cols). */
-int insitra_col_splits(int64_t rows);
+typedef __nv_bfloat16 bf16;
 
 /* ---- data ---- */
 /* x (n, xs) in T and y (n, ys) in fp32 from the store rows slots[0..n). */
@@ -89,7 +88,7 @@ void insitra_mse_backward(T *dout, const float *out, const float *y, int64_t n, 
 
 /* ---- reductions ---- */
 /* *dst (+)= scale * sum_i (a_i - b_i)^2 (b may be NULL); partial holds
- * INSITRA_REDUCE_BLOCKS doubles. */
+ * INSITRA_GPU_REDUCE_BLOCKS doubles. */
 void insitra_sum_squares(double *dst, const float *a, const float *b, int64_t n, double scale,
                          bool accumulate, double *partial, cudaStream_t s);
 

@@ -2,8 +2,11 @@
 
 #include "cuda_util.h"
 
-/* cuBLASLt's recommendation for Hopper is 32 MiB of workspace. */
-#define WORKSPACE_BYTES ((size_t)32 << 20)
+extern "C" {
+#include "../gpu_sizes.h"
+}
+
+#define WORKSPACE_BYTES ((size_t)INSITRA_GPU_GEMM_WORKSPACE)
 
 insitra_status insitra_matmul_create(insitra_matmul_ctx *ctx)
 {

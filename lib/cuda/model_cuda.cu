@@ -69,10 +69,10 @@ size_t carve(insitra_dev_model *m, const insitra_model_dims *d, int64_t Bm, size
     o->datt = c.take(Bm * H * T * T * es);
     o->dout = c.take(N * d->out_features * es);
     const int64_t widest = 4 * C > d->out_features ? 4 * C : d->out_features;
-    const int64_t col_a = insitra_col_splits(N) * 2 * widest;
-    const int64_t col_b = insitra_col_splits(Bm) * 2 * T * C;
+    const int64_t col_a = insitra_gpu_col_splits(N) * 2 * widest;
+    const int64_t col_b = insitra_gpu_col_splits(Bm) * 2 * T * C;
     o->col_partial = (float *)c.take((size_t)(col_a > col_b ? col_a : col_b) * f);
-    o->reduce_partial = (double *)c.take(INSITRA_REDUCE_BLOCKS * sizeof(double));
+    o->reduce_partial = (double *)c.take(INSITRA_GPU_REDUCE_BLOCKS * sizeof(double));
     return c.used;
 }
 
@@ -365,11 +365,6 @@ struct gpu_pass {
 
 } // namespace
 
-size_t insitra_dev_model_bytes(const insitra_model_dims *d, int64_t max_batch, bool bf16)
-{
-    return carve(nullptr, d, max_batch, bf16 ? 2 : 4, nullptr);
-}
-
 insitra_status insitra_dev_model_create(insitra_dev_model *m, const insitra_model_dims *d,
                                         const insitra_param_layout *layout, int64_t max_batch,
                                         bool bf16, insitra_matmul_ctx *mm)
@@ -383,7 +378,13 @@ insitra_status insitra_dev_model_create(insitra_dev_model *m, const insitra_mode
     m->mm = mm;
     m->blocks = (insitra_dev_block_acts *)calloc((size_t)d->n_layers, sizeof *m->blocks);
     if (!m->blocks) return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "model: out of host memory");
-    m->bytes = insitra_dev_model_bytes(d, max_batch, bf16);
+    m->bytes = carve(nullptr, d, max_batch, m->esize, nullptr);
+    /* the planner's figure (lib/gpu_sizes.c) must be what is allocated */
+    if ((int64_t)m->bytes != insitra_gpu_activation_bytes(d, max_batch, (int64_t)m->esize))
+        return insitra_error_set(INSITRA_STATUS_DEVICE_ERROR,
+                                 "internal: the activation buffer (%zu bytes) and lib/gpu_sizes.c "
+                                 "(%lld bytes) disagree",
+                                 m->bytes, (long long)insitra_gpu_activation_bytes(d, max_batch, (int64_t)m->esize));
     if (cudaMalloc(&m->memory, m->bytes) != cudaSuccess) {
         cudaGetLastError();
         m->memory = nullptr;

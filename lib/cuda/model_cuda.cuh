@@ -54,8 +54,6 @@ typedef struct insitra_dev_model {
     double *reduce_partial;
 } insitra_dev_model;
 
-/* Device bytes the model needs for micro-batches of max_batch samples. */
-size_t insitra_dev_model_bytes(const insitra_model_dims *d, int64_t max_batch, bool bf16);
 insitra_status insitra_dev_model_create(insitra_dev_model *m, const insitra_model_dims *d,
                                         const insitra_param_layout *layout, int64_t max_batch,
                                         bool bf16, insitra_matmul_ctx *mm);
