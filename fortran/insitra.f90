@@ -129,6 +129,7 @@ module insitra
     procedure :: sample_shape => trainer_sample_shape
     procedure :: num_parameters => trainer_num_parameters
     procedure :: push_samples => trainer_push_samples
+    procedure :: push_samples_device => trainer_push_samples_device
     procedure :: samples_stored => trainer_samples_stored
     procedure :: train_step => trainer_train_step
     procedure :: predict => trainer_predict
@@ -259,6 +260,15 @@ module insitra
       real(c_float), intent(in) :: x(*), y(*) ! [n][T][F_in], [n][T][F_out]
       integer(c_int) :: status
     end function c_insitra_push_samples
+
+    function c_insitra_push_samples_device(trainer, n, x, y) &
+        bind(c, name='insitra_push_samples_device') result(status)
+      import :: c_ptr, c_int, c_int64_t
+      type(c_ptr), value :: trainer
+      integer(c_int64_t), value :: n
+      type(c_ptr), value :: x, y ! device memory: [n][T][F_in], [n][T][F_out]
+      integer(c_int) :: status
+    end function c_insitra_push_samples_device
 
     function c_insitra_samples_stored(trainer, count) bind(c, name='insitra_samples_stored') &
         result(status)
@@ -901,6 +911,19 @@ contains
     call finish(c_insitra_push_samples(self%handle, size(x, 3, kind=c_int64_t), x, y), &
                 'insitra_trainer%push_samples', stat)
   end subroutine trainer_push_samples
+
+  !> Local, for device = cuda. The same from GPU memory: x and y are the device
+  !> addresses of n samples laid out as in push_samples (from CUDA Fortran,
+  !> c_devloc(x); from OpenACC, the address inside !$acc host_data use_device).
+  !> They are checked for NaN and Inf on the GPU and copied there.
+  subroutine trainer_push_samples_device(self, n, x, y, stat)
+    class(insitra_trainer), intent(inout) :: self
+    integer(c_int64_t), intent(in) :: n
+    type(c_ptr), intent(in) :: x, y
+    integer, intent(out), optional :: stat
+    call finish(c_insitra_push_samples_device(self%handle, n, x, y), &
+                'insitra_trainer%push_samples_device', stat)
+  end subroutine trainer_push_samples_device
 
   !> Samples currently held in this rank's store.
   subroutine trainer_samples_stored(self, count, stat)

@@ -6,7 +6,7 @@
 ! NaN in samples (the store keeps its contents), an empty store; a checkpoint
 ! save / load round trip.
 program test_api
-  use, intrinsic :: iso_c_binding, only: c_float, c_double, c_int64_t, c_size_t, c_sizeof
+  use, intrinsic :: iso_c_binding, only: c_float, c_double, c_int64_t, c_size_t, c_sizeof, c_loc
   use, intrinsic :: ieee_arithmetic, only: ieee_value, ieee_quiet_nan
   use mpi_f08
   use insitra
@@ -284,7 +284,8 @@ contains
   subroutine test_errors()
     type(insitra_trainer) :: trainer, never_created
     type(insitra_config) :: bad
-    real(c_float) :: x(FI, T, 4), y(FO, T, 4), wrong_t(FI, T + 1, 4), wrong_n(FO, T, 3)
+    real(c_float), target :: x(FI, T, 4), y(FO, T, 4)
+    real(c_float) :: wrong_t(FI, T + 1, 4), wrong_n(FO, T, 3)
     real(c_double) :: loss
     integer(c_int64_t) :: count
     integer :: stat
@@ -325,6 +326,9 @@ contains
     call make_samples(x, y, 0)
     call trainer%push_samples(wrong_t, y, stat)
     call expect_error(stat, INSITRA_STATUS_INVALID_ARGUMENT, 'x has shape (3, 5, 4)', 'push, wrong T')
+    call trainer%push_samples_device(2_c_int64_t, c_loc(x), c_loc(y), stat)
+    call expect_error(stat, INSITRA_STATUS_INVALID_ARGUMENT, "'device' is 'cpu'", &
+                      'device push on a CPU trainer')
     call trainer%push_samples(x, wrong_n, stat)
     call expect_error(stat, INSITRA_STATUS_INVALID_ARGUMENT, 'y has shape (2, 4, 3)', 'push, wrong n')
     call trainer%samples_stored(count)

@@ -42,8 +42,9 @@ class Insitra(CMakePackage, CudaPackage):
     # Attention calls sgemm inside OpenMP loops: OpenBLAS must use OpenMP.
     depends_on("openblas threads=openmp", when="^openblas")
     depends_on("libyaml")
-    depends_on("cuda", when="+cuda")
-    depends_on("nccl", when="+nccl")
+    # bf16 GEMMs in cuBLASLt, graph capture of NCCL calls
+    depends_on("cuda@12:", when="+cuda")
+    depends_on("nccl@2.18:", when="+nccl")
 
     conflicts("+nccl", when="~cuda", msg="NCCL carries the CUDA backend's collectives: add +cuda")
     conflicts(
@@ -51,10 +52,11 @@ class Insitra(CMakePackage, CudaPackage):
         when="+cuda",
         msg="name the GPU architecture, e.g. cuda_arch=90 for H100 and H200",
     )
+    conflicts("~nccl", when="+cuda", msg="the CUDA backend runs its collectives through NCCL: add +nccl")
+    # bf16 tensor cores: Ampere (sm_80) and newer
+    for _arch in ("50", "52", "53", "60", "61", "62", "70", "72", "75"):
+        conflicts(f"cuda_arch={_arch}", when="+cuda", msg="the CUDA backend needs sm_80 or newer (bf16)")
     conflicts("^mpich~fortran", when="+fortran", msg="the Fortran module uses mpi_f08")
-    # Remove with the release that has the CUDA backend: until then insitra's
-    # CMake stops at INSITRA_ENABLE_CUDA=ON, after Spack built CUDA and NCCL.
-    conflicts("+cuda", msg="insitra has the CPU backend only in this version")
 
     test_requires_compiler = True
 
