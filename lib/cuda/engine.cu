@@ -288,19 +288,12 @@ insitra_status pass_end(insitra_gpu *g)
     return INSITRA_STATUS_OK;
 }
 
-/* The working parameters from the master weights after an update. */
+/* The working parameters after an update (which wrote this rank's slots in
+ * the compute type): stages 1-2 all-gather them; stage 0 has them already,
+ * stage 3 gathers unit by unit when they are used. */
 insitra_status redistribute(insitra_gpu *g)
 {
-    if (g->stage == 0) {
-        if (g->bf16) insitra_convert<bf16, float>((bf16 *)g->work, g->master, g->P, g->cs);
-        else CUDA_TRY(cudaMemcpyAsync(g->work, g->master, (size_t)g->P * 4, cudaMemcpyDeviceToDevice, g->cs));
-        LAUNCH_TRY();
-        return INSITRA_STATUS_OK;
-    }
-    if (g->bf16) insitra_convert<bf16, float>((bf16 *)g->send, g->master, g->S, g->cs);
-    else CUDA_TRY(cudaMemcpyAsync(g->send, g->master, (size_t)g->S * 4, cudaMemcpyDeviceToDevice, g->cs));
-    LAUNCH_TRY();
-    if (g->stage == 3) return INSITRA_STATUS_OK; /* gathered unit by unit when used */
+    if (g->stage == 0 || g->stage == 3) return INSITRA_STATUS_OK;
     NCCL_TRY(ncclAllGather(g->send, g->packed_all, (size_t)g->S, g->nccl_t, g->nccl, g->cs));
     const int64_t nt = g->layout->num_tensors;
     if (g->bf16)
@@ -346,7 +339,15 @@ insitra_status enqueue_step(insitra_gpu *g)
                             g->model.reduce_partial, g->cs);
     LAUNCH_TRY();
     if (g->dp > 1) NCCL_TRY(ncclAllReduce(g->stats_dev, g->stats_dev, 2, ncclDouble, ncclSum, g->nccl, g->cs));
-    insitra_adamw(g->master, g->grad_state, g->m, g->v, g->decay, g->n_state, g->hp_dev, g->stats_dev, g->cs);
+    /* the update also refreshes the compute-type copy: the working weights
+     * (stage 0) or this rank's slots to all-gather (stages 1-3) */
+    void *copy = g->stage == 0 ? g->work : g->send;
+    if (g->bf16)
+        insitra_adamw<bf16>(g->master, (bf16 *)copy, g->grad_state, g->m, g->v, g->decay, g->n_state,
+                            g->hp_dev, g->stats_dev, g->cs);
+    else
+        insitra_adamw<float>(g->master, (float *)copy, g->grad_state, g->m, g->v, g->decay, g->n_state,
+                             g->hp_dev, g->stats_dev, g->cs);
     LAUNCH_TRY();
     INSITRA_CHECK(redistribute(g));
     CUDA_TRY(cudaMemcpyAsync(g->stats_host, g->stats_dev, 2 * sizeof(double), cudaMemcpyDeviceToHost, g->cs));

@@ -58,8 +58,23 @@ __device__ __forceinline__ void store16(bf16 *p, const float *f)
     for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
     *(uint4 *)p = raw;
 }
-/* Rows up to kRowVecs x 32 vectors long are held in registers by one warp. */
+/* Rows up to kRowVecs x 32 vectors long are held in registers by one warp;
+ * each kernel is built for K = 1, 2, 4, 8 vectors per lane and launched with
+ * the smallest that holds the row, so short rows keep few registers and many
+ * warps (and loads) in flight. */
 constexpr int kRowVecs = 8;
+#define ROW_DISPATCH(nv, kernel, T, grid, ...)                                        \
+    do {                                                                              \
+        const int64_t per_lane_ = ((nv) + 31) / 32;                                   \
+        if (per_lane_ <= 1) kernel<T, 1><<<grid, kThreads, 0, s>>>(__VA_ARGS__);      \
+        else if (per_lane_ <= 2) kernel<T, 2><<<grid, kThreads, 0, s>>>(__VA_ARGS__); \
+        else if (per_lane_ <= 4) kernel<T, 4><<<grid, kThreads, 0, s>>>(__VA_ARGS__); \
+        else kernel<T, 8><<<grid, kThreads, 0, s>>>(__VA_ARGS__);                     \
+    } while (0)
+bool aligned16(const void *a, const void *b = nullptr)
+{
+    return ((uintptr_t)a % 16) == 0 && ((uintptr_t)b % 16) == 0;
+}
 template <typename T> bool row_fits(int64_t cols, const void *a, const void *b = nullptr)
 {
     const int V = vec16<T>::n;
@@ -209,6 +224,55 @@ __global__ void column_partial_k(float *partial, const T *dy, const T *x, const 
     }
 }
 
+/* The same with 8 (bf16) or 4 (fp32) consecutive columns per thread and
+ * 16-byte loads: block = 32 column groups x 8 row lanes. */
+template <typename T>
+__global__ void column_partial_vk(float *partial, const T *dy, const T *x, const float *mean,
+                                  const float *rstd, int64_t rows, int64_t cols, int64_t per_split)
+{
+    constexpr int V = vec16<T>::n;
+    __shared__ float sw[8][32 * V + 1], sb[8][32 * V + 1];
+    const int64_t col = (blockIdx.x * 32 + threadIdx.x) * V;
+    const int64_t r0 = blockIdx.y * per_split;
+    const int64_t r1 = r0 + per_split < rows ? r0 + per_split : rows;
+    float aw[V] = {0}, ab[V] = {0};
+    if (col < cols) {
+        for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
+            float g[V];
+            load16(g, dy + r * cols + col);
+            if (x) {
+                float xv[V];
+                load16(xv, x + r * cols + col);
+                const float mu = mean[r], rs = rstd[r];
+#pragma unroll
+                for (int e = 0; e < V; e++) aw[e] += g[e] * (xv[e] - mu) * rs;
+            }
+#pragma unroll
+            for (int e = 0; e < V; e++) ab[e] += g[e];
+        }
+    }
+#pragma unroll
+    for (int e = 0; e < V; e++) {
+        sw[threadIdx.y][threadIdx.x * V + e] = aw[e];
+        sb[threadIdx.y][threadIdx.x * V + e] = ab[e];
+    }
+    __syncthreads();
+    /* 256 threads sum the 8 row lanes of the block's 32 V columns, in order */
+    const int t = threadIdx.y * 32 + threadIdx.x;
+    for (int c = t; c < 32 * V; c += 256) {
+        const int64_t gc = blockIdx.x * 32 * V + c;
+        if (gc >= cols) continue;
+        float w = 0.f, b = 0.f;
+        for (int k = 0; k < 8; k++) {
+            w += sw[k][c];
+            b += sb[k][c];
+        }
+        float *p = partial + blockIdx.y * 2 * cols;
+        p[gc] = w;
+        p[cols + gc] = b;
+    }
+}
+
 __global__ void column_finish_k(float *dw, float *db, const float *partial, int splits,
                                 int64_t cols)
 {
@@ -326,7 +390,7 @@ __global__ void mse_backward_k(T *dout, const float *out, const float *y, int64_
 
 /* ---- the row kernels with the row in registers (16-byte accesses) ---- */
 
-template <typename T>
+template <typename T, int K>
 __global__ void layernorm_forward_vk(T *out, float *mean, float *rstd, const T *x, const T *w,
                                      const T *b, int64_t N, int C)
 {
@@ -334,10 +398,10 @@ __global__ void layernorm_forward_vk(T *out, float *mean, float *rstd, const T *
     const int64_t row = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x % 32, nv = C / V;
     if (row >= N) return;
-    float r[kRowVecs][V];
+    float r[K][V];
     float s = 0.f;
 #pragma unroll
-    for (int k = 0; k < kRowVecs; k++) {
+    for (int k = 0; k < K; k++) {
         const int c = (lane + 32 * k) * V;
         if (lane + 32 * k < nv) {
             load16(r[k], x + row * C + c);
@@ -348,13 +412,13 @@ __global__ void layernorm_forward_vk(T *out, float *mean, float *rstd, const T *
     const float mu = warp_sum(s) / (float)C;
     float v = 0.f;
 #pragma unroll
-    for (int k = 0; k < kRowVecs; k++)
+    for (int k = 0; k < K; k++)
         if (lane + 32 * k < nv)
 #pragma unroll
             for (int e = 0; e < V; e++) v += (r[k][e] - mu) * (r[k][e] - mu);
     const float rs = rsqrtf(warp_sum(v) / (float)C + 1e-5f);
 #pragma unroll
-    for (int k = 0; k < kRowVecs; k++) {
+    for (int k = 0; k < K; k++) {
         const int c = (lane + 32 * k) * V;
         if (lane + 32 * k < nv) {
             float wv[V], bv[V], o[V];
@@ -371,7 +435,7 @@ __global__ void layernorm_forward_vk(T *out, float *mean, float *rstd, const T *
     }
 }
 
-template <typename T>
+template <typename T, int K>
 __global__ void layernorm_backward_dx_vk(T *dx, const T *dy, const T *x, const float *mean,
                                          const float *rstd, const T *w, int64_t N, int C,
                                          bool accumulate)
@@ -381,10 +445,10 @@ __global__ void layernorm_backward_dx_vk(T *dx, const T *dy, const T *x, const f
     const int lane = threadIdx.x % 32, nv = C / V;
     if (row >= N) return;
     const float mu = mean[row], rs = rstd[row];
-    float xh[kRowVecs][V], g[kRowVecs][V]; /* xhat and dxhat = dy * w */
+    float xh[K][V], g[K][V]; /* xhat and dxhat = dy * w */
     float sd = 0.f, sdx = 0.f;
 #pragma unroll
-    for (int k = 0; k < kRowVecs; k++) {
+    for (int k = 0; k < K; k++) {
         const int c = (lane + 32 * k) * V;
         if (lane + 32 * k < nv) {
             float wv[V];
@@ -403,7 +467,7 @@ __global__ void layernorm_backward_dx_vk(T *dx, const T *dy, const T *x, const f
     sd = warp_sum(sd) / (float)C;
     sdx = warp_sum(sdx) / (float)C;
 #pragma unroll
-    for (int k = 0; k < kRowVecs; k++) {
+    for (int k = 0; k < K; k++) {
         const int c = (lane + 32 * k) * V;
         if (lane + 32 * k < nv) {
             float o[V], prev[V];
@@ -418,7 +482,7 @@ __global__ void layernorm_backward_dx_vk(T *dx, const T *dy, const T *x, const f
     }
 }
 
-template <typename T>
+template <typename T, int K>
 __global__ void softmax_forward_vk(T *att, int64_t rows, int Tn, bool causal)
 {
     constexpr int V = vec16<T>::n;
@@ -427,10 +491,10 @@ __global__ void softmax_forward_vk(T *att, int64_t rows, int Tn, bool causal)
     if (row >= rows) return;
     T *a = att + row * Tn;
     const int valid = causal ? (int)(row % Tn) + 1 : Tn;
-    float r[kRowVecs][V];
+    float r[K][V];
     float mx = -INFINITY;
 #pragma unroll
-    for (int k = 0; k < kRowVecs; k++) {
+    for (int k = 0; k < K; k++) {
         const int c = (lane + 32 * k) * V;
         if (lane + 32 * k < nv) {
             load16(r[k], a + c);
@@ -442,7 +506,7 @@ __global__ void softmax_forward_vk(T *att, int64_t rows, int Tn, bool causal)
     mx = warp_max(mx);
     float s = 0.f;
 #pragma unroll
-    for (int k = 0; k < kRowVecs; k++) {
+    for (int k = 0; k < K; k++) {
         const int c = (lane + 32 * k) * V;
         if (lane + 32 * k < nv)
 #pragma unroll
@@ -453,7 +517,7 @@ __global__ void softmax_forward_vk(T *att, int64_t rows, int Tn, bool causal)
     }
     const float inv = 1.f / warp_sum(s);
 #pragma unroll
-    for (int k = 0; k < kRowVecs; k++) {
+    for (int k = 0; k < K; k++) {
         const int c = (lane + 32 * k) * V;
         if (lane + 32 * k < nv) {
 #pragma unroll
@@ -463,7 +527,7 @@ __global__ void softmax_forward_vk(T *att, int64_t rows, int Tn, bool causal)
     }
 }
 
-template <typename T>
+template <typename T, int K>
 __global__ void softmax_backward_vk(T *datt, const T *att, int64_t rows, int Tn, float scale)
 {
     constexpr int V = vec16<T>::n;
@@ -472,10 +536,10 @@ __global__ void softmax_backward_vk(T *datt, const T *att, int64_t rows, int Tn,
     if (row >= rows) return;
     T *d = datt + row * Tn;
     const T *p = att + row * Tn;
-    float pr[kRowVecs][V], dr[kRowVecs][V];
+    float pr[K][V], dr[K][V];
     float s = 0.f;
 #pragma unroll
-    for (int k = 0; k < kRowVecs; k++) {
+    for (int k = 0; k < K; k++) {
         const int c = (lane + 32 * k) * V;
         if (lane + 32 * k < nv) {
             load16(pr[k], p + c);
@@ -486,7 +550,7 @@ __global__ void softmax_backward_vk(T *datt, const T *att, int64_t rows, int Tn,
     }
     s = warp_sum(s);
 #pragma unroll
-    for (int k = 0; k < kRowVecs; k++) {
+    for (int k = 0; k < K; k++) {
         const int c = (lane + 32 * k) * V;
         if (lane + 32 * k < nv) {
 #pragma unroll
@@ -588,7 +652,8 @@ __global__ void sum_finish_k(double *dst, const double *partial, int n, double s
 
 /* ---- optimizer ---- */
 
-__global__ void adamw_k(float *p, const float *g, float *m, float *v, const uint8_t *decay,
+template <typename T>
+__global__ void adamw_k(float *p, T *copy, const float *g, float *m, float *v, const uint8_t *decay,
                         int64_t n, const insitra_adamw_device *hp, const double *stats)
 {
     const double norm = sqrt(stats[1]) / hp->dp;
@@ -608,7 +673,9 @@ __global__ void adamw_k(float *p, const float *g, float *m, float *v, const uint
         m[i] = mi;
         v[i] = vi;
         const float keep = decay[i] ? hp->keep_decay : 1.f;
-        p[i] = p[i] * keep - hp->step_size * mi / (sqrtf(vi) * hp->inv_sqrt_bc2 + hp->eps);
+        const float pi = p[i] * keep - hp->step_size * mi / (sqrtf(vi) * hp->inv_sqrt_bc2 + hp->eps);
+        p[i] = pi;
+        copy[i] = from_f<T>(pi);
     }
 }
 
@@ -666,7 +733,8 @@ void insitra_layernorm_forward(T *out, float *mean, float *rstd, const T *x, con
                                const T *b, int64_t N, int64_t C, cudaStream_t s)
 {
     if (row_fits<T>(C, out, x) && row_fits<T>(C, w, b))
-        layernorm_forward_vk<T><<<(unsigned)((N + 7) / 8), kThreads, 0, s>>>(out, mean, rstd, x, w, b, N, (int)C);
+        ROW_DISPATCH(C / vec16<T>::n, layernorm_forward_vk, T, (unsigned)((N + 7) / 8), out, mean, rstd, x,
+                     w, b, N, (int)C);
     else
         layernorm_forward_k<T><<<(unsigned)((N + 7) / 8), kThreads, 0, s>>>(out, mean, rstd, x, w, b, N, C);
 }
@@ -677,8 +745,8 @@ void insitra_layernorm_backward_dx(T *dx, const T *dy, const T *x, const float *
                                    bool accumulate, cudaStream_t s)
 {
     if (row_fits<T>(C, dx, dy) && row_fits<T>(C, x, w))
-        layernorm_backward_dx_vk<T><<<(unsigned)((N + 7) / 8), kThreads, 0, s>>>(dx, dy, x, mean, rstd, w,
-                                                                               N, (int)C, accumulate);
+        ROW_DISPATCH(C / vec16<T>::n, layernorm_backward_dx_vk, T, (unsigned)((N + 7) / 8), dx, dy, x, mean,
+                     rstd, w, N, (int)C, accumulate);
     else
         layernorm_backward_dx_k<T><<<(unsigned)((N + 7) / 8), kThreads, 0, s>>>(dx, dy, x, mean, rstd, w,
                                                                               N, C, accumulate);
@@ -691,8 +759,14 @@ void insitra_column_grads(float *dw, float *db, const T *dy, const T *x, const f
 {
     const int splits = (int)insitra_gpu_col_splits(rows);
     const int64_t per_split = (rows + splits - 1) / splits;
-    const dim3 grid((unsigned)((cols + 31) / 32), (unsigned)splits), block(32, 8);
-    column_partial_k<T><<<grid, block, 0, s>>>(partial, dy, x, mean, rstd, rows, cols, per_split);
+    constexpr int V = vec16<T>::n;
+    if (cols % V == 0 && aligned16(dy, x)) {
+        const dim3 grid((unsigned)((cols / V + 31) / 32), (unsigned)splits), block(32, 8);
+        column_partial_vk<T><<<grid, block, 0, s>>>(partial, dy, x, mean, rstd, rows, cols, per_split);
+    } else {
+        const dim3 grid((unsigned)((cols + 31) / 32), (unsigned)splits), block(32, 8);
+        column_partial_k<T><<<grid, block, 0, s>>>(partial, dy, x, mean, rstd, rows, cols, per_split);
+    }
     column_finish_k<<<grid_for(cols), kThreads, 0, s>>>(x ? dw : nullptr, db, partial, splits, cols);
 }
 
@@ -744,7 +818,8 @@ template <typename T>
 void insitra_softmax_forward(T *att, int64_t rows, int64_t Tn, bool causal, cudaStream_t s)
 {
     if (row_fits<T>(Tn, att))
-        softmax_forward_vk<T><<<(unsigned)((rows + 7) / 8), kThreads, 0, s>>>(att, rows, (int)Tn, causal);
+        ROW_DISPATCH(Tn / vec16<T>::n, softmax_forward_vk, T, (unsigned)((rows + 7) / 8), att, rows, (int)Tn,
+                     causal);
     else
         softmax_forward_k<T><<<(unsigned)((rows + 7) / 8), kThreads, 0, s>>>(att, rows, Tn, causal);
 }
@@ -754,7 +829,8 @@ void insitra_softmax_backward(T *datt, const T *att, int64_t rows, int64_t Tn, f
                               cudaStream_t s)
 {
     if (row_fits<T>(Tn, datt, att))
-        softmax_backward_vk<T><<<(unsigned)((rows + 7) / 8), kThreads, 0, s>>>(datt, att, rows, (int)Tn, scale);
+        ROW_DISPATCH(Tn / vec16<T>::n, softmax_backward_vk, T, (unsigned)((rows + 7) / 8), datt, att, rows,
+                     (int)Tn, scale);
     else
         softmax_backward_k<T><<<(unsigned)((rows + 7) / 8), kThreads, 0, s>>>(datt, att, rows, Tn, scale);
 }
@@ -779,10 +855,11 @@ void insitra_sum_squares(double *dst, const float *a, const float *b, int64_t n,
     sum_finish_k<<<1, kThreads, 0, s>>>(dst, partial, INSITRA_GPU_REDUCE_BLOCKS, scale, accumulate);
 }
 
-void insitra_adamw(float *p, const float *g, float *m, float *v, const uint8_t *decay, int64_t n,
-                   const insitra_adamw_device *hp, const double *stats, cudaStream_t s)
+template <typename T>
+void insitra_adamw(float *p, T *copy, const float *g, float *m, float *v, const uint8_t *decay,
+                   int64_t n, const insitra_adamw_device *hp, const double *stats, cudaStream_t s)
 {
-    adamw_k<<<grid_for(n), kThreads, 0, s>>>(p, g, m, v, decay, n, hp, stats);
+    adamw_k<T><<<grid_for(n), kThreads, 0, s>>>(p, copy, g, m, v, decay, n, hp, stats);
 }
 
 template <typename T>
@@ -828,7 +905,9 @@ void insitra_shard_unpack(T *flat, const T *packed, const insitra_shard_copy *co
     template void insitra_shard_pack<T>(T *, const T *, const insitra_shard_copy *, int64_t,     \
                                         int64_t, int64_t, cudaStream_t);                         \
     template void insitra_shard_unpack<T>(T *, const T *, const insitra_shard_copy *, int64_t,   \
-                                          int64_t, int64_t, cudaStream_t);
+                                          int64_t, int64_t, cudaStream_t);                       \
+    template void insitra_adamw<T>(float *, T *, const float *, float *, float *, const uint8_t *, \
+                                   int64_t, const insitra_adamw_device *, const double *, cudaStream_t);
 
 INSTANTIATE(float)
 INSTANTIATE(bf16)

@@ -101,11 +101,13 @@ typedef struct insitra_adamw_device {
     double max_norm;      /* training.grad_clip; 0 = off */
     double dp;            /* data-parallel ranks: gradients are sums over them */
 } insitra_adamw_device;
-/* AdamW over n slots. stats = (global loss sum, global gradient sum of
- * squares): the clip factor comes from them, and a non-finite loss or norm
- * leaves every parameter and moment as it was. */
-void insitra_adamw(float *p, const float *g, float *m, float *v, const uint8_t *decay, int64_t n,
-                   const insitra_adamw_device *hp, const double *stats, cudaStream_t s);
+/* AdamW over n slots, writing the updated weights also to copy in the
+ * compute type (the working or send buffer). stats = (global loss sum,
+ * global gradient sum of squares): the clip factor comes from them, and a
+ * non-finite loss or norm leaves every parameter and moment as it was. */
+template <typename T>
+void insitra_adamw(float *p, T *copy, const float *g, float *m, float *v, const uint8_t *decay,
+                   int64_t n, const insitra_adamw_device *hp, const double *stats, cudaStream_t s);
 
 /* ---- ZeRO shards (lib/shard.h) ---- */
 typedef struct insitra_shard_copy {

@@ -31,11 +31,22 @@ typedef struct insitra_gemm {
     float alpha, beta;
     const void *bias;            /* (m) in d_type, or NULL */
     int64_t batch;               /* 1 for a plain GEMM */
+    /* GELU (tanh) epilogues: INSITRA_GELU_FORWARD stores gelu(op(A)op(B) + bias)
+     * in D and the pre-activation in aux; INSITRA_GELU_BACKWARD multiplies the
+     * product by gelu'(aux). aux is m x n with leading dimension ldd, in d_type. */
+    int gelu;
+    void *aux;
 } insitra_gemm;
+
+enum { INSITRA_GELU_NONE = 0, INSITRA_GELU_FORWARD = 1, INSITRA_GELU_BACKWARD = 2 };
 
 insitra_status insitra_matmul_create(insitra_matmul_ctx *ctx);
 void insitra_matmul_free(insitra_matmul_ctx *ctx);
 insitra_status insitra_matmul(insitra_matmul_ctx *ctx, const insitra_gemm *g, cudaDataType_t ab_type,
                               cudaDataType_t d_type, cudaStream_t stream);
+/* Whether cuBLASLt has an algorithm for g (nothing runs): a probe for the
+ * fused epilogues, which not every version and shape supports. */
+bool insitra_matmul_supported(insitra_matmul_ctx *ctx, const insitra_gemm *g, cudaDataType_t ab_type,
+                              cudaDataType_t d_type);
 
 #endif /* INSITRA_CUDA_MATMUL_CUH */

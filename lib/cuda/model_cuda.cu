@@ -95,10 +95,11 @@ struct gpu_pass {
         return insitra_matmul(m->mm, &g, ab, d_type, s);
     }
 
-    /* out (N,OC) = inp (N,IC) W^T (+ bias) (+ residual) */
+    /* out (N,OC) = inp (N,IC) W^T (+ bias) (+ residual); with gelu_pre, out =
+     * gelu(inp W^T + bias) and gelu_pre the argument */
     insitra_status linear_forward(void *out, const void *inp, const T *w, const T *bias,
                                   const void *residual, int64_t N, int64_t IC, int64_t OC,
-                                  cudaDataType_t d_type)
+                                  cudaDataType_t d_type, void *gelu_pre = nullptr)
     {
         insitra_gemm g{};
         g.ta = true; g.tb = false;
@@ -110,12 +111,16 @@ struct gpu_pass {
         g.alpha = 1.f; g.beta = residual ? 1.f : 0.f;
         g.bias = bias;
         g.batch = 1;
+        g.gelu = gelu_pre ? INSITRA_GELU_FORWARD : INSITRA_GELU_NONE;
+        g.aux = gelu_pre;
         return gemm(g, d_type);
     }
 
-    /* dinp (N,IC) = dout W (when dinp); dW (OC,IC) += dout^T inp; db (OC) += sum dout */
+    /* dinp (N,IC) = dout W (when dinp), times gelu'(gelu_pre) when given;
+     * dW (OC,IC) += dout^T inp; db (OC) += sum dout */
     insitra_status linear_backward(void *dinp, float *dw, float *db, const T *dout, const void *inp,
-                                   const T *w, int64_t N, int64_t IC, int64_t OC)
+                                   const T *w, int64_t N, int64_t IC, int64_t OC,
+                                   const void *gelu_pre = nullptr)
     {
         if (dinp) {
             insitra_gemm g{};
@@ -124,6 +129,8 @@ struct gpu_pass {
             g.b = dout; g.ldb = OC;
             g.d = dinp; g.ldd = IC;
             g.alpha = 1.f; g.beta = 0.f; g.batch = 1;
+            g.gelu = gelu_pre ? INSITRA_GELU_BACKWARD : INSITRA_GELU_NONE;
+            g.aux = const_cast<void *>(gelu_pre);
             INSITRA_CHECK(gemm(g, ab));
         }
         insitra_gemm g{};
@@ -248,10 +255,15 @@ struct gpu_pass {
                                              (const T *)a->res_att, w[INSITRA_BLOCK_LN2_W],
                                              w[INSITRA_BLOCK_LN2_B], N, C, s);
                 LAUNCH_TRY();
-                INSITRA_CHECK(linear_forward(a->fch, a->ln2, w[INSITRA_BLOCK_FC_W],
-                                             w[INSITRA_BLOCK_FC_B], nullptr, N, C, 4 * C, ab));
-                insitra_gelu_forward<T>((T *)a->fch_gelu, (const T *)a->fch, N * 4 * C, s);
-                LAUNCH_TRY();
+                if (m->fused_gelu) {
+                    INSITRA_CHECK(linear_forward(a->fch_gelu, a->ln2, w[INSITRA_BLOCK_FC_W],
+                                                 w[INSITRA_BLOCK_FC_B], nullptr, N, C, 4 * C, ab, a->fch));
+                } else {
+                    INSITRA_CHECK(linear_forward(a->fch, a->ln2, w[INSITRA_BLOCK_FC_W],
+                                                 w[INSITRA_BLOCK_FC_B], nullptr, N, C, 4 * C, ab));
+                    insitra_gelu_forward<T>((T *)a->fch_gelu, (const T *)a->fch, N * 4 * C, s);
+                    LAUNCH_TRY();
+                }
                 INSITRA_CHECK(linear_forward(a->res_out, a->fch_gelu, w[INSITRA_BLOCK_FCPROJ_W],
                                              w[INSITRA_BLOCK_FCPROJ_B], a->res_att, N, 4 * C, C, ab));
             }
@@ -321,9 +333,12 @@ struct gpu_pass {
                 T *dfch = (T *)m->dfch, *datty = (T *)m->datty, *dqkv = (T *)m->dqkv;
                 /* MLP: dres holds d(res_out); the residual passes it to res_att unchanged */
                 INSITRA_CHECK(linear_backward(dfch, gw[INSITRA_BLOCK_FCPROJ_W], gw[INSITRA_BLOCK_FCPROJ_B],
-                                              dres, a->fch_gelu, w[INSITRA_BLOCK_FCPROJ_W], N, 4 * C, C));
-                insitra_gelu_backward<T>(dfch, (const T *)a->fch, N * 4 * C, s);
-                LAUNCH_TRY();
+                                              dres, a->fch_gelu, w[INSITRA_BLOCK_FCPROJ_W], N, 4 * C, C,
+                                              m->fused_gelu ? a->fch : nullptr));
+                if (!m->fused_gelu) {
+                    insitra_gelu_backward<T>(dfch, (const T *)a->fch, N * 4 * C, s);
+                    LAUNCH_TRY();
+                }
                 INSITRA_CHECK(linear_backward(dln, gw[INSITRA_BLOCK_FC_W], gw[INSITRA_BLOCK_FC_B], dfch,
                                               a->ln2, w[INSITRA_BLOCK_FC_W], N, C, 4 * C));
                 insitra_layernorm_backward_dx<T>(dres, dln, (const T *)a->res_att, a->ln2_mean,
@@ -363,6 +378,26 @@ struct gpu_pass {
     }
 };
 
+/* The MLP's GELU rides in the GEMM epilogues when cuBLASLt has algorithms
+ * for both directions at these shapes (the same tanh form as our kernels). */
+bool probe_fused_gelu(insitra_dev_model *m)
+{
+    const int64_t C = m->dims.d_model, N = m->max_batch * m->dims.seq_len;
+    const cudaDataType_t t = m->bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    const insitra_dev_block_acts *a = &m->blocks[0];
+    insitra_gemm f{};
+    f.ta = true; f.m = 4 * C; f.n = N; f.k = C;
+    f.a = a->ln2; f.lda = C; f.b = a->ln2; f.ldb = C;
+    f.d = a->fch_gelu; f.ldd = 4 * C; f.alpha = 1.f; f.batch = 1;
+    f.bias = a->ln2; f.gelu = INSITRA_GELU_FORWARD; f.aux = a->fch;
+    insitra_gemm b{};
+    b.m = 4 * C; b.n = N; b.k = C;
+    b.a = a->ln2; b.lda = 4 * C; b.b = a->ln2; b.ldb = C;
+    b.d = m->dfch; b.ldd = 4 * C; b.alpha = 1.f; b.batch = 1;
+    b.gelu = INSITRA_GELU_BACKWARD; b.aux = a->fch;
+    return N > 0 && insitra_matmul_supported(m->mm, &f, t, t) && insitra_matmul_supported(m->mm, &b, t, t);
+}
+
 } // namespace
 
 insitra_status insitra_dev_model_create(insitra_dev_model *m, const insitra_model_dims *d,
@@ -394,6 +429,7 @@ insitra_status insitra_dev_model_create(insitra_dev_model *m, const insitra_mode
                                  (double)m->bytes / 1073741824.0, (long long)max_batch);
     }
     carve(m, d, max_batch, m->esize, (char *)m->memory);
+    m->fused_gelu = d->n_layers > 0 && probe_fused_gelu(m);
     return INSITRA_STATUS_OK;
 }
 

@@ -39,6 +39,7 @@ typedef struct insitra_dev_model {
     bool bf16;
     size_t esize;                 /* bytes per element of the compute type */
     insitra_matmul_ctx *mm;
+    bool fused_gelu;              /* GELU and its derivative in the GEMM epilogues (probed at create) */
     void *memory;                 /* one device allocation for everything below */
     size_t bytes;
     insitra_dev_block_acts *blocks; /* host array of L */
