@@ -3,6 +3,7 @@
 
     python3 bench/bench_torch_gpu.py S|M|L [--warmup N] [--steps N]
     torchrun --standalone --nproc_per_node 2 bench/bench_torch_gpu.py M
+    torchrun --standalone --nproc_per_node 4 bench/bench_torch_gpu.py L --fsdp
 
 The same model as tests/reference/insitra_reference.py (pre-LayerNorm
 encoder: linear token embedding plus learned positions; blocks of LN, fused
@@ -23,6 +24,29 @@ model is wrapped in DistributedDataParallel (NCCL, gradient_as_bucket_view)
 before it is compiled, so that compiled backward still overlaps the gradient
 all-reduce bucket by bucket. Every rank trains B samples per step (weak
 scaling, as insitra's bench_gpu_step does).
+
+With --fsdp the model is sharded with FSDP2 instead (ZeRO-3 style: parameters,
+gradients and optimizer state sharded over the ranks), under torchrun with any
+number of processes, one included (a single process without torchrun uses a
+one-rank process group of its own):
+
+  * each block is compiled on its own (torch.compile of the block, fullgraph),
+    before sharding, so FSDP2's all-gather and reduce-scatter hooks run
+    eagerly around the compiled blocks; the embedding, positions, final
+    LayerNorm and head stay eager;
+  * torch.distributed.fsdp.fully_shard on every block, then on the root
+    (which takes the remaining parameters), with
+    MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32): FSDP
+    casts the gathered parameters and the root's inputs to bfloat16 and
+    reduces gradients in float32 into float32 sharded parameters, so there is
+    no autocast; the last block stays unsharded after its forward, as its
+    backward comes next;
+  * the optimizer (AdamW fused, same groups) is built on the sharded
+    parameters, and clip_grad_norm_ works on the sharded gradients;
+  * the loss is computed in float32 from the bfloat16 output.
+
+The last line's mode= says which ran: single (one process, no wrapper), ddp
+or fsdp2.
 
 A step is timed from the host: torch.cuda.synchronize (and a barrier across
 ranks) before it, torch.cuda.synchronize after it; a step's time is the
@@ -155,6 +179,9 @@ def parse_args():
     ap.add_argument("--compile-mode", default="default",
                     help="torch.compile mode (default, reduce-overhead, max-autotune, ...)")
     ap.add_argument("--no-compile", action="store_true", help="run the model eagerly")
+    ap.add_argument("--fsdp", action="store_true",
+                    help="shard with FSDP2 (fully_shard per block and root, bf16 params, fp32 "
+                         "reduction) instead of DDP; per-block torch.compile")
     args = ap.parse_args()
     if args.steps is None:
         args.steps = DEFAULT_STEPS[args.config]
@@ -163,19 +190,47 @@ def parse_args():
     return args
 
 
+def shard_fsdp2(model, bf16, compile_blocks, compile_mode):
+    """FSDP2 over all ranks: each block compiled (optional), then
+    fully_shard on each block and on the root. Returns the sharded model."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if compile_blocks:
+        # Compiled before sharding: fully_shard then hooks the compiled
+        # wrapper, so its collectives run eagerly between compiled blocks.
+        # The blocks share one class and shapes, so they share the code.
+        for i, block in enumerate(model.blocks):
+            model.blocks[i] = torch.compile(block, mode=compile_mode, fullgraph=True)
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None,
+                              reduce_dtype=torch.float32)
+    n = len(model.blocks)
+    for i, block in enumerate(model.blocks):
+        # The last block's backward comes right after its forward: keep it
+        # gathered rather than gathering it again.
+        fully_shard(block, mp_policy=mp, reshard_after_forward=i < n - 1)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
 def main():
     args = parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_torch_gpu: no CUDA device visible to torch")
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    distributed = world > 1
+    fsdp = args.fsdp
+    distributed = world > 1 or fsdp  # FSDP2 needs a process group, even of one rank
+    mode = "fsdp2" if fsdp else "ddp" if world > 1 else "single"
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = torch.device("cuda", local_rank)
     torch.cuda.set_device(dev)
     if distributed:
-        dist.init_process_group("nccl", device_id=dev)
+        if "MASTER_ADDR" in os.environ:  # torchrun
+            dist.init_process_group("nccl", device_id=dev)
+        else:  # one process started on its own
+            dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1,
+                                    device_id=dev)
 
     bf16 = args.precision == "bf16"
     if bf16:
@@ -189,16 +244,22 @@ def main():
         model = FastInsitraModel(T, feat, feat, C, L, H)
     model.train()
     params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), lr=LR, betas=BETAS, eps=EPS,
-                            fused=True)
 
     net = model
-    if distributed:
+    if fsdp:
+        # fully_shard replaces the parameters with sharded ones (DTensor):
+        # the optimizer is built on those, after sharding.
+        model = net = shard_fsdp2(model, bf16, not args.no_compile, args.compile_mode)
+    elif distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank],
                                                   output_device=local_rank,
                                                   gradient_as_bucket_view=True)
-    if not args.no_compile:
+    if not args.no_compile and not fsdp:
         net = torch.compile(net, mode=args.compile_mode)
+    opt = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), lr=LR, betas=BETAS, eps=EPS,
+                            fused=True)
+    # FSDP2 casts parameters and inputs to bfloat16 itself.
+    autocast = bf16 and not fsdp
 
     # The store: x uniform in [-1, 1), y = sin(3x) feature by feature; a
     # different store on every rank, as every insitra rank pushes its own.
@@ -215,9 +276,9 @@ def main():
         idx = torch.randint(0, CAPACITY, (B,), device=dev)
         x, y = xs[idx], ys[idx]
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast):
             out = net(x)
-        loss = F.mse_loss(out.float(), y)
+        loss = F.mse_loss(out.float(), y)  # float32 loss on every path
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         opt.step()
@@ -273,7 +334,8 @@ def main():
               f"warmup_peak_mem_gib={warmup_peak / GIB:.3f} first_step_s={first_step_s:.2f} "
               f"precision={args.precision} "
               f"compile={'off' if args.no_compile else args.compile_mode} gpu={gpu} "
-              f"loss={final_loss:.6g} torch_version={torch.__version__}", flush=True)
+              f"loss={final_loss:.6g} torch_version={torch.__version__} mode={mode}",
+              flush=True)
     if distributed:
         dist.destroy_process_group()
     if not finite:

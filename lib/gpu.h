@@ -57,6 +57,14 @@ insitra_status insitra_gpu_train_step(insitra_gpu *gpu, const int64_t *slots, in
 insitra_status insitra_gpu_forward(insitra_gpu *gpu, int64_t n, int64_t chunks, const float *x,
                                    const float *y, float *y_out, double *sse);
 
+/* Collective over dp, for the benchmark of the collectives: times the
+ * communication of one step alone (the stage's per-unit reductions and
+ * parameter gathers, packing included, as the step issues them) and the
+ * same bytes as single raw NCCL calls on whole buffers (all-reduce at stage
+ * 0, reduce-scatter + all-gather otherwise); medians over reps, in seconds. */
+insitra_status insitra_gpu_time_collectives(insitra_gpu *gpu, int reps, double *seconds,
+                                            double *raw_seconds, int64_t *bytes);
+
 /* Device bytes by category. */
 insitra_status insitra_gpu_memory(const insitra_gpu *gpu, insitra_memory_usage *usage);
 

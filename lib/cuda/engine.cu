@@ -744,3 +744,107 @@ insitra_status insitra_gpu_fetch_samples(insitra_gpu *g, int64_t first, int64_t 
     }
     return INSITRA_STATUS_OK;
 }
+
+namespace {
+
+int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The communication a step issues, alone: every unit's gradient reduction
+ * in backward order, then the parameter gathers. */
+insitra_status enqueue_step_comm(insitra_gpu *g)
+{
+    const insitra_param_layout *l = g->layout;
+    for (int64_t u = g->units - 1; u >= 0; u--) {
+        const insitra_param_unit *pu = &l->units[u];
+        const int64_t ulen = g->sl->unit_len[u];
+        if (g->stage == 0) {
+            float *ug = g->grads + pu->offset;
+            NCCL_TRY(ncclAllReduce(ug, ug, (size_t)pu->numel, ncclFloat, ncclSum, g->nccl, g->ns));
+            continue;
+        }
+        const float *src = g->stage == 1 ? g->grads + pu->offset : g->unit_grads[0];
+        pack<float>(g, u, g->grad_packed, src, g->ns);
+        LAUNCH_TRY();
+        float *dst = g->stage == 1 ? g->grad_state + g->sl->unit_offset[u] : g->grad_recv;
+        NCCL_TRY(ncclReduceScatter(g->grad_packed, dst, (size_t)ulen, ncclFloat, ncclSum, g->nccl, g->ns));
+        if (g->stage >= 2) {
+            insitra_add_f32(g->grad_state + g->sl->unit_offset[u], g->grad_recv, ulen, g->ns);
+            LAUNCH_TRY();
+        }
+    }
+    if (g->stage == 1 || g->stage == 2) {
+        NCCL_TRY(ncclAllGather(g->send, g->packed_all, (size_t)g->S, g->nccl_t, g->nccl, g->ns));
+        if (g->bf16)
+            insitra_shard_unpack<bf16>((bf16 *)g->work, (const bf16 *)g->packed_all, g->copies_abs,
+                                       g->layout->num_tensors, g->S, g->max_numel, g->ns);
+        else
+            insitra_shard_unpack<float>((float *)g->work, (const float *)g->packed_all, g->copies_abs,
+                                        g->layout->num_tensors, g->S, g->max_numel, g->ns);
+        LAUNCH_TRY();
+    } else if (g->stage == 3) {
+        /* forward's gathers, one per unit (backward gathers them again) */
+        g->forward_only = true;
+        g->free_used[0] = g->free_used[1] = false;
+        for (int64_t pos = 0; pos < g->units; pos++) INSITRA_CHECK(issue_gather(g, pos));
+    }
+    return INSITRA_STATUS_OK;
+}
+
+/* The same bytes as whole-buffer NCCL calls; buf holds dp * S floats and
+ * dp * S compute-type elements (allocated by the caller, for this only). */
+insitra_status enqueue_raw_comm(insitra_gpu *g, char *buf)
+{
+    if (g->stage == 0) {
+        NCCL_TRY(ncclAllReduce(g->grads, g->grads, (size_t)g->P, ncclFloat, ncclSum, g->nccl, g->ns));
+        return INSITRA_STATUS_OK;
+    }
+    float *src = (float *)buf;
+    void *gathered = buf + (size_t)(g->dp * g->S) * sizeof(float);
+    NCCL_TRY(ncclReduceScatter(src, g->grad_state, (size_t)g->S, ncclFloat, ncclSum, g->nccl, g->ns));
+    NCCL_TRY(ncclAllGather(g->send, gathered, (size_t)g->S, g->nccl_t, g->nccl, g->ns));
+    return INSITRA_STATUS_OK;
+}
+
+} // namespace
+
+insitra_status insitra_gpu_time_collectives(insitra_gpu *g, int reps, double *seconds,
+                                            double *raw_seconds, int64_t *bytes)
+{
+    CUDA_TRY(cudaSetDevice(g->device));
+    char *buf = nullptr;
+    if (g->stage >= 1)
+        INSITRA_CHECK(device_alloc((void **)&buf, (size_t)(g->dp * g->S) * (4 + g->es), "the raw comparison"));
+    cudaEvent_t t0, t1;
+    CUDA_TRY(cudaEventCreate(&t0));
+    CUDA_TRY(cudaEventCreate(&t1));
+    double *times = (double *)calloc((size_t)(2 * reps), sizeof(double));
+    if (!times) return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "time_collectives: out of memory");
+    insitra_status s = INSITRA_STATUS_OK;
+    for (int r = 0; r < reps + 2 && s == INSITRA_STATUS_OK; r++) { /* two warm-up rounds */
+        for (int raw = 0; raw < 2 && s == INSITRA_STATUS_OK; raw++) {
+            CUDA_TRY(cudaEventRecord(t0, g->ns));
+            s = raw ? enqueue_raw_comm(g, buf) : enqueue_step_comm(g);
+            CUDA_TRY(cudaEventRecord(t1, g->ns));
+            CUDA_TRY(cudaEventSynchronize(t1));
+            float ms = 0;
+            CUDA_TRY(cudaEventElapsedTime(&ms, t0, t1));
+            if (r >= 2) times[raw * reps + (r - 2)] = ms * 1e-3;
+        }
+    }
+    cudaEventDestroy(t0);
+    cudaEventDestroy(t1);
+    if (buf) cudaFree(buf);
+    if (s == INSITRA_STATUS_OK) {
+        qsort(times, (size_t)reps, sizeof(double), cmp_double);
+        qsort(times + reps, (size_t)reps, sizeof(double), cmp_double);
+        *seconds = times[reps / 2];
+        *raw_seconds = times[reps + reps / 2];
+        *bytes = g->stage == 0 ? g->P * 4 : g->S * g->dp * (4 + (int64_t)g->es);
+    }
+    free(times);
+    return s;
+}
