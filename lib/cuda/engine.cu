@@ -81,6 +81,7 @@ struct insitra_gpu {
     bool last_micro, done_used[2], free_used[2], forward_only;
     int grad_slot;
     int64_t gather_pos, gather_total;
+    int64_t bucket_end;                 /* stage 0: end (floats) of the gradients not yet all-reduced */
     size_t bytes_params, bytes_grads, bytes_moments, bytes_comm, bytes_store;
     insitra_gpu_bytes planned;          /* lib/gpu_sizes.c: what the planner predicts */
 };
@@ -201,6 +202,22 @@ insitra_status issue_gather(insitra_gpu *g, int64_t pos)
     return INSITRA_STATUS_OK;
 }
 
+/* Stage 0 all-reduces the gradients of consecutive units (contiguous in the
+ * block-major layout) together once they reach this size: one NCCL call per
+ * ~64 MiB instead of per unit keeps the per-call latency out of the way. */
+#define STAGE0_BUCKET_FLOATS ((int64_t)16 << 20)
+
+/* After unit u's backward (units run L+1 .. 0): all-reduce the bucket it completes. */
+insitra_status stage0_unit_done(insitra_gpu *g, int64_t u, cudaStream_t s)
+{
+    const int64_t first = g->layout->units[u].offset;
+    if (g->bucket_end - first < STAGE0_BUCKET_FLOATS && u > 0) return INSITRA_STATUS_OK;
+    float *b = g->grads + first;
+    NCCL_TRY(ncclAllReduce(b, b, (size_t)(g->bucket_end - first), ncclFloat, ncclSum, g->nccl, s));
+    g->bucket_end = first;
+    return INSITRA_STATUS_OK;
+}
+
 insitra_status hook_begin(void *ctx, int64_t u, insitra_pass pass, const void **params, float **grads)
 {
     insitra_gpu *g = (insitra_gpu *)ctx;
@@ -246,7 +263,7 @@ insitra_status hook_end(void *ctx, int64_t u, insitra_pass pass)
         CUDA_TRY(cudaStreamWaitEvent(g->ns, g->ev_ready[0], 0));
         float *ug = g->grads + pu->offset;
         if (g->stage == 0) {
-            NCCL_TRY(ncclAllReduce(ug, ug, (size_t)pu->numel, ncclFloat, ncclSum, g->nccl, g->ns));
+            INSITRA_CHECK(stage0_unit_done(g, u, g->ns));
         } else {
             pack<float>(g, u, g->grad_packed, ug, g->ns);
             LAUNCH_TRY();
@@ -274,6 +291,7 @@ insitra_status pass_begin(insitra_gpu *g, bool forward_only, int64_t passes)
     g->gather_pos = 0;
     g->gather_total = passes * (forward_only ? g->units : 2 * g->units);
     g->grad_slot = 0;
+    g->bucket_end = g->P;
     g->done_used[0] = g->done_used[1] = g->free_used[0] = g->free_used[1] = false;
     CUDA_TRY(cudaEventRecord(g->ev_fork, g->cs));
     CUDA_TRY(cudaStreamWaitEvent(g->ns, g->ev_fork, 0));
@@ -758,12 +776,12 @@ int cmp_double(const void *a, const void *b)
 insitra_status enqueue_step_comm(insitra_gpu *g)
 {
     const insitra_param_layout *l = g->layout;
+    g->bucket_end = g->P;
     for (int64_t u = g->units - 1; u >= 0; u--) {
         const insitra_param_unit *pu = &l->units[u];
         const int64_t ulen = g->sl->unit_len[u];
         if (g->stage == 0) {
-            float *ug = g->grads + pu->offset;
-            NCCL_TRY(ncclAllReduce(ug, ug, (size_t)pu->numel, ncclFloat, ncclSum, g->nccl, g->ns));
+            INSITRA_CHECK(stage0_unit_done(g, u, g->ns));
             continue;
         }
         const float *src = g->stage == 1 ? g->grads + pu->offset : g->unit_grads[0];

@@ -681,20 +681,32 @@ __global__ void adamw_k(float *p, T *copy, const float *g, float *m, float *v, c
 
 /* ---- shards ---- */
 
+/* blockIdx.y picks the tensor; the blocks of x stride over each rank's slot
+ * in turn, so no index is divided. */
 template <typename T, bool kPack>
 __global__ void shard_copy_k(T *packed, T *flat, const insitra_shard_copy *copies,
                              int64_t rank_stride)
 {
     const insitra_shard_copy c = copies[blockIdx.y];
-    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < c.numel;
-         e += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t r = e / c.len, j = e - r * c.len;
-        T *pk = packed + r * rank_stride + c.slot + j;
-        if (kPack)
-            *pk = flat[c.flat + e];
-        else
-            flat[c.flat + e] = *pk;
+    for (int64_t r = 0, first = 0; first < c.numel; r++, first += c.len) {
+        const int64_t count = c.numel - first < c.len ? c.numel - first : c.len;
+        T *pk = packed + r * rank_stride + c.slot;
+        T *fl = flat + c.flat + first;
+        for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < count;
+             j += (int64_t)gridDim.x * blockDim.x) {
+            if (kPack)
+                pk[j] = fl[j];
+            else
+                fl[j] = pk[j];
+        }
     }
+}
+/* Blocks per tensor of a shard copy: enough for the largest slot, capped so
+ * that many small tensors do not launch a grid of idle blocks. */
+unsigned shard_blocks(int64_t max_numel)
+{
+    const int64_t b = (max_numel + kThreads - 1) / kThreads;
+    return (unsigned)(b < 128 ? (b > 0 ? b : 1) : 128);
 }
 
 } // namespace
@@ -866,7 +878,7 @@ template <typename T>
 void insitra_shard_pack(T *packed, const T *flat, const insitra_shard_copy *copies, int64_t n,
                         int64_t rank_stride, int64_t max_numel, cudaStream_t s)
 {
-    const dim3 grid((unsigned)grid_for(max_numel), (unsigned)n);
+    const dim3 grid(shard_blocks(max_numel), (unsigned)n);
     shard_copy_k<T, true><<<grid, kThreads, 0, s>>>(packed, const_cast<T *>(flat), copies, rank_stride);
 }
 
@@ -874,7 +886,7 @@ template <typename T>
 void insitra_shard_unpack(T *flat, const T *packed, const insitra_shard_copy *copies, int64_t n,
                           int64_t rank_stride, int64_t max_numel, cudaStream_t s)
 {
-    const dim3 grid((unsigned)grid_for(max_numel), (unsigned)n);
+    const dim3 grid(shard_blocks(max_numel), (unsigned)n);
     shard_copy_k<T, false><<<grid, kThreads, 0, s>>>(const_cast<T *>(packed), flat, copies, rank_stride);
 }
 

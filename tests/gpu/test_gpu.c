@@ -12,10 +12,12 @@
  *         8 bits of mantissa: activations carry ~4e-3 relative error each);
  *         predictions after 5 steps to 5e-2 in the relative L2 norm.
  *
- * At one world size the ZeRO stages must give bit-identical losses to stage
- * 0 on one rank (reduce-scatter over one rank is a copy) and agree to 1e-6
- * relative on more; a rerun, and a run without CUDA graphs, must give
- * bit-identical losses. A GPU checkpoint must load on the CPU and a CPU one
+ * On one rank the ZeRO stages must give bit-identical bf16 losses to stage
+ * 0 (reduce-scatter over one rank is a copy), as must a rerun and a run
+ * without CUDA graphs. On more ranks stages 2-3 reduce every micro-batch
+ * ((a1 + b1) + (a2 + b2) instead of (a1 + a2) + (b1 + b2)), a rounding
+ * difference that bf16 working weights turn into whole-ulp flips; there the
+ * stages run in fp32 and agree to 1e-5 relative. A GPU checkpoint must load on the CPU and a CPU one
  * on the GPU, predicting the same to the fp32 tolerance.
  * insitra_push_samples_device must store device arrays and reject NaN.
  *
@@ -132,17 +134,18 @@ static void compare_backends(const char *precision, int causal)
 static void stages_and_reruns(void)
 {
     static run_result ref, other;
-    if (!train(make_config("cuda", "bf16", 0, 0, 1), NULL, NULL, &ref)) return;
+    const char *precision = size == 1 ? "bf16" : "fp32";
+    if (!train(make_config("cuda", precision, 0, 0, 1), NULL, NULL, &ref)) return;
     for (int stage = 0; stage <= 3; stage++) {
         for (int graphs = 0; graphs <= 1; graphs++) {
-            if (!train(make_config("cuda", "bf16", stage, 0, graphs), NULL, NULL, &other)) return;
+            if (!train(make_config("cuda", precision, stage, 0, graphs), NULL, NULL, &other)) return;
             for (int s = 0; s < STEPS; s++) {
                 if (size == 1 || stage == 0)
                     EXPECT(other.loss[s] == ref.loss[s],
                            "stage %d graphs %d: step %d loss %.17g differs from stage 0's %.17g", stage,
                            graphs, s + 1, other.loss[s], ref.loss[s]);
                 else
-                    EXPECT(rel(other.loss[s], ref.loss[s]) <= 1e-6,
+                    EXPECT(rel(other.loss[s], ref.loss[s]) <= 1e-5,
                            "stage %d graphs %d: step %d loss %.17g vs stage 0's %.17g", stage, graphs,
                            s + 1, other.loss[s], ref.loss[s]);
             }
