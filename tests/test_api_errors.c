@@ -67,8 +67,22 @@ int main(int argc, char **argv)
     expect_error(insitra_trainer_create(&t, cfg, MPI_COMM_WORLD), INSITRA_STATUS_IO_ERROR,
                  "log.jsonl", "/nonexistent-dir/metrics.jsonl");
     insitra_config_set(cfg, "log.jsonl", "");
+    /* device = cuda without a usable GPU, or in a build without the backend,
+     * says so (on a machine with a GPU the trainer is simply made) */
+    insitra_config_set(cfg, "device", "cuda");
+    insitra_status gpu = insitra_trainer_create(&t, cfg, MPI_COMM_WORLD);
+    if (gpu == INSITRA_STATUS_OK) {
+        insitra_trainer_free(t);
+        t = NULL;
+    } else {
+        expect_error(gpu, INSITRA_STATUS_DEVICE_ERROR, "'device'", "cuda");
+        EXPECT(t == NULL, "a failed GPU create leaves *trainer NULL");
+    }
+    insitra_config_set(cfg, "device", "cpu");
     EXPECT(insitra_trainer_create(&t, cfg, MPI_COMM_WORLD) == INSITRA_STATUS_OK, "create: %s",
            insitra_last_error());
+    expect_error(insitra_push_samples_device(t, 1, &x[0][0][0], &y[0][0][0]),
+                 INSITRA_STATUS_INVALID_ARGUMENT, "'device' is 'cpu'", "insitra_push_samples");
 
     /* NULL handles everywhere */
     expect_error(insitra_push_samples(NULL, 1, &x[0][0][0], &y[0][0][0]),

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "config.h"
 #include "expect.h"
 #include "insitra.h"
 
@@ -133,6 +134,37 @@ int main(int argc, char **argv)
     EXPECT(insitra_config_load_yaml_string(cfg, "data: {capacity: 77}") == INSITRA_STATUS_OK,
            "flow mapping: %s", insitra_last_error());
     expect_value(cfg, "data.capacity", "77");
+
+    /* device and precision: top-level keys; bf16 is for the GPU only */
+    expect_value(cfg, "device", "cpu");
+    expect_value(cfg, "precision", "fp32");
+    expect_value(cfg, "cuda.graphs", "true");
+    EXPECT(insitra_config_load_yaml_string(cfg, "device: cuda\nprecision: bf16\ncuda: {graphs: off}\n") ==
+               INSITRA_STATUS_OK,
+           "top-level keys: %s", insitra_last_error());
+    expect_value(cfg, "device", "cuda");
+    expect_value(cfg, "precision", "bf16");
+    expect_value(cfg, "cuda.graphs", "false");
+    expect_error(insitra_config_set(cfg, "device", "tpu"), INSITRA_STATUS_CONFIG_ERROR, "'device'",
+                 "cpu", "cuda");
+    expect_error(insitra_config_set(cfg, "precision", "fp16"), INSITRA_STATUS_CONFIG_ERROR,
+                 "'precision'", "bf16", NULL);
+    EXPECT(insitra_config_validate(cfg) == INSITRA_STATUS_OK, "cuda + bf16 validate: %s",
+           insitra_last_error());
+    /* the YAML dump (what checkpoints store) reads back to the same values */
+    char dumped[8192];
+    EXPECT(insitra_config_dump_yaml(cfg, dumped, sizeof dumped) < sizeof dumped, "dump fits");
+    EXPECT(strncmp(dumped, "device: cuda\nprecision: bf16\n", 29) == 0, "dump starts with '%.40s'",
+           dumped);
+    insitra_config *back = NULL;
+    insitra_config_create(&back);
+    EXPECT(insitra_config_load_yaml_string(back, dumped) == INSITRA_STATUS_OK, "dump reloads: %s",
+           insitra_last_error());
+    EXPECT(insitra_config_hash(back) == insitra_config_hash(cfg), "dump round trip changes the hash");
+    insitra_config_free(back);
+    insitra_config_set(cfg, "device", "cpu");
+    expect_error(insitra_config_validate(cfg), INSITRA_STATUS_CONFIG_ERROR, "'precision'",
+                 "device = cuda", NULL);
 
     insitra_config_free(cfg);
     printf("config: %s (%d failures)\n", failures ? "FAILED" : "passed", failures);
