@@ -534,10 +534,19 @@ insitra_status insitra_gpu_create(insitra_gpu **out, insitra_trainer *t)
 
 insitra_status insitra_gpu_connect(insitra_gpu *g, insitra_trainer *t)
 {
-    ncclUniqueId id;
-    if (t->dp.rank == 0) NCCL_TRY(ncclGetUniqueId(&id));
-    if (MPI_Bcast(&id, (int)sizeof id, MPI_BYTE, 0, t->dp.comm) != MPI_SUCCESS)
+    /* rank 0's id, or its failure, reaches every rank: none waits for an id that never comes */
+    struct {
+        ncclUniqueId id;
+        int32_t result;
+    } msg;
+    memset(&msg, 0, sizeof msg);
+    if (t->dp.rank == 0) msg.result = (int32_t)ncclGetUniqueId(&msg.id);
+    if (MPI_Bcast(&msg, (int)sizeof msg, MPI_BYTE, 0, t->dp.comm) != MPI_SUCCESS)
         return insitra_error_set(INSITRA_STATUS_MPI_ERROR, "GPU: broadcasting the NCCL id failed");
+    if (msg.result != (int32_t)ncclSuccess)
+        return insitra_error_set(INSITRA_STATUS_DEVICE_ERROR, "GPU: ncclGetUniqueId failed on dp rank 0: %s",
+                                 ncclGetErrorString((ncclResult_t)msg.result));
+    const ncclUniqueId id = msg.id;
     CUDA_TRY(cudaSetDevice(g->device));
     NCCL_TRY(ncclCommInitRank(&g->nccl, t->dp.size, id, t->dp.rank));
     return INSITRA_STATUS_OK;
