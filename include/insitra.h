@@ -188,7 +188,9 @@ typedef struct insitra_memory_usage {
     int64_t total_bytes;         /* the sum of the above */
 } insitra_memory_usage;
 
-/* What this rank holds now. */
+/* What this rank holds now: host bytes on the CPU backend, device bytes
+ * with device = cuda (the CUDA context and NCCL's and cuBLAS's own
+ * allocations, about 1-2 GiB, come on top). */
 insitra_status insitra_memory_report(const insitra_trainer *trainer, insitra_memory_usage *usage);
 
 /* The plan for one ZeRO stage: memory per rank and traffic per step. */
