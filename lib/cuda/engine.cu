@@ -121,7 +121,7 @@ insitra_status device_alloc(void **p, size_t bytes, const char *what)
 size_t carve_state(insitra_gpu *g, char *base)
 {
     bump b{base, 0};
-    const int64_t U = g->sl->max_unit_len, uni = g->layout->max_unit_numel;
+    const int64_t uni = g->layout->max_unit_numel;
     g->master = b.take<float>((size_t)g->n_state);
     g->work = g->stage <= 2 ? b.take<char>((size_t)g->P, g->es) : nullptr;
     g->send = g->stage >= 1 ? b.take<char>((size_t)g->S, g->es) : nullptr;
@@ -136,7 +136,6 @@ size_t carve_state(insitra_gpu *g, char *base)
     g->v = b.take<float>((size_t)g->n_state);
     g->decay = b.take<uint8_t>((size_t)g->n_state);
     g->bytes_moments = b.used - before;
-    (void)U;
     return b.used;
 }
 
