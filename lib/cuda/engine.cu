@@ -117,7 +117,7 @@ insitra_status device_alloc(void **p, size_t bytes, const char *what)
     return INSITRA_STATUS_OK;
 }
 
-/* Carves the state and comm buffers; with base == nullptr only counts. */
+/* Carves the state buffers (lib/gpu_sizes.c counts the same); with base == nullptr only counts. */
 size_t carve_state(insitra_gpu *g, char *base)
 {
     bump b{base, 0};
