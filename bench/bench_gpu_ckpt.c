@@ -63,27 +63,10 @@
 
 #include <mpi.h>
 
+#include "gpu_bench.h"
 #include "insitra.h"
 
-typedef struct gpu_config {
-    const char *name;
-    int64_t seq_len;    /* T */
-    int64_t features;   /* F_in = F_out */
-    int64_t d_model;    /* C */
-    int64_t n_layers;   /* L */
-    int64_t n_heads;    /* H */
-    int64_t batch_size; /* B, samples per step on each GPU */
-} gpu_config;
-
-/* bench_gpu_step.c's table (without its step counts). */
-static const gpu_config gpu_configs[] = {
-    {"S", 256, 16, 128, 4, 4, 16},
-    {"M", 1024, 64, 768, 12, 12, 16},
-    {"L", 1024, 64, 1024, 24, 16, 16},
-};
-
 enum {
-    STORE_SAMPLES = 64, /* data.capacity, as in bench_gpu_step */
     SAVE_STEPS = 2,     /* training steps before the save */
     PREDICT_SAMPLES = 4,
 };
@@ -94,119 +77,22 @@ typedef struct run_shape {
     int64_t seq_len, in_features, out_features, zero_stage;
 } run_shape;
 
-static int insitra_ok(insitra_status st, const char *what)
-{
-    if (st == INSITRA_STATUS_OK)
-        return 1;
-    fprintf(stderr, "bench_gpu_ckpt: rank %d: %s: %s: %s\n", my_rank, what,
-            insitra_status_name(st), insitra_last_error());
-    return 0;
-}
-
-/* 1 on every rank if any rank passes failed != 0. */
-static int any_rank(int failed)
-{
-    int any = failed;
-    MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    return any;
-}
-
-static int set_int(insitra_config *cfg, const char *key, int64_t value)
-{
-    char text[32];
-    snprintf(text, sizeof text, "%lld", (long long)value);
-    return insitra_ok(insitra_config_set(cfg, key, text), key);
-}
-
-static int get_int(const insitra_config *cfg, const char *key, int64_t *value)
-{
-    char text[64], *end = NULL;
-    if (!insitra_ok(insitra_config_get(cfg, key, text, sizeof text), key))
-        return 0;
-    long long v = strtoll(text, &end, 10);
-    if (end == text || *end != '\0') {
-        fprintf(stderr, "bench_gpu_ckpt: %s reads back as '%s', not an integer\n", key, text);
-        return 0;
-    }
-    *value = (int64_t)v;
-    return 1;
-}
-
-/* The config's keys, device=cuda, precision=bf16, then the overrides. Local. */
-static int build_config(const gpu_config *gc, int n_overrides, char **overrides,
+/* The benchmark's configuration and overrides, and the sizes in effect. Local. */
+static int build_config(const gpu_bench_config *gc, int n_overrides, char **overrides,
                         insitra_config **cfg_out, run_shape *shape)
 {
     insitra_config *cfg = NULL;
-    if (!insitra_ok(insitra_config_create(&cfg), "insitra_config_create"))
-        return 0;
-    int ok = set_int(cfg, "model.seq_len", gc->seq_len) &&
-             set_int(cfg, "model.in_features", gc->features) &&
-             set_int(cfg, "model.out_features", gc->features) &&
-             set_int(cfg, "model.d_model", gc->d_model) &&
-             set_int(cfg, "model.n_layers", gc->n_layers) &&
-             set_int(cfg, "model.n_heads", gc->n_heads) &&
-             set_int(cfg, "training.batch_size", gc->batch_size) &&
-             set_int(cfg, "data.capacity", STORE_SAMPLES) &&
-             set_int(cfg, "log.every_steps", 0) &&
-             insitra_ok(insitra_config_set(cfg, "device", "cuda"), "device=cuda") &&
-             insitra_ok(insitra_config_set(cfg, "precision", "bf16"), "precision=bf16");
-    for (int i = 0; ok && i < n_overrides; i++) {
-        const char *arg = overrides[i];
-        const char *eq = strchr(arg, '=');
-        char key[128];
-        size_t len = eq ? (size_t)(eq - arg) : 0;
-        if (len == 0 || len >= sizeof key) {
-            fprintf(stderr, "bench_gpu_ckpt: expected key=value, got '%s'\n", arg);
-            ok = 0;
-            break;
-        }
-        memcpy(key, arg, len);
-        key[len] = '\0';
-        ok = insitra_ok(insitra_config_set(cfg, key, eq + 1), arg);
-    }
-    ok = ok && get_int(cfg, "model.seq_len", &shape->seq_len) &&
-         get_int(cfg, "model.in_features", &shape->in_features) &&
-         get_int(cfg, "model.out_features", &shape->out_features) &&
-         get_int(cfg, "parallel.zero_stage", &shape->zero_stage) &&
-         insitra_ok(insitra_config_validate(cfg), "insitra_config_validate");
+    if (!gpu_bench_build_config(gc, n_overrides, overrides, &cfg)) return 0;
+    int ok = gpu_bench_get_int(cfg, "model.seq_len", &shape->seq_len) &&
+             gpu_bench_get_int(cfg, "model.in_features", &shape->in_features) &&
+             gpu_bench_get_int(cfg, "model.out_features", &shape->out_features) &&
+             gpu_bench_get_int(cfg, "parallel.zero_stage", &shape->zero_stage);
     if (!ok) {
         insitra_config_free(cfg);
         return 0;
     }
     *cfg_out = cfg;
     return 1;
-}
-
-/* Uniform in [-1, 1): a 64-bit LCG, top 24 bits (bench_gpu_step's generator). */
-static float uniform_pm1(uint64_t *state)
-{
-    *state = *state * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (float)((double)(*state >> 40) / 8388608.0 - 1.0);
-}
-
-/* STORE_SAMPLES training samples: x uniform in [-1, 1) (seeded by the rank),
- * y = sin(3 x) feature by feature. Local. */
-static int push_store(insitra_trainer *trainer, const run_shape *sh)
-{
-    size_t tokens = (size_t)STORE_SAMPLES * (size_t)sh->seq_len;
-    float *x = malloc(tokens * (size_t)sh->in_features * sizeof *x);
-    float *y = malloc(tokens * (size_t)sh->out_features * sizeof *y);
-    int ok = x && y;
-    if (!ok) {
-        fprintf(stderr, "bench_gpu_ckpt: rank %d: out of host memory for the samples\n", my_rank);
-    } else {
-        uint64_t state = 0x9e3779b97f4a7c15ULL ^ (uint64_t)(my_rank + 1) * 1000003u;
-        for (size_t i = 0; i < tokens * (size_t)sh->in_features; i++)
-            x[i] = uniform_pm1(&state);
-        for (size_t t = 0; t < tokens; t++)
-            for (int64_t f = 0; f < sh->out_features; f++)
-                y[t * (size_t)sh->out_features + (size_t)f] =
-                    sinf(3.0f * x[t * (size_t)sh->in_features + (size_t)(f % sh->in_features)]);
-        ok = insitra_ok(insitra_push_samples(trainer, STORE_SAMPLES, x, y), "insitra_push_samples");
-    }
-    free(x);
-    free(y);
-    return ok;
 }
 
 typedef struct checksum {
@@ -226,7 +112,7 @@ static int predict_checksum(insitra_trainer *trainer, const run_shape *sh, check
     int ok = x && y;
     if (!ok)
         fprintf(stderr, "bench_gpu_ckpt: rank %d: out of host memory for the inputs\n", my_rank);
-    if (any_rank(!ok)) {
+    if (gpu_bench_any_rank(!ok)) {
         free(x);
         free(y);
         return 0;
@@ -240,7 +126,7 @@ static int predict_checksum(insitra_trainer *trainer, const run_shape *sh, check
                                          0.011 * (double)(t + 1) * (double)(s + 1)));
             }
     /* Collective: fails on every rank or none. */
-    ok = insitra_ok(insitra_predict(trainer, PREDICT_SAMPLES, x, y), "insitra_predict");
+    ok = gpu_bench_ok(insitra_predict(trainer, PREDICT_SAMPLES, x, y), "insitra_predict");
     if (ok) {
         memset(cs, 0, sizeof *cs);
         cs->fnv = 0xcbf29ce484222325ULL;
@@ -297,7 +183,7 @@ static const char *drop_cache(const char *path)
     return rc == 0 ? "dropped" : "unknown";
 }
 
-static int run(int save, const char *dir, const gpu_config *gc, int n_overrides,
+static int run(int save, const char *dir, const gpu_bench_config *gc, int n_overrides,
                char **overrides)
 {
     int nranks = 1;
@@ -307,25 +193,25 @@ static int run(int save, const char *dir, const gpu_config *gc, int n_overrides,
     run_shape sh;
     memset(&sh, 0, sizeof sh);
     int ok = build_config(gc, n_overrides, overrides, &cfg, &sh);
-    if (any_rank(!ok)) {
+    if (gpu_bench_any_rank(!ok)) {
         insitra_config_free(cfg);
         return 0;
     }
     insitra_trainer *trainer = NULL;
-    ok = insitra_ok(insitra_trainer_create(&trainer, cfg, MPI_COMM_WORLD),
+    ok = gpu_bench_ok(insitra_trainer_create(&trainer, cfg, MPI_COMM_WORLD),
                     "insitra_trainer_create");
     insitra_config_free(cfg);
     if (!ok) /* collective: every rank has failed */
         return 0;
 
     int64_t params = 0;
-    ok = insitra_ok(insitra_trainer_num_parameters(trainer, &params),
+    ok = gpu_bench_ok(insitra_trainer_num_parameters(trainer, &params),
                     "insitra_trainer_num_parameters");
     /* load: the samples come after the checkpoint, which restores the store's
      * counters, so that the step after the load has samples to draw. */
     if (save)
-        ok = ok && push_store(trainer, &sh);
-    if (any_rank(!ok)) {
+        ok = ok && gpu_bench_push_store(trainer, sh.seq_len, sh.in_features, sh.out_features);
+    if (gpu_bench_any_rank(!ok)) {
         insitra_trainer_free(trainer);
         return 0;
     }
@@ -333,7 +219,7 @@ static int run(int save, const char *dir, const gpu_config *gc, int n_overrides,
     insitra_metrics m;
     memset(&m, 0, sizeof m);
     for (int i = 0; save && ok && i < SAVE_STEPS; i++)
-        ok = insitra_ok(insitra_train_step(trainer, &m), "insitra_train_step");
+        ok = gpu_bench_ok(insitra_train_step(trainer, &m), "insitra_train_step");
     if (!ok) { /* collective: every rank has failed */
         insitra_trainer_free(trainer);
         return 0;
@@ -353,10 +239,10 @@ static int run(int save, const char *dir, const gpu_config *gc, int n_overrides,
     MPI_Barrier(MPI_COMM_WORLD);
     double t0 = MPI_Wtime();
     if (save)
-        ok = insitra_ok(insitra_checkpoint_save(trainer, dir, path, sizeof path),
+        ok = gpu_bench_ok(insitra_checkpoint_save(trainer, dir, path, sizeof path),
                         "insitra_checkpoint_save");
     else
-        ok = insitra_ok(insitra_checkpoint_load(trainer, dir, path, sizeof path),
+        ok = gpu_bench_ok(insitra_checkpoint_load(trainer, dir, path, sizeof path),
                         "insitra_checkpoint_load");
     double seconds = MPI_Wtime() - t0;
     MPI_Allreduce(MPI_IN_PLACE, &seconds, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
@@ -369,11 +255,11 @@ static int run(int save, const char *dir, const gpu_config *gc, int n_overrides,
     memset(&cs, 0, sizeof cs);
     ok = predict_checksum(trainer, &sh, &cs);
     if (ok && !save) {
-        ok = push_store(trainer, &sh);
-        if (any_rank(!ok))
+        ok = gpu_bench_push_store(trainer, sh.seq_len, sh.in_features, sh.out_features);
+        if (gpu_bench_any_rank(!ok))
             ok = 0;
         else
-            ok = insitra_ok(insitra_train_step(trainer, &m), "insitra_train_step after the load");
+            ok = gpu_bench_ok(insitra_train_step(trainer, &m), "insitra_train_step after the load");
     }
     if (!ok) {
         insitra_trainer_free(trainer);
@@ -406,7 +292,7 @@ static int run(int save, const char *dir, const gpu_config *gc, int n_overrides,
         fprintf(stderr, "bench_gpu_ckpt: the loss is %g\n", m.loss);
     if (my_rank == 0 && !cs.ranks_agree)
         fprintf(stderr, "bench_gpu_ckpt: the ranks' predictions of the same inputs differ\n");
-    return insitra_ok(insitra_trainer_free(trainer), "insitra_trainer_free") && ok;
+    return gpu_bench_ok(insitra_trainer_free(trainer), "insitra_trainer_free") && ok;
 }
 
 static void usage(void)
@@ -418,13 +304,11 @@ static void usage(void)
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
-    MPI_Comm_rank(MPI_COMM_WORLD, &my_rank);
-    const gpu_config *gc = NULL;
+    gpu_bench_init("bench_gpu_ckpt");
+    my_rank = gpu_bench_rank();
     int save = argc > 1 && strcmp(argv[1], "save") == 0;
     int load = argc > 1 && strcmp(argv[1], "load") == 0;
-    for (size_t i = 0; argc > 3 && i < sizeof gpu_configs / sizeof gpu_configs[0]; i++)
-        if (strcmp(argv[3], gpu_configs[i].name) == 0)
-            gc = &gpu_configs[i];
+    const gpu_bench_config *gc = argc > 3 ? gpu_bench_find(argv[3]) : NULL;
     int ok = 0;
     if ((!save && !load) || !gc || !argv[2][0])
         usage();

@@ -16,70 +16,58 @@
 #include <string.h>
 
 #include "gpu.h"
+#include "gpu_bench.h"
 #include "insitra.h"
 #include "trainer.h"
-
-static const struct {
-    const char *name;
-    const char *yaml;
-} configs[] = {
-    {"S", "model: {seq_len: 256, in_features: 16, out_features: 16, d_model: 128, n_layers: 4, n_heads: 4}\n"},
-    {"M", "model: {seq_len: 1024, in_features: 64, out_features: 64, d_model: 768, n_layers: 12, n_heads: 12}\n"},
-    {"L", "model: {seq_len: 1024, in_features: 64, out_features: 64, d_model: 1024, n_layers: 24, n_heads: 16}\n"},
-};
 
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
-    int rank, size;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    gpu_bench_init("bench_gpu_comm");
+    int size;
     MPI_Comm_size(MPI_COMM_WORLD, &size);
-    int which = -1;
-    for (int i = 0; argc > 1 && i < 3; i++)
-        if (strcmp(argv[1], configs[i].name) == 0) which = i;
-    if (which < 0) {
-        if (rank == 0) fprintf(stderr, "usage: bench_gpu_comm S|M|L [reps] [key=value ...]\n");
+    const gpu_bench_config *gc = argc > 1 ? gpu_bench_find(argv[1]) : NULL;
+    if (!gc) {
+        if (gpu_bench_rank() == 0) fprintf(stderr, "usage: bench_gpu_comm S|M|L [reps] [key=value ...]\n");
         MPI_Finalize();
         return 2;
     }
-    const int reps = argc > 2 && strchr(argv[2], '=') == NULL ? atoi(argv[2]) : 20;
-    insitra_config *cfg;
-    insitra_config_create(&cfg);
-    insitra_config_load_yaml_string(cfg, configs[which].yaml);
-    insitra_config_load_yaml_string(cfg, "device: cuda\nprecision: bf16\ntraining: {batch_size: 1}\n"
-                                         "data: {capacity: 1}\n");
-    for (int a = 2; a < argc; a++) {
-        char kv[256];
-        snprintf(kv, sizeof kv, "%s", argv[a]);
-        char *eq = strchr(kv, '=');
-        if (!eq) continue;
-        *eq = '\0';
-        if (insitra_config_set(cfg, kv, eq + 1) != INSITRA_STATUS_OK) {
-            if (rank == 0) fprintf(stderr, "bench_gpu_comm: %s\n", insitra_last_error());
-            MPI_Finalize();
-            return 2;
-        }
-    }
+    int first = 2, reps = 20;
+    if (argc > first && !strchr(argv[first], '=')) reps = atoi(argv[first++]);
+    /* No training here: the smallest batch and store, then the caller's keys. */
+    char *overrides[64] = {"training.batch_size=1", "data.capacity=1"};
+    int n = 2;
+    for (int a = first; a < argc && n < 64; a++) overrides[n++] = argv[a];
+    insitra_config *cfg = NULL;
     insitra_trainer *t = NULL;
     double sec = 0, raw = 0;
     int64_t bytes = 0;
-    insitra_status s = insitra_trainer_create(&t, cfg, MPI_COMM_WORLD);
-    if (s == INSITRA_STATUS_OK) s = insitra_gpu_time_collectives(t->gpu, reps, &sec, &raw, &bytes);
-    if (s != INSITRA_STATUS_OK) {
-        fprintf(stderr, "bench_gpu_comm: rank %d: %s\n", rank, insitra_last_error());
-        MPI_Abort(MPI_COMM_WORLD, 1);
+    int ok = gpu_bench_build_config(gc, n, overrides, &cfg);
+    if (gpu_bench_any_rank(!ok)) {
+        insitra_config_free(cfg);
+        MPI_Finalize();
+        return 1;
     }
+    ok = gpu_bench_ok(insitra_trainer_create(&t, cfg, MPI_COMM_WORLD), "insitra_trainer_create");
+    insitra_config_free(cfg);
+    if (!ok) { /* collective: every rank failed */
+        MPI_Finalize();
+        return 1;
+    }
+    /* collective over the ranks; a failure on one leaves the others in NCCL */
+    if (!gpu_bench_ok(insitra_gpu_time_collectives(t->gpu, reps, &sec, &raw, &bytes),
+                      "insitra_gpu_time_collectives"))
+        MPI_Abort(MPI_COMM_WORLD, 1);
     /* the slowest rank's figures */
     double both[2] = {sec, raw};
     MPI_Allreduce(MPI_IN_PLACE, both, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-    if (rank == 0)
+    if (gpu_bench_rank() == 0)
         printf("comm config=%s gpus=%d stage=%lld bytes=%lld insitra_ms=%.3f raw_ms=%.3f ratio=%.3f "
                "insitra_busbw_gbs=%.1f\n",
-               configs[which].name, size, (long long)t->cfg.parallel.zero_stage, (long long)bytes,
+               gc->name, size, (long long)t->cfg.parallel.zero_stage, (long long)bytes,
                both[0] * 1e3, both[1] * 1e3, both[1] / both[0],
                (double)bytes * 2.0 * (size - 1) / size / both[0] / 1e9);
     insitra_trainer_free(t);
-    insitra_config_free(cfg);
     MPI_Finalize();
     return 0;
 }

@@ -45,29 +45,13 @@
 #include <cuda_runtime_api.h>
 #include <mpi.h>
 
+#include "gpu_bench.h"
 #include "insitra.h"
 
 #define PEAK_FLOPS_PER_GPU 989e12 /* dense BF16, H100/H200 SXM */
 #define GIB (1024.0 * 1024.0 * 1024.0)
 
-typedef struct gpu_config {
-    const char *name;
-    int64_t seq_len;     /* T */
-    int64_t features;    /* F_in = F_out */
-    int64_t d_model;     /* C */
-    int64_t n_layers;    /* L */
-    int64_t n_heads;     /* H */
-    int64_t batch_size;  /* B, samples per step on each GPU */
-    int default_steps;   /* timed steps when not given */
-} gpu_config;
-
-static const gpu_config gpu_configs[] = {
-    {"S", 256, 16, 128, 4, 4, 16, 30},
-    {"M", 1024, 64, 768, 12, 12, 16, 20},
-    {"L", 1024, 64, 1024, 24, 16, 16, 20},
-};
-
-enum { STORE_SAMPLES = 64, DEFAULT_WARMUP = 10 };
+enum { DEFAULT_WARMUP = 10 };
 
 static int my_rank = 0;
 
@@ -79,15 +63,6 @@ typedef struct run_shape {
     char device[32], precision[32];
 } run_shape;
 
-static int insitra_ok(insitra_status st, const char *what)
-{
-    if (st == INSITRA_STATUS_OK)
-        return 1;
-    fprintf(stderr, "bench_gpu_step: rank %d: %s: %s: %s\n", my_rank, what,
-            insitra_status_name(st), insitra_last_error());
-    return 0;
-}
-
 static int cuda_ok(cudaError_t st, const char *what)
 {
     if (st == cudaSuccess)
@@ -97,122 +72,28 @@ static int cuda_ok(cudaError_t st, const char *what)
     return 0;
 }
 
-/* 1 on every rank if any rank passes failed != 0: a local failure must not
- * leave the other ranks waiting in the next collective call. */
-static int any_rank(int failed)
-{
-    int any = failed;
-    MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    return any;
-}
-
-static int set_int(insitra_config *cfg, const char *key, int64_t value)
-{
-    char text[32];
-    snprintf(text, sizeof text, "%lld", (long long)value);
-    return insitra_ok(insitra_config_set(cfg, key, text), key);
-}
-
-static int get_text(const insitra_config *cfg, const char *key, char *buf, size_t size)
-{
-    return insitra_ok(insitra_config_get(cfg, key, buf, size), key);
-}
-
-static int get_int(const insitra_config *cfg, const char *key, int64_t *value)
-{
-    char text[64], *end = NULL;
-    if (!get_text(cfg, key, text, sizeof text))
-        return 0;
-    long long v = strtoll(text, &end, 10);
-    if (end == text || *end != '\0') {
-        fprintf(stderr, "bench_gpu_step: %s reads back as '%s', not an integer\n", key, text);
-        return 0;
-    }
-    *value = (int64_t)v;
-    return 1;
-}
-
 /* The benchmark's configuration, then the overrides; on success the sizes
  * in effect are in *shape. Local; returns 1 on success. */
-static int build_config(const gpu_config *gc, int n_overrides, char **overrides,
+static int build_config(const gpu_bench_config *gc, int n_overrides, char **overrides,
                         insitra_config **cfg_out, run_shape *shape)
 {
     insitra_config *cfg = NULL;
-    if (!insitra_ok(insitra_config_create(&cfg), "insitra_config_create"))
-        return 0;
-    int ok = set_int(cfg, "model.seq_len", gc->seq_len) &&
-             set_int(cfg, "model.in_features", gc->features) &&
-             set_int(cfg, "model.out_features", gc->features) &&
-             set_int(cfg, "model.d_model", gc->d_model) &&
-             set_int(cfg, "model.n_layers", gc->n_layers) &&
-             set_int(cfg, "model.n_heads", gc->n_heads) &&
-             set_int(cfg, "training.batch_size", gc->batch_size) &&
-             set_int(cfg, "data.capacity", STORE_SAMPLES) &&
-             set_int(cfg, "log.every_steps", 0) &&
-             insitra_ok(insitra_config_set(cfg, "device", "cuda"), "device=cuda") &&
-             insitra_ok(insitra_config_set(cfg, "precision", "bf16"), "precision=bf16");
-    for (int i = 0; ok && i < n_overrides; i++) {
-        const char *arg = overrides[i];
-        const char *eq = strchr(arg, '=');
-        char key[128];
-        size_t len = eq ? (size_t)(eq - arg) : 0;
-        if (len == 0 || len >= sizeof key) {
-            fprintf(stderr, "bench_gpu_step: expected key=value, got '%s'\n", arg);
-            ok = 0;
-            break;
-        }
-        memcpy(key, arg, len);
-        key[len] = '\0';
-        ok = insitra_ok(insitra_config_set(cfg, key, eq + 1), arg);
-    }
-    ok = ok && get_int(cfg, "model.seq_len", &shape->seq_len) &&
-         get_int(cfg, "model.in_features", &shape->in_features) &&
-         get_int(cfg, "model.out_features", &shape->out_features) &&
-         get_int(cfg, "model.d_model", &shape->d_model) &&
-         get_int(cfg, "model.n_layers", &shape->n_layers) &&
-         get_int(cfg, "model.n_heads", &shape->n_heads) &&
-         get_int(cfg, "training.batch_size", &shape->batch_size) &&
-         get_text(cfg, "device", shape->device, sizeof shape->device) &&
-         get_text(cfg, "precision", shape->precision, sizeof shape->precision) &&
-         insitra_ok(insitra_config_validate(cfg), "insitra_config_validate");
+    if (!gpu_bench_build_config(gc, n_overrides, overrides, &cfg)) return 0;
+    int ok = gpu_bench_get_int(cfg, "model.seq_len", &shape->seq_len) &&
+             gpu_bench_get_int(cfg, "model.in_features", &shape->in_features) &&
+             gpu_bench_get_int(cfg, "model.out_features", &shape->out_features) &&
+             gpu_bench_get_int(cfg, "model.d_model", &shape->d_model) &&
+             gpu_bench_get_int(cfg, "model.n_layers", &shape->n_layers) &&
+             gpu_bench_get_int(cfg, "model.n_heads", &shape->n_heads) &&
+             gpu_bench_get_int(cfg, "training.batch_size", &shape->batch_size) &&
+             gpu_bench_get_text(cfg, "device", shape->device, sizeof shape->device) &&
+             gpu_bench_get_text(cfg, "precision", shape->precision, sizeof shape->precision);
     if (!ok) {
         insitra_config_free(cfg);
         return 0;
     }
     *cfg_out = cfg;
     return 1;
-}
-
-/* Uniform in [-1, 1): a 64-bit LCG, top 24 bits. */
-static float uniform_pm1(uint64_t *state)
-{
-    *state = *state * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (float)((double)(*state >> 40) / 8388608.0 - 1.0);
-}
-
-/* STORE_SAMPLES samples: x uniform in [-1, 1), y = sin(3 x) feature by
- * feature (input feature f mod F_in for output feature f). Local. */
-static int push_store(insitra_trainer *trainer, const run_shape *sh)
-{
-    size_t tokens = (size_t)STORE_SAMPLES * (size_t)sh->seq_len;
-    float *x = malloc(tokens * (size_t)sh->in_features * sizeof *x);  /* [N][T][F_in] */
-    float *y = malloc(tokens * (size_t)sh->out_features * sizeof *y); /* [N][T][F_out] */
-    int ok = x && y;
-    if (!ok) {
-        fprintf(stderr, "bench_gpu_step: rank %d: out of host memory for the samples\n", my_rank);
-    } else {
-        uint64_t state = 0x9e3779b97f4a7c15ULL ^ (uint64_t)(my_rank + 1) * 1000003u;
-        for (size_t i = 0; i < tokens * (size_t)sh->in_features; i++)
-            x[i] = uniform_pm1(&state);
-        for (size_t t = 0; t < tokens; t++)
-            for (int64_t f = 0; f < sh->out_features; f++)
-                y[t * (size_t)sh->out_features + (size_t)f] =
-                    sinf(3.0f * x[t * (size_t)sh->in_features + (size_t)(f % sh->in_features)]);
-        ok = insitra_ok(insitra_push_samples(trainer, STORE_SAMPLES, x, y), "insitra_push_samples");
-    }
-    free(x);
-    free(y);
-    return ok;
 }
 
 static int compare_double(const void *a, const void *b)
@@ -262,7 +143,7 @@ static int parse_count(const char *text, int min, const char *what, int *out)
     return 1;
 }
 
-static int run(const gpu_config *gc, int warmup, int steps, int n_overrides, char **overrides)
+static int run(const gpu_bench_config *gc, int warmup, int steps, int n_overrides, char **overrides)
 {
     int nranks = 1, device = 0;
     MPI_Comm_size(MPI_COMM_WORLD, &nranks);
@@ -270,20 +151,20 @@ static int run(const gpu_config *gc, int warmup, int steps, int n_overrides, cha
     size_t free_before = 0, free_after = 0, total_mem = 0;
     int ok = select_device(&device) &&
              cuda_ok(cudaMemGetInfo(&free_before, &total_mem), "cudaMemGetInfo");
-    if (any_rank(!ok))
+    if (gpu_bench_any_rank(!ok))
         return 0;
 
     insitra_config *cfg = NULL;
     run_shape sh;
     memset(&sh, 0, sizeof sh);
     ok = build_config(gc, n_overrides, overrides, &cfg, &sh);
-    if (any_rank(!ok)) {
+    if (gpu_bench_any_rank(!ok)) {
         insitra_config_free(cfg); /* NULL where this rank failed */
         return 0;
     }
 
     insitra_trainer *trainer = NULL;
-    ok = insitra_ok(insitra_trainer_create(&trainer, cfg, MPI_COMM_WORLD),
+    ok = gpu_bench_ok(insitra_trainer_create(&trainer, cfg, MPI_COMM_WORLD),
                     "insitra_trainer_create");
     insitra_config_free(cfg);
     if (!ok) /* collective: every rank has failed */
@@ -291,9 +172,9 @@ static int run(const gpu_config *gc, int warmup, int steps, int n_overrides, cha
 
     int64_t params = 0;
     int current = device;
-    ok = insitra_ok(insitra_trainer_num_parameters(trainer, &params),
+    ok = gpu_bench_ok(insitra_trainer_num_parameters(trainer, &params),
                     "insitra_trainer_num_parameters") &&
-         push_store(trainer, &sh) && cuda_ok(cudaGetDevice(&current), "cudaGetDevice");
+         gpu_bench_push_store(trainer, sh.seq_len, sh.in_features, sh.out_features) && cuda_ok(cudaGetDevice(&current), "cudaGetDevice");
     /* The library is expected to train on the device chosen here. If it made
      * another one current, it trains there: synchronize that one, and drop
      * the memory figure, which was read on the other. */
@@ -312,7 +193,7 @@ static int run(const gpu_config *gc, int warmup, int steps, int n_overrides, cha
         fprintf(stderr, "bench_gpu_step: rank %d: out of host memory\n", my_rank);
         ok = 0;
     }
-    if (any_rank(!ok)) {
+    if (gpu_bench_any_rank(!ok)) {
         free(times);
         free(waits);
         insitra_trainer_free(trainer);
@@ -324,11 +205,11 @@ static int run(const gpu_config *gc, int warmup, int steps, int n_overrides, cha
     for (int i = 0; ok && i < warmup + steps; i++) {
         MPI_Barrier(MPI_COMM_WORLD);
         double t0 = MPI_Wtime();
-        ok = insitra_ok(insitra_train_step(trainer, &m), "insitra_train_step");
+        ok = gpu_bench_ok(insitra_train_step(trainer, &m), "insitra_train_step");
         /* Local, so the ranks agree on it before going on. */
         int synced = !ok || cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize after a step");
         double dt = MPI_Wtime() - t0;
-        if (any_rank(!synced))
+        if (gpu_bench_any_rank(!synced))
             ok = 0;
         if (i >= warmup) {
             times[i - warmup] = dt;
@@ -343,8 +224,8 @@ static int run(const gpu_config *gc, int warmup, int steps, int n_overrides, cha
     insitra_memory_usage usage;
     memset(&usage, 0, sizeof usage);
     ok = ok && cuda_ok(cudaMemGetInfo(&free_after, &total_mem), "cudaMemGetInfo") &&
-         insitra_ok(insitra_memory_report(trainer, &usage), "insitra_memory_report");
-    if (any_rank(!ok)) {
+         gpu_bench_ok(insitra_memory_report(trainer, &usage), "insitra_memory_report");
+    if (gpu_bench_any_rank(!ok)) {
         free(times);
         free(waits);
         insitra_trainer_free(trainer);
@@ -394,7 +275,7 @@ static int run(const gpu_config *gc, int warmup, int steps, int n_overrides, cha
     }
     free(times);
     free(waits);
-    return insitra_ok(insitra_trainer_free(trainer), "insitra_trainer_free");
+    return gpu_bench_ok(insitra_trainer_free(trainer), "insitra_trainer_free");
 }
 
 static void usage(void)
@@ -409,11 +290,9 @@ static void usage(void)
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
-    MPI_Comm_rank(MPI_COMM_WORLD, &my_rank);
-    const gpu_config *gc = NULL;
-    for (size_t i = 0; argc > 1 && i < sizeof gpu_configs / sizeof gpu_configs[0]; i++)
-        if (strcmp(argv[1], gpu_configs[i].name) == 0)
-            gc = &gpu_configs[i];
+    gpu_bench_init("bench_gpu_step");
+    my_rank = gpu_bench_rank();
+    const gpu_bench_config *gc = argc > 1 ? gpu_bench_find(argv[1]) : NULL;
     int ok = 0;
     if (!gc) {
         usage();
