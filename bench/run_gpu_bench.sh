@@ -117,31 +117,9 @@ run_logged() {
     ((rc == 0)) || warn "$name exited with status $rc (log: $outdir/$name.log)"
     return "$rc"
 }
-# The program's result line (the last one starting with "$2 config="), from
-# anywhere in a line, as launchers may put a prefix before it.
-result_line() { grep -o "$2 config=.*" "$outdir/$1.log" | tail -n 1 || true; }
-# The value of key $2 in the key=value line $1 ("" if absent).
-field() {
-    awk -v k="$2=" '{
-        for (i = 1; i <= NF; i++)
-            if (index($i, k) == 1) { print substr($i, length(k) + 1); exit }
-    }' <<<"$1"
-}
-is_num() { [[ $1 =~ ^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$ ]]; }
-# calc FORMAT EXPR A B ...: awk arithmetic when every operand is a number, else "n/a".
-calc() {
-    local fmt=$1 expr=$2 v
-    shift 2
-    for v in "$@"; do is_num "$v" || { echo n/a; return; }; done
-    awk -v a="${1:-0}" -v b="${2:-0}" -v c="${3:-0}" "BEGIN { printf \"$fmt\", $expr }" 2>/dev/null ||
-        echo n/a
-}
-# verdict VALUE LIMIT [IF_MISSING]: PASS when VALUE >= LIMIT, MISS when below,
-# IF_MISSING (n/a) when there is no value.
-verdict() {
-    is_num "$1" || { echo "${3:-n/a}"; return; }
-    awk -v v="$1" -v l="$2" 'BEGIN { print (v >= l) ? "PASS" : "MISS" }'
-}
+# result_line, field, is_num, calc, verdict, gt
+# shellcheck source=bench/gpu_bench_lib.sh
+source "$here/gpu_bench_lib.sh"
 
 {
     echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ) host=${HOSTNAME:-unknown} gpus=$ngpus" \

@@ -263,29 +263,9 @@ run_logged() {
     note "$name: status $rc, $((SECONDS - t0)) s (total $((SECONDS - start)) s)"
     return "$rc"
 }
-# The last line starting with "$2 " (from anywhere in a line: launchers may prefix it).
-result_line() { grep -o "$2 config=.*" "$outdir/$1.log" 2>/dev/null | tail -n 1 || true; }
-field() {
-    awk -v k="$2=" '{
-        for (i = 1; i <= NF; i++)
-            if (index($i, k) == 1) { print substr($i, length(k) + 1); exit }
-    }' <<<"$1"
-}
-is_num() { [[ $1 =~ ^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$ ]]; }
-# calc FORMAT EXPR A B C: awk arithmetic when every operand is a number, else "n/a".
-calc() {
-    local fmt=$1 expr=$2 v
-    shift 2
-    for v in "$@"; do is_num "$v" || { echo n/a; return; }; done
-    awk -v a="${1:-0}" -v b="${2:-0}" -v c="${3:-0}" "BEGIN { printf \"$fmt\", $expr }" 2>/dev/null ||
-        echo n/a
-}
-verdict() {
-    is_num "$1" || { echo "${3:-n/a}"; return; }
-    awk -v v="$1" -v l="$2" 'BEGIN { print (v >= l) ? "PASS" : "MISS" }'
-}
-# gt A B: A > B, both numbers.
-gt() { is_num "$1" && is_num "$2" && awk -v a="$1" -v b="$2" 'BEGIN { exit !(a > b) }'; }
+# result_line, field, is_num, calc, verdict, gt
+# shellcheck source=bench/gpu_bench_lib.sh
+source "$here/gpu_bench_lib.sh"
 
 declare -A r      # r[key] = figure
 failed_insitra=0
