@@ -217,6 +217,41 @@ insitra_status stage0_unit_done(insitra_gpu *g, int64_t u, cudaStream_t s)
     return INSITRA_STATUS_OK;
 }
 
+/* Stages 1-3: queues on s the reduction of unit u's gradients (unit_grads,
+ * the unit's range of the flat layout) into this rank's shard: pack into the
+ * rank-major slots, reduce-scatter, and at stages 2-3 add into the shard
+ * (stage 1 reduces the step's summed gradients once, straight into it). */
+insitra_status reduce_unit(insitra_gpu *g, int64_t u, const float *unit_grads, cudaStream_t s)
+{
+    const int64_t ulen = g->sl->unit_len[u];
+    float *shard = g->grad_state + g->sl->unit_offset[u];
+    pack<float>(g, u, g->grad_packed, unit_grads, s);
+    LAUNCH_TRY();
+    float *dst = g->stage == 1 ? shard : g->grad_recv;
+    NCCL_TRY(ncclReduceScatter(g->grad_packed, dst, (size_t)ulen, ncclFloat, ncclSum, g->nccl, s));
+    if (g->stage >= 2) {
+        insitra_add_f32(shard, g->grad_recv, ulen, s);
+        LAUNCH_TRY();
+    }
+    return INSITRA_STATUS_OK;
+}
+
+/* Stages 1-2: every rank's updated slots (compute type) all-gathered on s and
+ * unpacked into the working weights. */
+insitra_status gather_all_params(insitra_gpu *g, cudaStream_t s)
+{
+    NCCL_TRY(ncclAllGather(g->send, g->packed_all, (size_t)g->S, g->nccl_t, g->nccl, s));
+    const int64_t nt = g->layout->num_tensors;
+    if (g->bf16)
+        insitra_shard_unpack<bf16>((bf16 *)g->work, (const bf16 *)g->packed_all, g->copies_abs, nt, g->S,
+                                   g->max_numel, s);
+    else
+        insitra_shard_unpack<float>((float *)g->work, (const float *)g->packed_all, g->copies_abs, nt,
+                                    g->S, g->max_numel, s);
+    LAUNCH_TRY();
+    return INSITRA_STATUS_OK;
+}
+
 insitra_status hook_begin(void *ctx, int64_t u, insitra_pass pass, const void **params, float **grads)
 {
     insitra_gpu *g = (insitra_gpu *)ctx;
@@ -253,30 +288,18 @@ insitra_status hook_end(void *ctx, int64_t u, insitra_pass pass)
         g->gather_pos++;
     }
     if (pass != INSITRA_PASS_BACKWARD) return INSITRA_STATUS_OK;
-    const int k = g->grad_slot;
-    const int64_t ulen = g->sl->unit_len[u];
-    float *shard = g->grad_state + g->sl->unit_offset[u];
     if (g->stage <= 1) {
+        /* the full gradient buffer accumulates the micro-batches: reduce once */
         if (!g->last_micro || (g->stage == 0 && g->dp == 1)) return INSITRA_STATUS_OK;
         CUDA_TRY(cudaEventRecord(g->ev_ready[0], g->cs));
         CUDA_TRY(cudaStreamWaitEvent(g->ns, g->ev_ready[0], 0));
-        float *ug = g->grads + pu->offset;
-        if (g->stage == 0) {
-            INSITRA_CHECK(stage0_unit_done(g, u, g->ns));
-        } else {
-            pack<float>(g, u, g->grad_packed, ug, g->ns);
-            LAUNCH_TRY();
-            NCCL_TRY(ncclReduceScatter(g->grad_packed, shard, (size_t)ulen, ncclFloat, ncclSum, g->nccl, g->ns));
-        }
-        return INSITRA_STATUS_OK;
+        return g->stage == 0 ? stage0_unit_done(g, u, g->ns)
+                             : reduce_unit(g, u, g->grads + pu->offset, g->ns);
     }
+    const int k = g->grad_slot;
     CUDA_TRY(cudaEventRecord(g->ev_ready[k], g->cs));
     CUDA_TRY(cudaStreamWaitEvent(g->ns, g->ev_ready[k], 0));
-    pack<float>(g, u, g->grad_packed, g->unit_grads[k], g->ns);
-    LAUNCH_TRY();
-    NCCL_TRY(ncclReduceScatter(g->grad_packed, g->grad_recv, (size_t)ulen, ncclFloat, ncclSum, g->nccl, g->ns));
-    insitra_add_f32(shard, g->grad_recv, ulen, g->ns);
-    LAUNCH_TRY();
+    INSITRA_CHECK(reduce_unit(g, u, g->unit_grads[k], g->ns));
     CUDA_TRY(cudaEventRecord(g->ev_done[k], g->ns));
     g->done_used[k] = true;
     g->grad_slot ^= 1;
@@ -311,16 +334,7 @@ insitra_status pass_end(insitra_gpu *g)
 insitra_status redistribute(insitra_gpu *g)
 {
     if (g->stage == 0 || g->stage == 3) return INSITRA_STATUS_OK;
-    NCCL_TRY(ncclAllGather(g->send, g->packed_all, (size_t)g->S, g->nccl_t, g->nccl, g->cs));
-    const int64_t nt = g->layout->num_tensors;
-    if (g->bf16)
-        insitra_shard_unpack<bf16>((bf16 *)g->work, (const bf16 *)g->packed_all, g->copies_abs, nt, g->S,
-                                   g->max_numel, g->cs);
-    else
-        insitra_shard_unpack<float>((float *)g->work, (const float *)g->packed_all, g->copies_abs, nt,
-                                    g->S, g->max_numel, g->cs);
-    LAUNCH_TRY();
-    return INSITRA_STATUS_OK;
+    return gather_all_params(g, g->cs);
 }
 
 /* Everything one optimizer step does on the device, queued on g->cs. */
@@ -786,31 +800,14 @@ insitra_status enqueue_step_comm(insitra_gpu *g)
     const insitra_param_layout *l = g->layout;
     g->bucket_end = g->P;
     for (int64_t u = g->units - 1; u >= 0; u--) {
-        const insitra_param_unit *pu = &l->units[u];
-        const int64_t ulen = g->sl->unit_len[u];
-        if (g->stage == 0) {
+        if (g->stage == 0)
             INSITRA_CHECK(stage0_unit_done(g, u, g->ns));
-            continue;
-        }
-        const float *src = g->stage == 1 ? g->grads + pu->offset : g->unit_grads[0];
-        pack<float>(g, u, g->grad_packed, src, g->ns);
-        LAUNCH_TRY();
-        float *dst = g->stage == 1 ? g->grad_state + g->sl->unit_offset[u] : g->grad_recv;
-        NCCL_TRY(ncclReduceScatter(g->grad_packed, dst, (size_t)ulen, ncclFloat, ncclSum, g->nccl, g->ns));
-        if (g->stage >= 2) {
-            insitra_add_f32(g->grad_state + g->sl->unit_offset[u], g->grad_recv, ulen, g->ns);
-            LAUNCH_TRY();
-        }
+        else
+            INSITRA_CHECK(reduce_unit(g, u, g->stage == 1 ? g->grads + l->units[u].offset : g->unit_grads[0],
+                                      g->ns));
     }
     if (g->stage == 1 || g->stage == 2) {
-        NCCL_TRY(ncclAllGather(g->send, g->packed_all, (size_t)g->S, g->nccl_t, g->nccl, g->ns));
-        if (g->bf16)
-            insitra_shard_unpack<bf16>((bf16 *)g->work, (const bf16 *)g->packed_all, g->copies_abs,
-                                       g->layout->num_tensors, g->S, g->max_numel, g->ns);
-        else
-            insitra_shard_unpack<float>((float *)g->work, (const float *)g->packed_all, g->copies_abs,
-                                        g->layout->num_tensors, g->S, g->max_numel, g->ns);
-        LAUNCH_TRY();
+        INSITRA_CHECK(gather_all_params(g, g->ns));
     } else if (g->stage == 3) {
         /* forward's gathers, one per unit (backward gathers them again) */
         g->forward_only = true;
