@@ -184,14 +184,21 @@ insitra_status insitra_trainer_num_parameters(const insitra_trainer *t, int64_t 
     return INSITRA_STATUS_OK;
 }
 
+/* n must fit the store: the check both pushes share. */
+static insitra_status check_push_count(const insitra_trainer *t, const char *fn, int64_t n)
+{
+    if (n < 0 || n > t->store.capacity)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                 "%s: rank %d: n = %" PRId64 " is outside [0, %" PRId64
+                                 "] (data.capacity)",
+                                 fn, t->comm.rank, n, t->store.capacity);
+    return INSITRA_STATUS_OK;
+}
+
 insitra_status insitra_push_samples(insitra_trainer *t, int64_t n, const float *x, const float *y)
 {
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "push_samples: trainer is NULL");
-    if (n < 0 || n > t->store.capacity)
-        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
-                                 "push_samples: rank %d: n = %" PRId64 " is outside [0, %" PRId64
-                                 "] (data.capacity)",
-                                 t->comm.rank, n, t->store.capacity);
+    INSITRA_CHECK(check_push_count(t, "push_samples", n));
     if (n > 0 && (!x || !y))
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "push_samples: rank %d: %s is NULL",
                                  t->comm.rank, !x ? "x" : "y");
@@ -209,11 +216,7 @@ insitra_status insitra_push_samples_device(insitra_trainer *t, int64_t n, const 
                                  "push_samples_device: rank %d: the trainer runs on the CPU (config key "
                                  "'device' is 'cpu'); push host arrays with insitra_push_samples",
                                  t->comm.rank);
-    if (n < 0 || n > t->store.capacity)
-        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
-                                 "push_samples_device: rank %d: n = %" PRId64 " is outside [0, %" PRId64
-                                 "] (data.capacity)",
-                                 t->comm.rank, n, t->store.capacity);
+    INSITRA_CHECK(check_push_count(t, "push_samples_device", n));
     if (n == 0) return INSITRA_STATUS_OK;
     const float *arrays[2] = {x, y};
     const char *names[2] = {"x", "y"};
