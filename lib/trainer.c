@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "error.h"
-#include "ckpt.h"
+#include "trainer_ckpt.h"
 #include "gpu.h"
 #include "optimizer.h"
 
@@ -251,14 +251,6 @@ insitra_status insitra_samples_stored(const insitra_trainer *t, int64_t *count)
     return INSITRA_STATUS_OK;
 }
 
-/* Checkpoints read the host copies of the state: a GPU run brings them up to date first. */
-static insitra_status save_checkpoint(insitra_trainer *t, const char *dir, char *path_out,
-                                      size_t path_size)
-{
-    if (t->gpu) INSITRA_CHECK(insitra_comm_agree(&t->comm, insitra_gpu_download_state(t->gpu, t)));
-    return insitra_ckpt_save(t, dir, path_out, path_size);
-}
-
 insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
 {
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "train_step: trainer is NULL");
@@ -341,7 +333,7 @@ insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
     const bool periodic = cfg->checkpoint.every_steps > 0 && t->step % cfg->checkpoint.every_steps == 0;
     if (periodic || stop) {
         char path[4096];
-        INSITRA_CHECK(save_checkpoint(t, cfg->checkpoint.dir, path, sizeof path));
+        INSITRA_CHECK(insitra_trainer_ckpt_save(t, cfg->checkpoint.dir, path, sizeof path));
         insitra_log_checkpoint(t, path, stop);
         t->stop = stop;
     }
@@ -367,7 +359,7 @@ insitra_status insitra_checkpoint_save(insitra_trainer *t, const char *dir, char
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "checkpoint_save: trainer is NULL");
     const char *target;
     INSITRA_CHECK(checkpoint_path(t, "checkpoint_save", dir, &target));
-    return save_checkpoint(t, target, path_out, path_size);
+    return insitra_trainer_ckpt_save(t, target, path_out, path_size);
 }
 
 insitra_status insitra_checkpoint_load(insitra_trainer *t, const char *path, char *path_out,
@@ -376,13 +368,7 @@ insitra_status insitra_checkpoint_load(insitra_trainer *t, const char *path, cha
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "checkpoint_load: trainer is NULL");
     const char *source;
     INSITRA_CHECK(checkpoint_path(t, "checkpoint_load", path, &source));
-    insitra_status s = insitra_ckpt_load(t, source, path_out, path_size);
-    /* Loaded, or reset after a failed load: either way the host copies are what holds. */
-    if (t->gpu) {
-        insitra_status up = insitra_comm_agree(&t->comm, insitra_gpu_upload_state(t->gpu, t));
-        if (s == INSITRA_STATUS_OK) s = up;
-    }
-    return s;
+    return insitra_trainer_ckpt_load(t, source, path_out, path_size);
 }
 
 insitra_status insitra_should_stop(const insitra_trainer *t, int32_t *stop)

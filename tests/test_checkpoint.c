@@ -28,6 +28,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <hdf5.h>
+
 #include "ckpt.h"
 #include "expect.h"
 #include "insitra.h"
