@@ -110,7 +110,7 @@ static insitra_status write_latest_tmp(const char *path, const char *name)
 static void apply_retention(const char *dir, int64_t current, int64_t keep)
 {
     int64_t *steps = NULL;
-    const int64_t n = insitra_ckpt_list_steps(dir, &steps);
+    const int64_t n = insitra_ckpt_list_steps(dir, ".h5", &steps);
     char name[64], path[PATH_LEN];
     for (int64_t i = 0, older = 0; i < n; i++) {
         if (steps[i] >= current || ++older < keep) continue;

@@ -195,16 +195,20 @@ void insitra_ckpt_meta_free(insitra_ckpt_meta *m)
     m->version = m->config = NULL;
 }
 
+insitra_status insitra_ckpt_format_check(int64_t format)
+{
+    if (format >= INSITRA_CKPT_FORMAT_OLDEST && format <= INSITRA_CKPT_FORMAT) return INSITRA_STATUS_OK;
+    return insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint format version %" PRId64 "; this insitra reads "
+                             "versions %d to %d", format, INSITRA_CKPT_FORMAT_OLDEST, INSITRA_CKPT_FORMAT);
+}
+
 insitra_status insitra_ckpt_meta_check(const insitra_ckpt_meta *m, const char **warning)
 {
     *warning = NULL;
     if (m->format < 0)
         return insitra_error_set(INSITRA_STATUS_IO_ERROR, "no insitra_format attribute: not an insitra "
                                                           "checkpoint, or a save interrupted early");
-    if (m->format < INSITRA_CKPT_FORMAT_OLDEST || m->format > INSITRA_CKPT_FORMAT)
-        return insitra_error_set(INSITRA_STATUS_IO_ERROR,
-                                 "checkpoint format version %" PRId64 "; this library reads versions %d to %d",
-                                 m->format, INSITRA_CKPT_FORMAT_OLDEST, INSITRA_CKPT_FORMAT);
+    INSITRA_CHECK(insitra_ckpt_format_check(m->format));
     if (m->complete != 1)
         return insitra_error_set(INSITRA_STATUS_IO_ERROR, "incomplete: the 'complete' attribute is %s",
                                  m->complete < 0 ? "missing" : "not 1");
@@ -295,14 +299,14 @@ static int compare_desc(const void *a, const void *b)
     return (x < y) - (x > y);
 }
 
-int64_t insitra_ckpt_list_steps(const char *dir, int64_t **steps)
+int64_t insitra_ckpt_list_steps(const char *dir, const char *suffix, int64_t **steps)
 {
     *steps = NULL;
     DIR *d = opendir(dir);
     if (!d) return -1;
     int64_t n = 0, cap = 0;
     for (struct dirent *e; (e = readdir(d));) {
-        const int64_t s = insitra_ckpt_step_of(e->d_name, ".h5");
+        const int64_t s = insitra_ckpt_step_of(e->d_name, suffix);
         if (s < 0) continue;
         if (n == cap) {
             cap = cap ? 2 * cap : 64;

@@ -59,6 +59,8 @@ insitra_status insitra_ckpt_meta_write(hid_t file, const insitra_ckpt_meta *m);
 void insitra_ckpt_meta_read(hid_t file, insitra_ckpt_meta *m);
 void insitra_ckpt_meta_free(insitra_ckpt_meta *m);
 
+/* IO_ERROR naming the version unless this library reads format. */
+insitra_status insitra_ckpt_format_check(int64_t format);
 /* Whether m describes a complete checkpoint this library can load: a known
  * format, complete = 1, the metadata checksum right (format 2), every
  * attribute present and in range. On failure why says which, and the status
@@ -93,9 +95,9 @@ void insitra_ckpt_file_name(char *out, size_t size, int64_t step);
 /* The name `latest` holds into out (size >= 64), "" when absent or not a
  * checkpoint name. */
 void insitra_ckpt_read_latest(const char *dir, char *out, size_t size);
-/* The steps of every step-N.h5 in dir, newest first, into a malloc'd array
- * (*steps, caller frees); returns how many, or -1 (errno set) if dir cannot
- * be read. */
-int64_t insitra_ckpt_list_steps(const char *dir, int64_t **steps);
+/* The steps of every step-N<suffix> in dir (suffix ".h5" or ".h5.tmp"),
+ * newest first, into a malloc'd array (*steps, caller frees); returns how
+ * many, or -1 (errno set) if dir cannot be read. */
+int64_t insitra_ckpt_list_steps(const char *dir, const char *suffix, int64_t **steps);
 
 #endif /* INSITRA_CKPT_FORMAT_H */

@@ -302,7 +302,7 @@ static int list_candidates(const char *path, char (*out)[PATH_LEN], int max)
     insitra_ckpt_read_latest(path, latest, sizeof latest);
     if (latest[0]) snprintf(out[n++], PATH_LEN, "%s/%s", path, latest);
     int64_t *steps = NULL;
-    const int64_t ns = insitra_ckpt_list_steps(path, &steps);
+    const int64_t ns = insitra_ckpt_list_steps(path, ".h5", &steps);
     for (int64_t i = 0; i < ns && n < max; i++) {
         insitra_ckpt_file_name(name, sizeof name, steps[i]);
         if (strcmp(name, latest) != 0) snprintf(out[n++], PATH_LEN, "%s/%s", path, name);

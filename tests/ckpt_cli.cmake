@@ -27,7 +27,7 @@ set_tests_properties(ckpt_cli_make PROPERTIES FIXTURES_REQUIRED ckpt_cli_clean
 set(damage
   "corrupt|${step6}|${dir}/corrupt.h5|/model/blocks.1.attn.qkv.weight"
   "truncate|${step6}|${dir}/truncated.h5"
-  "version|${step6}|${dir}/version2.h5|2")
+  "version|${step6}|${dir}/version3.h5|3")
 foreach(args IN LISTS damage)
   string(REPLACE "|" ";" args "${args}")
   list(GET args 0 mode)
@@ -85,8 +85,8 @@ ckpt_cli_check(NAME verify_truncated ARGS "verify|${dir}/truncated.h5" RC 1
   MATCH "truncated or corrupt" FIXTURES ckpt_cli_truncate)
 ckpt_cli_check(NAME info_truncated ARGS "info|${dir}/truncated.h5" RC 1
   MATCH "truncated or corrupt" FIXTURES ckpt_cli_truncate)
-ckpt_cli_check(NAME verify_version ARGS "verify|${dir}/version2.h5" RC 1
-  MATCH "checkpoint format version 2; this insitra-ckpt reads version 1"
+ckpt_cli_check(NAME verify_version ARGS "verify|${dir}/version3.h5" RC 1
+  MATCH "checkpoint format version 3; this insitra reads versions 1 to 2"
   FIXTURES ckpt_cli_version)
 ckpt_cli_check(NAME verify_not_hdf5 ARGS "verify|${dir}/latest" RC 1 MATCH "not an HDF5 file")
 ckpt_cli_check(NAME info_missing ARGS "info|${dir}/step-99999999.h5" RC 1
