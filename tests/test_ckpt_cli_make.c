@@ -7,7 +7,9 @@
  *   corrupt SRC DST DATASET   DST = SRC with one byte flipped in the middle of
  *                             DATASET's raw data (its place from H5Dget_offset)
  *   truncate SRC DST          DST = the first half of SRC
- *   version SRC DST N         DST = SRC with insitra_format set to N
+ *   attr SRC DST NAME N       DST = SRC with the root attribute NAME set to N
+ *   config SRC DST FROM TO    DST = SRC with FROM replaced by TO in the stored config
+ *   downgrade SRC DST         DST = SRC made to look like format 1
  */
 #include <errno.h>
 #include <math.h>
@@ -18,6 +20,7 @@
 
 #include <hdf5.h>
 
+#include "ckpt_damage.h"
 #include "insitra.h"
 
 enum { T = 8, FI = 3, FO = 2, N = 12 };
@@ -65,62 +68,17 @@ static int make(const char *dir)
     return 0;
 }
 
-static int copy_file(const char *src, const char *dst, double fraction)
+/* DST = a copy of SRC, damaged by one of ckpt_damage.h's functions. */
+static int damaged_copy(int argc, char **argv)
 {
-    FILE *in = fopen(src, "rb"), *out = in ? fopen(dst, "wb") : NULL;
-    if (!in || !out) {
-        if (in) fclose(in);
-        return fail(in ? dst : src, strerror(errno));
-    }
-    fseek(in, 0, SEEK_END);
-    const long keep = (long)((double)ftell(in) * fraction);
-    fseek(in, 0, SEEK_SET);
-    char buf[65536];
-    long done = 0;
-    while (done < keep) {
-        const size_t want = keep - done < (long)sizeof buf ? (size_t)(keep - done) : sizeof buf;
-        const size_t got = fread(buf, 1, want, in);
-        if (got == 0 || fwrite(buf, 1, got, out) != got) break;
-        done += (long)got;
-    }
-    fclose(in);
-    const int ok = fclose(out) == 0 && done == keep;
-    return ok ? 0 : fail(dst, "copy failed");
-}
-
-static int corrupt(const char *src, const char *dst, const char *dataset)
-{
-    if (copy_file(src, dst, 1.0)) return 1;
-    hid_t file = H5Fopen(dst, H5F_ACC_RDONLY, H5P_DEFAULT);
-    hid_t dset = file < 0 ? -1 : H5Dopen2(file, dataset, H5P_DEFAULT);
-    const haddr_t offset = dset < 0 ? HADDR_UNDEF : H5Dget_offset(dset);
-    const hsize_t bytes = dset < 0 ? 0 : H5Dget_storage_size(dset);
-    if (dset >= 0) H5Dclose(dset);
-    if (file >= 0) H5Fclose(file);
-    if (offset == HADDR_UNDEF || bytes == 0)
-        return fail(dataset, "no contiguous raw data in the file");
-    FILE *f = fopen(dst, "r+b");
-    if (!f) return fail(dst, strerror(errno));
-    const long at = (long)(offset + bytes / 2);
-    fseek(f, at, SEEK_SET);
-    const int byte = fgetc(f);
-    fseek(f, at, SEEK_SET);
-    fputc(byte ^ 0x5A, f);
-    fclose(f);
-    printf("flipped bits of the byte at %ld (inside %s, %llu bytes at %llu)\n", at, dataset,
-           (unsigned long long)bytes, (unsigned long long)offset);
-    return 0;
-}
-
-static int set_version(const char *src, const char *dst, int version)
-{
-    if (copy_file(src, dst, 1.0)) return 1;
-    hid_t file = H5Fopen(dst, H5F_ACC_RDWR, H5P_DEFAULT);
-    hid_t attr = file < 0 ? -1 : H5Aopen(file, "insitra_format", H5P_DEFAULT);
-    const int ok = attr >= 0 && H5Awrite(attr, H5T_NATIVE_INT, &version) >= 0;
-    if (attr >= 0) H5Aclose(attr);
-    if (file >= 0) H5Fclose(file);
-    return ok ? 0 : fail(dst, "cannot rewrite insitra_format");
+    const char *mode = argv[1], *src = argv[2], *dst = argv[3];
+    if (!strcmp(mode, "truncate")) return damage_copy(src, dst, 0.5);
+    if (damage_copy(src, dst, 1.0)) return 1;
+    if (!strcmp(mode, "corrupt") && argc == 5) return damage_flip_data(dst, argv[4]);
+    if (!strcmp(mode, "attr") && argc == 6) return damage_set_int(dst, argv[4], atoll(argv[5]));
+    if (!strcmp(mode, "config") && argc == 6) return damage_config(dst, argv[4], argv[5]);
+    if (!strcmp(mode, "downgrade")) return damage_downgrade(dst);
+    return 2;
 }
 
 int main(int argc, char **argv)
@@ -131,15 +89,12 @@ int main(int argc, char **argv)
     const char *mode = argc > 1 ? argv[1] : "";
     if (!strcmp(mode, "make") && argc == 3)
         rc = make(argv[2]);
-    else if (!strcmp(mode, "corrupt") && argc == 5)
-        rc = corrupt(argv[2], argv[3], argv[4]);
-    else if (!strcmp(mode, "truncate") && argc == 4)
-        rc = copy_file(argv[2], argv[3], 0.5);
-    else if (!strcmp(mode, "version") && argc == 5)
-        rc = set_version(argv[2], argv[3], atoi(argv[4]));
-    else
+    else if (argc >= 4)
+        rc = damaged_copy(argc, argv);
+    if (rc == 2)
         fprintf(stderr, "usage: test_ckpt_cli_make make DIR | corrupt SRC DST DATASET |\n"
-                        "       truncate SRC DST | version SRC DST N\n");
+                        "       truncate SRC DST | attr SRC DST NAME VALUE | config SRC DST FROM TO |\n"
+                        "       downgrade SRC DST\n");
     MPI_Finalize();
     return rc;
 }
