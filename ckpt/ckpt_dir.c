@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <hdf5.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,29 +62,62 @@ insitra_status insitra_ckpt_dir_prepare(const char *dir)
     return INSITRA_STATUS_OK;
 }
 
+/* Reserves [0, bytes) of fd: 0 or an errno value. A file system that
+ * cannot reserve (EOPNOTSUPP, EINVAL) is written without a reservation. */
+static int reserve_fd(int fd, int64_t bytes)
+{
+    const int err = posix_fallocate(fd, 0, (off_t)bytes);
+    return err == EOPNOTSUPP || err == EINVAL ? 0 : err;
+}
+
 insitra_status insitra_ckpt_dir_extend(const char *tmp, int64_t bytes)
 {
     int fd = open(tmp, O_WRONLY);
     if (fd < 0) return os_error(errno, "cannot open", tmp);
-    int err = posix_fallocate(fd, 0, (off_t)bytes);
-    /* A file system that cannot reserve (EOPNOTSUPP, EINVAL) is written
-     * without a reservation, as before. */
-    if (err == EOPNOTSUPP || err == EINVAL) err = 0;
+    int err = reserve_fd(fd, bytes);
     if (close(fd) != 0 && err == 0) err = errno;
     return err == 0 ? INSITRA_STATUS_OK : os_error(err, "cannot reserve space for", tmp);
 }
 
+/* An empty HDF5 file (a superblock and an empty root group, under a page),
+ * made in memory: a malloc'd image and its size. */
+static insitra_status empty_image(void **image, ssize_t *size)
+{
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5Pset_fapl_core(fapl, 1 << 16, 0); /* no backing store: nothing touches the disk */
+    hid_t file = H5Fcreate("insitra-empty", H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    H5Pclose(fapl);
+    *image = NULL;
+    *size = file < 0 || H5Fflush(file, H5F_SCOPE_LOCAL) < 0 ? -1 : H5Fget_file_image(file, NULL, 0);
+    if (*size > 0 && (*image = malloc((size_t)*size)))
+        *size = H5Fget_file_image(file, *image, (size_t)*size);
+    if (file >= 0) H5Fclose(file);
+    if (*image && *size > 0) return INSITRA_STATUS_OK;
+    free(*image);
+    return insitra_ckpt_h5_error("cannot make an empty HDF5 file in memory");
+}
+
 insitra_status insitra_ckpt_dir_reserve(const char *tmp, int64_t bytes)
 {
-    /* HDF5 truncates a file it creates: the reservation must be made in a file
-     * it opens instead, so rank 0 creates it serially first (a superblock and
-     * an empty root group, well under a page). */
-    hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    insitra_status s = INSITRA_STATUS_OK;
-    if (file < 0 || H5Fclose(file) < 0) s = insitra_ckpt_h5_error("cannot create '%s'", tmp);
-    if (s == INSITRA_STATUS_OK) s = insitra_ckpt_dir_extend(tmp, bytes);
-    if (s != INSITRA_STATUS_OK) unlink(tmp);
-    return s;
+    /* HDF5 truncates a file it creates, which would drop a reservation: the
+     * ranks open an existing one instead, which rank 0 writes here with
+     * POSIX calls, reservation first, so a full disk fails here, cleanly. */
+    void *image;
+    ssize_t size;
+    INSITRA_CHECK(empty_image(&image, &size));
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0666);
+    int err = fd < 0 ? errno : reserve_fd(fd, bytes > size ? bytes : size);
+    const char *what = fd < 0 ? "cannot create" : "cannot reserve space for";
+    if (err == 0) {
+        const ssize_t done = pwrite(fd, image, (size_t)size, 0);
+        err = done == size ? 0 : done < 0 ? errno : ENOSPC;
+        what = "cannot write";
+    }
+    if (fd >= 0 && close(fd) != 0 && err == 0) err = errno, what = "cannot write";
+    free(image);
+    if (err == 0) return INSITRA_STATUS_OK;
+    unlink(tmp);
+    return os_error(err, what, tmp);
 }
 
 /* Writes "name\n" to dir/latest.tmp and fsyncs it; removes it on failure. */

@@ -14,8 +14,8 @@
 /* mkdir -p dir, then remove what an interrupted save left: *.h5.tmp, latest.tmp. */
 insitra_status insitra_ckpt_dir_prepare(const char *dir);
 
-/* Creates tmp as an empty HDF5 file (serial driver) and reserves bytes for
- * it, so the collective writes that follow cannot run out of space. On
+/* Creates tmp as an empty HDF5 file with bytes reserved for it (POSIX
+ * only), so the collective writes that follow cannot run out of space. On
  * failure nothing is left. */
 insitra_status insitra_ckpt_dir_reserve(const char *tmp, int64_t bytes);
 /* Grows the reservation of tmp to bytes (when the estimate was short). */

@@ -396,15 +396,14 @@ insitra_status insitra_ckpt_save(const insitra_ckpt_state *st, const char *dir, 
     insitra_ckpt_file_name(name, sizeof name, *st->step);
     snprintf(tmp, sizeof tmp, "%s/%s.tmp", dir, name);
     const bool root = st->world->rank == 0;
+    insitra_ckpt_quiet quiet; /* failures are reported as statuses, not printed by HDF5 */
+    insitra_ckpt_quiet_begin(&quiet);
     save_plan plan = {0};
     insitra_status s = plan_save(st, &plan);
     if (s == INSITRA_STATUS_OK && root) s = insitra_ckpt_dir_prepare(dir);
     const int64_t reserved = insitra_ckpt_reserve_bytes(st, plan.total_samples);
     if (s == INSITRA_STATUS_OK && root) s = insitra_ckpt_dir_reserve(tmp, reserved);
     s = insitra_ckpt_agree(st->world, s);
-
-    insitra_ckpt_quiet quiet;
-    insitra_ckpt_quiet_begin(&quiet);
     if (s == INSITRA_STATUS_OK) {
         s = write_file(st, &plan, tmp, reserved);
         if (s == INSITRA_STATUS_OK) {

@@ -1,0 +1,148 @@
+/*
+ * A disk that fills up during a save (issue #16.1: every rank used to block
+ * for ever in H5Fclose). Run on 2 ranks with tests/enospc_shim.c preloaded:
+ * at every budget, from 0 bytes to one that runs out inside `latest.tmp`,
+ * the save must return IO_ERROR naming the reason on every rank (within the
+ * test's timeout), training must go on, the previous checkpoint must stay
+ * `latest` and load, and no *.tmp may be left. Then, with the space back, a
+ * save must succeed.
+ *   LD_PRELOAD=libenospc_shim.so test_ckpt_enospc DIR
+ */
+#define _GNU_SOURCE /* RTLD_DEFAULT */
+#include <dirent.h>
+#include <dlfcn.h>
+#include <limits.h>
+#include <math.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "expect.h"
+#include "insitra.h"
+
+static int rank, failures;
+
+static insitra_trainer *make(void)
+{
+    insitra_config *cfg = NULL;
+    insitra_config_create(&cfg);
+    insitra_config_load_yaml_string(cfg, "model: {seq_len: 8, in_features: 3, out_features: 2, d_model: 16,\n"
+                                         "        n_layers: 2, n_heads: 2}\n"
+                                         "training: {batch_size: 4, seed: 7}\n"
+                                         "data: {capacity: 16}\n"
+                                         "parallel: {zero_stage: 1}\n"
+                                         "checkpoint: {include_samples: true, keep_last: 2}\n");
+    insitra_trainer *t = NULL;
+    if (insitra_trainer_create(&t, cfg, MPI_COMM_WORLD) != INSITRA_STATUS_OK) {
+        printf("rank %d: create: %s\n", rank, insitra_last_error());
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+    insitra_config_free(cfg);
+    static float x[16][8][3], y[16][8][2];
+    for (int i = 0; i < 16 * 24; i++) (&x[0][0][0])[i] = (float)sin(0.1 * i + rank);
+    for (int i = 0; i < 16 * 16; i++) (&y[0][0][0])[i] = (float)cos(0.2 * i - rank);
+    insitra_push_samples(t, 16, &x[0][0][0], &y[0][0][0]);
+    return t;
+}
+
+static void train(insitra_trainer *t)
+{
+    if (insitra_train_step(t, NULL) != INSITRA_STATUS_OK) {
+        printf("rank %d: train_step: %s\n", rank, insitra_last_error());
+        failures++;
+    }
+}
+
+/* What is left in dir: no temporary file, and `latest` names want. */
+static void check_dir(const char *dir, const char *want, const char *when)
+{
+    DIR *d = opendir(dir);
+    for (struct dirent *e; d && (e = readdir(d));) {
+        const size_t n = strlen(e->d_name);
+        EXPECT(n < 4 || strcmp(e->d_name + n - 4, ".tmp") != 0, "%s: '%s' was left behind", when, e->d_name);
+    }
+    if (d) closedir(d);
+    char path[PATH_MAX + 16], line[64] = "";
+    snprintf(path, sizeof path, "%s/latest", dir);
+    FILE *f = fopen(path, "r");
+    if (f && fgets(line, sizeof line, f)) line[strcspn(line, "\n")] = '\0';
+    if (f) fclose(f);
+    EXPECT(strcmp(line, want) == 0, "%s: latest names '%s', expected '%s'", when, line, want);
+}
+
+/* Sets the budget on this rank; "" lifts it. */
+static void set_budget(long long bytes, int trial)
+{
+    char v[64] = "";
+    if (bytes >= 0) snprintf(v, sizeof v, "%lld %d", bytes, trial);
+    setenv("INSITRA_TEST_ENOSPC_BUDGET", v, 1);
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    int64_t (*spent)(void) = (int64_t (*)(void))dlsym(RTLD_DEFAULT, "insitra_test_enospc_spent");
+    if (argc < 2 || !spent) {
+        if (rank == 0) printf("usage: LD_PRELOAD=libenospc_shim.so test_ckpt_enospc DIR%s\n",
+                              spent ? "" : " (the shim is not loaded)");
+        MPI_Finalize();
+        return 2;
+    }
+    char dir[PATH_MAX];
+    if (rank == 0) mkdir(argv[1], 0777);
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (!realpath(argv[1], dir)) snprintf(dir, sizeof dir, "%s", argv[1]);
+    setenv("INSITRA_TEST_ENOSPC_DIR", dir, 1);
+
+    insitra_trainer *t = make();
+    char path[PATH_MAX + 64];
+    for (int k = 0; k < 3; k++) train(t);
+    EXPECT(insitra_checkpoint_save(t, dir, path, sizeof path) == INSITRA_STATUS_OK, "first save: %s",
+           insitra_last_error());
+    /* What a save costs rank 0 (the file and its reservation, `latest`). */
+    set_budget(LLONG_MAX / 2, 0);
+    train(t);
+    EXPECT(insitra_checkpoint_save(t, dir, path, sizeof path) == INSITRA_STATUS_OK, "measured save: %s",
+           insitra_last_error());
+    long long cost = rank == 0 ? (long long)spent() : 0;
+    MPI_Bcast(&cost, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD);
+    if (rank == 0) printf("a save writes %lld new bytes on rank 0\n", cost);
+
+    /* 0 bytes; a few; about half; all but the tail of `latest.tmp`. */
+    const long long budgets[] = {0, 1, 512, 4096, 65536, cost / 2, cost - 4096, cost - 3};
+    const int n = (int)(sizeof budgets / sizeof budgets[0]);
+    for (int k = 0; k < n; k++) {
+        train(t); /* training goes on between failed saves */
+        set_budget(budgets[k], k + 1);
+        const double t0 = MPI_Wtime();
+        insitra_status s = insitra_checkpoint_save(t, dir, path, sizeof path);
+        const double seconds = MPI_Wtime() - t0;
+        set_budget(-1, 0);
+        EXPECT(s == INSITRA_STATUS_IO_ERROR && strstr(insitra_last_error(), "No space left on device"),
+               "budget %lld: status %d: %s", budgets[k], (int)s, insitra_last_error());
+        if (rank == 0) printf("budget %8lld bytes: IO_ERROR after %.2f s: %s\n", budgets[k], seconds, insitra_last_error());
+        MPI_Barrier(MPI_COMM_WORLD);
+        char when[64];
+        snprintf(when, sizeof when, "after the budget of %lld bytes", budgets[k]);
+        if (rank == 0) check_dir(dir, "step-00000004.h5", when);
+    }
+    /* The previous checkpoint is intact, and a save with space succeeds. */
+    insitra_trainer *r = make();
+    EXPECT(insitra_checkpoint_load(r, dir, path, sizeof path) == INSITRA_STATUS_OK && strstr(path, "step-00000004.h5"),
+           "the previous checkpoint does not load: %s (%s)", path, insitra_last_error());
+    insitra_trainer_free(r);
+    EXPECT(insitra_checkpoint_save(t, dir, path, sizeof path) == INSITRA_STATUS_OK, "save with space: %s",
+           insitra_last_error());
+    if (rank == 0) check_dir(dir, "step-00000012.h5", "after the save with space");
+    insitra_trainer_free(t);
+
+    int total = 0;
+    MPI_Allreduce(&failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    if (rank == 0) printf("checkpoint on a full disk: %s (%d failures)\n", total ? "FAILED" : "passed", total);
+    MPI_Finalize();
+    return total ? 1 : 0;
+}
