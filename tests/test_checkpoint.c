@@ -12,6 +12,8 @@
  *                        skipped with a fallback; another model is refused by key
  *   metadata DIR         root attributes or the stored configuration changed:
  *                        the checkpoint is refused, the older one loads
+ *   strings DIR          checkpoint.dir and log.jsonl with control and non-UTF-8
+ *                        bytes: a save loads back
  *   crash-prepare DIR    a good checkpoint at step 5
  *   crash DIR            train on to step 10 and save (a rank is killed inside
  *                        the save by INSITRA_CKPT_FAULT)
@@ -311,6 +313,37 @@ static int metadata(const char *dir)
     return 0;
 }
 
+/* Paths with any bytes a file name may hold (issue #16.4: a checkpoint.dir
+ * or log.jsonl with a non-UTF-8 or control byte made every later load fail):
+ * saves to such a directory load back. */
+static int strings(const char *dir)
+{
+    char odd[4096], jsonl[4200];
+    /* No ':' (MPI-IO reads "name:" as a file system prefix). */
+    snprintf(odd, sizeof odd, "%s/ck\xff\xfe\x01\t\"\\ #\n{x}'", dir);
+    snprintf(jsonl, sizeof jsonl, "%s/log\x02\xc3(.jsonl", dir);
+    if (rank == 0) mkdir(odd, 0777);
+    MPI_Barrier(MPI_COMM_WORLD);
+    insitra_trainer *t[2];
+    for (int k = 0; k < 2; k++) {
+        t[k] = make(1, odd, 16);
+        EXPECT(insitra_config_set(&t[k]->cfg, "log.jsonl", jsonl) == INSITRA_STATUS_OK, "log.jsonl: %s",
+               insitra_last_error());
+    }
+    push(t[0]);
+    for (int k = 0; k < 3; k++) step(t[0]);
+    char path[4096] = "";
+    EXPECT(insitra_checkpoint_save(t[0], NULL, path, sizeof path) == INSITRA_STATUS_OK, "save: %s",
+           insitra_last_error());
+    EXPECT(insitra_checkpoint_load(t[1], NULL, path, sizeof path) == INSITRA_STATUS_OK && t[1]->step == 3,
+           "load from a directory named with odd bytes: %s", insitra_last_error());
+    if (rank == 0) printf("odd bytes in checkpoint.dir and log.jsonl: saved and loaded back at step %lld\n",
+                          (long long)t[1]->step);
+    insitra_trainer_free(t[1]);
+    insitra_trainer_free(t[0]);
+    return 0;
+}
+
 static int crash(const char *dir, const char *mode)
 {
     insitra_trainer *t = make(2, NULL, 16);
@@ -393,6 +426,7 @@ int main(int argc, char **argv)
     else if (!strcmp(mode, "reshard-read")) reshard_read(dir, stage);
     else if (!strcmp(mode, "faults")) faults(dir);
     else if (!strcmp(mode, "metadata")) metadata(dir);
+    else if (!strcmp(mode, "strings")) strings(dir);
     else if (!strncmp(mode, "crash", 5)) crash(dir, mode);
     else if (!strcmp(mode, "signal")) signal_mode(dir, 0);
     else if (!strcmp(mode, "signal-rank0")) signal_mode(dir, 1);
