@@ -252,18 +252,99 @@ int insitra_ckpt_shape(hid_t dset, hsize_t dims[4])
     return n >= 0 && n <= 4 ? n : -1;
 }
 
-insitra_status insitra_ckpt_expect_shape(hid_t dset, const char *path, int ndim, const hsize_t *want)
+int insitra_ckpt_dataset_kind(hid_t dset)
 {
-    hsize_t dims[4] = {0};
-    const int n = insitra_ckpt_shape(dset, dims);
-    if (n == ndim && memcmp(dims, want, (size_t)ndim * sizeof *dims) == 0) return INSITRA_STATUS_OK;
-    char have[96] = "", expect[96] = "";
-    for (int k = 0, u = 0, v = 0; k < 4; k++) {
-        if (k < n) u += snprintf(have + u, sizeof have - (size_t)u, "%s%llu", k ? ", " : "", (unsigned long long)dims[k]);
-        if (k < ndim)
-            v += snprintf(expect + v, sizeof expect - (size_t)v, "%s%llu", k ? ", " : "", (unsigned long long)want[k]);
+    hid_t type = H5Dget_type(dset);
+    const H5T_class_t cls = type >= 0 ? H5Tget_class(type) : H5T_NO_CLASS;
+    const size_t size = type >= 0 ? H5Tget_size(type) : 0;
+    if (type >= 0) H5Tclose(type);
+    return cls == H5T_FLOAT && size == 4 ? INSITRA_CKPT_FLOAT32
+           : cls == H5T_INTEGER && size == 8 ? INSITRA_CKPT_INT64 : INSITRA_CKPT_OTHER;
+}
+
+insitra_status insitra_ckpt_open_dataset(hid_t file, const char *path, int kind, int ndim, const hsize_t *want,
+                                         hid_t *dset)
+{
+    /* H5Lexists fails on a missing intermediate group: test each level. */
+    char prefix[256];
+    *dset = -1;
+    for (const char *slash = path;; slash++) {
+        slash = strchr(slash, '/');
+        snprintf(prefix, sizeof prefix, "%.*s", slash ? (int)(slash - path) : (int)strlen(path), path);
+        if (H5Lexists(file, prefix, H5P_DEFAULT) <= 0)
+            return insitra_error_set(INSITRA_STATUS_IO_ERROR, "'/%s' is missing", path);
+        if (!slash) break;
     }
-    return insitra_error_set(INSITRA_STATUS_IO_ERROR, "'/%s' has shape (%s), expected (%s)", path, have, expect);
+    *dset = H5Dopen2(file, path, H5P_DEFAULT);
+    if (*dset < 0) return insitra_error_set(INSITRA_STATUS_IO_ERROR, "'/%s' is not a dataset", path);
+    hsize_t dims[4] = {0};
+    const int n = insitra_ckpt_shape(*dset, dims);
+    insitra_status s = INSITRA_STATUS_OK;
+    if (insitra_ckpt_dataset_kind(*dset) != kind) {
+        s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "'/%s' type is not %s", path,
+                              kind == INSITRA_CKPT_FLOAT32 ? "float32" : "a 64-bit integer");
+    } else if (n != ndim || memcmp(dims, want, (size_t)ndim * sizeof *dims) != 0) {
+        char have[96] = "", expect[96] = "";
+        for (int k = 0, u = 0, v = 0; k < 4; k++) {
+            if (k < n)
+                u += snprintf(have + u, sizeof have - (size_t)u, "%s%llu", k ? ", " : "", (unsigned long long)dims[k]);
+            if (k < ndim)
+                v += snprintf(expect + v, sizeof expect - (size_t)v, "%s%llu", k ? ", " : "",
+                              (unsigned long long)want[k]);
+        }
+        s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "'/%s' has shape (%s), expected (%s)", path, have, expect);
+    }
+    if (s != INSITRA_STATUS_OK) {
+        H5Dclose(*dset);
+        *dset = -1;
+    }
+    return s;
+}
+
+insitra_status insitra_ckpt_select(hid_t dset, int64_t first, int64_t count, hid_t *file_space,
+                                   hid_t *mem_space)
+{
+    *file_space = H5Dget_space(dset);
+    const hsize_t mem_dim = count > 0 ? (hsize_t)count : 1;
+    *mem_space = H5Screate_simple(1, &mem_dim, NULL);
+    if (*file_space < 0 || *mem_space < 0)
+        return insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: cannot create a dataspace");
+    if (count == 0) {
+        H5Sselect_none(*file_space);
+        H5Sselect_none(*mem_space);
+        return INSITRA_STATUS_OK;
+    }
+    hsize_t dims[2] = {0, 1};
+    const int ndim = H5Sget_simple_extent_ndims(*file_space);
+    H5Sget_simple_extent_dims(*file_space, dims, NULL);
+    const hsize_t cols = ndim == 2 ? dims[1] : 1;
+    /* Up to three rectangles of rows: a partial first row, whole rows, a partial
+     * last row. HDF5 walks a selection in file order, which is the order of the
+     * flattened range, so it matches the contiguous memory piece. */
+    const hsize_t end = (hsize_t)(first + count);
+    hsize_t at = (hsize_t)first;
+    H5S_seloper_t op = H5S_SELECT_SET;
+    while (at < end) {
+        const hsize_t row = at / cols, col = at % cols;
+        hsize_t start[2], block[2], one[2] = {1, 1};
+        if (col != 0 || end - at < cols) { /* within one row */
+            const hsize_t n = (cols - col) < (end - at) ? cols - col : end - at;
+            start[0] = row, start[1] = col, block[0] = 1, block[1] = n;
+            at += n;
+        } else { /* whole rows */
+            const hsize_t rows = (end - at) / cols;
+            start[0] = row, start[1] = 0, block[0] = rows, block[1] = cols;
+            at += rows * cols;
+        }
+        if (ndim == 1) {
+            start[0] = start[0] * cols + start[1];
+            block[0] *= block[1];
+        }
+        if (H5Sselect_hyperslab(*file_space, op, start, NULL, one, block) < 0)
+            return insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: cannot select a hyperslab");
+        op = H5S_SELECT_OR;
+    }
+    return INSITRA_STATUS_OK;
 }
 
 /* ---- the directory ---- */

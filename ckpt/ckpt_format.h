@@ -69,9 +69,21 @@ insitra_status insitra_ckpt_meta_check(const insitra_ckpt_meta *m, const char **
 
 /* The shape of a dataset: ndim (<= 4, -1 if it is not a simple dataset) and dims. */
 int insitra_ckpt_shape(hid_t dset, hsize_t dims[4]);
-/* IO_ERROR naming path unless dset has exactly the shape (ndim, want). */
-insitra_status insitra_ckpt_expect_shape(hid_t dset, const char *path, int ndim,
-                                         const hsize_t *want);
+/* What a dataset holds: float32 (tensors, samples), a 64-bit integer (the
+ * tables, signed or not), or something else. */
+enum { INSITRA_CKPT_FLOAT32, INSITRA_CKPT_INT64, INSITRA_CKPT_OTHER };
+int insitra_ckpt_dataset_kind(hid_t dset);
+/* Opens the dataset at path (from the root) into *dset if it exists, holds
+ * kind and has exactly the shape (ndim, want); otherwise IO_ERROR naming
+ * path and what is wrong, and *dset = -1. */
+insitra_status insitra_ckpt_open_dataset(hid_t file, const char *path, int kind, int ndim, const hsize_t *want,
+                                         hid_t *dset);
+
+/* A file dataspace selecting the flattened range [first, first + count) of
+ * a tensor of shape (rows, cols) (cols = 1 for 1-D), and a matching memory
+ * space; count 0 selects nothing (collective calls still take part). */
+insitra_status insitra_ckpt_select(hid_t dset, int64_t first, int64_t count, hid_t *file_space,
+                                   hid_t *mem_space);
 
 /* Scalar attributes. Integer reads convert any integer width; string reads
  * accept fixed and variable length and return a malloc'd copy. */

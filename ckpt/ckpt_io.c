@@ -36,52 +36,6 @@ void insitra_ckpt_group_buffers(const insitra_ckpt_state *st, int g, float **ful
     }
 }
 
-insitra_status insitra_ckpt_select(hid_t dset, int64_t first, int64_t count, hid_t *file_space,
-                                   hid_t *mem_space)
-{
-    *file_space = H5Dget_space(dset);
-    const hsize_t mem_dim = count > 0 ? (hsize_t)count : 1;
-    *mem_space = H5Screate_simple(1, &mem_dim, NULL);
-    if (*file_space < 0 || *mem_space < 0)
-        return insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: cannot create a dataspace");
-    if (count == 0) {
-        H5Sselect_none(*file_space);
-        H5Sselect_none(*mem_space);
-        return INSITRA_STATUS_OK;
-    }
-    hsize_t dims[2] = {0, 1};
-    const int ndim = H5Sget_simple_extent_ndims(*file_space);
-    H5Sget_simple_extent_dims(*file_space, dims, NULL);
-    const hsize_t cols = ndim == 2 ? dims[1] : 1;
-    /* Up to three rectangles of rows: a partial first row, whole rows, a partial
-     * last row. HDF5 walks a selection in file order, which is the order of the
-     * flattened range, so it matches the contiguous memory piece. */
-    const hsize_t end = (hsize_t)(first + count);
-    hsize_t at = (hsize_t)first;
-    H5S_seloper_t op = H5S_SELECT_SET;
-    while (at < end) {
-        const hsize_t row = at / cols, col = at % cols;
-        hsize_t start[2], block[2], one[2] = {1, 1};
-        if (col != 0 || end - at < cols) { /* within one row */
-            const hsize_t n = (cols - col) < (end - at) ? cols - col : end - at;
-            start[0] = row, start[1] = col, block[0] = 1, block[1] = n;
-            at += n;
-        } else { /* whole rows */
-            const hsize_t rows = (end - at) / cols;
-            start[0] = row, start[1] = 0, block[0] = rows, block[1] = cols;
-            at += rows * cols;
-        }
-        if (ndim == 1) {
-            start[0] = start[0] * cols + start[1];
-            block[0] *= block[1];
-        }
-        if (H5Sselect_hyperslab(*file_space, op, start, NULL, one, block) < 0)
-            return insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: cannot select a hyperslab");
-        op = H5S_SELECT_OR;
-    }
-    return INSITRA_STATUS_OK;
-}
-
 insitra_status insitra_ckpt_combine_crcs(const insitra_comm *c, uint32_t *crc,
                                          const uint64_t *bytes, int64_t n)
 {

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ckpt_format.h"
 #include "ckpt_state.h"
 
 /* A contiguous run of a tensor's flattened elements held in memory. */
@@ -25,12 +26,6 @@ insitra_ckpt_piece insitra_ckpt_slot(const insitra_ckpt_state *st, int64_t i, fl
 
 /* The full and shard buffers of tensor group g (0 parameters, 1 m, 2 v). */
 void insitra_ckpt_group_buffers(const insitra_ckpt_state *st, int g, float **full, float **shard);
-
-/* A file dataspace selecting the flattened range [first, first + count) of
- * a tensor of shape (rows, cols) (cols = 1 for 1-D), and a matching memory
- * space; count 0 selects nothing (collective calls still take part). */
-insitra_status insitra_ckpt_select(hid_t dset, int64_t first, int64_t count, hid_t *file_space,
-                                   hid_t *mem_space);
 
 /* The CRC32C of a dataset from every rank's piece CRC (pieces in rank order):
  * one all-gather for n datasets at once. crc[k], bytes[k] in; crc[k] out. */

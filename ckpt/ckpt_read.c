@@ -65,10 +65,10 @@ static void tables_free(tables *tb)
 static insitra_status read_table(hid_t f, int k, int64_t writers, bool check_crc, uint64_t **out)
 {
     const insitra_ckpt_table *t = &insitra_ckpt_tables[k];
-    hid_t dset = H5Lexists(f, t->path, H5P_DEFAULT) > 0 ? H5Dopen2(f, t->path, H5P_DEFAULT) : -1;
-    if (dset < 0) return insitra_error_set(INSITRA_STATUS_IO_ERROR, "dataset '/%s' is missing", t->path);
     const hsize_t want[2] = {(hsize_t)writers, (hsize_t)t->width};
-    insitra_status s = insitra_ckpt_expect_shape(dset, t->path, t->width > 1 ? 2 : 1, want);
+    hid_t dset;
+    INSITRA_CHECK(insitra_ckpt_open_dataset(f, t->path, INSITRA_CKPT_INT64, t->width > 1 ? 2 : 1, want, &dset));
+    insitra_status s = INSITRA_STATUS_OK;
     const size_t bytes = (size_t)(writers * t->width) * sizeof(uint64_t);
     if (s == INSITRA_STATUS_OK && !(*out = malloc(bytes)))
         s = insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "checkpoint: out of memory for '/%s'", t->path);
@@ -113,12 +113,10 @@ static insitra_status read_tensors(const insitra_ckpt_state *st, hid_t f, hid_t 
     for (int64_t i = 0; i < l->num_tensors; i++) {
         const insitra_tensor_desc *d = &l->tensors[i];
         snprintf(path, sizeof path, "%s/%s", insitra_ckpt_group[g], d->name);
-        hid_t dset = H5Lexists(f, insitra_ckpt_group[g], H5P_DEFAULT) > 0 && H5Lexists(f, path, H5P_DEFAULT) > 0
-                         ? H5Dopen2(f, path, H5P_DEFAULT) : -1;
-        if (dset < 0) return insitra_error_set(INSITRA_STATUS_IO_ERROR, "dataset '/%s' is missing", path);
         const hsize_t want[2] = {(hsize_t)d->shape[0], (hsize_t)d->shape[1]};
-        insitra_status s = insitra_ckpt_expect_shape(dset, path, d->ndim, want);
-        if (s == INSITRA_STATUS_OK) s = insitra_ckpt_attr_read_crc(dset, path, &stored[i]);
+        hid_t dset;
+        INSITRA_CHECK(insitra_ckpt_open_dataset(f, path, INSITRA_CKPT_FLOAT32, d->ndim, want, &dset));
+        insitra_status s = insitra_ckpt_attr_read_crc(dset, path, &stored[i]);
         const insitra_ckpt_piece p = insitra_ckpt_slot(st, i, full, shard);
         if (s == INSITRA_STATUS_OK) {
             herr_t err;
@@ -198,14 +196,11 @@ static insitra_status read_samples(const insitra_ckpt_state *st, hid_t f, int64_
     uint64_t bytes[2] = {0, 0};
     insitra_status s = INSITRA_STATUS_OK;
     for (int p = 0; p < 2 && s == INSITRA_STATUS_OK; p++) {
-        hid_t dset = H5Lexists(f, paths[p], H5P_DEFAULT) > 0 ? H5Dopen2(f, paths[p], H5P_DEFAULT) : -1;
-        if (dset < 0) {
-            s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "dataset '/%s' is missing", paths[p]);
-            break;
-        }
         const hsize_t want[2] = {(hsize_t)total, (hsize_t)widths[p]};
-        s = insitra_ckpt_expect_shape(dset, paths[p], 2, want);
-        if (s == INSITRA_STATUS_OK) s = insitra_ckpt_attr_read_crc(dset, paths[p], &stored[p]);
+        hid_t dset;
+        s = insitra_ckpt_open_dataset(f, paths[p], INSITRA_CKPT_FLOAT32, 2, want, &dset);
+        if (s != INSITRA_STATUS_OK) break;
+        s = insitra_ckpt_attr_read_crc(dset, paths[p], &stored[p]);
         /* Older rows pass through the buffer for the CRC, then the kept ones stay. */
         for (int64_t at = first; at < first + n && s == INSITRA_STATUS_OK;) {
             const int64_t older = first + n - keep - at;

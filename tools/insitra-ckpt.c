@@ -32,7 +32,7 @@
 #include "model.h"
 
 enum { EXIT_VALID = 0, EXIT_PROBLEM = 1, EXIT_USAGE = 2 };
-enum { CHUNK_BYTES = 4 << 20, MAX_DEPTH = 16, PATH_LEN = 1024 };
+enum { CHUNK_BYTES = 4 << 20, PATH_LEN = 1024 };
 
 static int usage(FILE *out)
 {
@@ -136,12 +136,13 @@ static insitra_config *ckpt_config(const ckpt_file *c, char *why, size_t why_len
 }
 
 /* ------------------------------------------------------------------------ */
-/* Datasets: every dataset of a group, kinds, and CRCs read piecewise.        */
+/* Datasets: every dataset of a group, and CRCs read piecewise.              */
 /* ------------------------------------------------------------------------ */
 
 typedef struct path_list {
     char **items;
     size_t n, cap;
+    const char *prefix; /* the group listed, "" for the root */
 } path_list;
 
 static void path_list_free(path_list *l)
@@ -151,53 +152,32 @@ static void path_list_free(path_list *l)
     memset(l, 0, sizeof *l);
 }
 
-typedef struct walk_ctx {
-    path_list *list;
-    char prefix[PATH_LEN];
-    int depth;
-} walk_ctx;
-
-/* H5Literate callback: datasets are recorded, groups entered (hard links
- * only, and no deeper than MAX_DEPTH, so a file with a link cycle ends). */
-static herr_t walk_link(hid_t group, const char *name, const H5L_info_t *info, void *data)
+/* H5Ovisit2 callback: the path of every dataset (HDF5 visits each object
+ * once, so a file with a link cycle ends). */
+static herr_t add_dataset(hid_t group, const char *name, const H5O_info_t *info, void *data)
 {
-    walk_ctx *w = data;
-    if (info->type != H5L_TYPE_HARD) return 0;
-    walk_ctx sub = {.list = w->list, .depth = w->depth + 1};
-    if (snprintf(sub.prefix, sizeof sub.prefix, "%s/%s", w->prefix, name) >= (int)sizeof sub.prefix)
-        return 0; /* no insitra path is that long */
-    hid_t obj = H5Oopen(group, name, H5P_DEFAULT);
-    if (obj < 0) return 0;
-    const H5I_type_t type = H5Iget_type(obj);
-    if (type == H5I_GROUP && sub.depth < MAX_DEPTH) {
-        H5Literate(obj, H5_INDEX_NAME, H5_ITER_INC, NULL, walk_link, &sub);
-    } else if (type == H5I_DATASET) {
-        path_list *l = w->list;
-        if (l->n == l->cap) {
-            const size_t cap = l->cap ? 2 * l->cap : 64;
-            char **items = realloc(l->items, cap * sizeof *items);
-            if (!items) {
-                H5Oclose(obj);
-                return -1;
-            }
-            l->items = items;
-            l->cap = cap;
-        }
-        if ((l->items[l->n] = strdup(sub.prefix))) l->n++;
+    (void)group;
+    path_list *l = data;
+    if (info->type != H5O_TYPE_DATASET) return 0;
+    if (l->n == l->cap) {
+        const size_t cap = l->cap ? 2 * l->cap : 64;
+        char **items = realloc(l->items, cap * sizeof *items);
+        if (!items) return -1;
+        l->items = items;
+        l->cap = cap;
     }
-    H5Oclose(obj);
+    const size_t len = strlen(l->prefix) + strlen(name) + 2;
+    if ((l->items[l->n] = malloc(len))) snprintf(l->items[l->n++], len, "%s/%s", l->prefix, name);
     return 0;
 }
 
 /* Every dataset under group path ("" for the whole file), in name order. */
 static path_list list_datasets(hid_t file, const char *group_path)
 {
-    path_list list = {0};
-    walk_ctx w = {.list = &list, .depth = 0};
-    snprintf(w.prefix, sizeof w.prefix, "%s", group_path);
+    path_list list = {.prefix = group_path};
     hid_t g = H5Gopen2(file, group_path[0] ? group_path : "/", H5P_DEFAULT);
     if (g >= 0) {
-        H5Literate(g, H5_INDEX_NAME, H5_ITER_INC, NULL, walk_link, &w);
+        H5Ovisit2(g, H5_INDEX_NAME, H5_ITER_INC, add_dataset, &list, H5O_INFO_BASIC);
         H5Gclose(g);
     }
     return list;
@@ -210,19 +190,6 @@ static int group_exists(hid_t file, const char *path)
     const int ok = obj >= 0 && H5Iget_type(obj) == H5I_GROUP;
     if (obj >= 0) H5Oclose(obj);
     return ok;
-}
-
-/* What a dataset holds: KIND_FLOAT32 (tensors, samples), KIND_INT64 (the
- * per-rank tables, int64 or uint64), KIND_OTHER. */
-enum { KIND_FLOAT32, KIND_INT64, KIND_OTHER };
-
-static int dataset_kind(hid_t dset)
-{
-    hid_t type = H5Dget_type(dset);
-    const H5T_class_t cls = type >= 0 ? H5Tget_class(type) : H5T_NO_CLASS;
-    const size_t size = type >= 0 ? H5Tget_size(type) : 0;
-    if (type >= 0) H5Tclose(type);
-    return cls == H5T_FLOAT && size == 4 ? KIND_FLOAT32 : cls == H5T_INTEGER && size == 8 ? KIND_INT64 : KIND_OTHER;
 }
 
 static hid_t open_dataset(hid_t file, const char *path)
@@ -248,101 +215,41 @@ static void problem(const char *where, const char *fmt, ...)
 /* The dataset at path exists, holds kind and has the shape (ndim, want). */
 static void check_dataset(hid_t file, const char *path, int kind, int ndim, const hsize_t *want)
 {
-    hid_t dset = open_dataset(file, path);
-    if (dset < 0) {
-        problem(path, "missing");
-        return;
-    }
-    if (dataset_kind(dset) != kind)
-        problem(path, "type is not %s", kind == KIND_FLOAT32 ? "float32" : "64-bit integer");
-    if (insitra_ckpt_expect_shape(dset, path + 1, ndim, want) != INSITRA_STATUS_OK)
+    hid_t dset;
+    if (insitra_ckpt_open_dataset(file, path + 1, kind, ndim, want, &dset) != INSITRA_STATUS_OK)
         problem(path, "%s", strchr(insitra_last_error(), ' ') + 1);
-    H5Dclose(dset);
+    else
+        H5Dclose(dset);
 }
 
-/* Reads a dataset (any shape) a piece at a time, in row-major order, as the
- * little-endian bytes the CRC is defined on, chaining the pieces' CRC; with
- * dst >= 0 each piece is also written there at the same place. The pieces
- * are whole hyperslabs of the leading dimensions: rows of at most `chunk`
- * elements, or, where one row is larger, the same applied inside that row. */
-typedef struct piece_walk {
-    hid_t src, dst, src_space, type;
-    int ndim;
-    hsize_t dims[4], start[4], count[4], chunk;
-    void *buf;
-    uint32_t crc;
-} piece_walk;
-
-static int walk_pieces(piece_walk *p, int depth)
-{
-    const int nd = p->ndim < 4 ? p->ndim : 4; /* (dataset_crc checked it) */
-    if (depth >= nd) return 0;
-    hsize_t inner = 1; /* elements per index of dimension depth */
-    for (int k = depth + 1; k < nd; k++) inner *= p->dims[k];
-    if (inner > p->chunk) {
-        p->count[depth] = 1;
-        for (hsize_t i = 0; i < p->dims[depth]; i++) {
-            p->start[depth] = i;
-            if (!walk_pieces(p, depth + 1)) return 0;
-        }
-        return 1;
-    }
-    const hsize_t step = p->chunk / inner;
-    for (int k = depth + 1; k < nd; k++) {
-        p->start[k] = 0;
-        p->count[k] = p->dims[k];
-    }
-    for (hsize_t i = 0; i < p->dims[depth]; i += step) {
-        p->start[depth] = i;
-        p->count[depth] = p->dims[depth] - i < step ? p->dims[depth] - i : step;
-        const hsize_t n = p->count[depth] * inner;
-        hid_t mem = H5Screate_simple(1, &n, NULL);
-        int ok = mem >= 0 &&
-                 H5Sselect_hyperslab(p->src_space, H5S_SELECT_SET, p->start, NULL, p->count, NULL) >= 0 &&
-                 H5Dread(p->src, p->type, mem, p->src_space, H5P_DEFAULT, p->buf) >= 0;
-        if (ok && p->dst >= 0) {
-            hid_t dst_space = H5Dget_space(p->dst);
-            ok = dst_space >= 0 &&
-                 H5Sselect_hyperslab(dst_space, H5S_SELECT_SET, p->start, NULL, p->count, NULL) >= 0 &&
-                 H5Dwrite(p->dst, p->type, mem, dst_space, H5P_DEFAULT, p->buf) >= 0;
-            if (dst_space >= 0) H5Sclose(dst_space);
-        }
-        if (mem >= 0) H5Sclose(mem);
-        if (!ok) return 0;
-        p->crc = insitra_crc32c(p->crc, p->buf, (size_t)(n * H5Tget_size(p->type)));
-    }
-    return 1;
-}
-
-/* The CRC32C of a float32 or 64-bit integer dataset's data (copied into dst
- * when dst >= 0). 0 when the data cannot be read (a truncated or corrupt file). */
+/* The CRC32C of a 1-D or 2-D dataset of floats or 64-bit integers, read as
+ * the little-endian bytes the CRC is defined on, a piece of the flattened
+ * data at a time (a checkpoint larger than memory verifies too); with dst >=
+ * 0 each piece is also written there at the same place. 0 when the data
+ * cannot be read (a truncated or corrupt file). */
 static int dataset_crc(hid_t dset, hid_t dst, void *buf, uint32_t *crc)
 {
     hid_t file_type = H5Dget_type(dset);
     const int is_signed = file_type >= 0 && H5Tget_sign(file_type) == H5T_SGN_2;
-    const int kind = dataset_kind(dset);
     if (file_type >= 0) H5Tclose(file_type);
-    piece_walk p = {.src = dset, .dst = dst, .buf = buf, .crc = 0};
-    p.type = kind == KIND_FLOAT32 ? H5T_IEEE_F32LE : is_signed ? H5T_STD_I64LE : H5T_STD_U64LE;
-    p.chunk = CHUNK_BYTES / H5Tget_size(p.type);
-    p.src_space = H5Dget_space(dset);
-    const int nd = p.src_space >= 0 ? H5Sget_simple_extent_ndims(p.src_space) : -1;
-    int ok = nd >= 0 && nd <= 4 && kind != KIND_OTHER;
-    if (ok) {
-        p.ndim = nd;
-        H5Sget_simple_extent_dims(p.src_space, p.dims, NULL);
-        hsize_t total = 1;
-        for (int k = 0; k < nd; k++) total *= p.dims[k];
-        if (nd == 0) { /* a scalar: one element */
-            ok = H5Dread(dset, p.type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) >= 0;
-            if (ok && dst >= 0) ok = H5Dwrite(dst, p.type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) >= 0;
-            p.crc = ok ? insitra_crc32c(0, buf, H5Tget_size(p.type)) : 0;
-        } else if (total > 0) {
-            ok = walk_pieces(&p, 0);
-        }
+    const int kind = insitra_ckpt_dataset_kind(dset);
+    const hid_t type = kind == INSITRA_CKPT_FLOAT32 ? H5T_IEEE_F32LE : is_signed ? H5T_STD_I64LE : H5T_STD_U64LE;
+    const int64_t chunk = CHUNK_BYTES / (int64_t)H5Tget_size(type);
+    hsize_t dims[4];
+    const int ndim = insitra_ckpt_shape(dset, dims);
+    const int64_t numel = ndim == 1 ? (int64_t)dims[0] : ndim == 2 ? (int64_t)(dims[0] * dims[1]) : -1;
+    int ok = numel >= 0 && kind != INSITRA_CKPT_OTHER;
+    *crc = 0;
+    for (int64_t first = 0; ok && first < numel; first += chunk) {
+        const int64_t count = numel - first < chunk ? numel - first : chunk;
+        hid_t fspace = -1, mspace = -1;
+        ok = insitra_ckpt_select(dset, first, count, &fspace, &mspace) == INSITRA_STATUS_OK &&
+             H5Dread(dset, type, mspace, fspace, H5P_DEFAULT, buf) >= 0 &&
+             (dst < 0 || H5Dwrite(dst, type, mspace, fspace, H5P_DEFAULT, buf) >= 0);
+        if (fspace >= 0) H5Sclose(fspace);
+        if (mspace >= 0) H5Sclose(mspace);
+        *crc = insitra_crc32c(*crc, buf, (size_t)count * H5Tget_size(type));
     }
-    if (p.src_space >= 0) H5Sclose(p.src_space);
-    *crc = p.crc;
     return ok;
 }
 
@@ -562,7 +469,7 @@ static void check_tensors(hid_t file, const char *group, const insitra_param_lay
         const insitra_tensor_desc *d = &l->tensors[i];
         const hsize_t want[2] = {(hsize_t)d->shape[0], (hsize_t)d->shape[1]};
         snprintf(path, sizeof path, "/%s/%s", group, d->name);
-        check_dataset(file, path, KIND_FLOAT32, d->ndim, want);
+        check_dataset(file, path, INSITRA_CKPT_FLOAT32, d->ndim, want);
     }
     snprintf(path, sizeof path, "/%s", group);
     path_list found = list_datasets(file, path);
@@ -584,7 +491,7 @@ static void check_rank_tables(const ckpt_file *c, const insitra_model_dims *dims
         const insitra_ckpt_table *t = &insitra_ckpt_tables[k];
         const hsize_t want[2] = {w, (hsize_t)t->width};
         snprintf(path, sizeof path, "/%s", t->path);
-        check_dataset(c->file, path, KIND_INT64, t->width > 1 ? 2 : 1, want);
+        check_dataset(c->file, path, INSITRA_CKPT_INT64, t->width > 1 ? 2 : 1, want);
     }
     if (!samples || !dims) return;
     hid_t dset = open_dataset(c->file, insitra_ckpt_tables[INSITRA_CKPT_SAMPLE_COUNT].path);
@@ -601,8 +508,8 @@ static void check_rank_tables(const ckpt_file *c, const insitra_model_dims *dims
     if (total < 0) return; /* a problem named above, or a CRC mismatch below */
     const hsize_t T = (hsize_t)dims->seq_len, n = (hsize_t)total;
     const hsize_t x[2] = {n, T * (hsize_t)dims->in_features}, y[2] = {n, T * (hsize_t)dims->out_features};
-    check_dataset(c->file, "/" INSITRA_CKPT_SAMPLES_X, KIND_FLOAT32, 2, x);
-    check_dataset(c->file, "/" INSITRA_CKPT_SAMPLES_Y, KIND_FLOAT32, 2, y);
+    check_dataset(c->file, "/" INSITRA_CKPT_SAMPLES_X, INSITRA_CKPT_FLOAT32, 2, x);
+    check_dataset(c->file, "/" INSITRA_CKPT_SAMPLES_Y, INSITRA_CKPT_FLOAT32, 2, y);
 }
 
 /* The crc32c attribute of every dataset in the file against its data (the
@@ -618,10 +525,10 @@ static void check_crcs(hid_t file, int tables_have_crc, void *buf, int64_t *floa
             problem(path, "cannot open the dataset");
             continue;
         }
-        const int kind = dataset_kind(dset);
+        const int kind = insitra_ckpt_dataset_kind(dset);
         int64_t stored;
         uint32_t crc;
-        if (kind == KIND_OTHER || (kind == KIND_INT64 && !tables_have_crc)) {
+        if (kind == INSITRA_CKPT_OTHER || (kind == INSITRA_CKPT_INT64 && !tables_have_crc)) {
             /* not a checksummed dataset */
         } else if (insitra_ckpt_attr_read_i64(dset, INSITRA_CKPT_CRC_ATTR, &stored) != 1 || stored < 0 ||
                    stored > UINT32_MAX) {
@@ -629,7 +536,7 @@ static void check_crcs(hid_t file, int tables_have_crc, void *buf, int64_t *floa
         } else if (!dataset_crc(dset, -1, buf, &crc)) {
             problem(path, "cannot read the data (truncated or corrupt file)");
         } else {
-            ++*(kind == KIND_FLOAT32 ? floats : tables);
+            ++*(kind == INSITRA_CKPT_FLOAT32 ? floats : tables);
             if (crc != (uint32_t)stored)
                 problem(path, "crc32c mismatch: attribute 0x%08" PRIX32 ", data 0x%08" PRIX32, (uint32_t)stored, crc);
         }
@@ -707,7 +614,7 @@ static int cmd_verify(const char *path)
 static int export_tensor(hid_t src_file, const char *path, hid_t dst_group, void *buf, int64_t *numel)
 {
     hid_t src = open_dataset(src_file, path);
-    if (src < 0 || dataset_kind(src) != KIND_FLOAT32) {
+    if (src < 0 || insitra_ckpt_dataset_kind(src) != INSITRA_CKPT_FLOAT32) {
         fprintf(stderr, "insitra-ckpt: %s: not a float32 dataset\n", path);
         if (src >= 0) H5Dclose(src);
         return 0;
