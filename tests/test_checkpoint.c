@@ -32,9 +32,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <hdf5.h>
-
-#include "ckpt.h"
 #include "ckpt_damage.h"
 #include "expect.h"
 #include "insitra.h"
