@@ -7,6 +7,11 @@
  * `latest` and load, and no *.tmp may be left. Then, with the space back, a
  * save must succeed.
  *   LD_PRELOAD=libenospc_shim.so test_ckpt_enospc DIR
+ *       budgets of new bytes (tests/enospc_shim.c), from 0 to one that ends
+ *       inside latest.tmp
+ *   test_ckpt_enospc DIR real
+ *       DIR is a small file system of its own (tests/ckpt_fullfs.sh mounts a
+ *       tmpfs): rank 0 fills it up to 0 to 600 KiB of free space
  */
 #define _GNU_SOURCE /* RTLD_DEFAULT */
 #include <dirent.h>
@@ -18,6 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include "expect.h"
@@ -73,12 +80,74 @@ static void check_dir(const char *dir, const char *want, const char *when)
     EXPECT(strcmp(line, want) == 0, "%s: latest names '%s', expected '%s'", when, line, want);
 }
 
-/* Sets the budget on this rank; "" lifts it. */
-static void set_budget(long long bytes, int trial)
+/* How a trial runs out of space: bytes < 0 lifts the limit. */
+typedef void (*limit_fn)(const char *dir, long long bytes, int trial);
+
+/* The shim's budget, on every rank. */
+static void shim_limit(const char *dir, long long bytes, int trial)
 {
+    (void)dir;
     char v[64] = "";
     if (bytes >= 0) snprintf(v, sizeof v, "%lld %d", bytes, trial);
     setenv("INSITRA_TEST_ENOSPC_BUDGET", v, 1);
+}
+
+/* A real file system: rank 0 fills it with DIR/filler, then gives `bytes`
+ * back (whole pages; tmpfs frees them at once). */
+static void disk_limit(const char *dir, long long bytes, int trial)
+{
+    (void)trial;
+    char path[PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/filler", dir);
+    if (rank == 0 && bytes < 0) unlink(path);
+    if (rank == 0 && bytes >= 0) {
+        static char zeros[1 << 16];
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0666);
+        long long size = 0;
+        for (ssize_t n; fd >= 0 && (n = write(fd, zeros, sizeof zeros)) > 0;) size += n;
+        const long long keep = size - bytes > 0 ? size - bytes : 0;
+        if (fd < 0 || ftruncate(fd, (off_t)keep) != 0) {
+            printf("cannot fill %s\n", dir);
+            failures++;
+        }
+        if (fd >= 0) close(fd);
+        struct statvfs v;
+        if (statvfs(dir, &v) == 0)
+            printf("file system of %s: %llu bytes free\n", dir, (unsigned long long)v.f_bavail * v.f_frsize);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+}
+
+/* Saves of t under each limit fail on every rank, leaving dir as it was
+ * (`latest` naming latest); then, without a limit, a save succeeds. */
+static void trials(insitra_trainer *t, const char *dir, limit_fn limit, const long long *limits, int n,
+                   const char *latest)
+{
+    char path[PATH_MAX + 64];
+    for (int k = 0; k < n; k++) {
+        train(t); /* training goes on between failed saves */
+        limit(dir, limits[k], k + 1);
+        const double t0 = MPI_Wtime();
+        insitra_status s = insitra_checkpoint_save(t, dir, path, sizeof path);
+        const double seconds = MPI_Wtime() - t0;
+        limit(dir, -1, 0);
+        EXPECT(s == INSITRA_STATUS_IO_ERROR && strstr(insitra_last_error(), "No space left on device"),
+               "limit %lld: status %d: %s", limits[k], (int)s, insitra_last_error());
+        if (rank == 0) printf("limit %8lld bytes: IO_ERROR after %.2f s: %s\n", limits[k], seconds, insitra_last_error());
+        MPI_Barrier(MPI_COMM_WORLD);
+        char when[64];
+        snprintf(when, sizeof when, "after the limit of %lld bytes", limits[k]);
+        if (rank == 0) check_dir(dir, latest, when);
+    }
+    /* The previous checkpoint is intact, and a save with space succeeds. */
+    insitra_trainer *r = make();
+    EXPECT(insitra_checkpoint_load(r, dir, path, sizeof path) == INSITRA_STATUS_OK && strstr(path, latest),
+           "the previous checkpoint does not load: %s (%s)", path, insitra_last_error());
+    insitra_trainer_free(r);
+    EXPECT(insitra_checkpoint_save(t, dir, path, sizeof path) == INSITRA_STATUS_OK, "save with space: %s",
+           insitra_last_error());
+    const char *name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    if (rank == 0) check_dir(dir, name, "after the save with space");
 }
 
 int main(int argc, char **argv)
@@ -86,9 +155,10 @@ int main(int argc, char **argv)
     MPI_Init(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     int64_t (*spent)(void) = (int64_t (*)(void))dlsym(RTLD_DEFAULT, "insitra_test_enospc_spent");
-    if (argc < 2 || !spent) {
-        if (rank == 0) printf("usage: LD_PRELOAD=libenospc_shim.so test_ckpt_enospc DIR%s\n",
-                              spent ? "" : " (the shim is not loaded)");
+    const int real = argc > 2 && strcmp(argv[2], "real") == 0;
+    if (argc < 2 || (!real && !spent)) {
+        if (rank == 0) printf("usage: LD_PRELOAD=libenospc_shim.so test_ckpt_enospc DIR | test_ckpt_enospc DIR real%s\n",
+                              argc < 2 ? "" : " (the shim is not loaded)");
         MPI_Finalize();
         return 2;
     }
@@ -103,41 +173,23 @@ int main(int argc, char **argv)
     for (int k = 0; k < 3; k++) train(t);
     EXPECT(insitra_checkpoint_save(t, dir, path, sizeof path) == INSITRA_STATUS_OK, "first save: %s",
            insitra_last_error());
-    /* What a save costs rank 0 (the file and its reservation, `latest`). */
-    set_budget(LLONG_MAX / 2, 0);
-    train(t);
-    EXPECT(insitra_checkpoint_save(t, dir, path, sizeof path) == INSITRA_STATUS_OK, "measured save: %s",
-           insitra_last_error());
-    long long cost = rank == 0 ? (long long)spent() : 0;
-    MPI_Bcast(&cost, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD);
-    if (rank == 0) printf("a save writes %lld new bytes on rank 0\n", cost);
-
-    /* 0 bytes; a few; about half; all but the tail of `latest.tmp`. */
-    const long long budgets[] = {0, 1, 512, 4096, 65536, cost / 2, cost - 4096, cost - 3};
-    const int n = (int)(sizeof budgets / sizeof budgets[0]);
-    for (int k = 0; k < n; k++) {
-        train(t); /* training goes on between failed saves */
-        set_budget(budgets[k], k + 1);
-        const double t0 = MPI_Wtime();
-        insitra_status s = insitra_checkpoint_save(t, dir, path, sizeof path);
-        const double seconds = MPI_Wtime() - t0;
-        set_budget(-1, 0);
-        EXPECT(s == INSITRA_STATUS_IO_ERROR && strstr(insitra_last_error(), "No space left on device"),
-               "budget %lld: status %d: %s", budgets[k], (int)s, insitra_last_error());
-        if (rank == 0) printf("budget %8lld bytes: IO_ERROR after %.2f s: %s\n", budgets[k], seconds, insitra_last_error());
-        MPI_Barrier(MPI_COMM_WORLD);
-        char when[64];
-        snprintf(when, sizeof when, "after the budget of %lld bytes", budgets[k]);
-        if (rank == 0) check_dir(dir, "step-00000004.h5", when);
+    if (real) {
+        /* Every free-space level the issue found hanging, 0 to 600 KiB. */
+        const long long levels[] = {0, 4096, 100 << 10, 300 << 10, 600 << 10};
+        trials(t, dir, disk_limit, levels, 5, "step-00000003.h5");
+    } else {
+        /* What a save costs rank 0 (the file and its reservation, `latest`). */
+        shim_limit(dir, LLONG_MAX / 2, 0);
+        train(t);
+        EXPECT(insitra_checkpoint_save(t, dir, path, sizeof path) == INSITRA_STATUS_OK, "measured save: %s",
+               insitra_last_error());
+        long long cost = rank == 0 ? (long long)spent() : 0;
+        MPI_Bcast(&cost, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD);
+        if (rank == 0) printf("a save writes %lld new bytes on rank 0\n", cost);
+        /* 0 bytes; a few; about half; all but the tail of `latest.tmp`. */
+        const long long budgets[] = {0, 1, 512, 4096, 65536, cost / 2, cost - 4096, cost - 3};
+        trials(t, dir, shim_limit, budgets, 8, "step-00000004.h5");
     }
-    /* The previous checkpoint is intact, and a save with space succeeds. */
-    insitra_trainer *r = make();
-    EXPECT(insitra_checkpoint_load(r, dir, path, sizeof path) == INSITRA_STATUS_OK && strstr(path, "step-00000004.h5"),
-           "the previous checkpoint does not load: %s (%s)", path, insitra_last_error());
-    insitra_trainer_free(r);
-    EXPECT(insitra_checkpoint_save(t, dir, path, sizeof path) == INSITRA_STATUS_OK, "save with space: %s",
-           insitra_last_error());
-    if (rank == 0) check_dir(dir, "step-00000012.h5", "after the save with space");
     insitra_trainer_free(t);
 
     int total = 0;
