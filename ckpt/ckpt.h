@@ -21,8 +21,4 @@ insitra_status insitra_ckpt_save(const insitra_ckpt_state *st, const char *dir, 
 insitra_status insitra_ckpt_load(const insitra_ckpt_state *st, const char *path, char *path_out,
                                  size_t path_size, insitra_ckpt_touched *touched);
 
-/* Bytes a save reserves before writing: an upper bound of the file's size
- * with total_samples stored samples (0 without checkpoint.include_samples). */
-int64_t insitra_ckpt_reserve_bytes(const insitra_ckpt_state *st, int64_t total_samples);
-
 #endif /* INSITRA_CKPT_H */

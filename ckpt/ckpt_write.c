@@ -286,7 +286,9 @@ static void write_contents(writer *w, const save_plan *plan)
     if (s != INSITRA_STATUS_OK) note(w, s);
 }
 
-int64_t insitra_ckpt_reserve_bytes(const insitra_ckpt_state *st, int64_t total_samples)
+/* Bytes a save reserves before writing: an upper bound of the file's size
+ * with total_samples stored samples (0 without checkpoint.include_samples). */
+static int64_t reserve_bytes(const insitra_ckpt_state *st, int64_t total_samples)
 {
     /* Data, plus what HDF5 adds: each dataset of 1 MiB or more starts on a
      * 1 MiB boundary (the alignment set in open_file), and an object header,
@@ -376,7 +378,7 @@ static insitra_status write_file(const insitra_ckpt_state *st, const save_plan *
     H5Pclose(w.dxpl);
     /* What HDF5 writes while closing lies within the space it has allocated:
      * the datasets, and metadata of well under the reservation's 1 MiB of
-     * slack beyond them (the estimate in insitra_ckpt_reserve_bytes). Where
+     * slack beyond them (the estimate in reserve_bytes). Where
      * the estimate fell short, the reservation grows before the close. */
     const int64_t needed = w.data_end + (1 << 20);
     if (st->world->rank == 0 && needed > reserved) note(&w, insitra_ckpt_dir_extend(tmp, needed));
@@ -401,7 +403,7 @@ insitra_status insitra_ckpt_save(const insitra_ckpt_state *st, const char *dir, 
     save_plan plan = {0};
     insitra_status s = plan_save(st, &plan);
     if (s == INSITRA_STATUS_OK && root) s = insitra_ckpt_dir_prepare(dir);
-    const int64_t reserved = insitra_ckpt_reserve_bytes(st, plan.total_samples);
+    const int64_t reserved = reserve_bytes(st, plan.total_samples);
     if (s == INSITRA_STATUS_OK && root) s = insitra_ckpt_dir_reserve(tmp, reserved);
     s = insitra_ckpt_agree(st->world, s);
     if (s == INSITRA_STATUS_OK) {
