@@ -104,6 +104,13 @@ foreach(name step world4 world1 config)
 endforeach()
 ckpt_cli_check(NAME verify_format1 ARGS "verify|${dir}/format1.h5" RC 0
   MATCH "NOTE: no metadata checksum" "VALID: .*format1\\.h5" FIXTURES ckpt_cli_format1)
+# A real format 1 file, written by insitra before the metadata checksum
+# (test_ckpt_cli_make make at 9fb8478): it verifies with a note and loads.
+set(format1 "${CMAKE_CURRENT_SOURCE_DIR}/data/ckpt-format1-step6.h5")
+ckpt_cli_check(NAME verify_format1_real ARGS "verify|${format1}" RC 0
+  MATCH "NOTE: no metadata checksum" "VALID: .*ckpt-format1-step6\\.h5 \\(95 float32 datasets")
+insitra_add_test(NAME ckpt_format1_load TARGET test_ckpt_cli_make RANKS 2 LABELS ckpt
+                 ARGS load "${format1}" 6)
 ckpt_cli_check(NAME verify_not_hdf5 ARGS "verify|${dir}/latest" RC 1 MATCH "not an HDF5 file")
 ckpt_cli_check(NAME info_missing ARGS "info|${dir}/step-99999999.h5" RC 1
   MATCH "cannot open: No such file")

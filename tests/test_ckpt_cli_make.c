@@ -1,6 +1,8 @@
 /*
  * Checkpoints for the insitra-ckpt tests (tests/ckpt_cli.cmake), and damaged
  * copies of them:
+ *   load FILE STEP            the same trainer loads FILE (it must be at STEP)
+ *                             and trains a step
  *   make DIR                  a tiny trainer (run it on 2 ranks, ZeRO stage 1,
  *                             samples included) trains 3 steps and saves to
  *                             DIR, then 3 more and saves again: step-3, step-6
@@ -33,7 +35,8 @@ static int fail(const char *what, const char *detail)
     return 1;
 }
 
-static int make(const char *dir)
+/* The trainer every file here is made with (or loaded into). */
+static insitra_trainer *create(void)
 {
     insitra_config *cfg = NULL;
     insitra_config_create(&cfg);
@@ -46,9 +49,40 @@ static int make(const char *dir)
     insitra_trainer *t = NULL;
     if (insitra_config_load_yaml_string(cfg, yaml) != INSITRA_STATUS_OK ||
         insitra_trainer_create(&t, cfg, MPI_COMM_WORLD) != INSITRA_STATUS_OK)
-        return fail("setup", insitra_last_error());
+        fail("setup", insitra_last_error());
     insitra_config_free(cfg);
+    return t;
+}
 
+/* A checkpoint written by an earlier version (format 1, from before the
+ * metadata checksum) loads at its step, and training goes on from it. */
+static int load(const char *file, int64_t step)
+{
+    insitra_trainer *t = create();
+    if (!t) return 1;
+    char path[4096];
+    int64_t held = 0;
+    insitra_metrics m = {0};
+    int rc = 0;
+    if (insitra_checkpoint_load(t, file, path, sizeof path) != INSITRA_STATUS_OK)
+        rc = fail("load", insitra_last_error());
+    else if (insitra_samples_stored(t, &held) != INSITRA_STATUS_OK || held == 0)
+        rc = fail("load", "no samples restored");
+    else if (insitra_train_step(t, &m) != INSITRA_STATUS_OK)
+        rc = fail("train after the load", insitra_last_error());
+    else if (m.step != step + 1)
+        rc = fail("load", "the step after the load is not the checkpoint's");
+    if (rc == 0 && rank == 0)
+        printf("loaded %s at step %lld (%lld samples here), trained step %lld\n", path, (long long)step,
+               (long long)held, (long long)m.step);
+    insitra_trainer_free(t);
+    return rc;
+}
+
+static int make(const char *dir)
+{
+    insitra_trainer *t = create();
+    if (!t) return 1;
     static float x[N][T][FI], y[N][T][FO];
     for (int i = 0; i < N * T * FI; i++) (&x[0][0][0])[i] = (float)sin(0.3 * i + rank);
     for (int i = 0; i < N * T * FO; i++) (&y[0][0][0])[i] = (float)cos(0.2 * i - rank);
@@ -89,6 +123,8 @@ int main(int argc, char **argv)
     const char *mode = argc > 1 ? argv[1] : "";
     if (!strcmp(mode, "make") && argc == 3)
         rc = make(argv[2]);
+    else if (!strcmp(mode, "load") && argc == 4)
+        rc = load(argv[2], atoll(argv[3]));
     else if (argc >= 4)
         rc = damaged_copy(argc, argv);
     if (rc == 2)
