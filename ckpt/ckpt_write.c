@@ -242,8 +242,9 @@ static void write_contents(writer *w, const save_plan *plan)
     const bool samples = st->cfg->checkpoint.include_samples;
     const int n_tables = samples ? INSITRA_CKPT_TABLES : INSITRA_CKPT_SAMPLE_COUNT;
     crc_job job = {.st = st, .crc = plan->crc, .bytes = plan->bytes, .done = false};
-    /* Thread 0, the caller's thread, makes every HDF5 and MPI call; a second
-     * thread, when OpenMP grants one, checksums the slots meanwhile. */
+    /* Thread 0, the caller's thread (the one MPI_THREAD_FUNNELED lets call
+     * MPI), makes every HDF5 and MPI call; a second thread, when OpenMP
+     * grants one, checksums the slots meanwhile. */
 #pragma omp parallel num_threads(2)
     {
         if (omp_get_thread_num() == 1) {
