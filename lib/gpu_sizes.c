@@ -31,6 +31,8 @@ insitra_gpu_workspace insitra_gpu_workspace_for(const insitra_model_dims *d, int
     w.datt = take(&u, B * H * T * T * es);
     w.col_partial = take(&u, (col_a > col_b ? col_a : col_b) * (int64_t)sizeof(float));
     w.reduce_partial = take(&u, INSITRA_GPU_REDUCE_BLOCKS * (int64_t)sizeof(double));
+    w.segment_partial =
+        take(&u, insitra_param_layout_count(d->n_layers) * INSITRA_GPU_SEGMENT_BLOCKS * (int64_t)sizeof(double));
     w.gemm = take(&u, INSITRA_GPU_GEMM_WORKSPACE);
     w.total = u;
     return w;

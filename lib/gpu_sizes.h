@@ -20,6 +20,9 @@
 /* Blocks of the two-pass scalar reductions (partials are doubles). */
 #define INSITRA_GPU_REDUCE_BLOCKS 264
 
+/* Blocks per segment of the gradient norm's partial sums. */
+#define INSITRA_GPU_SEGMENT_BLOCKS 8
+
 /* Row splits of a column reduction over rows rows. */
 int64_t insitra_gpu_col_splits(int64_t rows);
 
@@ -27,9 +30,9 @@ int64_t insitra_gpu_col_splits(int64_t rows);
  * (offsets in bytes from its base): head-split q/k/v, the attention output
  * per head and its gradient, the gradient of the split q/k/v, the attention
  * scores' gradient, column-reduction partials, scalar-reduction partials,
- * the GEMM workspace. */
+ * the gradient norm's per-tensor partials, the GEMM workspace. */
 typedef struct insitra_gpu_workspace {
-    int64_t qkvr, yr, dyr, dqkvr, datt, col_partial, reduce_partial, gemm, total;
+    int64_t qkvr, yr, dyr, dqkvr, datt, col_partial, reduce_partial, segment_partial, gemm, total;
 } insitra_gpu_workspace;
 
 insitra_gpu_workspace insitra_gpu_workspace_for(const insitra_model_dims *d, int64_t B, size_t act_size);

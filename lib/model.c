@@ -39,7 +39,7 @@ insitra_status insitra_param_layout_create(insitra_param_layout *l, const insitr
 {
     const int64_t C = d->d_model, L = d->n_layers;
     memset(l, 0, sizeof *l);
-    l->tensors = calloc((size_t)(3 + INSITRA_BLOCK_NUM_TENSORS * L + 4), sizeof *l->tensors);
+    l->tensors = calloc((size_t)insitra_param_layout_count(L), sizeof *l->tensors);
     if (!l->tensors)
         return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "model: out of memory for the tensor table");
     add_tensor(l, "embed.weight", C, d->in_features, 2);

@@ -143,6 +143,13 @@ typedef struct insitra_model {
     struct insitra_backend *own_be; /* the backend insitra_model_create made, if any */
 } insitra_model;
 
+/* Tensors of a model of L blocks: embed.{weight,bias}, pos_embed, twelve per
+ * block, ln_f.{weight,bias}, head.{weight,bias}. */
+static inline int64_t insitra_param_layout_count(int64_t n_layers)
+{
+    return 3 + INSITRA_BLOCK_NUM_TENSORS * n_layers + 4;
+}
+
 /* Tensor table for dims (allocates layout->tensors). */
 insitra_status insitra_param_layout_create(insitra_param_layout *layout,
                                            const insitra_model_dims *dims);

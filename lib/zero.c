@@ -52,11 +52,14 @@ static insitra_zero_bytes carve(insitra_zero *z, int stage, bool separate, size_
     z->v = take(&c, (stage == 0 ? P : S) * f);
     b.moments = c.used;
 
-    /* On one rank stages 0-1 need no reduction: the local gradient is the sum. */
+    /* On one rank stages 0-1 need no reduction: the local gradient is the sum;
+     * stages 1-2 gather parameters through the packed buffers unless one
+     * rank updates them in place. */
     const bool reduces = N > 1 || stage >= 2;
+    const bool gathers = (stage == 1 || stage == 2) && (N > 1 || separate);
     c = (carver){base ? base[3] : NULL, 0, (int64_t)align};
     for (int k = 0; k < 2; k++) {
-        z->reduce_packed[k] = reduces ? take(&c, N * U * f) : NULL;
+        z->reduce_packed[k] = reduces || gathers ? take(&c, N * U * f) : NULL;
         z->reduce_recv[k] = reduces ? take(&c, U * f) : NULL;
     }
     if (!separate && (stage == 1 || stage == 2)) z->send = take(&c, 2 * U * f);
@@ -563,4 +566,78 @@ insitra_status insitra_zero_set_params(insitra_zero *z, const float *full)
                                        z->host_params + z->sl.unit_offset[u]);
     }
     return insitra_zero_import(z);
+}
+
+/* ---- the benchmark of the collectives (bench/bench_gpu_comm.c) ---- */
+
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The communication one step issues, alone: every unit's gradient reduction
+ * in backward order, then the parameter gathers (stages 1-2 after the
+ * update, stage 3 forward's). */
+static insitra_status step_comm(insitra_zero *z)
+{
+    const insitra_param_layout *l = z->layout;
+    z->communicate = true;
+    for (int64_t u = l->num_units - 1; u >= 0; u--)
+        INSITRA_CHECK(start_reduce(z, u, z->stage <= 1 ? z->grads + l->units[u].offset : z->unit_grads));
+    INSITRA_CHECK(insitra_zero_finish_backward(z));
+    if (z->stage == 1 || z->stage == 2) INSITRA_CHECK(redistribute(z));
+    for (int64_t u = 0; z->stage == 3 && u < l->num_units; u++) {
+        int k;
+        INSITRA_CHECK(acquire_unit(z, u, u + 1 < l->num_units ? u + 1 : -1, &k));
+    }
+    z->gather_id[0] = z->gather_id[1] = -1;
+    return INSITRA_STATUS_OK;
+}
+
+/* The same bytes as one reduce-scatter and one all-gather of whole buffers. */
+static insitra_status raw_comm(insitra_zero *z, char *buf)
+{
+    insitra_backend *be = z->be;
+    const int64_t S = z->sl.total;
+    insitra_coll h[2] = {{.req = MPI_REQUEST_NULL, .event = -1}, {.req = MPI_REQUEST_NULL, .event = -1}};
+    float *src = (float *)buf, *dst = src + z->sl.dp * S;
+    void *gathered = dst + S;
+    INSITRA_CHECK(be->i->reduce_scatter(be, z->group, src, dst, S, &h[0]));
+    INSITRA_CHECK(be->i->all_gather(be, z->group, dst, gathered, S, INSITRA_DTYPE_F32, &h[1]));
+    INSITRA_CHECK(be->i->wait(be, &h[0]));
+    return be->i->wait(be, &h[1]);
+}
+
+insitra_status insitra_zero_time_collectives(insitra_zero *z, int reps, double *seconds, double *raw_seconds,
+                                             int64_t *bytes)
+{
+    insitra_backend *be = z->be;
+    const int64_t S = z->sl.total, N = z->sl.dp;
+    const size_t raw_bytes = (size_t)(N * S + S + N * S) * sizeof(float);
+    void *buf = NULL;
+    INSITRA_CHECK(be->i->alloc(be, raw_bytes, "the raw comparison", &buf));
+    double *times = calloc((size_t)(2 * reps), sizeof(double));
+    insitra_status s = times ? INSITRA_STATUS_OK
+                             : insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "time_collectives: out of memory");
+    for (int r = 0; r < reps + 2 && s == INSITRA_STATUS_OK; r++) { /* two warm-up rounds */
+        for (int raw = 0; raw < 2 && s == INSITRA_STATUS_OK; raw++) {
+            s = be->i->synchronize(be);
+            MPI_Barrier(z->dp->comm);
+            const double t0 = MPI_Wtime();
+            if (s == INSITRA_STATUS_OK) s = raw ? raw_comm(z, buf) : step_comm(z);
+            if (s == INSITRA_STATUS_OK) s = be->i->synchronize(be);
+            if (r >= 2) times[raw * reps + (r - 2)] = MPI_Wtime() - t0;
+        }
+    }
+    be->i->release(be, buf);
+    if (s == INSITRA_STATUS_OK) {
+        qsort(times, (size_t)reps, sizeof(double), cmp_double);
+        qsort(times + reps, (size_t)reps, sizeof(double), cmp_double);
+        *seconds = times[reps / 2];
+        *raw_seconds = times[reps + reps / 2];
+        *bytes = 2 * N * S * (int64_t)sizeof(float);
+    }
+    free(times);
+    return s;
 }

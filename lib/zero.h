@@ -139,4 +139,12 @@ insitra_status insitra_zero_gather_state(insitra_zero *z, float *params, float *
 /* Collective: full fp32 parameters (host) into the trainer's state, e.g. from a fixture. */
 insitra_status insitra_zero_set_params(insitra_zero *z, const float *full);
 
+/* Collective, for bench/bench_gpu_comm.c: the communication of one step
+ * alone (the stage's per-unit reductions and parameter gathers, packing
+ * included, as the step issues them) against one reduce-scatter and one
+ * all-gather of whole buffers of the same bytes; medians over reps, in
+ * seconds. Allocates its comparison buffers for the call. */
+insitra_status insitra_zero_time_collectives(insitra_zero *z, int reps, double *seconds, double *raw_seconds,
+                                             int64_t *bytes);
+
 #endif /* INSITRA_ZERO_H */
