@@ -12,8 +12,8 @@
 
 insitra_ckpt_piece insitra_ckpt_slot(const insitra_trainer *t, int64_t i, float *full, float *shard)
 {
-    const insitra_shard_layout *sl = &t->zero.sl;
-    const insitra_tensor_desc *d = &t->model.layout.tensors[i];
+    const insitra_shard_layout *sl = &t->engine.zero.sl;
+    const insitra_tensor_desc *d = &t->engine.model.layout.tensors[i];
     const int64_t first = sl->rank * sl->len[i];
     const int64_t count = insitra_shard_count(sl, i, d->numel, sl->rank);
     float *data = full ? full + d->offset + first : shard + sl->offset[i];

@@ -51,7 +51,7 @@ static insitra_status read_tensors(insitra_trainer *t, hid_t group, hid_t dxpl, 
                                    float *full, float *shard, uint32_t *crc, uint64_t *bytes,
                                    uint32_t *stored)
 {
-    const insitra_param_layout *l = &t->model.layout;
+    const insitra_param_layout *l = &t->engine.model.layout;
     for (int64_t i = 0; i < l->num_tensors; i++) {
         const insitra_tensor_desc *d = &l->tensors[i];
         hid_t dset = H5Lexists(group, d->name, H5P_DEFAULT) > 0 ? H5Dopen2(group, d->name, H5P_DEFAULT) : -1;
@@ -190,8 +190,8 @@ static insitra_status read_samples(insitra_trainer *t, hid_t file, int64_t write
 static insitra_status try_load(insitra_trainer *t, const char *file, bool *state_touched,
                                bool *samples_touched)
 {
-    insitra_zero *z = &t->zero;
-    const insitra_param_layout *l = &t->model.layout;
+    insitra_zero *z = &t->engine.zero;
+    const insitra_param_layout *l = &t->engine.model.layout;
     const int64_t nt = l->num_tensors;
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     H5Pset_fapl_mpio(fapl, t->comm.comm, MPI_INFO_NULL);
@@ -231,13 +231,13 @@ static insitra_status try_load(insitra_trainer *t, const char *file, bool *state
         if (gm < 0 || go_m < 0 || go_v < 0)
             s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "the /model or /optim group is missing");
         if (s == INSITRA_STATUS_OK)
-            s = read_tensors(t, gm, dxpl, "model", z->stage <= 2 ? t->model.params : NULL, z->param_shard,
+            s = read_tensors(t, gm, dxpl, "model", z->host_params_full ? z->host_params : NULL, z->host_params,
                              crc, bytes, stored);
         if (s == INSITRA_STATUS_OK)
-            s = read_tensors(t, go_m, dxpl, "optim/m", full_moments ? z->m : NULL, z->m, crc + nt,
+            s = read_tensors(t, go_m, dxpl, "optim/m", full_moments ? z->host_m : NULL, z->host_m, crc + nt,
                              bytes + nt, stored + nt);
         if (s == INSITRA_STATUS_OK)
-            s = read_tensors(t, go_v, dxpl, "optim/v", full_moments ? z->v : NULL, z->v, crc + 2 * nt,
+            s = read_tensors(t, go_v, dxpl, "optim/v", full_moments ? z->host_v : NULL, z->host_v, crc + 2 * nt,
                              bytes + 2 * nt, stored + 2 * nt);
         if (gm >= 0) H5Gclose(gm);
         if (go_m >= 0) H5Gclose(go_m);
@@ -272,10 +272,7 @@ static insitra_status try_load(insitra_trainer *t, const char *file, bool *state
     if (s == INSITRA_STATUS_OK && H5Lexists(f, "samples", H5P_DEFAULT) > 0)
         s = insitra_comm_agree(&t->comm, read_samples(t, f, writers, samples_touched));
     H5Fclose(f);
-    if (s == INSITRA_STATUS_OK) {
-        t->step = step;
-        z->gather_id[0] = z->gather_id[1] = -1; /* stage 3: gathered copies are stale */
-    }
+    if (s == INSITRA_STATUS_OK) t->step = step; /* the trainer imports the state into its backend */
     return s;
 }
 
@@ -319,11 +316,7 @@ static int list_candidates(const char *path, char (*out)[PATH_LEN], int max)
 /* No checkpoint loaded: back to the state trainer_create made. */
 static void reset(insitra_trainer *t, bool samples_touched)
 {
-    insitra_zero *z = &t->zero;
-    insitra_zero_init_params(z, (uint64_t)t->cfg.training.seed, t->cfg.model.init_std);
-    const int64_t moments = z->stage == 0 ? t->model.layout.total : z->sl.total;
-    memset(z->m, 0, (size_t)moments * sizeof(float));
-    memset(z->v, 0, (size_t)moments * sizeof(float));
+    insitra_zero_init_host(&t->engine.zero, (uint64_t)t->cfg.training.seed, t->cfg.model.init_std);
     t->step = 0;
     t->sample_cursor = 0;
     insitra_rng_seed(&t->sampler, (uint64_t)t->cfg.training.seed, 1 + (uint64_t)t->comm.rank);

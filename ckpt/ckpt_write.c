@@ -153,7 +153,7 @@ static hid_t create_dataset(hid_t loc, const char *name, hid_t type, int ndim, c
 static insitra_status write_tensors(insitra_trainer *t, hid_t group, hid_t dxpl, float *full,
                                     float *shard, uint32_t *crc, uint64_t *bytes)
 {
-    const insitra_param_layout *l = &t->model.layout;
+    const insitra_param_layout *l = &t->engine.model.layout;
     for (int64_t i = 0; i < l->num_tensors; i++) {
         const insitra_tensor_desc *d = &l->tensors[i];
         const hsize_t dims[2] = {(hsize_t)d->shape[0], (hsize_t)d->shape[1]};
@@ -268,8 +268,8 @@ static insitra_status write_samples(insitra_trainer *t, hid_t file, hid_t dxpl)
 /* Everything inside the file; the caller opens and closes it. */
 static insitra_status write_contents(insitra_trainer *t, hid_t file, hid_t dxpl)
 {
-    insitra_zero *z = &t->zero;
-    const insitra_param_layout *l = &t->model.layout;
+    insitra_zero *z = &t->engine.zero;
+    const insitra_param_layout *l = &t->engine.model.layout;
     const int64_t nt = l->num_tensors;
     uint32_t *crc = malloc((size_t)(3 * nt) * sizeof(uint32_t));
     uint64_t *bytes = malloc((size_t)(3 * nt) * sizeof(uint64_t));
@@ -283,12 +283,12 @@ static insitra_status write_contents(insitra_trainer *t, hid_t file, hid_t dxpl)
     hid_t gm = H5Gcreate2(optim, "m", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     hid_t gv = H5Gcreate2(optim, "v", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     const bool full_moments = z->stage == 0;
-    insitra_status s = write_tensors(t, model, dxpl, z->stage <= 2 ? t->model.params : NULL,
-                                     z->param_shard, crc, bytes);
+    insitra_status s = write_tensors(t, model, dxpl, z->host_params_full ? z->host_params : NULL,
+                                     z->host_params, crc, bytes);
     if (s == INSITRA_STATUS_OK)
-        s = write_tensors(t, gm, dxpl, full_moments ? z->m : NULL, z->m, crc + nt, bytes + nt);
+        s = write_tensors(t, gm, dxpl, full_moments ? z->host_m : NULL, z->host_m, crc + nt, bytes + nt);
     if (s == INSITRA_STATUS_OK)
-        s = write_tensors(t, gv, dxpl, full_moments ? z->v : NULL, z->v, crc + 2 * nt,
+        s = write_tensors(t, gv, dxpl, full_moments ? z->host_v : NULL, z->host_v, crc + 2 * nt,
                           bytes + 2 * nt);
     if (s == INSITRA_STATUS_OK) s = insitra_ckpt_combine_crcs(&t->comm, crc, bytes, 3 * nt);
     if (s == INSITRA_STATUS_OK) s = write_crc_attrs(model, l, crc);

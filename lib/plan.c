@@ -7,11 +7,10 @@
 #include <string.h>
 
 #include "config.h"
+#include "engine.h"
 #include "error.h"
-#include "gpu_sizes.h"
 #include "model.h"
 #include "shard.h"
-#include "zero.h"
 
 /* Bytes one rank sends per step (ring algorithms: an all-reduce of n floats
  * sends 2 (N-1)/N n, a reduce-scatter or all-gather of N slots of s floats
@@ -63,38 +62,16 @@ insitra_status insitra_plan_stage(const insitra_config *cfg, int32_t world_size,
         insitra_param_layout_free(&layout);
         return s;
     }
-    const insitra_zero_sizes z = insitra_zero_sizes_for(zero_stage, &layout, &sl);
-    const int64_t f = (int64_t)sizeof(float);
-    const int64_t xs = dims.seq_len * dims.in_features, ys = dims.seq_len * dims.out_features;
     memset(plan, 0, sizeof *plan);
     plan->world_size = world_size;
     plan->zero_stage = zero_stage;
-    plan->memory = (insitra_memory_usage){
-        .parameter_bytes = z.params * f,
-        .gradient_bytes = z.grads * f,
-        .optimizer_bytes = z.moments * f,
-        .activation_bytes = insitra_model_act_numel(&dims, mb) * f +
-                            cfg->training.batch_size * (int64_t)sizeof(int64_t) + mb * (xs + ys) * f,
-        .communication_bytes = z.comm * f,
-        .sample_store_bytes = cfg->data.capacity * (xs + ys) * f,
-    };
-    if (cfg->device == INSITRA_DEVICE_CUDA) {
-        /* device memory, as lib/cuda/ allocates it */
-        insitra_config at = *cfg;
-        at.parallel.zero_stage = zero_stage;
-        const insitra_gpu_bytes g = insitra_gpu_bytes_for(&at, &layout, &sl);
-        plan->memory = (insitra_memory_usage){
-            .parameter_bytes = g.params,
-            .gradient_bytes = g.grads,
-            .optimizer_bytes = g.moments,
-            .activation_bytes = g.activations,
-            .communication_bytes = g.comm,
-            .sample_store_bytes = g.store,
-        };
+    /* the same formula insitra_memory_report answers with */
+    s = insitra_engine_bytes_for(cfg, zero_stage, dp, &plan->memory);
+    if (s != INSITRA_STATUS_OK) {
+        insitra_shard_layout_free(&sl);
+        insitra_param_layout_free(&layout);
+        return s;
     }
-    insitra_memory_usage *m = &plan->memory;
-    m->total_bytes = m->parameter_bytes + m->gradient_bytes + m->optimizer_bytes +
-                     m->activation_bytes + m->communication_bytes + m->sample_store_bytes;
     traffic(zero_stage, &layout, &sl, cfg->training.batch_size / mb, &plan->comm_bytes_per_step,
             &plan->collectives_per_step);
     insitra_shard_layout_free(&sl);

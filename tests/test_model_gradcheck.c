@@ -21,7 +21,7 @@ typedef struct { insitra_model *m; int64_t B; const float *x, *y; } model_case;
 static double model_loss(void *p)
 {
     model_case *c = p;
-    return insitra_model_forward(c->m, c->B, c->x, c->y);
+    return insitra_model_forward_host(c->m, c->B, c->x, c->y);
 }
 
 static int check_model(bool causal)
@@ -39,7 +39,7 @@ static int check_model(bool causal)
     for (int64_t i = 0; i < m.layout.num_tensors; i++) { /* non-trivial biases and LN params */
         insitra_tensor_desc *t = &m.layout.tensors[i];
         if (t->ndim == 1) {
-            float *p = m.params + t->offset;
+            float *p = (float *)m.params + t->offset;
             float noise[64];
             fill_uniform(noise, t->numel, 100 + (uint64_t)i, 0.2f);
             for (int64_t j = 0; j < t->numel; j++) p[j] += noise[j];
@@ -51,8 +51,8 @@ static int check_model(bool causal)
     model_case c = {&m, B, x, y};
 
     insitra_model_zero_grads(&m);
-    insitra_model_forward(&m, B, x, y);
-    insitra_model_backward(&m, B, x, y, 1.0f);
+    insitra_model_forward_host(&m, B, x, y);
+    insitra_model_backward_host(&m, B, 1.0f);
     float *analytic = malloc((size_t)m.layout.total * sizeof(float));
     memcpy(analytic, m.grads, (size_t)m.layout.total * sizeof(float));
 
@@ -61,15 +61,15 @@ static int check_model(bool causal)
            (long long)m.layout.total);
     for (int64_t i = 0; i < m.layout.num_tensors; i++) {
         const insitra_tensor_desc *t = &m.layout.tensors[i];
-        failures += gradcheck(t->name, m.params + t->offset, analytic + t->offset, t->numel,
+        failures += gradcheck(t->name, (float *)m.params + t->offset, analytic + t->offset, t->numel,
                               model_loss, &c, 24, 1e-2, 1e-4, 1e-2);
     }
 
     /* Two micro-batches of one sample with loss_scale 1/2 each = the batch of two. */
     insitra_model_zero_grads(&m);
     for (int b = 0; b < 2; b++) {
-        insitra_model_forward(&m, 1, x + b * 12, y + b * 8);
-        insitra_model_backward(&m, 1, x + b * 12, y + b * 8, 0.5f);
+        insitra_model_forward_host(&m, 1, x + b * 12, y + b * 8);
+        insitra_model_backward_host(&m, 1, 0.5f);
     }
     double worst = 0, scale = 0;
     for (int64_t i = 0; i < m.layout.total; i++) {

@@ -277,7 +277,7 @@ int main(int argc, char **argv) {
     }
     printf("  %lld parameter tensors, %lld parameters\n", (long long)layout->num_tensors,
            (long long)total);
-    if (check_layout_tiles(layout) != 0 || load_params(&fx, layout, m.params) != 0) {
+    if (check_layout_tiles(layout) != 0 || load_params(&fx, layout, (float *)m.params) != 0) {
         goto done;
     }
 
@@ -285,14 +285,14 @@ int main(int argc, char **argv) {
 
     /* ---- forward ---- */
     printf("forward\n");
-    double loss = insitra_model_forward(&m, B, x, y);
+    double loss = insitra_model_forward_host(&m, B, x, y);
     report(&t, "out", normalized_error(m.a.out, out_ref, B * T * Fout), TOL_OUT);
     report(&t, "loss", relative_error(loss, loss_ref), TOL_LOSS);
 
     /* ---- backward: every gradient tensor, by name ---- */
     printf("backward\n");
     insitra_model_zero_grads(&m);
-    insitra_model_backward(&m, B, x, y, 1.0f);
+    insitra_model_backward_host(&m, B, 1.0f);
     int64_t grads_in_fixture = 0;
     for (int64_t i = 0; i < fx.num_records; i++) {
         grads_in_fixture += strncmp(fx.records[i].name, "grad/", 5) == 0;
@@ -316,17 +316,17 @@ int main(int argc, char **argv) {
     /* ---- training: the reference's loop, step for step ---- */
     printf("training, %lld AdamW steps on the same batch from the initial parameters\n",
            (long long)steps);
-    if (load_params(&fx, layout, m.params) != 0) {
+    if (load_params(&fx, layout, (float *)m.params) != 0) {
         goto done;
     }
     for (int64_t s = 0; s < steps; s++) {
         insitra_model_zero_grads(&m);
-        loss_c[s] = insitra_model_forward(&m, B, x, y);
-        insitra_model_backward(&m, B, x, y, 1.0f);
+        loss_c[s] = insitra_model_forward_host(&m, B, x, y);
+        insitra_model_backward_host(&m, B, 1.0f);
         norm_c[s] = sqrt(insitra_sum_squares(m.grads, total));
         float scale = insitra_clip_factor(norm_c[s], max_grad_norm);
         lr_c[s] = insitra_lr_at(&hp, s);
-        insitra_adamw_update_all(m.params, m.grads, adam_m, adam_v, layout, s + 1, lr_c[s],
+        insitra_adamw_update_all((float *)m.params, m.grads, adam_m, adam_v, layout, s + 1, lr_c[s],
                                  scale, &hp);
     }
     double worst_loss = 0.0, worst_norm = 0.0, worst_lr = 0.0;

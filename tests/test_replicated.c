@@ -51,7 +51,7 @@ int main(int argc, char **argv)
     }
     if (rank == 1) insitra_push_samples(t, N, &x[0][0][0], &y[0][0][0]);
 
-    const int64_t P = t->model.layout.total;
+    const int64_t P = t->engine.model.layout.total;
     float *theirs = malloc((size_t)P * sizeof(float));
     for (int step = 0; step < 10; step++) {
         insitra_metrics m;
@@ -60,11 +60,11 @@ int main(int argc, char **argv)
             return 1;
         }
         /* Rank 0's parameters and loss, compared bit for bit on every rank. */
-        memcpy(theirs, t->model.params, (size_t)P * sizeof(float));
+        memcpy(theirs, t->engine.zero.host_params, (size_t)P * sizeof(float));
         double loss0 = m.loss;
         MPI_Bcast(theirs, (int)P, MPI_FLOAT, 0, MPI_COMM_WORLD);
         MPI_Bcast(&loss0, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
-        if (memcmp(theirs, t->model.params, (size_t)P * sizeof(float)) != 0 || loss0 != m.loss) {
+        if (memcmp(theirs, t->engine.zero.host_params, (size_t)P * sizeof(float)) != 0 || loss0 != m.loss) {
             printf("rank %d step %d: parameters or loss differ from rank 0\n", rank, step);
             failures++;
             break;

@@ -71,15 +71,15 @@ static void run(MPI_Comm comm, int stage, int64_t per, int64_t micro, int64_t fi
         }
         out->loss[k] = m.loss;
     }
-    out->count = t->model.layout.total;
+    out->count = t->engine.model.layout.total;
     out->params = malloc((size_t)out->count * sizeof(float));
-    insitra_zero_gather_params(&t->zero, out->params);
+    insitra_zero_gather_params(&t->engine.zero, out->params);
 
     if (stage <= 2) { /* replicas: every rank's parameters equal rank 0's, bit for bit */
         float *root = malloc((size_t)out->count * sizeof(float));
-        memcpy(root, t->model.params, (size_t)out->count * sizeof(float));
+        memcpy(root, t->engine.zero.host_params, (size_t)out->count * sizeof(float));
         MPI_Bcast(root, (int)out->count, MPI_FLOAT, 0, comm);
-        EXPECT(memcmp(root, t->model.params, (size_t)out->count * sizeof(float)) == 0,
+        EXPECT(memcmp(root, t->engine.zero.host_params, (size_t)out->count * sizeof(float)) == 0,
                "stage %d: parameters differ from rank 0's", stage);
         free(root);
     }

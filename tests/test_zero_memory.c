@@ -48,8 +48,8 @@ int main(int argc, char **argv)
         }
         insitra_memory_usage r;
         insitra_memory_report(t, &r);
-        const double P = (double)t->model.layout.total;
-        const double gather = 2.0 * (double)t->model.layout.max_unit_numel * 4.0;
+        const double P = (double)t->engine.model.layout.total;
+        const double gather = 2.0 * (double)t->engine.model.layout.max_unit_numel * 4.0;
         const double theory[4] = {16 * P, 8 * P + 8 * P / N, 4 * P + 12 * P / N, 16 * P / N + gather};
         const double state = (double)(r.parameter_bytes + r.gradient_bytes + r.optimizer_bytes);
         const double dev = fabs(state - theory[stage]) / theory[stage];

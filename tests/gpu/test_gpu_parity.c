@@ -26,7 +26,6 @@
 #include <string.h>
 
 #include "fixture.h"
-#include "gpu.h"
 #include "insitra.h"
 #include "trainer.h"
 
@@ -123,16 +122,19 @@ int main(int argc, char **argv)
     }
     insitra_config_free(cfg);
 
-    /* the fixture's parameters into the host copy (stage 0: full), then the device */
-    const insitra_param_layout *l = &t->model.layout;
+    /* the fixture's parameters, then onto the device */
+    const insitra_param_layout *l = &t->engine.model.layout;
+    float *full = calloc((size_t)l->total, sizeof(float));
     for (int64_t i = 0; i < l->num_tensors; i++) {
         char key[96];
         const float *src;
         snprintf(key, sizeof key, "param/%s", l->tensors[i].name);
         if (fixture_get_f32(&fx, key, l->tensors[i].ndim, l->tensors[i].shape, &src)) goto bad_fixture;
-        memcpy(t->model.params + l->tensors[i].offset, src, (size_t)l->tensors[i].numel * sizeof(float));
+        memcpy(full + l->tensors[i].offset, src, (size_t)l->tensors[i].numel * sizeof(float));
     }
-    if (insitra_gpu_upload_state(t->gpu, t) != INSITRA_STATUS_OK) {
+    const insitra_status up = insitra_zero_set_params(&t->engine.zero, full);
+    free(full);
+    if (up != INSITRA_STATUS_OK) {
         printf("FAIL upload: %s\n", insitra_last_error());
         failures++;
     }
