@@ -318,7 +318,7 @@ insitra_status insitra_config_validate(const insitra_config *cfg)
                                  "config key 'optimizer.warmup_steps': value %" PRId64
                                  " exceeds optimizer.decay_steps = %" PRId64,
                                  cfg->optimizer.warmup_steps, cfg->optimizer.decay_steps);
-    return INSITRA_STATUS_OK;
+    return insitra_config_check_sizes(cfg);
 }
 
 insitra_model_dims insitra_config_model_dims(const insitra_config *cfg)

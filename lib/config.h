@@ -65,6 +65,11 @@ struct insitra_config {
     } log;
 };
 
+/* Part of insitra_config_validate (config_sizes.c): the byte counts of the
+ * sample store and the activations fit 64 bits, else a CONFIG_ERROR naming
+ * the keys. */
+insitra_status insitra_config_check_sizes(const insitra_config *cfg);
+
 /* The model's dimensions from the model.* keys. */
 struct insitra_model_dims;
 struct insitra_model_dims insitra_config_model_dims(const insitra_config *cfg);

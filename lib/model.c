@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checked.h"
 #include "error.h"
 #include "rng.h"
 
@@ -27,11 +28,13 @@ static void add_tensor(insitra_param_layout *l, const char *name, int64_t rows, 
     t->ndim = ndim;
     t->shape[0] = rows;
     t->shape[1] = cols;
-    t->numel = rows * cols;
+    /* Saturating: a total that does not fit stays INSITRA_SIZE_OVERFLOW, which
+     * insitra_param_layout_create reports. */
+    t->numel = insitra_size_mul(rows, cols);
     t->offset = l->total;
     /* Linear weights decay; biases, LayerNorm and positions do not. */
     t->decay = ndim == 2 && strcmp(name, "pos_embed") != 0;
-    l->total += t->numel;
+    l->total = insitra_size_add(l->total, t->numel);
 }
 
 insitra_status insitra_param_layout_create(insitra_param_layout *l, const insitra_model_dims *d)
@@ -61,6 +64,15 @@ insitra_status insitra_param_layout_create(insitra_param_layout *l, const insitr
     add_tensor(l, "ln_f.bias", C, 1, 1);
     add_tensor(l, "head.weight", d->out_features, C, 2);
     add_tensor(l, "head.bias", d->out_features, 1, 1);
+    if (l->total == INSITRA_SIZE_OVERFLOW) {
+        insitra_param_layout_free(l);
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "model: config keys 'model.d_model' = %lld, 'model.n_layers' = %lld, "
+                                 "'model.in_features' = %lld, 'model.out_features' = %lld: more "
+                                 "parameters than a 64-bit count holds",
+                                 (long long)C, (long long)L, (long long)d->in_features,
+                                 (long long)d->out_features);
+    }
 
     l->num_units = L + 2;
     l->units = calloc((size_t)l->num_units, sizeof *l->units);
@@ -124,45 +136,51 @@ static void bind_view(insitra_param_view *v, const insitra_param_layout *l, floa
 }
 
 /* Carves the workspace; with base == NULL it only counts (the same code sizes
- * and binds, so they cannot disagree). Returns floats used. */
+ * and binds, so they cannot disagree). Returns floats used, saturated at
+ * INSITRA_SIZE_OVERFLOW: B x H x T x T alone reaches 2^62 within the config's
+ * ranges. Callers bind only after the count is known to fit. */
 static int64_t bind_acts(insitra_acts *a, const insitra_model_dims *d, int64_t B, float *base)
 {
-    const int64_t T = d->seq_len, C = d->d_model, H = d->n_heads, N = B * T;
+    const int64_t T = d->seq_len, C = d->d_model, H = d->n_heads;
+    const int64_t N = insitra_size_mul(B, T), NC = insitra_size_mul(N, C);
+    const int64_t att = insitra_size_mul(insitra_size_mul(B, H), insitra_size_mul(T, T));
+    const int64_t out = insitra_size_mul(N, d->out_features);
+    const int64_t NC3 = insitra_size_mul(3, NC), NC4 = insitra_size_mul(4, NC);
     int64_t used = 0;
 #define CARVE(ptr, count)                                  \
     do {                                                   \
         if (base) (ptr) = base + used;                     \
-        used += (count);                                   \
+        used = insitra_size_add(used, (count));            \
     } while (0)
     insitra_acts scratch_a, *aa = a ? a : &scratch_a;
-    CARVE(aa->encoded, N * C);
+    CARVE(aa->encoded, NC);
     for (int64_t l = 0; l < d->n_layers; l++) {
         insitra_block_acts scratch, *ba = a ? &a->blocks[l] : &scratch;
-        CARVE(ba->ln1, N * C);
+        CARVE(ba->ln1, NC);
         CARVE(ba->ln1_mean, N);
         CARVE(ba->ln1_rstd, N);
-        CARVE(ba->qkv, N * 3 * C);
-        CARVE(ba->att, B * H * T * T);
-        CARVE(ba->atty, N * C);
-        CARVE(ba->res_att, N * C);
-        CARVE(ba->ln2, N * C);
+        CARVE(ba->qkv, NC3);
+        CARVE(ba->att, att);
+        CARVE(ba->atty, NC);
+        CARVE(ba->res_att, NC);
+        CARVE(ba->ln2, NC);
         CARVE(ba->ln2_mean, N);
         CARVE(ba->ln2_rstd, N);
-        CARVE(ba->fch, N * 4 * C);
-        CARVE(ba->fch_gelu, N * 4 * C);
-        CARVE(ba->res_out, N * C);
+        CARVE(ba->fch, NC4);
+        CARVE(ba->fch_gelu, NC4);
+        CARVE(ba->res_out, NC);
     }
-    CARVE(aa->lnf, N * C);
+    CARVE(aa->lnf, NC);
     CARVE(aa->lnf_mean, N);
     CARVE(aa->lnf_rstd, N);
-    CARVE(aa->out, N * d->out_features);
-    CARVE(aa->dres, N * C);
-    CARVE(aa->dln, N * C);
-    CARVE(aa->datty, N * C);
-    CARVE(aa->dqkv, N * 3 * C);
-    CARVE(aa->dfch, N * 4 * C);
-    CARVE(aa->datt, B * H * T * T);
-    CARVE(aa->dout, N * d->out_features);
+    CARVE(aa->out, out);
+    CARVE(aa->dres, NC);
+    CARVE(aa->dln, NC);
+    CARVE(aa->datty, NC);
+    CARVE(aa->dqkv, NC3);
+    CARVE(aa->dfch, NC4);
+    CARVE(aa->datt, att);
+    CARVE(aa->dout, out);
 #undef CARVE
     return used;
 }
@@ -186,6 +204,15 @@ insitra_status insitra_model_create_partial(insitra_model *m, const insitra_mode
     INSITRA_CHECK(insitra_param_layout_create(&m->layout, d));
     const int64_t P = m->layout.total;
     m->act_numel = insitra_model_act_numel(d, max_batch);
+    if (m->act_numel == INSITRA_SIZE_OVERFLOW) {
+        insitra_model_free(m);
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "model: the activations of %lld samples (config keys "
+                                 "'training.micro_batch_size' or 'training.batch_size', with "
+                                 "'model.seq_len', 'model.n_heads', 'model.d_model', 'model.n_layers') "
+                                 "need more than 2^63 - 1 floats, the most a 64-bit count holds",
+                                 (long long)max_batch);
+    }
     m->params = full_params ? calloc((size_t)P, sizeof(float)) : NULL;
     m->grads = full_grads ? calloc((size_t)P, sizeof(float)) : NULL;
     m->act_memory = calloc((size_t)m->act_numel, sizeof(float));
@@ -199,7 +226,7 @@ insitra_status insitra_model_create_partial(insitra_model *m, const insitra_mode
                                  "model: cannot allocate %lld parameters and %lld activation floats "
                                  "(%.1f MiB in all)",
                                  (long long)P, (long long)m->act_numel,
-                                 (double)(2 * P + m->act_numel) * 4.0 / 1048576.0);
+                                 (2.0 * (double)P + (double)m->act_numel) * 4.0 / 1048576.0);
     }
     if (m->params) bind_view(&m->p, &m->layout, m->params);
     if (m->grads) bind_view(&m->g, &m->layout, m->grads);

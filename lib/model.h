@@ -170,7 +170,8 @@ void insitra_param_view_bind_unit(insitra_param_view *v, const insitra_param_lay
 /* Index of a tensor by name, or -1. */
 int64_t insitra_param_layout_find(const insitra_param_layout *layout, const char *name);
 
-/* Floats the activation workspace needs for B samples. */
+/* Floats the activation workspace needs for B samples; INSITRA_SIZE_OVERFLOW
+ * (lib/checked.h) when that count does not fit 64 bits. */
 int64_t insitra_model_act_numel(const insitra_model_dims *dims, int64_t max_batch);
 
 /* Allocates parameters, gradients and the activation workspace for up to

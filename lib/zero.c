@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checked.h"
 #include "error.h"
 #include "rng.h"
 
@@ -11,18 +12,23 @@ insitra_zero_sizes insitra_zero_sizes_for(int stage, const insitra_param_layout 
 {
     const int64_t P = l->total, S = sl->total, U = sl->max_unit_len, N = sl->dp;
     const int64_t Pu = l->max_unit_numel;
+    /* Saturating, like every size (lib/checked.h): the planner calls this for
+     * any configuration and world size. */
+    const int64_t NU2 = insitra_size_mul(2, insitra_size_mul(N, U)), U2 = insitra_size_mul(2, U);
+    const int64_t S2 = insitra_size_mul(2, S), Pu2 = insitra_size_mul(2, Pu);
     /* Reduce-scatter send and receive pairs, double-buffered; stages 1-2 reuse
      * them for the parameter all-gather after the update. */
-    const int64_t reduce = 2 * (N * U + U);
+    const int64_t reduce = insitra_size_add(NU2, U2);
     switch (stage) {
-    case 0: return (insitra_zero_sizes){.params = P, .grads = P, .moments = 2 * P, .comm = reduce};
-    case 1: return (insitra_zero_sizes){.params = P, .grads = P, .moments = 2 * S,
-                                        .comm = reduce + 2 * U};
-    case 2: return (insitra_zero_sizes){.params = P, .grads = S, .moments = 2 * S,
-                                        .comm = reduce + 2 * U + Pu};
+    case 0: return (insitra_zero_sizes){.params = P, .grads = P, .moments = insitra_size_mul(2, P),
+                                        .comm = reduce};
+    case 1: return (insitra_zero_sizes){.params = P, .grads = P, .moments = S2,
+                                        .comm = insitra_size_add(reduce, U2)};
+    case 2: return (insitra_zero_sizes){.params = P, .grads = S, .moments = S2,
+                                        .comm = insitra_size_add(insitra_size_add(reduce, U2), Pu)};
     default: /* stage 3: two gather slots, packed and unpacked, hold parameters */
-        return (insitra_zero_sizes){.params = S + 2 * Pu, .grads = S, .moments = 2 * S,
-                                    .comm = reduce + 2 * N * U + Pu};
+        return (insitra_zero_sizes){.params = insitra_size_add(S, Pu2), .grads = S, .moments = S2,
+                                    .comm = insitra_size_add(insitra_size_add(reduce, NU2), Pu)};
     }
 }
 
@@ -201,9 +207,9 @@ insitra_status insitra_zero_create(insitra_zero *z, int stage, const insitra_com
     const int64_t S = z->sl.total, U = z->sl.max_unit_len, N = z->sl.dp;
     const int64_t Pu = z->layout->max_unit_numel;
     /* Everything the model does not own: shard buffers, moments, comm buffers. */
-    const int64_t own = (stage == 3 ? sz.params : 0) + (stage >= 2 ? sz.grads : 0) + sz.moments +
-                        sz.comm;
-    z->memory = calloc((size_t)own, sizeof(float));
+    const int64_t shards = insitra_size_add(stage == 3 ? sz.params : 0, stage >= 2 ? sz.grads : 0);
+    const int64_t own = insitra_size_add(shards, insitra_size_add(sz.moments, sz.comm));
+    z->memory = own == INSITRA_SIZE_OVERFLOW ? NULL : calloc((size_t)own, sizeof(float));
     if (!z->memory) {
         insitra_zero_free(z);
         return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY,
