@@ -65,6 +65,11 @@ struct insitra_config {
     } log;
 };
 
+/* For the YAML front end: a null value (string keys become "", any other key
+ * is an error), and whether name is a section that may hold a mapping. */
+insitra_status insitra_config_set_null(insitra_config *cfg, const char *key);
+insitra_status insitra_config_check_section(const char *name);
+
 /* Part of insitra_config_validate (config_sizes.c): the byte counts of the
  * sample store and the activations fit 64 bits, else a CONFIG_ERROR naming
  * the keys. */
