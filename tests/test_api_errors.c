@@ -5,11 +5,14 @@
  * store, a configuration that fails validation, an unwritable log file, and
  * counts whose byte sizes do not fit 64 bits.
  */
+#include <errno.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "expect.h"
 #include "insitra.h"
@@ -184,6 +187,18 @@ int main(int argc, char **argv)
     }
     EXPECT(insitra_evaluate(t, CAP, &x[0][0][0], &y[0][0][0], &loss) == INSITRA_STATUS_OK,
            "evaluate after the rejected calls: %s", insitra_last_error());
+
+    /* A directory the checkpoint cannot be created in: the error says why
+     * (on a read-only file system, or without write permission). Root may
+     * write anywhere, so there the check is skipped. */
+    char ro_dir[] = "/tmp/insitra-readonly-XXXXXX";
+    if (geteuid() != 0 && mkdtemp(ro_dir) && chmod(ro_dir, 0555) == 0) {
+        expect_error(insitra_checkpoint_save(t, ro_dir, NULL, 0), INSITRA_STATUS_IO_ERROR, "cannot create",
+                     strerror(EACCES));
+        rmdir(ro_dir);
+    } else {
+        printf("  (running as root: the unwritable-directory check is skipped)\n");
+    }
 
     int64_t st = 0, fi = 0, fo = 0, np = 0;
     insitra_trainer_sample_shape(t, &st, &fi, &fo);
