@@ -12,32 +12,12 @@
 #include <string.h>
 
 #include "config.h"
-#include "expect.h"
 #include "insitra.h"
 
 static const int rank = 0; /* these checks run on one rank */
 static int failures = 0;
 
-static void expect_value(const insitra_config *cfg, const char *key, const char *want)
-{
-    char buf[256];
-    insitra_status s = insitra_config_get(cfg, key, buf, sizeof buf);
-    EXPECT(s == INSITRA_STATUS_OK && strcmp(buf, want) == 0, "%s = '%s', expected '%s' (%s)", key,
-           buf, want, insitra_last_error());
-}
-
-/* The call fails with status and a message containing each of the words. */
-static void expect_error(insitra_status got, insitra_status want, const char *w1, const char *w2,
-                         const char *w3)
-{
-    const char *msg = insitra_last_error();
-    EXPECT(got == want, "status %s, expected %s (%s)", insitra_status_name(got),
-           insitra_status_name(want), msg);
-    const char *words[] = {w1, w2, w3};
-    for (int i = 0; i < 3; i++)
-        EXPECT(!words[i] || strstr(msg, words[i]), "message '%s' lacks '%s'", msg, words[i]);
-    printf("  error as expected: %.300s\n", msg);
-}
+#include "expect_config.h"
 
 /* n copies of c, NUL-terminated, into buf. */
 static char *repeat(char *buf, char c, int n)
@@ -86,9 +66,7 @@ static void duplicates(insitra_config *cfg)
     expect_value(cfg, "model.d_model", "128");
     expect_value(cfg, "device", "cpu");
     /* The same name in two sections is no duplicate. */
-    EXPECT(insitra_config_load_yaml_string(cfg, "log: {every_steps: 3}\ncheckpoint: {every_steps: 0}\n") ==
-               INSITRA_STATUS_OK,
-           "every_steps in two sections: %s", insitra_last_error());
+    expect_loads(cfg, "log: {every_steps: 3}\ncheckpoint: {every_steps: 0}\n");
     expect_value(cfg, "log.every_steps", "3");
     insitra_config_set(cfg, "log.every_steps", "0");
 }
@@ -101,14 +79,11 @@ static void nulls(insitra_config *cfg)
         char yaml[128];
         insitra_config_set(cfg, "log.jsonl", "metrics.jsonl");
         snprintf(yaml, sizeof yaml, "log:\n  jsonl: %s\n", forms[i]);
-        EXPECT(insitra_config_load_yaml_string(cfg, yaml) == INSITRA_STATUS_OK, "jsonl: %s: %s",
-               forms[i], insitra_last_error());
+        expect_loads(cfg, yaml);
         expect_value(cfg, "log.jsonl", "");
     }
     /* Quoted, or tagged as a string, it is the text itself. */
-    EXPECT(insitra_config_load_yaml_string(cfg, "checkpoint: {dir: '~'}\nlog: {jsonl: !!str null}") ==
-               INSITRA_STATUS_OK,
-           "quoted ~: %s", insitra_last_error());
+    expect_loads(cfg, "checkpoint: {dir: '~'}\nlog: {jsonl: !!str null}");
     expect_value(cfg, "checkpoint.dir", "~");
     expect_value(cfg, "log.jsonl", "null");
     insitra_config_set(cfg, "checkpoint.dir", "");
