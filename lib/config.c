@@ -24,8 +24,8 @@ typedef struct {
 } config_entry;
 
 #define FIELD(f) offsetof(insitra_config, f)
-/* 2^53, the documented limit of counts and seeds: every value up to it is
- * exact in a double, so metrics and JSON lines that carry one stay exact. */
+/* 2^53: the documented upper limit of the counting keys and the seed. Values
+ * are parsed as integers (parse_int); the limit sits in the double range field. */
 #define INT_MAX_KEY 9.007199254740992e15
 
 /* Every key, its range and default. docs/config.md documents the same table. */
