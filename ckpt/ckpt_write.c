@@ -355,7 +355,8 @@ insitra_status insitra_ckpt_save(insitra_trainer *t, const char *dir, char *path
     H5Pclose(fapl);
     insitra_status s = INSITRA_STATUS_OK;
     if (file < 0) {
-        s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: cannot create '%s'", tmp);
+        s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: cannot create '%s': %s", tmp,
+                              access(dir, W_OK) ? strerror(errno) : "HDF5/MPI-IO refused it");
     } else {
         fault_point(t, "created");
         /* Every rank's slot of a tensor is one contiguous, disjoint byte range:

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checked.h"
 #include "error.h"
 #include "optimizer.h"
 
@@ -42,13 +43,17 @@ insitra_status insitra_engine_bytes_for(const insitra_config *cfg, int stage, in
         .parameter_bytes = z.params,
         .gradient_bytes = z.grads,
         .optimizer_bytes = z.moments,
-        .activation_bytes = insitra_model_act_bytes(&dims, mb, es, att, desc->align) +
-                            desc->workspace_bytes(&dims, mb, es),
-        .communication_bytes = z.comm + slots_at,
-        .sample_store_bytes = cfg->data.capacity * (xs + ys) * (int64_t)sizeof(float) + (small - slots_at),
+        .activation_bytes = insitra_size_add(insitra_model_act_bytes(&dims, mb, es, att, desc->align),
+                                             desc->workspace_bytes(&dims, mb, es)),
+        .communication_bytes = insitra_size_add(z.comm, slots_at),
+        .sample_store_bytes = insitra_size_add(
+            insitra_size_mul(insitra_size_mul(cfg->data.capacity, xs + ys), (int64_t)sizeof(float)),
+            small - slots_at),
     };
-    usage->total_bytes = usage->parameter_bytes + usage->gradient_bytes + usage->optimizer_bytes +
-                         usage->activation_bytes + usage->communication_bytes + usage->sample_store_bytes;
+    const int64_t parts[] = {usage->parameter_bytes, usage->gradient_bytes, usage->optimizer_bytes,
+                             usage->activation_bytes, usage->communication_bytes, usage->sample_store_bytes};
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
+        usage->total_bytes = insitra_size_add(usage->total_bytes, parts[i]);
     insitra_shard_layout_free(&sl);
     insitra_param_layout_free(&layout);
     return INSITRA_STATUS_OK;

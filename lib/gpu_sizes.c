@@ -1,35 +1,42 @@
 #include "gpu_sizes.h"
 
 #include "backend.h"
+#include "checked.h"
+
+/* Every count here saturates at INSITRA_SIZE_OVERFLOW (lib/checked.h): the
+ * config's ranges allow sizes beyond 64 bits, and the planner and the config
+ * check report a saturated figure instead of a wrapped one. */
+static int64_t mul(int64_t a, int64_t b) { return insitra_size_mul(a, b); }
 
 int64_t insitra_gpu_col_splits(int64_t rows)
 {
-    const int64_t s = (rows + 255) / 256;
+    const int64_t s = rows / 256 + (rows % 256 != 0);
     return s < 32 ? (s > 0 ? s : 1) : 32;
 }
 
 /* Appends a buffer of n bytes at the next aligned offset; returns its offset. */
 static int64_t take(int64_t *used, int64_t n)
 {
-    const int64_t at = (*used + INSITRA_GPU_ALIGN - 1) / INSITRA_GPU_ALIGN * INSITRA_GPU_ALIGN;
-    *used = at + n;
+    const int64_t at = insitra_size_align(*used, INSITRA_GPU_ALIGN);
+    *used = insitra_size_add(at, n);
     return at;
 }
 
 insitra_gpu_workspace insitra_gpu_workspace_for(const insitra_model_dims *d, int64_t B, size_t act_size)
 {
-    const int64_t T = d->seq_len, C = d->d_model, H = d->n_heads, N = B * T, es = (int64_t)act_size;
+    const int64_t T = d->seq_len, C = d->d_model, H = d->n_heads, N = mul(B, T), es = (int64_t)act_size;
+    const int64_t NCe = mul(mul(N, C), es);
     const int64_t widest = 4 * C > d->out_features ? 4 * C : d->out_features;
-    const int64_t col_a = insitra_gpu_col_splits(N) * 2 * widest;
-    const int64_t col_b = insitra_gpu_col_splits(B) * 2 * T * C;
+    const int64_t col_a = mul(insitra_gpu_col_splits(N), 2 * widest);
+    const int64_t col_b = mul(mul(insitra_gpu_col_splits(B), 2 * T), C);
     insitra_gpu_workspace w;
     int64_t u = 0;
-    w.qkvr = take(&u, 3 * N * C * es);
-    w.yr = take(&u, N * C * es);
-    w.dyr = take(&u, N * C * es);
-    w.dqkvr = take(&u, 3 * N * C * es);
-    w.datt = take(&u, B * H * T * T * es);
-    w.col_partial = take(&u, (col_a > col_b ? col_a : col_b) * (int64_t)sizeof(float));
+    w.qkvr = take(&u, mul(3, NCe));
+    w.yr = take(&u, NCe);
+    w.dyr = take(&u, NCe);
+    w.dqkvr = take(&u, mul(3, NCe));
+    w.datt = take(&u, mul(mul(mul(B, H), mul(T, T)), es));
+    w.col_partial = take(&u, mul(col_a > col_b ? col_a : col_b, (int64_t)sizeof(float)));
     w.reduce_partial = take(&u, INSITRA_GPU_REDUCE_BLOCKS * (int64_t)sizeof(double));
     w.segment_partial =
         take(&u, insitra_param_layout_count(d->n_layers) * INSITRA_GPU_SEGMENT_BLOCKS * (int64_t)sizeof(double));
@@ -41,7 +48,7 @@ insitra_gpu_workspace insitra_gpu_workspace_for(const insitra_model_dims *d, int
 /* The materialised softmax probabilities (B,H,T,T) per block. */
 static int64_t cuda_attention_state_bytes(const insitra_model_dims *d, int64_t B, size_t act_size)
 {
-    return B * d->n_heads * d->seq_len * d->seq_len * (int64_t)act_size;
+    return mul(mul(mul(B, d->n_heads), mul(d->seq_len, d->seq_len)), (int64_t)act_size);
 }
 
 static int64_t cuda_workspace_bytes(const insitra_model_dims *d, int64_t B, size_t act_size)

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "checked.h"
 #include "error.h"
 #include "rng.h"
 
@@ -28,11 +29,13 @@ static void add_tensor(insitra_param_layout *l, const char *name, int64_t rows, 
     t->ndim = ndim;
     t->shape[0] = rows;
     t->shape[1] = cols;
-    t->numel = rows * cols;
+    /* Saturating: a total that does not fit stays INSITRA_SIZE_OVERFLOW, which
+     * insitra_param_layout_create reports. */
+    t->numel = insitra_size_mul(rows, cols);
     t->offset = l->total;
     /* Linear weights decay; biases, LayerNorm and positions do not. */
     t->decay = ndim == 2 && strcmp(name, "pos_embed") != 0;
-    l->total += t->numel;
+    l->total = insitra_size_add(l->total, t->numel);
 }
 
 insitra_status insitra_param_layout_create(insitra_param_layout *l, const insitra_model_dims *d)
@@ -62,6 +65,15 @@ insitra_status insitra_param_layout_create(insitra_param_layout *l, const insitr
     add_tensor(l, "ln_f.bias", C, 1, 1);
     add_tensor(l, "head.weight", d->out_features, C, 2);
     add_tensor(l, "head.bias", d->out_features, 1, 1);
+    if (l->total == INSITRA_SIZE_OVERFLOW) {
+        insitra_param_layout_free(l);
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "model: config keys 'model.d_model' = %lld, 'model.n_layers' = %lld, "
+                                 "'model.in_features' = %lld, 'model.out_features' = %lld: more "
+                                 "parameters than a 64-bit count holds",
+                                 (long long)C, (long long)L, (long long)d->in_features,
+                                 (long long)d->out_features);
+    }
 
     l->num_units = L + 2;
     l->units = calloc((size_t)l->num_units, sizeof *l->units);
@@ -96,53 +108,57 @@ int64_t insitra_param_layout_find(const insitra_param_layout *l, const char *nam
 }
 
 /* Carves the activation buffer: with base == NULL it only counts (the same
- * code sizes and binds, so they cannot disagree). Returns bytes used. */
+ * code sizes and binds, so they cannot disagree). Returns bytes used,
+ * saturated at INSITRA_SIZE_OVERFLOW (lib/checked.h): B x H x T x T alone
+ * reaches 2^62 within the config's ranges. Callers bind only after the count
+ * is known to fit. */
 static int64_t carve_acts(insitra_acts *a, const insitra_model_dims *d, int64_t B, size_t es,
                           int64_t att_bytes, size_t align, char *base)
 {
-    const int64_t T = d->seq_len, C = d->d_model, N = B * T, f = (int64_t)sizeof(float);
-    const int64_t e = (int64_t)es;
+    const int64_t f = (int64_t)sizeof(float), e = (int64_t)es, C = d->d_model;
+    const int64_t N = insitra_size_mul(B, d->seq_len);
+    const int64_t NC = insitra_size_mul(N, C), NC3 = insitra_size_mul(3, NC), NC4 = insitra_size_mul(4, NC);
     int64_t used = 0;
     /* every buffer on an `align` boundary: vector loads and cuBLASLt want it */
-#define CARVE(ptr, bytes)                                                        \
-    do {                                                                         \
-        used = (used + (int64_t)align - 1) / (int64_t)align * (int64_t)align;    \
-        if (base) (ptr) = (void *)(base + used);                                 \
-        used += (bytes);                                                         \
+#define CARVE(ptr, count, elem)                                                                    \
+    do {                                                                                           \
+        used = insitra_size_align(used, (int64_t)align);                                           \
+        if (base) (ptr) = (void *)(base + used);                                                   \
+        used = insitra_size_add(used, insitra_size_mul((count), (elem)));                          \
     } while (0)
     insitra_acts scratch_a;
     insitra_acts *aa = a ? a : &scratch_a;
-    CARVE(aa->x, N * d->in_features * e);
+    CARVE(aa->x, insitra_size_mul(N, d->in_features), e);
     aa->x_f32 = NULL;
-    if (es != sizeof(float)) CARVE(aa->x_f32, N * d->in_features * f);
-    CARVE(aa->y, N * d->out_features * f);
-    CARVE(aa->encoded, N * C * e);
+    if (es != sizeof(float)) CARVE(aa->x_f32, insitra_size_mul(N, d->in_features), f);
+    CARVE(aa->y, insitra_size_mul(N, d->out_features), f);
+    CARVE(aa->encoded, NC, e);
     for (int64_t l = 0; l < d->n_layers; l++) {
         insitra_block_acts scratch, *ba = a ? &a->blocks[l] : &scratch;
-        CARVE(ba->ln1, N * C * e);
-        CARVE(ba->ln1_mean, N * f);
-        CARVE(ba->ln1_rstd, N * f);
-        CARVE(ba->qkv, N * 3 * C * e);
-        CARVE(ba->att, att_bytes);
-        CARVE(ba->atty, N * C * e);
-        CARVE(ba->res_att, N * C * e);
-        CARVE(ba->ln2, N * C * e);
-        CARVE(ba->ln2_mean, N * f);
-        CARVE(ba->ln2_rstd, N * f);
-        CARVE(ba->fch, N * 4 * C * e);
-        CARVE(ba->fch_gelu, N * 4 * C * e);
-        CARVE(ba->res_out, N * C * e);
+        CARVE(ba->ln1, NC, e);
+        CARVE(ba->ln1_mean, N, f);
+        CARVE(ba->ln1_rstd, N, f);
+        CARVE(ba->qkv, NC3, e);
+        CARVE(ba->att, att_bytes, 1);
+        CARVE(ba->atty, NC, e);
+        CARVE(ba->res_att, NC, e);
+        CARVE(ba->ln2, NC, e);
+        CARVE(ba->ln2_mean, N, f);
+        CARVE(ba->ln2_rstd, N, f);
+        CARVE(ba->fch, NC4, e);
+        CARVE(ba->fch_gelu, NC4, e);
+        CARVE(ba->res_out, NC, e);
     }
-    CARVE(aa->lnf, N * C * e);
-    CARVE(aa->lnf_mean, N * f);
-    CARVE(aa->lnf_rstd, N * f);
-    CARVE(aa->out, N * d->out_features * f);
-    CARVE(aa->dres, N * C * e);
-    CARVE(aa->dln, N * C * e);
-    CARVE(aa->datty, N * C * e);
-    CARVE(aa->dqkv, N * 3 * C * e);
-    CARVE(aa->dfch, N * 4 * C * e);
-    CARVE(aa->dout, N * d->out_features * e);
+    CARVE(aa->lnf, NC, e);
+    CARVE(aa->lnf_mean, N, f);
+    CARVE(aa->lnf_rstd, N, f);
+    CARVE(aa->out, insitra_size_mul(N, d->out_features), f);
+    CARVE(aa->dres, NC, e);
+    CARVE(aa->dln, NC, e);
+    CARVE(aa->datty, NC, e);
+    CARVE(aa->dqkv, NC3, e);
+    CARVE(aa->dfch, NC4, e);
+    CARVE(aa->dout, insitra_size_mul(N, d->out_features), e);
 #undef CARVE
     return used;
 }
@@ -170,6 +186,15 @@ insitra_status insitra_model_create_on(insitra_model *m, insitra_backend *be,
     const insitra_backend_desc *desc = be->desc;
     const int64_t att = desc->attention_state_bytes(d, max_batch, be->act_size);
     m->act_bytes = insitra_model_act_bytes(d, max_batch, be->act_size, att, desc->align);
+    if (m->act_bytes == INSITRA_SIZE_OVERFLOW) {
+        insitra_model_free(m);
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "model: the activations of %lld samples (config keys "
+                                 "'training.micro_batch_size' or 'training.batch_size', with "
+                                 "'model.seq_len', 'model.n_heads', 'model.d_model', 'model.n_layers') "
+                                 "need more than 2^63 - 1 bytes, the most a 64-bit size holds",
+                                 (long long)max_batch);
+    }
     const int64_t P = m->layout.total;
     insitra_status s = be->i->alloc(be, (size_t)m->act_bytes, "activations", &m->act_memory);
     if (s == INSITRA_STATUS_OK && full_params)

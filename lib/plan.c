@@ -3,9 +3,11 @@
  * each ZeRO stage, from the same layout and sizing code the trainer uses, so
  * a plan matches what insitra_memory_report says once the job runs.
  */
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "checked.h"
 #include "config.h"
 #include "engine.h"
 #include "error.h"
@@ -35,8 +37,40 @@ static void traffic(int stage, const insitra_param_layout *l, const insitra_shar
         break;
     }
     }
-    *bytes = sl->dp > 1 ? (int64_t)(floats * sizeof(float)) : 0;
-    *calls = sl->dp > 1 ? (int32_t)n : 0;
+    /* Converting a double beyond int64 is undefined: saturate. 2^20 micro-batches
+     * of a 2^45-parameter model at stage 2 reach 2^67 bytes. */
+    const double b = floats * sizeof(float);
+    *bytes = sl->dp < 2 ? 0 : b < 0x1p63 ? (int64_t)b : INSITRA_SIZE_OVERFLOW;
+    *calls = sl->dp < 2 ? 0 : n < 0x1p31 ? (int32_t)n : INT32_MAX;
+}
+
+/* A figure that does not fit 64 bits is an error, not a wrapped number. */
+static insitra_status check_counted(const insitra_plan *p, const insitra_config *cfg)
+{
+    const insitra_memory_usage *m = &p->memory;
+    const struct {
+        const char *what;
+        int64_t bytes;
+    } figures[] = {{"parameters", m->parameter_bytes}, {"gradients", m->gradient_bytes},
+                   {"optimizer state", m->optimizer_bytes}, {"activations", m->activation_bytes},
+                   {"communication buffers", m->communication_bytes},
+                   {"sample store", m->sample_store_bytes}, {"memory in all", m->total_bytes}};
+    for (size_t i = 0; i < sizeof figures / sizeof *figures; i++)
+        if (figures[i].bytes == INSITRA_SIZE_OVERFLOW)
+            return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                     "plan_stage: the %s of one rank at ZeRO stage %d on %d ranks need "
+                                     "more than 2^63 - 1 bytes, the most a 64-bit size holds (the "
+                                     "model.* keys, training.micro_batch_size, data.capacity)",
+                                     figures[i].what, p->zero_stage, p->world_size);
+    if (p->comm_bytes_per_step == INSITRA_SIZE_OVERFLOW)
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "plan_stage: the traffic of one step at ZeRO stage %d on %d ranks, "
+                                 "%" PRId64 " micro-batches (training.batch_size / "
+                                 "training.micro_batch_size) over the model's parameters, is more "
+                                 "than 2^63 - 1 bytes, the most a 64-bit size holds",
+                                 p->zero_stage, p->world_size,
+                                 cfg->training.batch_size / insitra_config_micro_batch(cfg));
+    return INSITRA_STATUS_OK;
 }
 
 insitra_status insitra_plan_stage(const insitra_config *cfg, int32_t world_size, int32_t zero_stage,
@@ -76,5 +110,5 @@ insitra_status insitra_plan_stage(const insitra_config *cfg, int32_t world_size,
             &plan->collectives_per_step);
     insitra_shard_layout_free(&sl);
     insitra_param_layout_free(&layout);
-    return INSITRA_STATUS_OK;
+    return check_counted(plan, cfg);
 }

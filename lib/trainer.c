@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checked.h"
 #include "ckpt.h"
 #include "error.h"
 #include "optimizer.h"
@@ -169,7 +170,8 @@ insitra_status insitra_trainer_num_parameters(const insitra_trainer *t, int64_t 
     return INSITRA_STATUS_OK;
 }
 
-/* n must fit the store: the check both pushes share. */
+/* n must fit the store: the check both pushes share. The store's byte count
+ * was checked at creation, so n x sample size cannot overflow. */
 static insitra_status check_push_count(const insitra_trainer *t, const char *fn, int64_t n)
 {
     if (n < 0 || n > t->store.capacity)
@@ -342,13 +344,20 @@ insitra_status insitra_should_stop(const insitra_trainer *t, int32_t *stop)
     return INSITRA_STATUS_OK;
 }
 
-/* Local argument checks shared by predict and evaluate. */
-static insitra_status check_batch_args(const char *fn, int64_t n, const void *x, const void *y,
-                                       const char *y_name)
+/* Local argument checks shared by predict and evaluate. The arrays' byte
+ * counts must fit 64 bits: every offset into them is computed from n. */
+static insitra_status check_batch_args(const insitra_trainer *t, const char *fn, int64_t n,
+                                       const void *x, const void *y, const char *y_name)
 {
     if (n < 0)
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "%s: n = %" PRId64 " is negative",
                                  fn, n);
+    const int64_t widest = t->store.x_numel > t->store.y_numel ? t->store.x_numel : t->store.y_numel;
+    if (insitra_size_mul(insitra_size_mul(n, widest), (int64_t)sizeof(float)) == INSITRA_SIZE_OVERFLOW)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                 "%s: rank %d: n = %" PRId64 " samples of %" PRId64 " floats need "
+                                 "more than 2^63 - 1 bytes; no such array exists",
+                                 fn, t->comm.rank, n, widest);
     if (n > 0 && (!x || !y))
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "%s: %s is NULL with n = %" PRId64,
                                  fn, !x ? "x" : y_name, n);
@@ -371,7 +380,7 @@ static insitra_status forward_all(insitra_trainer *t, int64_t n, const float *x,
 insitra_status insitra_predict(insitra_trainer *t, int64_t n, const float *x, float *y_out)
 {
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "predict: trainer is NULL");
-    INSITRA_CHECK(insitra_comm_agree(&t->comm, check_batch_args("predict", n, x, y_out, "y_out")));
+    INSITRA_CHECK(insitra_comm_agree(&t->comm, check_batch_args(t, "predict", n, x, y_out, "y_out")));
     double unused;
     return forward_all(t, n, x, NULL, y_out, &unused);
 }
@@ -380,7 +389,7 @@ insitra_status insitra_evaluate(insitra_trainer *t, int64_t n, const float *x, c
                                 double *loss)
 {
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "evaluate: trainer is NULL");
-    insitra_status local = check_batch_args("evaluate", n, x, y, "y");
+    insitra_status local = check_batch_args(t, "evaluate", n, x, y, "y");
     if (local == INSITRA_STATUS_OK && !loss)
         local = insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "evaluate: loss is NULL");
     INSITRA_CHECK(insitra_comm_agree(&t->comm, local));

@@ -7,6 +7,7 @@
 #ifndef INSITRA_TRAINER_H
 #define INSITRA_TRAINER_H
 
+#include <signal.h>
 #include <stdio.h>
 
 #include "comm.h"
@@ -28,11 +29,13 @@ struct insitra_trainer {
     int64_t step;               /* optimizer steps taken */
     FILE *jsonl;                /* rank 0's metrics file, or NULL */
     double deadline;            /* MPI_Wtime at which to checkpoint and stop; 0 = none */
-    bool handlers_installed;    /* this trainer owns the SIGUSR1/SIGTERM handlers */
+    bool handlers_installed;    /* this trainer holds the shared SIGUSR1/SIGTERM handlers */
+    sig_atomic_t signals_acknowledged; /* preempt.c's signal count when this trainer joined */
     bool stop;                  /* the ranks agreed to stop; the final checkpoint is written */
 };
 
-/* Preemption (preempt.c): signal handlers that only set a flag, and the deadline. */
+/* Preemption (preempt.c): signal handlers shared by the trainers that ask for
+ * them, which only count signals, and the deadline. */
 insitra_status insitra_preempt_setup(insitra_trainer *t);
 void insitra_preempt_release(insitra_trainer *t);
 /* Whether this rank has been asked to stop (a signal, or the deadline passed). */

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checked.h"
 #include "error.h"
 #include "rng.h"
 
@@ -14,13 +15,16 @@ typedef struct carver {
     int64_t align;
 } carver;
 
+/* Saturating (lib/checked.h): the planner sizes any configuration and world size. */
 static void *take(carver *c, int64_t bytes)
 {
-    c->used = (c->used + c->align - 1) / c->align * c->align;
+    c->used = insitra_size_align(c->used, c->align);
     void *p = c->base ? c->base + c->used : NULL;
-    c->used += bytes;
+    c->used = insitra_size_add(c->used, bytes);
     return p;
 }
+
+static int64_t mul(int64_t a, int64_t b) { return insitra_size_mul(a, b); }
 
 /* What the stage keeps, by category, with z's pointers bound when base is given. */
 static insitra_zero_bytes carve(insitra_zero *z, int stage, bool separate, size_t act_size, size_t align,
@@ -35,21 +39,21 @@ static insitra_zero_bytes carve(insitra_zero *z, int stage, bool separate, size_
     insitra_zero_bytes b;
 
     carver c = {base ? base[0] : NULL, 0, (int64_t)align};
-    z->master = separate ? take(&c, (stage == 0 ? P : S) * f) : stage == 3 ? take(&c, S * f) : NULL;
-    z->work = stage <= 2 ? take(&c, P * es) : NULL;
+    z->master = separate ? take(&c, mul(stage == 0 ? P : S, f)) : stage == 3 ? take(&c, mul(S, f)) : NULL;
+    z->work = stage <= 2 ? take(&c, mul(P, es)) : NULL;
     if (!separate && stage <= 2) z->master = NULL; /* the working parameters are the master */
-    z->send = separate && stage >= 1 ? take(&c, S * es) : NULL;
-    for (int k = 0; k < 2; k++) z->gather_unit[k] = stage == 3 ? take(&c, Pu * es) : NULL;
+    z->send = separate && stage >= 1 ? take(&c, mul(S, es)) : NULL;
+    for (int k = 0; k < 2; k++) z->gather_unit[k] = stage == 3 ? take(&c, mul(Pu, es)) : NULL;
     b.params = c.used;
 
     c = (carver){base ? base[1] : NULL, 0, (int64_t)align};
-    z->grads = stage <= 1 ? take(&c, P * f) : NULL;
-    z->grad_shard = stage >= 2 ? take(&c, S * f) : NULL;
+    z->grads = stage <= 1 ? take(&c, mul(P, f)) : NULL;
+    z->grad_shard = stage >= 2 ? take(&c, mul(S, f)) : NULL;
     b.grads = c.used;
 
     c = (carver){base ? base[2] : NULL, 0, (int64_t)align};
-    z->m = take(&c, (stage == 0 ? P : S) * f);
-    z->v = take(&c, (stage == 0 ? P : S) * f);
+    z->m = take(&c, mul(stage == 0 ? P : S, f));
+    z->v = take(&c, mul(stage == 0 ? P : S, f));
     b.moments = c.used;
 
     /* On one rank stages 0-1 need no reduction: the local gradient is the sum;
@@ -59,13 +63,13 @@ static insitra_zero_bytes carve(insitra_zero *z, int stage, bool separate, size_
     const bool gathers = (stage == 1 || stage == 2) && (N > 1 || separate);
     c = (carver){base ? base[3] : NULL, 0, (int64_t)align};
     for (int k = 0; k < 2; k++) {
-        z->reduce_packed[k] = reduces || gathers ? take(&c, N * U * f) : NULL;
-        z->reduce_recv[k] = reduces ? take(&c, U * f) : NULL;
+        z->reduce_packed[k] = reduces || gathers ? take(&c, mul(mul(N, U), f)) : NULL;
+        z->reduce_recv[k] = reduces ? take(&c, mul(U, f)) : NULL;
     }
-    if (!separate && (stage == 1 || stage == 2)) z->send = take(&c, 2 * U * f);
+    if (!separate && (stage == 1 || stage == 2)) z->send = take(&c, mul(mul(2, U), f));
     for (int k = 0; k < 2; k++) /* stages 1-2 gather parameters into the idle reduce buffers */
-        z->gather_packed[k] = stage == 3 ? take(&c, N * U * es) : z->reduce_packed[k];
-    z->unit_grads = stage >= 2 ? take(&c, Pu * f) : NULL;
+        z->gather_packed[k] = stage == 3 ? take(&c, mul(mul(N, U), es)) : z->reduce_packed[k];
+    z->unit_grads = stage >= 2 ? take(&c, mul(Pu, f)) : NULL;
     z->copies = take(&c, nt * (int64_t)sizeof(insitra_shard_copy));
     z->update_segs = take(&c, nt * (int64_t)sizeof(insitra_update_segment));
     z->norm_segs = take(&c, nt * (int64_t)sizeof(insitra_update_segment));

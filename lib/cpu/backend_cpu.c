@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "../backend.h"
+#include "../checked.h"
 #include "../error.h"
 #include "../optimizer.h"
 #include "../sample_store.h"
@@ -445,7 +446,8 @@ static const insitra_backend_i cpu_interface = {
 
 static int64_t cpu_attention_state_bytes(const insitra_model_dims *d, int64_t B, size_t act_size)
 {
-    return B * d->n_heads * d->seq_len * d->seq_len * (int64_t)act_size;
+    return insitra_size_mul(insitra_size_mul(insitra_size_mul(B, d->n_heads), insitra_size_mul(d->seq_len, d->seq_len)),
+                            (int64_t)act_size);
 }
 
 const insitra_backend_desc insitra_backend_cpu_desc = {
