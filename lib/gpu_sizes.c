@@ -14,8 +14,9 @@ int64_t insitra_gpu_activation_bytes(const insitra_model_dims *d, int64_t Bm, in
     const int64_t T = d->seq_len, C = d->d_model, H = d->n_heads, N = Bm * T, f = 4;
     int64_t u = 0;
     for (int64_t l = 0; l < d->n_layers; l++) {
-        /* ln1, mean, rstd, qkvr, att, atty, res_att, ln2, mean, rstd, fch, fch_gelu, res_out */
-        const int64_t per_layer[] = {N * C * es, N * f, N * f, 3 * N * C * es, Bm * H * T * T * es,
+        /* ln1, mean, rstd, qkv, attention lse, atty, res_att, ln2, mean, rstd, fch,
+         * fch_gelu, res_out */
+        const int64_t per_layer[] = {N * C * es, N * f, N * f, 3 * N * C * es, Bm * H * T * f,
                                      N * C * es, N * C * es, N * C * es, N * f, N * f,
                                      4 * N * C * es, 4 * N * C * es, N * C * es};
         for (size_t i = 0; i < sizeof per_layer / sizeof *per_layer; i++) take(&u, per_layer[i]);
@@ -24,12 +25,11 @@ int64_t insitra_gpu_activation_bytes(const insitra_model_dims *d, int64_t Bm, in
     const int64_t col_a = insitra_gpu_col_splits(N) * 2 * widest;
     const int64_t col_b = insitra_gpu_col_splits(Bm) * 2 * T * C;
     /* encoded, lnf, mean, rstd, out, x, x_stage, y, then the shared scratch:
-     * qkv, yr, dres, dln, datty, dyr, dqkvr, dqkv, dfch, datt, dout, partials */
+     * dres, dln, datty, dqkv, dfch, attention delta, dout, partials */
     const int64_t shared[] = {N * C * es, N * C * es, N * f, N * f, N * d->out_features * f,
                               N * d->in_features * es, N * d->in_features * f, N * d->out_features * f,
-                              3 * N * C * es, N * C * es, N * C * es, N * C * es, N * C * es,
-                              N * C * es, 3 * N * C * es, 3 * N * C * es, 4 * N * C * es,
-                              Bm * H * T * T * es, N * d->out_features * es,
+                              N * C * es, N * C * es, N * C * es, 3 * N * C * es, 4 * N * C * es,
+                              Bm * H * T * f, N * d->out_features * es,
                               (col_a > col_b ? col_a : col_b) * f, INSITRA_GPU_REDUCE_BLOCKS * 8};
     for (size_t i = 0; i < sizeof shared / sizeof *shared; i++) take(&u, shared[i]);
     return u;

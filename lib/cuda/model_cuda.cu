@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention.cuh"
 #include "cuda_util.h"
 
 namespace {
@@ -36,8 +37,8 @@ size_t carve(insitra_dev_model *m, const insitra_model_dims *d, int64_t Bm, size
         b->ln1 = c.take(N * C * es);
         b->ln1_mean = (float *)c.take(N * f);
         b->ln1_rstd = (float *)c.take(N * f);
-        b->qkvr = c.take(3 * N * C * es);
-        b->att = c.take(Bm * H * T * T * es);
+        b->qkv = c.take(3 * N * C * es);
+        b->att_lse = (float *)c.take(Bm * H * T * f);
         b->atty = c.take(N * C * es);
         b->res_att = c.take(N * C * es);
         b->ln2 = c.take(N * C * es);
@@ -57,16 +58,12 @@ size_t carve(insitra_dev_model *m, const insitra_model_dims *d, int64_t Bm, size
     o->x = c.take(N * d->in_features * es);
     o->x_stage = (float *)c.take(N * d->in_features * f);
     o->y = (float *)c.take(N * d->out_features * f);
-    o->qkv = c.take(3 * N * C * es);
-    o->yr = c.take(N * C * es);
     o->dres = c.take(N * C * es);
     o->dln = c.take(N * C * es);
     o->datty = c.take(N * C * es);
-    o->dyr = c.take(N * C * es);
-    o->dqkvr = c.take(3 * N * C * es);
     o->dqkv = c.take(3 * N * C * es);
     o->dfch = c.take(4 * N * C * es);
-    o->datt = c.take(Bm * H * T * T * es);
+    o->att_delta = (float *)c.take(Bm * H * T * f);
     o->dout = c.take(N * d->out_features * es);
     const int64_t widest = 4 * C > d->out_features ? 4 * C : d->out_features;
     const int64_t col_a = insitra_gpu_col_splits(N) * 2 * widest;
@@ -146,72 +143,26 @@ struct gpu_pass {
         return INSITRA_STATUS_OK;
     }
 
-    /* Batched over B*H heads of (T, hd) row-major, as cuBLASLt column-major calls. */
-    insitra_status head_gemm(bool ta, bool tb, int64_t mm, int64_t nn, int64_t kk, const void *a,
-                             int64_t lda, int64_t sa, const void *b, int64_t ldb, int64_t sb,
-                             void *d, int64_t ldd, int64_t sd, float alpha, int64_t batch)
-    {
-        insitra_gemm g{};
-        g.ta = ta; g.tb = tb;
-        g.m = mm; g.n = nn; g.k = kk;
-        g.a = a; g.lda = lda; g.stride_a = sa;
-        g.b = b; g.ldb = ldb; g.stride_b = sb;
-        g.d = d; g.ldd = ldd; g.stride_d = sd;
-        g.alpha = alpha; g.beta = 0.f; g.batch = batch;
-        return gemm(g, ab);
-    }
-
-    /* atty (B,T,C) = softmax(q k^T / sqrt(hd)) v per head; att keeps the probabilities */
-    insitra_status attention_forward(T *atty, T *att, T *qkvr, const T *qkv, int64_t B)
+    insitra_attention_shape attention_shape(int64_t B) const
     {
         const insitra_model_dims *d = &m->dims;
-        const int64_t Tn = d->seq_len, C = d->d_model, H = d->n_heads, hd = C / H, N = B * Tn;
-        T *q = qkvr, *k = qkvr + N * C, *v = qkvr + 2 * N * C;
-        for (int part = 0; part < 3; part++)
-            insitra_heads_split<T>(qkvr + part * N * C, qkv + part * C, 3 * C, B, Tn, H, hd, s);
-        LAUNCH_TRY();
-        const float scale = 1.f / sqrtf((float)hd);
-        /* att (T_q, T_k) per head: column-major (T_k x T_q) = K Q^T */
-        INSITRA_CHECK(head_gemm(true, false, Tn, Tn, hd, k, hd, Tn * hd, q, hd, Tn * hd, att, Tn,
-                                Tn * Tn, scale, B * H));
-        insitra_softmax_forward<T>(att, B * H * Tn, Tn, d->causal, s);
-        LAUNCH_TRY();
-        /* yr (T_q, hd) = att v: column-major (hd x T_q) = V att^T */
-        T *yr = (T *)m->yr;
-        INSITRA_CHECK(head_gemm(false, false, hd, Tn, Tn, v, hd, Tn * hd, att, Tn, Tn * Tn, yr, hd,
-                                Tn * hd, 1.f, B * H));
-        insitra_heads_merge<T>(atty, C, yr, B, Tn, H, hd, s);
-        LAUNCH_TRY();
-        return INSITRA_STATUS_OK;
+        return insitra_attention_shape{B, d->seq_len, d->d_model, d->n_heads, d->causal, m->bf16};
     }
 
-    /* dqkv (B,T,3C) from datty (B,T,C); datt is scratch (B,H,T,T) */
-    insitra_status attention_backward(T *dqkv, const T *datty, const T *qkvr, const T *att, int64_t B)
+    /* atty (B,T,C) = softmax(q k^T / sqrt(hd)) v per head, read from qkv (B,T,3C)
+     * in place; lse (B,H,T) keeps each row's log-sum-exp for backward */
+    insitra_status attention_forward(T *atty, float *lse, const T *qkv, int64_t B)
     {
-        const insitra_model_dims *d = &m->dims;
-        const int64_t Tn = d->seq_len, C = d->d_model, H = d->n_heads, hd = C / H, N = B * Tn;
-        const T *q = qkvr, *k = qkvr + N * C, *v = qkvr + 2 * N * C;
-        T *dyr = (T *)m->dyr, *datt = (T *)m->datt, *dq = (T *)m->dqkvr;
-        T *dk = dq + N * C, *dv = dq + 2 * N * C;
-        insitra_heads_split<T>(dyr, datty, C, B, Tn, H, hd, s);
-        LAUNCH_TRY();
-        /* datt (T_q, T_k) = dy v^T */
-        INSITRA_CHECK(head_gemm(true, false, Tn, Tn, hd, v, hd, Tn * hd, dyr, hd, Tn * hd, datt, Tn,
-                                Tn * Tn, 1.f, B * H));
-        /* dv (T_k, hd) = att^T dy */
-        INSITRA_CHECK(head_gemm(false, true, hd, Tn, Tn, dyr, hd, Tn * hd, att, Tn, Tn * Tn, dv, hd,
-                                Tn * hd, 1.f, B * H));
-        insitra_softmax_backward<T>(datt, att, B * H * Tn, Tn, 1.f / sqrtf((float)hd), s);
-        LAUNCH_TRY();
-        /* dq (T_q, hd) = dscores k;  dk (T_k, hd) = dscores^T q */
-        INSITRA_CHECK(head_gemm(false, false, hd, Tn, Tn, k, hd, Tn * hd, datt, Tn, Tn * Tn, dq, hd,
-                                Tn * hd, 1.f, B * H));
-        INSITRA_CHECK(head_gemm(false, true, hd, Tn, Tn, q, hd, Tn * hd, datt, Tn, Tn * Tn, dk, hd,
-                                Tn * hd, 1.f, B * H));
-        for (int part = 0; part < 3; part++)
-            insitra_heads_merge<T>(dqkv + part * C, 3 * C, dq + part * N * C, B, Tn, H, hd, s);
-        LAUNCH_TRY();
-        return INSITRA_STATUS_OK;
+        const insitra_attention_shape sh = attention_shape(B);
+        return insitra_fused_attention_forward(atty, lse, qkv, &sh, s);
+    }
+
+    /* dqkv (B,T,3C) from datty (B,T,C), the block's qkv, atty and lse */
+    insitra_status attention_backward(T *dqkv, const T *datty, const T *qkv, const T *atty,
+                                      const float *lse, int64_t B)
+    {
+        const insitra_attention_shape sh = attention_shape(B);
+        return insitra_fused_attention_backward(dqkv, m->att_delta, datty, qkv, atty, lse, &sh, s);
     }
 
     insitra_status forward(int64_t B, const insitra_dev_unit_hooks *h)
@@ -245,10 +196,9 @@ struct gpu_pass {
                 insitra_layernorm_forward<T>((T *)a->ln1, a->ln1_mean, a->ln1_rstd, res,
                                              w[INSITRA_BLOCK_LN1_W], w[INSITRA_BLOCK_LN1_B], N, C, s);
                 LAUNCH_TRY();
-                INSITRA_CHECK(linear_forward(m->qkv, a->ln1, w[INSITRA_BLOCK_QKV_W],
+                INSITRA_CHECK(linear_forward(a->qkv, a->ln1, w[INSITRA_BLOCK_QKV_W],
                                              w[INSITRA_BLOCK_QKV_B], nullptr, N, C, 3 * C, ab));
-                INSITRA_CHECK(attention_forward((T *)a->atty, (T *)a->att, (T *)a->qkvr,
-                                                (const T *)m->qkv, B));
+                INSITRA_CHECK(attention_forward((T *)a->atty, a->att_lse, (const T *)a->qkv, B));
                 INSITRA_CHECK(linear_forward(a->res_att, a->atty, w[INSITRA_BLOCK_PROJ_W],
                                              w[INSITRA_BLOCK_PROJ_B], res, N, C, C, ab));
                 insitra_layernorm_forward<T>((T *)a->ln2, a->ln2_mean, a->ln2_rstd,
@@ -350,7 +300,8 @@ struct gpu_pass {
                 /* attention: dres now holds d(res_att) */
                 INSITRA_CHECK(linear_backward(datty, gw[INSITRA_BLOCK_PROJ_W], gw[INSITRA_BLOCK_PROJ_B],
                                               dres, a->atty, w[INSITRA_BLOCK_PROJ_W], N, C, C));
-                INSITRA_CHECK(attention_backward(dqkv, datty, (const T *)a->qkvr, (const T *)a->att, B));
+                INSITRA_CHECK(attention_backward(dqkv, datty, (const T *)a->qkv, (const T *)a->atty,
+                                                 a->att_lse, B));
                 INSITRA_CHECK(linear_backward(dln, gw[INSITRA_BLOCK_QKV_W], gw[INSITRA_BLOCK_QKV_B],
                                               dqkv, a->ln1, w[INSITRA_BLOCK_QKV_W], N, C, 3 * C));
                 insitra_layernorm_backward_dx<T>(dres, dln, res_in, a->ln1_mean, a->ln1_rstd,
@@ -405,6 +356,9 @@ insitra_status insitra_dev_model_create(insitra_dev_model *m, const insitra_mode
                                         bool bf16, insitra_matmul_ctx *mm)
 {
     *m = insitra_dev_model{};
+    /* a head size the attention kernels cannot run is a configuration error, found here */
+    const insitra_attention_shape sh{max_batch, d->seq_len, d->d_model, d->n_heads, d->causal, bf16};
+    INSITRA_CHECK(insitra_fused_attention_check(&sh));
     m->dims = *d;
     m->layout = layout;
     m->max_batch = max_batch;

@@ -1,8 +1,9 @@
 /*
  * The model on the GPU: the same layer sequence as lib/cpu/model_cpu.c, as
  * cuBLASLt GEMMs and the kernels of kernels.cuh, in the compute type T (fp32,
- * or bf16 with fp32 parameter gradients). Attention is materialised: the
- * softmax probabilities of every layer (B,H,T,T) are kept for backward.
+ * or bf16 with fp32 parameter gradients). Attention is fused (attention.cuh):
+ * per layer it keeps its input qkv and one log-sum-exp per (sample, head,
+ * token), never the (B,H,T,T) probabilities.
  *
  * Parameters and gradients are not owned here: unit hooks hand out, per unit
  * (embedding, block, head), a base pointer to the unit's range of the flat
@@ -28,8 +29,9 @@ typedef struct insitra_dev_unit_hooks {
 } insitra_dev_unit_hooks;
 
 typedef struct insitra_dev_block_acts {
-    void *ln1, *qkvr, *att, *atty, *res_att, *ln2, *fch, *fch_gelu, *res_out;
+    void *ln1, *qkv, *atty, *res_att, *ln2, *fch, *fch_gelu, *res_out;
     float *ln1_mean, *ln1_rstd, *ln2_mean, *ln2_rstd;
+    float *att_lse;               /* (B,H,T) attention log-sum-exp (attention.cuh) */
 } insitra_dev_block_acts;
 
 typedef struct insitra_dev_model {
@@ -50,7 +52,8 @@ typedef struct insitra_dev_model {
     float *x_stage;               /* (B,T,F_in) fp32, for inputs copied from the host */
     float *y;                     /* (B,T,F_out) fp32 targets */
     /* scratch shared by all layers */
-    void *qkv, *yr, *dres, *dln, *datty, *dyr, *dqkvr, *dqkv, *dfch, *datt, *dout;
+    void *dres, *dln, *datty, *dqkv, *dfch, *dout;
+    float *att_delta;             /* (B,H,T) attention backward's rowsum(dout * out) */
     float *col_partial;
     double *reduce_partial;
 } insitra_dev_model;
