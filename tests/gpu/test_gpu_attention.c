@@ -15,8 +15,9 @@
  *   bf16: the reference gets the same bf16-rounded qkv and dout, so what is
  *         left is the kernels' own rounding: the probabilities are rounded to
  *         bf16 before the P V and dS products and every output is stored in
- *         bf16 (2^-9 relative each). out 1e-2; gradients 3e-2 (dS = P (dP -
- *         delta) subtracts two rounded quantities of similar size).
+ *         bf16 (2^-9 relative each): 1e-2 for out and the gradients.
+ * Seen on an H200 (2026-12-01): fp32 at most 1.5e-6 (out) and 2.4e-6
+ * (gradients), bf16 3.5e-3 and 4.1e-3, over the table.
  * NaN never passes (the comparisons are written so that NaN fails).
  *
  * Every output is poisoned (all bytes 0xFF, a NaN in fp32 and bf16) before a
@@ -193,7 +194,7 @@ static void check_case(const attn_case *k, unsigned seed)
         const double e_dq = max_err(got_dqkv, ref_dqkv, N, C, 3 * C) / n_grad;
         const double e_dk = max_err(got_dqkv + C, ref_dqkv + C, N, C, 3 * C) / n_grad;
         const double e_dv = max_err(got_dqkv + 2 * C, ref_dqkv + 2 * C, N, C, 3 * C) / n_grad;
-        const double tol_out = k->bf16 ? 1e-2 : 1e-5, tol_grad = k->bf16 ? 3e-2 : 1e-5;
+        const double tol_out = k->bf16 ? 1e-2 : 1e-5, tol_grad = tol_out;
         const int same = memcmp(run1, run2, out_b + lse_b + dqkv_b) == 0;
         const int ok = e_out <= tol_out && e_dq <= tol_grad && e_dk <= tol_grad && e_dv <= tol_grad && same;
         printf("%s B=%lld T=%-4lld H=%lld hd=%-3lld %-6s %s: out %.2e dq %.2e dk %.2e dv %.2e (tol %.0e/%.0e) "
