@@ -202,6 +202,17 @@ __device__ __forceinline__ void store_rows(bf16 *dst, int64_t rs, const float ac
     }
 }
 
+/* Whether accumulator element e of n-block n of this lane, in a tile of
+ * query rows (the warp's first: row0) by keys (the tile's first: k0), is a
+ * live pair: the key exists, and comes at or before the query when causal. */
+template <bool CAUSAL>
+__device__ __forceinline__ bool live_pair(int row0, int k0, int n, int e, int lane, int Tn)
+{
+    const int key = k0 + n * 8 + 2 * (lane % 4) + (e & 1);
+    const int row = row0 + lane / 4 + 8 * (e / 2);
+    return key < Tn && !(CAUSAL && key > row);
+}
+
 /* the query block of blockIdx.y; causal: the longest rows first */
 template <bool CAUSAL> __device__ __forceinline__ int row_block()
 {
@@ -252,10 +263,8 @@ __global__ void __launch_bounds__(32 * NW, MB) fwd_mma_k(bf16 *out, float *lse, 
         for (int n = 0; n < NB; n++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                const int key = k0 + n * 8 + 2 * (lane % 4) + (e & 1);
-                const int row = row0 + lane / 4 + 8 * (e / 2);
                 s[n][e] *= sl2;
-                if (edge && (key >= Tn || (CAUSAL && key > row))) s[n][e] = -INFINITY;
+                if (edge && !live_pair<CAUSAL>(row0, k0, n, e, lane, Tn)) s[n][e] = -INFINITY;
                 mx[e / 2] = fmaxf(mx[e / 2], s[n][e]);
             }
         float base[2], alpha[2], sum[2] = {0.f, 0.f};
@@ -442,10 +451,8 @@ __global__ void __launch_bounds__(32 * NW, MB) bwd_dq_mma_k(bf16 *dqkv, const bf
         for (int n = 0; n < NB; n++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                const int key = k0 + n * 8 + 2 * (lane % 4) + (e & 1);
-                const int row = row0 + lane / 4 + 8 * (e / 2);
                 float pe = exp2f(ds[n][e] * sl2 - lr[e / 2]);
-                if (edge && (key >= Tn || (CAUSAL && key > row))) pe = 0.f;
+                if (edge && !live_pair<CAUSAL>(row0, k0, n, e, lane, Tn)) pe = 0.f;
                 ds[n][e] = pe * (dp[n][e] - dr[e / 2]);
             }
         tile_accumulate<HD>(dq, ds, cK, lane);
