@@ -31,11 +31,13 @@ insitra_gpu_workspace insitra_gpu_workspace_for(const insitra_model_dims *d, int
     const int64_t col_b = mul(mul(insitra_gpu_col_splits(B), 2 * T), C);
     insitra_gpu_workspace w;
     int64_t u = 0;
-    w.qkvr = take(&u, mul(3, NCe));
-    w.yr = take(&u, NCe);
-    w.dyr = take(&u, NCe);
-    w.dqkvr = take(&u, mul(3, NCe));
-    w.datt = take(&u, mul(mul(mul(B, H), mul(T, T)), es));
+    const bool fused = insitra_gpu_attention_fused(act_size);
+    w.qkvr = take(&u, fused ? 0 : mul(3, NCe));
+    w.yr = take(&u, fused ? 0 : NCe);
+    w.dyr = take(&u, fused ? 0 : NCe);
+    w.dqkvr = take(&u, fused ? 0 : mul(3, NCe));
+    w.datt = take(&u, fused ? 0 : mul(mul(mul(B, H), mul(T, T)), es));
+    w.delta = take(&u, fused ? mul(mul(B, H), mul(T, (int64_t)sizeof(float))) : 0);
     w.col_partial = take(&u, mul(col_a > col_b ? col_a : col_b, (int64_t)sizeof(float)));
     w.reduce_partial = take(&u, INSITRA_GPU_REDUCE_BLOCKS * (int64_t)sizeof(double));
     w.segment_partial =
@@ -45,10 +47,13 @@ insitra_gpu_workspace insitra_gpu_workspace_for(const insitra_model_dims *d, int
     return w;
 }
 
-/* The materialised softmax probabilities (B,H,T,T) per block. */
+/* Per block: the log-sum-exp of every row (B,H,T) fp32 (fused), or the
+ * softmax probabilities (B,H,T,T) (materialised). */
 static int64_t cuda_attention_state_bytes(const insitra_model_dims *d, int64_t B, size_t act_size)
 {
-    return mul(mul(mul(B, d->n_heads), mul(d->seq_len, d->seq_len)), (int64_t)act_size);
+    const int64_t rows = mul(mul(B, d->n_heads), d->seq_len);
+    if (insitra_gpu_attention_fused(act_size)) return mul(rows, (int64_t)sizeof(float));
+    return mul(mul(rows, d->seq_len), (int64_t)act_size);
 }
 
 static int64_t cuda_workspace_bytes(const insitra_model_dims *d, int64_t B, size_t act_size)

@@ -8,6 +8,7 @@
 #ifndef INSITRA_GPU_SIZES_H
 #define INSITRA_GPU_SIZES_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -26,13 +27,20 @@
 /* Row splits of a column reduction over rows rows. */
 int64_t insitra_gpu_col_splits(int64_t rows);
 
+/* How the CUDA backend runs attention: bf16 fused (flash) kernels that keep
+ * a log-sum-exp per row (lib/cuda/attention.cu); fp32, the reference
+ * precision, as batched GEMMs around a row softmax that keeps the (B,H,T,T)
+ * probabilities (its CUDA-core fused kernel is 3x slower at the M shape). */
+static inline bool insitra_gpu_attention_fused(size_t act_size) { return act_size == 2; }
+
 /* The CUDA backend's workspace for micro-batches of B, carved in this order
- * (offsets in bytes from its base): head-split q/k/v, the attention output
- * per head and its gradient, the gradient of the split q/k/v, the attention
- * scores' gradient, column-reduction partials, scalar-reduction partials,
- * the gradient norm's per-tensor partials, the GEMM workspace. */
+ * (offsets in bytes from its base): for materialised attention the head-split
+ * q/k/v, the output per head and its gradient, the gradient of the split
+ * q/k/v and the scores' gradient; for fused attention rowsum(dO * O) per row;
+ * then column-reduction partials, scalar-reduction partials, the gradient
+ * norm's per-tensor partials, the GEMM workspace. Unused parts are empty. */
 typedef struct insitra_gpu_workspace {
-    int64_t qkvr, yr, dyr, dqkvr, datt, col_partial, reduce_partial, segment_partial, gemm, total;
+    int64_t qkvr, yr, dyr, dqkvr, datt, delta, col_partial, reduce_partial, segment_partial, gemm, total;
 } insitra_gpu_workspace;
 
 insitra_gpu_workspace insitra_gpu_workspace_for(const insitra_model_dims *d, int64_t B, size_t act_size);

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention.cuh"
 #include "cuda_util.h"
 #include "kernels.cuh"
 #include "matmul.cuh"
@@ -137,6 +138,11 @@ insitra_status cuda_reserve(insitra_backend *be, const insitra_model_dims *d, in
         c->workspace_bytes = 0;
         INSITRA_CHECK(cuda_alloc(be, (size_t)w.total, "the kernels' workspace", &c->workspace));
         c->workspace_bytes = w.total;
+    }
+    if (insitra_gpu_attention_fused(be->act_size)) {
+        /* a head size the fused kernels cannot run is a configuration error, found here */
+        const insitra_attention_shape sh{B, d->seq_len, d->d_model, d->n_heads, false, c->bf16};
+        INSITRA_CHECK(insitra_fused_attention_check(&sh));
     }
     c->ws = w;
     c->mm.workspace = ws_at<char>(c, w.gemm);
@@ -442,9 +448,12 @@ insitra_status cuda_attention_forward(insitra_backend *be, void *out, void *stat
                                       int64_t T, int64_t C, int64_t H, bool causal)
 {
     cuda_backend *c = cu(be);
-    if (c->bf16)
-        return ops<bf16>{c, c->cs}.attention_forward((bf16 *)out, (bf16 *)state, (const bf16 *)qkv, B, T, C, H,
-                                                     causal);
+    if (insitra_gpu_attention_fused(be->act_size)) {
+        /* state: the log-sum-exp of every row (B,H,T) */
+        const insitra_attention_shape sh{B, T, C, H, causal, c->bf16};
+        return insitra_fused_attention_forward(out, (float *)state, qkv, &sh, c->cs);
+    }
+    /* materialised (fp32): state holds the probabilities (B,H,T,T) */
     return ops<float>{c, c->cs}.attention_forward((float *)out, (float *)state, (const float *)qkv, B, T, C, H,
                                                   causal);
 }
@@ -453,12 +462,13 @@ insitra_status cuda_attention_backward(insitra_backend *be, void *dqkv, const vo
                                        const void *out, const void *state, int64_t B, int64_t T, int64_t C,
                                        int64_t H, bool causal)
 {
-    (void)out;
-    (void)causal; /* the stored probabilities are zero above the diagonal already */
     cuda_backend *c = cu(be);
-    if (c->bf16)
-        return ops<bf16>{c, c->cs}.attention_backward((bf16 *)dqkv, (const bf16 *)dout, (const bf16 *)qkv,
-                                                      (const bf16 *)state, B, T, C, H);
+    if (insitra_gpu_attention_fused(be->act_size)) {
+        const insitra_attention_shape sh{B, T, C, H, causal, c->bf16};
+        return insitra_fused_attention_backward(dqkv, ws_at<float>(c, c->ws.delta), dout, qkv, out,
+                                                (const float *)state, &sh, c->cs);
+    }
+    /* materialised (fp32): the stored probabilities are zero above the diagonal already */
     return ops<float>{c, c->cs}.attention_backward((float *)dqkv, (const float *)dout, (const float *)qkv,
                                                    (const float *)state, B, T, C, H);
 }

@@ -366,8 +366,11 @@ int main(int argc, char **argv)
                                   {4, 16, 64, 4, 0}};
         for (size_t k = 0; k < sizeof att / sizeof *att; k++) {
             const int64_t *d = att[k], B = d[0], T = d[1], C = d[2], H = d[3];
-            const int64_t state = insitra_backend_cuda_desc.attention_state_bytes(
-                &(insitra_model_dims){.seq_len = T, .n_heads = H}, B, sizeof(float));
+            /* as much as either backend keeps for backward */
+            const insitra_model_dims ad = {.seq_len = T, .n_heads = H};
+            const int64_t cs = insitra_backend_cpu_desc.attention_state_bytes(&ad, B, sizeof(float));
+            const int64_t gs = insitra_backend_cuda_desc.attention_state_bytes(&ad, B, gpu->act_size);
+            const int64_t state = cs > gs ? cs : gs;
             snprintf(c.name, sizeof c.name, "attention_forward+backward B%lld T%lld C%lld H%lld%s %s", (long long)B,
                      (long long)T, (long long)C, (long long)H, d[4] ? " causal" : "", p);
             c.nt = 5;
