@@ -30,7 +30,6 @@
  *   learning rates                1e-12 (both are double evaluations of one formula)
  */
 #include <math.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,73 +37,18 @@
 #include "fixture.h"
 #include "model.h"
 #include "optimizer.h"
+#include "test_util.h"
 
 #define TOL_OUT 1e-5
 #define TOL_LOSS 1e-5
 #define TOL_GRAD 1e-4
 #define TOL_TRAIN 1e-4
 #define TOL_LR 1e-12
-#define TINY 1e-30
 #define MAX_STEPS 1000
 
-/* Tally of every comparison made, for the summary line. */
-typedef struct tally {
-    int compared;
-    int failed;
-    double worst;          /* largest err / tol seen */
-    char worst_name[96];
-} tally;
-
-/* max |c - r| / max(max |r|, TINY) over n values; INFINITY if c is not finite. */
-static double normalized_error(const float *c, const float *r, int64_t n) {
-    double max_diff = 0.0, max_ref = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        if (!isfinite(c[i])) {
-            return INFINITY;
-        }
-        double diff = fabs((double)c[i] - (double)r[i]);
-        max_diff = diff > max_diff ? diff : max_diff;
-        max_ref = fabs((double)r[i]) > max_ref ? fabs((double)r[i]) : max_ref;
-    }
-    return max_diff / (max_ref > TINY ? max_ref : TINY);
-}
-
-/* |c - r| / max(|r|, TINY); INFINITY if c is not finite. */
-static double relative_error(double c, double r) {
-    if (!isfinite(c)) {
-        return INFINITY;
-    }
-    return fabs(c - r) / (fabs(r) > TINY ? fabs(r) : TINY);
-}
-
-/* Records one comparison and prints it. Written as !(err <= tol) so that a
- * NaN error fails too. */
-static void report(tally *t, const char *name, double err, double tol) {
-    bool ok = err <= tol;
-    t->compared++;
-    t->failed += !ok;
-    /* err / tol, so quantities with different tolerances can be ranked; the
-     * first failure stays the named one. */
-    double ratio = ok ? err / tol : INFINITY;
-    if (t->compared == 1 || ratio > t->worst) {
-        t->worst = ratio;
-        snprintf(t->worst_name, sizeof(t->worst_name), "%s", name);
-    }
-    printf("  %-36s worst err %.3e  tol %.0e  %s\n", name, err, tol, ok ? "ok" : "FAIL");
-}
-
-/* The comparison itself must be able to fail; check it on known answers
- * before trusting a "pass" from it. */
-static bool error_measure_works(void) {
-    const float ref[3] = {1.0f, -2.0f, 4.0f};
-    const float off[3] = {1.0f, -2.0f, 4.004f};   /* 1e-3 of the largest entry */
-    const float bad[3] = {1.0f, NAN, 4.0f};
-    return normalized_error(ref, ref, 3) == 0.0 &&
-           fabs(normalized_error(off, ref, 3) - 1e-3) < 1e-6 &&
-           !(normalized_error(bad, ref, 3) <= TOL_GRAD) &&
-           !(relative_error(NAN, 1.0) <= TOL_LOSS) &&
-           relative_error(1.0 + 2e-5, 1.0) > TOL_LOSS;
-}
+/* The error measures are insitra_test_max_error and insitra_test_rel_error
+ * (test_util.h), which test_test_util.c checks on known mismatches: a
+ * comparison that cannot fail would pass anything. */
 
 static int fixture_fail(fixture *f) {
     fprintf(stderr, "test_parity: %s\n", f->error);
@@ -176,21 +120,13 @@ static int check_layout_tiles(const insitra_param_layout *layout) {
 }
 
 int main(int argc, char **argv) {
-    /* Line-buffered even into a pipe (CTest), so the log shows how far it
-     * got if the library crashes. */
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s FIXTURE\n", argv[0]);
-        return 2;
-    }
-    if (!error_measure_works()) {
-        fprintf(stderr, "test_parity: the error measure does not detect known mismatches\n");
-        return 2;
+    insitra_test tc = insitra_test_begin(&argc, &argv, "parity");
+    if (!EXPECT(&tc, argc == 2, "usage: %s FIXTURE", argv[0])) {
+        return insitra_test_end(&tc);
     }
     fixture fx;
-    if (fixture_load(&fx, argv[1]) != 0) {
-        fprintf(stderr, "test_parity: %s\n", fx.error);
-        return 2;
+    if (!EXPECT(&tc, fixture_load(&fx, argv[1]) == 0, "%s", fx.error)) {
+        return insitra_test_end(&tc);
     }
 
     /* ---- dims and hyper-parameters, as the reference used them ---- */
@@ -216,15 +152,15 @@ int main(int argc, char **argv) {
         fixture_scalar_f64(&fx, "hparams/weight_decay", &hp.weight_decay) ||
         fixture_scalar_f64(&fx, "hparams/max_grad_norm", &max_grad_norm) ||
         fixture_scalar_i64(&fx, "hparams/steps", &steps)) {
-        fprintf(stderr, "test_parity: %s\n", fx.error);
+        EXPECT(&tc, false, "%s", fx.error);
         fixture_free(&fx);
-        return 2;
+        return insitra_test_end(&tc);
     }
     if (B < 1 || steps < 1 || steps > MAX_STEPS || (causal != 0 && causal != 1)) {
-        fprintf(stderr, "test_parity: implausible fixture: batch %lld, steps %lld, causal %lld\n",
-                (long long)B, (long long)steps, (long long)causal);
+        EXPECT(&tc, false, "implausible fixture: batch %lld, steps %lld, causal %lld", (long long)B,
+               (long long)steps, (long long)causal);
         fixture_free(&fx);
-        return 2;
+        return insitra_test_end(&tc);
     }
     dims.causal = causal != 0;
     const int64_t T = dims.seq_len, Fin = dims.in_features, Fout = dims.out_features;
@@ -244,24 +180,21 @@ int main(int argc, char **argv) {
         fixture_get_f64(&fx, "train/loss", &loss_series, &n_loss) ||
         fixture_get_f64(&fx, "train/grad_norm", &norm_series, &n_norm) ||
         fixture_get_f64(&fx, "train/lr", &lr_series, &n_lr)) {
-        fprintf(stderr, "test_parity: %s\n", fx.error);
+        EXPECT(&tc, false, "%s", fx.error);
         fixture_free(&fx);
-        return 2;
+        return insitra_test_end(&tc);
     }
     if (n_loss != steps || n_norm != steps || n_lr != steps) {
-        fprintf(stderr, "test_parity: train series hold %lld/%lld/%lld values, expected %lld\n",
-                (long long)n_loss, (long long)n_norm, (long long)n_lr, (long long)steps);
+        EXPECT(&tc, false, "train series hold %lld/%lld/%lld values, expected %lld", (long long)n_loss,
+               (long long)n_norm, (long long)n_lr, (long long)steps);
         fixture_free(&fx);
-        return 2;
+        return insitra_test_end(&tc);
     }
 
     insitra_model m;
-    insitra_status st = insitra_model_create(&m, &dims, B);
-    if (st != INSITRA_STATUS_OK) {
-        fprintf(stderr, "test_parity: insitra_model_create: %s: %s\n", insitra_status_name(st),
-                insitra_last_error());
+    if (!EXPECT_OK(&tc, insitra_model_create(&m, &dims, B), "model_create")) {
         fixture_free(&fx);
-        return 2;
+        return insitra_test_end(&tc);
     }
     const insitra_param_layout *layout = &m.layout;
     const int64_t total = layout->total;
@@ -270,24 +203,21 @@ int main(int argc, char **argv) {
     double *loss_c = calloc((size_t)steps, sizeof(double));
     double *norm_c = calloc((size_t)steps, sizeof(double));
     double *lr_c = calloc((size_t)steps, sizeof(double));
-    int rc = 2;
-    if (!adam_m || !adam_v || !loss_c || !norm_c || !lr_c) {
-        fprintf(stderr, "test_parity: out of memory\n");
+    if (!EXPECT(&tc, adam_m && adam_v && loss_c && norm_c && lr_c, "out of memory")) {
         goto done;
     }
     printf("  %lld parameter tensors, %lld parameters\n", (long long)layout->num_tensors,
            (long long)total);
-    if (check_layout_tiles(layout) != 0 || load_params(&fx, layout, m.params) != 0) {
+    if (!EXPECT(&tc, check_layout_tiles(layout) == 0 && load_params(&fx, layout, m.params) == 0,
+                "the layout or the fixture's parameters (above)")) {
         goto done;
     }
-
-    tally t = {0};
 
     /* ---- forward ---- */
     printf("forward\n");
     double loss = insitra_model_forward(&m, B, x, y);
-    report(&t, "out", normalized_error(m.a.out, out_ref, B * T * Fout), TOL_OUT);
-    report(&t, "loss", relative_error(loss, loss_ref), TOL_LOSS);
+    insitra_test_within(&tc, "out", insitra_test_max_error(m.a.out, out_ref, B * T * Fout), TOL_OUT);
+    insitra_test_within(&tc, "loss", insitra_test_rel_error(loss, loss_ref), TOL_LOSS);
 
     /* ---- backward: every gradient tensor, by name ---- */
     printf("backward\n");
@@ -298,7 +228,7 @@ int main(int argc, char **argv) {
         grads_in_fixture += strncmp(fx.records[i].name, "grad/", 5) == 0;
     }
     if (grads_in_fixture != layout->num_tensors) {
-        fprintf(stderr, "test_parity: fixture has %lld gradients, the layout %lld tensors\n",
+        EXPECT(&tc, false, "fixture has %lld gradients, the layout %lld tensors",
                 (long long)grads_in_fixture, (long long)layout->num_tensors);
         goto done;
     }
@@ -307,16 +237,17 @@ int main(int argc, char **argv) {
         char key[96];
         snprintf(key, sizeof(key), "grad/%s", d->name);
         if (fixture_get_f32(&fx, key, d->ndim, d->shape, &grad_ref) != 0) {
-            fixture_fail(&fx);
+            EXPECT(&tc, false, "%s", fx.error);
             goto done;
         }
-        report(&t, key, normalized_error(m.grads + d->offset, grad_ref, d->numel), TOL_GRAD);
+        insitra_test_within(&tc, key, insitra_test_max_error(m.grads + d->offset, grad_ref, d->numel),
+                            TOL_GRAD);
     }
 
     /* ---- training: the reference's loop, step for step ---- */
     printf("training, %lld AdamW steps on the same batch from the initial parameters\n",
            (long long)steps);
-    if (load_params(&fx, layout, m.params) != 0) {
+    if (!EXPECT(&tc, load_params(&fx, layout, m.params) == 0, "the fixture's parameters (above)")) {
         goto done;
     }
     for (int64_t s = 0; s < steps; s++) {
@@ -334,24 +265,14 @@ int main(int argc, char **argv) {
     for (int64_t s = 0; s < steps; s++) {
         printf("  %4lld  %.8f  %.8f  %.8f     %.8f         %.6g\n", (long long)s, loss_c[s],
                loss_series[s], norm_c[s], norm_series[s], lr_c[s]);
-        worst_loss = fmax(worst_loss, relative_error(loss_c[s], loss_series[s]));
-        worst_norm = fmax(worst_norm, relative_error(norm_c[s], norm_series[s]));
-        worst_lr = fmax(worst_lr, relative_error(lr_c[s], lr_series[s]));
-        /* fmax drops a NaN operand; relative_error never returns NaN, only INFINITY. */
+        worst_loss = fmax(worst_loss, insitra_test_rel_error(loss_c[s], loss_series[s]));
+        worst_norm = fmax(worst_norm, insitra_test_rel_error(norm_c[s], norm_series[s]));
+        worst_lr = fmax(worst_lr, insitra_test_rel_error(lr_c[s], lr_series[s]));
+        /* fmax drops a NaN operand; insitra_test_rel_error never returns NaN, only INFINITY. */
     }
-    report(&t, "train/loss", worst_loss, TOL_TRAIN);
-    report(&t, "train/grad_norm", worst_norm, TOL_TRAIN);
-    report(&t, "train/lr", worst_lr, TOL_LR);
-
-    if (t.failed == 0) {
-        printf("test_parity: PASS, %d quantities within tolerance; closest to its tolerance: "
-               "%s at %.2f of it\n", t.compared, t.worst_name, t.worst);
-        rc = 0;
-    } else {
-        printf("test_parity: FAIL, %d of %d quantities over tolerance (first failure: %s)\n",
-               t.failed, t.compared, t.worst_name);
-        rc = 1;
-    }
+    insitra_test_within(&tc, "train/loss", worst_loss, TOL_TRAIN);
+    insitra_test_within(&tc, "train/grad_norm", worst_norm, TOL_TRAIN);
+    insitra_test_within(&tc, "train/lr", worst_lr, TOL_LR);
 
 done:
     free(adam_m);
@@ -361,5 +282,5 @@ done:
     free(lr_c);
     insitra_model_free(&m);
     fixture_free(&fx);
-    return rc;
+    return insitra_test_end(&tc);
 }
