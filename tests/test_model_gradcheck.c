@@ -56,8 +56,8 @@ static void check_model(insitra_test *tc, bool causal)
            (long long)m.layout.total);
     for (int64_t i = 0; i < m.layout.num_tensors; i++) {
         const insitra_tensor_desc *t = &m.layout.tensors[i];
-        const int off = gradcheck(t->name, m.params + t->offset, analytic + t->offset, t->numel,
-                                  model_loss, &c, 24, 1e-2, 1e-4, 1e-2);
+        const int off = gradcheck(t->name, m.params + t->offset, analytic + t->offset, t->numel, model_loss,
+                                  &c, 24, 1e-2, 1e-4, 1e-2);
         EXPECT(tc, off == 0, "%s model, %s: %d checked entries off tolerance",
                causal ? "causal" : "bidirectional", t->name, off);
     }

@@ -228,8 +228,8 @@ int main(int argc, char **argv) {
         grads_in_fixture += strncmp(fx.records[i].name, "grad/", 5) == 0;
     }
     if (grads_in_fixture != layout->num_tensors) {
-        EXPECT(&tc, false, "fixture has %lld gradients, the layout %lld tensors",
-                (long long)grads_in_fixture, (long long)layout->num_tensors);
+        EXPECT(&tc, false, "fixture has %lld gradients, the layout %lld tensors", (long long)grads_in_fixture,
+               (long long)layout->num_tensors);
         goto done;
     }
     for (int64_t i = 0; i < layout->num_tensors; i++) {

@@ -23,8 +23,7 @@ int main(int argc, char **argv)
                                                    "training: {batch_size: 4}\n");
     insitra_trainer *t = NULL;
     float *theirs = NULL;
-    if (!cfg || !EXPECT_OK(&tc, insitra_trainer_create(&t, cfg, MPI_COMM_WORLD), "trainer_create"))
-        goto done;
+    if (!cfg || !EXPECT_OK(&tc, insitra_trainer_create(&t, cfg, MPI_COMM_WORLD), "trainer_create")) goto done;
 
     /* Rank 1 has no samples yet: every rank's step fails, naming rank 1. */
     static float x[N][T][F], y[N][T][F];

@@ -25,8 +25,8 @@ static void counting(insitra_test *t)
     probe.failures = 0;
     printf("(deliberate failures follow, counted in a scratch context)\n");
     EXPECT(t, EXPECT(&probe, 1 + 1 == 2, "true") && probe.failures == 0, "a true check counted");
-    EXPECT(t, !EXPECT(&probe, 1 + 1 == 3, "deliberate") && probe.failures == 1,
-           "a false check: %d failures", probe.failures);
+    EXPECT(t, !EXPECT(&probe, 1 + 1 == 3, "deliberate") && probe.failures == 1, "a false check: %d failures",
+           probe.failures);
     EXPECT(t, !EXPECT_OK(&probe, INSITRA_STATUS_CONFIG_ERROR, "deliberate") && probe.failures == 2,
            "a failed status: %d failures", probe.failures);
     EXPECT(t, EXPECT_OK(&probe, INSITRA_STATUS_OK, "ok") && probe.failures == 2, "OK counted");
@@ -64,8 +64,9 @@ static void error_measures(insitra_test *t)
     EXPECT(t, fabs(insitra_test_l2_error(off, ref, 3) - 0.004 / sqrt(21.0)) < 1e-7, "L2 error %g",
            insitra_test_l2_error(off, ref, 3));
     EXPECT(t, isinf(insitra_test_l2_error(bad, ref, 3)), "L2 error with a NaN");
-    EXPECT(t, insitra_test_rel_error(1.0 + 2e-5, 1.0) > 1e-5 &&
-                  fabs(insitra_test_rel_error(1.0 + 2e-5, 1.0) - 2e-5) < 1e-12,
+    EXPECT(t,
+           insitra_test_rel_error(1.0 + 2e-5, 1.0) > 1e-5 &&
+               fabs(insitra_test_rel_error(1.0 + 2e-5, 1.0) - 2e-5) < 1e-12,
            "relative error %g", insitra_test_rel_error(1.0 + 2e-5, 1.0));
     EXPECT(t, isinf(insitra_test_rel_error(NAN, 1.0)), "relative error of NaN");
     EXPECT(t, insitra_test_rel_error(-3.0, -3.0) == 0.0, "relative error of equal values");

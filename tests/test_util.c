@@ -35,8 +35,8 @@ int insitra_test_end(insitra_test *t)
         printf("%s on %d rank%s: %s (%d failure%s)", t->name, t->size, t->size == 1 ? "" : "s",
                total ? "FAILED" : "passed", total, total == 1 ? "" : "s");
         if (t->compared > 0 && total == 0)
-            printf("; %d quantities within tolerance, closest: %s at %.2f of it", t->compared,
-                   t->worst_name, t->worst_ratio);
+            printf("; %d quantities within tolerance, closest: %s at %.2f of it", t->compared, t->worst_name,
+                   t->worst_ratio);
         printf("\n");
     }
     MPI_Finalize();
@@ -87,8 +87,7 @@ bool insitra_test_within(insitra_test *t, const char *what, double err, double t
         t->worst_ratio = ratio;
         snprintf(t->worst_name, sizeof t->worst_name, "%s", what);
     }
-    if (t->rank == 0 || !ok)
-        printf("  %-36s err %.3e  tol %.0e  %s\n", what, err, tol, ok ? "ok" : "FAIL");
+    if (t->rank == 0 || !ok) printf("  %-36s err %.3e  tol %.0e  %s\n", what, err, tol, ok ? "ok" : "FAIL");
     if (!ok) t->failures++;
     return ok;
 }
@@ -114,8 +113,8 @@ bool insitra_test_set(insitra_test *t, insitra_config *cfg, const char *key, con
     if (!EXPECT(t, n >= 0 && (size_t)n < sizeof value, "value for %s does not fit %zu bytes", key,
                 sizeof value))
         return false;
-    return EXPECT(t, insitra_config_set(cfg, key, value) == INSITRA_STATUS_OK, "config_set %s = %s: %s",
-                  key, value, insitra_last_error());
+    return EXPECT(t, insitra_config_set(cfg, key, value) == INSITRA_STATUS_OK, "config_set %s = %s: %s", key,
+                  value, insitra_last_error());
 }
 
 void insitra_test_fill_wave(float *a, int64_t n, double (*wave)(double), double freq, double phase,

@@ -28,12 +28,12 @@
 #include "insitra.h"
 
 typedef struct insitra_test {
-    const char *name;      /* in the summary line */
-    int rank, size;        /* in MPI_COMM_WORLD */
-    int failures;          /* this rank's failed checks */
-    int compared;          /* tolerance checks made by insitra_test_within */
-    double worst_ratio;    /* their largest err / tol (INFINITY once one failed) */
-    char worst_name[96];   /* and which quantity it was */
+    const char *name;    /* in the summary line */
+    int rank, size;      /* in MPI_COMM_WORLD */
+    int failures;        /* this rank's failed checks */
+    int compared;        /* tolerance checks made by insitra_test_within */
+    double worst_ratio;  /* their largest err / tol (INFINITY once one failed) */
+    char worst_name[96]; /* and which quantity it was */
 } insitra_test;
 
 /* Initialises MPI (unless the program already did) and line-buffers stdout,

@@ -56,8 +56,8 @@ int main(int argc, char **argv)
         EXPECT(&tc, memcmp(&plan.memory, &r, sizeof r) == 0,
                "stage %d: the plan (total %lld) differs from the report (total %lld)", stage,
                (long long)plan.memory.total_bytes, (long long)r.total_bytes);
-        EXPECT(&tc, (size == 1) == (plan.comm_bytes_per_step == 0), "stage %d: traffic %lld bytes",
-               stage, (long long)plan.comm_bytes_per_step);
+        EXPECT(&tc, (size == 1) == (plan.comm_bytes_per_step == 0), "stage %d: traffic %lld bytes", stage,
+               (long long)plan.comm_bytes_per_step);
         insitra_trainer_free(t);
         insitra_config_free(cfg);
     }
@@ -70,8 +70,9 @@ int main(int argc, char **argv)
     insitra_status s = insitra_trainer_create(&t, cfg, MPI_COMM_WORLD);
     if (size > 1) {
         EXPECT(&tc, s != INSITRA_STATUS_OK && t == NULL, "differing configs were accepted");
-        EXPECT(&tc, strstr(insitra_last_error(), "optimizer.lr") != NULL &&
-                        strstr(insitra_last_error(), "0.5") != NULL,
+        EXPECT(&tc,
+               strstr(insitra_last_error(), "optimizer.lr") != NULL &&
+                   strstr(insitra_last_error(), "0.5") != NULL,
                "message does not name the key and value: %s", insitra_last_error());
         if (rank == 0) printf("differing configs: %s\n", insitra_last_error());
     } else {
@@ -82,8 +83,9 @@ int main(int argc, char **argv)
     insitra_test_set(&tc, cfg, "optimizer.lr", "1e-3");
     insitra_test_set(&tc, cfg, "parallel.dp", "%d", size + 1);
     s = insitra_trainer_create(&t, cfg, MPI_COMM_WORLD);
-    EXPECT(&tc, s == (rank == 0 ? INSITRA_STATUS_CONFIG_ERROR : INSITRA_STATUS_REMOTE_ERROR) &&
-                    strstr(insitra_last_error(), "parallel.dp"),
+    EXPECT(&tc,
+           s == (rank == 0 ? INSITRA_STATUS_CONFIG_ERROR : INSITRA_STATUS_REMOTE_ERROR) &&
+               strstr(insitra_last_error(), "parallel.dp"),
            "wrong grid: %s %s", insitra_status_name(s), insitra_last_error());
     if (rank == 0) printf("wrong grid: %s\n", insitra_last_error());
     insitra_config_free(cfg);

@@ -20,70 +20,28 @@
  */
 #include <cuda_runtime_api.h>
 #include <math.h>
-#include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "fixture.h"
 #include "gpu.h"
-#include "insitra.h"
+#include "test_util.h"
 #include "trainer.h"
-
-static int failures;
-
-static void report(const char *what, double err, double tol)
-{
-    const int ok = err <= tol; /* NaN fails */
-    printf("  %-28s err %.3e  tol %.0e  %s\n", what, err, tol, ok ? "ok" : "FAIL");
-    if (!ok) failures++;
-}
-
-static double tensor_err(const float *c, const float *r, int64_t n)
-{
-    double d = 0, m = 0;
-    for (int64_t i = 0; i < n; i++) {
-        if (!isfinite(c[i])) return INFINITY;
-        d = fmax(d, fabs((double)c[i] - r[i]));
-        m = fmax(m, fabs((double)r[i]));
-    }
-    return d / fmax(m, 1e-30);
-}
-
-static double scalar_err(double c, double r) { return isfinite(c) ? fabs(c - r) / fmax(fabs(r), 1e-30) : INFINITY; }
-
-static void set(insitra_config *cfg, const char *key, double v, int integer)
-{
-    char text[64];
-    if (integer) snprintf(text, sizeof text, "%lld", (long long)v);
-    else snprintf(text, sizeof text, "%.17g", v);
-    if (insitra_config_set(cfg, key, text) != INSITRA_STATUS_OK) {
-        printf("FAIL config %s = %s: %s\n", key, text, insitra_last_error());
-        failures++;
-    }
-}
 
 int main(int argc, char **argv)
 {
-    MPI_Init(&argc, &argv);
+    insitra_test tc = insitra_test_begin(&argc, &argv, "gpu_parity");
     int devices = 0;
-    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-        printf("SKIP: no usable CUDA device\n");
-        MPI_Finalize();
-        return 77;
-    }
-    if (argc != 3 || (strcmp(argv[2], "fp32") && strcmp(argv[2], "bf16"))) {
-        fprintf(stderr, "usage: %s FIXTURE fp32|bf16\n", argv[0]);
-        MPI_Finalize();
-        return 2;
-    }
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0)
+        return insitra_test_skip(&tc, "no usable CUDA device");
+    if (!EXPECT(&tc, argc == 3 && (!strcmp(argv[2], "fp32") || !strcmp(argv[2], "bf16")),
+                "usage: %s FIXTURE fp32|bf16", argv[0]))
+        return insitra_test_end(&tc);
     const int bf16 = strcmp(argv[2], "bf16") == 0;
     fixture fx;
-    if (fixture_load(&fx, argv[1]) != 0) {
-        fprintf(stderr, "test_gpu_parity: %s\n", fx.error);
-        MPI_Finalize();
-        return 1;
-    }
+    if (!EXPECT(&tc, fixture_load(&fx, argv[1]) == 0, "%s", fx.error)) return insitra_test_end(&tc);
+    insitra_trainer *t = NULL; /* before the first goto bad_fixture, which frees it */
     const char *ikeys[] = {"dims/batch", "dims/seq_len", "dims/in_features", "dims/out_features",
                            "dims/d_model", "dims/n_layers", "dims/n_heads", "dims/causal",
                            "hparams/warmup_steps", "hparams/decay_steps", "hparams/steps"};
@@ -97,31 +55,29 @@ int main(int argc, char **argv)
         if (fixture_scalar_f64(&fx, fkeys[i], &fv[i])) goto bad_fixture;
     const int64_t B = iv[0], T = iv[1], Fin = iv[2], Fout = iv[3], steps = iv[10];
 
-    insitra_config *cfg;
-    insitra_config_create(&cfg);
-    insitra_config_set(cfg, "device", "cuda");
-    insitra_config_set(cfg, "precision", argv[2]);
-    insitra_config_set(cfg, "data.sampler", "sequential");
-    insitra_config_set(cfg, "model.causal", iv[7] ? "true" : "false");
+    insitra_config *cfg = insitra_test_config(&tc, "device: cuda\ndata: {sampler: sequential}\n");
+    if (!cfg) {
+        fixture_free(&fx);
+        return insitra_test_end(&tc);
+    }
+    insitra_test_set(&tc, cfg, "precision", "%s", argv[2]);
+    insitra_test_set(&tc, cfg, "model.causal", "%s", iv[7] ? "true" : "false");
     const char *model_keys[] = {"training.batch_size", "model.seq_len", "model.in_features",
                                 "model.out_features", "model.d_model", "model.n_layers", "model.n_heads"};
-    for (int i = 0; i < 7; i++) set(cfg, model_keys[i], (double)iv[i], 1);
-    set(cfg, "data.capacity", (double)B, 1);
-    set(cfg, "optimizer.warmup_steps", (double)iv[8], 1);
-    set(cfg, "optimizer.decay_steps", (double)iv[9], 1);
+    for (int i = 0; i < 7; i++) insitra_test_set(&tc, cfg, model_keys[i], "%lld", (long long)iv[i]);
+    insitra_test_set(&tc, cfg, "data.capacity", "%lld", (long long)B);
+    insitra_test_set(&tc, cfg, "optimizer.warmup_steps", "%lld", (long long)iv[8]);
+    insitra_test_set(&tc, cfg, "optimizer.decay_steps", "%lld", (long long)iv[9]);
     const char *opt_keys[] = {"optimizer.lr", "optimizer.min_lr", "optimizer.beta1", "optimizer.beta2",
                               "optimizer.eps", "optimizer.weight_decay", "training.grad_clip"};
-    for (int i = 0; i < 7; i++) set(cfg, opt_keys[i], fv[i], 0);
+    for (int i = 0; i < 7; i++) insitra_test_set(&tc, cfg, opt_keys[i], "%.17g", fv[i]);
 
-    insitra_trainer *t = NULL;
-    if (insitra_trainer_create(&t, cfg, MPI_COMM_WORLD) != INSITRA_STATUS_OK) {
-        printf("FAIL trainer_create: %s\n", insitra_last_error());
-        insitra_config_free(cfg);
-        fixture_free(&fx);
-        MPI_Finalize();
-        return 1;
-    }
+    const bool created = EXPECT_OK(&tc, insitra_trainer_create(&t, cfg, MPI_COMM_WORLD), "trainer_create");
     insitra_config_free(cfg);
+    if (!created) {
+        fixture_free(&fx);
+        return insitra_test_end(&tc);
+    }
 
     /* the fixture's parameters into the host copy (stage 0: full), then the device */
     const insitra_param_layout *l = &t->model.layout;
@@ -132,10 +88,7 @@ int main(int argc, char **argv)
         if (fixture_get_f32(&fx, key, l->tensors[i].ndim, l->tensors[i].shape, &src)) goto bad_fixture;
         memcpy(t->model.params + l->tensors[i].offset, src, (size_t)l->tensors[i].numel * sizeof(float));
     }
-    if (insitra_gpu_upload_state(t->gpu, t) != INSITRA_STATUS_OK) {
-        printf("FAIL upload: %s\n", insitra_last_error());
-        failures++;
-    }
+    EXPECT_OK(&tc, insitra_gpu_upload_state(t->gpu, t), "gpu_upload_state");
 
     const float *x, *y, *out_ref;
     const double *loss_ref, *norm_ref, *lr_ref;
@@ -156,42 +109,31 @@ int main(int argc, char **argv)
            (long long)steps);
     float *out = malloc((size_t)(B * T * Fout) * sizeof(float));
     double loss = NAN;
-    if (insitra_predict(t, B, x, out) != INSITRA_STATUS_OK || insitra_evaluate(t, B, x, y, &loss) != INSITRA_STATUS_OK) {
-        printf("FAIL predict/evaluate: %s\n", insitra_last_error());
-        failures++;
-    } else {
-        report("forward output", tensor_err(out, out_ref, B * T * Fout), tol_fwd);
-        report("loss", scalar_err(loss, loss0), tol_fwd);
+    if (EXPECT_OK(&tc, insitra_predict(t, B, x, out), "predict") &&
+        EXPECT_OK(&tc, insitra_evaluate(t, B, x, y, &loss), "evaluate")) {
+        insitra_test_within(&tc, "forward output", insitra_test_max_error(out, out_ref, B * T * Fout), tol_fwd);
+        insitra_test_within(&tc, "loss", insitra_test_rel_error(loss, loss0), tol_fwd);
     }
     free(out);
-    if (insitra_push_samples(t, B, x, y) != INSITRA_STATUS_OK) {
-        printf("FAIL push_samples: %s\n", insitra_last_error());
-        failures++;
-    }
+    EXPECT_OK(&tc, insitra_push_samples(t, B, x, y), "push_samples");
     double worst_loss = 0, worst_norm = 0, worst_lr = 0;
     for (int64_t s = 0; s < steps; s++) {
         insitra_metrics m;
-        if (insitra_train_step(t, &m) != INSITRA_STATUS_OK) {
-            printf("FAIL train_step %lld: %s\n", (long long)s + 1, insitra_last_error());
-            failures++;
-            break;
-        }
-        worst_loss = fmax(worst_loss, scalar_err(m.loss, loss_ref[s]));
-        worst_norm = fmax(worst_norm, scalar_err(m.grad_norm, norm_ref[s]));
-        worst_lr = fmax(worst_lr, scalar_err(m.lr, lr_ref[s]));
+        if (!EXPECT_OK(&tc, insitra_train_step(t, &m), "train_step")) break;
+        worst_loss = fmax(worst_loss, insitra_test_rel_error(m.loss, loss_ref[s]));
+        worst_norm = fmax(worst_norm, insitra_test_rel_error(m.grad_norm, norm_ref[s]));
+        worst_lr = fmax(worst_lr, insitra_test_rel_error(m.lr, lr_ref[s]));
     }
-    report("training losses", worst_loss, tol_train);
-    report("training gradient norms", worst_norm, tol_train);
-    report("learning rates", worst_lr, 1e-12);
+    insitra_test_within(&tc, "training losses", worst_loss, tol_train);
+    insitra_test_within(&tc, "training gradient norms", worst_norm, tol_train);
+    insitra_test_within(&tc, "learning rates", worst_lr, 1e-12);
     insitra_trainer_free(t);
     fixture_free(&fx);
-    printf("%s\n", failures ? "FAILED" : "PASSED");
-    MPI_Finalize();
-    return failures ? 1 : 0;
+    return insitra_test_end(&tc);
 
 bad_fixture:
-    fprintf(stderr, "test_gpu_parity: %s\n", fx.error);
+    EXPECT(&tc, false, "%s", fx.error);
+    insitra_trainer_free(t);
     fixture_free(&fx);
-    MPI_Finalize();
-    return 1;
+    return insitra_test_end(&tc);
 }
