@@ -8,7 +8,7 @@
 # insitra's step-N.h5 with the sample stores and the program's field file
 # with u and the window generators, restores everything the run depends on.
 #
-#   burgers1d_resume.sh WORKDIR LAUNCHER...
+#   check_resume.sh WORKDIR LAUNCHER...
 #
 # LAUNCHER... runs burgers1d on its ranks (mpiexec -n 2 .../burgers1d); the
 # run's arguments are appended to it.
@@ -22,24 +22,24 @@ run=(--cells=256 --steps=$STEPS --output-every=50 --test-steps=5 --checkpoint-ev
 rm -rf "$work"
 mkdir -p "$work"
 cd "$work"
-echo "burgers1d_resume: the uninterrupted run"
+echo "check_resume: the uninterrupted run"
 "$@" "${run[@]}" --checkpoint-dir=straight-ckpt --metrics=straight.jsonl
-echo "burgers1d_resume: the interrupted run"
+echo "check_resume: the interrupted run"
 "$here/../heat2d/interrupt_resume.sh" resumed.jsonl "$STOP_AT" \
   "$@" "${run[@]}" --checkpoint-dir=resumed-ckpt --metrics=resumed.jsonl
 
 stopped=$(sed -n 's/^{"event": "stopped", "step": \([0-9]*\).*/\1/p' resumed.jsonl)
 straight=$(grep '"event": "held_out"' straight.jsonl)
 resumed=$(grep '"event": "held_out"' resumed.jsonl)
-echo "burgers1d_resume: stopped after solver step ${stopped:-?} of $STEPS"
+echo "check_resume: stopped after solver step ${stopped:-?} of $STEPS"
 echo "  uninterrupted: $straight"
 echo "  resumed:       $resumed"
 if [ -z "$stopped" ] || [ "$stopped" -ge "$STEPS" ]; then
-  echo "burgers1d_resume: FAILED: the interrupted run did not stop partway" >&2
+  echo "check_resume: FAILED: the interrupted run did not stop partway" >&2
   exit 1
 fi
 if [ "$straight" != "$resumed" ]; then
-  echo "burgers1d_resume: FAILED: the resumed run ends differently" >&2
+  echo "check_resume: FAILED: the resumed run ends differently" >&2
   exit 1
 fi
-echo "burgers1d_resume: ok: the resumed run ends with the uninterrupted run's record"
+echo "check_resume: ok: the resumed run ends with the uninterrupted run's record"

@@ -30,7 +30,7 @@
  * the window generators, next to it (burgers1d_pair.h). SIGUSR1/SIGTERM make
  * it leave the time loop after that pair, say so, and exit with status 0; the
  * same command run again resumes from the newest pair and finishes with the
- * uninterrupted run's numbers, bit for bit (burgers1d_resume.sh checks it).
+ * uninterrupted run's numbers, bit for bit (check_resume.sh checks it).
  */
 #include <math.h>
 #include <mpi.h>
