@@ -34,9 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fixture.h"
-#include "model.h"
-#include "optimizer.h"
+#include "parity_case.h"
 #include "test_util.h"
 
 #define TOL_OUT 1e-5
@@ -44,40 +42,10 @@
 #define TOL_GRAD 1e-4
 #define TOL_TRAIN 1e-4
 #define TOL_LR 1e-12
-#define MAX_STEPS 1000
 
 /* The error measures are insitra_test_max_error and insitra_test_rel_error
  * (test_util.h), which test_test_util.c checks on known mismatches: a
  * comparison that cannot fail would pass anything. */
-
-static int fixture_fail(fixture *f) {
-    fprintf(stderr, "test_parity: %s\n", f->error);
-    return -1;
-}
-
-/* Copies every fixture "param/<name>" tensor into params at the offset of the
- * layout tensor of that name. Fails on a missing tensor, a shape mismatch, or
- * a fixture tensor the layout does not have. */
-static int load_params(fixture *f, const insitra_param_layout *layout, float *params) {
-    for (int64_t i = 0; i < layout->num_tensors; i++) {
-        const insitra_tensor_desc *t = &layout->tensors[i];
-        char key[96];
-        snprintf(key, sizeof(key), "param/%s", t->name);
-        const float *src;
-        if (fixture_get_f32(f, key, t->ndim, t->shape, &src) != 0) {
-            return fixture_fail(f);
-        }
-        memcpy(params + t->offset, src, (size_t)t->numel * sizeof(float));
-    }
-    for (int64_t i = 0; i < f->num_records; i++) {
-        const char *name = f->records[i].name;
-        if (strncmp(name, "param/", 6) == 0 && insitra_param_layout_find(layout, name + 6) < 0) {
-            fprintf(stderr, "test_parity: fixture tensor '%s' is not in the C layout\n", name);
-            return -1;
-        }
-    }
-    return 0;
-}
 
 /* The tensors must tile the buffer exactly, each float in one tensor: the
  * optimizer and the gradient norm treat the buffer as one range, so a gap
@@ -129,67 +97,21 @@ int main(int argc, char **argv) {
         return insitra_test_end(&tc);
     }
 
-    /* ---- dims and hyper-parameters, as the reference used them ---- */
-    int64_t B, causal, steps;
-    insitra_model_dims dims;
-    insitra_adamw_hparams hp;
-    double max_grad_norm;
-    if (fixture_scalar_i64(&fx, "dims/batch", &B) ||
-        fixture_scalar_i64(&fx, "dims/seq_len", &dims.seq_len) ||
-        fixture_scalar_i64(&fx, "dims/in_features", &dims.in_features) ||
-        fixture_scalar_i64(&fx, "dims/out_features", &dims.out_features) ||
-        fixture_scalar_i64(&fx, "dims/d_model", &dims.d_model) ||
-        fixture_scalar_i64(&fx, "dims/n_layers", &dims.n_layers) ||
-        fixture_scalar_i64(&fx, "dims/n_heads", &dims.n_heads) ||
-        fixture_scalar_i64(&fx, "dims/causal", &causal) ||
-        fixture_scalar_f64(&fx, "hparams/lr", &hp.lr) ||
-        fixture_scalar_f64(&fx, "hparams/min_lr", &hp.min_lr) ||
-        fixture_scalar_i64(&fx, "hparams/warmup_steps", &hp.warmup_steps) ||
-        fixture_scalar_i64(&fx, "hparams/decay_steps", &hp.decay_steps) ||
-        fixture_scalar_f64(&fx, "hparams/beta1", &hp.beta1) ||
-        fixture_scalar_f64(&fx, "hparams/beta2", &hp.beta2) ||
-        fixture_scalar_f64(&fx, "hparams/eps", &hp.eps) ||
-        fixture_scalar_f64(&fx, "hparams/weight_decay", &hp.weight_decay) ||
-        fixture_scalar_f64(&fx, "hparams/max_grad_norm", &max_grad_norm) ||
-        fixture_scalar_i64(&fx, "hparams/steps", &steps)) {
-        EXPECT(&tc, false, "%s", fx.error);
+    /* ---- the case: dims, hyper-parameters and data, as the reference used them ---- */
+    parity_case pc;
+    if (!EXPECT(&tc, parity_case_read(&fx, &pc) == 0, "%s", fx.error)) {
         fixture_free(&fx);
         return insitra_test_end(&tc);
     }
-    if (B < 1 || steps < 1 || steps > MAX_STEPS || (causal != 0 && causal != 1)) {
-        EXPECT(&tc, false, "implausible fixture: batch %lld, steps %lld, causal %lld", (long long)B,
-               (long long)steps, (long long)causal);
-        fixture_free(&fx);
-        return insitra_test_end(&tc);
-    }
-    dims.causal = causal != 0;
-    const int64_t T = dims.seq_len, Fin = dims.in_features, Fout = dims.out_features;
+    const insitra_model_dims dims = pc.dims;
+    const insitra_adamw_hparams hp = pc.hp;
+    const int64_t B = pc.batch, steps = pc.steps;
+    const int64_t T = dims.seq_len, Fout = dims.out_features;
+    const float *x = pc.x, *y = pc.y, *grad_ref;
     printf("test_parity: %s\n  B=%lld T=%lld F_in=%lld F_out=%lld C=%lld L=%lld H=%lld causal=%d, "
-           "%lld AdamW steps\n", argv[1], (long long)B, (long long)T, (long long)Fin,
+           "%lld AdamW steps\n", argv[1], (long long)B, (long long)T, (long long)dims.in_features,
            (long long)Fout, (long long)dims.d_model, (long long)dims.n_layers,
            (long long)dims.n_heads, (int)dims.causal, (long long)steps);
-
-    const float *x, *y, *out_ref, *grad_ref;
-    const double *loss_series, *norm_series, *lr_series;
-    double loss_ref;
-    int64_t n_loss, n_norm, n_lr;
-    if (fixture_get_f32(&fx, "x", 3, (const int64_t[]){B, T, Fin}, &x) ||
-        fixture_get_f32(&fx, "y", 3, (const int64_t[]){B, T, Fout}, &y) ||
-        fixture_get_f32(&fx, "out", 3, (const int64_t[]){B, T, Fout}, &out_ref) ||
-        fixture_scalar_f64(&fx, "loss", &loss_ref) ||
-        fixture_get_f64(&fx, "train/loss", &loss_series, &n_loss) ||
-        fixture_get_f64(&fx, "train/grad_norm", &norm_series, &n_norm) ||
-        fixture_get_f64(&fx, "train/lr", &lr_series, &n_lr)) {
-        EXPECT(&tc, false, "%s", fx.error);
-        fixture_free(&fx);
-        return insitra_test_end(&tc);
-    }
-    if (n_loss != steps || n_norm != steps || n_lr != steps) {
-        EXPECT(&tc, false, "train series hold %lld/%lld/%lld values, expected %lld", (long long)n_loss,
-               (long long)n_norm, (long long)n_lr, (long long)steps);
-        fixture_free(&fx);
-        return insitra_test_end(&tc);
-    }
 
     insitra_model m;
     if (!EXPECT_OK(&tc, insitra_model_create(&m, &dims, B), "model_create")) {
@@ -208,16 +130,16 @@ int main(int argc, char **argv) {
     }
     printf("  %lld parameter tensors, %lld parameters\n", (long long)layout->num_tensors,
            (long long)total);
-    if (!EXPECT(&tc, check_layout_tiles(layout) == 0 && load_params(&fx, layout, m.params) == 0,
-                "the layout or the fixture's parameters (above)")) {
+    if (!EXPECT(&tc, check_layout_tiles(layout) == 0, "the layout (above)") ||
+        !EXPECT(&tc, parity_case_load_params(&fx, layout, m.params) == 0, "%s", fx.error)) {
         goto done;
     }
 
     /* ---- forward ---- */
     printf("forward\n");
     double loss = insitra_model_forward(&m, B, x, y);
-    insitra_test_within(&tc, "out", insitra_test_max_error(m.a.out, out_ref, B * T * Fout), TOL_OUT);
-    insitra_test_within(&tc, "loss", insitra_test_rel_error(loss, loss_ref), TOL_LOSS);
+    insitra_test_within(&tc, "out", insitra_test_max_error(m.a.out, pc.out, B * T * Fout), TOL_OUT);
+    insitra_test_within(&tc, "loss", insitra_test_rel_error(loss, pc.loss), TOL_LOSS);
 
     /* ---- backward: every gradient tensor, by name ---- */
     printf("backward\n");
@@ -247,7 +169,7 @@ int main(int argc, char **argv) {
     /* ---- training: the reference's loop, step for step ---- */
     printf("training, %lld AdamW steps on the same batch from the initial parameters\n",
            (long long)steps);
-    if (!EXPECT(&tc, load_params(&fx, layout, m.params) == 0, "the fixture's parameters (above)")) {
+    if (!EXPECT(&tc, parity_case_load_params(&fx, layout, m.params) == 0, "%s", fx.error)) {
         goto done;
     }
     for (int64_t s = 0; s < steps; s++) {
@@ -255,7 +177,7 @@ int main(int argc, char **argv) {
         loss_c[s] = insitra_model_forward(&m, B, x, y);
         insitra_model_backward(&m, B, x, y, 1.0f);
         norm_c[s] = sqrt(insitra_sum_squares(m.grads, total));
-        float scale = insitra_clip_factor(norm_c[s], max_grad_norm);
+        float scale = insitra_clip_factor(norm_c[s], pc.max_grad_norm);
         lr_c[s] = insitra_lr_at(&hp, s);
         insitra_adamw_update_all(m.params, m.grads, adam_m, adam_v, layout, s + 1, lr_c[s],
                                  scale, &hp);
@@ -264,10 +186,10 @@ int main(int argc, char **argv) {
     printf("  step  loss (C)      loss (torch)  grad norm (C)  grad norm (torch)  lr\n");
     for (int64_t s = 0; s < steps; s++) {
         printf("  %4lld  %.8f  %.8f  %.8f     %.8f         %.6g\n", (long long)s, loss_c[s],
-               loss_series[s], norm_c[s], norm_series[s], lr_c[s]);
-        worst_loss = fmax(worst_loss, insitra_test_rel_error(loss_c[s], loss_series[s]));
-        worst_norm = fmax(worst_norm, insitra_test_rel_error(norm_c[s], norm_series[s]));
-        worst_lr = fmax(worst_lr, insitra_test_rel_error(lr_c[s], lr_series[s]));
+               pc.train_loss[s], norm_c[s], pc.train_grad_norm[s], lr_c[s]);
+        worst_loss = fmax(worst_loss, insitra_test_rel_error(loss_c[s], pc.train_loss[s]));
+        worst_norm = fmax(worst_norm, insitra_test_rel_error(norm_c[s], pc.train_grad_norm[s]));
+        worst_lr = fmax(worst_lr, insitra_test_rel_error(lr_c[s], pc.train_lr[s]));
         /* fmax drops a NaN operand; insitra_test_rel_error never returns NaN, only INFINITY. */
     }
     insitra_test_within(&tc, "train/loss", worst_loss, TOL_TRAIN);
