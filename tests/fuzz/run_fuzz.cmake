@@ -1,14 +1,15 @@
-# One fuzz_* test (tests/fuzz/CMakeLists.txt): runs FUZZER for SECONDS with
-# -seed SEED, starting from the committed corpus CORPUS (never written to:
-# new inputs go to WORK/corpus, crash reproducers to WORK/artifacts). SECONDS
-# 0 replays CORPUS only. Fails when the fuzzer reports a crash, a leak, a
+# One fuzz_* test (tests/fuzz/CMakeLists.txt): runs FUZZER on RUNS inputs
+# with -seed SEED, starting from the committed corpus CORPUS (never written
+# to: new inputs go to WORK/corpus, crash reproducers to WORK/artifacts).
+# RUNS 0 replays CORPUS only. Fails when the fuzzer reports a crash, a leak, a
 # sanitizer error or a broken invariant (the harness aborts).
-foreach(var FUZZER CORPUS DICT WORK SECONDS SEED)
+foreach(var FUZZER CORPUS DICT WORK RUNS SEED)
   if(NOT DEFINED ${var})
     message(FATAL_ERROR "run_fuzz.cmake: -D${var}=... missing")
   endif()
 endforeach()
-file(MAKE_DIRECTORY "${WORK}/corpus" "${WORK}/artifacts")
+file(REMOVE_RECURSE "${WORK}/artifacts")
+file(MAKE_DIRECTORY "${WORK}/artifacts")
 # -close_fd_mask=3: the harnesses' own output (insitra-ckpt prints every
 # problem it finds) is dropped; libFuzzer and the sanitizers still report
 # on their own copy of stderr.
@@ -17,12 +18,13 @@ set(common -seed=${SEED} -timeout=20 -rss_limit_mb=4096 -close_fd_mask=3 -print_
 if(EXISTS "${DICT}")
   list(APPEND common -dict=${DICT})
 endif()
-# libFuzzer adds what it finds to the first directory: always WORK's.
-if(SECONDS EQUAL 0)
-  set(cmd "${FUZZER}" ${common} -runs=0 "${WORK}/corpus" "${CORPUS}")
-else()
-  set(cmd "${FUZZER}" ${common} -max_total_time=${SECONDS} "${WORK}/corpus" "${CORPUS}")
-endif()
+# libFuzzer adds what it finds to the first directory: WORK's, emptied
+# first so that every run starts from the committed corpus alone (and the
+# same seed then means the same inputs).
+file(REMOVE_RECURSE "${WORK}/corpus")
+file(MAKE_DIRECTORY "${WORK}/corpus")
+# -max_total_time: a bound for slow machines, far above the usual minute.
+set(cmd "${FUZZER}" ${common} -runs=${RUNS} -max_total_time=600 "${WORK}/corpus" "${CORPUS}")
 string(REPLACE ";" " " shown "${cmd}")
 message(STATUS "run_fuzz: ${shown}")
 execute_process(COMMAND ${cmd} RESULT_VARIABLE rc)
