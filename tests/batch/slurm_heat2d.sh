@@ -30,13 +30,8 @@
 # a daemon that does not start. Every wait is bounded; the daemons and the
 # job are stopped on every exit, failure included.
 set -euo pipefail
-if [ $# -lt 4 ]; then
-  sed -n '4,5p' "$0" >&2
-  exit 2
-fi
-work=$1
-script=$2
-heat2d=$3
+[ $# -ge 4 ] || { sed -n '4,5p' "$0" >&2; exit 2; }
+work=$1 script=$2 heat2d=$3
 shift 3
 # The run: heat2d on a small grid, about 25 s on two idle cores. The
 # uninterrupted run goes on beside the job's first part: it costs no extra
