@@ -50,9 +50,10 @@ check_symbol_exists(cblas_sgemm cblas.h INSITRA_HAVE_CBLAS_SGEMM)
 cmake_pop_check_state()
 set(INSITRA_CBLAS_CHECKED "${insitra_cblas_key}" CACHE INTERNAL "BLAS checked for cblas_sgemm")
 if(NOT INSITRA_HAVE_CBLAS_SGEMM)
-  message(FATAL_ERROR "cblas_sgemm from ${INSITRA_CBLAS_INCLUDE_DIR}/cblas.h does not link with "
-                      "the BLAS libraries ${BLAS_LIBRARIES}: insitra needs a BLAS with the CBLAS "
-                      "interface (OpenBLAS, BLIS with CBLAS); set BLAS_LIBRARIES to one")
+  message(FATAL_ERROR "the BLAS has no CBLAS interface: cblas_sgemm from "
+                      "${INSITRA_CBLAS_INCLUDE_DIR}/cblas.h does not link with ${BLAS_LIBRARIES}. "
+                      "insitra needs a BLAS with cblas.h and the cblas_* functions (OpenBLAS, "
+                      "BLIS with CBLAS): set BLAS_LIBRARIES to one")
 endif()
 if(NOT TARGET insitra_cblas)
   add_library(insitra_cblas INTERFACE)
