@@ -1,7 +1,8 @@
 # Spack package for insitra. See docs/install.md ("Spack").
 #
 # Spack 0.23 or newer: `depends_on("c")` names a compiler as a dependency, and
-# 0.22 has no package `c`. Checked with Spack 1.1 (../shared/spack-offline).
+# 0.22 has no package `c`. Checked with Spack 1.1 by the project's
+# shared/spack-offline/check.sh.
 
 import os
 import re
