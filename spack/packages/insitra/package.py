@@ -39,6 +39,11 @@ class Insitra(CMakePackage, CudaPackage):
     variant(
         "shared", default=False, description="Build shared libraries instead of libinsitra.a"
     )
+    # The CUDA backend runs its collectives through NCCL and has no other
+    # path: the variant exists only with +cuda, and only as +nccl (CMake's
+    # INSITRA_ENABLE_CUDA brings NCCL; the variant says so to the concretizer).
+    variant("nccl", default=True, when="+cuda", description="NCCL collectives (needed by +cuda)")
+    conflicts("~nccl", when="+cuda", msg="the CUDA backend runs its collectives through NCCL")
 
     depends_on("c", type="build")
     # nvcc compiles the host side of .cu files with the C++ compiler.
@@ -59,8 +64,7 @@ class Insitra(CMakePackage, CudaPackage):
     depends_on("libyaml")
     # bf16 GEMMs in cuBLASLt, graph capture of NCCL calls
     depends_on("cuda@12:", when="+cuda")
-    # the CUDA backend runs its collectives through NCCL and has no other path
-    depends_on("nccl@2.18:", when="+cuda")
+    depends_on("nccl@2.18:", when="+nccl")
 
     conflicts(
         "cuda_arch=none",
@@ -75,7 +79,7 @@ class Insitra(CMakePackage, CudaPackage):
             )
         else:
             # NCCL's kernels for the GPUs we build for (the CudaPackage idiom)
-            depends_on(f"nccl cuda_arch={_arch}", when=f"+cuda cuda_arch={_arch}")
+            depends_on(f"nccl cuda_arch={_arch}", when=f"+nccl cuda_arch={_arch}")
     conflicts(
         "^[virtuals=mpi] mpich~fortran", when="+fortran", msg="the Fortran module uses mpi_f08"
     )
