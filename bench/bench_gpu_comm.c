@@ -2,8 +2,7 @@
  * insitra's collectives against raw NCCL, in the same run (issue #6): the
  * communication one training step issues at a ZeRO stage, alone (per-unit
  * reductions with their packing, the parameter gathers), timed against the
- * same bytes moved by whole-buffer NCCL calls (all-reduce at stage 0,
- * reduce-scatter + all-gather at stages 1-3).
+ * same bytes moved by one whole-buffer reduce-scatter and all-gather.
  *
  *   mpiexec -n G bench_gpu_comm S|M|L [reps] [key=value ...]
  *
@@ -15,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gpu.h"
 #include "gpu_bench.h"
 #include "insitra.h"
 #include "trainer.h"
@@ -55,8 +53,8 @@ int main(int argc, char **argv)
         return 1;
     }
     /* collective over the ranks; a failure on one leaves the others in NCCL */
-    if (!gpu_bench_ok(insitra_gpu_time_collectives(t->gpu, reps, &sec, &raw, &bytes),
-                      "insitra_gpu_time_collectives"))
+    if (!gpu_bench_ok(insitra_zero_time_collectives(&t->engine.zero, reps, &sec, &raw, &bytes),
+                      "insitra_zero_time_collectives"))
         MPI_Abort(MPI_COMM_WORLD, 1);
     /* the slowest rank's figures */
     double both[2] = {sec, raw};

@@ -86,7 +86,7 @@ if [[ ${INSITRA_GPU_BENCH_BUILD:-1} != 0 ]]; then
         die "building bench_gpu_step failed (is $build configured with INSITRA_ENABLE_CUDA=ON?)"
     if ((ngpus >= 2)); then
         cmake --build "$build" --target bench_nccl >&2 ||
-            warn "building bench_nccl failed (INSITRA_ENABLE_NCCL=OFF, or NCCL not found): no NCCL figures"
+            warn "building bench_nccl failed (is $build configured with INSITRA_ENABLE_CUDA=ON?): no NCCL figures"
     fi
 fi
 find_binary() {

@@ -25,9 +25,9 @@ insitra_ckpt_piece insitra_ckpt_slot(const insitra_ckpt_state *st, int64_t i, fl
 
 void insitra_ckpt_group_buffers(const insitra_ckpt_state *st, int g, float **full, float **shard)
 {
-    /* Parameters are whole at stages 0-2; the moments only at stage 0. */
+    /* Parameters are whole where the view says so; the moments at stage 0. */
     if (g == 0) {
-        *full = st->zero_stage <= 2 ? st->params : NULL;
+        *full = st->params;
         *shard = st->param_shard;
     } else {
         float *moments = g == 1 ? st->m : st->v;

@@ -24,8 +24,8 @@ typedef struct insitra_ckpt_state {
     const insitra_param_layout *layout; /* the tensors, names and shapes */
     const insitra_shard_layout *shards; /* this rank's slot of each tensor */
     int zero_stage;
-    float *params;                      /* (layout.total), stages 0-2; NULL at stage 3 */
-    float *param_shard;                 /* (shards.total), stage 3 */
+    float *params;                      /* (layout.total) when held whole, else NULL */
+    float *param_shard;                 /* (shards.total) when params is NULL: this rank's slots */
     float *m, *v;                       /* AdamW moments: (layout.total) at stage 0, else slots */
     int64_t *step;                      /* optimizer steps taken */
     insitra_rng *sampler;               /* this rank's sampler (4 words) */

@@ -12,20 +12,53 @@ if(NOT HDF5_IS_PARALLEL)
     "is serial. Install one (Debian: libhdf5-mpich-dev; Spack: hdf5+mpi) or point HDF5_ROOT at it.")
 endif()
 
-# CBLAS: OpenBLAS carries the cblas_* symbols in libopenblas itself.
-set(BLA_VENDOR OpenBLAS CACHE STRING "BLAS vendor (FindBLAS)")
-find_package(BLAS REQUIRED)
+# CBLAS: cblas.h and the cblas_* functions, from any BLAS that has both
+# (OpenBLAS carries them in libopenblas itself). A caller that already knows
+# the provider (Spack) passes BLAS_LIBRARIES and INSITRA_CBLAS_INCLUDE_DIR:
+# FindBLAS is skipped then, since it would discard a given BLAS_LIBRARIES and
+# search by vendor. Otherwise FindBLAS looks for BLA_VENDOR (OpenBLAS unless
+# set); INSITRA_BLAS_FROM_FINDBLAS tells insitraConfig.cmake which it was.
+if(BLAS_LIBRARIES)
+  set(INSITRA_BLAS_FROM_FINDBLAS OFF)
+  set(insitra_blas_link "${BLAS_LIBRARIES}")
+else()
+  set(INSITRA_BLAS_FROM_FINDBLAS ON)
+  set(BLA_VENDOR OpenBLAS CACHE STRING "BLAS vendor (FindBLAS)")
+  find_package(BLAS REQUIRED)
+  set(insitra_blas_link BLAS::BLAS)
+endif()
 find_path(INSITRA_CBLAS_INCLUDE_DIR cblas.h
-  PATH_SUFFIXES openblas openblas-openmp openblas-pthread
+  PATH_SUFFIXES openblas openblas-openmp openblas-pthread blis
   DOC "Directory holding cblas.h")
 if(NOT INSITRA_CBLAS_INCLUDE_DIR)
-  message(FATAL_ERROR "cblas.h not found: install OpenBLAS (Debian: libopenblas-openmp-dev) "
-                      "or set INSITRA_CBLAS_INCLUDE_DIR")
+  message(FATAL_ERROR "cblas.h not found: install a BLAS with the CBLAS interface (Debian: "
+                      "libopenblas-openmp-dev) or set INSITRA_CBLAS_INCLUDE_DIR")
+endif()
+# A Fortran-only BLAS (reference BLAS, BLIS without CBLAS) lacks cblas_sgemm:
+# say so here rather than with an undefined symbol when a program links. The
+# cached verdict is redone when the libraries or the header directory change.
+include(CheckSymbolExists)
+include(CMakePushCheckState)
+set(insitra_cblas_key "${BLAS_LIBRARIES}|${INSITRA_CBLAS_INCLUDE_DIR}")
+if(NOT insitra_cblas_key STREQUAL "${INSITRA_CBLAS_CHECKED}")
+  unset(INSITRA_HAVE_CBLAS_SGEMM CACHE)
+endif()
+cmake_push_check_state(RESET)
+set(CMAKE_REQUIRED_INCLUDES "${INSITRA_CBLAS_INCLUDE_DIR}")
+set(CMAKE_REQUIRED_LIBRARIES ${insitra_blas_link} OpenMP::OpenMP_C)
+check_symbol_exists(cblas_sgemm cblas.h INSITRA_HAVE_CBLAS_SGEMM)
+cmake_pop_check_state()
+set(INSITRA_CBLAS_CHECKED "${insitra_cblas_key}" CACHE INTERNAL "BLAS checked for cblas_sgemm")
+if(NOT INSITRA_HAVE_CBLAS_SGEMM)
+  message(FATAL_ERROR "the BLAS has no CBLAS interface: cblas_sgemm from "
+                      "${INSITRA_CBLAS_INCLUDE_DIR}/cblas.h does not link with ${BLAS_LIBRARIES}. "
+                      "insitra needs a BLAS with cblas.h and the cblas_* functions (OpenBLAS, "
+                      "BLIS with CBLAS): set BLAS_LIBRARIES to one")
 endif()
 if(NOT TARGET insitra_cblas)
   add_library(insitra_cblas INTERFACE)
   target_include_directories(insitra_cblas INTERFACE "${INSITRA_CBLAS_INCLUDE_DIR}")
-  target_link_libraries(insitra_cblas INTERFACE BLAS::BLAS)
+  target_link_libraries(insitra_cblas INTERFACE ${insitra_blas_link})
 endif()
 
 find_package(PkgConfig REQUIRED)

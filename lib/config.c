@@ -24,7 +24,9 @@ typedef struct {
 } config_entry;
 
 #define FIELD(f) offsetof(insitra_config, f)
-#define INT_MAX_KEY 9.007199254740992e15 /* 2^53: every int64 below is exact in a double */
+/* 2^53: the documented upper limit of the counting keys and the seed. Values
+ * are parsed as integers (parse_int); the limit sits in the double range field. */
+#define INT_MAX_KEY 9.007199254740992e15
 
 /* Every key, its range and default. docs/config.md documents the same table. */
 static const config_entry entries[] = {
@@ -76,6 +78,20 @@ static const config_entry *find_entry(const char *key)
     return NULL;
 }
 
+/* "model, training, ...": the sections of the table, in table order, into buf. */
+static const char *section_list(char *buf, size_t len)
+{
+    buf[0] = '\0';
+    for (size_t i = 0; i < NUM_ENTRIES; i++) {
+        const char *key = entries[i].key, *dot = strchr(key, '.');
+        const bool seen = i > 0 && dot && strncmp(entries[i - 1].key, key, (size_t)(dot - key + 1)) == 0;
+        if (!dot || seen) continue;
+        const size_t used = strlen(buf);
+        snprintf(buf + used, len - used, "%s%.*s", used ? ", " : "", (int)(dot - key), key);
+    }
+    return buf;
+}
+
 /* "unknown config key 'model.dmodel'; keys under 'model.': model.seq_len, ..." */
 static insitra_status unknown_key_error(const char *key)
 {
@@ -92,10 +108,9 @@ static insitra_status unknown_key_error(const char *key)
         return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
                                  "unknown config key '%s' (keys in section '%.*s': %s)", key,
                                  (int)section_len, key, known);
-    return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
-                             "unknown config key '%s' (sections: model, training, optimizer, "
-                             "data, log, checkpoint, parallel)",
-                             key);
+    char sections[256];
+    return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR, "unknown config key '%s' (sections: %s)", key,
+                             section_list(sections, sizeof sections));
 }
 
 static insitra_status parse_bool(const char *key, const char *s, bool *out)
@@ -110,26 +125,50 @@ static insitra_status parse_bool(const char *key, const char *s, bool *out)
                              "config key '%s': value '%s' is not a boolean (true/false)", key, s);
 }
 
-static insitra_status parse_number(const config_entry *e, const char *s, double *out)
+static insitra_status out_of_range(const config_entry *e, const char *s)
+{
+    if (e->kind == KIND_INT)
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "config key '%s': value '%s' is out of range [%" PRId64 ", %" PRId64 "]",
+                                 e->key, s, (int64_t)e->min, (int64_t)e->max);
+    return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                             "config key '%s': value '%s' is out of range [%.15g, %.15g]", e->key, s,
+                             e->min, e->max);
+}
+
+/* Whether the text after a number is only blanks. */
+static bool only_blanks(const char *s, const char *end)
+{
+    if (end == s) return false;
+    while (*end == ' ' || *end == '\t') end++;
+    return *end == '\0';
+}
+
+/* Integers are read as integers: through a double, 2^53 + 1 would round to an
+ * accepted 2^53. */
+static insitra_status parse_int(const config_entry *e, const char *s, int64_t *out)
 {
     char *end = NULL;
     errno = 0;
-    double v;
-    if (e->kind == KIND_INT) {
-        long long i = strtoll(s, &end, 10);
-        v = (double)i;
-    } else {
-        v = strtod(s, &end);
-    }
-    while (end && (*end == ' ' || *end == '\t')) end++;
-    if (s[0] == '\0' || end == s || *end != '\0' || errno == ERANGE || !isfinite(v))
+    const long long v = strtoll(s, &end, 10);
+    if (!only_blanks(s, end))
         return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
-                                 "config key '%s': value '%s' is not %s", e->key, s,
-                                 e->kind == KIND_INT ? "an integer" : "a finite number");
-    if (v < e->min || v > e->max)
+                                 "config key '%s': value '%s' is not an integer", e->key, s);
+    if (errno == ERANGE || v < (int64_t)e->min || v > (int64_t)e->max) return out_of_range(e, s);
+    *out = v;
+    return INSITRA_STATUS_OK;
+}
+
+static insitra_status parse_real(const config_entry *e, const char *s, double *out)
+{
+    char *end = NULL;
+    errno = 0;
+    const double v = strtod(s, &end);
+    if (!only_blanks(s, end) || isnan(v) || (isinf(v) && errno != ERANGE))
         return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
-                                 "config key '%s': value '%s' is out of range [%.15g, %.15g]",
-                                 e->key, s, e->min, e->max);
+                                 "config key '%s': value '%s' is not a finite number", e->key, s);
+    /* Overflow is out of range; an underflow rounds towards 0 like any decimal. */
+    if (isinf(v) || v < e->min || v > e->max) return out_of_range(e, s);
     *out = v;
     return INSITRA_STATUS_OK;
 }
@@ -144,16 +183,11 @@ static size_t string_capacity(const config_entry *e)
 static insitra_status set_entry(insitra_config *cfg, const config_entry *e, const char *value)
 {
     char *field = (char *)cfg + e->offset;
-    double v = 0;
     switch (e->kind) {
     case KIND_INT:
-        INSITRA_CHECK(parse_number(e, value, &v));
-        *(int64_t *)field = (int64_t)v;
-        break;
+        return parse_int(e, value, (int64_t *)field);
     case KIND_REAL:
-        INSITRA_CHECK(parse_number(e, value, &v));
-        *(double *)field = v;
-        break;
+        return parse_real(e, value, (double *)field);
     case KIND_BOOL:
         INSITRA_CHECK(parse_bool(e->key, value, (bool *)field));
         break;
@@ -250,6 +284,32 @@ insitra_status insitra_config_set(insitra_config *cfg, const char *key, const ch
     return set_entry(cfg, e, value);
 }
 
+insitra_status insitra_config_set_null(insitra_config *cfg, const char *key)
+{
+    const config_entry *e = find_entry(key);
+    if (!e) return unknown_key_error(key);
+    if (e->kind != KIND_STRING)
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "config key '%s' has no value (a YAML null); only string keys may be "
+                                 "null, which means \"\"",
+                                 key);
+    ((char *)cfg + e->offset)[0] = '\0';
+    return INSITRA_STATUS_OK;
+}
+
+insitra_status insitra_config_check_section(const char *name)
+{
+    const size_t len = strlen(name);
+    for (size_t i = 0; i < NUM_ENTRIES; i++)
+        if (strncmp(entries[i].key, name, len) == 0 && entries[i].key[len] == '.') return INSITRA_STATUS_OK;
+    if (find_entry(name))
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "config key '%s' takes a value, not a mapping", name);
+    char sections[256];
+    return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR, "unknown config section '%s' (sections: %s)",
+                             name, section_list(sections, sizeof sections));
+}
+
 insitra_status insitra_config_get(const insitra_config *cfg, const char *key, char *buf,
                                   size_t buf_size)
 {
@@ -318,7 +378,7 @@ insitra_status insitra_config_validate(const insitra_config *cfg)
                                  "config key 'optimizer.warmup_steps': value %" PRId64
                                  " exceeds optimizer.decay_steps = %" PRId64,
                                  cfg->optimizer.warmup_steps, cfg->optimizer.decay_steps);
-    return INSITRA_STATUS_OK;
+    return insitra_config_check_sizes(cfg);
 }
 
 insitra_model_dims insitra_config_model_dims(const insitra_config *cfg)

@@ -65,6 +65,16 @@ struct insitra_config {
     } log;
 };
 
+/* For the YAML front end: a null value (string keys become "", any other key
+ * is an error), and whether name is a section that may hold a mapping. */
+insitra_status insitra_config_set_null(insitra_config *cfg, const char *key);
+insitra_status insitra_config_check_section(const char *name);
+
+/* Part of insitra_config_validate (config_sizes.c): the byte counts of the
+ * sample store and the activations fit 64 bits, else a CONFIG_ERROR naming
+ * the keys. */
+insitra_status insitra_config_check_sizes(const insitra_config *cfg);
+
 /* The model's dimensions from the model.* keys. */
 struct insitra_model_dims;
 struct insitra_model_dims insitra_config_model_dims(const insitra_config *cfg);

@@ -1,46 +1,48 @@
 /*
- * Device bytes the CUDA backend allocates, by category, computed in C so the
- * planner (insitra-plan, insitra_plan_stage) can answer for device = cuda in
- * any build. lib/cuda/ carves its buffers in the same order with the same
- * alignment, and checks at create time that it arrived at these totals.
+ * What the CUDA backend allocates besides the engine's buffers, computed in C
+ * so the planner (insitra-plan, insitra_plan_stage) can answer for
+ * device = cuda in any build: the backend's descriptor
+ * (insitra_backend_cuda_desc) and the constants its kernels size by.
+ * lib/cuda/backend_cuda.cu carves its workspace with the same function.
  */
 #ifndef INSITRA_GPU_SIZES_H
 #define INSITRA_GPU_SIZES_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
-#include "config.h"
 #include "model.h"
-#include "shard.h"
 
-/* Every device buffer starts on a 256-byte boundary. */
+/* Every device buffer starts on a 256-byte boundary (vector access, cuBLASLt). */
 #define INSITRA_GPU_ALIGN 256
 /* cuBLASLt workspace: its recommendation for Hopper. */
 #define INSITRA_GPU_GEMM_WORKSPACE ((int64_t)32 << 20)
 /* Blocks of the two-pass scalar reductions (partials are doubles). */
 #define INSITRA_GPU_REDUCE_BLOCKS 264
 
-static inline int64_t insitra_gpu_align(int64_t bytes)
-{
-    return (bytes + INSITRA_GPU_ALIGN - 1) / INSITRA_GPU_ALIGN * INSITRA_GPU_ALIGN;
-}
+/* Blocks per segment of the gradient norm's partial sums. */
+#define INSITRA_GPU_SEGMENT_BLOCKS 8
 
 /* Row splits of a column reduction over rows rows. */
 int64_t insitra_gpu_col_splits(int64_t rows);
 
-typedef struct insitra_gpu_bytes {
-    int64_t params;       /* fp32 master weights, working copy (compute type), gather buffers */
-    int64_t grads;        /* fp32 gradients: full, or shard + per-unit buffers */
-    int64_t moments;      /* AdamW m and v (fp32) and the weight-decay mask */
-    int64_t activations;  /* the model's activations and scratch, and the GEMM workspace */
-    int64_t comm;         /* NCCL send/receive buffers and the small per-step values */
-    int64_t store;        /* the sample store and the batch's slots */
-} insitra_gpu_bytes;
+/* How the CUDA backend runs attention: bf16 fused (flash) kernels that keep
+ * a log-sum-exp per row (lib/cuda/attention.cu); fp32, the reference
+ * precision, as batched GEMMs around a row softmax that keeps the (B,H,T,T)
+ * probabilities (its CUDA-core fused kernel is 3x slower at the M shape). */
+static inline bool insitra_gpu_attention_fused(size_t act_size) { return act_size == 2; }
 
-/* The model's activation buffer for micro-batches of max_batch samples. */
-int64_t insitra_gpu_activation_bytes(const insitra_model_dims *d, int64_t max_batch, int64_t esize);
+/* The CUDA backend's workspace for micro-batches of B, carved in this order
+ * (offsets in bytes from its base): for materialised attention the head-split
+ * q/k/v, the output per head and its gradient, the gradient of the split
+ * q/k/v and the scores' gradient; for fused attention rowsum(dO * O) per row;
+ * then column-reduction partials, scalar-reduction partials, the gradient
+ * norm's per-tensor partials, the GEMM workspace. Unused parts are empty. */
+typedef struct insitra_gpu_workspace {
+    int64_t qkvr, yr, dyr, dqkvr, datt, delta, col_partial, reduce_partial, segment_partial, gemm, total;
+} insitra_gpu_workspace;
 
-insitra_gpu_bytes insitra_gpu_bytes_for(const insitra_config *cfg, const insitra_param_layout *layout,
-                                        const insitra_shard_layout *sl);
+insitra_gpu_workspace insitra_gpu_workspace_for(const insitra_model_dims *d, int64_t B, size_t act_size);
 
 #endif /* INSITRA_GPU_SIZES_H */

@@ -1,7 +1,7 @@
 /*
- * Model layout: the tensor table, the named views into the parameter and
- * gradient buffers, the activation workspace, and initialisation. The math
- * of forward and backward is in cpu/model_cpu.c.
+ * Model layout: the tensor table, the activation workspace, and
+ * initialisation. The layer sequence of forward and backward is in
+ * model_step.c; the kernels are the backend's.
  */
 #include "model.h"
 
@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
+#include "checked.h"
 #include "error.h"
 #include "rng.h"
 
@@ -27,18 +29,20 @@ static void add_tensor(insitra_param_layout *l, const char *name, int64_t rows, 
     t->ndim = ndim;
     t->shape[0] = rows;
     t->shape[1] = cols;
-    t->numel = rows * cols;
+    /* Saturating: a total that does not fit stays INSITRA_SIZE_OVERFLOW, which
+     * insitra_param_layout_create reports. */
+    t->numel = insitra_size_mul(rows, cols);
     t->offset = l->total;
     /* Linear weights decay; biases, LayerNorm and positions do not. */
     t->decay = ndim == 2 && strcmp(name, "pos_embed") != 0;
-    l->total += t->numel;
+    l->total = insitra_size_add(l->total, t->numel);
 }
 
 insitra_status insitra_param_layout_create(insitra_param_layout *l, const insitra_model_dims *d)
 {
     const int64_t C = d->d_model, L = d->n_layers;
     memset(l, 0, sizeof *l);
-    l->tensors = calloc((size_t)(3 + INSITRA_BLOCK_NUM_TENSORS * L + 4), sizeof *l->tensors);
+    l->tensors = calloc((size_t)insitra_param_layout_count(L), sizeof *l->tensors);
     if (!l->tensors)
         return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "model: out of memory for the tensor table");
     add_tensor(l, "embed.weight", C, d->in_features, 2);
@@ -61,6 +65,15 @@ insitra_status insitra_param_layout_create(insitra_param_layout *l, const insitr
     add_tensor(l, "ln_f.bias", C, 1, 1);
     add_tensor(l, "head.weight", d->out_features, C, 2);
     add_tensor(l, "head.bias", d->out_features, 1, 1);
+    if (l->total == INSITRA_SIZE_OVERFLOW) {
+        insitra_param_layout_free(l);
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "model: config keys 'model.d_model' = %lld, 'model.n_layers' = %lld, "
+                                 "'model.in_features' = %lld, 'model.out_features' = %lld: more "
+                                 "parameters than a 64-bit count holds",
+                                 (long long)C, (long long)L, (long long)d->in_features,
+                                 (long long)d->out_features);
+    }
 
     l->num_units = L + 2;
     l->units = calloc((size_t)l->num_units, sizeof *l->units);
@@ -94,129 +107,134 @@ int64_t insitra_param_layout_find(const insitra_param_layout *l, const char *nam
     return -1;
 }
 
-/* The view's pointer for tensor i of the layout. */
-static float **view_slot(insitra_param_view *v, const insitra_param_layout *l, int64_t i)
+/* Carves the activation buffer: with base == NULL it only counts (the same
+ * code sizes and binds, so they cannot disagree). Returns bytes used,
+ * saturated at INSITRA_SIZE_OVERFLOW (lib/checked.h): B x H x T x T alone
+ * reaches 2^62 within the config's ranges. Callers bind only after the count
+ * is known to fit. */
+static int64_t carve_acts(insitra_acts *a, const insitra_model_dims *d, int64_t B, size_t es,
+                          int64_t att_bytes, size_t align, char *base)
 {
-    const int64_t n = l->num_tensors, fb = l->first_block_tensor;
-    if (i == 0) return &v->embed_w;
-    if (i == 1) return &v->embed_b;
-    if (i == 2) return &v->pos;
-    if (i == n - 4) return &v->lnf_w;
-    if (i == n - 3) return &v->lnf_b;
-    if (i == n - 2) return &v->head_w;
-    if (i == n - 1) return &v->head_b;
-    return &v->blocks[(i - fb) / INSITRA_BLOCK_NUM_TENSORS].tensor[(i - fb) % INSITRA_BLOCK_NUM_TENSORS];
-}
-
-void insitra_param_view_bind_unit(insitra_param_view *v, const insitra_param_layout *l,
-                                  int64_t unit, float *unit_base)
-{
-    const insitra_param_unit *u = &l->units[unit];
-    for (int64_t i = u->first_tensor; i < u->first_tensor + u->num_tensors; i++)
-        *view_slot(v, l, i) = unit_base + (l->tensors[i].offset - u->offset);
-}
-
-/* Points every view at its tensor inside base, a whole parameter-shaped buffer. */
-static void bind_view(insitra_param_view *v, const insitra_param_layout *l, float *base)
-{
-    for (int64_t u = 0; u < l->num_units; u++)
-        insitra_param_view_bind_unit(v, l, u, base + l->units[u].offset);
-}
-
-/* Carves the workspace; with base == NULL it only counts (the same code sizes
- * and binds, so they cannot disagree). Returns floats used. */
-static int64_t bind_acts(insitra_acts *a, const insitra_model_dims *d, int64_t B, float *base)
-{
-    const int64_t T = d->seq_len, C = d->d_model, H = d->n_heads, N = B * T;
+    const int64_t f = (int64_t)sizeof(float), e = (int64_t)es, C = d->d_model;
+    const int64_t N = insitra_size_mul(B, d->seq_len);
+    const int64_t NC = insitra_size_mul(N, C), NC3 = insitra_size_mul(3, NC), NC4 = insitra_size_mul(4, NC);
     int64_t used = 0;
-#define CARVE(ptr, count)                                  \
-    do {                                                   \
-        if (base) (ptr) = base + used;                     \
-        used += (count);                                   \
+    /* every buffer on an `align` boundary: vector loads and cuBLASLt want it */
+#define CARVE(ptr, count, elem)                                                                    \
+    do {                                                                                           \
+        used = insitra_size_align(used, (int64_t)align);                                           \
+        if (base) (ptr) = (void *)(base + used);                                                   \
+        used = insitra_size_add(used, insitra_size_mul((count), (elem)));                          \
     } while (0)
-    insitra_acts scratch_a, *aa = a ? a : &scratch_a;
-    CARVE(aa->encoded, N * C);
+    insitra_acts scratch_a;
+    insitra_acts *aa = a ? a : &scratch_a;
+    CARVE(aa->x, insitra_size_mul(N, d->in_features), e);
+    aa->x_f32 = NULL;
+    if (es != sizeof(float)) CARVE(aa->x_f32, insitra_size_mul(N, d->in_features), f);
+    CARVE(aa->y, insitra_size_mul(N, d->out_features), f);
+    CARVE(aa->encoded, NC, e);
     for (int64_t l = 0; l < d->n_layers; l++) {
         insitra_block_acts scratch, *ba = a ? &a->blocks[l] : &scratch;
-        CARVE(ba->ln1, N * C);
-        CARVE(ba->ln1_mean, N);
-        CARVE(ba->ln1_rstd, N);
-        CARVE(ba->qkv, N * 3 * C);
-        CARVE(ba->att, B * H * T * T);
-        CARVE(ba->atty, N * C);
-        CARVE(ba->res_att, N * C);
-        CARVE(ba->ln2, N * C);
-        CARVE(ba->ln2_mean, N);
-        CARVE(ba->ln2_rstd, N);
-        CARVE(ba->fch, N * 4 * C);
-        CARVE(ba->fch_gelu, N * 4 * C);
-        CARVE(ba->res_out, N * C);
+        CARVE(ba->ln1, NC, e);
+        CARVE(ba->ln1_mean, N, f);
+        CARVE(ba->ln1_rstd, N, f);
+        CARVE(ba->qkv, NC3, e);
+        CARVE(ba->att, att_bytes, 1);
+        CARVE(ba->atty, NC, e);
+        CARVE(ba->res_att, NC, e);
+        CARVE(ba->ln2, NC, e);
+        CARVE(ba->ln2_mean, N, f);
+        CARVE(ba->ln2_rstd, N, f);
+        CARVE(ba->fch, NC4, e);
+        CARVE(ba->fch_gelu, NC4, e);
+        CARVE(ba->res_out, NC, e);
     }
-    CARVE(aa->lnf, N * C);
-    CARVE(aa->lnf_mean, N);
-    CARVE(aa->lnf_rstd, N);
-    CARVE(aa->out, N * d->out_features);
-    CARVE(aa->dres, N * C);
-    CARVE(aa->dln, N * C);
-    CARVE(aa->datty, N * C);
-    CARVE(aa->dqkv, N * 3 * C);
-    CARVE(aa->dfch, N * 4 * C);
-    CARVE(aa->datt, B * H * T * T);
-    CARVE(aa->dout, N * d->out_features);
+    CARVE(aa->lnf, NC, e);
+    CARVE(aa->lnf_mean, N, f);
+    CARVE(aa->lnf_rstd, N, f);
+    CARVE(aa->out, insitra_size_mul(N, d->out_features), f);
+    CARVE(aa->dres, NC, e);
+    CARVE(aa->dln, NC, e);
+    CARVE(aa->datty, NC, e);
+    CARVE(aa->dqkv, NC3, e);
+    CARVE(aa->dfch, NC4, e);
+    CARVE(aa->dout, insitra_size_mul(N, d->out_features), e);
 #undef CARVE
     return used;
 }
 
-int64_t insitra_model_act_numel(const insitra_model_dims *d, int64_t max_batch)
+int64_t insitra_model_act_bytes(const insitra_model_dims *d, int64_t max_batch, size_t act_size,
+                                int64_t att_bytes, size_t align)
 {
-    return bind_acts(NULL, d, max_batch, NULL);
+    return carve_acts(NULL, d, max_batch, act_size, att_bytes, align, NULL);
+}
+
+insitra_status insitra_model_create_on(insitra_model *m, insitra_backend *be,
+                                       const insitra_model_dims *d, int64_t max_batch,
+                                       bool full_params, bool full_grads)
+{
+    memset(m, 0, sizeof *m);
+    m->dims = *d;
+    m->be = be;
+    m->max_batch = max_batch;
+    INSITRA_CHECK(insitra_param_layout_create(&m->layout, d));
+    m->a.blocks = calloc((size_t)(d->n_layers > 0 ? d->n_layers : 1), sizeof(insitra_block_acts));
+    if (!m->a.blocks) {
+        insitra_model_free(m);
+        return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "model: out of host memory");
+    }
+    const insitra_backend_desc *desc = be->desc;
+    const int64_t att = desc->attention_state_bytes(d, max_batch, be->act_size);
+    m->act_bytes = insitra_model_act_bytes(d, max_batch, be->act_size, att, desc->align);
+    if (m->act_bytes == INSITRA_SIZE_OVERFLOW) {
+        insitra_model_free(m);
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "model: the activations of %lld samples (config keys "
+                                 "'training.micro_batch_size' or 'training.batch_size', with "
+                                 "'model.seq_len', 'model.n_heads', 'model.d_model', 'model.n_layers') "
+                                 "need more than 2^63 - 1 bytes, the most a 64-bit size holds",
+                                 (long long)max_batch);
+    }
+    const int64_t P = m->layout.total;
+    insitra_status s = be->i->alloc(be, (size_t)m->act_bytes, "activations", &m->act_memory);
+    if (s == INSITRA_STATUS_OK && full_params)
+        s = be->i->alloc(be, (size_t)P * be->act_size, "parameters", &m->params);
+    if (s == INSITRA_STATUS_OK && full_grads)
+        s = be->i->alloc(be, (size_t)P * sizeof(float), "gradients", (void **)&m->grads);
+    if (s == INSITRA_STATUS_OK) s = be->i->reserve(be, d, max_batch);
+    if (s != INSITRA_STATUS_OK) {
+        insitra_model_free(m);
+        return s;
+    }
+    carve_acts(&m->a, d, max_batch, be->act_size, att, desc->align, m->act_memory);
+    return INSITRA_STATUS_OK;
 }
 
 insitra_status insitra_model_create(insitra_model *m, const insitra_model_dims *d, int64_t max_batch)
 {
-    return insitra_model_create_partial(m, d, max_batch, true, true);
-}
-
-insitra_status insitra_model_create_partial(insitra_model *m, const insitra_model_dims *d,
-                                            int64_t max_batch, bool full_params, bool full_grads)
-{
-    memset(m, 0, sizeof *m);
-    m->dims = *d;
-    m->max_batch = max_batch;
-    INSITRA_CHECK(insitra_param_layout_create(&m->layout, d));
-    const int64_t P = m->layout.total;
-    m->act_numel = insitra_model_act_numel(d, max_batch);
-    m->params = full_params ? calloc((size_t)P, sizeof(float)) : NULL;
-    m->grads = full_grads ? calloc((size_t)P, sizeof(float)) : NULL;
-    m->act_memory = calloc((size_t)m->act_numel, sizeof(float));
-    m->p.blocks = calloc((size_t)d->n_layers, sizeof(insitra_block_view));
-    m->g.blocks = calloc((size_t)d->n_layers, sizeof(insitra_block_view));
-    m->a.blocks = calloc((size_t)d->n_layers, sizeof(insitra_block_acts));
-    if ((full_params && !m->params) || (full_grads && !m->grads) || (m->act_numel > 0 && !m->act_memory) ||
-        !m->p.blocks || !m->g.blocks || !m->a.blocks) {
-        insitra_model_free(m);
-        return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY,
-                                 "model: cannot allocate %lld parameters and %lld activation floats "
-                                 "(%.1f MiB in all)",
-                                 (long long)P, (long long)m->act_numel,
-                                 (double)(2 * P + m->act_numel) * 4.0 / 1048576.0);
+    insitra_backend *be;
+    INSITRA_CHECK(insitra_backend_cpu_create(&be));
+    insitra_status s = insitra_model_create_on(m, be, d, max_batch, true, true);
+    if (s != INSITRA_STATUS_OK) {
+        insitra_backend_free(be);
+        return s;
     }
-    if (m->params) bind_view(&m->p, &m->layout, m->params);
-    if (m->grads) bind_view(&m->g, &m->layout, m->grads);
-    bind_acts(&m->a, d, max_batch, m->act_memory);
+    m->own_be = be;
     return INSITRA_STATUS_OK;
 }
 
 void insitra_model_free(insitra_model *m)
 {
-    free(m->params);
-    free(m->grads);
-    free(m->act_memory);
-    free(m->p.blocks);
-    free(m->g.blocks);
+    if (m->be) {
+        m->be->i->release(m->be, m->params);
+        m->be->i->release(m->be, m->grads);
+        m->be->i->release(m->be, m->act_memory);
+    }
     free(m->a.blocks);
     insitra_param_layout_free(&m->layout);
+    insitra_backend *own = m->own_be;
     memset(m, 0, sizeof *m);
+    if (own) insitra_backend_free(own);
 }
 
 void insitra_param_init_unit(const insitra_param_layout *l, int64_t unit, int64_t n_layers,
@@ -241,13 +259,18 @@ void insitra_param_init_unit(const insitra_param_layout *l, int64_t unit, int64_
     }
 }
 
-void insitra_model_init_params(insitra_model *m, uint64_t seed, double std)
+void insitra_param_init(const insitra_param_layout *l, int64_t n_layers, uint64_t seed, double std,
+                        float *params)
 {
     insitra_rng rng;
     insitra_rng_seed(&rng, seed, 0);
-    for (int64_t u = 0; u < m->layout.num_units; u++)
-        insitra_param_init_unit(&m->layout, u, m->dims.n_layers, std, &rng,
-                                m->params + m->layout.units[u].offset);
+    for (int64_t u = 0; u < l->num_units; u++)
+        insitra_param_init_unit(l, u, n_layers, std, &rng, params + l->units[u].offset);
+}
+
+void insitra_model_init_params(insitra_model *m, uint64_t seed, double std)
+{
+    insitra_param_init(&m->layout, m->dims.n_layers, seed, std, (float *)m->params);
 }
 
 void insitra_model_zero_grads(insitra_model *m)

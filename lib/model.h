@@ -80,129 +80,128 @@ typedef struct insitra_param_layout {
     int64_t max_unit_numel;
 } insitra_param_layout;
 
-/* Named pointers into a parameter-shaped buffer (parameters or gradients);
- * tensor[] is the same pointers in enum insitra_block_tensor order. */
-typedef union insitra_block_view {
-    struct {
-        float *ln1_w, *ln1_b;       /* (C) */
-        float *qkv_w, *qkv_b;       /* (3C, C), (3C) */
-        float *proj_w, *proj_b;     /* (C, C), (C) */
-        float *ln2_w, *ln2_b;       /* (C) */
-        float *fc_w, *fc_b;         /* (4C, C), (4C) */
-        float *fcproj_w, *fcproj_b; /* (C, 4C), (C) */
-    };
-    float *tensor[INSITRA_BLOCK_NUM_TENSORS];
-} insitra_block_view;
-
-typedef struct insitra_param_view {
-    float *embed_w, *embed_b; /* (C, F_in), (C) */
-    float *pos;               /* (T, C) */
-    insitra_block_view *blocks; /* L of them */
-    float *lnf_w, *lnf_b;     /* (C) */
-    float *head_w, *head_b;   /* (F_out, C), (F_out) */
-} insitra_param_view;
-
-/* Per-block activations kept for backward, each sized for B samples. */
+/* Per-block activations kept for backward, each sized for B samples. "act"
+ * buffers are in the backend's compute type, statistics in fp32. */
 typedef struct insitra_block_acts {
-    float *ln1;               /* (B,T,C)   */
-    float *ln1_mean, *ln1_rstd; /* (B,T)   */
-    float *qkv;               /* (B,T,3C)  */
-    float *att;               /* (B,H,T,T) softmax probabilities */
-    float *atty;              /* (B,T,C)   attention output before proj */
-    float *res_att;           /* (B,T,C)   residual after attention */
-    float *ln2;               /* (B,T,C)   */
-    float *ln2_mean, *ln2_rstd; /* (B,T)   */
-    float *fch;               /* (B,T,4C)  fc output before GELU */
-    float *fch_gelu;          /* (B,T,4C)  */
-    float *res_out;           /* (B,T,C)   residual after the MLP = next block's input */
+    void *ln1;                  /* (B,T,C)   act */
+    float *ln1_mean, *ln1_rstd; /* (B,T)     */
+    void *qkv;                  /* (B,T,3C)  act */
+    void *att;                  /* what the backend's attention keeps for backward */
+    void *atty;                 /* (B,T,C)   act, attention output before proj */
+    void *res_att;              /* (B,T,C)   act, residual after attention */
+    void *ln2;                  /* (B,T,C)   act */
+    float *ln2_mean, *ln2_rstd; /* (B,T)     */
+    void *fch;                  /* (B,T,4C)  act, fc output before GELU */
+    void *fch_gelu;             /* (B,T,4C)  act */
+    void *res_out;              /* (B,T,C)   act, residual after the MLP = next block's input */
 } insitra_block_acts;
 
 typedef struct insitra_acts {
-    float *encoded;           /* (B,T,C) embedding + positions */
+    void *x;                    /* (B,T,F_in) act, the micro-batch's inputs */
+    float *x_f32;               /* (B,T,F_in) inputs as given, when act is not fp32 (else NULL) */
+    float *y;                   /* (B,T,F_out) targets */
+    void *encoded;              /* (B,T,C) act, embedding + positions */
     insitra_block_acts *blocks;
-    float *lnf;               /* (B,T,C) */
+    void *lnf;                  /* (B,T,C) act */
     float *lnf_mean, *lnf_rstd; /* (B,T) */
-    float *out;               /* (B,T,F_out) */
+    float *out;                 /* (B,T,F_out) */
     /* backward scratch, reused by every block */
-    float *dres;              /* (B,T,C)   gradient of the residual stream */
-    float *dln;               /* (B,T,C)   */
-    float *datty;             /* (B,T,C)   */
-    float *dqkv;              /* (B,T,3C)  */
-    float *dfch;              /* (B,T,4C)  */
-    float *datt;              /* (B,H,T,T) */
-    float *dout;              /* (B,T,F_out) */
+    void *dres;                 /* (B,T,C)   gradient of the residual stream */
+    void *dln;                  /* (B,T,C)   */
+    void *datty;                /* (B,T,C)   */
+    void *dqkv;                 /* (B,T,3C)  */
+    void *dfch;                 /* (B,T,4C)  */
+    void *dout;                 /* (B,T,F_out) */
 } insitra_acts;
 
-/* Called around every unit in forward and backward, so a sharded trainer can
- * gather a unit's parameters just before it is used (and point the views at
- * them) and reduce its gradients as soon as they are final. Errors are kept
- * by the implementation; the model itself never communicates. */
+/* Called around every unit in forward and backward. begin hands out the
+ * unit's parameters (its range of the flat layout, compute type) and, in
+ * backward, its fp32 gradient buffer (same range), so a sharded trainer can
+ * gather a unit just before it is used; end lets it reduce the unit's
+ * gradients as soon as they are final. */
 typedef enum { INSITRA_PASS_FORWARD, INSITRA_PASS_BACKWARD } insitra_pass;
 typedef struct insitra_model_hooks {
     void *ctx;
-    void (*unit_begin)(void *ctx, int64_t unit, insitra_pass pass);
-    void (*unit_end)(void *ctx, int64_t unit, insitra_pass pass);
+    insitra_status (*unit_begin)(void *ctx, int64_t unit, insitra_pass pass, const void **params,
+                                 float **grads);
+    insitra_status (*unit_end)(void *ctx, int64_t unit, insitra_pass pass);
 } insitra_model_hooks;
+
+struct insitra_backend;
 
 typedef struct insitra_model {
     insitra_model_dims dims;
-    const insitra_model_hooks *hooks; /* NULL: parameters and gradients stay in place */
+    struct insitra_backend *be;       /* where it computes */
+    const insitra_model_hooks *hooks; /* NULL: the full buffers below */
     int64_t max_batch;        /* B the workspace was sized for */
     insitra_param_layout layout;
-    float *params;            /* layout.total floats */
-    float *grads;             /* layout.total floats */
-    insitra_param_view p;
-    insitra_param_view g;
-    float *act_memory;        /* one buffer for every activation */
-    int64_t act_numel;
+    void *params;             /* layout.total, compute type, or NULL (hooks hand out units) */
+    float *grads;             /* layout.total, or NULL */
+    void *act_memory;         /* one buffer for every activation */
+    int64_t act_bytes;
     insitra_acts a;
+    struct insitra_backend *own_be; /* the backend insitra_model_create made, if any */
 } insitra_model;
+
+/* Tensors of a model of L blocks: embed.{weight,bias}, pos_embed, twelve per
+ * block, ln_f.{weight,bias}, head.{weight,bias}. */
+static inline int64_t insitra_param_layout_count(int64_t n_layers)
+{
+    return 3 + INSITRA_BLOCK_NUM_TENSORS * n_layers + 4;
+}
 
 /* Tensor table for dims (allocates layout->tensors). */
 insitra_status insitra_param_layout_create(insitra_param_layout *layout,
                                            const insitra_model_dims *dims);
 void insitra_param_layout_free(insitra_param_layout *layout);
-/* Points the views of unit u's tensors at unit_base, a buffer holding that
- * unit's range of the flat layout (unit_base[0] = flat element units[u].offset). */
-void insitra_param_view_bind_unit(insitra_param_view *v, const insitra_param_layout *layout,
-                                  int64_t unit, float *unit_base);
 
 /* Index of a tensor by name, or -1. */
 int64_t insitra_param_layout_find(const insitra_param_layout *layout, const char *name);
 
-/* Floats the activation workspace needs for B samples. */
-int64_t insitra_model_act_numel(const insitra_model_dims *dims, int64_t max_batch);
+/* Bytes of the activation buffer for B samples with act_size-byte compute
+ * elements, attention state of att_bytes per block, every buffer aligned to
+ * align bytes (the planner and insitra_model_create_on share it). */
+int64_t insitra_model_act_bytes(const insitra_model_dims *dims, int64_t max_batch, size_t act_size,
+                                int64_t att_bytes, size_t align);
 
-/* Allocates parameters, gradients and the activation workspace for up to
- * max_batch samples per forward. Nothing is allocated after this. */
+/* A model on be with activations for up to max_batch samples per forward,
+ * and the full parameter (compute type) and gradient (fp32) buffers when
+ * asked for (a sharded trainer leaves them out and hands units out through
+ * hooks). Nothing is allocated after this. */
+insitra_status insitra_model_create_on(insitra_model *m, struct insitra_backend *be,
+                                       const insitra_model_dims *dims, int64_t max_batch,
+                                       bool full_params, bool full_grads);
+/* A model with full fp32 buffers on a CPU backend of its own (tests, tools). */
 insitra_status insitra_model_create(insitra_model *m, const insitra_model_dims *dims,
                                     int64_t max_batch);
-/* The same, but the full parameter and/or gradient buffers are left out
- * (NULL): a sharded trainer binds the views to its own buffers per unit. */
-insitra_status insitra_model_create_partial(insitra_model *m, const insitra_model_dims *dims,
-                                            int64_t max_batch, bool full_params, bool full_grads);
 void insitra_model_free(insitra_model *m);
 
-/* Deterministic initialisation from seed: weights N(0, std) (residual
- * projections scaled by 1/sqrt(2L)), positions N(0, std), biases 0, LN gains 1. */
-void insitra_model_init_params(insitra_model *m, uint64_t seed, double std);
-/* The same for one unit into unit_base (the unit's range of the flat layout).
- * Initialising units 0, 1, ... in order with one generator reproduces
- * insitra_model_init_params exactly, so a sharded trainer can initialise a
- * unit at a time. */
+/* Deterministic initialisation of unit `unit` into unit_base (the unit's
+ * range of the flat layout, host fp32): weights N(0, std) (residual
+ * projections scaled by 1/sqrt(2L)), positions N(0, std), biases 0, LN
+ * gains 1. Initialising units 0, 1, ... in order with one generator seeded
+ * (seed, 0) gives the same parameters at every stage and world size. */
 struct insitra_rng;
 void insitra_param_init_unit(const insitra_param_layout *layout, int64_t unit, int64_t n_layers,
                              double std, struct insitra_rng *rng, float *unit_base);
+/* The whole layout into params (host fp32). */
+void insitra_param_init(const insitra_param_layout *layout, int64_t n_layers, uint64_t seed,
+                        double std, float *params);
+/* insitra_model_create's models: their fp32 parameters from seed, gradients zeroed. */
+void insitra_model_init_params(insitra_model *m, uint64_t seed, double std);
 void insitra_model_zero_grads(insitra_model *m);
 
-/* Forward for B <= max_batch samples (B = 0 runs only the hooks). x is (B,T,F_in). Outputs land in
- * m->a.out (B,T,F_out). With y (B,T,F_out) it returns the mean squared error,
- * accumulated in double; without y it returns 0. */
-double insitra_model_forward(insitra_model *m, int64_t B, const float *x, const float *y);
+/* Forward (lib/model_step.c) of B <= max_batch samples from a.x (and a.y)
+ * into a.out; B = 0 runs only the hooks, so every rank joins the same
+ * collectives. With loss, (*loss is backend memory) += loss_scale x the sum
+ * of squared errors. */
+insitra_status insitra_model_forward(insitra_model *m, int64_t B, double *loss, double loss_scale);
+/* Backward after forward: adds d(loss_scale * mse(a.out, a.y)) to the gradients. */
+insitra_status insitra_model_backward(insitra_model *m, int64_t B, float loss_scale);
 
-/* Backward after insitra_model_forward with the same x and y: adds the
- * gradient of loss_scale * loss to m->grads (so micro-batches accumulate). */
-void insitra_model_backward(insitra_model *m, int64_t B, const float *x, const float *y,
-                            float loss_scale);
+/* Host conveniences on insitra_model_create's models: x (B,T,F_in) and y
+ * (B,T,F_out) copied in, forward; returns the mean squared error (0 without y). */
+double insitra_model_forward_host(insitra_model *m, int64_t B, const float *x, const float *y);
+void insitra_model_backward_host(insitra_model *m, int64_t B, float loss_scale);
 
 #endif /* INSITRA_MODEL_H */

@@ -1,6 +1,7 @@
 #include "optimizer.h"
 
 #include <math.h>
+#include <string.h>
 
 double insitra_lr_at(const insitra_adamw_hparams *hp, int64_t step)
 {
@@ -41,20 +42,8 @@ float insitra_clip_factor(double norm, double max_norm)
 void insitra_adamw_update(float *p, const float *g, float *m, float *v, int64_t n, int64_t t,
                           double lr, float grad_scale, bool decay, const insitra_adamw_hparams *hp)
 {
-    const float b1 = (float)hp->beta1, b2 = (float)hp->beta2;
-    const float step_size = (float)(lr / (1.0 - pow(hp->beta1, (double)t)));
-    const float inv_sqrt_bc2 = (float)(1.0 / sqrt(1.0 - pow(hp->beta2, (double)t)));
-    const float eps = (float)hp->eps;
-    const float keep = decay ? (float)(1.0 - lr * hp->weight_decay) : 1.0f;
-#pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        const float gi = g[i] * grad_scale;
-        const float mi = b1 * m[i] + (1.0f - b1) * gi;
-        const float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        p[i] = p[i] * keep - step_size * mi / (sqrtf(vi) * inv_sqrt_bc2 + eps);
-    }
+    const insitra_step_scalars sc = insitra_step_scalars_make(hp, t, lr, 0.0, 1);
+    insitra_adamw_apply(p, NULL, g, m, v, n, grad_scale, decay, &sc);
 }
 
 void insitra_adamw_update_all(float *params, const float *grads, float *m, float *v,
@@ -66,4 +55,44 @@ void insitra_adamw_update_all(float *params, const float *grads, float *m, float
         insitra_adamw_update(params + d->offset, grads + d->offset, m + d->offset, v + d->offset,
                              d->numel, t, lr, grad_scale, d->decay, hp);
     }
+}
+
+insitra_step_scalars insitra_step_scalars_make(const insitra_adamw_hparams *hp, int64_t t, double lr,
+                                               double max_norm, int64_t dp)
+{
+    return (insitra_step_scalars){
+        .beta1 = (float)hp->beta1,
+        .beta2 = (float)hp->beta2,
+        .eps = (float)hp->eps,
+        .step_size = (float)(lr / (1.0 - pow(hp->beta1, (double)t))),
+        .inv_sqrt_bc2 = (float)(1.0 / sqrt(1.0 - pow(hp->beta2, (double)t))),
+        .keep_decay = (float)(1.0 - lr * hp->weight_decay),
+        .max_norm = max_norm,
+        .dp = (double)dp,
+    };
+}
+
+double insitra_step_grad_scale(const insitra_step_scalars *sc, const double *stats)
+{
+    const double norm = sqrt(stats[1]) / sc->dp;
+    if (!isfinite(stats[0]) || !isfinite(norm)) return 0.0;
+    return (double)insitra_clip_factor(norm, sc->max_norm) / sc->dp;
+}
+
+void insitra_adamw_apply(float *p, float *copy, const float *g, float *m, float *v, int64_t n,
+                         float grad_scale, bool decay, const insitra_step_scalars *sc)
+{
+    const float b1 = sc->beta1, b2 = sc->beta2, eps = sc->eps;
+    const float step_size = sc->step_size, inv_sqrt_bc2 = sc->inv_sqrt_bc2;
+    const float keep = decay ? sc->keep_decay : 1.0f;
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        const float gi = g[i] * grad_scale;
+        const float mi = b1 * m[i] + (1.0f - b1) * gi;
+        const float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = p[i] * keep - step_size * mi / (sqrtf(vi) * inv_sqrt_bc2 + eps);
+    }
+    if (copy && copy != p) memcpy(copy, p, (size_t)n * sizeof(float));
 }

@@ -3,15 +3,16 @@
  * each ZeRO stage, from the same layout and sizing code the trainer uses, so
  * a plan matches what insitra_memory_report says once the job runs.
  */
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "checked.h"
 #include "config.h"
+#include "engine.h"
 #include "error.h"
-#include "gpu_sizes.h"
 #include "model.h"
 #include "shard.h"
-#include "zero.h"
 
 /* Bytes one rank sends per step (ring algorithms: an all-reduce of n floats
  * sends 2 (N-1)/N n, a reduce-scatter or all-gather of N slots of s floats
@@ -36,8 +37,40 @@ static void traffic(int stage, const insitra_param_layout *l, const insitra_shar
         break;
     }
     }
-    *bytes = sl->dp > 1 ? (int64_t)(floats * sizeof(float)) : 0;
-    *calls = sl->dp > 1 ? (int32_t)n : 0;
+    /* Converting a double beyond int64 is undefined: saturate. 2^20 micro-batches
+     * of a 2^45-parameter model at stage 2 reach 2^67 bytes. */
+    const double b = floats * sizeof(float);
+    *bytes = sl->dp < 2 ? 0 : b < 0x1p63 ? (int64_t)b : INSITRA_SIZE_OVERFLOW;
+    *calls = sl->dp < 2 ? 0 : n < 0x1p31 ? (int32_t)n : INT32_MAX;
+}
+
+/* A figure that does not fit 64 bits is an error, not a wrapped number. */
+static insitra_status check_counted(const insitra_plan *p, const insitra_config *cfg)
+{
+    const insitra_memory_usage *m = &p->memory;
+    const struct {
+        const char *what;
+        int64_t bytes;
+    } figures[] = {{"parameters", m->parameter_bytes}, {"gradients", m->gradient_bytes},
+                   {"optimizer state", m->optimizer_bytes}, {"activations", m->activation_bytes},
+                   {"communication buffers", m->communication_bytes},
+                   {"sample store", m->sample_store_bytes}, {"memory in all", m->total_bytes}};
+    for (size_t i = 0; i < sizeof figures / sizeof *figures; i++)
+        if (figures[i].bytes == INSITRA_SIZE_OVERFLOW)
+            return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                     "plan_stage: the %s of one rank at ZeRO stage %d on %d ranks need "
+                                     "more than 2^63 - 1 bytes, the most a 64-bit size holds (the "
+                                     "model.* keys, training.micro_batch_size, data.capacity)",
+                                     figures[i].what, p->zero_stage, p->world_size);
+    if (p->comm_bytes_per_step == INSITRA_SIZE_OVERFLOW)
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "plan_stage: the traffic of one step at ZeRO stage %d on %d ranks, "
+                                 "%" PRId64 " micro-batches (training.batch_size / "
+                                 "training.micro_batch_size) over the model's parameters, is more "
+                                 "than 2^63 - 1 bytes, the most a 64-bit size holds",
+                                 p->zero_stage, p->world_size,
+                                 cfg->training.batch_size / insitra_config_micro_batch(cfg));
+    return INSITRA_STATUS_OK;
 }
 
 insitra_status insitra_plan_stage(const insitra_config *cfg, int32_t world_size, int32_t zero_stage,
@@ -63,41 +96,19 @@ insitra_status insitra_plan_stage(const insitra_config *cfg, int32_t world_size,
         insitra_param_layout_free(&layout);
         return s;
     }
-    const insitra_zero_sizes z = insitra_zero_sizes_for(zero_stage, &layout, &sl);
-    const int64_t f = (int64_t)sizeof(float);
-    const int64_t xs = dims.seq_len * dims.in_features, ys = dims.seq_len * dims.out_features;
     memset(plan, 0, sizeof *plan);
     plan->world_size = world_size;
     plan->zero_stage = zero_stage;
-    plan->memory = (insitra_memory_usage){
-        .parameter_bytes = z.params * f,
-        .gradient_bytes = z.grads * f,
-        .optimizer_bytes = z.moments * f,
-        .activation_bytes = insitra_model_act_numel(&dims, mb) * f +
-                            cfg->training.batch_size * (int64_t)sizeof(int64_t) + mb * (xs + ys) * f,
-        .communication_bytes = z.comm * f,
-        .sample_store_bytes = cfg->data.capacity * (xs + ys) * f,
-    };
-    if (cfg->device == INSITRA_DEVICE_CUDA) {
-        /* device memory, as lib/cuda/ allocates it */
-        insitra_config at = *cfg;
-        at.parallel.zero_stage = zero_stage;
-        const insitra_gpu_bytes g = insitra_gpu_bytes_for(&at, &layout, &sl);
-        plan->memory = (insitra_memory_usage){
-            .parameter_bytes = g.params,
-            .gradient_bytes = g.grads,
-            .optimizer_bytes = g.moments,
-            .activation_bytes = g.activations,
-            .communication_bytes = g.comm,
-            .sample_store_bytes = g.store,
-        };
+    /* the same formula insitra_memory_report answers with */
+    s = insitra_engine_bytes_for(cfg, zero_stage, dp, &plan->memory);
+    if (s != INSITRA_STATUS_OK) {
+        insitra_shard_layout_free(&sl);
+        insitra_param_layout_free(&layout);
+        return s;
     }
-    insitra_memory_usage *m = &plan->memory;
-    m->total_bytes = m->parameter_bytes + m->gradient_bytes + m->optimizer_bytes +
-                     m->activation_bytes + m->communication_bytes + m->sample_store_bytes;
     traffic(zero_stage, &layout, &sl, cfg->training.batch_size / mb, &plan->comm_bytes_per_step,
             &plan->collectives_per_step);
     insitra_shard_layout_free(&sl);
     insitra_param_layout_free(&layout);
-    return INSITRA_STATUS_OK;
+    return check_counted(plan, cfg);
 }

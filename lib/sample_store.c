@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checked.h"
 #include "config.h"
 #include "error.h"
 
@@ -12,18 +13,33 @@ insitra_status insitra_sample_store_create(insitra_sample_store *s, int64_t capa
                                            int64_t x_numel, int64_t y_numel)
 {
     memset(s, 0, sizeof *s);
+    /* capacity reaches 2^53 and a sample 2^37 floats: count the bytes before
+     * asking for them (a wrapped count once allocated nothing). */
+    int64_t x_bytes, y_bytes, total; /* total: what memory reports add up */
+    const bool counted = insitra_mul_i64(capacity, x_numel, &x_bytes) &&
+                         insitra_mul_i64(x_bytes, (int64_t)sizeof(float), &x_bytes) &&
+                         insitra_mul_i64(capacity, y_numel, &y_bytes) &&
+                         insitra_mul_i64(y_bytes, (int64_t)sizeof(float), &y_bytes) &&
+                         insitra_add_i64(x_bytes, y_bytes, &total);
+    const double bytes = (double)capacity * (double)(x_numel + y_numel) * (double)sizeof(float);
+    if (!counted)
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "sample store: config key 'data.capacity' = %" PRId64
+                                 " samples of %" PRId64 " floats (model.seq_len x (model.in_features + "
+                                 "model.out_features)) need %.3g bytes, more than 2^63 - 1, the most "
+                                 "a 64-bit size holds; lower data.capacity",
+                                 capacity, x_numel + y_numel, bytes);
     s->capacity = capacity;
     s->x_numel = x_numel;
     s->y_numel = y_numel;
-    s->x = malloc((size_t)(capacity * x_numel) * sizeof(float));
-    s->y = malloc((size_t)(capacity * y_numel) * sizeof(float));
+    s->x = malloc((size_t)x_bytes);
+    s->y = malloc((size_t)y_bytes);
     if (!s->x || !s->y) {
         insitra_sample_store_free(s);
         return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY,
                                  "sample store: cannot allocate %" PRId64 " samples (%.1f MiB); "
                                  "lower data.capacity",
-                                 capacity,
-                                 (double)(capacity * (x_numel + y_numel)) * 4.0 / 1048576.0);
+                                 capacity, bytes / 1048576.0);
     }
     return INSITRA_STATUS_OK;
 }

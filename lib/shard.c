@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checked.h"
 #include "error.h"
 
 insitra_status insitra_shard_layout_create(insitra_shard_layout *sl,
@@ -22,7 +23,7 @@ insitra_status insitra_shard_layout_create(insitra_shard_layout *sl,
     for (int64_t i = 0; i < l->num_tensors; i++) {
         sl->len[i] = (l->tensors[i].numel + dp - 1) / dp;
         sl->offset[i] = sl->total;
-        sl->total += sl->len[i];
+        sl->total = insitra_size_add(sl->total, sl->len[i]); /* saturating, like every size */
     }
     for (int64_t u = 0; u < l->num_units; u++) {
         const insitra_param_unit *unit = &l->units[u];

@@ -13,9 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checked.h"
 #include "error.h"
 #include "trainer_ckpt.h"
-#include "gpu.h"
 #include "optimizer.h"
 
 /* Every rank must run the same configuration: compare with rank 0's, and
@@ -70,24 +70,14 @@ static insitra_status build_grid(insitra_trainer *t)
 static insitra_status allocate(insitra_trainer *t)
 {
     const insitra_config *cfg = &t->cfg;
-    const int64_t T = cfg->model.seq_len, mb = insitra_config_micro_batch(cfg);
-    const int stage = (int)cfg->parallel.zero_stage;
-    const insitra_model_dims dims = insitra_config_model_dims(cfg);
-    const bool gpu = cfg->device == INSITRA_DEVICE_CUDA;
-    /* On the GPU the host model only holds the parameters checkpoints read: no activations. */
-    INSITRA_CHECK(insitra_model_create_partial(&t->model, &dims, gpu ? 0 : mb, stage <= 2, stage <= 1));
-    INSITRA_CHECK(insitra_zero_create(&t->zero, stage, &t->dp, &t->model));
-    insitra_zero_init_params(&t->zero, (uint64_t)cfg->training.seed, cfg->model.init_std);
+    const int64_t T = cfg->model.seq_len;
     t->batch_slots = calloc((size_t)cfg->training.batch_size, sizeof(int64_t));
-    t->batch_x = calloc((size_t)(mb * T * cfg->model.in_features), sizeof(float));
-    t->batch_y = calloc((size_t)(mb * T * cfg->model.out_features), sizeof(float));
-    if (!t->batch_slots || !t->batch_x || !t->batch_y)
-        return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "trainer: cannot allocate batch buffers");
-    INSITRA_CHECK(insitra_sample_store_create(&t->store, cfg->data.capacity,
-                                              T * cfg->model.in_features,
+    if (!t->batch_slots)
+        return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "trainer: cannot allocate the batch's slots");
+    INSITRA_CHECK(insitra_sample_store_create(&t->store, cfg->data.capacity, T * cfg->model.in_features,
                                               T * cfg->model.out_features));
     insitra_rng_seed(&t->sampler, (uint64_t)cfg->training.seed, 1 + (uint64_t)t->comm.rank);
-    if (gpu) INSITRA_CHECK(insitra_gpu_create(&t->gpu, t));
+    INSITRA_CHECK(insitra_engine_create(&t->engine, cfg, t->comm.comm, &t->dp, &t->store));
     INSITRA_CHECK(insitra_preempt_setup(t));
     if (t->comm.rank == 0 && cfg->log.jsonl[0] != '\0') {
         t->jsonl = fopen(cfg->log.jsonl, "a");
@@ -103,14 +93,10 @@ static insitra_status allocate(insitra_trainer *t)
 static void release(insitra_trainer *t)
 {
     insitra_preempt_release(t);
-    insitra_gpu_free(t->gpu);
+    insitra_engine_free(&t->engine);
     if (t->jsonl) fclose(t->jsonl);
     insitra_sample_store_free(&t->store);
     free(t->batch_slots);
-    free(t->batch_x);
-    free(t->batch_y);
-    insitra_zero_free(&t->zero);
-    insitra_model_free(&t->model);
     insitra_comm_free(&t->tp);
     insitra_comm_free(&t->dp);
     insitra_comm_free(&t->comm);
@@ -144,7 +130,7 @@ insitra_status insitra_trainer_create(insitra_trainer **trainer, const insitra_c
     }
     if (s == INSITRA_STATUS_OK) s = insitra_comm_agree(&t->comm, build_grid(t));
     if (s == INSITRA_STATUS_OK) s = insitra_comm_agree(&t->comm, allocate(t));
-    if (s == INSITRA_STATUS_OK && t->gpu) s = insitra_comm_agree(&t->comm, insitra_gpu_connect(t->gpu, t));
+    if (s == INSITRA_STATUS_OK) s = insitra_comm_agree(&t->comm, insitra_engine_connect(&t->engine));
     if (s != INSITRA_STATUS_OK) {
         release(t);
         return s;
@@ -180,11 +166,12 @@ insitra_status insitra_trainer_num_parameters(const insitra_trainer *t, int64_t 
     if (!t || !count)
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "trainer_num_parameters: %s is NULL",
                                  !t ? "trainer" : "count");
-    *count = t->model.layout.total;
+    *count = t->engine.model.layout.total;
     return INSITRA_STATUS_OK;
 }
 
-/* n must fit the store: the check both pushes share. */
+/* n must fit the store: the check both pushes share. The store's byte count
+ * was checked at creation, so n x sample size cannot overflow. */
 static insitra_status check_push_count(const insitra_trainer *t, const char *fn, int64_t n)
 {
     if (n < 0 || n > t->store.capacity)
@@ -204,31 +191,32 @@ insitra_status insitra_push_samples(insitra_trainer *t, int64_t n, const float *
                                  t->comm.rank, !x ? "x" : "y");
     const int64_t first = t->store.next;
     insitra_status s = insitra_sample_store_push(&t->store, n, x, y);
-    if (s == INSITRA_STATUS_OK && t->gpu) s = insitra_gpu_store_samples(t->gpu, first, n, x, y);
+    if (s == INSITRA_STATUS_OK) s = insitra_engine_store_samples(&t->engine, first, n, x, y);
     return s == INSITRA_STATUS_OK ? s : insitra_error_prefix(s, "rank %d: ", t->comm.rank);
 }
 
 insitra_status insitra_push_samples_device(insitra_trainer *t, int64_t n, const float *x, const float *y)
 {
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "push_samples_device: trainer is NULL");
-    if (!t->gpu)
+    if (t->cfg.device != INSITRA_DEVICE_CUDA)
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
                                  "push_samples_device: rank %d: the trainer runs on the CPU (config key "
                                  "'device' is 'cpu'); push host arrays with insitra_push_samples",
                                  t->comm.rank);
+    insitra_backend *be = t->engine.be;
     INSITRA_CHECK(check_push_count(t, "push_samples_device", n));
     if (n == 0) return INSITRA_STATUS_OK;
     const float *arrays[2] = {x, y};
     const char *names[2] = {"x", "y"};
     const int64_t widths[2] = {t->store.x_numel, t->store.y_numel};
     for (int k = 0; k < 2; k++) {
-        if (!arrays[k] || !insitra_gpu_is_device_pointer(arrays[k]))
+        if (!arrays[k] || !be->i->is_device_pointer(be, arrays[k]))
             return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
                                      "push_samples_device: rank %d: %s is %s; pass device memory of "
                                      "this rank's GPU, or use insitra_push_samples for host arrays",
                                      t->comm.rank, names[k], arrays[k] ? "not a device pointer" : "NULL");
         int64_t bad = -1;
-        INSITRA_CHECK(insitra_gpu_first_nonfinite(t->gpu, arrays[k], n * widths[k], &bad));
+        INSITRA_CHECK(be->i->first_nonfinite(be, arrays[k], n * widths[k], &bad));
         if (bad >= 0)
             return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
                                      "push_samples_device: rank %d: %s of sample %" PRId64 " holds a "
@@ -237,9 +225,9 @@ insitra_status insitra_push_samples_device(insitra_trainer *t, int64_t n, const 
                                      t->comm.rank, names[k], bad / widths[k], bad % widths[k], bad);
     }
     const int64_t first = insitra_sample_store_reserve(&t->store, n);
-    INSITRA_CHECK(insitra_gpu_store_samples(t->gpu, first, n, x, y));
+    INSITRA_CHECK(insitra_engine_store_samples(&t->engine, first, n, x, y));
     /* the host copy, for checkpoints with checkpoint.include_samples */
-    return insitra_gpu_fetch_samples(t->gpu, first, n, t->store.x, t->store.y);
+    return insitra_engine_fetch_samples(&t->engine, first, n, t->store.x, t->store.y);
 }
 
 insitra_status insitra_samples_stored(const insitra_trainer *t, int64_t *count)
@@ -262,57 +250,22 @@ insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
 
     const double t0 = MPI_Wtime();
     const insitra_config *cfg = &t->cfg;
-    insitra_model *m = &t->model;
-    const int64_t B = cfg->training.batch_size, mb = insitra_config_micro_batch(cfg);
-    const int64_t dp = t->dp.size;
-
-    double loss, norm, stop_requested;
-    if (t->gpu) {
-        insitra_sample_store_draw(&t->store, cfg->data.sampler, &t->sampler, &t->sample_cursor, B,
-                                  t->batch_slots);
-        /* The device applies the update itself, skipping it on a non-finite loss or norm. */
-        insitra_status s = insitra_gpu_train_step(t->gpu, t->batch_slots, t->step + 1,
-                                                  insitra_lr_at(&cfg->optimizer, t->step), &loss, &norm);
-        INSITRA_CHECK(insitra_comm_agree(&t->comm, s));
-        double stop = insitra_preempt_requested(t) ? 1.0 : 0.0;
-        INSITRA_CHECK(insitra_comm_sum_ordered(&t->dp, &stop, 1));
-        stop_requested = stop;
-    } else {
-        insitra_zero_begin_step(&t->zero);
-        insitra_sample_store_draw(&t->store, cfg->data.sampler, &t->sampler, &t->sample_cursor, B,
-                                  t->batch_slots);
-        double loss_sum = 0.0; /* sum over micro-batches of (micro-batch mean) x samples */
-        for (int64_t first = 0; first < B; first += mb) {
-            insitra_sample_store_gather(&t->store, t->batch_slots + first, mb, t->batch_x, t->batch_y);
-            insitra_zero_set_last_micro_batch(&t->zero, first + mb >= B);
-            loss_sum += insitra_model_forward(m, mb, t->batch_x, t->batch_y) * (double)mb;
-            /* Each micro-batch contributes its share of this rank's batch mean. */
-            insitra_model_backward(m, mb, t->batch_x, t->batch_y, (float)mb / (float)B);
-        }
-        INSITRA_CHECK(insitra_zero_finish_backward(&t->zero));
-
-        /* The global batch is every dp rank's batch: the loss and the gradient are
-         * the means over ranks of the local means; the reductions above summed.
-         * A stop request (signal or deadline) on any rank rides along. */
-        double sums[3] = {loss_sum / (double)B, insitra_zero_grad_sum_squares(&t->zero),
-                          insitra_preempt_requested(t) ? 1.0 : 0.0};
-        INSITRA_CHECK(insitra_comm_sum_ordered(&t->dp, sums, 3));
-        loss = sums[0] / (double)dp;
-        norm = sqrt(sums[1]) / (double)dp;
-        stop_requested = sums[2];
-    }
+    const int64_t B = cfg->training.batch_size, dp = t->dp.size;
+    insitra_sample_store_draw(&t->store, cfg->data.sampler, &t->sampler, &t->sample_cursor, B,
+                              t->batch_slots);
+    const double lr = insitra_lr_at(&cfg->optimizer, t->step);
+    double loss, norm;
+    INSITRA_CHECK(insitra_comm_agree(&t->comm, insitra_engine_step(&t->engine, t->batch_slots, t->step + 1,
+                                                                   lr, &loss, &norm)));
+    /* A stop request (signal or deadline) on any rank stops every rank. */
+    double stop_requested = insitra_preempt_requested(t) ? 1.0 : 0.0;
+    INSITRA_CHECK(insitra_comm_sum_ordered(&t->dp, &stop_requested, 1));
     if (!isfinite(loss) || !isfinite(norm))
         return insitra_error_set(INSITRA_STATUS_NUMERICAL_ERROR,
                                  "train_step %" PRId64 ": loss = %g, gradient norm = %g; the update "
                                  "was skipped (lower optimizer.lr or check the samples' scale)",
                                  t->step + 1, loss, norm);
-    const double lr = insitra_lr_at(&cfg->optimizer, t->step);
     t->step++;
-    if (!t->gpu) {
-        const double clip = insitra_clip_factor(norm, cfg->training.grad_clip);
-        INSITRA_CHECK(insitra_zero_update(&t->zero, t->step, lr, (float)(clip / (double)dp),
-                                          &cfg->optimizer));
-    }
 
     const double seconds = MPI_Wtime() - t0;
     insitra_metrics out = {
@@ -322,7 +275,7 @@ insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
         .grad_norm = norm,
         .lr = lr,
         .step_seconds = seconds,
-        .comm_wait_seconds = t->gpu ? 0.0 : t->zero.wait_seconds,
+        .comm_wait_seconds = insitra_engine_wait_seconds(&t->engine),
     };
     out.tokens_per_second = seconds > 0 ? (double)out.tokens / seconds : 0.0;
     insitra_log_step(t, &out);
@@ -380,13 +333,20 @@ insitra_status insitra_should_stop(const insitra_trainer *t, int32_t *stop)
     return INSITRA_STATUS_OK;
 }
 
-/* Local argument checks shared by predict and evaluate. */
-static insitra_status check_batch_args(const char *fn, int64_t n, const void *x, const void *y,
-                                       const char *y_name)
+/* Local argument checks shared by predict and evaluate. The arrays' byte
+ * counts must fit 64 bits: every offset into them is computed from n. */
+static insitra_status check_batch_args(const insitra_trainer *t, const char *fn, int64_t n,
+                                       const void *x, const void *y, const char *y_name)
 {
     if (n < 0)
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "%s: n = %" PRId64 " is negative",
                                  fn, n);
+    const int64_t widest = t->store.x_numel > t->store.y_numel ? t->store.x_numel : t->store.y_numel;
+    if (insitra_size_mul(insitra_size_mul(n, widest), (int64_t)sizeof(float)) == INSITRA_SIZE_OVERFLOW)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                 "%s: rank %d: n = %" PRId64 " samples of %" PRId64 " floats need "
+                                 "more than 2^63 - 1 bytes; no such array exists",
+                                 fn, t->comm.rank, n, widest);
     if (n > 0 && (!x || !y))
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "%s: %s is NULL with n = %" PRId64,
                                  fn, !x ? "x" : y_name, n);
@@ -400,29 +360,16 @@ static insitra_status check_batch_args(const char *fn, int64_t n, const void *x,
 static insitra_status forward_all(insitra_trainer *t, int64_t n, const float *x, const float *y,
                                   float *y_out, double *sse)
 {
-    insitra_model *m = &t->model;
-    const int64_t xs = t->store.x_numel, ys = t->store.y_numel;
     const int64_t cap = insitra_config_micro_batch(&t->cfg);
     int64_t chunks = (n + cap - 1) / cap;
     INSITRA_CHECK(insitra_comm_max_int64(&t->dp, &chunks));
-    if (t->gpu) return insitra_gpu_forward(t->gpu, n, chunks, x, y, y_out, sse);
-    t->zero.error = INSITRA_STATUS_OK;
-    *sse = 0.0;
-    for (int64_t c = 0; c < chunks; c++) {
-        const int64_t first = c * cap;
-        const int64_t b = first >= n ? 0 : n - first < cap ? n - first : cap;
-        const double mse = insitra_model_forward(m, b, b ? x + first * xs : NULL,
-                                                 y && b ? y + first * ys : NULL);
-        *sse += mse * (double)(b * ys);
-        if (y_out && b) memcpy(y_out + first * ys, m->a.out, (size_t)(b * ys) * sizeof(float));
-    }
-    return t->zero.error;
+    return insitra_engine_forward(&t->engine, n, chunks, x, y, y_out, sse);
 }
 
 insitra_status insitra_predict(insitra_trainer *t, int64_t n, const float *x, float *y_out)
 {
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "predict: trainer is NULL");
-    INSITRA_CHECK(insitra_comm_agree(&t->comm, check_batch_args("predict", n, x, y_out, "y_out")));
+    INSITRA_CHECK(insitra_comm_agree(&t->comm, check_batch_args(t, "predict", n, x, y_out, "y_out")));
     double unused;
     return forward_all(t, n, x, NULL, y_out, &unused);
 }
@@ -431,7 +378,7 @@ insitra_status insitra_evaluate(insitra_trainer *t, int64_t n, const float *x, c
                                 double *loss)
 {
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "evaluate: trainer is NULL");
-    insitra_status local = check_batch_args("evaluate", n, x, y, "y");
+    insitra_status local = check_batch_args(t, "evaluate", n, x, y, "y");
     if (local == INSITRA_STATUS_OK && !loss)
         local = insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "evaluate: loss is NULL");
     INSITRA_CHECK(insitra_comm_agree(&t->comm, local));
@@ -450,21 +397,5 @@ insitra_status insitra_memory_report(const insitra_trainer *t, insitra_memory_us
     if (!t || !usage)
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "memory_report: %s is NULL",
                                  !t ? "trainer" : "usage");
-    if (t->gpu) return insitra_gpu_memory(t->gpu, usage);
-    const insitra_zero_sizes z = insitra_zero_sizes_for(t->zero.stage, &t->model.layout, &t->zero.sl);
-    const int64_t f = (int64_t)sizeof(float);
-    const int64_t batch = (int64_t)t->cfg.training.batch_size * (int64_t)sizeof(int64_t) +
-                          insitra_config_micro_batch(&t->cfg) * (t->store.x_numel + t->store.y_numel) * f;
-    *usage = (insitra_memory_usage){
-        .parameter_bytes = z.params * f,
-        .gradient_bytes = z.grads * f,
-        .optimizer_bytes = z.moments * f,
-        .activation_bytes = t->model.act_numel * f + batch,
-        .communication_bytes = z.comm * f,
-        .sample_store_bytes = t->store.capacity * (t->store.x_numel + t->store.y_numel) * f,
-    };
-    usage->total_bytes = usage->parameter_bytes + usage->gradient_bytes + usage->optimizer_bytes +
-                         usage->activation_bytes + usage->communication_bytes +
-                         usage->sample_store_bytes;
-    return INSITRA_STATUS_OK;
+    return insitra_engine_bytes_for(&t->cfg, (int)t->cfg.parallel.zero_stage, t->dp.size, usage);
 }

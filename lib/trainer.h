@@ -7,37 +7,35 @@
 #ifndef INSITRA_TRAINER_H
 #define INSITRA_TRAINER_H
 
+#include <signal.h>
 #include <stdio.h>
 
 #include "comm.h"
 #include "config.h"
-#include "model.h"
+#include "engine.h"
 #include "rng.h"
 #include "sample_store.h"
-#include "zero.h"
 
 struct insitra_trainer {
     insitra_config cfg;
     insitra_comm comm;          /* the caller's communicator, duplicated */
     insitra_comm dp;            /* the data-parallel group: ZeRO shards over it */
     insitra_comm tp;            /* the ranks sharing one replica (one rank while tp = 1) */
-    insitra_model model;
-    insitra_zero zero;          /* optimizer state, shards and collectives; with a GPU, the
-                                   host copies of the parameters and moments checkpoints use */
-    struct insitra_gpu *gpu;    /* device = cuda: the engine that trains on the GPU, else NULL */
-    insitra_sample_store store;
+    insitra_engine engine;      /* model, ZeRO state and the step, on the configured backend */
+    insitra_sample_store store; /* host store: pushes land here first (checkpoints read it) */
     insitra_rng sampler;        /* seeded by (training.seed, rank): draws this rank's batches */
     int64_t sample_cursor;      /* samples drawn so far (the sequential sampler's position) */
     int64_t *batch_slots;       /* (batch_size) store slots of this step's samples */
-    float *batch_x, *batch_y;   /* (micro_batch, T, F_in), (micro_batch, T, F_out) */
     int64_t step;               /* optimizer steps taken */
     FILE *jsonl;                /* rank 0's metrics file, or NULL */
     double deadline;            /* MPI_Wtime at which to checkpoint and stop; 0 = none */
-    bool handlers_installed;    /* this trainer owns the SIGUSR1/SIGTERM handlers */
+    bool handlers_installed;    /* this trainer holds the shared SIGUSR1/SIGTERM handlers */
+    sig_atomic_t signals_acknowledged; /* preempt.c's signal count when this trainer joined */
     bool stop;                  /* the ranks agreed to stop; the final checkpoint is written */
 };
 
-/* Preemption (preempt.c): signal handlers that only set a flag, and the deadline. */
+/* Preemption (preempt.c): signal handlers shared by the trainers that ask for
+ * them, which only count signals, and the deadline. */
 insitra_status insitra_preempt_setup(insitra_trainer *t);
 void insitra_preempt_release(insitra_trainer *t);
 /* Whether this rank has been asked to stop (a signal, or the deadline passed). */

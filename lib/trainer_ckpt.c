@@ -1,26 +1,23 @@
 /* Checkpoints of a trainer: the view, and the reset after a failed load. */
-#include <string.h>
-
 #include "ckpt.h"
 #include "error.h"
-#include "gpu.h"
 #include "trainer_ckpt.h"
 
 void insitra_trainer_ckpt_view(insitra_trainer *t, insitra_ckpt_state *view)
 {
-    insitra_zero *z = &t->zero;
+    insitra_zero *z = &t->engine.zero;
     *view = (insitra_ckpt_state){
         .world = &t->comm,
         .dp = t->dp.size,
         .tp = t->tp.size,
         .cfg = &t->cfg,
-        .layout = &t->model.layout,
+        .layout = &t->engine.model.layout,
         .shards = &z->sl,
         .zero_stage = z->stage,
-        .params = z->stage <= 2 ? t->model.params : NULL,
-        .param_shard = z->param_shard,
-        .m = z->m,
-        .v = z->v,
+        .params = z->host_params_full ? z->host_params : NULL,
+        .param_shard = z->host_params_full ? NULL : z->host_params,
+        .m = z->host_m,
+        .v = z->host_v,
         .step = &t->step,
         .sampler = &t->sampler,
         .sample_cursor = &t->sample_cursor,
@@ -31,8 +28,8 @@ void insitra_trainer_ckpt_view(insitra_trainer *t, insitra_ckpt_state *view)
 insitra_status insitra_trainer_ckpt_save(insitra_trainer *t, const char *dir, char *path_out,
                                          size_t path_size)
 {
-    /* Checkpoints read the host copies of the state. */
-    if (t->gpu) INSITRA_CHECK(insitra_comm_agree(&t->comm, insitra_gpu_download_state(t->gpu, t)));
+    /* Checkpoints read the host copies of the state: brought up to date first. */
+    INSITRA_CHECK(insitra_comm_agree(&t->comm, insitra_zero_export(&t->engine.zero)));
     insitra_ckpt_state view;
     insitra_trainer_ckpt_view(t, &view);
     return insitra_ckpt_save(&view, dir, path_out, path_size);
@@ -42,12 +39,8 @@ insitra_status insitra_trainer_ckpt_save(insitra_trainer *t, const char *dir, ch
  * failed load wrote into. */
 static void reset(insitra_trainer *t, insitra_ckpt_touched touched)
 {
-    insitra_zero *z = &t->zero;
     if (touched.state) {
-        insitra_zero_init_params(z, (uint64_t)t->cfg.training.seed, t->cfg.model.init_std);
-        const int64_t moments = z->stage == 0 ? t->model.layout.total : z->sl.total;
-        memset(z->m, 0, (size_t)moments * sizeof(float));
-        memset(z->v, 0, (size_t)moments * sizeof(float));
+        insitra_zero_init_host(&t->engine.zero, (uint64_t)t->cfg.training.seed, t->cfg.model.init_std);
         t->step = 0;
         t->sample_cursor = 0;
         insitra_rng_seed(&t->sampler, (uint64_t)t->cfg.training.seed, 1 + (uint64_t)t->comm.rank);
@@ -62,14 +55,8 @@ insitra_status insitra_trainer_ckpt_load(insitra_trainer *t, const char *path, c
     insitra_trainer_ckpt_view(t, &view);
     insitra_ckpt_touched touched;
     insitra_status s = insitra_ckpt_load(&view, path, path_out, path_size, &touched);
-    if (s == INSITRA_STATUS_OK)
-        t->zero.gather_id[0] = t->zero.gather_id[1] = -1; /* stage 3: gathered copies are stale */
-    else
-        reset(t, touched); /* a half-read checkpoint must not pass for trained state */
+    if (s != INSITRA_STATUS_OK) reset(t, touched); /* a half-read checkpoint must not pass for trained state */
     /* Loaded, or reset after a failed load: either way the host copies are what holds. */
-    if (t->gpu) {
-        insitra_status up = insitra_comm_agree(&t->comm, insitra_gpu_upload_state(t->gpu, t));
-        if (s == INSITRA_STATUS_OK) s = up;
-    }
-    return s;
+    insitra_status up = insitra_comm_agree(&t->comm, insitra_zero_import(&t->engine.zero));
+    return s == INSITRA_STATUS_OK ? up : s;
 }

@@ -13,12 +13,12 @@
 /* The view of t's state: pointers into t, valid while t lives. */
 void insitra_trainer_ckpt_view(insitra_trainer *t, insitra_ckpt_state *view);
 
-/* Collective: a GPU run's state is brought to the host, then saved to dir. */
+/* Collective: the backend's state is brought to the host copies, then saved to dir. */
 insitra_status insitra_trainer_ckpt_save(insitra_trainer *t, const char *dir, char *path_out,
                                          size_t path_size);
 /* Collective: loads path (a file or a directory). A failed load that had
  * written into the state puts the trainer back where trainer_create left
- * it; a GPU run then takes the host state either way. */
+ * it; the backend then takes the host state either way. */
 insitra_status insitra_trainer_ckpt_load(insitra_trainer *t, const char *path, char *path_out,
                                          size_t path_size);
 

@@ -3,10 +3,7 @@
 # test requires those fixtures. Included from tests/CMakeLists.txt.
 
 add_executable(test_ckpt_cli_make test_ckpt_cli_make.c ckpt_damage.c)
-set_target_properties(test_ckpt_cli_make PROPERTIES C_STANDARD 11 C_EXTENSIONS OFF)
-target_compile_definitions(test_ckpt_cli_make PRIVATE _POSIX_C_SOURCE=200809L)
-target_compile_options(test_ckpt_cli_make PRIVATE -Wall -Wextra
-  $<$<BOOL:${INSITRA_WARNINGS_AS_ERRORS}>:-Werror>)
+insitra_target_defaults(test_ckpt_cli_make)
 target_link_libraries(test_ckpt_cli_make PRIVATE insitra_internal HDF5::HDF5)
 
 set(dir "${CMAKE_CURRENT_BINARY_DIR}/ckpt/cli")

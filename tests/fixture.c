@@ -207,12 +207,7 @@ int fixture_load(fixture *f, const char *path) {
     return 0;
 
 error:
-    free(f->records);
-    free(f->bytes);
-    f->records = NULL;
-    f->bytes = NULL;
-    f->size = 0;
-    f->num_records = 0;
+    fixture_free(f); /* f holds no memory on failure; the message stays */
     return -1;
 }
 
@@ -281,26 +276,24 @@ int fixture_get_f64(fixture *f, const char *name, const double **data, int64_t *
     return 0;
 }
 
-int fixture_scalar_f64(fixture *f, const char *name, double *value) {
-    const fixture_record *r = find_typed(f, name, FIXTURE_DTYPE_FLOAT64);
+/* The 8-byte value of a scalar record of this dtype (float64 and int64 both
+ * hold 8 bytes), into value. */
+static int read_scalar(fixture *f, const char *name, fixture_dtype dtype, void *value) {
+    const fixture_record *r = find_typed(f, name, dtype);
     if (!r) {
         return -1;
     }
     if (r->ndim != 0) {
         return fail(f, "record '%s' has %d dimensions, expected a scalar", name, r->ndim);
     }
-    *value = *(const double *)r->data;
+    memcpy(value, r->data, 8);
     return 0;
 }
 
+int fixture_scalar_f64(fixture *f, const char *name, double *value) {
+    return read_scalar(f, name, FIXTURE_DTYPE_FLOAT64, value);
+}
+
 int fixture_scalar_i64(fixture *f, const char *name, int64_t *value) {
-    const fixture_record *r = find_typed(f, name, FIXTURE_DTYPE_INT64);
-    if (!r) {
-        return -1;
-    }
-    if (r->ndim != 0) {
-        return fail(f, "record '%s' has %d dimensions, expected a scalar", name, r->ndim);
-    }
-    *value = *(const int64_t *)r->data;
-    return 0;
+    return read_scalar(f, name, FIXTURE_DTYPE_INT64, value);
 }

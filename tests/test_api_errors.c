@@ -2,13 +2,17 @@
  * Bad input to the trainer API gets a clear error and loses nothing: NULL
  * handles, wrong sizes, n above capacity, NaN/Inf in samples (the message
  * names the first bad index and the store keeps its contents), an empty
- * store, a configuration that fails validation, an unwritable log file.
+ * store, a configuration that fails validation, an unwritable log file, and
+ * counts whose byte sizes do not fit 64 bits.
  */
+#include <errno.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "expect.h"
 #include "insitra.h"
@@ -79,6 +83,18 @@ int main(int argc, char **argv)
         EXPECT(t == NULL, "a failed GPU create leaves *trainer NULL");
     }
     insitra_config_set(cfg, "device", "cpu");
+    /* data.capacity inside its range whose store needs more bytes than 64 bits
+     * count: it once wrapped to a zero-byte store that the first push overran. */
+    insitra_config_set(cfg, "data.capacity", "4503599627370496");
+    insitra_config_set(cfg, "model.in_features", "1024"); /* 2^52 x 4 x 1024 x 4 bytes = 2^66 */
+    insitra_config_set(cfg, "model.out_features", "1024");
+    expect_error(insitra_trainer_create(&t, cfg, MPI_COMM_WORLD), INSITRA_STATUS_CONFIG_ERROR,
+                 "'data.capacity'", "bytes");
+    if (t) insitra_trainer_free(t);
+    t = NULL;
+    insitra_config_set(cfg, "data.capacity", "8");
+    insitra_config_set(cfg, "model.in_features", "3");
+    insitra_config_set(cfg, "model.out_features", "2");
     EXPECT(insitra_trainer_create(&t, cfg, MPI_COMM_WORLD) == INSITRA_STATUS_OK, "create: %s",
            insitra_last_error());
     expect_error(insitra_push_samples_device(t, 1, &x[0][0][0], &y[0][0][0]),
@@ -156,6 +172,33 @@ int main(int argc, char **argv)
     }
     EXPECT(fabs(sse / (CAP * T * FO) - loss) <= 1e-6 * loss, "evaluate %g vs predict's MSE %g", loss,
            sse / (CAP * T * FO));
+
+    /* n whose byte count overflows: an error, not OK with nothing computed */
+    const int64_t huge[] = {INT64_MAX, INT64_MAX / (T * FO), (int64_t)1 << 61};
+    for (int i = 0; i < 3; i++) {
+        char want[64];
+        snprintf(want, sizeof want, "n = %lld", (long long)huge[i]);
+        expect_error(insitra_predict(t, huge[i], &x[0][0][0], &out[0][0][0]),
+                     INSITRA_STATUS_INVALID_ARGUMENT, want, "bytes");
+        expect_error(insitra_evaluate(t, huge[i], &x[0][0][0], &y[0][0][0], &loss),
+                     INSITRA_STATUS_INVALID_ARGUMENT, want, "bytes");
+        expect_error(insitra_push_samples(t, huge[i], &x[0][0][0], &y[0][0][0]),
+                     INSITRA_STATUS_INVALID_ARGUMENT, want, "data.capacity");
+    }
+    EXPECT(insitra_evaluate(t, CAP, &x[0][0][0], &y[0][0][0], &loss) == INSITRA_STATUS_OK,
+           "evaluate after the rejected calls: %s", insitra_last_error());
+
+    /* A directory the checkpoint cannot be created in: the error says why
+     * (on a read-only file system, or without write permission). Root may
+     * write anywhere, so there the check is skipped. */
+    char ro_dir[] = "/tmp/insitra-readonly-XXXXXX";
+    if (geteuid() != 0 && mkdtemp(ro_dir) && chmod(ro_dir, 0555) == 0) {
+        expect_error(insitra_checkpoint_save(t, ro_dir, NULL, 0), INSITRA_STATUS_IO_ERROR, "cannot create",
+                     strerror(EACCES));
+        rmdir(ro_dir);
+    } else {
+        printf("  (running as root: the unwritable-directory check is skipped)\n");
+    }
 
     int64_t st = 0, fi = 0, fo = 0, np = 0;
     insitra_trainer_sample_shape(t, &st, &fi, &fo);

@@ -107,9 +107,9 @@ static void file_io(const char *path, void *data, size_t bytes, int write)
 /* The full parameters and moments (3 P floats), on every rank. */
 static float *full_state(insitra_trainer *t)
 {
-    const int64_t P = t->model.layout.total;
+    const int64_t P = t->engine.model.layout.total;
     float *s = malloc((size_t)(3 * P) * sizeof(float));
-    insitra_zero_gather_state(&t->zero, s, s + P, s + 2 * P);
+    insitra_zero_gather_state(&t->engine.zero, s, s + P, s + 2 * P);
     return s;
 }
 
@@ -159,7 +159,7 @@ static int reshard_write(const char *dir, int stage)
     save(t, dir, path);
     float *s = full_state(t);
     snprintf(out, sizeof out, "%s/state.bin", dir);
-    if (rank == 0) file_io(out, s, (size_t)(3 * t->model.layout.total) * sizeof(float), 1);
+    if (rank == 0) file_io(out, s, (size_t)(3 * t->engine.model.layout.total) * sizeof(float), 1);
     free(s);
     insitra_trainer_free(t);
     return 0;
@@ -169,7 +169,7 @@ static int reshard_read(const char *dir, int stage)
 {
     insitra_trainer *t = make(stage, NULL, 16);
     EXPECT(insitra_checkpoint_load(t, dir, NULL, 0) == INSITRA_STATUS_OK, "load: %s", insitra_last_error());
-    const int64_t P = t->model.layout.total;
+    const int64_t P = t->engine.model.layout.total;
     float *got = full_state(t), *want = malloc((size_t)(3 * P) * sizeof(float));
     char in[4200];
     snprintf(in, sizeof in, "%s/state.bin", dir);

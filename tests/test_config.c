@@ -9,33 +9,12 @@
 #include <string.h>
 
 #include "config.h"
-#include "expect.h"
 #include "insitra.h"
 
 static const int rank = 0; /* these checks run on one rank */
 static int failures = 0;
 
-
-static void expect_value(const insitra_config *cfg, const char *key, const char *want)
-{
-    char buf[256];
-    insitra_status s = insitra_config_get(cfg, key, buf, sizeof buf);
-    EXPECT(s == INSITRA_STATUS_OK && strcmp(buf, want) == 0, "%s = '%s', expected '%s' (%s)", key,
-           buf, want, insitra_last_error());
-}
-
-/* The call fails with status and a message containing each of the words. */
-static void expect_error(insitra_status got, insitra_status want, const char *w1, const char *w2,
-                         const char *w3)
-{
-    const char *msg = insitra_last_error();
-    EXPECT(got == want, "status %s, expected %s (%s)", insitra_status_name(got),
-           insitra_status_name(want), msg);
-    const char *words[] = {w1, w2, w3};
-    for (int i = 0; i < 3; i++)
-        EXPECT(!words[i] || strstr(msg, words[i]), "message '%s' lacks '%s'", msg, words[i]);
-    printf("  error as expected: %s\n", msg);
-}
+#include "expect_config.h"
 
 int main(int argc, char **argv)
 {
@@ -129,19 +108,15 @@ int main(int argc, char **argv)
                  INSITRA_STATUS_CONFIG_ERROR, "model.d_model", "no value", NULL);
     expect_error(insitra_config_load_yaml_string(cfg, "- a\n"), INSITRA_STATUS_PARSE_ERROR,
                  "lists", NULL, NULL);
-    EXPECT(insitra_config_load_yaml_string(cfg, "") == INSITRA_STATUS_OK, "empty document: %s",
-           insitra_last_error());
-    EXPECT(insitra_config_load_yaml_string(cfg, "data: {capacity: 77}") == INSITRA_STATUS_OK,
-           "flow mapping: %s", insitra_last_error());
+    expect_loads(cfg, "");                     /* an empty document */
+    expect_loads(cfg, "data: {capacity: 77}"); /* a flow mapping */
     expect_value(cfg, "data.capacity", "77");
 
     /* device and precision: top-level keys; bf16 is for the GPU only */
     expect_value(cfg, "device", "cpu");
     expect_value(cfg, "precision", "fp32");
     expect_value(cfg, "cuda.graphs", "true");
-    EXPECT(insitra_config_load_yaml_string(cfg, "device: cuda\nprecision: bf16\ncuda: {graphs: off}\n") ==
-               INSITRA_STATUS_OK,
-           "top-level keys: %s", insitra_last_error());
+    expect_loads(cfg, "device: cuda\nprecision: bf16\ncuda: {graphs: off}\n");
     expect_value(cfg, "device", "cuda");
     expect_value(cfg, "precision", "bf16");
     expect_value(cfg, "cuda.graphs", "false");

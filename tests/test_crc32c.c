@@ -10,18 +10,7 @@
 #include <string.h>
 
 #include "crc32c.h"
-
-static int failures;
-
-#define CHECK(cond, ...)                                  \
-    do {                                                  \
-        if (!(cond)) {                                    \
-            failures++;                                   \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);   \
-            printf(__VA_ARGS__);                          \
-            printf("\n");                                 \
-        }                                                 \
-    } while (0)
+#include "test_util.h"
 
 /* One bit at a time, straight from the definition: the reference. */
 static uint32_t crc32c_bitwise(uint32_t crc, const unsigned char *p, size_t len)
@@ -49,15 +38,15 @@ static void fill(unsigned char *p, size_t n)
     for (size_t i = 0; i < n; i++) p[i] = (unsigned char)next_u64();
 }
 
-static void test_check_values(void)
+static void test_check_values(insitra_test *tc)
 {
     const char *digits = "123456789";
-    CHECK(insitra_crc32c(0, digits, 9) == 0xE3069283u, "crc32c(\"123456789\") = %08X",
-          insitra_crc32c(0, digits, 9));
-    CHECK(insitra_crc32c_portable(0, digits, 9) == 0xE3069283u,
-          "portable crc32c(\"123456789\") = %08X", insitra_crc32c_portable(0, digits, 9));
-    CHECK(insitra_crc32c(0, NULL, 0) == 0, "the CRC of nothing is 0");
-    CHECK(insitra_crc32c(0x12345678u, NULL, 0) == 0x12345678u, "no bytes leave a CRC as it was");
+    EXPECT(tc, insitra_crc32c(0, digits, 9) == 0xE3069283u, "crc32c(\"123456789\") = %08X",
+           insitra_crc32c(0, digits, 9));
+    EXPECT(tc, insitra_crc32c_portable(0, digits, 9) == 0xE3069283u, "portable crc32c(\"123456789\") = %08X",
+           insitra_crc32c_portable(0, digits, 9));
+    EXPECT(tc, insitra_crc32c(0, NULL, 0) == 0, "the CRC of nothing is 0");
+    EXPECT(tc, insitra_crc32c(0x12345678u, NULL, 0) == 0x12345678u, "no bytes leave a CRC as it was");
 
     /* The iSCSI test vectors of RFC 3720, B.4: 32 bytes each. */
     unsigned char zeros[32], ones[32], up[32], down[32];
@@ -78,20 +67,20 @@ static void test_check_values(void)
     for (size_t v = 0; v < sizeof vectors / sizeof vectors[0]; v++) {
         const uint32_t hw = insitra_crc32c(0, vectors[v].data, 32);
         const uint32_t sw = insitra_crc32c_portable(0, vectors[v].data, 32);
-        CHECK(hw == vectors[v].crc && sw == vectors[v].crc, "%s: %08X and %08X, expected %08X",
-              vectors[v].name, hw, sw, vectors[v].crc);
+        EXPECT(tc, hw == vectors[v].crc && sw == vectors[v].crc, "%s: %08X and %08X, expected %08X",
+               vectors[v].name, hw, sw, vectors[v].crc);
     }
 }
 
 /* Chaining, and combine, over random splits of one buffer into pieces. */
-static void test_chaining_and_combine(void)
+static void test_chaining_and_combine(insitra_test *tc)
 {
     enum { N = 200000, TRIALS = 300, MAX_PIECES = 9 };
     unsigned char *buf = malloc(N);
     fill(buf, N);
     const uint32_t whole = insitra_crc32c(0, buf, N);
-    CHECK(whole == crc32c_bitwise(0, buf, N), "whole buffer: %08X vs reference %08X", whole,
-          crc32c_bitwise(0, buf, N));
+    EXPECT(tc, whole == crc32c_bitwise(0, buf, N), "whole buffer: %08X vs reference %08X", whole,
+           crc32c_bitwise(0, buf, N));
     int bad_chain = 0, bad_combine = 0;
     for (int trial = 0; trial < TRIALS; trial++) {
         /* A prefix of random length cut into pieces at random points; equal
@@ -116,33 +105,32 @@ static void test_chaining_and_combine(void)
             combined = insitra_crc32c_combine(combined, insitra_crc32c(0, buf + cuts[i], n), n);
         }
         if (chained != direct && bad_chain++ < 5)
-            CHECK(0, "chaining %d pieces of %zu bytes: %08X, direct %08X", pieces, len, chained,
-                  direct);
+            EXPECT(tc, false, "chaining %d pieces of %zu bytes: %08X, direct %08X", pieces, len, chained,
+                   direct);
         if (combined != direct && bad_combine++ < 5)
-            CHECK(0, "combining %d pieces of %zu bytes: %08X, direct %08X", pieces, len, combined,
-                  direct);
+            EXPECT(tc, false, "combining %d pieces of %zu bytes: %08X, direct %08X", pieces, len, combined,
+                   direct);
     }
-    CHECK(insitra_crc32c_combine(whole, 0, 0) == whole, "combine with an empty b");
-    CHECK(insitra_crc32c_combine(0, whole, N) == whole, "combine with an empty a");
+    EXPECT(tc, insitra_crc32c_combine(whole, 0, 0) == whole, "combine with an empty b");
+    EXPECT(tc, insitra_crc32c_combine(0, whole, N) == whole, "combine with an empty a");
 
     /* Lengths beyond any buffer (a 1 TiB tensor): combine stays associative,
      * (a || b) || c = a || (b || c), for 64-bit lengths. */
     const uint32_t a = insitra_crc32c(0, buf, 1000), b = insitra_crc32c(0, buf + 1000, 3000);
     const uint32_t ab = insitra_crc32c_combine(a, b, 3000);
-    CHECK(ab == insitra_crc32c(0, buf, 4000), "combine of 1000 + 3000 bytes");
+    EXPECT(tc, ab == insitra_crc32c(0, buf, 4000), "combine of 1000 + 3000 bytes");
     const uint64_t big = (uint64_t)1 << 40 | 12345u;
     const uint32_t z1 = 0x0BADF00Du, z2 = 0x600DCAFEu;
     const uint32_t left = insitra_crc32c_combine(insitra_crc32c_combine(ab, z1, big), z2, 17);
     const uint32_t right = insitra_crc32c_combine(ab, insitra_crc32c_combine(z1, z2, 17), big + 17);
-    CHECK(left == right, "combine is associative at 2^40-byte lengths: %08X vs %08X", left,
-          right);
+    EXPECT(tc, left == right, "combine is associative at 2^40-byte lengths: %08X vs %08X", left, right);
     free(buf);
 }
 
 /* The hardware path, the table path and the reference agree for every
  * length class (the tails, one and several short lanes, long lanes) at
  * every alignment and for any starting CRC. */
-static void test_hardware_equals_portable(void)
+static void test_hardware_equals_portable(insitra_test *tc)
 {
     enum { MAX = 3 * 8192 * 3 + 3 * 256 * 2 + 64 };
     unsigned char *storage = malloc(MAX + 16);
@@ -161,9 +149,10 @@ static void test_hardware_equals_portable(void)
             const uint32_t ref = len <= 4096 || align == 3 ? crc32c_bitwise(seed, p, len) : sw;
             checked++;
             if ((hw != sw || sw != ref) && bad++ < 5)
-                CHECK(0, "length %zu at offset %zu from %08X: hardware %08X, portable %08X, "
-                         "reference %08X",
-                      len, align, seed, hw, sw, ref);
+                EXPECT(tc, false,
+                       "length %zu at offset %zu from %08X: hardware %08X, portable %08X, "
+                       "reference %08X",
+                       len, align, seed, hw, sw, ref);
         }
     /* Random odd lengths at random offsets. */
     for (int trial = 0; trial < 200; trial++) {
@@ -173,23 +162,19 @@ static void test_hardware_equals_portable(void)
         const uint32_t sw = insitra_crc32c_portable(0, p, len > MAX - align ? MAX - align : len);
         checked++;
         if (hw != sw && bad++ < 5)
-            CHECK(0, "random length %zu at offset %zu: hardware %08X, portable %08X", len, align,
-                  hw, sw);
+            EXPECT(tc, false, "random length %zu at offset %zu: hardware %08X, portable %08X", len, align, hw,
+                   sw);
     }
     printf("crc32c: %s path; %d buffers compared with the table path, %d differ\n",
            insitra_crc32c_hardware() ? "SSE4.2 hardware" : "no hardware (table)", checked, bad);
     free(storage);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
-    test_check_values();
-    test_chaining_and_combine();
-    test_hardware_equals_portable();
-    if (failures) {
-        printf("crc32c: %d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("crc32c: all checks passed\n");
-    return 0;
+    insitra_test tc = insitra_test_begin(&argc, &argv, "crc32c");
+    test_check_values(&tc);
+    test_chaining_and_combine(&tc);
+    test_hardware_equals_portable(&tc);
+    return insitra_test_end(&tc);
 }

@@ -8,13 +8,13 @@
  * ~1e-6 relative, divided by 2h; a wrong backward is off by O(1).
  */
 #include <math.h>
-#include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cpu/layers.h"
 #include "gradcheck.h"
+#include "test_util.h"
 
 #define H_STEP 1e-2
 #define ATOL 1e-3
@@ -184,12 +184,21 @@ static int check_mse(void)
     return f;
 }
 
+/* Each check returns how many of its entries (or extra properties) failed. */
+static void expect_none_off(insitra_test *tc, const char *layer, int off)
+{
+    EXPECT(tc, off == 0, "%s: %d checks failed (lines above)", layer, off);
+}
+
 int main(int argc, char **argv)
 {
-    MPI_Init(&argc, &argv);
-    int failures = check_linear() + check_layernorm() + check_attention(false) +
-                   check_attention(true) + check_gelu() + check_pos() + check_mse();
-    printf("layers_gradcheck: %s (%d failing entries)\n", failures ? "FAILED" : "passed", failures);
-    MPI_Finalize();
-    return failures ? 1 : 0;
+    insitra_test tc = insitra_test_begin(&argc, &argv, "layers_gradcheck");
+    expect_none_off(&tc, "linear", check_linear());
+    expect_none_off(&tc, "layernorm", check_layernorm());
+    expect_none_off(&tc, "attention", check_attention(false));
+    expect_none_off(&tc, "attention (causal)", check_attention(true));
+    expect_none_off(&tc, "gelu", check_gelu());
+    expect_none_off(&tc, "pos_embed", check_pos());
+    expect_none_off(&tc, "mse", check_mse());
+    return insitra_test_end(&tc);
 }

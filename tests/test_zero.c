@@ -14,13 +14,11 @@
  * must follow the un-micro-batched run to 1e-5.
  */
 #include <math.h>
-#include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "expect.h"
-#include "insitra.h"
+#include "test_util.h"
 #include "trainer.h"
 
 enum { STEPS = 20, T = 8, F = 3, BG = 12, N_SAMPLES = STEPS * BG };
@@ -28,8 +26,11 @@ enum { STEPS = 20, T = 8, F = 3, BG = 12, N_SAMPLES = STEPS * BG };
 #define TOL_PARAM 1e-4
 
 static float gx[N_SAMPLES][T][F], gy[N_SAMPLES][T][F];
-static int rank, size, failures;
-
+static const char *const YAML = "model: {seq_len: 8, in_features: 3, out_features: 3,\n"
+                                "        d_model: 16, n_layers: 2, n_heads: 2}\n"
+                                "training: {seed: 7}\n"
+                                "optimizer: {lr: 1.0e-2, warmup_steps: 2, decay_steps: 20}\n"
+                                "data: {capacity: 240, sampler: sequential}\n";
 
 typedef struct {
     double loss[STEPS];
@@ -38,121 +39,101 @@ typedef struct {
 } trajectory;
 
 /* Trains on comm and records the trajectory; samples [first, first + per) of
- * every step's global batch are this rank's. */
-static void run(MPI_Comm comm, int stage, int64_t per, int64_t micro, int64_t first,
+ * every step's global batch are this rank's. False (agreed on comm: the
+ * library's collective calls agree on failure) when the run did not finish. */
+static bool run(insitra_test *tc, MPI_Comm comm, int stage, int64_t per, int64_t micro, int64_t first,
                 trajectory *out)
 {
-    insitra_config *cfg;
-    insitra_config_create(&cfg);
-    insitra_config_load_yaml_string(cfg, "model: {seq_len: 8, in_features: 3, out_features: 3,\n"
-                                         "        d_model: 16, n_layers: 2, n_heads: 2}\n"
-                                         "training: {seed: 7}\n"
-                                         "optimizer: {lr: 1.0e-2, warmup_steps: 2, decay_steps: 20}\n"
-                                         "data: {capacity: 240, sampler: sequential}\n");
-    char v[32];
-    snprintf(v, sizeof v, "%d", stage);
-    insitra_config_set(cfg, "parallel.zero_stage", v);
-    snprintf(v, sizeof v, "%lld", (long long)per);
-    insitra_config_set(cfg, "training.batch_size", v);
-    snprintf(v, sizeof v, "%lld", (long long)micro);
-    insitra_config_set(cfg, "training.micro_batch_size", v);
+    out->params = NULL;
+    insitra_config *cfg = insitra_test_config(tc, YAML);
+    if (!cfg) return false;
+    insitra_test_set(tc, cfg, "parallel.zero_stage", "%d", stage);
+    insitra_test_set(tc, cfg, "training.batch_size", "%lld", (long long)per);
+    insitra_test_set(tc, cfg, "training.micro_batch_size", "%lld", (long long)micro);
     insitra_trainer *t = NULL;
-    if (insitra_trainer_create(&t, cfg, comm) != INSITRA_STATUS_OK) {
-        printf("rank %d: create: %s\n", rank, insitra_last_error());
-        MPI_Abort(MPI_COMM_WORLD, 2);
-    }
-    for (int k = 0; k < STEPS; k++)
-        insitra_push_samples(t, per, &gx[k * BG + first][0][0], &gy[k * BG + first][0][0]);
-    for (int k = 0; k < STEPS; k++) {
+    bool ok = EXPECT_OK(tc, insitra_trainer_create(&t, cfg, comm), "trainer_create");
+    insitra_config_free(cfg);
+    for (int k = 0; ok && k < STEPS; k++)
+        EXPECT_OK(tc, insitra_push_samples(t, per, &gx[k * BG + first][0][0], &gy[k * BG + first][0][0]),
+                  "push_samples");
+    for (int k = 0; ok && k < STEPS; k++) {
         insitra_metrics m;
-        if (insitra_train_step(t, &m) != INSITRA_STATUS_OK) {
-            printf("rank %d: step %d: %s\n", rank, k, insitra_last_error());
-            MPI_Abort(MPI_COMM_WORLD, 2);
-        }
+        ok = EXPECT_OK(tc, insitra_train_step(t, &m), "train_step");
         out->loss[k] = m.loss;
     }
-    out->count = t->model.layout.total;
+    if (!ok) {
+        insitra_trainer_free(t);
+        return false;
+    }
+    out->count = t->engine.model.layout.total;
     out->params = malloc((size_t)out->count * sizeof(float));
-    insitra_zero_gather_params(&t->zero, out->params);
+    insitra_zero_gather_params(&t->engine.zero, out->params);
 
     if (stage <= 2) { /* replicas: every rank's parameters equal rank 0's, bit for bit */
         float *root = malloc((size_t)out->count * sizeof(float));
-        memcpy(root, t->model.params, (size_t)out->count * sizeof(float));
+        memcpy(root, t->engine.zero.host_params, (size_t)out->count * sizeof(float));
         MPI_Bcast(root, (int)out->count, MPI_FLOAT, 0, comm);
-        EXPECT(memcmp(root, t->model.params, (size_t)out->count * sizeof(float)) == 0,
+        EXPECT(tc, memcmp(root, t->engine.zero.host_params, (size_t)out->count * sizeof(float)) == 0,
                "stage %d: parameters differ from rank 0's", stage);
         free(root);
     }
     insitra_trainer_free(t);
-    insitra_config_free(cfg);
+    return true;
 }
 
 static double max_rel_loss(const trajectory *a, const trajectory *b)
 {
     double worst = 0;
-    for (int k = 0; k < STEPS; k++) worst = fmax(worst, fabs(a->loss[k] - b->loss[k]) / fabs(b->loss[k]));
+    for (int k = 0; k < STEPS; k++) worst = fmax(worst, insitra_test_rel_error(a->loss[k], b->loss[k]));
     return worst;
-}
-
-static double max_param_diff(const trajectory *a, const trajectory *b)
-{
-    double worst = 0, scale = 0;
-    for (int64_t i = 0; i < a->count; i++) {
-        worst = fmax(worst, fabs((double)a->params[i] - b->params[i]));
-        scale = fmax(scale, fabs((double)b->params[i]));
-    }
-    return worst / scale;
 }
 
 int main(int argc, char **argv)
 {
-    MPI_Init(&argc, &argv);
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    insitra_test tc = insitra_test_begin(&argc, &argv, "zero");
+    const int rank = tc.rank, size = tc.size;
     for (int i = 0; i < N_SAMPLES * T * F; i++) {
         (&gx[0][0][0])[i] = (float)sin(0.37 * i);
         /* a smooth map of the input the model can learn */
         (&gy[0][0][0])[i] = 0.6f * (&gx[0][0][0])[i] + 0.3f * (&gx[0][0][0])[i] * (&gx[0][0][0])[i];
     }
-    if (BG % size != 0) {
-        if (rank == 0) printf("zero: %d ranks do not divide the global batch of %d\n", size, BG);
-        MPI_Finalize();
-        return 1;
-    }
+    if (!EXPECT(&tc, BG % size == 0, "%d ranks do not divide the global batch of %d", size, BG))
+        return insitra_test_end(&tc);
     const int64_t b = BG / size;
 
-    trajectory ref, stage[4], micro[4];
-    run(MPI_COMM_SELF, 0, BG, BG, 0, &ref);
-    for (int s = 0; s < 4; s++) run(MPI_COMM_WORLD, s, b, b, rank * b, &stage[s]);
-    for (int s = 2; s < 4; s++) run(MPI_COMM_WORLD, s, b, 1, rank * b, &micro[s]);
+    trajectory ref, stage[4], micro[4] = {{.params = NULL}};
+    /* Every run is made even after one failed: the runs on MPI_COMM_WORLD are
+     * collective, and a failure on MPI_COMM_SELF is this rank's alone. */
+    bool ok = run(&tc, MPI_COMM_SELF, 0, BG, BG, 0, &ref);
+    for (int s = 0; s < 4; s++) ok &= run(&tc, MPI_COMM_WORLD, s, b, b, rank * b, &stage[s]);
+    for (int s = 2; s < 4; s++) ok &= run(&tc, MPI_COMM_WORLD, s, b, 1, rank * b, &micro[s]);
+    if (!ok) goto done;
 
     for (int s = 0; s < 4; s++) {
-        const double dl = max_rel_loss(&stage[s], &ref), dp = max_param_diff(&stage[s], &ref);
+        const double dl = max_rel_loss(&stage[s], &ref);
+        const double dp = insitra_test_max_error(stage[s].params, ref.params, ref.count);
         const int same_loss = memcmp(stage[s].loss, stage[0].loss, sizeof ref.loss) == 0;
         const int same_params =
             memcmp(stage[s].params, stage[0].params, (size_t)ref.count * sizeof(float)) == 0;
         if (rank == 0)
             printf("stage %d on %d ranks: vs 1 rank: loss %.2e, params %.2e | vs stage 0: %s\n", s,
                    size, dl, dp, same_loss && same_params ? "bit-identical" : "DIFFERENT");
-        EXPECT(dl <= TOL_LOSS, "stage %d: losses differ from one rank's by %.3e", s, dl);
-        EXPECT(dp <= TOL_PARAM, "stage %d: parameters differ from one rank's by %.3e", s, dp);
-        EXPECT(same_loss && same_params, "stage %d: not bit-identical to stage 0", s);
+        EXPECT(&tc, dl <= TOL_LOSS, "stage %d: losses differ from one rank's by %.3e", s, dl);
+        EXPECT(&tc, dp <= TOL_PARAM, "stage %d: parameters differ from one rank's by %.3e", s, dp);
+        EXPECT(&tc, same_loss && same_params, "stage %d: not bit-identical to stage 0", s);
     }
     for (int s = 2; s < 4; s++) {
         const double dl = max_rel_loss(&micro[s], &stage[s]);
         if (rank == 0) printf("stage %d, micro-batches of 1: vs whole batch: loss %.2e\n", s, dl);
-        EXPECT(dl <= TOL_LOSS, "stage %d: micro-batched losses differ by %.3e", s, dl);
+        EXPECT(&tc, dl <= TOL_LOSS, "stage %d: micro-batched losses differ by %.3e", s, dl);
     }
     if (rank == 0)
         printf("final loss %.6f (1 rank) %.6f (stage 3, %d ranks), first %.6f\n", ref.loss[STEPS - 1],
                stage[3].loss[STEPS - 1], size, ref.loss[0]);
 
-    int total = 0;
-    MPI_Allreduce(&failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-    if (rank == 0) printf("zero on %d ranks: %s (%d failures)\n", size, total ? "FAILED" : "passed", total);
+done:
     free(ref.params);
     for (int s = 0; s < 4; s++) free(stage[s].params);
     for (int s = 2; s < 4; s++) free(micro[s].params);
-    MPI_Finalize();
-    return total ? 1 : 0;
+    return insitra_test_end(&tc);
 }

@@ -9,47 +9,37 @@
  * communicator, fail on every rank with a message naming the key.
  */
 #include <math.h>
-#include <mpi.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "expect.h"
-#include "insitra.h"
+#include "test_util.h"
 #include "trainer.h"
 
-static int rank, size, failures;
-
-
-static insitra_config *make_config(int stage)
+static insitra_config *make_config(insitra_test *tc, int stage)
 {
-    insitra_config *cfg;
-    insitra_config_create(&cfg);
-    insitra_config_load_yaml_string(cfg, "model: {seq_len: 16, in_features: 4, out_features: 4,\n"
-                                         "        d_model: 64, n_layers: 3, n_heads: 4}\n"
-                                         "training: {batch_size: 4}\n");
-    char v[8];
-    snprintf(v, sizeof v, "%d", stage);
-    insitra_config_set(cfg, "parallel.zero_stage", v);
+    insitra_config *cfg = insitra_test_config(tc, "model: {seq_len: 16, in_features: 4, out_features: 4,\n"
+                                                  "        d_model: 64, n_layers: 3, n_heads: 4}\n"
+                                                  "training: {batch_size: 4}\n");
+    if (cfg) insitra_test_set(tc, cfg, "parallel.zero_stage", "%d", stage);
     return cfg;
 }
 
 int main(int argc, char **argv)
 {
-    MPI_Init(&argc, &argv);
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    insitra_test tc = insitra_test_begin(&argc, &argv, "zero_memory");
+    const int rank = tc.rank, size = tc.size;
     const double N = size;
     for (int stage = 0; stage < 4; stage++) {
-        insitra_config *cfg = make_config(stage);
+        insitra_config *cfg = make_config(&tc, stage);
         insitra_trainer *t = NULL;
-        if (insitra_trainer_create(&t, cfg, MPI_COMM_WORLD) != INSITRA_STATUS_OK) {
-            printf("create: %s\n", insitra_last_error());
-            return 1;
+        if (!cfg || !EXPECT_OK(&tc, insitra_trainer_create(&t, cfg, MPI_COMM_WORLD), "trainer_create")) {
+            insitra_config_free(cfg);
+            return insitra_test_end(&tc);
         }
         insitra_memory_usage r;
         insitra_memory_report(t, &r);
-        const double P = (double)t->model.layout.total;
-        const double gather = 2.0 * (double)t->model.layout.max_unit_numel * 4.0;
+        const double P = (double)t->engine.model.layout.total;
+        const double gather = 2.0 * (double)t->engine.model.layout.max_unit_numel * 4.0;
         const double theory[4] = {16 * P, 8 * P + 8 * P / N, 4 * P + 12 * P / N, 16 * P / N + gather};
         const double state = (double)(r.parameter_bytes + r.gradient_bytes + r.optimizer_bytes);
         const double dev = fabs(state - theory[stage]) / theory[stage];
@@ -58,51 +48,46 @@ int main(int argc, char **argv)
                    "activations %lld, comm buffers %lld, total %lld\n",
                    stage, size, P, state, theory[stage], 100 * dev, (long long)r.activation_bytes,
                    (long long)r.communication_bytes, (long long)r.total_bytes);
-        EXPECT(dev <= 0.05, "stage %d: model state %.0f bytes is %.1f%% off the theory %.0f", stage,
+        EXPECT(&tc, dev <= 0.05, "stage %d: model state %.0f bytes is %.1f%% off the theory %.0f", stage,
                state, 100 * dev, theory[stage]);
 
         insitra_plan plan;
-        EXPECT(insitra_plan_stage(cfg, size, stage, &plan) == INSITRA_STATUS_OK, "plan: %s",
-               insitra_last_error());
-        EXPECT(memcmp(&plan.memory, &r, sizeof r) == 0,
+        EXPECT_OK(&tc, insitra_plan_stage(cfg, size, stage, &plan), "plan_stage");
+        EXPECT(&tc, memcmp(&plan.memory, &r, sizeof r) == 0,
                "stage %d: the plan (total %lld) differs from the report (total %lld)", stage,
                (long long)plan.memory.total_bytes, (long long)r.total_bytes);
-        EXPECT((size == 1) == (plan.comm_bytes_per_step == 0), "stage %d: traffic %lld bytes", stage,
+        EXPECT(&tc, (size == 1) == (plan.comm_bytes_per_step == 0), "stage %d: traffic %lld bytes", stage,
                (long long)plan.comm_bytes_per_step);
         insitra_trainer_free(t);
         insitra_config_free(cfg);
     }
 
     /* a configuration that differs on the last rank */
-    insitra_config *cfg = make_config(1);
+    insitra_config *cfg = make_config(&tc, 1);
+    if (!cfg) return insitra_test_end(&tc);
     if (size > 1 && rank == size - 1) insitra_config_set(cfg, "optimizer.lr", "0.5");
     insitra_trainer *t = NULL;
     insitra_status s = insitra_trainer_create(&t, cfg, MPI_COMM_WORLD);
     if (size > 1) {
-        EXPECT(s != INSITRA_STATUS_OK && t == NULL, "differing configs were accepted");
-        EXPECT(strstr(insitra_last_error(), "optimizer.lr") != NULL &&
+        EXPECT(&tc, s != INSITRA_STATUS_OK && t == NULL, "differing configs were accepted");
+        EXPECT(&tc,
+               strstr(insitra_last_error(), "optimizer.lr") != NULL &&
                    strstr(insitra_last_error(), "0.5") != NULL,
                "message does not name the key and value: %s", insitra_last_error());
         if (rank == 0) printf("differing configs: %s\n", insitra_last_error());
     } else {
-        EXPECT(s == INSITRA_STATUS_OK, "create on one rank: %s", insitra_last_error());
+        EXPECT_OK(&tc, s, "trainer_create on one rank");
         insitra_trainer_free(t);
     }
     /* a grid that does not match the communicator */
-    char v[16];
-    snprintf(v, sizeof v, "%d", size + 1);
-    insitra_config_set(cfg, "optimizer.lr", "1e-3");
-    insitra_config_set(cfg, "parallel.dp", v);
+    insitra_test_set(&tc, cfg, "optimizer.lr", "1e-3");
+    insitra_test_set(&tc, cfg, "parallel.dp", "%d", size + 1);
     s = insitra_trainer_create(&t, cfg, MPI_COMM_WORLD);
-    EXPECT(s == (rank == 0 ? INSITRA_STATUS_CONFIG_ERROR : INSITRA_STATUS_REMOTE_ERROR) &&
+    EXPECT(&tc,
+           s == (rank == 0 ? INSITRA_STATUS_CONFIG_ERROR : INSITRA_STATUS_REMOTE_ERROR) &&
                strstr(insitra_last_error(), "parallel.dp"),
            "wrong grid: %s %s", insitra_status_name(s), insitra_last_error());
     if (rank == 0) printf("wrong grid: %s\n", insitra_last_error());
     insitra_config_free(cfg);
-
-    int total = 0;
-    MPI_Allreduce(&failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-    if (rank == 0) printf("zero_memory on %d ranks: %s (%d failures)\n", size, total ? "FAILED" : "passed", total);
-    MPI_Finalize();
-    return total ? 1 : 0;
+    return insitra_test_end(&tc);
 }

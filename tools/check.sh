@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, then builds and runs every test
-# twice, under AddressSanitizer + UndefinedBehaviorSanitizer (the unit tests)
-# and as CI builds it (warnings as errors, all tests including MPI ones).
+# three times: under AddressSanitizer + UndefinedBehaviorSanitizer (the unit
+# tests), as CI builds it (warnings as errors, all tests including MPI ones),
+# and the libFuzzer harnesses (clang; tests/fuzz/README.md).
+#
+#   tools/check.sh [--batch]
+#
+# --batch also installs Slurm and munge, so that the test batch_slurm_heat2d
+# (a one-node Slurm started by the test; about 2.5 minutes) runs instead of
+# being skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/install-deps.sh
+tools/install-deps.sh "$@"
 cmake --workflow --preset asan
 cmake --workflow --preset ci
+cmake --workflow --preset fuzz

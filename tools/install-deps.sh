@@ -1,11 +1,23 @@
 #!/usr/bin/env bash
 # Installs, on Debian/Ubuntu, the packages insitra needs to build and test,
 # skipping those already present. Pass extra package names to add them (the
-# benchmarks add python3-torch).
+# benchmarks add python3-torch), or --batch for Slurm and munge (the test
+# batch_slurm_heat2d; without them it is skipped: it takes minutes, so CI
+# leaves it out unless asked).
 set -euo pipefail
 
+extra=()
+for arg in "$@"; do
+  if [ "$arg" = --batch ]; then
+    extra+=(slurmctld slurmd slurm-client munge)   # Debian's Slurm 22.05; no PBS is packaged
+  else
+    extra+=("$arg")
+  fi
+done
+# clang-14, its runtime (libFuzzer, sanitizers) and OpenMP: the fuzz preset.
 packages=(cmake make gcc gfortran pkg-config mpich libmpich-dev libhdf5-mpich-dev
-          libopenblas-openmp-dev libyaml-dev gnuplot-nox "$@")  # gnuplot: the demo's plot
+          libopenblas-openmp-dev libyaml-dev gnuplot-nox  # gnuplot: the demo's plot
+          clang-14 libclang-rt-14-dev libomp-14-dev ${extra[@]+"${extra[@]}"})
 
 missing=()
 for p in "${packages[@]}"; do

@@ -652,31 +652,73 @@ __global__ void sum_finish_k(double *dst, const double *partial, int n, double s
 
 /* ---- optimizer ---- */
 
-template <typename T>
-__global__ void adamw_k(float *p, T *copy, const float *g, float *m, float *v, const uint8_t *decay,
-                        int64_t n, const insitra_adamw_device *hp, const double *stats)
+/* The scale AdamW applies to the summed gradients: clip / dp, or 0 when the
+ * loss or norm is not finite (then nothing changes; the host reports it).
+ * The same formula as insitra_step_grad_scale on the host. */
+__device__ float grad_scale(const insitra_step_scalars *sc, const double *stats)
 {
-    const double norm = sqrt(stats[1]) / hp->dp;
-    if (!isfinite(stats[0]) || !isfinite(norm)) return; /* the host reports it; nothing changes */
+    const double norm = sqrt(stats[1]) / sc->dp;
+    if (!isfinite(stats[0]) || !isfinite(norm)) return 0.f;
     float clip = 1.f;
-    if (hp->max_norm > 0.0) {
-        const double f = hp->max_norm / (norm + 1e-6);
+    if (sc->max_norm > 0.0) {
+        const double f = sc->max_norm / (norm + 1e-6);
         clip = f < 1.0 ? (float)f : 1.f;
     }
-    const float scale = (float)((double)clip / hp->dp);
-    const float b1 = hp->beta1, b2 = hp->beta2;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+    return (float)((double)clip / sc->dp);
+}
+
+/* blockIdx.y picks the segment; blocks of x stride over it. */
+template <typename T>
+__global__ void adamw_k(const insitra_update_segment *segs, float *p, T *copy, const float *g, float *m,
+                        float *v, const insitra_step_scalars *sc, const double *stats)
+{
+    const float scale = grad_scale(sc, stats);
+    if (scale == 0.f) return;
+    const insitra_update_segment seg = segs[blockIdx.y];
+    const float b1 = sc->beta1, b2 = sc->beta2;
+    const float keep = seg.decay ? sc->keep_decay : 1.f;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < seg.count;
          i += (int64_t)gridDim.x * blockDim.x) {
-        const float gi = g[i] * scale;
-        const float mi = b1 * m[i] + (1.f - b1) * gi;
-        const float vi = b2 * v[i] + (1.f - b2) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        const float keep = decay[i] ? hp->keep_decay : 1.f;
-        const float pi = p[i] * keep - hp->step_size * mi / (sqrtf(vi) * hp->inv_sqrt_bc2 + hp->eps);
-        p[i] = pi;
-        copy[i] = from_f<T>(pi);
+        const float gi = g[seg.grad + i] * scale;
+        float *mi_p = m + seg.state + i, *vi_p = v + seg.state + i;
+        const float mi = b1 * *mi_p + (1.f - b1) * gi;
+        const float vi = b2 * *vi_p + (1.f - b2) * gi * gi;
+        *mi_p = mi;
+        *vi_p = vi;
+        const float pi = p[seg.param + i] * keep - sc->step_size * mi / (sqrtf(vi) * sc->inv_sqrt_bc2 + sc->eps);
+        p[seg.param + i] = pi;
+        if (copy) copy[seg.copy + i] = from_f<T>(pi);
     }
+}
+
+/* Partial sums of squares: blockIdx.y the segment, kSegBlocks blocks each. */
+__global__ void segment_squares_k(double *partial, const float *g, const insitra_update_segment *segs)
+{
+    __shared__ double sh[kThreads];
+    const insitra_update_segment seg = segs[blockIdx.y];
+    double acc = 0.0;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < seg.count;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const double x = g[seg.grad + i];
+        acc += x * x;
+    }
+    sh[threadIdx.x] = acc;
+    __syncthreads();
+    for (int w = kThreads / 2; w > 0; w >>= 1) {
+        if (threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.y * gridDim.x + blockIdx.x] = sh[0];
+}
+
+/* v[j] = sum over ranks r in order of gathered[r * n + j]: the same bits everywhere. */
+__global__ void sum_ranks_k(double *v, const double *gathered, int ranks, int n)
+{
+    const int j = threadIdx.x;
+    if (j >= n) return;
+    double acc = 0.0;
+    for (int r = 0; r < ranks; r++) acc += gathered[r * n + j];
+    v[j] = acc;
 }
 
 /* ---- shards ---- */
@@ -684,23 +726,26 @@ __global__ void adamw_k(float *p, T *copy, const float *g, float *m, float *v, c
 /* blockIdx.y picks the tensor; the blocks of x stride over each rank's slot
  * in turn, so no index is divided. */
 template <typename T, bool kPack>
-__global__ void shard_copy_k(T *packed, T *flat, const insitra_shard_copy *copies,
-                             int64_t rank_stride)
+__global__ void shard_copy_k(T *packed, T *flat, const insitra_shard_copy *copies, int64_t stride,
+                             int64_t first_rank, int64_t ranks)
 {
     const insitra_shard_copy c = copies[blockIdx.y];
-    for (int64_t r = 0, first = 0; first < c.numel; r++, first += c.len) {
-        const int64_t count = c.numel - first < c.len ? c.numel - first : c.len;
-        T *pk = packed + r * rank_stride + c.slot;
+    for (int64_t k = 0; k < ranks; k++) {
+        const int64_t first = (first_rank + k) * c.len;
+        const int64_t rest = c.numel - first;
+        const int64_t count = rest <= 0 ? 0 : rest < c.len ? rest : c.len;
+        T *pk = packed + k * stride + c.slot;
         T *fl = flat + c.flat + first;
-        for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < count;
+        for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < c.len;
              j += (int64_t)gridDim.x * blockDim.x) {
             if (kPack)
-                pk[j] = fl[j];
-            else
+                pk[j] = j < count ? fl[j] : from_f<T>(0.f); /* padding zeroed, as on the CPU */
+            else if (j < count)
                 fl[j] = pk[j];
         }
     }
 }
+
 /* Blocks per tensor of a shard copy: enough for the largest slot, capped so
  * that many small tensors do not launch a grid of idle blocks. */
 unsigned shard_blocks(int64_t max_numel)
@@ -868,26 +913,43 @@ void insitra_sum_squares(double *dst, const float *a, const float *b, int64_t n,
 }
 
 template <typename T>
-void insitra_adamw(float *p, T *copy, const float *g, float *m, float *v, const uint8_t *decay,
-                   int64_t n, const insitra_adamw_device *hp, const double *stats, cudaStream_t s)
+void insitra_adamw(const insitra_update_segment *segs, int64_t n_segs, int64_t max_count, float *p, T *copy,
+                   const float *g, float *m, float *v, const insitra_step_scalars *sc, const double *stats,
+                   cudaStream_t s)
 {
-    adamw_k<T><<<grid_for(n), kThreads, 0, s>>>(p, copy, g, m, v, decay, n, hp, stats);
+    const dim3 grid(shard_blocks(max_count), (unsigned)n_segs);
+    adamw_k<T><<<grid, kThreads, 0, s>>>(segs, p, copy, g, m, v, sc, stats);
+}
+
+void insitra_segment_squares(double *dst, const float *g, const insitra_update_segment *segs, int64_t n_segs,
+                             double *partial, cudaStream_t s)
+{
+    const dim3 grid(INSITRA_GPU_SEGMENT_BLOCKS, (unsigned)n_segs);
+    segment_squares_k<<<grid, kThreads, 0, s>>>(partial, g, segs);
+    sum_finish_k<<<1, kThreads, 0, s>>>(dst, partial, (int)(n_segs * INSITRA_GPU_SEGMENT_BLOCKS), 1.0, true);
+}
+
+void insitra_sum_ranks(double *v, const double *gathered, int ranks, int n, cudaStream_t s)
+{
+    sum_ranks_k<<<1, 32, 0, s>>>(v, gathered, ranks, n);
 }
 
 template <typename T>
-void insitra_shard_pack(T *packed, const T *flat, const insitra_shard_copy *copies, int64_t n,
-                        int64_t rank_stride, int64_t max_numel, cudaStream_t s)
+void insitra_shard_pack(T *packed, const T *flat, const insitra_shard_copy *copies, int64_t n, int64_t stride,
+                        int64_t first_rank, int64_t ranks, int64_t max_numel, cudaStream_t s)
 {
     const dim3 grid(shard_blocks(max_numel), (unsigned)n);
-    shard_copy_k<T, true><<<grid, kThreads, 0, s>>>(packed, const_cast<T *>(flat), copies, rank_stride);
+    shard_copy_k<T, true><<<grid, kThreads, 0, s>>>(packed, const_cast<T *>(flat), copies, stride, first_rank,
+                                                    ranks);
 }
 
 template <typename T>
-void insitra_shard_unpack(T *flat, const T *packed, const insitra_shard_copy *copies, int64_t n,
-                          int64_t rank_stride, int64_t max_numel, cudaStream_t s)
+void insitra_shard_unpack(T *flat, const T *packed, const insitra_shard_copy *copies, int64_t n, int64_t stride,
+                          int64_t first_rank, int64_t ranks, int64_t max_numel, cudaStream_t s)
 {
     const dim3 grid(shard_blocks(max_numel), (unsigned)n);
-    shard_copy_k<T, false><<<grid, kThreads, 0, s>>>(const_cast<T *>(packed), flat, copies, rank_stride);
+    shard_copy_k<T, false><<<grid, kThreads, 0, s>>>(const_cast<T *>(packed), flat, copies, stride, first_rank,
+                                                     ranks);
 }
 
 #define INSTANTIATE(T)                                                                            \
@@ -915,11 +977,12 @@ void insitra_shard_unpack(T *flat, const T *packed, const insitra_shard_copy *co
     template void insitra_mse_backward<T>(T *, const float *, const float *, int64_t, float,     \
                                           cudaStream_t);                                         \
     template void insitra_shard_pack<T>(T *, const T *, const insitra_shard_copy *, int64_t,     \
-                                        int64_t, int64_t, cudaStream_t);                         \
+                                        int64_t, int64_t, int64_t, int64_t, cudaStream_t);       \
     template void insitra_shard_unpack<T>(T *, const T *, const insitra_shard_copy *, int64_t,   \
-                                          int64_t, int64_t, cudaStream_t);                       \
-    template void insitra_adamw<T>(float *, T *, const float *, float *, float *, const uint8_t *, \
-                                   int64_t, const insitra_adamw_device *, const double *, cudaStream_t);
+                                          int64_t, int64_t, int64_t, int64_t, cudaStream_t);     \
+    template void insitra_adamw<T>(const insitra_update_segment *, int64_t, int64_t, float *, T *, \
+                                   const float *, float *, float *, const insitra_step_scalars *, \
+                                   const double *, cudaStream_t);
 
 INSTANTIATE(float)
 INSTANTIATE(bf16)

@@ -16,7 +16,9 @@
 #include <stdint.h>
 
 extern "C" {
+#include "../backend.h"   /* insitra_shard_copy, insitra_update_segment */
 #include "../gpu_sizes.h" /* INSITRA_GPU_REDUCE_BLOCKS, insitra_gpu_col_splits */
+#include "../optimizer.h" /* insitra_step_scalars */
 }
 
 typedef __nv_bfloat16 bf16;
@@ -92,36 +94,30 @@ void insitra_mse_backward(T *dout, const float *out, const float *y, int64_t n, 
 void insitra_sum_squares(double *dst, const float *a, const float *b, int64_t n, double scale,
                          bool accumulate, double *partial, cudaStream_t s);
 
-/* ---- optimizer ---- */
-typedef struct insitra_adamw_device {
-    float beta1, beta2, eps;
-    float step_size;      /* lr / (1 - beta1^t) */
-    float inv_sqrt_bc2;   /* 1 / sqrt(1 - beta2^t) */
-    float keep_decay;     /* 1 - lr * weight_decay */
-    double max_norm;      /* training.grad_clip; 0 = off */
-    double dp;            /* data-parallel ranks: gradients are sums over them */
-} insitra_adamw_device;
-/* AdamW over n slots, writing the updated weights also to copy in the
- * compute type (the working or send buffer). stats = (global loss sum,
- * global gradient sum of squares): the clip factor comes from them, and a
- * non-finite loss or norm leaves every parameter and moment as it was. */
-template <typename T>
-void insitra_adamw(float *p, T *copy, const float *g, float *m, float *v, const uint8_t *decay,
-                   int64_t n, const insitra_adamw_device *hp, const double *stats, cudaStream_t s);
+/* *dst += sum over the segments' gradient runs of g^2, segment by segment
+ * (partial: n_segs * INSITRA_GPU_SEGMENT_BLOCKS doubles). */
+void insitra_segment_squares(double *dst, const float *g, const insitra_update_segment *segs, int64_t n_segs,
+                             double *partial, cudaStream_t s);
+/* v[j] = sum over r in rank order of gathered[r * n + j], n <= 32 */
+void insitra_sum_ranks(double *v, const double *gathered, int ranks, int n, cudaStream_t s);
 
-/* ---- ZeRO shards (lib/shard.h) ---- */
-typedef struct insitra_shard_copy {
-    int64_t flat;   /* where the tensor starts in the flat (unit) buffer */
-    int64_t numel;
-    int64_t len;    /* slot length */
-    int64_t slot;   /* where its slot starts in a rank's slots */
-} insitra_shard_copy;
-/* flat -> packed (ranks, rank_stride), rank-major, for n tensors */
+/* ---- optimizer ---- */
+/* AdamW over the segments (lib/backend.h): p in fp32, and when copy is not
+ * NULL the same values in the compute type. The clip factor comes from stats
+ * (global loss sum, global gradient sum of squares) and sc; a non-finite
+ * loss or norm leaves every parameter and moment as it was. */
 template <typename T>
-void insitra_shard_pack(T *packed, const T *flat, const insitra_shard_copy *copies, int64_t n,
-                        int64_t rank_stride, int64_t max_numel, cudaStream_t s);
+void insitra_adamw(const insitra_update_segment *segs, int64_t n_segs, int64_t max_count, float *p, T *copy,
+                   const float *g, float *m, float *v, const insitra_step_scalars *sc, const double *stats,
+                   cudaStream_t s);
+
+/* ---- ZeRO shards (lib/shard.h, insitra_shard_copy in lib/backend.h) ---- */
+/* flat -> packed (ranks, stride): the slots of ranks first_rank.., padding zeroed; unpack back */
 template <typename T>
-void insitra_shard_unpack(T *flat, const T *packed, const insitra_shard_copy *copies, int64_t n,
-                          int64_t rank_stride, int64_t max_numel, cudaStream_t s);
+void insitra_shard_pack(T *packed, const T *flat, const insitra_shard_copy *copies, int64_t n, int64_t stride,
+                        int64_t first_rank, int64_t ranks, int64_t max_numel, cudaStream_t s);
+template <typename T>
+void insitra_shard_unpack(T *flat, const T *packed, const insitra_shard_copy *copies, int64_t n, int64_t stride,
+                          int64_t first_rank, int64_t ranks, int64_t max_numel, cudaStream_t s);
 
 #endif /* INSITRA_CUDA_KERNELS_CUH */

@@ -2,24 +2,15 @@
 
 #include "cuda_util.h"
 
-extern "C" {
-#include "../gpu_sizes.h"
-}
-
-#define WORKSPACE_BYTES ((size_t)INSITRA_GPU_GEMM_WORKSPACE)
-
 insitra_status insitra_matmul_create(insitra_matmul_ctx *ctx)
 {
     *ctx = insitra_matmul_ctx{};
     CUBLAS_TRY(cublasLtCreate(&ctx->lt));
-    CUDA_TRY(cudaMalloc(&ctx->workspace, WORKSPACE_BYTES));
-    ctx->workspace_bytes = WORKSPACE_BYTES;
     return INSITRA_STATUS_OK;
 }
 
 void insitra_matmul_free(insitra_matmul_ctx *ctx)
 {
-    if (ctx->workspace) cudaFree(ctx->workspace);
     if (ctx->lt) cublasLtDestroy(ctx->lt);
     *ctx = insitra_matmul_ctx{};
 }

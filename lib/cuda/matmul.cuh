@@ -17,7 +17,7 @@
 
 typedef struct insitra_matmul_ctx {
     cublasLtHandle_t lt;
-    void *workspace;
+    void *workspace;          /* the caller's (part of the backend's workspace) */
     size_t workspace_bytes;
 } insitra_matmul_ctx;
 

@@ -20,178 +20,110 @@
  */
 #include <cuda_runtime_api.h>
 #include <math.h>
-#include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "fixture.h"
-#include "gpu.h"
-#include "insitra.h"
+#include "parity_case.h"
+#include "test_util.h"
 #include "trainer.h"
-
-static int failures;
-
-static void report(const char *what, double err, double tol)
-{
-    const int ok = err <= tol; /* NaN fails */
-    printf("  %-28s err %.3e  tol %.0e  %s\n", what, err, tol, ok ? "ok" : "FAIL");
-    if (!ok) failures++;
-}
-
-static double tensor_err(const float *c, const float *r, int64_t n)
-{
-    double d = 0, m = 0;
-    for (int64_t i = 0; i < n; i++) {
-        if (!isfinite(c[i])) return INFINITY;
-        d = fmax(d, fabs((double)c[i] - r[i]));
-        m = fmax(m, fabs((double)r[i]));
-    }
-    return d / fmax(m, 1e-30);
-}
-
-static double scalar_err(double c, double r) { return isfinite(c) ? fabs(c - r) / fmax(fabs(r), 1e-30) : INFINITY; }
-
-static void set(insitra_config *cfg, const char *key, double v, int integer)
-{
-    char text[64];
-    if (integer) snprintf(text, sizeof text, "%lld", (long long)v);
-    else snprintf(text, sizeof text, "%.17g", v);
-    if (insitra_config_set(cfg, key, text) != INSITRA_STATUS_OK) {
-        printf("FAIL config %s = %s: %s\n", key, text, insitra_last_error());
-        failures++;
-    }
-}
 
 int main(int argc, char **argv)
 {
-    MPI_Init(&argc, &argv);
+    insitra_test tc = insitra_test_begin(&argc, &argv, "gpu_parity");
     int devices = 0;
-    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-        printf("SKIP: no usable CUDA device\n");
-        MPI_Finalize();
-        return 77;
-    }
-    if (argc != 3 || (strcmp(argv[2], "fp32") && strcmp(argv[2], "bf16"))) {
-        fprintf(stderr, "usage: %s FIXTURE fp32|bf16\n", argv[0]);
-        MPI_Finalize();
-        return 2;
-    }
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0)
+        return insitra_test_skip(&tc, "no usable CUDA device");
+    if (!EXPECT(&tc, argc == 3 && (!strcmp(argv[2], "fp32") || !strcmp(argv[2], "bf16")),
+                "usage: %s FIXTURE fp32|bf16", argv[0]))
+        return insitra_test_end(&tc);
     const int bf16 = strcmp(argv[2], "bf16") == 0;
     fixture fx;
-    if (fixture_load(&fx, argv[1]) != 0) {
-        fprintf(stderr, "test_gpu_parity: %s\n", fx.error);
-        MPI_Finalize();
-        return 1;
-    }
-    const char *ikeys[] = {"dims/batch", "dims/seq_len", "dims/in_features", "dims/out_features",
-                           "dims/d_model", "dims/n_layers", "dims/n_heads", "dims/causal",
-                           "hparams/warmup_steps", "hparams/decay_steps", "hparams/steps"};
-    const char *fkeys[] = {"hparams/lr", "hparams/min_lr", "hparams/beta1", "hparams/beta2",
-                           "hparams/eps", "hparams/weight_decay", "hparams/max_grad_norm"};
-    int64_t iv[11];
-    double fv[7];
-    for (int i = 0; i < 11; i++)
-        if (fixture_scalar_i64(&fx, ikeys[i], &iv[i])) goto bad_fixture;
-    for (int i = 0; i < 7; i++)
-        if (fixture_scalar_f64(&fx, fkeys[i], &fv[i])) goto bad_fixture;
-    const int64_t B = iv[0], T = iv[1], Fin = iv[2], Fout = iv[3], steps = iv[10];
-
-    insitra_config *cfg;
-    insitra_config_create(&cfg);
-    insitra_config_set(cfg, "device", "cuda");
-    insitra_config_set(cfg, "precision", argv[2]);
-    insitra_config_set(cfg, "data.sampler", "sequential");
-    insitra_config_set(cfg, "model.causal", iv[7] ? "true" : "false");
-    const char *model_keys[] = {"training.batch_size", "model.seq_len", "model.in_features",
-                                "model.out_features", "model.d_model", "model.n_layers", "model.n_heads"};
-    for (int i = 0; i < 7; i++) set(cfg, model_keys[i], (double)iv[i], 1);
-    set(cfg, "data.capacity", (double)B, 1);
-    set(cfg, "optimizer.warmup_steps", (double)iv[8], 1);
-    set(cfg, "optimizer.decay_steps", (double)iv[9], 1);
-    const char *opt_keys[] = {"optimizer.lr", "optimizer.min_lr", "optimizer.beta1", "optimizer.beta2",
-                              "optimizer.eps", "optimizer.weight_decay", "training.grad_clip"};
-    for (int i = 0; i < 7; i++) set(cfg, opt_keys[i], fv[i], 0);
-
-    insitra_trainer *t = NULL;
-    if (insitra_trainer_create(&t, cfg, MPI_COMM_WORLD) != INSITRA_STATUS_OK) {
-        printf("FAIL trainer_create: %s\n", insitra_last_error());
-        insitra_config_free(cfg);
+    if (!EXPECT(&tc, fixture_load(&fx, argv[1]) == 0, "%s", fx.error)) return insitra_test_end(&tc);
+    parity_case pc;
+    if (!EXPECT(&tc, parity_case_read(&fx, &pc) == 0, "%s", fx.error)) {
         fixture_free(&fx);
-        MPI_Finalize();
-        return 1;
+        return insitra_test_end(&tc);
+    }
+    const insitra_model_dims *d = &pc.dims;
+    const int64_t B = pc.batch, T = d->seq_len, Fout = d->out_features, steps = pc.steps;
+
+    /* the trainer of the reference's model and optimizer, training on exactly its batch */
+    insitra_config *cfg = insitra_test_config(&tc, "device: cuda\ndata: {sampler: sequential}\n");
+    insitra_trainer *t = NULL;
+    if (cfg) {
+        insitra_test_set(&tc, cfg, "precision", "%s", argv[2]);
+        insitra_test_set(&tc, cfg, "model.causal", "%s", d->causal ? "true" : "false");
+        const struct {
+            const char *key;
+            int64_t value;
+        } ints[] = {{"model.seq_len", d->seq_len},
+                    {"model.in_features", d->in_features},
+                    {"model.out_features", d->out_features},
+                    {"model.d_model", d->d_model},
+                    {"model.n_layers", d->n_layers},
+                    {"model.n_heads", d->n_heads},
+                    {"training.batch_size", B},
+                    {"data.capacity", B},
+                    {"optimizer.warmup_steps", pc.hp.warmup_steps},
+                    {"optimizer.decay_steps", pc.hp.decay_steps}};
+        const struct {
+            const char *key;
+            double value;
+        } reals[] = {{"optimizer.lr", pc.hp.lr},
+                     {"optimizer.min_lr", pc.hp.min_lr},
+                     {"optimizer.beta1", pc.hp.beta1},
+                     {"optimizer.beta2", pc.hp.beta2},
+                     {"optimizer.eps", pc.hp.eps},
+                     {"optimizer.weight_decay", pc.hp.weight_decay},
+                     {"training.grad_clip", pc.max_grad_norm}};
+        for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+            insitra_test_set(&tc, cfg, ints[i].key, "%lld", (long long)ints[i].value);
+        for (size_t i = 0; i < sizeof reals / sizeof reals[0]; i++)
+            insitra_test_set(&tc, cfg, reals[i].key, "%.17g", reals[i].value);
+        EXPECT_OK(&tc, insitra_trainer_create(&t, cfg, MPI_COMM_WORLD), "trainer_create");
     }
     insitra_config_free(cfg);
-
-    /* the fixture's parameters into the host copy (stage 0: full), then the device */
-    const insitra_param_layout *l = &t->model.layout;
-    for (int64_t i = 0; i < l->num_tensors; i++) {
-        char key[96];
-        const float *src;
-        snprintf(key, sizeof key, "param/%s", l->tensors[i].name);
-        if (fixture_get_f32(&fx, key, l->tensors[i].ndim, l->tensors[i].shape, &src)) goto bad_fixture;
-        memcpy(t->model.params + l->tensors[i].offset, src, (size_t)l->tensors[i].numel * sizeof(float));
-    }
-    if (insitra_gpu_upload_state(t->gpu, t) != INSITRA_STATUS_OK) {
-        printf("FAIL upload: %s\n", insitra_last_error());
-        failures++;
+    if (!t) {
+        fixture_free(&fx);
+        return insitra_test_end(&tc);
     }
 
-    const float *x, *y, *out_ref;
-    const double *loss_ref, *norm_ref, *lr_ref;
-    double loss0;
-    int64_t n1, n2, n3;
-    if (fixture_get_f32(&fx, "x", 3, (const int64_t[]){B, T, Fin}, &x) ||
-        fixture_get_f32(&fx, "y", 3, (const int64_t[]){B, T, Fout}, &y) ||
-        fixture_get_f32(&fx, "out", 3, (const int64_t[]){B, T, Fout}, &out_ref) ||
-        fixture_scalar_f64(&fx, "loss", &loss0) ||
-        fixture_get_f64(&fx, "train/loss", &loss_ref, &n1) ||
-        fixture_get_f64(&fx, "train/grad_norm", &norm_ref, &n2) ||
-        fixture_get_f64(&fx, "train/lr", &lr_ref, &n3) || n1 != steps || n2 != steps || n3 != steps)
-        goto bad_fixture;
+    /* the fixture's parameters into the host copy of the state (stage 0: full), then onto the device */
+    if (!EXPECT(&tc, parity_case_load_params(&fx, &t->engine.model.layout, t->engine.zero.host_params) == 0, "%s", fx.error)) {
+        insitra_trainer_free(t);
+        fixture_free(&fx);
+        return insitra_test_end(&tc);
+    }
+    EXPECT_OK(&tc, insitra_zero_import(&t->engine.zero), "zero_import");
+    const float *x = pc.x, *y = pc.y;
 
     const double tol_fwd = bf16 ? 3e-2 : 1e-5, tol_train = bf16 ? 5e-2 : 1e-4;
-    printf("test_gpu_parity: %s, %s: B=%lld T=%lld C=%lld L=%lld causal=%lld, %lld steps\n", argv[1],
-           argv[2], (long long)B, (long long)T, (long long)iv[4], (long long)iv[5], (long long)iv[7],
+    printf("test_gpu_parity: %s, %s: B=%lld T=%lld C=%lld L=%lld causal=%d, %lld steps\n", argv[1], argv[2],
+           (long long)B, (long long)T, (long long)d->d_model, (long long)d->n_layers, (int)d->causal,
            (long long)steps);
     float *out = malloc((size_t)(B * T * Fout) * sizeof(float));
     double loss = NAN;
-    if (insitra_predict(t, B, x, out) != INSITRA_STATUS_OK || insitra_evaluate(t, B, x, y, &loss) != INSITRA_STATUS_OK) {
-        printf("FAIL predict/evaluate: %s\n", insitra_last_error());
-        failures++;
-    } else {
-        report("forward output", tensor_err(out, out_ref, B * T * Fout), tol_fwd);
-        report("loss", scalar_err(loss, loss0), tol_fwd);
+    if (EXPECT_OK(&tc, insitra_predict(t, B, x, out), "predict") &&
+        EXPECT_OK(&tc, insitra_evaluate(t, B, x, y, &loss), "evaluate")) {
+        insitra_test_within(&tc, "forward output", insitra_test_max_error(out, pc.out, B * T * Fout),
+                            tol_fwd);
+        insitra_test_within(&tc, "loss", insitra_test_rel_error(loss, pc.loss), tol_fwd);
     }
     free(out);
-    if (insitra_push_samples(t, B, x, y) != INSITRA_STATUS_OK) {
-        printf("FAIL push_samples: %s\n", insitra_last_error());
-        failures++;
-    }
+    EXPECT_OK(&tc, insitra_push_samples(t, B, x, y), "push_samples");
     double worst_loss = 0, worst_norm = 0, worst_lr = 0;
     for (int64_t s = 0; s < steps; s++) {
         insitra_metrics m;
-        if (insitra_train_step(t, &m) != INSITRA_STATUS_OK) {
-            printf("FAIL train_step %lld: %s\n", (long long)s + 1, insitra_last_error());
-            failures++;
-            break;
-        }
-        worst_loss = fmax(worst_loss, scalar_err(m.loss, loss_ref[s]));
-        worst_norm = fmax(worst_norm, scalar_err(m.grad_norm, norm_ref[s]));
-        worst_lr = fmax(worst_lr, scalar_err(m.lr, lr_ref[s]));
+        if (!EXPECT_OK(&tc, insitra_train_step(t, &m), "train_step")) break;
+        worst_loss = fmax(worst_loss, insitra_test_rel_error(m.loss, pc.train_loss[s]));
+        worst_norm = fmax(worst_norm, insitra_test_rel_error(m.grad_norm, pc.train_grad_norm[s]));
+        worst_lr = fmax(worst_lr, insitra_test_rel_error(m.lr, pc.train_lr[s]));
     }
-    report("training losses", worst_loss, tol_train);
-    report("training gradient norms", worst_norm, tol_train);
-    report("learning rates", worst_lr, 1e-12);
+    insitra_test_within(&tc, "training losses", worst_loss, tol_train);
+    insitra_test_within(&tc, "training gradient norms", worst_norm, tol_train);
+    insitra_test_within(&tc, "learning rates", worst_lr, 1e-12);
     insitra_trainer_free(t);
     fixture_free(&fx);
-    printf("%s\n", failures ? "FAILED" : "PASSED");
-    MPI_Finalize();
-    return failures ? 1 : 0;
-
-bad_fixture:
-    fprintf(stderr, "test_gpu_parity: %s\n", fx.error);
-    fixture_free(&fx);
-    MPI_Finalize();
-    return 1;
+    return insitra_test_end(&tc);
 }

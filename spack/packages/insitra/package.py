@@ -1,6 +1,11 @@
-# Spack package for insitra. See docs/install.md ("Install with Spack").
+# Spack package for insitra. See docs/install.md ("Spack").
+#
+# Spack 0.23 or newer: `depends_on("c")` names a compiler as a dependency, and
+# 0.22 has no package `c`. Checked with Spack 1.1 by the project's
+# shared/spack-offline/check.sh.
 
 import os
+import re
 
 from spack.package import *
 
@@ -10,26 +15,39 @@ def _checkout():
     return os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 
 
+def _sm(arch):
+    """The compute capability of a cuda_arch value as a number: "90a" -> 90."""
+    return int(re.match(r"\d+", arch).group(0))
+
+
 class Insitra(CMakePackage, CudaPackage):
     """In-situ transformer training for MPI simulation codes: a C library, with
     a Fortran 2008 module, that lets a running simulation train a transformer
     surrogate of its own physics; each rank trains on the samples of its own
     subdomain and only gradients travel."""
 
-    # No public release yet: the source is the committed state of the git
-    # checkout this repository lives in (`spack develop insitra@main` builds
-    # an uncommitted tree instead).
+    # No public release or web site yet: the source is the committed state of
+    # branch main of the git checkout this repository lives in, and that
+    # checkout's README is the front page. `spack develop insitra@main` builds
+    # a working tree with uncommitted changes instead.
+    homepage = "file://" + os.path.join(_checkout(), "README.md")
     git = "file://" + _checkout()
 
     version("main", branch="main")
 
     variant("fortran", default=False, description="Build the Fortran module (use insitra)")
-    variant("nccl", default=False, description="Use NCCL for the GPU collectives")
     variant(
         "shared", default=False, description="Build shared libraries instead of libinsitra.a"
     )
+    # The CUDA backend runs its collectives through NCCL and has no other
+    # path: the variant exists only with +cuda, and only as +nccl (CMake's
+    # INSITRA_ENABLE_CUDA brings NCCL; the variant says so to the concretizer).
+    variant("nccl", default=True, when="+cuda", description="NCCL collectives (needed by +cuda)")
+    conflicts("~nccl", when="+cuda", msg="the CUDA backend runs its collectives through NCCL")
 
     depends_on("c", type="build")
+    # nvcc compiles the host side of .cu files with the C++ compiler.
+    depends_on("cxx", type="build", when="+cuda")
     depends_on("fortran", type="build", when="+fortran")
     # run: find_package(insitra) users and the smoke test configure with CMake
     # and find libyaml through pkg-config, as insitraConfig.cmake does.
@@ -38,25 +56,33 @@ class Insitra(CMakePackage, CudaPackage):
 
     depends_on("mpi")
     depends_on("hdf5+mpi")
+    # The CBLAS interface: any provider with cblas.h and the cblas_* symbols
+    # (cmake_args passes both; CMake checks that cblas_sgemm links).
     depends_on("blas")
     # Attention calls sgemm inside OpenMP loops: OpenBLAS must use OpenMP.
-    depends_on("openblas threads=openmp", when="^openblas")
+    depends_on("openblas threads=openmp", when="^[virtuals=blas] openblas")
     depends_on("libyaml")
     # bf16 GEMMs in cuBLASLt, graph capture of NCCL calls
     depends_on("cuda@12:", when="+cuda")
     depends_on("nccl@2.18:", when="+nccl")
 
-    conflicts("+nccl", when="~cuda", msg="NCCL carries the CUDA backend's collectives: add +cuda")
     conflicts(
         "cuda_arch=none",
         when="+cuda",
         msg="name the GPU architecture, e.g. cuda_arch=90 for H100 and H200",
     )
-    conflicts("~nccl", when="+cuda", msg="the CUDA backend runs its collectives through NCCL: add +nccl")
-    # bf16 tensor cores: Ampere (sm_80) and newer
-    for _arch in ("50", "52", "53", "60", "61", "62", "70", "72", "75"):
-        conflicts(f"cuda_arch={_arch}", when="+cuda", msg="the CUDA backend needs sm_80 or newer (bf16)")
-    conflicts("^mpich~fortran", when="+fortran", msg="the Fortran module uses mpi_f08")
+    for _arch in CudaPackage.cuda_arch_values:
+        if _sm(_arch) < 80:
+            # bf16 tensor cores: Ampere (sm_80) and newer
+            conflicts(
+                f"cuda_arch={_arch}", when="+cuda", msg="the CUDA backend needs sm_80 or newer (bf16)"
+            )
+        else:
+            # NCCL's kernels for the GPUs we build for (the CudaPackage idiom)
+            depends_on(f"nccl cuda_arch={_arch}", when=f"+nccl cuda_arch={_arch}")
+    conflicts(
+        "^[virtuals=mpi] mpich~fortran", when="+fortran", msg="the Fortran module uses mpi_f08"
+    )
 
     test_requires_compiler = True
 
@@ -65,13 +91,13 @@ class Insitra(CMakePackage, CudaPackage):
         args = [
             self.define_from_variant("INSITRA_ENABLE_FORTRAN", "fortran"),
             self.define_from_variant("INSITRA_ENABLE_CUDA", "cuda"),
-            self.define_from_variant("INSITRA_ENABLE_NCCL", "nccl"),
             self.define_from_variant("BUILD_SHARED_LIBS", "shared"),
             # insitra's name for BUILD_TESTING: tests, examples, benchmarks.
             self.define("INSITRA_ENABLE_TESTING", self.run_tests),
             self.define("MPI_C_COMPILER", spec["mpi"].mpicc),
-            # FindBLAS vendor; cblas.h is looked for in the dependencies' prefixes.
-            self.define("BLA_VENDOR", "OpenBLAS" if spec["blas"].name == "openblas" else "All"),
+            # The provider Spack chose, not whatever FindBLAS would find first.
+            self.define("BLAS_LIBRARIES", spec["blas"].libs.joined(";")),
+            self.define("INSITRA_CBLAS_INCLUDE_DIR", self._cblas_include_dir()),
         ]
         if spec.satisfies("+fortran"):
             args.append(self.define("MPI_Fortran_COMPILER", spec["mpi"].mpifc))
@@ -79,19 +105,49 @@ class Insitra(CMakePackage, CudaPackage):
             args.append(self.define_from_variant("CMAKE_CUDA_ARCHITECTURES", "cuda_arch"))
         return args
 
+    def _cblas_include_dir(self):
+        """The directory of the BLAS provider's cblas.h; an error naming the provider if none."""
+        blas = self.spec["blas"]
+        try:
+            headers = blas.headers
+        except NoHeadersError:
+            headers = HeaderList([])
+        for header in headers:
+            if os.path.basename(header) == "cblas.h":
+                return os.path.dirname(header)
+        raise InstallError(
+            f"the BLAS provider {blas.name} has no cblas.h under {blas.prefix}: insitra calls "
+            "the CBLAS interface (cblas_sgemm); choose a provider that ships it, e.g. "
+            "^[virtuals=blas] openblas"
+        )
+
+    def _compiler(self, language):
+        """The path of the spec's compiler for "c" or "fortran"."""
+        if language in self.spec:  # Spack 1.x: compilers are dependencies
+            package = self.spec[language].package
+            return package.cc if language == "c" else package.fortran
+        return self.compiler.cc if language == "c" else self.compiler.fc  # Spack 0.23
+
     def test_synthetic_train(self):
         """build the installed examples against insitra, run synthetic_train on one rank"""
         spec = self.spec
         prefixes = [self.prefix]
         prefixes += [dep.prefix for dep in spec.traverse(root=False, deptype=("link", "run"))]
+        # The compilers insitra was built with: the installed .mod files are
+        # read only by the Fortran compiler that wrote them.
         options = [
             "-S",
             self.prefix.share.insitra.examples,
             "-B",
             "build",
             self.define("CMAKE_PREFIX_PATH", prefixes),
+            self.define("CMAKE_C_COMPILER", self._compiler("c")),
             self.define("MPI_HOME", spec["mpi"].prefix),
         ]
+        if spec.satisfies("+fortran"):
+            options.append(
+                self.define("CMAKE_Fortran_COMPILER", self._compiler("fortran"))
+            )
         cmake = which(spec["cmake"].prefix.bin.cmake, required=True)
         cmake(*options)
         cmake("--build", "build")

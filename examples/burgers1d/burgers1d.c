@@ -22,6 +22,15 @@
  * predicting no change; at the end, test_steps further steps (never pushed)
  * are predicted over every cell. Metrics go to a JSON-lines file with the
  * same records as heat2d (examples/heat2d/plot.sh draws either).
+ *
+ * Checkpoints (--checkpoint-dir): insitra writes step-N.h5 (the surrogate,
+ * with its sample stores) every --checkpoint-every training steps and when a
+ * stop is requested (SIGUSR1 or SIGTERM, the batch system's warning, or
+ * checkpoint.deadline_*); this program writes its own state, the field and
+ * the window generators, next to it (burgers1d_pair.h). SIGUSR1/SIGTERM make
+ * it leave the time loop after that pair, say so, and exit with status 0; the
+ * same command run again resumes from the newest pair and finishes with the
+ * uninterrupted run's numbers, bit for bit (check_resume.sh checks it).
  */
 #include <math.h>
 #include <mpi.h>
@@ -30,6 +39,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "burgers1d.h"
+#include "burgers1d_pair.h"
 #include "insitra.h"
 
 #define CHECK(call)                                                              \
@@ -46,9 +57,9 @@ enum { F_IN = 4, F_OUT = 1 };
 
 typedef struct {
     long cells, steps, push_every, output_every, window, windows_per_push, eval_windows,
-        test_steps, seed;
+        test_steps, seed, checkpoint_every;
     double nu, cfl, forcing, max_test_error;
-    const char *config, *metrics;
+    const char *config, *metrics, *checkpoint_dir;
 } params;
 
 /* --key=value arguments over the defaults. */
@@ -69,6 +80,7 @@ static int parse_args(int argc, char **argv, params *p)
         INT_ARG("output-every", output_every) INT_ARG("window", window)
         INT_ARG("windows-per-push", windows_per_push) INT_ARG("eval-windows", eval_windows)
         INT_ARG("test-steps", test_steps) INT_ARG("seed", seed)
+        INT_ARG("checkpoint-every", checkpoint_every) STR_ARG("checkpoint-dir", checkpoint_dir)
         REAL_ARG("nu", nu) REAL_ARG("cfl", cfl) REAL_ARG("forcing", forcing)
         REAL_ARG("max-test-error", max_test_error)
         STR_ARG("config", config) STR_ARG("metrics", metrics)
@@ -76,16 +88,6 @@ static int parse_args(int argc, char **argv, params *p)
     }
     return 0;
 }
-
-/* The decomposition: this rank's cells [first, first + n) of the global
- * grid, its neighbours, and the field with one halo cell on each side. */
-typedef struct {
-    MPI_Comm comm;
-    int rank, size, left, right;
-    long first, n;
-    double dx, dt;
-    double *u, *u_next, *f; /* [n + 2], cell i at index i + 1 */
-} domain;
 
 static void decompose(domain *d, const params *p)
 {
@@ -96,6 +98,7 @@ static void decompose(domain *d, const params *p)
     MPI_Comm_rank(d->comm, &d->rank);
     MPI_Comm_size(d->comm, &d->size);
     MPI_Cart_shift(d->comm, 0, 1, &d->left, &d->right);
+    d->cells = p->cells;
     const long base = p->cells / d->size, extra = p->cells % d->size;
     d->n = base + (d->rank < extra);
     d->first = d->rank * base + (d->rank < extra ? d->rank : extra);
@@ -192,53 +195,72 @@ static void squared_sums(insitra_trainer *t, const domain *d, long count, long W
     MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, d->comm);
 }
 
-int main(int argc, char **argv)
+/* The surrogate's configuration: built in, then the user's YAML, then the
+ * sample shape this program makes. */
+static insitra_config *make_config(const params *p)
 {
-    MPI_Init(&argc, &argv);
-    params p = {.cells = 512, .steps = 4000, .push_every = 2, .output_every = 250, .window = 32,
-                .windows_per_push = 8, .eval_windows = 64, .test_steps = 20, .seed = 2024,
-                .nu = 0.004, .cfl = 0.8, .forcing = 1.0, .max_test_error = 0,
-                .config = NULL, .metrics = "burgers1d.jsonl"};
-    const int bad = parse_args(argc, argv, &p);
-    domain d;
-    decompose(&d, &p);
-    if (bad || d.n < p.window || p.push_every < 1 || p.output_every < 1 || p.test_steps < 1) {
-        if (d.rank == 0) {
-            if (bad) fprintf(stderr, "burgers1d: cannot use argument '%s'\n", argv[bad]);
-            fprintf(stderr, "usage: burgers1d [--cells=N] [--steps=N] [--push-every=N] "
-                            "[--output-every=N] [--window=W] [--windows-per-push=N] "
-                            "[--eval-windows=N] [--test-steps=N] [--nu=X] [--cfl=X] "
-                            "[--forcing=X] [--seed=N] [--config=YAML] [--metrics=FILE] "
-                            "[--max-test-error=X]\n"
-                            "(every rank needs at least --window cells; --test-steps at least 1)\n");
-        }
-        MPI_Finalize();
-        return 1;
-    }
-    const long W = p.window;
-
-    /* The surrogate: built-in configuration, the user's YAML, then the
-     * sample shape this program makes. */
     insitra_config *cfg = NULL;
     CHECK(insitra_config_create(&cfg));
     CHECK(insitra_config_load_yaml_string(cfg,
         "model: {d_model: 32, n_layers: 2, n_heads: 4}\n"
         "training: {batch_size: 16}\n"
         "optimizer: {lr: 4.0e-3, min_lr: 1.0e-4, weight_decay: 0.0}\n"
-        "data: {capacity: 2048}\n"));
+        "data: {capacity: 2048}\n"
+        /* a resumed run trains on the samples it had, not on an empty store */
+        "checkpoint: {keep_last: 2, include_samples: true}\n"));
     char text[32];
-    const long train_steps = p.steps / p.push_every;
+    const long train_steps = p->steps / p->push_every;
     snprintf(text, sizeof text, "%ld", train_steps > 0 ? train_steps : 1);
     CHECK(insitra_config_set(cfg, "optimizer.decay_steps", text));
     snprintf(text, sizeof text, "%ld", train_steps / 10);
     CHECK(insitra_config_set(cfg, "optimizer.warmup_steps", text));
-    if (p.config) CHECK(insitra_config_load_yaml(cfg, p.config));
-    snprintf(text, sizeof text, "%ld", W);
+    if (p->checkpoint_dir) {
+        CHECK(insitra_config_set(cfg, "checkpoint.dir", p->checkpoint_dir));
+        snprintf(text, sizeof text, "%ld", p->checkpoint_every);
+        CHECK(insitra_config_set(cfg, "checkpoint.every_steps", text));
+    }
+    if (p->config) CHECK(insitra_config_load_yaml(cfg, p->config));
+    snprintf(text, sizeof text, "%ld", p->window);
     CHECK(insitra_config_set(cfg, "model.seq_len", text));
     CHECK(insitra_config_set(cfg, "model.in_features", "4"));
     CHECK(insitra_config_set(cfg, "model.out_features", "1"));
+    return cfg;
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    params p = {.cells = 512, .steps = 4000, .push_every = 2, .output_every = 250, .window = 32,
+                .windows_per_push = 8, .eval_windows = 64, .test_steps = 20, .seed = 2024,
+                .checkpoint_every = 250, .nu = 0.004, .cfl = 0.8, .forcing = 1.0, .max_test_error = 0,
+                .config = NULL, .metrics = "burgers1d.jsonl", .checkpoint_dir = NULL};
+    const int bad = parse_args(argc, argv, &p);
+    domain d;
+    decompose(&d, &p);
+    if (bad || d.n < p.window || p.push_every < 1 || p.output_every < 1 || p.test_steps < 1 ||
+        p.checkpoint_every < 0) {
+        if (d.rank == 0) {
+            if (bad) fprintf(stderr, "burgers1d: cannot use argument '%s'\n", argv[bad]);
+            fprintf(stderr, "usage: burgers1d [--cells=N] [--steps=N] [--push-every=N] "
+                            "[--output-every=N] [--window=W] [--windows-per-push=N] "
+                            "[--eval-windows=N] [--test-steps=N] [--nu=X] [--cfl=X] "
+                            "[--forcing=X] [--seed=N] [--config=YAML] [--metrics=FILE] "
+                            "[--max-test-error=X] [--checkpoint-dir=DIR] [--checkpoint-every=N]\n"
+                            "(every rank needs at least --window cells; --test-steps at least 1;\n"
+                            "--checkpoint-every counts training steps, 0 = only on SIGUSR1/SIGTERM)\n");
+        }
+        MPI_Finalize();
+        return 1;
+    }
+    const long W = p.window;
+    insitra_config *cfg = make_config(&p);
     insitra_trainer *t = NULL;
     CHECK(insitra_trainer_create(&t, cfg, d.comm));
+    /* What the configuration says in the end (the YAML may set these too). */
+    char ckpt_dir[4096] = "", every_text[32] = "0";
+    CHECK(insitra_config_get(cfg, "checkpoint.dir", ckpt_dir, sizeof ckpt_dir));
+    CHECK(insitra_config_get(cfg, "checkpoint.every_steps", every_text, sizeof every_text));
+    const long ckpt_every = atol(every_text);
 
     const long per_push = p.windows_per_push, eval = p.eval_windows, tiles = d.n / W;
     long cap = per_push > eval ? per_push : eval;
@@ -248,21 +270,45 @@ int main(int argc, char **argv)
     if (!x || !y || !pred) MPI_Abort(MPI_COMM_WORLD, 1);
     uint64_t rng = (uint64_t)p.seed * 7919u + (uint64_t)d.rank * 104729u + 1;
 
+    /* A run stopped earlier continues from its newest checkpoint pair. */
+    insitra_metrics m = {0};
+    burgers_pair pair = {0};
+    long first_step = 1;
+    if (ckpt_dir[0]) {
+        const int resumed = burgers_pair_resume(ckpt_dir, t, &d, &rng, &pair);
+        if (resumed < 0) MPI_Abort(MPI_COMM_WORLD, 1);
+        if (resumed) {
+            first_step = pair.solver_step + 1;
+            m.step = pair.train_step, m.loss = pair.loss, m.lr = pair.lr;
+        }
+    }
+
     FILE *out = NULL;
     if (d.rank == 0) {
         printf("burgers1d with insitra %s: %ld cells on %d ranks, windows of %ld cells, "
                "dt = %.3e\n", insitra_version(), p.cells, d.size, W, d.dt);
-        out = fopen(p.metrics, "w");
+        /* The metrics of the earlier part of a resumed run stay. */
+        out = fopen(p.metrics, first_step > 1 ? "a" : "w");
         if (!out) {
             fprintf(stderr, "burgers1d: cannot open %s\n", p.metrics);
             MPI_Abort(MPI_COMM_WORLD, 1);
         }
+        if (ckpt_dir[0])
+            printf("checkpoints: %s, every %ld training steps and on SIGUSR1/SIGTERM\n", ckpt_dir,
+                   ckpt_every);
+        if (first_step > 1) {
+            printf("resuming after solver step %ld (training step %lld)\n", first_step - 1,
+                   (long long)m.step);
+            fprintf(out, "{\"event\": \"resumed\", \"step\": %ld, \"train_steps\": %lld}\n", first_step - 1,
+                    (long long)m.step);
+        }
     }
 
-    insitra_metrics m = {0};
     double sums[3], err[2] = {0, 0};
+    int32_t stop = 0;
+    long step = first_step;
     const double t0 = MPI_Wtime();
-    for (long step = 1; step <= p.steps; step++) {
+    for (; step <= p.steps; step++) {
         advance(&d, &p, step);
 
         if (step % p.output_every == 0) {
@@ -277,6 +323,15 @@ int main(int argc, char **argv)
             cut_windows(&d, W, per_push, &rng, x, y);
             CHECK(insitra_push_samples(t, per_push, x, y));
             CHECK(insitra_train_step(t, &m));
+            /* train_step has just written step-N.h5 if N is a multiple of
+             * checkpoint.every_steps or a stop was requested: the field
+             * after this solver step goes next to it. */
+            CHECK(insitra_should_stop(t, &stop));
+            if (ckpt_dir[0] && (stop || (ckpt_every > 0 && m.step % ckpt_every == 0))) {
+                pair = (burgers_pair){.train_step = m.step, .solver_step = step, .loss = m.loss, .lr = m.lr};
+                if (burgers_pair_save(ckpt_dir, &d, d.u_next + 1, rng, &pair) != 0)
+                    MPI_Abort(MPI_COMM_WORLD, 1);
+            }
         }
 
         if (step % p.output_every == 0 && d.rank == 0) {
@@ -290,35 +345,45 @@ int main(int argc, char **argv)
                     step, (long long)m.step, m.loss, m.lr, err[0], err[1], wall);
             fflush(out);
         }
-
-        /* ---- checkpoint place ----------------------------------------------
-         * Periodic checkpointing of the surrogate (trainer) and of the field u
-         * goes here, once the HDF5 checkpoint API exists (issue #5).
-         * -------------------------------------------------------------------- */
+        if (stop) break;
 
         memcpy(d.u + 1, d.u_next + 1, (size_t)d.n * sizeof(double));
     }
 
-    /* Held-out test: further steps, never pushed, every cell of every rank. */
-    double test[3] = {0, 0, 0};
-    for (long step = p.steps + 1; step <= p.steps + p.test_steps; step++) {
-        advance(&d, &p, step);
-        cut_windows(&d, W, tiles, NULL, x, y);
-        squared_sums(t, &d, tiles, W, x, y, pred, sums);
-        for (int k = 0; k < 3; k++) test[k] += sums[k];
-        memcpy(d.u + 1, d.u_next + 1, (size_t)d.n * sizeof(double));
+    double rel = 0;
+    if (stop) {
+        /* Status 0: the batch script requeues the job, which resumes here. */
+        if (d.rank == 0) {
+            printf("\nburgers1d: stop requested (SIGUSR1, SIGTERM or the deadline) after solver step "
+                   "%ld; checkpoint pair at training step %lld in %s\n", step, (long long)m.step, ckpt_dir);
+            fprintf(out, "{\"event\": \"stopped\", \"step\": %ld, \"train_steps\": %lld}\n", step,
+                    (long long)m.step);
+        }
+    } else {
+        /* Held-out test: further steps, never pushed, every cell of every rank. */
+        double test[3] = {0, 0, 0};
+        for (long k = p.steps + 1; k <= p.steps + p.test_steps; k++) {
+            advance(&d, &p, k);
+            cut_windows(&d, W, tiles, NULL, x, y);
+            squared_sums(t, &d, tiles, W, x, y, pred, sums);
+            for (int j = 0; j < 3; j++) test[j] += sums[j];
+            memcpy(d.u + 1, d.u_next + 1, (size_t)d.n * sizeof(double));
+        }
+        rel = sqrt(test[0] / test[1]);
+        const double still = sqrt(test[2] / test[1]);
+        if (ckpt_dir[0]) burgers_pair_finish(ckpt_dir, &d);
+        if (d.rank == 0) {
+            printf("\nheld-out relative L2 error over %ld steps (every cell): %.3e\n", p.test_steps, rel);
+            printf("relative L2 error of predicting 'no change': %.3e\n", still);
+            printf("training steps %lld, wall time %.1f s\nmetrics: %s\n", (long long)m.step,
+                   MPI_Wtime() - t0, p.metrics);
+            /* Full precision: a resumed run is compared with an uninterrupted one by these. */
+            fprintf(out, "{\"event\": \"held_out\", \"step\": %ld, \"test_steps\": %ld, \"rel_l2\": %.17g, "
+                         "\"no_change_rel_l2\": %.17g, \"train_steps\": %lld, \"loss\": %.17g}\n",
+                    p.steps, p.test_steps, rel, still, (long long)m.step, m.loss);
+        }
     }
-    const double rel = sqrt(test[0] / test[1]), still = sqrt(test[2] / test[1]);
-    if (d.rank == 0) {
-        printf("\nheld-out relative L2 error over %ld steps (every cell): %.3e\n", p.test_steps, rel);
-        printf("relative L2 error of predicting 'no change': %.3e\n", still);
-        printf("training steps %lld, wall time %.1f s\nmetrics: %s\n", (long long)m.step,
-               MPI_Wtime() - t0, p.metrics);
-        fprintf(out, "{\"event\": \"held_out\", \"test_steps\": %ld, \"rel_l2\": %.5e, "
-                     "\"no_change_rel_l2\": %.5e, \"train_steps\": %lld}\n",
-                p.test_steps, rel, still, (long long)m.step);
-        fclose(out);
-    }
+    if (out) fclose(out);
 
     free(x), free(y), free(pred);
     free(d.u), free(d.u_next), free(d.f);
@@ -326,6 +391,7 @@ int main(int argc, char **argv)
     CHECK(insitra_config_free(cfg));
     MPI_Comm_free(&d.comm);
     MPI_Finalize();
+    if (stop) return 0;
     if (!isfinite(rel)) {
         fprintf(stderr, "burgers1d: the held-out error is not finite\n");
         return 1;

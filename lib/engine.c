@@ -1,0 +1,273 @@
+#include "engine.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checked.h"
+#include "error.h"
+#include "optimizer.h"
+
+/* The engine's own buffer: step values, then the batch's slots. */
+static int64_t engine_small_bytes(int64_t batch, size_t align, int64_t *slots_at)
+{
+    const int64_t a = (int64_t)align;
+    int64_t used = 4 * (int64_t)sizeof(double);
+    used = (used + a - 1) / a * a + (int64_t)sizeof(insitra_step_scalars);
+    *slots_at = (used + a - 1) / a * a;
+    return *slots_at + batch * (int64_t)sizeof(int64_t);
+}
+
+insitra_status insitra_engine_bytes_for(const insitra_config *cfg, int stage, int64_t dp,
+                                        insitra_memory_usage *usage)
+{
+    const insitra_backend_desc *desc = insitra_backend_desc_for(cfg->device);
+    const insitra_model_dims dims = insitra_config_model_dims(cfg);
+    const bool separate = cfg->precision == INSITRA_PRECISION_BF16;
+    const size_t es = separate ? 2 : sizeof(float);
+    const int64_t mb = insitra_config_micro_batch(cfg), B = cfg->training.batch_size;
+    insitra_param_layout layout;
+    insitra_shard_layout sl;
+    INSITRA_CHECK(insitra_param_layout_create(&layout, &dims));
+    insitra_status s = insitra_shard_layout_create(&sl, &layout, dp, 0);
+    if (s != INSITRA_STATUS_OK) {
+        insitra_param_layout_free(&layout);
+        return s;
+    }
+    const insitra_zero_bytes z = insitra_zero_bytes_for(stage, separate, es, desc->align, &layout, &sl);
+    const int64_t att = desc->attention_state_bytes(&dims, mb, es);
+    const int64_t xs = dims.seq_len * dims.in_features, ys = dims.seq_len * dims.out_features;
+    int64_t slots_at;
+    const int64_t small = engine_small_bytes(B, desc->align, &slots_at);
+    *usage = (insitra_memory_usage){
+        .parameter_bytes = z.params,
+        .gradient_bytes = z.grads,
+        .optimizer_bytes = z.moments,
+        .activation_bytes = insitra_size_add(insitra_model_act_bytes(&dims, mb, es, att, desc->align),
+                                             desc->workspace_bytes(&dims, mb, es)),
+        .communication_bytes = insitra_size_add(z.comm, slots_at),
+        .sample_store_bytes = insitra_size_add(
+            insitra_size_mul(insitra_size_mul(cfg->data.capacity, xs + ys), (int64_t)sizeof(float)),
+            small - slots_at),
+    };
+    const int64_t parts[] = {usage->parameter_bytes, usage->gradient_bytes, usage->optimizer_bytes,
+                             usage->activation_bytes, usage->communication_bytes, usage->sample_store_bytes};
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
+        usage->total_bytes = insitra_size_add(usage->total_bytes, parts[i]);
+    insitra_shard_layout_free(&sl);
+    insitra_param_layout_free(&layout);
+    return INSITRA_STATUS_OK;
+}
+
+insitra_status insitra_engine_create(insitra_engine *e, const insitra_config *cfg, MPI_Comm comm,
+                                     const insitra_comm *dp, const insitra_sample_store *store)
+{
+    memset(e, 0, sizeof *e);
+    e->cfg = cfg;
+    e->host_store = store;
+    e->batch = cfg->training.batch_size;
+    e->mb = insitra_config_micro_batch(cfg);
+    e->xs = store->x_numel;
+    e->ys = store->y_numel;
+    INSITRA_CHECK(insitra_backend_create(&e->be, cfg, comm));
+    insitra_backend *be = e->be;
+    const insitra_model_dims dims = insitra_config_model_dims(cfg);
+    INSITRA_CHECK(insitra_model_create_on(&e->model, be, &dims, e->mb, false, false));
+    INSITRA_CHECK(insitra_zero_create(&e->zero, (int)cfg->parallel.zero_stage,
+                                      cfg->precision == INSITRA_PRECISION_BF16, dp, &e->model));
+    int64_t slots_at;
+    const int64_t small = engine_small_bytes(e->batch, be->desc->align, &slots_at);
+    INSITRA_CHECK(be->i->alloc(be, (size_t)small, "step values", &e->mem));
+    e->stats = e->mem;
+    e->scalars = (insitra_step_scalars *)((char *)e->mem +
+                                          (4 * sizeof(double) + be->desc->align - 1) / be->desc->align *
+                                              be->desc->align);
+    e->slots = (int64_t *)((char *)e->mem + slots_at);
+    if (be->host_memory) {
+        e->store_x = store->x;
+        e->store_y = store->y;
+    } else {
+        const size_t xb = (size_t)(store->capacity * e->xs) * sizeof(float);
+        const size_t yb = (size_t)(store->capacity * e->ys) * sizeof(float);
+        const size_t at = (xb + be->desc->align - 1) / be->desc->align * be->desc->align;
+        INSITRA_CHECK(be->i->alloc(be, at + yb, "the sample store (data.capacity)", &e->store_mem));
+        e->store_x = e->store_mem;
+        e->store_y = (float *)((char *)e->store_mem + at);
+    }
+    return INSITRA_STATUS_OK;
+}
+
+insitra_status insitra_engine_connect(insitra_engine *e)
+{
+    INSITRA_CHECK(insitra_zero_connect(&e->zero));
+    insitra_zero_init_host(&e->zero, (uint64_t)e->cfg->training.seed, e->cfg->model.init_std);
+    return insitra_zero_import(&e->zero);
+}
+
+void insitra_engine_free(insitra_engine *e)
+{
+    insitra_backend *be = e->be;
+    if (!be) return;
+    be->i->synchronize(be);
+    insitra_zero_free(&e->zero);
+    insitra_model_free(&e->model);
+    be->i->release(be, e->mem);
+    be->i->release(be, e->store_mem);
+    insitra_backend_free(be);
+    memset(e, 0, sizeof *e);
+}
+
+/* Calls fn for the runs of n store rows from first on, wrapping around. */
+static insitra_status for_each_run(insitra_engine *e, int64_t first, int64_t n,
+                                   insitra_status (*fn)(insitra_engine *, int64_t slot, int64_t done,
+                                                        int64_t run, const void *ctx),
+                                   const void *ctx)
+{
+    const int64_t cap = e->host_store->capacity;
+    for (int64_t done = 0; done < n;) {
+        const int64_t slot = (first + done) % cap;
+        const int64_t run = n - done < cap - slot ? n - done : cap - slot;
+        INSITRA_CHECK(fn(e, slot, done, run, ctx));
+        done += run;
+    }
+    return INSITRA_STATUS_OK;
+}
+
+typedef struct { const float *x, *y; } sample_src;
+typedef struct { float *x, *y; } sample_dst;
+
+static insitra_status store_run(insitra_engine *e, int64_t slot, int64_t done, int64_t run, const void *ctx)
+{
+    const sample_src *src = ctx;
+    insitra_backend *be = e->be;
+    INSITRA_CHECK(be->i->copy(be, e->store_x + slot * e->xs, src->x + done * e->xs,
+                              (size_t)(run * e->xs) * sizeof(float)));
+    return be->i->copy(be, e->store_y + slot * e->ys, src->y + done * e->ys,
+                       (size_t)(run * e->ys) * sizeof(float));
+}
+
+static insitra_status fetch_run(insitra_engine *e, int64_t slot, int64_t done, int64_t run, const void *ctx)
+{
+    (void)done;
+    const sample_dst *dst = ctx;
+    insitra_backend *be = e->be;
+    INSITRA_CHECK(be->i->download(be, dst->x + slot * e->xs, e->store_x + slot * e->xs,
+                                  (size_t)(run * e->xs) * sizeof(float)));
+    return be->i->download(be, dst->y + slot * e->ys, e->store_y + slot * e->ys,
+                           (size_t)(run * e->ys) * sizeof(float));
+}
+
+insitra_status insitra_engine_store_samples(insitra_engine *e, int64_t first, int64_t n, const float *x,
+                                            const float *y)
+{
+    /* A backend reading the host store in place got them with the push. */
+    if (e->store_x == e->host_store->x && !e->be->i->is_device_pointer(e->be, x)) return INSITRA_STATUS_OK;
+    const sample_src src = {x, y};
+    INSITRA_CHECK(for_each_run(e, first, n, store_run, &src));
+    return e->be->i->synchronize(e->be);
+}
+
+insitra_status insitra_engine_fetch_samples(insitra_engine *e, int64_t first, int64_t n, float *store_x,
+                                            float *store_y)
+{
+    if (e->store_x == store_x) return INSITRA_STATUS_OK;
+    const sample_dst dst = {store_x, store_y};
+    return for_each_run(e, first, n, fetch_run, &dst);
+}
+
+/* Everything one optimizer step does, queued on the backend. */
+static insitra_status enqueue_step(insitra_engine *e)
+{
+    insitra_backend *be = e->be;
+    insitra_model *m = &e->model;
+    insitra_zero *z = &e->zero;
+    const int64_t micro = e->batch / e->mb;
+    INSITRA_CHECK(be->i->fill_zero(be, e->stats, 2 * sizeof(double)));
+    INSITRA_CHECK(insitra_zero_begin_step(z));
+    /* each micro-batch's squared errors enter the loss as its share of this rank's mean */
+    const double per_value = 1.0 / (double)(e->batch * e->ys);
+    for (int64_t i = 0; i < micro; i++) {
+        INSITRA_CHECK(be->i->gather_batch(be, m->a.x, m->a.y, e->store_x, e->store_y, e->slots + i * e->mb,
+                                          e->mb, e->xs, e->ys));
+        insitra_zero_set_last_micro_batch(z, i == micro - 1);
+        INSITRA_CHECK(insitra_model_forward(m, e->mb, &e->stats[0], per_value));
+        INSITRA_CHECK(insitra_model_backward(m, e->mb, (float)e->mb / (float)e->batch));
+    }
+    INSITRA_CHECK(insitra_zero_finish_backward(z));
+    /* The global batch is every dp rank's batch: the loss and the gradient are
+     * the means over ranks of the local means; the reductions above summed. */
+    INSITRA_CHECK(insitra_zero_grad_sum_squares(z, &e->stats[1]));
+    INSITRA_CHECK(be->i->sum_ordered(be, z->group, e->stats, 2));
+    return insitra_zero_update(z, e->scalars, e->stats);
+}
+
+/* Runs the step: replays the recorded one where the backend records (the
+ * first step records it), else queues it afresh. */
+static insitra_status run_step(insitra_engine *e)
+{
+    insitra_backend *be = e->be;
+    if (!e->cfg->cuda.graphs || !be->i->replay) return enqueue_step(e);
+    if (!e->recorded) {
+        INSITRA_CHECK(be->i->capture_begin(be));
+        const insitra_status s = enqueue_step(e);
+        const insitra_status c = be->i->capture_end(be);
+        if (s != INSITRA_STATUS_OK)
+            return insitra_error_prefix(s, "recording the training step for replay (cuda.graphs = false "
+                                           "avoids it): ");
+        INSITRA_CHECK(c);
+        e->recorded = true;
+    }
+    bool replayed = false;
+    INSITRA_CHECK(be->i->replay(be, &replayed));
+    return replayed ? INSITRA_STATUS_OK
+                    : insitra_error_set(INSITRA_STATUS_DEVICE_ERROR, "internal: the recorded step is gone");
+}
+
+insitra_status insitra_engine_step(insitra_engine *e, const int64_t *slots, int64_t t, double lr,
+                                   double *loss, double *grad_norm)
+{
+    insitra_backend *be = e->be;
+    const insitra_config *cfg = e->cfg;
+    const insitra_step_scalars sc =
+        insitra_step_scalars_make(&cfg->optimizer, t, lr, cfg->training.grad_clip, e->zero.sl.dp);
+    be->wait_seconds = 0.0;
+    /* The step's inputs go in before it: a replayed step reads them where they land. */
+    INSITRA_CHECK(be->i->upload(be, e->slots, slots, (size_t)e->batch * sizeof(int64_t)));
+    INSITRA_CHECK(be->i->upload(be, e->scalars, &sc, sizeof sc));
+    INSITRA_CHECK(run_step(e));
+    double stats[2];
+    INSITRA_CHECK(be->i->download(be, stats, e->stats, sizeof stats));
+    *loss = stats[0] / sc.dp;
+    *grad_norm = sqrt(stats[1]) / sc.dp;
+    return INSITRA_STATUS_OK;
+}
+
+insitra_status insitra_engine_forward(insitra_engine *e, int64_t n, int64_t chunks, const float *x,
+                                      const float *y, float *y_out, double *sse)
+{
+    insitra_backend *be = e->be;
+    insitra_model *m = &e->model;
+    insitra_zero_begin_pass(&e->zero);
+    INSITRA_CHECK(be->i->fill_zero(be, &e->stats[2], sizeof(double)));
+    for (int64_t c = 0; c < chunks; c++) {
+        const int64_t first = c * e->mb;
+        const int64_t b = first >= n ? 0 : n - first < e->mb ? n - first : e->mb;
+        if (b > 0) {
+            const size_t xb = (size_t)(b * e->xs) * sizeof(float);
+            if (m->a.x_f32) {
+                INSITRA_CHECK(be->i->upload(be, m->a.x_f32, x + first * e->xs, xb));
+                INSITRA_CHECK(be->i->to_act(be, m->a.x, m->a.x_f32, b * e->xs));
+            } else {
+                INSITRA_CHECK(be->i->upload(be, m->a.x, x + first * e->xs, xb));
+            }
+            if (y)
+                INSITRA_CHECK(be->i->upload(be, m->a.y, y + first * e->ys, (size_t)(b * e->ys) * sizeof(float)));
+        }
+        INSITRA_CHECK(insitra_model_forward(m, b, y && b > 0 ? &e->stats[2] : NULL, 1.0));
+        if (b > 0 && y_out)
+            INSITRA_CHECK(be->i->download(be, y_out + first * e->ys, m->a.out, (size_t)(b * e->ys) * sizeof(float)));
+    }
+    return be->i->download(be, sse, &e->stats[2], sizeof(double));
+}
+
+double insitra_engine_wait_seconds(const insitra_engine *e) { return e->be->wait_seconds; }

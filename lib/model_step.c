@@ -1,0 +1,208 @@
+/*
+ * Forward and backward of the whole model, top to bottom, once for every
+ * backend: each line is one backend operation (lib/backend.h) with the shapes
+ * it works on. Each unit (embedding, block, head) is bracketed by the hooks,
+ * where a sharded trainer gathers parameters and reduces gradients; with
+ * B = 0 only the hooks run, so every rank joins the same collectives.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "error.h"
+#include "model.h"
+
+/* The unit's parameters (compute type) and, in backward, gradients (fp32):
+ * from the hooks, or the full buffers. */
+static insitra_status unit_begin(insitra_model *m, int64_t u, insitra_pass pass, const void **params,
+                                 float **grads)
+{
+    *grads = NULL;
+    if (m->hooks) return m->hooks->unit_begin(m->hooks->ctx, u, pass, params, grads);
+    const int64_t off = m->layout.units[u].offset;
+    *params = (const char *)m->params + (size_t)off * m->be->act_size;
+    if (pass == INSITRA_PASS_BACKWARD) *grads = m->grads + off;
+    return INSITRA_STATUS_OK;
+}
+
+static insitra_status unit_end(insitra_model *m, int64_t u, insitra_pass pass)
+{
+    return m->hooks ? m->hooks->unit_end(m->hooks->ctx, u, pass) : INSITRA_STATUS_OK;
+}
+
+/* Tensor i of unit u inside the unit's parameter buffer (compute type)... */
+static const void *param_at(const insitra_model *m, int64_t u, int64_t i, const void *base)
+{
+    const insitra_param_layout *l = &m->layout;
+    return (const char *)base + (size_t)(l->tensors[i].offset - l->units[u].offset) * m->be->act_size;
+}
+
+/* ...and inside its gradient buffer (fp32). */
+static float *grad_at(const insitra_model *m, int64_t u, int64_t i, float *base)
+{
+    const insitra_param_layout *l = &m->layout;
+    return base + (l->tensors[i].offset - l->units[u].offset);
+}
+
+insitra_status insitra_model_forward(insitra_model *m, int64_t B, double *loss, double loss_scale)
+{
+    insitra_backend *be = m->be;
+    const insitra_backend_i *op = be->i;
+    const insitra_model_dims *d = &m->dims;
+    const int64_t T = d->seq_len, C = d->d_model, H = d->n_heads, N = B * T, L = d->n_layers;
+    insitra_acts *a = &m->a;
+    const void *base;
+    float *unused;
+
+    /* encoded (N,C) = x (N,F_in) W_e^T + b_e + pos */
+    INSITRA_CHECK(unit_begin(m, 0, INSITRA_PASS_FORWARD, &base, &unused));
+    if (N > 0) {
+        INSITRA_CHECK(op->linear_forward(be, a->encoded, NULL, a->x, param_at(m, 0, 0, base),
+                                         param_at(m, 0, 1, base), NULL, N, d->in_features, C));
+        INSITRA_CHECK(op->pos_forward(be, a->encoded, param_at(m, 0, 2, base), B, T, C));
+    }
+    INSITRA_CHECK(unit_end(m, 0, INSITRA_PASS_FORWARD));
+
+    const void *res = a->encoded; /* (N,C) residual stream entering the block */
+    for (int64_t l = 0; l < L; l++) {
+        INSITRA_CHECK(unit_begin(m, l + 1, INSITRA_PASS_FORWARD, &base, &unused));
+        const int64_t t0 = m->layout.units[l + 1].first_tensor;
+        const void *w[INSITRA_BLOCK_NUM_TENSORS];
+        for (int i = 0; i < INSITRA_BLOCK_NUM_TENSORS; i++) w[i] = param_at(m, l + 1, t0 + i, base);
+        insitra_block_acts *ba = &a->blocks[l];
+        if (N > 0) {
+            INSITRA_CHECK(op->layernorm_forward(be, ba->ln1, ba->ln1_mean, ba->ln1_rstd, res,
+                                                w[INSITRA_BLOCK_LN1_W], w[INSITRA_BLOCK_LN1_B], N, C));
+            /* qkv (N,3C) */
+            INSITRA_CHECK(op->linear_forward(be, ba->qkv, NULL, ba->ln1, w[INSITRA_BLOCK_QKV_W],
+                                             w[INSITRA_BLOCK_QKV_B], NULL, N, C, 3 * C));
+            /* atty (N,C) */
+            INSITRA_CHECK(op->attention_forward(be, ba->atty, ba->att, ba->qkv, B, T, C, H, d->causal));
+            /* res_att (N,C) = res + atty W_proj^T + b */
+            INSITRA_CHECK(op->linear_forward(be, ba->res_att, NULL, ba->atty, w[INSITRA_BLOCK_PROJ_W],
+                                             w[INSITRA_BLOCK_PROJ_B], res, N, C, C));
+            INSITRA_CHECK(op->layernorm_forward(be, ba->ln2, ba->ln2_mean, ba->ln2_rstd, ba->res_att,
+                                                w[INSITRA_BLOCK_LN2_W], w[INSITRA_BLOCK_LN2_B], N, C));
+            /* fch_gelu (N,4C) = gelu(fch), fch = ln2 W_fc^T + b */
+            INSITRA_CHECK(op->linear_forward(be, ba->fch_gelu, ba->fch, ba->ln2, w[INSITRA_BLOCK_FC_W],
+                                             w[INSITRA_BLOCK_FC_B], NULL, N, C, 4 * C));
+            /* res_out (N,C) = res_att + fch_gelu W_fcproj^T + b */
+            INSITRA_CHECK(op->linear_forward(be, ba->res_out, NULL, ba->fch_gelu,
+                                             w[INSITRA_BLOCK_FCPROJ_W], w[INSITRA_BLOCK_FCPROJ_B],
+                                             ba->res_att, N, 4 * C, C));
+        }
+        res = ba->res_out;
+        INSITRA_CHECK(unit_end(m, l + 1, INSITRA_PASS_FORWARD));
+    }
+
+    /* out (N,F_out) fp32 = LN_f(res) W_h^T + b_h */
+    INSITRA_CHECK(unit_begin(m, L + 1, INSITRA_PASS_FORWARD, &base, &unused));
+    if (N > 0) {
+        const int64_t t0 = m->layout.units[L + 1].first_tensor;
+        INSITRA_CHECK(op->layernorm_forward(be, a->lnf, a->lnf_mean, a->lnf_rstd, res,
+                                            param_at(m, L + 1, t0, base), param_at(m, L + 1, t0 + 1, base),
+                                            N, C));
+        INSITRA_CHECK(op->output_forward(be, a->out, a->lnf, param_at(m, L + 1, t0 + 2, base),
+                                         param_at(m, L + 1, t0 + 3, base), N, C, d->out_features));
+        if (loss) INSITRA_CHECK(op->sum_squares(be, loss, a->out, a->y, N * d->out_features, loss_scale));
+    }
+    return unit_end(m, L + 1, INSITRA_PASS_FORWARD);
+}
+
+insitra_status insitra_model_backward(insitra_model *m, int64_t B, float loss_scale)
+{
+    insitra_backend *be = m->be;
+    const insitra_backend_i *op = be->i;
+    const insitra_model_dims *d = &m->dims;
+    const int64_t T = d->seq_len, C = d->d_model, H = d->n_heads, N = B * T;
+    const int64_t L = d->n_layers, F_out = d->out_features;
+    insitra_acts *a = &m->a;
+    const void *res_final = L > 0 ? a->blocks[L - 1].res_out : a->encoded;
+    const void *base;
+    float *gbase;
+
+    /* head and final LN: dres (N,C) receives the gradient of the residual stream */
+    INSITRA_CHECK(unit_begin(m, L + 1, INSITRA_PASS_BACKWARD, &base, &gbase));
+    if (N > 0) {
+        const int64_t t0 = m->layout.units[L + 1].first_tensor;
+        /* dout (N,F_out) */
+        INSITRA_CHECK(op->mse_backward(be, a->dout, a->out, a->y, N * F_out, loss_scale));
+        INSITRA_CHECK(op->linear_backward(be, a->dln, grad_at(m, L + 1, t0 + 2, gbase),
+                                          grad_at(m, L + 1, t0 + 3, gbase), a->dout, NULL, a->lnf,
+                                          param_at(m, L + 1, t0 + 2, base), N, C, F_out));
+        INSITRA_CHECK(op->layernorm_backward(be, a->dres, grad_at(m, L + 1, t0, gbase),
+                                             grad_at(m, L + 1, t0 + 1, gbase), a->dln, res_final,
+                                             a->lnf_mean, a->lnf_rstd, param_at(m, L + 1, t0, base), N,
+                                             C, false));
+    }
+    INSITRA_CHECK(unit_end(m, L + 1, INSITRA_PASS_BACKWARD));
+
+    for (int64_t l = L - 1; l >= 0; l--) {
+        INSITRA_CHECK(unit_begin(m, l + 1, INSITRA_PASS_BACKWARD, &base, &gbase));
+        const int64_t t0 = m->layout.units[l + 1].first_tensor;
+        const void *w[INSITRA_BLOCK_NUM_TENSORS];
+        float *gw[INSITRA_BLOCK_NUM_TENSORS];
+        for (int i = 0; i < INSITRA_BLOCK_NUM_TENSORS; i++) {
+            w[i] = param_at(m, l + 1, t0 + i, base);
+            gw[i] = grad_at(m, l + 1, t0 + i, gbase);
+        }
+        const insitra_block_acts *ba = &a->blocks[l];
+        const void *res_in = l > 0 ? a->blocks[l - 1].res_out : a->encoded;
+        if (N > 0) {
+            /* MLP: dres holds d(res_out); the residual passes it to res_att unchanged.
+             * dfch (N,4C) = (dres W_fcproj) gelu'(fch) */
+            INSITRA_CHECK(op->linear_backward(be, a->dfch, gw[INSITRA_BLOCK_FCPROJ_W],
+                                              gw[INSITRA_BLOCK_FCPROJ_B], a->dres, ba->fch, ba->fch_gelu,
+                                              w[INSITRA_BLOCK_FCPROJ_W], N, 4 * C, C));
+            /* dln (N,C) */
+            INSITRA_CHECK(op->linear_backward(be, a->dln, gw[INSITRA_BLOCK_FC_W], gw[INSITRA_BLOCK_FC_B],
+                                              a->dfch, NULL, ba->ln2, w[INSITRA_BLOCK_FC_W], N, C,
+                                              4 * C));
+            INSITRA_CHECK(op->layernorm_backward(be, a->dres, gw[INSITRA_BLOCK_LN2_W],
+                                                 gw[INSITRA_BLOCK_LN2_B], a->dln, ba->res_att,
+                                                 ba->ln2_mean, ba->ln2_rstd, w[INSITRA_BLOCK_LN2_W], N,
+                                                 C, true));
+            /* attention: dres now holds d(res_att). datty (N,C), dqkv (N,3C) */
+            INSITRA_CHECK(op->linear_backward(be, a->datty, gw[INSITRA_BLOCK_PROJ_W],
+                                              gw[INSITRA_BLOCK_PROJ_B], a->dres, NULL, ba->atty,
+                                              w[INSITRA_BLOCK_PROJ_W], N, C, C));
+            INSITRA_CHECK(op->attention_backward(be, a->dqkv, a->datty, ba->qkv, ba->atty, ba->att, B, T,
+                                                 C, H, d->causal));
+            INSITRA_CHECK(op->linear_backward(be, a->dln, gw[INSITRA_BLOCK_QKV_W],
+                                              gw[INSITRA_BLOCK_QKV_B], a->dqkv, NULL, ba->ln1,
+                                              w[INSITRA_BLOCK_QKV_W], N, C, 3 * C));
+            INSITRA_CHECK(op->layernorm_backward(be, a->dres, gw[INSITRA_BLOCK_LN1_W],
+                                                 gw[INSITRA_BLOCK_LN1_B], a->dln, res_in, ba->ln1_mean,
+                                                 ba->ln1_rstd, w[INSITRA_BLOCK_LN1_W], N, C, true));
+        }
+        INSITRA_CHECK(unit_end(m, l + 1, INSITRA_PASS_BACKWARD));
+    }
+
+    /* embedding: dres holds d(encoded) */
+    INSITRA_CHECK(unit_begin(m, 0, INSITRA_PASS_BACKWARD, &base, &gbase));
+    if (N > 0) {
+        INSITRA_CHECK(op->pos_backward(be, grad_at(m, 0, 2, gbase), a->dres, B, T, C));
+        INSITRA_CHECK(op->linear_backward(be, NULL, grad_at(m, 0, 0, gbase), grad_at(m, 0, 1, gbase),
+                                          a->dres, NULL, a->x, param_at(m, 0, 0, base), N,
+                                          d->in_features, C));
+    }
+    return unit_end(m, 0, INSITRA_PASS_BACKWARD);
+}
+
+/* ---- host conveniences for insitra_model_create's models (fp32, host memory) ---- */
+
+double insitra_model_forward_host(insitra_model *m, int64_t B, const float *x, const float *y)
+{
+    const int64_t T = m->dims.seq_len, n_out = B * T * m->dims.out_features;
+    memcpy(m->a.x, x, (size_t)(B * T * m->dims.in_features) * sizeof(float));
+    if (y) memcpy(m->a.y, y, (size_t)n_out * sizeof(float));
+    double sse = 0.0;
+    if (insitra_model_forward(m, B, y ? &sse : NULL, 1.0) != INSITRA_STATUS_OK) return NAN;
+    return n_out > 0 ? sse / (double)n_out : 0.0;
+}
+
+void insitra_model_backward_host(insitra_model *m, int64_t B, float loss_scale)
+{
+    insitra_model_backward(m, B, loss_scale);
+}
