@@ -3,8 +3,10 @@
  * `latest` back to the newest checkpoint that verifies. Each rank reads what
  * its own layout needs, so any rank count and ZeRO stage can resume any
  * checkpoint; CRC32Cs are checked piece by piece and combined across ranks.
+ * Everything that decides what is read (the root attributes, the stored
+ * configuration, the integer tables) is checked before the first byte of
+ * the state is written.
  */
-#include <dirent.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,14 +15,17 @@
 #include <unistd.h>
 
 #include "ckpt.h"
+#include "ckpt_dir.h"
+#include "ckpt_format.h"
+#include "ckpt_io.h"
 #include "crc32c.h"
 #include "error.h"
-#include "rng.h"
 
-#define PATH_LEN 4096
+#define PATH_LEN 4200
+#define ANOTHER_MODEL "holds another model"
 
 /* The stored configuration must describe the same model. */
-static insitra_status check_model(const insitra_trainer *t, const char *yaml, const char *file)
+static insitra_status check_model(const insitra_config *mine, const char *yaml, const char *file)
 {
     static const char *keys[] = {"model.seq_len", "model.in_features", "model.out_features",
                                  "model.d_model", "model.n_layers", "model.n_heads", "model.causal"};
@@ -29,58 +34,102 @@ static insitra_status check_model(const insitra_trainer *t, const char *yaml, co
     insitra_status s = insitra_config_load_yaml_string(stored, yaml);
     if (s != INSITRA_STATUS_OK) {
         insitra_config_free(stored);
-        return insitra_error_prefix(INSITRA_STATUS_IO_ERROR, "checkpoint '%s': stored configuration: ", file);
+        return insitra_error_prefix(INSITRA_STATUS_IO_ERROR, "stored configuration: ");
     }
     for (size_t k = 0; k < sizeof keys / sizeof keys[0] && s == INSITRA_STATUS_OK; k++) {
-        char theirs[64], mine[64];
+        char theirs[64], ours[64];
         insitra_config_get(stored, keys[k], theirs, sizeof theirs);
-        insitra_config_get(&t->cfg, keys[k], mine, sizeof mine);
-        if (strcmp(theirs, mine) != 0)
+        insitra_config_get(mine, keys[k], ours, sizeof ours);
+        if (strcmp(theirs, ours) != 0)
             s = insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
-                                  "checkpoint '%s' holds another model: key '%s' is %s there but %s "
-                                  "in this trainer's configuration",
-                                  file, keys[k], theirs, mine);
+                                  "checkpoint '%s' " ANOTHER_MODEL ": key '%s' is %s there but %s in this "
+                                  "trainer's configuration",
+                                  file, keys[k], theirs, ours);
     }
     insitra_config_free(stored);
     return s;
 }
 
+/* The integer tables, whole, on every rank (a few words per writer rank):
+ * shapes against the writer count, CRCs (format 2), and the sample counts. */
+typedef struct tables {
+    uint64_t *row[INSITRA_CKPT_TABLES]; /* (writers, width) each; NULL if absent */
+    int64_t total_samples;
+} tables;
+
+static void tables_free(tables *tb)
+{
+    for (int k = 0; k < INSITRA_CKPT_TABLES; k++) free(tb->row[k]);
+}
+
+static insitra_status read_table(hid_t f, int k, int64_t writers, bool check_crc, uint64_t **out)
+{
+    const insitra_ckpt_table *t = &insitra_ckpt_tables[k];
+    const hsize_t want[2] = {(hsize_t)writers, (hsize_t)t->width};
+    hid_t dset;
+    INSITRA_CHECK(insitra_ckpt_open_dataset(f, t->path, INSITRA_CKPT_INT64, t->width > 1 ? 2 : 1, want, &dset));
+    insitra_status s = INSITRA_STATUS_OK;
+    const size_t bytes = (size_t)(writers * t->width) * sizeof(uint64_t);
+    if (s == INSITRA_STATUS_OK && !(*out = malloc(bytes)))
+        s = insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "checkpoint: out of memory for '/%s'", t->path);
+    if (s == INSITRA_STATUS_OK &&
+        H5Dread(dset, t->is_unsigned ? H5T_NATIVE_UINT64 : H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, *out) < 0)
+        s = insitra_ckpt_h5_error("cannot read '/%s'", t->path);
+    uint32_t stored = 0;
+    if (s == INSITRA_STATUS_OK && check_crc) s = insitra_ckpt_attr_read_crc(dset, t->path, &stored);
+    if (s == INSITRA_STATUS_OK && check_crc && insitra_crc32c(0, *out, bytes) != stored)
+        s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "CRC32C of '/%s' is %08x, the file says %08x", t->path,
+                              insitra_crc32c(0, *out, bytes), stored);
+    H5Dclose(dset);
+    return s;
+}
+
+static insitra_status read_tables(hid_t f, const insitra_ckpt_meta *meta, tables *tb)
+{
+    const bool samples = H5Lexists(f, INSITRA_CKPT_SAMPLES_GROUP, H5P_DEFAULT) > 0;
+    const int n = samples ? INSITRA_CKPT_TABLES : INSITRA_CKPT_SAMPLE_COUNT;
+    for (int k = 0; k < n; k++)
+        INSITRA_CHECK(read_table(f, k, meta->world_size, meta->format >= 2, &tb->row[k]));
+    tb->total_samples = 0;
+    for (int64_t r = 0; samples && r < meta->world_size; r++) {
+        const int64_t c = (int64_t)tb->row[INSITRA_CKPT_SAMPLE_COUNT][r];
+        if (c < 0 || c > INT64_MAX / 2 - tb->total_samples)
+            return insitra_error_set(INSITRA_STATUS_IO_ERROR, "'/samples/count' of rank %" PRId64 " is %" PRId64,
+                                     r, c);
+        tb->total_samples += c;
+    }
+    return INSITRA_STATUS_OK;
+}
+
 /* Reads one group of tensors: whole tensors into full (when full != NULL) or
  * this rank's slots into shard; collects the slot CRCs. */
-static insitra_status read_tensors(insitra_trainer *t, hid_t group, hid_t dxpl, const char *gname,
-                                   float *full, float *shard, uint32_t *crc, uint64_t *bytes,
-                                   uint32_t *stored)
+static insitra_status read_tensors(const insitra_ckpt_state *st, hid_t f, hid_t dxpl, int g, uint32_t *crc,
+                                   uint64_t *bytes, uint32_t *stored)
 {
-    const insitra_param_layout *l = &t->engine.model.layout;
+    const insitra_param_layout *l = st->layout;
+    float *full, *shard;
+    insitra_ckpt_group_buffers(st, g, &full, &shard);
+    char path[128];
     for (int64_t i = 0; i < l->num_tensors; i++) {
         const insitra_tensor_desc *d = &l->tensors[i];
-        hid_t dset = H5Lexists(group, d->name, H5P_DEFAULT) > 0 ? H5Dopen2(group, d->name, H5P_DEFAULT) : -1;
-        if (dset < 0)
-            return insitra_error_set(INSITRA_STATUS_IO_ERROR, "dataset '/%s/%s' is missing", gname, d->name);
-        hid_t space = H5Dget_space(dset);
-        hsize_t dims[2] = {0, 1};
-        const int ndim = H5Sget_simple_extent_ndims(space);
-        H5Sget_simple_extent_dims(space, dims, NULL);
-        H5Sclose(space);
-        insitra_status s = INSITRA_STATUS_OK;
-        if (ndim != d->ndim || (int64_t)dims[0] != d->shape[0] || (ndim == 2 && (int64_t)dims[1] != d->shape[1]))
-            s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "dataset '/%s/%s' has the wrong shape", gname,
-                                  d->name);
-        if (s == INSITRA_STATUS_OK) s = insitra_ckpt_read_attr_u32(dset, "crc32c", &stored[i]);
-        const insitra_ckpt_piece p = insitra_ckpt_slot(t, i, full, shard);
+        snprintf(path, sizeof path, "%s/%s", insitra_ckpt_group[g], d->name);
+        const hsize_t want[2] = {(hsize_t)d->shape[0], (hsize_t)d->shape[1]};
+        hid_t dset;
+        INSITRA_CHECK(insitra_ckpt_open_dataset(f, path, INSITRA_CKPT_FLOAT32, d->ndim, want, &dset));
+        insitra_status s = insitra_ckpt_attr_read_crc(dset, path, &stored[i]);
+        const insitra_ckpt_piece p = insitra_ckpt_slot(st, i, full, shard);
         if (s == INSITRA_STATUS_OK) {
             herr_t err;
             if (full) {
                 err = H5Dread(dset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, dxpl, full + d->offset);
             } else {
-                hid_t fspace, mspace;
+                hid_t fspace = -1, mspace = -1;
                 s = insitra_ckpt_select(dset, p.first, p.count, &fspace, &mspace);
                 err = s == INSITRA_STATUS_OK ? H5Dread(dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, p.data) : -1;
-                H5Sclose(fspace);
-                H5Sclose(mspace);
+                if (fspace >= 0) H5Sclose(fspace);
+                if (mspace >= 0) H5Sclose(mspace);
             }
-            if (err < 0 && s == INSITRA_STATUS_OK)
-                s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "cannot read '/%s/%s'", gname, d->name);
+            if (err < 0 && s == INSITRA_STATUS_OK) s = insitra_ckpt_h5_error("cannot read '/%s'", path);
         }
         H5Dclose(dset);
         INSITRA_CHECK(s);
@@ -90,82 +139,78 @@ static insitra_status read_tensors(insitra_trainer *t, hid_t group, hid_t dxpl, 
     return INSITRA_STATUS_OK;
 }
 
-static insitra_status compare_crcs(const insitra_param_layout *l, const char *gname,
-                                   const uint32_t *crc, const uint32_t *stored)
+static insitra_status compare_crcs(const insitra_param_layout *l, int g, const uint32_t *crc,
+                                   const uint32_t *stored)
 {
     for (int64_t i = 0; i < l->num_tensors; i++)
         if (crc[i] != stored[i])
-            return insitra_error_set(INSITRA_STATUS_IO_ERROR,
-                                     "CRC32C of '/%s/%s' is %08x, the file says %08x", gname,
-                                     l->tensors[i].name, crc[i], stored[i]);
+            return insitra_error_set(INSITRA_STATUS_IO_ERROR, "CRC32C of '/%s/%s' is %08x, the file says %08x",
+                                     insitra_ckpt_group[g], l->tensors[i].name, crc[i], stored[i]);
     return INSITRA_STATUS_OK;
 }
 
-/* Reads element [row] of a per-rank table of width values. */
-static insitra_status read_rank_row(hid_t file, const char *path, hid_t type, int64_t row,
-                                    int64_t width, void *out)
+/* Parameters and moments, all ranks together; the CRCs compared once combined. */
+static insitra_status read_state(const insitra_ckpt_state *st, hid_t f)
 {
-    hid_t dset = H5Dopen2(file, path, H5P_DEFAULT);
-    if (dset < 0) return insitra_error_set(INSITRA_STATUS_IO_ERROR, "dataset '%s' is missing", path);
-    hid_t fspace = H5Dget_space(dset);
-    const int ndim = H5Sget_simple_extent_ndims(fspace);
-    const hsize_t start[2] = {(hsize_t)row, 0}, count[2] = {1, (hsize_t)width};
-    H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL);
-    const hsize_t n = (hsize_t)width;
-    hid_t mspace = H5Screate_simple(1, &n, NULL);
-    herr_t err = ndim < 1 ? -1 : H5Dread(dset, type, mspace, fspace, H5P_DEFAULT, out);
-    H5Sclose(mspace);
-    H5Sclose(fspace);
-    H5Dclose(dset);
-    return err < 0 ? insitra_error_set(INSITRA_STATUS_IO_ERROR, "cannot read '%s'", path) : INSITRA_STATUS_OK;
+    const int64_t nt = st->layout->num_tensors;
+    uint32_t *crc = calloc((size_t)(6 * nt), sizeof(uint32_t));
+    uint64_t *bytes = calloc((size_t)(3 * nt), sizeof(uint64_t));
+    insitra_status s = crc && bytes ? INSITRA_STATUS_OK
+                                    : insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "checkpoint: out of memory");
+    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
+    H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT); /* disjoint pieces: see ckpt_write.c */
+    for (int g = 0; g < INSITRA_CKPT_GROUPS && s == INSITRA_STATUS_OK; g++)
+        s = read_tensors(st, f, dxpl, g, crc + g * nt, bytes + g * nt, crc + 3 * nt + g * nt);
+    H5Pclose(dxpl);
+    s = insitra_comm_agree(st->world, s);
+    if (s == INSITRA_STATUS_OK) s = insitra_ckpt_combine_crcs(st->world, crc, bytes, 3 * nt);
+    /* Every rank sees the same combined CRCs: a mismatch is the same everywhere. */
+    for (int g = 0; g < INSITRA_CKPT_GROUPS && s == INSITRA_STATUS_OK; g++)
+        s = compare_crcs(st->layout, g, crc + g * nt, crc + 3 * nt + g * nt);
+    free(crc);
+    free(bytes);
+    return s;
 }
 
 /* The stored samples: this rank's own when the rank count is the same,
  * otherwise an even block of all of them; the newest data.capacity are kept,
- * older ones only enter the CRC. */
-static insitra_status read_samples(insitra_trainer *t, hid_t file, int64_t writers, bool *touched)
+ * older ones only enter the CRC. The datasets' extents were checked against
+ * the (checked) counts, so no selection reaches past them, and no read is
+ * larger than the store. */
+static insitra_status read_samples(const insitra_ckpt_state *st, hid_t f, int64_t writers, const tables *tb)
 {
-    const int size = t->comm.size, rank = t->comm.rank;
-    int64_t *counts = calloc((size_t)writers, sizeof(int64_t));
-    if (!counts) return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "checkpoint: out of memory");
-    hid_t cset = H5Dopen2(file, "samples/count", H5P_DEFAULT);
-    herr_t err = cset < 0 ? -1 : H5Dread(cset, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, counts);
-    if (cset >= 0) H5Dclose(cset);
-    int64_t total = 0, first = 0, n = 0;
-    for (int64_t r = 0; r < writers; r++) {
-        if (writers == size && r == rank) first = total, n = counts[r];
-        total += counts[r];
+    const int size = st->world->size, rank = st->world->rank;
+    const int64_t total = tb->total_samples;
+    int64_t first = total * rank / size, n = total * (rank + 1) / size - first;
+    if (writers == size) {
+        first = 0;
+        for (int r = 0; r < rank; r++) first += (int64_t)tb->row[INSITRA_CKPT_SAMPLE_COUNT][r];
+        n = (int64_t)tb->row[INSITRA_CKPT_SAMPLE_COUNT][rank];
     }
-    free(counts);
-    if (err < 0) return insitra_error_set(INSITRA_STATUS_IO_ERROR, "cannot read '/samples/count'");
-    if (writers != size) {
-        first = total * rank / size;
-        n = total * (rank + 1) / size - first;
-    }
-    insitra_sample_store *st = &t->store;
-    const int64_t keep = n < st->capacity ? n : st->capacity;
-    const char *names[2] = {"samples/x", "samples/y"};
-    float *bufs[2] = {st->x, st->y};
-    const int64_t widths[2] = {st->x_numel, st->y_numel};
+    insitra_sample_store *sm = st->store;
+    const int64_t keep = n < sm->capacity ? n : sm->capacity;
+    const char *paths[2] = {INSITRA_CKPT_SAMPLES_X, INSITRA_CKPT_SAMPLES_Y};
+    float *bufs[2] = {sm->x, sm->y};
+    const int64_t widths[2] = {sm->x_numel, sm->y_numel};
     uint32_t crc[2] = {0, 0}, stored[2] = {0, 0};
-    uint64_t bytes[2];
+    uint64_t bytes[2] = {0, 0};
     insitra_status s = INSITRA_STATUS_OK;
-    *touched = true;
     for (int p = 0; p < 2 && s == INSITRA_STATUS_OK; p++) {
-        hid_t dset = H5Dopen2(file, names[p], H5P_DEFAULT);
-        if (dset < 0) { s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "dataset '/%s' is missing", names[p]); break; }
-        s = insitra_ckpt_read_attr_u32(dset, "crc32c", &stored[p]);
+        const hsize_t want[2] = {(hsize_t)total, (hsize_t)widths[p]};
+        hid_t dset;
+        s = insitra_ckpt_open_dataset(f, paths[p], INSITRA_CKPT_FLOAT32, 2, want, &dset);
+        if (s != INSITRA_STATUS_OK) break;
+        s = insitra_ckpt_attr_read_crc(dset, paths[p], &stored[p]);
         /* Older rows pass through the buffer for the CRC, then the kept ones stay. */
         for (int64_t at = first; at < first + n && s == INSITRA_STATUS_OK;) {
-            const int64_t rows = at < first + n - keep ? (first + n - keep - at < keep ? first + n - keep - at : keep)
-                                                       : first + n - at;
-            hid_t fspace, mspace;
+            const int64_t older = first + n - keep - at;
+            const int64_t rows = older > 0 ? (older < keep ? older : keep) : first + n - at;
+            hid_t fspace = -1, mspace = -1;
             s = insitra_ckpt_select(dset, at * widths[p], rows * widths[p], &fspace, &mspace);
-            if (s == INSITRA_STATUS_OK &&
-                H5Dread(dset, H5T_NATIVE_FLOAT, mspace, fspace, H5P_DEFAULT, bufs[p]) < 0)
-                s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "cannot read '/%s'", names[p]);
-            H5Sclose(fspace);
-            H5Sclose(mspace);
+            if (s == INSITRA_STATUS_OK && H5Dread(dset, H5T_NATIVE_FLOAT, mspace, fspace, H5P_DEFAULT, bufs[p]) < 0)
+                s = insitra_ckpt_h5_error("cannot read '/%s'", paths[p]);
+            if (fspace >= 0) H5Sclose(fspace);
+            if (mspace >= 0) H5Sclose(mspace);
             crc[p] = insitra_crc32c(crc[p], bufs[p], (size_t)(rows * widths[p]) * sizeof(float));
             at += rows;
         }
@@ -173,111 +218,72 @@ static insitra_status read_samples(insitra_trainer *t, hid_t file, int64_t write
         H5Dclose(dset);
     }
     /* Every rank takes part in the combination, even after a local failure. */
-    insitra_status c = insitra_ckpt_combine_crcs(&t->comm, crc, bytes, 2);
+    insitra_status c = insitra_ckpt_combine_crcs(st->world, crc, bytes, 2);
     INSITRA_CHECK(s);
     INSITRA_CHECK(c);
     for (int p = 0; p < 2; p++)
         if (crc[p] != stored[p])
             return insitra_error_set(INSITRA_STATUS_IO_ERROR, "CRC32C of '/%s' is %08x, the file says %08x",
-                                     names[p], crc[p], stored[p]);
-    st->count = keep;
-    st->next = keep % st->capacity;
+                                     paths[p], crc[p], stored[p]);
+    sm->count = keep;
+    sm->next = keep % sm->capacity;
     return INSITRA_STATUS_OK;
 }
 
-/* One file, all ranks together. On failure the trainer's state may be
- * partly overwritten; the caller loads another checkpoint or resets. */
-static insitra_status try_load(insitra_trainer *t, const char *file, bool *state_touched,
-                               bool *samples_touched)
+/* The samplers: exact when the rank count matches, else fresh streams. */
+static void restore_sampler(const insitra_ckpt_state *st, const insitra_ckpt_meta *meta, const tables *tb)
 {
-    insitra_zero *z = &t->engine.zero;
-    const insitra_param_layout *l = &t->engine.model.layout;
-    const int64_t nt = l->num_tensors;
+    const int rank = st->world->rank;
+    if (meta->world_size == st->world->size) {
+        memcpy(st->sampler->s, tb->row[INSITRA_CKPT_SAMPLER_STATE] + 4 * rank, sizeof st->sampler->s);
+        *st->sample_cursor = (int64_t)tb->row[INSITRA_CKPT_SAMPLE_CURSOR][rank];
+        st->store->pushed = (int64_t)tb->row[INSITRA_CKPT_SAMPLES_PUSHED][rank];
+    } else {
+        insitra_rng_seed(st->sampler, (uint64_t)st->cfg->training.seed ^ (uint64_t)meta->step * 0x9e3779b97f4a7c15ull,
+                         1 + (uint64_t)rank);
+        *st->sample_cursor = 0;
+    }
+}
+
+/* One file, all ranks together. On failure the view may be partly
+ * overwritten (*touched says what); the caller loads another or resets. */
+static insitra_status try_load(const insitra_ckpt_state *st, const char *file, insitra_ckpt_touched *touched)
+{
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    H5Pset_fapl_mpio(fapl, t->comm.comm, MPI_INFO_NULL);
+    H5Pset_fapl_mpio(fapl, st->world->comm, MPI_INFO_NULL);
     H5Pset_all_coll_metadata_ops(fapl, 1);
     hid_t f = H5Fopen(file, H5F_ACC_RDONLY, fapl);
     H5Pclose(fapl);
     if (f < 0) return insitra_error_set(INSITRA_STATUS_IO_ERROR, "cannot open it as HDF5 (truncated or not a checkpoint)");
 
-    int64_t format = 0, complete = 0, step = 0, writers = 0;
-    char *yaml = NULL;
-    insitra_status s = insitra_ckpt_read_attr_i64(f, "insitra_format", &format);
-    if (s == INSITRA_STATUS_OK && format != INSITRA_CKPT_FORMAT)
-        s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "format %" PRId64 ", this library reads %d", format,
-                              INSITRA_CKPT_FORMAT);
-    if (s == INSITRA_STATUS_OK && (insitra_ckpt_read_attr_i64(f, "complete", &complete) != INSITRA_STATUS_OK || complete != 1))
-        s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "incomplete: the writer did not finish it");
-    if (s == INSITRA_STATUS_OK) s = insitra_ckpt_read_attr_i64(f, "step", &step);
-    if (s == INSITRA_STATUS_OK) s = insitra_ckpt_read_attr_i64(f, "world_size", &writers);
-    if (s == INSITRA_STATUS_OK) s = insitra_ckpt_read_attr_str(f, "config", &yaml);
-    if (s == INSITRA_STATUS_OK) s = check_model(t, yaml, file);
-    free(yaml);
-
-    uint32_t *crc = calloc((size_t)(6 * nt), sizeof(uint32_t));
-    uint64_t *bytes = calloc((size_t)(3 * nt), sizeof(uint64_t));
-    if (s == INSITRA_STATUS_OK && (!crc || !bytes))
-        s = insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "checkpoint: out of memory");
-    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
-    H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT); /* disjoint pieces: see ckpt_write.c */
+    insitra_ckpt_meta meta = {0};
+    insitra_ckpt_meta_read(f, &meta);
+    const char *warning = NULL;
+    tables tb = {0};
+    insitra_status s = insitra_ckpt_meta_check(&meta, &warning);
+    if (s == INSITRA_STATUS_OK) s = check_model(st->cfg, meta.config, file);
+    if (s == INSITRA_STATUS_OK) s = read_tables(f, &meta, &tb);
     /* Collective reads need every rank: agree before starting them. */
-    s = insitra_comm_agree(&t->comm, s);
+    s = insitra_comm_agree(st->world, s);
     if (s == INSITRA_STATUS_OK) {
-        *state_touched = true; /* from here a failure leaves the trainer's state mixed */
-        uint32_t *stored = crc + 3 * nt;
-        const bool full_moments = z->stage == 0;
-        hid_t gm = H5Gopen2(f, "model", H5P_DEFAULT);
-        hid_t go_m = H5Gopen2(f, "optim/m", H5P_DEFAULT), go_v = H5Gopen2(f, "optim/v", H5P_DEFAULT);
-        if (gm < 0 || go_m < 0 || go_v < 0)
-            s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "the /model or /optim group is missing");
-        if (s == INSITRA_STATUS_OK)
-            s = read_tensors(t, gm, dxpl, "model", z->host_params_full ? z->host_params : NULL, z->host_params,
-                             crc, bytes, stored);
-        if (s == INSITRA_STATUS_OK)
-            s = read_tensors(t, go_m, dxpl, "optim/m", full_moments ? z->host_m : NULL, z->host_m, crc + nt,
-                             bytes + nt, stored + nt);
-        if (s == INSITRA_STATUS_OK)
-            s = read_tensors(t, go_v, dxpl, "optim/v", full_moments ? z->host_v : NULL, z->host_v, crc + 2 * nt,
-                             bytes + 2 * nt, stored + 2 * nt);
-        if (gm >= 0) H5Gclose(gm);
-        if (go_m >= 0) H5Gclose(go_m);
-        if (go_v >= 0) H5Gclose(go_v);
-        s = insitra_comm_agree(&t->comm, s);
-        if (s == INSITRA_STATUS_OK) s = insitra_ckpt_combine_crcs(&t->comm, crc, bytes, 3 * nt);
-        /* Every rank sees the same combined CRCs: a mismatch is the same everywhere. */
-        if (s == INSITRA_STATUS_OK) s = compare_crcs(l, "model", crc, stored);
-        if (s == INSITRA_STATUS_OK) s = compare_crcs(l, "optim/m", crc + nt, stored + nt);
-        if (s == INSITRA_STATUS_OK) s = compare_crcs(l, "optim/v", crc + 2 * nt, stored + 2 * nt);
+        if (warning && st->world->rank == 0) fprintf(stderr, "insitra: %s: %s\n", file, warning);
+        touched->state = true; /* from here a failure leaves the state mixed */
+        s = read_state(st, f);
     }
-    H5Pclose(dxpl);
-    free(crc);
-    free(bytes);
-
-    /* The samplers: exact when the rank count matches, else fresh streams. */
-    const bool agreed_so_far = s == INSITRA_STATUS_OK;
-    if (agreed_so_far) {
-        if (writers == t->comm.size) {
-            s = read_rank_row(f, "ranks/sampler_state", H5T_NATIVE_UINT64, t->comm.rank, 4, t->sampler.s);
-            if (s == INSITRA_STATUS_OK)
-                s = read_rank_row(f, "ranks/sample_cursor", H5T_NATIVE_INT64, t->comm.rank, 1, &t->sample_cursor);
-            if (s == INSITRA_STATUS_OK)
-                s = read_rank_row(f, "ranks/samples_pushed", H5T_NATIVE_INT64, t->comm.rank, 1, &t->store.pushed);
-        } else {
-            insitra_rng_seed(&t->sampler, (uint64_t)t->cfg.training.seed ^ (uint64_t)step * 0x9e3779b97f4a7c15ull,
-                             1 + (uint64_t)t->comm.rank);
-            t->sample_cursor = 0;
-        }
+    if (s == INSITRA_STATUS_OK) restore_sampler(st, &meta, &tb);
+    if (s == INSITRA_STATUS_OK && tb.row[INSITRA_CKPT_SAMPLE_COUNT]) {
+        touched->samples = true;
+        s = insitra_comm_agree(st->world, read_samples(st, f, meta.world_size, &tb));
     }
-    if (agreed_so_far) s = insitra_comm_agree(&t->comm, s);
-    if (s == INSITRA_STATUS_OK && H5Lexists(f, "samples", H5P_DEFAULT) > 0)
-        s = insitra_comm_agree(&t->comm, read_samples(t, f, writers, samples_touched));
     H5Fclose(f);
-    if (s == INSITRA_STATUS_OK) t->step = step; /* the trainer imports the state into its backend */
+    if (s == INSITRA_STATUS_OK) *st->step = meta.step;
+    tables_free(&tb);
+    insitra_ckpt_meta_free(&meta);
     return s;
 }
 
 /* Rank 0: the files to try, best first: what `latest` names, then every
- * step-*.h5 from the newest down. Stale .tmp files are removed on the way. */
+ * step-*.h5 from the newest down. */
 static int list_candidates(const char *path, char (*out)[PATH_LEN], int max)
 {
     struct stat stbuf;
@@ -285,67 +291,45 @@ static int list_candidates(const char *path, char (*out)[PATH_LEN], int max)
         snprintf(out[0], PATH_LEN, "%s", path);
         return 1;
     }
+    insitra_ckpt_dir_prepare(path); /* stale .tmp files: never loaded, removed here */
     int n = 0;
-    char latest[PATH_LEN] = "", line[256] = "";
-    snprintf(latest, sizeof latest, "%s/latest", path);
-    FILE *f = fopen(latest, "r");
-    if (f) {
-        if (fgets(line, sizeof line, f)) line[strcspn(line, "\r\n")] = '\0';
-        fclose(f);
-        if (insitra_ckpt_step_of(line, ".h5") >= 0) snprintf(out[n++], PATH_LEN, "%s/%s", path, line);
+    char latest[64], name[64];
+    insitra_ckpt_read_latest(path, latest, sizeof latest);
+    if (latest[0]) snprintf(out[n++], PATH_LEN, "%s/%s", path, latest);
+    int64_t *steps = NULL;
+    const int64_t ns = insitra_ckpt_list_steps(path, ".h5", &steps);
+    for (int64_t i = 0; i < ns && n < max; i++) {
+        insitra_ckpt_file_name(name, sizeof name, steps[i]);
+        if (strcmp(name, latest) != 0) snprintf(out[n++], PATH_LEN, "%s/%s", path, name);
     }
-    int64_t steps[4096];
-    int ns = 0;
-    DIR *d = opendir(path);
-    for (struct dirent *e; d && (e = readdir(d)) && ns < 4096;) {
-        char full[PATH_LEN];
-        snprintf(full, sizeof full, "%s/%s", path, e->d_name);
-        if (insitra_ckpt_step_of(e->d_name, ".h5.tmp") >= 0) unlink(full);
-        const int64_t s = insitra_ckpt_step_of(e->d_name, ".h5");
-        if (s >= 0 && strcmp(e->d_name, line) != 0) steps[ns++] = s;
-    }
-    if (d) closedir(d);
-    for (int i = 0; i < ns; i++) /* newest first */
-        for (int j = i + 1; j < ns; j++)
-            if (steps[j] > steps[i]) { int64_t x = steps[i]; steps[i] = steps[j]; steps[j] = x; }
-    for (int i = 0; i < ns && n < max; i++)
-        snprintf(out[n++], PATH_LEN, "%s/step-%08" PRId64 ".h5", path, steps[i]);
+    free(steps);
     return n;
 }
 
-/* No checkpoint loaded: back to the state trainer_create made. */
-static void reset(insitra_trainer *t, bool samples_touched)
-{
-    insitra_zero_init_host(&t->engine.zero, (uint64_t)t->cfg.training.seed, t->cfg.model.init_std);
-    t->step = 0;
-    t->sample_cursor = 0;
-    insitra_rng_seed(&t->sampler, (uint64_t)t->cfg.training.seed, 1 + (uint64_t)t->comm.rank);
-    if (samples_touched) t->store.count = t->store.next = 0;
-}
-
-insitra_status insitra_ckpt_load(insitra_trainer *t, const char *path, char *path_out, size_t path_size)
+insitra_status insitra_ckpt_load(const insitra_ckpt_state *st, const char *path, char *path_out,
+                                 size_t path_size, insitra_ckpt_touched *touched)
 {
     enum { MAX_CANDIDATES = 64 };
+    *touched = (insitra_ckpt_touched){false, false};
     char (*cand)[PATH_LEN] = malloc(MAX_CANDIDATES * PATH_LEN);
     if (!cand) return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "checkpoint: out of memory");
-    int n = t->comm.rank == 0 ? list_candidates(path, cand, MAX_CANDIDATES) : 0;
-    MPI_Bcast(&n, 1, MPI_INT, 0, t->comm.comm);
+    int n = st->world->rank == 0 ? list_candidates(path, cand, MAX_CANDIDATES) : 0;
+    MPI_Bcast(&n, 1, MPI_INT, 0, st->world->comm);
     char failures[INSITRA_ERROR_MAX] = "";
     insitra_status s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "no checkpoint found in '%s'", path);
-    bool state_touched = false, samples_touched = false;
     insitra_ckpt_quiet quiet;
     insitra_ckpt_quiet_begin(&quiet);
     for (int i = 0; i < n; i++) {
-        MPI_Bcast(cand[i], PATH_LEN, MPI_CHAR, 0, t->comm.comm);
-        s = try_load(t, cand[i], &state_touched, &samples_touched);
+        MPI_Bcast(cand[i], PATH_LEN, MPI_CHAR, 0, st->world->comm);
+        s = try_load(st, cand[i], touched);
         if (s == INSITRA_STATUS_OK) {
             if (path_out && path_size) snprintf(path_out, path_size, "%s", cand[i]);
-            if (failures[0] && t->comm.rank == 0 && t->cfg.log.every_steps > 0)
+            if (failures[0] && st->world->rank == 0 && st->cfg->log.every_steps > 0)
                 printf("insitra: loaded %s after skipping:%s\n", cand[i], failures);
             break;
         }
-        /* Another model: no older file fits either. */
-        if (strstr(insitra_last_error(), "holds another model")) break;
+        /* Another model (its configuration checksummed and intact): no older file fits either. */
+        if (strstr(insitra_last_error(), ANOTHER_MODEL)) break;
         size_t used = strlen(failures);
         snprintf(failures + used, sizeof failures - used, " %s (%s);", cand[i], insitra_last_error());
         /* MPI or memory failures are not the file's fault: trying older files would not help. */
@@ -353,13 +337,10 @@ insitra_status insitra_ckpt_load(insitra_trainer *t, const char *path, char *pat
     }
     insitra_ckpt_quiet_end(&quiet);
     free(cand);
-    if (s != INSITRA_STATUS_OK && !strstr(insitra_last_error(), "holds another model") && n > 0) {
-        /* A half-read checkpoint must not pass for trained state. */
-        if (state_touched) reset(t, samples_touched);
+    if (s != INSITRA_STATUS_OK && !strstr(insitra_last_error(), ANOTHER_MODEL) && n > 0)
         s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "no valid checkpoint in '%s'%s. Tried:%s", path,
-                              state_touched ? "; the trainer is back at its initial state"
-                                            : "; the trainer is unchanged",
+                              touched->state ? "; the trainer is back at its initial state"
+                                             : "; the trainer is unchanged",
                               failures);
-    }
     return s;
 }

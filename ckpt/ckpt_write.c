@@ -1,390 +1,426 @@
 /*
- * Writing a checkpoint: every rank writes its slot of every tensor into one
- * file by collective parallel HDF5, then the ranks agree and rank 0 commits
- * (rename, fsync, `latest`, retention). docs/checkpoint.md is the contract.
+ * Writing a checkpoint: rank 0 reserves the file's space, every rank writes
+ * its slot of every tensor into it by parallel HDF5, the ranks agree, and
+ * rank 0 commits (ckpt_dir.c). docs/checkpoint.md is the contract.
+ *
+ * No rank may leave a collective HDF5 call out, or the others wait in it for
+ * ever: a local failure is remembered and the rank goes on taking part in
+ * every collective call (skipping only its own data writes) until the
+ * agreement before H5Fclose. Running out of space is ruled out before the
+ * first collective call by the reservation.
  */
-#include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
+#include <omp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ckpt.h"
+#include "ckpt_dir.h"
+#include "ckpt_format.h"
+#include "ckpt_io.h"
 #include "crc32c.h"
 #include "error.h"
 
+#define PATH_LEN 4200
+
 /* Fault injection for the crash tests: INSITRA_CKPT_FAULT=<point>:<rank>
  * kills that rank with SIGKILL when the save reaches <point>. */
-static void fault_point(const insitra_trainer *t, const char *point)
+static void fault_point(const insitra_ckpt_state *st, const char *point)
 {
     const char *spec = getenv("INSITRA_CKPT_FAULT");
     if (!spec) return;
     const char *colon = strchr(spec, ':');
     if (!colon || (size_t)(colon - spec) != strlen(point) || strncmp(spec, point, strlen(point)) != 0)
         return;
-    if (atoi(colon + 1) == t->comm.rank) raise(SIGKILL);
+    if (atoi(colon + 1) == st->world->rank) raise(SIGKILL);
 }
 
-static insitra_status posix_error(const char *what, const char *path)
-{
-    return insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: %s '%s': %s", what, path,
-                             strerror(errno));
-}
+/* ---- the CRCs of this rank's tensor slots, on a helper thread ---- */
 
-static insitra_status fsync_path(const char *path, int flags)
-{
-    int fd = open(path, flags);
-    if (fd < 0) return posix_error("cannot open", path);
-    int rc = fsync(fd);
-    close(fd);
-    return rc == 0 ? INSITRA_STATUS_OK : posix_error("cannot fsync", path);
-}
+/* The slots are not modified during a save, so their CRCs are computed while
+ * the writing thread waits on the file system (the CRC used to run after
+ * each write, on the writing thread, adding its time to the save's). */
+typedef struct crc_job {
+    const insitra_ckpt_state *st;
+    uint32_t *crc;   /* (3 nt) */
+    uint64_t *bytes; /* (3 nt) */
+    bool done;
+} crc_job;
 
-/* "step-00000042.h5" -> 42; -1 for other names. suffix is ".h5" or ".h5.tmp". */
-int64_t insitra_ckpt_step_of(const char *name, const char *suffix)
+static void crc_slots(crc_job *j)
 {
-    long long step;
-    int used = 0;
-    if (sscanf(name, "step-%8lld%n", &step, &used) != 1 || used != 13) return -1;
-    return strcmp(name + used, suffix) == 0 ? step : -1;
-}
-
-/* mkdir -p */
-static insitra_status make_dirs(const char *dir)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s", dir);
-    for (char *c = path + 1;; c++) {
-        const char saved = *c;
-        if (saved != '/' && saved != '\0') continue;
-        *c = '\0';
-        if (mkdir(path, 0777) != 0 && errno != EEXIST) return posix_error("cannot create directory", path);
-        *c = saved;
-        if (saved == '\0') return INSITRA_STATUS_OK;
+    const int64_t nt = j->st->layout->num_tensors;
+    for (int g = 0; g < INSITRA_CKPT_GROUPS; g++) {
+        float *full, *shard;
+        insitra_ckpt_group_buffers(j->st, g, &full, &shard);
+        for (int64_t i = 0; i < nt; i++) {
+            const insitra_ckpt_piece p = insitra_ckpt_slot(j->st, i, full, shard);
+            j->bytes[g * nt + i] = (uint64_t)p.count * sizeof(float);
+            j->crc[g * nt + i] = insitra_crc32c(0, p.data, (size_t)j->bytes[g * nt + i]);
+        }
     }
-}
-
-/* Rank 0, before writing: the directory exists, no stale .tmp remains. */
-static insitra_status prepare_dir(const char *dir)
-{
-    INSITRA_CHECK(make_dirs(dir));
-    DIR *d = opendir(dir);
-    if (!d) return posix_error("cannot open directory", dir);
-    char path[4096];
-    for (struct dirent *e; (e = readdir(d));) {
-        if (insitra_ckpt_step_of(e->d_name, ".h5.tmp") < 0) continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        unlink(path);
-    }
-    closedir(d);
-    return INSITRA_STATUS_OK;
-}
-
-static int compare_desc(const void *a, const void *b)
-{
-    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x < y) - (x > y);
-}
-
-/* Rank 0, after the commit: the checkpoint just written and the keep - 1
- * newest before it stay. Files of later steps (a run that was abandoned, for
- * one, after resuming from an older checkpoint) are not this save's to delete. */
-static void apply_retention(const char *dir, int64_t current, int64_t keep)
-{
-    DIR *d = opendir(dir);
-    if (!d) return;
-    int64_t steps[4096];
-    int n = 0;
-    for (struct dirent *e; (e = readdir(d)) && n < 4096;) {
-        const int64_t s = insitra_ckpt_step_of(e->d_name, ".h5");
-        if (s >= 0 && s < current) steps[n++] = s;
-    }
-    closedir(d);
-    qsort(steps, (size_t)n, sizeof steps[0], compare_desc);
-    char path[4096];
-    for (int i = (int)keep - 1; i < n; i++) {
-        snprintf(path, sizeof path, "%s/step-%08" PRId64 ".h5", dir, steps[i]);
-        unlink(path);
-    }
-}
-
-/* Rank 0: rename into place, then point `latest` at it, fsyncing each step. */
-static insitra_status commit(const char *dir, const char *tmp, const char *final_path,
-                             const char *final_name, int64_t step, int64_t keep)
-{
-    INSITRA_CHECK(fsync_path(tmp, O_RDONLY));
-    if (rename(tmp, final_path) != 0) return posix_error("cannot rename", tmp);
-    INSITRA_CHECK(fsync_path(dir, O_RDONLY | O_DIRECTORY));
-    char latest_tmp[4096], latest[4096];
-    snprintf(latest_tmp, sizeof latest_tmp, "%s/latest.tmp", dir);
-    snprintf(latest, sizeof latest, "%s/latest", dir);
-    FILE *f = fopen(latest_tmp, "w");
-    if (!f) return posix_error("cannot create", latest_tmp);
-    const int ok = fprintf(f, "%s\n", final_name) > 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    if (fclose(f) != 0 || !ok) return posix_error("cannot write", latest_tmp);
-    if (rename(latest_tmp, latest) != 0) return posix_error("cannot rename", latest_tmp);
-    INSITRA_CHECK(fsync_path(dir, O_RDONLY | O_DIRECTORY));
-    apply_retention(dir, step, keep);
-    return INSITRA_STATUS_OK;
+    j->done = true;
 }
 
 /* ---- the file ---- */
 
-static hid_t create_dataset(hid_t loc, const char *name, hid_t type, int ndim, const hsize_t *dims)
+/* One save's state: the first local failure, kept while collectives go on. */
+typedef struct writer {
+    const insitra_ckpt_state *st;
+    hid_t file, dxpl;
+    insitra_status error;
+    int64_t data_end; /* the end of the last dataset's space in the file */
+} writer;
+
+static void note(writer *w, insitra_status s)
+{
+    if (w->error == INSITRA_STATUS_OK) w->error = s;
+}
+
+static hid_t create_dataset(writer *w, const char *path, hid_t type, int ndim, const hsize_t *dims)
 {
     hid_t space = H5Screate_simple(ndim, dims, NULL);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     /* Every element is written: skip the fill pass. */
     H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
     H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY);
-    hid_t dset = H5Dcreate2(loc, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    hid_t dset = H5Dcreate2(w->file, path, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     H5Pclose(dcpl);
     H5Sclose(space);
+    if (dset < 0) {
+        note(w, insitra_ckpt_h5_error("cannot create dataset '/%s'", path));
+        return dset;
+    }
+    /* The space is allocated at creation (H5D_ALLOC_TIME_EARLY). */
+    const haddr_t at = H5Dget_offset(dset);
+    const int64_t end = at == HADDR_UNDEF ? 0 : (int64_t)(at + H5Dget_storage_size(dset));
+    if (end > w->data_end) w->data_end = end;
     return dset;
 }
 
-/* Writes every tensor of one group (model, optim/m or optim/v): this rank's
- * slot of each, and returns the slots' CRCs and sizes for combining. */
-static insitra_status write_tensors(insitra_trainer *t, hid_t group, hid_t dxpl, float *full,
-                                    float *shard, uint32_t *crc, uint64_t *bytes)
+/* This rank's elements [first, first + count) of dset (independent I/O):
+ * skipped after an earlier failure on this rank. */
+static void write_piece(writer *w, hid_t dset, const char *path, hid_t mem_type, int64_t first,
+                        int64_t count, const void *data)
 {
-    const insitra_param_layout *l = &t->engine.model.layout;
-    for (int64_t i = 0; i < l->num_tensors; i++) {
-        const insitra_tensor_desc *d = &l->tensors[i];
+    if (dset < 0 || w->error != INSITRA_STATUS_OK) return;
+    hid_t fspace = -1, mspace = -1;
+    insitra_status s = insitra_ckpt_select(dset, first, count, &fspace, &mspace);
+    if (s == INSITRA_STATUS_OK && H5Dwrite(dset, mem_type, mspace, fspace, w->dxpl, data) < 0)
+        s = insitra_ckpt_h5_error("cannot write '/%s'", path);
+    if (fspace >= 0) H5Sclose(fspace);
+    if (mspace >= 0) H5Sclose(mspace);
+    note(w, s);
+}
+
+static void create_group(writer *w, const char *path)
+{
+    hid_t g = H5Gcreate2(w->file, path, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (g < 0) note(w, insitra_ckpt_h5_error("cannot create group '/%s'", path));
+    else H5Gclose(g);
+}
+
+/* The float32 tensors of one group: this rank's slot of each. */
+static void write_tensors(writer *w, int g)
+{
+    const insitra_ckpt_state *st = w->st;
+    float *full, *shard;
+    insitra_ckpt_group_buffers(st, g, &full, &shard);
+    char path[128];
+    for (int64_t i = 0; i < st->layout->num_tensors; i++) {
+        const insitra_tensor_desc *d = &st->layout->tensors[i];
+        snprintf(path, sizeof path, "%s/%s", insitra_ckpt_group[g], d->name);
         const hsize_t dims[2] = {(hsize_t)d->shape[0], (hsize_t)d->shape[1]};
-        hid_t dset = create_dataset(group, d->name, H5T_IEEE_F32LE, d->ndim, dims);
-        if (dset < 0)
-            return insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: cannot create dataset '%s'",
-                                     d->name);
-        const insitra_ckpt_piece p = insitra_ckpt_slot(t, i, full, shard);
-        hid_t fspace, mspace;
-        insitra_status s = insitra_ckpt_select(dset, p.first, p.count, &fspace, &mspace);
-        if (s == INSITRA_STATUS_OK &&
-            H5Dwrite(dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, p.data) < 0)
-            s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: cannot write dataset '%s'",
-                                  d->name);
-        H5Sclose(fspace);
-        H5Sclose(mspace);
-        H5Dclose(dset);
-        INSITRA_CHECK(s);
-        bytes[i] = (uint64_t)p.count * sizeof(float);
-        crc[i] = insitra_crc32c(0, p.data, bytes[i]);
-        if (i == l->num_tensors / 2) fault_point(t, "tensors");
-    }
-    return INSITRA_STATUS_OK;
-}
-
-static insitra_status write_crc_attrs(hid_t group, const insitra_param_layout *l, const uint32_t *crc)
-{
-    for (int64_t i = 0; i < l->num_tensors; i++) {
-        hid_t dset = H5Dopen2(group, l->tensors[i].name, H5P_DEFAULT);
-        insitra_status s = dset < 0 ? insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: lost '%s'",
-                                                        l->tensors[i].name)
-                                    : insitra_ckpt_write_attr_u32(dset, "crc32c", crc[i]);
+        hid_t dset = create_dataset(w, path, H5T_IEEE_F32LE, d->ndim, dims);
+        const insitra_ckpt_piece p = insitra_ckpt_slot(st, i, full, shard);
+        write_piece(w, dset, path, H5T_NATIVE_FLOAT, p.first, p.count, p.data);
         if (dset >= 0) H5Dclose(dset);
-        INSITRA_CHECK(s);
+        if (g == 0 && i == st->layout->num_tensors / 2) fault_point(st, "tensors");
     }
-    return INSITRA_STATUS_OK;
 }
 
-/* One row of a (world_size, width) table per rank. */
-static insitra_status write_rank_row(insitra_trainer *t, hid_t group, hid_t dxpl, const char *name,
-                                     hid_t type, int64_t width, const void *row)
+/* The integer tables, one row per rank; their CRCs go to crc[k], bytes[k]. */
+static void write_tables(writer *w, int n, uint32_t *crc, uint64_t *bytes)
 {
-    const hsize_t dims[2] = {(hsize_t)t->comm.size, (hsize_t)width};
-    hid_t dset = create_dataset(group, name, type, width > 1 ? 2 : 1, dims);
-    hid_t fspace = H5Dget_space(dset);
-    const hsize_t start[2] = {(hsize_t)t->comm.rank, 0}, count[2] = {1, (hsize_t)width};
-    H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL);
-    const hsize_t n = (hsize_t)width;
-    hid_t mspace = H5Screate_simple(1, &n, NULL);
-    herr_t err = dset < 0 ? -1 : H5Dwrite(dset, type, mspace, fspace, dxpl, row);
-    H5Sclose(mspace);
-    H5Sclose(fspace);
-    if (dset >= 0) H5Dclose(dset);
-    return err < 0 ? insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: cannot write '/ranks/%s'", name)
-                   : INSITRA_STATUS_OK;
+    const insitra_ckpt_state *st = w->st;
+    const uint64_t rows[INSITRA_CKPT_TABLES][4] = {
+        [INSITRA_CKPT_SAMPLER_STATE] = {st->sampler->s[0], st->sampler->s[1], st->sampler->s[2],
+                                        st->sampler->s[3]},
+        [INSITRA_CKPT_SAMPLE_CURSOR] = {(uint64_t)*st->sample_cursor},
+        [INSITRA_CKPT_SAMPLES_PUSHED] = {(uint64_t)st->store->pushed},
+        [INSITRA_CKPT_SAMPLE_COUNT] = {(uint64_t)st->store->count},
+    };
+    for (int k = 0; k < n; k++) {
+        const insitra_ckpt_table *tb = &insitra_ckpt_tables[k];
+        const hsize_t dims[2] = {(hsize_t)st->world->size, (hsize_t)tb->width};
+        const hid_t type = tb->is_unsigned ? H5T_STD_U64LE : H5T_STD_I64LE;
+        hid_t dset = create_dataset(w, tb->path, type, tb->width > 1 ? 2 : 1, dims);
+        write_piece(w, dset, tb->path, tb->is_unsigned ? H5T_NATIVE_UINT64 : H5T_NATIVE_INT64,
+                    st->world->rank * tb->width, tb->width, rows[k]);
+        if (dset >= 0) H5Dclose(dset);
+        bytes[k] = (uint64_t)tb->width * sizeof(uint64_t);
+        crc[k] = insitra_crc32c(0, rows[k], (size_t)bytes[k]);
+    }
 }
 
-/* The samples: rank r's held samples, oldest first, at rows [offset_r, offset_r + count_r). */
-static insitra_status write_samples(insitra_trainer *t, hid_t file, hid_t dxpl)
+/* The samples: rank r's held samples, oldest first, at rows [offset_r,
+ * offset_r + count_r) of (total, width); their CRCs go to crc[0..2). */
+static void write_samples(writer *w, int64_t total, int64_t offset, uint32_t *crc, uint64_t *bytes)
 {
-    const insitra_sample_store *st = &t->store;
-    int64_t *counts = malloc((size_t)t->comm.size * sizeof(int64_t));
-    if (!counts) return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "checkpoint: out of memory");
-    MPI_Allgather(&st->count, 1, MPI_INT64_T, counts, 1, MPI_INT64_T, t->comm.comm);
-    int64_t total = 0, offset = 0;
-    for (int r = 0; r < t->comm.size; r++) {
-        if (r == t->comm.rank) offset = total;
-        total += counts[r];
+    const insitra_sample_store *sm = w->st->store;
+    /* The ring holds the oldest samples from slot `oldest` to the end, then from 0. */
+    const int64_t oldest = (sm->next - sm->count + sm->capacity) % sm->capacity;
+    const int64_t first_run = sm->count < sm->capacity - oldest ? sm->count : sm->capacity - oldest;
+    const int64_t run_start[2] = {oldest, 0}, run_len[2] = {first_run, sm->count - first_run};
+    const char *paths[2] = {INSITRA_CKPT_SAMPLES_X, INSITRA_CKPT_SAMPLES_Y};
+    const float *data[2] = {sm->x, sm->y};
+    const int64_t width[2] = {sm->x_numel, sm->y_numel};
+    for (int p = 0; p < 2; p++) {
+        const hsize_t dims[2] = {(hsize_t)total, (hsize_t)width[p]};
+        hid_t dset = create_dataset(w, paths[p], H5T_IEEE_F32LE, 2, dims);
+        crc[p] = 0;
+        for (int k = 0; k < 2; k++) { /* the ring's two runs */
+            const float *src = data[p] + run_start[k] * width[p];
+            write_piece(w, dset, paths[p], H5T_NATIVE_FLOAT, (offset + (k ? first_run : 0)) * width[p],
+                        run_len[k] * width[p], src);
+            crc[p] = insitra_crc32c(crc[p], src, (size_t)(run_len[k] * width[p]) * sizeof(float));
+        }
+        bytes[p] = (uint64_t)(sm->count * width[p]) * sizeof(float);
+        if (dset >= 0) H5Dclose(dset);
+    }
+}
+
+static void write_crc_attr(writer *w, const char *path, uint32_t crc)
+{
+    hid_t dset = H5Dopen2(w->file, path, H5P_DEFAULT);
+    if (dset < 0) {
+        note(w, insitra_ckpt_h5_error("lost '/%s'", path));
+        return;
+    }
+    insitra_status s = insitra_ckpt_attr_write_u32(dset, INSITRA_CKPT_CRC_ATTR, crc);
+    if (s != INSITRA_STATUS_OK) note(w, s);
+    H5Dclose(dset);
+}
+
+/* The stored configuration: what defines the model and the run, without the
+ * paths and names of the environment (checkpoint.dir, log.jsonl,
+ * checkpoint.deadline_env). Those describe where a run writes, not what it
+ * trains, and may hold any bytes a file name can; left out, the stored YAML
+ * always reads back. */
+static char *stored_config(const insitra_config *cfg)
+{
+    insitra_config *copy = malloc(sizeof *copy);
+    if (!copy) return NULL;
+    *copy = *cfg;
+    copy->checkpoint.dir[0] = copy->log.jsonl[0] = copy->checkpoint.deadline_env[0] = '\0';
+    const size_t len = insitra_config_dump_yaml(copy, NULL, 0) + 1;
+    char *yaml = malloc(len);
+    if (yaml) insitra_config_dump_yaml(copy, yaml, len);
+    free(copy);
+    return yaml;
+}
+
+/* What a save prepares before opening the file: every allocation, so that
+ * running out of memory is agreed on before the first collective call. */
+typedef struct save_plan {
+    int64_t n;             /* CRC entries: 3 groups of tensors, the tables, samples x and y */
+    uint32_t *crc;         /* (n) */
+    uint64_t *bytes;       /* (n) */
+    char *yaml;            /* the stored configuration */
+    int64_t total_samples; /* every rank's held samples (with include_samples) */
+    int64_t sample_offset; /* the row this rank's samples start at */
+} save_plan;
+
+/* Everything inside the file, every collective call on every rank. */
+static void write_contents(writer *w, const save_plan *plan)
+{
+    const insitra_ckpt_state *st = w->st;
+    const int64_t nt = st->layout->num_tensors, at_tables = 3 * nt;
+    const bool samples = st->cfg->checkpoint.include_samples;
+    const int n_tables = samples ? INSITRA_CKPT_TABLES : INSITRA_CKPT_SAMPLE_COUNT;
+    crc_job job = {.st = st, .crc = plan->crc, .bytes = plan->bytes, .done = false};
+    /* Thread 0, the caller's thread (the one MPI_THREAD_FUNNELED lets call
+     * MPI), makes every HDF5 and MPI call; a second thread, when OpenMP
+     * grants one, checksums the slots meanwhile. */
+#pragma omp parallel num_threads(2)
+    {
+        if (omp_get_thread_num() == 1) {
+            crc_slots(&job);
+        } else {
+            const char *groups[] = {"model", "optim", "optim/m", "optim/v", "ranks"};
+            for (size_t k = 0; k < sizeof groups / sizeof groups[0]; k++) create_group(w, groups[k]);
+            if (samples) create_group(w, INSITRA_CKPT_SAMPLES_GROUP);
+            for (int g = 0; g < INSITRA_CKPT_GROUPS; g++) write_tensors(w, g);
+            write_tables(w, n_tables, plan->crc + at_tables, plan->bytes + at_tables);
+            if (samples)
+                write_samples(w, plan->total_samples, plan->sample_offset,
+                              plan->crc + at_tables + INSITRA_CKPT_TABLES,
+                              plan->bytes + at_tables + INSITRA_CKPT_TABLES);
+        }
+    }
+    if (!job.done) crc_slots(&job);
+
+    /* One all-gather combines every CRC, whatever failed locally. */
+    insitra_status s = insitra_ckpt_combine_crcs(st->world, plan->crc, plan->bytes, plan->n);
+    if (s != INSITRA_STATUS_OK) note(w, s);
+    char path[128];
+    for (int g = 0; g < INSITRA_CKPT_GROUPS; g++)
+        for (int64_t i = 0; i < nt; i++) {
+            snprintf(path, sizeof path, "%s/%s", insitra_ckpt_group[g], st->layout->tensors[i].name);
+            write_crc_attr(w, path, plan->crc[g * nt + i]);
+        }
+    for (int k = 0; k < n_tables; k++) write_crc_attr(w, insitra_ckpt_tables[k].path, plan->crc[at_tables + k]);
+    if (samples) {
+        write_crc_attr(w, INSITRA_CKPT_SAMPLES_X, plan->crc[at_tables + INSITRA_CKPT_TABLES]);
+        write_crc_attr(w, INSITRA_CKPT_SAMPLES_Y, plan->crc[at_tables + INSITRA_CKPT_TABLES + 1]);
+    }
+    fault_point(st, "before_complete");
+    const insitra_ckpt_meta meta = {
+        .format = INSITRA_CKPT_FORMAT, .step = *st->step, .world_size = st->world->size,
+        .dp = st->dp, .tp = st->tp, .zero_stage = st->zero_stage,
+        .version = (char *)insitra_version(), .config = plan->yaml,
+    };
+    s = insitra_ckpt_meta_write(w->file, &meta);
+    if (s != INSITRA_STATUS_OK) note(w, s);
+}
+
+/* Bytes a save reserves before writing: an upper bound of the file's size
+ * with total_samples stored samples (0 without checkpoint.include_samples). */
+static int64_t reserve_bytes(const insitra_ckpt_state *st, int64_t total_samples)
+{
+    /* Data, plus what HDF5 adds: each dataset of 1 MiB or more starts on a
+     * 1 MiB boundary (the alignment set in open_file), and an object header,
+     * a crc32c attribute and a link per dataset take well under 4 KiB. The
+     * root attributes hold the configuration (about 2 KiB); 1 MiB covers the
+     * superblock, groups and heaps with room to spare. The save checks the
+     * file's real end against this before closing. */
+    const int64_t MiB = 1 << 20;
+    int64_t bytes = MiB, datasets = 0;
+    for (int64_t i = 0; i < st->layout->num_tensors; i++) {
+        const int64_t b = st->layout->tensors[i].numel * (int64_t)sizeof(float);
+        bytes += 3 * (b + (b >= MiB ? MiB : 0));
+        datasets += 3;
+    }
+    const int64_t sample_bytes[2] = {total_samples * st->store->x_numel * (int64_t)sizeof(float),
+                                     total_samples * st->store->y_numel * (int64_t)sizeof(float)};
+    for (int p = 0; p < 2; p++) bytes += sample_bytes[p] + (sample_bytes[p] >= MiB ? MiB : 0);
+    bytes += (int64_t)st->world->size * 7 * (int64_t)sizeof(uint64_t) + MiB; /* the tables, each below or aligned */
+    return bytes + (datasets + INSITRA_CKPT_TABLES + 2) * 4096;
+}
+
+static insitra_status plan_save(const insitra_ckpt_state *st, save_plan *plan)
+{
+    const int64_t nt = st->layout->num_tensors;
+    plan->n = 3 * nt + INSITRA_CKPT_TABLES + 2;
+    plan->crc = calloc((size_t)plan->n, sizeof *plan->crc);
+    plan->bytes = calloc((size_t)plan->n, sizeof *plan->bytes);
+    plan->yaml = stored_config(st->cfg);
+    int64_t *counts = malloc((size_t)st->world->size * sizeof *counts);
+    insitra_status s = INSITRA_STATUS_OK;
+    if (!plan->crc || !plan->bytes || !plan->yaml || !counts)
+        s = insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "checkpoint: out of memory for %" PRId64 " CRCs", plan->n);
+    /* Every rank takes part, whatever failed: the agreement comes after. */
+    int64_t mine = st->store->count, dummy = 0;
+    const int rc = MPI_Allgather(&mine, 1, MPI_INT64_T, counts ? counts : &dummy, counts ? 1 : 0,
+                                 MPI_INT64_T, st->world->comm);
+    if (rc != MPI_SUCCESS && s == INSITRA_STATUS_OK)
+        s = insitra_error_set(INSITRA_STATUS_MPI_ERROR, "checkpoint: MPI_Allgather of sample counts failed");
+    plan->total_samples = plan->sample_offset = 0;
+    for (int r = 0; counts && r < st->world->size; r++) {
+        if (r == st->world->rank) plan->sample_offset = plan->total_samples;
+        plan->total_samples += counts[r];
     }
     free(counts);
-    hid_t group = H5Gcreate2(file, "samples", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    INSITRA_CHECK(write_rank_row(t, group, dxpl, "count", H5T_NATIVE_INT64, 1, &st->count));
-    /* The ring holds the oldest samples from slot `oldest` to the end, then from 0. */
-    const int64_t oldest = (st->next - st->count + st->capacity) % st->capacity;
-    const int64_t first_run = st->count < st->capacity - oldest ? st->count : st->capacity - oldest;
-    const struct { const char *name; const float *data; int64_t width; } parts[2] = {
-        {"x", st->x, st->x_numel}, {"y", st->y, st->y_numel}};
-    uint32_t crc[2];
-    uint64_t bytes[2];
-    insitra_status s = INSITRA_STATUS_OK;
-    for (int p = 0; p < 2 && s == INSITRA_STATUS_OK; p++) {
-        const hsize_t dims[2] = {(hsize_t)total, (hsize_t)parts[p].width};
-        hid_t dset = create_dataset(group, parts[p].name, H5T_IEEE_F32LE, 2, dims);
-        crc[p] = 0;
-        /* Two collective writes on every rank: the ring's two runs. */
-        const int64_t run_start[2] = {oldest, 0}, run_len[2] = {first_run, st->count - first_run};
-        for (int k = 0; k < 2; k++) {
-            const float *src = parts[p].data + run_start[k] * parts[p].width;
-            hid_t fspace, mspace;
-            s = insitra_ckpt_select(dset, (offset + (k ? first_run : 0)) * parts[p].width,
-                                    run_len[k] * parts[p].width, &fspace, &mspace);
-            if (s == INSITRA_STATUS_OK &&
-                H5Dwrite(dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, src) < 0)
-                s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: cannot write samples");
-            H5Sclose(fspace);
-            H5Sclose(mspace);
-            crc[p] = insitra_crc32c(crc[p], src, (size_t)(run_len[k] * parts[p].width) * sizeof(float));
-        }
-        bytes[p] = (uint64_t)(st->count * parts[p].width) * sizeof(float);
-        H5Dclose(dset);
-    }
-    if (s == INSITRA_STATUS_OK) s = insitra_ckpt_combine_crcs(&t->comm, crc, bytes, 2);
-    for (int p = 0; p < 2 && s == INSITRA_STATUS_OK; p++) {
-        hid_t dset = H5Dopen2(group, parts[p].name, H5P_DEFAULT);
-        s = insitra_ckpt_write_attr_u32(dset, "crc32c", crc[p]);
-        H5Dclose(dset);
-    }
-    H5Gclose(group);
+    if (!st->cfg->checkpoint.include_samples) plan->total_samples = 0;
     return s;
 }
 
-/* Everything inside the file; the caller opens and closes it. */
-static insitra_status write_contents(insitra_trainer *t, hid_t file, hid_t dxpl)
+static void plan_free(save_plan *plan)
 {
-    insitra_zero *z = &t->engine.zero;
-    const insitra_param_layout *l = &t->engine.model.layout;
-    const int64_t nt = l->num_tensors;
-    uint32_t *crc = malloc((size_t)(3 * nt) * sizeof(uint32_t));
-    uint64_t *bytes = malloc((size_t)(3 * nt) * sizeof(uint64_t));
-    if (!crc || !bytes) {
-        free(crc);
-        free(bytes);
-        return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "checkpoint: out of memory");
-    }
-    hid_t model = H5Gcreate2(file, "model", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    hid_t optim = H5Gcreate2(file, "optim", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    hid_t gm = H5Gcreate2(optim, "m", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    hid_t gv = H5Gcreate2(optim, "v", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    const bool full_moments = z->stage == 0;
-    insitra_status s = write_tensors(t, model, dxpl, z->host_params_full ? z->host_params : NULL,
-                                     z->host_params, crc, bytes);
-    if (s == INSITRA_STATUS_OK)
-        s = write_tensors(t, gm, dxpl, full_moments ? z->host_m : NULL, z->host_m, crc + nt, bytes + nt);
-    if (s == INSITRA_STATUS_OK)
-        s = write_tensors(t, gv, dxpl, full_moments ? z->host_v : NULL, z->host_v, crc + 2 * nt,
-                          bytes + 2 * nt);
-    if (s == INSITRA_STATUS_OK) s = insitra_ckpt_combine_crcs(&t->comm, crc, bytes, 3 * nt);
-    if (s == INSITRA_STATUS_OK) s = write_crc_attrs(model, l, crc);
-    if (s == INSITRA_STATUS_OK) s = write_crc_attrs(gm, l, crc + nt);
-    if (s == INSITRA_STATUS_OK) s = write_crc_attrs(gv, l, crc + 2 * nt);
-    free(crc);
-    free(bytes);
-    H5Gclose(gv);
-    H5Gclose(gm);
-    H5Gclose(optim);
-    H5Gclose(model);
-    INSITRA_CHECK(s);
-
-    hid_t ranks = H5Gcreate2(file, "ranks", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    s = write_rank_row(t, ranks, dxpl, "sampler_state", H5T_NATIVE_UINT64, 4, t->sampler.s);
-    if (s == INSITRA_STATUS_OK)
-        s = write_rank_row(t, ranks, dxpl, "sample_cursor", H5T_NATIVE_INT64, 1, &t->sample_cursor);
-    if (s == INSITRA_STATUS_OK)
-        s = write_rank_row(t, ranks, dxpl, "samples_pushed", H5T_NATIVE_INT64, 1, &t->store.pushed);
-    H5Gclose(ranks);
-    INSITRA_CHECK(s);
-    if (t->cfg.checkpoint.include_samples) INSITRA_CHECK(write_samples(t, file, dxpl));
-
-    /* Root attributes, `complete` last. */
-    const size_t yaml_len = insitra_config_dump_yaml(&t->cfg, NULL, 0) + 1;
-    char *yaml = malloc(yaml_len);
-    if (!yaml) return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "checkpoint: out of memory");
-    insitra_config_dump_yaml(&t->cfg, yaml, yaml_len);
-    s = insitra_ckpt_write_attr_i64(file, "insitra_format", INSITRA_CKPT_FORMAT);
-    if (s == INSITRA_STATUS_OK) s = insitra_ckpt_write_attr_str(file, "insitra_version", insitra_version());
-    if (s == INSITRA_STATUS_OK) s = insitra_ckpt_write_attr_i64(file, "step", t->step);
-    if (s == INSITRA_STATUS_OK) s = insitra_ckpt_write_attr_i64(file, "world_size", t->comm.size);
-    if (s == INSITRA_STATUS_OK) s = insitra_ckpt_write_attr_i64(file, "dp", t->dp.size);
-    if (s == INSITRA_STATUS_OK) s = insitra_ckpt_write_attr_i64(file, "tp", t->tp.size);
-    if (s == INSITRA_STATUS_OK) s = insitra_ckpt_write_attr_i64(file, "zero_stage", z->stage);
-    if (s == INSITRA_STATUS_OK) s = insitra_ckpt_write_attr_str(file, "config", yaml);
-    free(yaml);
-    fault_point(t, "before_complete");
-    if (s == INSITRA_STATUS_OK) s = insitra_ckpt_write_attr_i64(file, "complete", 1);
-    return s;
+    free(plan->crc);
+    free(plan->bytes);
+    free(plan->yaml);
 }
 
-insitra_status insitra_ckpt_save(insitra_trainer *t, const char *dir, char *path_out,
-                                 size_t path_size)
+/* All ranks open the file rank 0 created and reserved. */
+static hid_t open_file(const insitra_ckpt_state *st, const char *tmp)
 {
-    char tmp[4096 + 8], final_path[4096], final_name[64];
-    if (strlen(dir) > 4000)
-        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
-                                 "checkpoint_save: directory path of %zu characters is too long", strlen(dir));
-    snprintf(final_name, sizeof final_name, "step-%08" PRId64 ".h5", t->step);
-    snprintf(final_path, sizeof final_path, "%s/%s", dir, final_name);
-    snprintf(tmp, sizeof tmp, "%s.tmp", final_path);
-    INSITRA_CHECK(insitra_comm_agree(&t->comm, t->comm.rank == 0 ? prepare_dir(dir) : INSITRA_STATUS_OK));
-
-    insitra_ckpt_quiet quiet;
-    insitra_ckpt_quiet_begin(&quiet);
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    H5Pset_fapl_mpio(fapl, t->comm.comm, MPI_INFO_NULL);
+    H5Pset_fapl_mpio(fapl, st->world->comm, MPI_INFO_NULL);
     H5Pset_all_coll_metadata_ops(fapl, 1);
     H5Pset_coll_metadata_write(fapl, 1);
     /* Large datasets start on 1 MiB boundaries: whole file-system stripes. */
     H5Pset_alignment(fapl, 1 << 20, 1 << 20);
-    hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    hid_t file = H5Fopen(tmp, H5F_ACC_RDWR, fapl);
     H5Pclose(fapl);
-    insitra_status s = INSITRA_STATUS_OK;
-    if (file < 0) {
-        s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: cannot create '%s': %s", tmp,
-                              access(dir, W_OK) ? strerror(errno) : "HDF5/MPI-IO refused it");
-    } else {
-        fault_point(t, "created");
-        /* Every rank's slot of a tensor is one contiguous, disjoint byte range:
-         * independent writes need no per-dataset synchronisation, which
-         * otherwise costs a collective round per tensor. Metadata stays
-         * collective (the file access properties above). */
-        hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
-        H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT);
-        s = write_contents(t, file, dxpl);
-        H5Pclose(dxpl);
-        if (H5Fclose(file) < 0 && s == INSITRA_STATUS_OK)
-            s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: cannot close '%s'", tmp);
+    return file;
+}
+
+/* Writes the file's contents and closes it. The write errors of every rank,
+ * and a reservation short of the file's real end, are agreed on before the
+ * collective close: the returned status is the same on every rank. */
+static insitra_status write_file(const insitra_ckpt_state *st, const save_plan *plan, const char *tmp,
+                                 int64_t reserved)
+{
+    writer w = {.st = st, .file = open_file(st, tmp), .dxpl = -1, .error = INSITRA_STATUS_OK};
+    insitra_status s = w.file >= 0 ? INSITRA_STATUS_OK : insitra_ckpt_h5_error("cannot open '%s'", tmp);
+    INSITRA_CHECK(insitra_ckpt_agree(st->world, s));
+    fault_point(st, "created");
+    /* Every rank's slot of a tensor is one contiguous, disjoint byte range:
+     * independent writes need no per-dataset synchronisation, which
+     * otherwise costs a collective round per tensor. Metadata stays
+     * collective (open_file). */
+    w.dxpl = H5Pcreate(H5P_DATASET_XFER);
+    H5Pset_dxpl_mpio(w.dxpl, H5FD_MPIO_INDEPENDENT);
+    write_contents(&w, plan);
+    H5Pclose(w.dxpl);
+    /* What HDF5 writes while closing lies within the space it has allocated:
+     * the datasets, and metadata of well under the reservation's 1 MiB of
+     * slack beyond them (the estimate in reserve_bytes). Where
+     * the estimate fell short, the reservation grows before the close. */
+    const int64_t needed = w.data_end + (1 << 20);
+    if (st->world->rank == 0 && needed > reserved) note(&w, insitra_ckpt_dir_extend(tmp, needed));
+    s = insitra_ckpt_agree(st->world, w.error);
+    insitra_status c = H5Fclose(w.file) < 0 ? insitra_ckpt_h5_error("cannot close '%s'", tmp) : INSITRA_STATUS_OK;
+    fault_point(st, "closed");
+    return s != INSITRA_STATUS_OK ? s : insitra_ckpt_agree(st->world, c);
+}
+
+insitra_status insitra_ckpt_save(const insitra_ckpt_state *st, const char *dir, char *path_out,
+                                 size_t path_size)
+{
+    char tmp[PATH_LEN], name[64];
+    if (strlen(dir) > 4000)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                 "checkpoint_save: directory path of %zu characters is too long", strlen(dir));
+    insitra_ckpt_file_name(name, sizeof name, *st->step);
+    snprintf(tmp, sizeof tmp, "%s/%s.tmp", dir, name);
+    const bool root = st->world->rank == 0;
+    insitra_ckpt_quiet quiet; /* failures are reported as statuses, not printed by HDF5 */
+    insitra_ckpt_quiet_begin(&quiet);
+    save_plan plan = {0};
+    insitra_status s = plan_save(st, &plan);
+    if (s == INSITRA_STATUS_OK && root) s = insitra_ckpt_dir_prepare(dir);
+    const int64_t reserved = reserve_bytes(st, plan.total_samples);
+    if (s == INSITRA_STATUS_OK && root) s = insitra_ckpt_dir_reserve(tmp, reserved);
+    s = insitra_ckpt_agree(st->world, s);
+    if (s == INSITRA_STATUS_OK) {
+        s = write_file(st, &plan, tmp, reserved);
+        if (s == INSITRA_STATUS_OK) {
+            insitra_status c = INSITRA_STATUS_OK;
+            if (root) {
+                fault_point(st, "commit");
+                c = insitra_ckpt_dir_commit(dir, tmp, name, *st->step, st->cfg->checkpoint.keep_last);
+            }
+            s = insitra_ckpt_agree(st->world, c);
+        }
+        if (s != INSITRA_STATUS_OK && root) unlink(tmp); /* a failed save never looks like a checkpoint */
     }
     insitra_ckpt_quiet_end(&quiet);
-    fault_point(t, "closed");
-
-    s = insitra_comm_agree(&t->comm, s);
-    if (s == INSITRA_STATUS_OK) {
-        insitra_status c = INSITRA_STATUS_OK;
-        if (t->comm.rank == 0) {
-            fault_point(t, "commit");
-            c = commit(dir, tmp, final_path, final_name, t->step, t->cfg.checkpoint.keep_last);
-        }
-        s = insitra_comm_agree(&t->comm, c);
-    } else if (t->comm.rank == 0) {
-        unlink(tmp); /* a failed save never looks like a checkpoint */
-    }
-    if (s == INSITRA_STATUS_OK && path_out && path_size > 0)
-        snprintf(path_out, path_size, "%s", final_path);
+    plan_free(&plan);
+    if (s == INSITRA_STATUS_OK && path_out && path_size > 0) snprintf(path_out, path_size, "%s/%s", dir, name);
     return s;
 }

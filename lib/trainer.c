@@ -14,8 +14,8 @@
 #include <string.h>
 
 #include "checked.h"
-#include "ckpt.h"
 #include "error.h"
+#include "trainer_ckpt.h"
 #include "optimizer.h"
 
 /* Every rank must run the same configuration: compare with rank 0's, and
@@ -239,14 +239,6 @@ insitra_status insitra_samples_stored(const insitra_trainer *t, int64_t *count)
     return INSITRA_STATUS_OK;
 }
 
-/* Checkpoints read the host copies of the state: brought up to date first. */
-static insitra_status save_checkpoint(insitra_trainer *t, const char *dir, char *path_out,
-                                      size_t path_size)
-{
-    INSITRA_CHECK(insitra_comm_agree(&t->comm, insitra_zero_export(&t->engine.zero)));
-    return insitra_ckpt_save(t, dir, path_out, path_size);
-}
-
 insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
 {
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "train_step: trainer is NULL");
@@ -294,7 +286,7 @@ insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
     const bool periodic = cfg->checkpoint.every_steps > 0 && t->step % cfg->checkpoint.every_steps == 0;
     if (periodic || stop) {
         char path[4096];
-        INSITRA_CHECK(save_checkpoint(t, cfg->checkpoint.dir, path, sizeof path));
+        INSITRA_CHECK(insitra_trainer_ckpt_save(t, cfg->checkpoint.dir, path, sizeof path));
         insitra_log_checkpoint(t, path, stop);
         t->stop = stop;
     }
@@ -320,7 +312,7 @@ insitra_status insitra_checkpoint_save(insitra_trainer *t, const char *dir, char
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "checkpoint_save: trainer is NULL");
     const char *target;
     INSITRA_CHECK(checkpoint_path(t, "checkpoint_save", dir, &target));
-    return save_checkpoint(t, target, path_out, path_size);
+    return insitra_trainer_ckpt_save(t, target, path_out, path_size);
 }
 
 insitra_status insitra_checkpoint_load(insitra_trainer *t, const char *path, char *path_out,
@@ -329,10 +321,7 @@ insitra_status insitra_checkpoint_load(insitra_trainer *t, const char *path, cha
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "checkpoint_load: trainer is NULL");
     const char *source;
     INSITRA_CHECK(checkpoint_path(t, "checkpoint_load", path, &source));
-    insitra_status s = insitra_ckpt_load(t, source, path_out, path_size);
-    /* Loaded, or reset after a failed load: either way the host copies are what holds. */
-    insitra_status up = insitra_comm_agree(&t->comm, insitra_zero_import(&t->engine.zero));
-    return s == INSITRA_STATUS_OK ? up : s;
+    return insitra_trainer_ckpt_load(t, source, path_out, path_size);
 }
 
 insitra_status insitra_should_stop(const insitra_trainer *t, int32_t *stop)

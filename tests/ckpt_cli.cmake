@@ -2,11 +2,8 @@
 # 3 and 6, on 2 ranks) into a clean directory, then damaged copies; every CLI
 # test requires those fixtures. Included from tests/CMakeLists.txt.
 
-add_executable(test_ckpt_cli_make test_ckpt_cli_make.c)
-set_target_properties(test_ckpt_cli_make PROPERTIES C_STANDARD 11 C_EXTENSIONS OFF)
-target_compile_definitions(test_ckpt_cli_make PRIVATE _POSIX_C_SOURCE=200809L)
-target_compile_options(test_ckpt_cli_make PRIVATE -Wall -Wextra
-  $<$<BOOL:${INSITRA_WARNINGS_AS_ERRORS}>:-Werror>)
+add_executable(test_ckpt_cli_make test_ckpt_cli_make.c ckpt_damage.c)
+insitra_target_defaults(test_ckpt_cli_make)
 target_link_libraries(test_ckpt_cli_make PRIVATE insitra_internal HDF5::HDF5)
 
 set(dir "${CMAKE_CURRENT_BINARY_DIR}/ckpt/cli")
@@ -22,18 +19,26 @@ insitra_add_test(NAME ckpt_cli_make TARGET test_ckpt_cli_make RANKS 2 LABELS ckp
 set_tests_properties(ckpt_cli_make PROPERTIES FIXTURES_REQUIRED ckpt_cli_clean
                                               FIXTURES_SETUP ckpt_cli_files)
 
-# The damaged copies: a flipped byte inside one tensor, half a file, a
-# format version from the future.
+# The damaged copies (name=mode|arguments): a flipped byte inside one
+# tensor, half a file, a format version from the future, root attributes and
+# the stored configuration changed (issue #16: each loaded silently before
+# the metadata checksum), and a file made to look like format 1.
 set(damage
-  "corrupt|${step6}|${dir}/corrupt.h5|/model/blocks.1.attn.qkv.weight"
-  "truncate|${step6}|${dir}/truncated.h5"
-  "version|${step6}|${dir}/version2.h5|2")
-foreach(args IN LISTS damage)
+  "corrupt=corrupt|${step6}|${dir}/corrupt.h5|/model/blocks.1.attn.qkv.weight"
+  "truncate=truncate|${step6}|${dir}/truncated.h5"
+  "version=attr|${step6}|${dir}/version3.h5|insitra_format|3"
+  "step=attr|${step6}|${dir}/step.h5|step|73"
+  "world4=attr|${step6}|${dir}/world4.h5|world_size|4"
+  "world1=attr|${step6}|${dir}/world1.h5|world_size|1"
+  "config=config|${step6}|${dir}/config.h5|d_model: 16|d_model: 24"
+  "format1=downgrade|${step6}|${dir}/format1.h5")
+foreach(entry IN LISTS damage)
+  string(REGEX REPLACE "=.*" "" name "${entry}")
+  string(REGEX REPLACE "^[^=]*=" "" args "${entry}")
   string(REPLACE "|" ";" args "${args}")
-  list(GET args 0 mode)
-  insitra_add_test(NAME ckpt_cli_make_${mode} TARGET test_ckpt_cli_make LABELS ckpt ARGS ${args})
-  set_tests_properties(ckpt_cli_make_${mode} PROPERTIES FIXTURES_REQUIRED ckpt_cli_files
-                                                        FIXTURES_SETUP ckpt_cli_${mode})
+  insitra_add_test(NAME ckpt_cli_make_${name} TARGET test_ckpt_cli_make LABELS ckpt ARGS ${args})
+  set_tests_properties(ckpt_cli_make_${name} PROPERTIES FIXTURES_REQUIRED ckpt_cli_files
+                                                        FIXTURES_SETUP ckpt_cli_${name})
 endforeach()
 
 # ckpt_cli_check(NAME <name> ARGS <arg|arg...> RC <status> [MATCH <regex>...]
@@ -85,9 +90,24 @@ ckpt_cli_check(NAME verify_truncated ARGS "verify|${dir}/truncated.h5" RC 1
   MATCH "truncated or corrupt" FIXTURES ckpt_cli_truncate)
 ckpt_cli_check(NAME info_truncated ARGS "info|${dir}/truncated.h5" RC 1
   MATCH "truncated or corrupt" FIXTURES ckpt_cli_truncate)
-ckpt_cli_check(NAME verify_version ARGS "verify|${dir}/version2.h5" RC 1
-  MATCH "checkpoint format version 2; this insitra-ckpt reads version 1"
+ckpt_cli_check(NAME verify_version ARGS "verify|${dir}/version3.h5" RC 1
+  MATCH "checkpoint format version 3; this insitra reads versions 1 to 2"
   FIXTURES ckpt_cli_version)
+# Every root attribute and the stored configuration are inside the metadata
+# checksum; a format 1 file (none) verifies with a note.
+foreach(name step world4 world1 config)
+  ckpt_cli_check(NAME verify_meta_${name} ARGS "verify|${dir}/${name}.h5" RC 1
+    MATCH "PROBLEM /: metadata checksum mismatch" FIXTURES ckpt_cli_${name})
+endforeach()
+ckpt_cli_check(NAME verify_format1 ARGS "verify|${dir}/format1.h5" RC 0
+  MATCH "NOTE: no metadata checksum" "VALID: .*format1\\.h5" FIXTURES ckpt_cli_format1)
+# A real format 1 file, written by insitra before the metadata checksum
+# (test_ckpt_cli_make make at 9fb8478): it verifies with a note and loads.
+set(format1 "${CMAKE_CURRENT_SOURCE_DIR}/data/ckpt-format1-step6.h5")
+ckpt_cli_check(NAME verify_format1_real ARGS "verify|${format1}" RC 0
+  MATCH "NOTE: no metadata checksum" "VALID: .*ckpt-format1-step6\\.h5 \\(95 float32 datasets")
+insitra_add_test(NAME ckpt_format1_load TARGET test_ckpt_cli_make RANKS 2 LABELS ckpt
+                 ARGS load "${format1}" 6)
 ckpt_cli_check(NAME verify_not_hdf5 ARGS "verify|${dir}/latest" RC 1 MATCH "not an HDF5 file")
 ckpt_cli_check(NAME info_missing ARGS "info|${dir}/step-99999999.h5" RC 1
   MATCH "cannot open: No such file")

@@ -10,6 +10,10 @@
  *                        moments must equal the saved ones exactly; 3 more steps
  *   faults DIR           a flipped byte, a truncated file and a stale .tmp are
  *                        skipped with a fallback; another model is refused by key
+ *   metadata DIR         root attributes or the stored configuration changed:
+ *                        the checkpoint is refused, the older one loads
+ *   strings DIR          checkpoint.dir and log.jsonl with control and non-UTF-8
+ *                        bytes: a save loads back
  *   crash-prepare DIR    a good checkpoint at step 5
  *   crash DIR            train on to step 10 and save (a rank is killed inside
  *                        the save by INSITRA_CKPT_FAULT)
@@ -28,7 +32,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "ckpt.h"
+#include "ckpt_damage.h"
 #include "expect.h"
 #include "insitra.h"
 #include "trainer.h"
@@ -190,22 +194,6 @@ static int reshard_read(const char *dir, int stage)
     return 0;
 }
 
-/* Flips one byte in the middle of a dataset's raw data. */
-static void flip_byte(const char *file, const char *dataset)
-{
-    hid_t f = H5Fopen(file, H5F_ACC_RDONLY, H5P_DEFAULT);
-    hid_t d = H5Dopen2(f, dataset, H5P_DEFAULT);
-    const haddr_t offset = H5Dget_offset(d) + H5Dget_storage_size(d) / 2;
-    H5Dclose(d);
-    H5Fclose(f);
-    int fd = open(file, O_RDWR);
-    unsigned char b;
-    pread(fd, &b, 1, (off_t)offset);
-    b ^= 0x40;
-    pwrite(fd, &b, 1, (off_t)offset);
-    close(fd);
-}
-
 static int faults(const char *dir)
 {
     insitra_trainer *t = make(1, NULL, 16);
@@ -219,7 +207,7 @@ static int faults(const char *dir)
     save(t, dir, p15);
     MPI_Barrier(MPI_COMM_WORLD);
     if (rank == 0) {
-        flip_byte(p15, "/model/blocks.1.mlp.fc.weight"); /* newest: a flipped bit */
+        damage_flip_data(p15, "/model/blocks.1.mlp.fc.weight"); /* newest: a flipped bit */
         if (truncate(p10, 4096) != 0) perror("truncate");  /* next: cut short */
         char stale[4200];
         snprintf(stale, sizeof stale, "%s/step-00000099.h5.tmp", dir);
@@ -265,6 +253,91 @@ static int faults(const char *dir)
     insitra_trainer_free(other);
     insitra_trainer_free(r);
     insitra_trainer_free(t);
+    return 0;
+}
+
+/* Every byte that decides what is loaded is checksummed (issue #16): each
+ * damage of the newest checkpoint (step 9) makes a directory load fall back
+ * to step 5, and a load of the damaged file by name fail naming the check.
+ * A format 1 file (no metadata checksum) still loads, but its tables are
+ * checked against its world size all the same. */
+static int metadata(const char *dir)
+{
+    insitra_trainer *t = make(1, NULL, 16);
+    push(t);
+    char p5[4096], p9[4096], pristine[4200], loaded[4096] = "";
+    for (int k = 0; k < 5; k++) step(t);
+    save(t, dir, p5);
+    for (int k = 0; k < 4; k++) step(t);
+    save(t, dir, p9);
+    insitra_trainer_free(t);
+    snprintf(pristine, sizeof pristine, "%s/pristine.bin", dir);
+    if (rank == 0 && damage_copy(p9, pristine, 1.0)) failures++;
+    static const char *what[] = {"step 9 -> 73", "world_size 2 -> 4", "world_size 2 -> 1",
+                                 "config d_model 16 -> 24", "config made malformed",
+                                 "format 1 with world_size 2 -> 1", "format 1"};
+    for (int k = 0; k < 7; k++) {
+        MPI_Barrier(MPI_COMM_WORLD);
+        if (rank == 0) {
+            int bad = damage_copy(pristine, p9, 1.0);
+            if (k == 0) bad |= damage_set_int(p9, "step", 73);
+            if (k == 1) bad |= damage_set_int(p9, "world_size", 4);
+            if (k == 2) bad |= damage_set_int(p9, "world_size", 1);
+            if (k == 3) bad |= damage_config(p9, "d_model: 16", "d_model: 24");
+            if (k == 4) bad |= damage_config(p9, "seq_len: 8", "seq_len\001 8");
+            if (k >= 5) bad |= damage_downgrade(p9);
+            if (k == 5) bad |= damage_set_int(p9, "world_size", 1) | damage_set_int(p9, "dp", 1);
+            failures += bad;
+        }
+        MPI_Barrier(MPI_COMM_WORLD);
+        insitra_trainer *r = make(1, NULL, 16);
+        insitra_status s = insitra_checkpoint_load(r, dir, loaded, sizeof loaded);
+        const bool old_ok = k == 6; /* an undamaged format 1 file loads */
+        EXPECT(s == INSITRA_STATUS_OK && strcmp(loaded, old_ok ? p9 : p5) == 0 && r->step == (old_ok ? 9 : 5),
+               "%s: loaded '%s' at step %lld (%s)", what[k], loaded, (long long)r->step, insitra_last_error());
+        s = insitra_checkpoint_load(r, p9, NULL, 0);
+        if (old_ok) {
+            EXPECT(s == INSITRA_STATUS_OK, "%s: %s", what[k], insitra_last_error());
+        } else {
+            EXPECT(s == INSITRA_STATUS_IO_ERROR && strstr(insitra_last_error(), k < 5 ? "metadata checksum" : "shape"),
+                   "%s, loaded by name: %s", what[k], insitra_last_error());
+            EXPECT(r->step == 5 && strstr(insitra_last_error(), "the trainer is unchanged"),
+                   "%s: a load refused before reading leaves the trainer at step %lld", what[k], (long long)r->step);
+        }
+        if (rank == 0) printf("%s: %s\n", what[k], old_ok ? "loads" : insitra_last_error());
+        insitra_trainer_free(r);
+    }
+    return 0;
+}
+
+/* Paths with any bytes a file name may hold (issue #16.4: a checkpoint.dir
+ * or log.jsonl with a non-UTF-8 or control byte made every later load fail):
+ * saves to such a directory load back. */
+static int strings(const char *dir)
+{
+    char odd[4096], jsonl[4200];
+    /* No ':' (MPI-IO reads "name:" as a file system prefix). */
+    snprintf(odd, sizeof odd, "%s/ck\xff\xfe\x01\t\"\\ #\n{x}'", dir);
+    snprintf(jsonl, sizeof jsonl, "%s/log\x02\xc3(.jsonl", dir);
+    if (rank == 0) mkdir(odd, 0777);
+    MPI_Barrier(MPI_COMM_WORLD);
+    insitra_trainer *t[2];
+    for (int k = 0; k < 2; k++) {
+        t[k] = make(1, odd, 16);
+        EXPECT(insitra_config_set(&t[k]->cfg, "log.jsonl", jsonl) == INSITRA_STATUS_OK, "log.jsonl: %s",
+               insitra_last_error());
+    }
+    push(t[0]);
+    for (int k = 0; k < 3; k++) step(t[0]);
+    char path[4096] = "";
+    EXPECT(insitra_checkpoint_save(t[0], NULL, path, sizeof path) == INSITRA_STATUS_OK, "save: %s",
+           insitra_last_error());
+    EXPECT(insitra_checkpoint_load(t[1], NULL, path, sizeof path) == INSITRA_STATUS_OK && t[1]->step == 3,
+           "load from a directory named with odd bytes: %s", insitra_last_error());
+    if (rank == 0) printf("odd bytes in checkpoint.dir and log.jsonl: saved and loaded back at step %lld\n",
+                          (long long)t[1]->step);
+    insitra_trainer_free(t[1]);
+    insitra_trainer_free(t[0]);
     return 0;
 }
 
@@ -349,6 +422,8 @@ int main(int argc, char **argv)
     else if (!strcmp(mode, "reshard-write")) reshard_write(dir, stage);
     else if (!strcmp(mode, "reshard-read")) reshard_read(dir, stage);
     else if (!strcmp(mode, "faults")) faults(dir);
+    else if (!strcmp(mode, "metadata")) metadata(dir);
+    else if (!strcmp(mode, "strings")) strings(dir);
     else if (!strncmp(mode, "crash", 5)) crash(dir, mode);
     else if (!strcmp(mode, "signal")) signal_mode(dir, 0);
     else if (!strcmp(mode, "signal-rank0")) signal_mode(dir, 1);

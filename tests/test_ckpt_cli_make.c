@@ -1,13 +1,17 @@
 /*
  * Checkpoints for the insitra-ckpt tests (tests/ckpt_cli.cmake), and damaged
  * copies of them:
+ *   load FILE STEP            the same trainer loads FILE (it must be at STEP)
+ *                             and trains a step
  *   make DIR                  a tiny trainer (run it on 2 ranks, ZeRO stage 1,
  *                             samples included) trains 3 steps and saves to
  *                             DIR, then 3 more and saves again: step-3, step-6
  *   corrupt SRC DST DATASET   DST = SRC with one byte flipped in the middle of
  *                             DATASET's raw data (its place from H5Dget_offset)
  *   truncate SRC DST          DST = the first half of SRC
- *   version SRC DST N         DST = SRC with insitra_format set to N
+ *   attr SRC DST NAME N       DST = SRC with the root attribute NAME set to N
+ *   config SRC DST FROM TO    DST = SRC with FROM replaced by TO in the stored config
+ *   downgrade SRC DST         DST = SRC made to look like format 1
  */
 #include <errno.h>
 #include <math.h>
@@ -18,6 +22,7 @@
 
 #include <hdf5.h>
 
+#include "ckpt_damage.h"
 #include "insitra.h"
 
 enum { T = 8, FI = 3, FO = 2, N = 12 };
@@ -30,7 +35,8 @@ static int fail(const char *what, const char *detail)
     return 1;
 }
 
-static int make(const char *dir)
+/* The trainer every file here is made with (or loaded into). */
+static insitra_trainer *create(void)
 {
     insitra_config *cfg = NULL;
     insitra_config_create(&cfg);
@@ -43,9 +49,40 @@ static int make(const char *dir)
     insitra_trainer *t = NULL;
     if (insitra_config_load_yaml_string(cfg, yaml) != INSITRA_STATUS_OK ||
         insitra_trainer_create(&t, cfg, MPI_COMM_WORLD) != INSITRA_STATUS_OK)
-        return fail("setup", insitra_last_error());
+        fail("setup", insitra_last_error());
     insitra_config_free(cfg);
+    return t;
+}
 
+/* A checkpoint written by an earlier version (format 1, from before the
+ * metadata checksum) loads at its step, and training goes on from it. */
+static int load(const char *file, int64_t step)
+{
+    insitra_trainer *t = create();
+    if (!t) return 1;
+    char path[4096];
+    int64_t held = 0;
+    insitra_metrics m = {0};
+    int rc = 0;
+    if (insitra_checkpoint_load(t, file, path, sizeof path) != INSITRA_STATUS_OK)
+        rc = fail("load", insitra_last_error());
+    else if (insitra_samples_stored(t, &held) != INSITRA_STATUS_OK || held == 0)
+        rc = fail("load", "no samples restored");
+    else if (insitra_train_step(t, &m) != INSITRA_STATUS_OK)
+        rc = fail("train after the load", insitra_last_error());
+    else if (m.step != step + 1)
+        rc = fail("load", "the step after the load is not the checkpoint's");
+    if (rc == 0 && rank == 0)
+        printf("loaded %s at step %lld (%lld samples here), trained step %lld\n", path, (long long)step,
+               (long long)held, (long long)m.step);
+    insitra_trainer_free(t);
+    return rc;
+}
+
+static int make(const char *dir)
+{
+    insitra_trainer *t = create();
+    if (!t) return 1;
     static float x[N][T][FI], y[N][T][FO];
     for (int i = 0; i < N * T * FI; i++) (&x[0][0][0])[i] = (float)sin(0.3 * i + rank);
     for (int i = 0; i < N * T * FO; i++) (&y[0][0][0])[i] = (float)cos(0.2 * i - rank);
@@ -65,62 +102,17 @@ static int make(const char *dir)
     return 0;
 }
 
-static int copy_file(const char *src, const char *dst, double fraction)
+/* DST = a copy of SRC, damaged by one of ckpt_damage.h's functions. */
+static int damaged_copy(int argc, char **argv)
 {
-    FILE *in = fopen(src, "rb"), *out = in ? fopen(dst, "wb") : NULL;
-    if (!in || !out) {
-        if (in) fclose(in);
-        return fail(in ? dst : src, strerror(errno));
-    }
-    fseek(in, 0, SEEK_END);
-    const long keep = (long)((double)ftell(in) * fraction);
-    fseek(in, 0, SEEK_SET);
-    char buf[65536];
-    long done = 0;
-    while (done < keep) {
-        const size_t want = keep - done < (long)sizeof buf ? (size_t)(keep - done) : sizeof buf;
-        const size_t got = fread(buf, 1, want, in);
-        if (got == 0 || fwrite(buf, 1, got, out) != got) break;
-        done += (long)got;
-    }
-    fclose(in);
-    const int ok = fclose(out) == 0 && done == keep;
-    return ok ? 0 : fail(dst, "copy failed");
-}
-
-static int corrupt(const char *src, const char *dst, const char *dataset)
-{
-    if (copy_file(src, dst, 1.0)) return 1;
-    hid_t file = H5Fopen(dst, H5F_ACC_RDONLY, H5P_DEFAULT);
-    hid_t dset = file < 0 ? -1 : H5Dopen2(file, dataset, H5P_DEFAULT);
-    const haddr_t offset = dset < 0 ? HADDR_UNDEF : H5Dget_offset(dset);
-    const hsize_t bytes = dset < 0 ? 0 : H5Dget_storage_size(dset);
-    if (dset >= 0) H5Dclose(dset);
-    if (file >= 0) H5Fclose(file);
-    if (offset == HADDR_UNDEF || bytes == 0)
-        return fail(dataset, "no contiguous raw data in the file");
-    FILE *f = fopen(dst, "r+b");
-    if (!f) return fail(dst, strerror(errno));
-    const long at = (long)(offset + bytes / 2);
-    fseek(f, at, SEEK_SET);
-    const int byte = fgetc(f);
-    fseek(f, at, SEEK_SET);
-    fputc(byte ^ 0x5A, f);
-    fclose(f);
-    printf("flipped bits of the byte at %ld (inside %s, %llu bytes at %llu)\n", at, dataset,
-           (unsigned long long)bytes, (unsigned long long)offset);
-    return 0;
-}
-
-static int set_version(const char *src, const char *dst, int version)
-{
-    if (copy_file(src, dst, 1.0)) return 1;
-    hid_t file = H5Fopen(dst, H5F_ACC_RDWR, H5P_DEFAULT);
-    hid_t attr = file < 0 ? -1 : H5Aopen(file, "insitra_format", H5P_DEFAULT);
-    const int ok = attr >= 0 && H5Awrite(attr, H5T_NATIVE_INT, &version) >= 0;
-    if (attr >= 0) H5Aclose(attr);
-    if (file >= 0) H5Fclose(file);
-    return ok ? 0 : fail(dst, "cannot rewrite insitra_format");
+    const char *mode = argv[1], *src = argv[2], *dst = argv[3];
+    if (!strcmp(mode, "truncate")) return damage_copy(src, dst, 0.5);
+    if (damage_copy(src, dst, 1.0)) return 1;
+    if (!strcmp(mode, "corrupt") && argc == 5) return damage_flip_data(dst, argv[4]);
+    if (!strcmp(mode, "attr") && argc == 6) return damage_set_int(dst, argv[4], atoll(argv[5]));
+    if (!strcmp(mode, "config") && argc == 6) return damage_config(dst, argv[4], argv[5]);
+    if (!strcmp(mode, "downgrade")) return damage_downgrade(dst);
+    return 2;
 }
 
 int main(int argc, char **argv)
@@ -131,15 +123,14 @@ int main(int argc, char **argv)
     const char *mode = argc > 1 ? argv[1] : "";
     if (!strcmp(mode, "make") && argc == 3)
         rc = make(argv[2]);
-    else if (!strcmp(mode, "corrupt") && argc == 5)
-        rc = corrupt(argv[2], argv[3], argv[4]);
-    else if (!strcmp(mode, "truncate") && argc == 4)
-        rc = copy_file(argv[2], argv[3], 0.5);
-    else if (!strcmp(mode, "version") && argc == 5)
-        rc = set_version(argv[2], argv[3], atoi(argv[4]));
-    else
+    else if (!strcmp(mode, "load") && argc == 4)
+        rc = load(argv[2], atoll(argv[3]));
+    else if (argc >= 4)
+        rc = damaged_copy(argc, argv);
+    if (rc == 2)
         fprintf(stderr, "usage: test_ckpt_cli_make make DIR | corrupt SRC DST DATASET |\n"
-                        "       truncate SRC DST | version SRC DST N\n");
+                        "       truncate SRC DST | attr SRC DST NAME VALUE | config SRC DST FROM TO |\n"
+                        "       downgrade SRC DST\n");
     MPI_Finalize();
     return rc;
 }

@@ -1,0 +1,409 @@
+/* The checkpoint format: names, root metadata and its checksum, shapes,
+ * attributes, directory names (ckpt_format.h). */
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ckpt_format.h"
+#include "crc32c.h"
+#include "error.h"
+
+const char *const insitra_ckpt_group[INSITRA_CKPT_GROUPS] = {"model", "optim/m", "optim/v"};
+
+const insitra_ckpt_table insitra_ckpt_tables[INSITRA_CKPT_TABLES] = {
+    [INSITRA_CKPT_SAMPLER_STATE] = {"ranks/sampler_state", 4, true},
+    [INSITRA_CKPT_SAMPLE_CURSOR] = {"ranks/sample_cursor", 1, false},
+    [INSITRA_CKPT_SAMPLES_PUSHED] = {"ranks/samples_pushed", 1, false},
+    [INSITRA_CKPT_SAMPLE_COUNT] = {"samples/count", 1, false},
+};
+
+#define META_CRC_ATTR "meta_crc32c"
+
+/* ---- attributes ---- */
+
+static insitra_status write_attr(hid_t obj, const char *name, hid_t file_type, hid_t mem_type,
+                                 const void *value)
+{
+    hid_t space = H5Screate(H5S_SCALAR);
+    hid_t attr = space < 0 ? -1 : H5Acreate2(obj, name, file_type, space, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t err = attr < 0 ? -1 : H5Awrite(attr, mem_type, value);
+    if (attr >= 0) H5Aclose(attr);
+    if (space >= 0) H5Sclose(space);
+    return err < 0 ? insitra_error_set(INSITRA_STATUS_IO_ERROR,
+                                       "checkpoint: cannot write attribute '%s'", name)
+                   : INSITRA_STATUS_OK;
+}
+
+insitra_status insitra_ckpt_attr_write_i64(hid_t obj, const char *name, int64_t v)
+{
+    return write_attr(obj, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &v);
+}
+
+insitra_status insitra_ckpt_attr_write_u32(hid_t obj, const char *name, uint32_t v)
+{
+    return write_attr(obj, name, H5T_STD_U32LE, H5T_NATIVE_UINT32, &v);
+}
+
+insitra_status insitra_ckpt_attr_write_str(hid_t obj, const char *name, const char *text)
+{
+    hid_t type = H5Tcopy(H5T_C_S1);
+    H5Tset_size(type, strlen(text) + 1);
+    H5Tset_strpad(type, H5T_STR_NULLTERM);
+    insitra_status s = write_attr(obj, name, type, type, text);
+    H5Tclose(type);
+    return s;
+}
+
+static int is_scalar(hid_t attr)
+{
+    hid_t space = H5Aget_space(attr);
+    const int ok = space >= 0 && H5Sget_simple_extent_npoints(space) == 1;
+    if (space >= 0) H5Sclose(space);
+    return ok;
+}
+
+int insitra_ckpt_attr_read_i64(hid_t obj, const char *name, int64_t *v)
+{
+    if (H5Aexists(obj, name) <= 0) return 0;
+    hid_t attr = H5Aopen(obj, name, H5P_DEFAULT);
+    if (attr < 0) return -1;
+    hid_t type = H5Aget_type(attr);
+    /* HDF5 converts any integer width, signed or not, to the native int64. */
+    const int ok = type >= 0 && H5Tget_class(type) == H5T_INTEGER && is_scalar(attr) &&
+                   H5Aread(attr, H5T_NATIVE_INT64, v) >= 0;
+    if (type >= 0) H5Tclose(type);
+    H5Aclose(attr);
+    return ok ? 1 : -1;
+}
+
+char *insitra_ckpt_attr_read_str(hid_t obj, const char *name)
+{
+    if (H5Aexists(obj, name) <= 0) return NULL;
+    hid_t attr = H5Aopen(obj, name, H5P_DEFAULT);
+    if (attr < 0) return NULL;
+    hid_t type = H5Aget_type(attr);
+    char *text = NULL;
+    if (type >= 0 && H5Tget_class(type) == H5T_STRING && is_scalar(attr)) {
+        if (H5Tis_variable_str(type) > 0) {
+            hid_t mem = H5Tcopy(H5T_C_S1);
+            H5Tset_size(mem, H5T_VARIABLE);
+            char *vl = NULL;
+            if (H5Aread(attr, mem, &vl) >= 0 && vl) text = strdup(vl);
+            if (vl) H5free_memory(vl);
+            H5Tclose(mem);
+        } else {
+            const size_t size = H5Tget_size(type);
+            text = size > 0 ? calloc(size + 1, 1) : NULL; /* +1: a terminator even if unpadded */
+            if (text && H5Aread(attr, type, text) < 0) {
+                free(text);
+                text = NULL;
+            }
+        }
+    }
+    if (type >= 0) H5Tclose(type);
+    H5Aclose(attr);
+    return text;
+}
+
+insitra_status insitra_ckpt_attr_read_crc(hid_t dset, const char *path, uint32_t *crc)
+{
+    int64_t v = -1;
+    if (insitra_ckpt_attr_read_i64(dset, INSITRA_CKPT_CRC_ATTR, &v) != 1 || v < 0 || v > UINT32_MAX)
+        return insitra_error_set(INSITRA_STATUS_IO_ERROR, "'/%s' has no valid crc32c attribute",
+                                 path[0] == '/' ? path + 1 : path);
+    *crc = (uint32_t)v;
+    return INSITRA_STATUS_OK;
+}
+
+/* ---- the root metadata ---- */
+
+static const struct {
+    const char *name;
+    size_t offset;
+} meta_ints[] = {
+    {"insitra_format", offsetof(insitra_ckpt_meta, format)},
+    {"step", offsetof(insitra_ckpt_meta, step)},
+    {"world_size", offsetof(insitra_ckpt_meta, world_size)},
+    {"dp", offsetof(insitra_ckpt_meta, dp)},
+    {"tp", offsetof(insitra_ckpt_meta, tp)},
+    {"zero_stage", offsetof(insitra_ckpt_meta, zero_stage)},
+};
+#define N_META_INTS (sizeof meta_ints / sizeof meta_ints[0])
+
+static int64_t *meta_int(insitra_ckpt_meta *m, size_t k)
+{
+    return (int64_t *)((char *)m + meta_ints[k].offset);
+}
+
+uint32_t insitra_ckpt_meta_crc(const insitra_ckpt_meta *m)
+{
+    /* name=value lines, then the version and config with their lengths, so no
+     * two different sets of attributes encode to the same bytes. */
+    char line[128];
+    uint32_t crc = 0;
+    for (size_t k = 0; k < N_META_INTS; k++) {
+        const int n = snprintf(line, sizeof line, "%s=%" PRId64 "\n", meta_ints[k].name,
+                               *meta_int((insitra_ckpt_meta *)m, k));
+        crc = insitra_crc32c(crc, line, (size_t)n);
+    }
+    const char *texts[2] = {m->version ? m->version : "", m->config ? m->config : ""};
+    const char *names[2] = {"insitra_version", "config"};
+    for (int k = 0; k < 2; k++) {
+        const int n = snprintf(line, sizeof line, "%s=%zu\n", names[k], strlen(texts[k]));
+        crc = insitra_crc32c(crc, line, (size_t)n);
+        crc = insitra_crc32c(crc, texts[k], strlen(texts[k]));
+    }
+    return crc;
+}
+
+insitra_status insitra_ckpt_meta_write(hid_t file, const insitra_ckpt_meta *m)
+{
+    /* Attribute creation is collective in a parallel file: every attribute
+     * is attempted even after a failure, and the first failure returned. */
+    insitra_status first = INSITRA_STATUS_OK, s;
+#define KEEP_FIRST(call) (s = (call), first = first == INSITRA_STATUS_OK ? s : first)
+    for (size_t k = 0; k < N_META_INTS; k++)
+        KEEP_FIRST(insitra_ckpt_attr_write_i64(file, meta_ints[k].name, *meta_int((insitra_ckpt_meta *)m, k)));
+    KEEP_FIRST(insitra_ckpt_attr_write_str(file, "insitra_version", m->version));
+    KEEP_FIRST(insitra_ckpt_attr_write_str(file, "config", m->config));
+    KEEP_FIRST(insitra_ckpt_attr_write_u32(file, META_CRC_ATTR, insitra_ckpt_meta_crc(m)));
+    /* Last: a file without it was not finished by its writer. */
+    KEEP_FIRST(insitra_ckpt_attr_write_i64(file, "complete", 1));
+#undef KEEP_FIRST
+    return first;
+}
+
+void insitra_ckpt_meta_read(hid_t file, insitra_ckpt_meta *m)
+{
+    for (size_t k = 0; k < N_META_INTS; k++)
+        if (insitra_ckpt_attr_read_i64(file, meta_ints[k].name, meta_int(m, k)) != 1)
+            *meta_int(m, k) = -1;
+    if (insitra_ckpt_attr_read_i64(file, "complete", &m->complete) != 1) m->complete = -1;
+    if (insitra_ckpt_attr_read_i64(file, META_CRC_ATTR, &m->meta_crc) != 1 || m->meta_crc > UINT32_MAX)
+        m->meta_crc = -1;
+    m->version = insitra_ckpt_attr_read_str(file, "insitra_version");
+    m->config = insitra_ckpt_attr_read_str(file, "config");
+}
+
+void insitra_ckpt_meta_free(insitra_ckpt_meta *m)
+{
+    free(m->version);
+    free(m->config);
+    m->version = m->config = NULL;
+}
+
+insitra_status insitra_ckpt_format_check(int64_t format)
+{
+    if (format >= INSITRA_CKPT_FORMAT_OLDEST && format <= INSITRA_CKPT_FORMAT) return INSITRA_STATUS_OK;
+    return insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint format version %" PRId64 "; this insitra reads "
+                             "versions %d to %d", format, INSITRA_CKPT_FORMAT_OLDEST, INSITRA_CKPT_FORMAT);
+}
+
+insitra_status insitra_ckpt_meta_check(const insitra_ckpt_meta *m, const char **warning)
+{
+    *warning = NULL;
+    if (m->format < 0)
+        return insitra_error_set(INSITRA_STATUS_IO_ERROR, "no insitra_format attribute: not an insitra "
+                                                          "checkpoint, or a save interrupted early");
+    INSITRA_CHECK(insitra_ckpt_format_check(m->format));
+    if (m->complete != 1)
+        return insitra_error_set(INSITRA_STATUS_IO_ERROR, "incomplete: the 'complete' attribute is %s",
+                                 m->complete < 0 ? "missing" : "not 1");
+    if (m->format >= 2) {
+        if (m->meta_crc < 0)
+            return insitra_error_set(INSITRA_STATUS_IO_ERROR, "no meta_crc32c attribute (format %" PRId64 ")",
+                                     m->format);
+        const uint32_t crc = insitra_ckpt_meta_crc(m);
+        if (crc != (uint32_t)m->meta_crc)
+            return insitra_error_set(INSITRA_STATUS_IO_ERROR,
+                                     "metadata checksum mismatch: the root attributes and stored "
+                                     "configuration give %08" PRIx32 ", meta_crc32c says %08" PRIx32,
+                                     crc, (uint32_t)m->meta_crc);
+    } else {
+        *warning = "format 1 checkpoint: no metadata checksum, so its step, rank layout and "
+                   "configuration are unchecked";
+    }
+    for (size_t k = 1; k < N_META_INTS; k++)
+        if (*meta_int((insitra_ckpt_meta *)m, k) < 0)
+            return insitra_error_set(INSITRA_STATUS_IO_ERROR, "attribute '%s' is missing or negative",
+                                     meta_ints[k].name);
+    if (m->world_size < 1 || m->dp < 1 || m->tp < 1 || m->dp * m->tp != m->world_size ||
+        m->zero_stage > 3)
+        return insitra_error_set(INSITRA_STATUS_IO_ERROR,
+                                 "inconsistent layout: world_size %" PRId64 ", dp %" PRId64 ", tp %" PRId64
+                                 ", zero_stage %" PRId64,
+                                 m->world_size, m->dp, m->tp, m->zero_stage);
+    if (!m->config) return insitra_error_set(INSITRA_STATUS_IO_ERROR, "no config attribute");
+    return INSITRA_STATUS_OK;
+}
+
+/* ---- shapes ---- */
+
+int insitra_ckpt_shape(hid_t dset, hsize_t dims[4])
+{
+    hid_t space = H5Dget_space(dset);
+    const int n = space >= 0 && H5Sget_simple_extent_type(space) != H5S_NULL
+                      ? H5Sget_simple_extent_ndims(space) : -1;
+    if (n >= 0 && n <= 4) H5Sget_simple_extent_dims(space, dims, NULL);
+    if (space >= 0) H5Sclose(space);
+    return n >= 0 && n <= 4 ? n : -1;
+}
+
+int insitra_ckpt_dataset_kind(hid_t dset)
+{
+    hid_t type = H5Dget_type(dset);
+    const H5T_class_t cls = type >= 0 ? H5Tget_class(type) : H5T_NO_CLASS;
+    const size_t size = type >= 0 ? H5Tget_size(type) : 0;
+    if (type >= 0) H5Tclose(type);
+    return cls == H5T_FLOAT && size == 4 ? INSITRA_CKPT_FLOAT32
+           : cls == H5T_INTEGER && size == 8 ? INSITRA_CKPT_INT64 : INSITRA_CKPT_OTHER;
+}
+
+insitra_status insitra_ckpt_open_dataset(hid_t file, const char *path, int kind, int ndim, const hsize_t *want,
+                                         hid_t *dset)
+{
+    /* H5Lexists fails on a missing intermediate group: test each level. */
+    char prefix[256];
+    *dset = -1;
+    for (const char *slash = path;; slash++) {
+        slash = strchr(slash, '/');
+        snprintf(prefix, sizeof prefix, "%.*s", slash ? (int)(slash - path) : (int)strlen(path), path);
+        if (H5Lexists(file, prefix, H5P_DEFAULT) <= 0)
+            return insitra_error_set(INSITRA_STATUS_IO_ERROR, "'/%s' is missing", path);
+        if (!slash) break;
+    }
+    *dset = H5Dopen2(file, path, H5P_DEFAULT);
+    if (*dset < 0) return insitra_error_set(INSITRA_STATUS_IO_ERROR, "'/%s' is not a dataset", path);
+    hsize_t dims[4] = {0};
+    const int n = insitra_ckpt_shape(*dset, dims);
+    insitra_status s = INSITRA_STATUS_OK;
+    if (insitra_ckpt_dataset_kind(*dset) != kind) {
+        s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "'/%s' type is not %s", path,
+                              kind == INSITRA_CKPT_FLOAT32 ? "float32" : "a 64-bit integer");
+    } else if (n != ndim || memcmp(dims, want, (size_t)ndim * sizeof *dims) != 0) {
+        char have[96] = "", expect[96] = "";
+        for (int k = 0, u = 0, v = 0; k < 4; k++) {
+            if (k < n)
+                u += snprintf(have + u, sizeof have - (size_t)u, "%s%llu", k ? ", " : "", (unsigned long long)dims[k]);
+            if (k < ndim)
+                v += snprintf(expect + v, sizeof expect - (size_t)v, "%s%llu", k ? ", " : "",
+                              (unsigned long long)want[k]);
+        }
+        s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "'/%s' has shape (%s), expected (%s)", path, have, expect);
+    }
+    if (s != INSITRA_STATUS_OK) {
+        H5Dclose(*dset);
+        *dset = -1;
+    }
+    return s;
+}
+
+insitra_status insitra_ckpt_select(hid_t dset, int64_t first, int64_t count, hid_t *file_space,
+                                   hid_t *mem_space)
+{
+    *file_space = H5Dget_space(dset);
+    const hsize_t mem_dim = count > 0 ? (hsize_t)count : 1;
+    *mem_space = H5Screate_simple(1, &mem_dim, NULL);
+    if (*file_space < 0 || *mem_space < 0)
+        return insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: cannot create a dataspace");
+    if (count == 0) {
+        H5Sselect_none(*file_space);
+        H5Sselect_none(*mem_space);
+        return INSITRA_STATUS_OK;
+    }
+    hsize_t dims[2] = {0, 1};
+    const int ndim = H5Sget_simple_extent_ndims(*file_space);
+    H5Sget_simple_extent_dims(*file_space, dims, NULL);
+    const hsize_t cols = ndim == 2 ? dims[1] : 1;
+    /* Up to three rectangles of rows: a partial first row, whole rows, a partial
+     * last row. HDF5 walks a selection in file order, which is the order of the
+     * flattened range, so it matches the contiguous memory piece. */
+    const hsize_t end = (hsize_t)(first + count);
+    hsize_t at = (hsize_t)first;
+    H5S_seloper_t op = H5S_SELECT_SET;
+    while (at < end) {
+        const hsize_t row = at / cols, col = at % cols;
+        hsize_t start[2], block[2], one[2] = {1, 1};
+        if (col != 0 || end - at < cols) { /* within one row */
+            const hsize_t n = (cols - col) < (end - at) ? cols - col : end - at;
+            start[0] = row, start[1] = col, block[0] = 1, block[1] = n;
+            at += n;
+        } else { /* whole rows */
+            const hsize_t rows = (end - at) / cols;
+            start[0] = row, start[1] = 0, block[0] = rows, block[1] = cols;
+            at += rows * cols;
+        }
+        if (ndim == 1) {
+            start[0] = start[0] * cols + start[1];
+            block[0] *= block[1];
+        }
+        if (H5Sselect_hyperslab(*file_space, op, start, NULL, one, block) < 0)
+            return insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: cannot select a hyperslab");
+        op = H5S_SELECT_OR;
+    }
+    return INSITRA_STATUS_OK;
+}
+
+/* ---- the directory ---- */
+
+int64_t insitra_ckpt_step_of(const char *name, const char *suffix)
+{
+    long long step;
+    int used = 0;
+    if (sscanf(name, "step-%8lld%n", &step, &used) != 1 || used != 13 || step < 0) return -1;
+    return strcmp(name + used, suffix) == 0 ? step : -1;
+}
+
+void insitra_ckpt_file_name(char *out, size_t size, int64_t step)
+{
+    snprintf(out, size, "step-%08" PRId64 ".h5", step);
+}
+
+void insitra_ckpt_read_latest(const char *dir, char *out, size_t size)
+{
+    char path[4200];
+    out[0] = '\0';
+    snprintf(path, sizeof path, "%s/" INSITRA_CKPT_LATEST, dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    if (fgets(out, (int)size, f)) out[strcspn(out, "\r\n")] = '\0';
+    fclose(f);
+    if (insitra_ckpt_step_of(out, ".h5") < 0) out[0] = '\0';
+}
+
+static int compare_desc(const void *a, const void *b)
+{
+    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x < y) - (x > y);
+}
+
+int64_t insitra_ckpt_list_steps(const char *dir, const char *suffix, int64_t **steps)
+{
+    *steps = NULL;
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int64_t n = 0, cap = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        const int64_t s = insitra_ckpt_step_of(e->d_name, suffix);
+        if (s < 0) continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 64;
+            int64_t *grown = realloc(*steps, (size_t)cap * sizeof **steps);
+            if (!grown) {
+                free(*steps);
+                *steps = NULL;
+                closedir(d);
+                errno = ENOMEM;
+                return -1;
+            }
+            *steps = grown;
+        }
+        (*steps)[n++] = s;
+    }
+    closedir(d);
+    if (n > 0) qsort(*steps, (size_t)n, sizeof **steps, compare_desc);
+    return n;
+}

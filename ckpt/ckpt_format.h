@@ -1,0 +1,115 @@
+/*
+ * The checkpoint file format, defined once (docs/checkpoint.md): group and
+ * dataset names, root attributes and the metadata checksum over them, the
+ * shapes a file must have, attribute reading and writing, and the names of a
+ * checkpoint directory. The parallel writer and reader and the serial
+ * insitra-ckpt tool all use this module, so they cannot disagree on a name.
+ * Nothing here needs MPI: every function works on a file opened with either
+ * the MPI-IO or the default HDF5 driver.
+ */
+#ifndef INSITRA_CKPT_FORMAT_H
+#define INSITRA_CKPT_FORMAT_H
+
+#include <hdf5.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "insitra.h"
+
+/* Format 2 = format 1 + the metadata checksum (meta_crc32c) and a crc32c on
+ * the integer tables. Format 1 files still load, with a warning. */
+#define INSITRA_CKPT_FORMAT 2
+#define INSITRA_CKPT_FORMAT_OLDEST 1
+
+/* Groups of tensors, in file order: parameters, AdamW m, AdamW v. */
+#define INSITRA_CKPT_GROUPS 3
+extern const char *const insitra_ckpt_group[INSITRA_CKPT_GROUPS]; /* "model", "optim/m", "optim/v" */
+
+/* The integer tables: one row per writer rank. */
+enum { INSITRA_CKPT_SAMPLER_STATE, INSITRA_CKPT_SAMPLE_CURSOR, INSITRA_CKPT_SAMPLES_PUSHED,
+       INSITRA_CKPT_SAMPLE_COUNT, INSITRA_CKPT_TABLES };
+typedef struct insitra_ckpt_table {
+    const char *path;   /* from the root, e.g. "ranks/sampler_state" */
+    int64_t width;      /* values per rank: 4 for a sampler state, else 1 */
+    bool is_unsigned;   /* uint64 (sampler state) or int64 */
+} insitra_ckpt_table;
+extern const insitra_ckpt_table insitra_ckpt_tables[INSITRA_CKPT_TABLES];
+#define INSITRA_CKPT_SAMPLES_GROUP "samples"
+#define INSITRA_CKPT_SAMPLES_X "samples/x"
+#define INSITRA_CKPT_SAMPLES_Y "samples/y"
+#define INSITRA_CKPT_CRC_ATTR "crc32c" /* uint32, on every float32 dataset and table */
+
+/* The root attributes that decide what is loaded. version and config are
+ * malloc'd (insitra_ckpt_meta_free). -1 marks an absent integer. */
+typedef struct insitra_ckpt_meta {
+    int64_t format, step, world_size, dp, tp, zero_stage, complete;
+    char *version, *config;
+    int64_t meta_crc;   /* the stored meta_crc32c, -1 when absent (format 1) */
+} insitra_ckpt_meta;
+
+/* CRC32C of the canonical text encoding of the metadata (format, step,
+ * world_size, dp, tp, zero_stage, version, then the config's length and
+ * bytes): what meta_crc32c holds. */
+uint32_t insitra_ckpt_meta_crc(const insitra_ckpt_meta *m);
+
+/* Writes every root attribute, meta_crc32c computed here, `complete` last. */
+insitra_status insitra_ckpt_meta_write(hid_t file, const insitra_ckpt_meta *m);
+/* Reads whatever root attributes exist (absent ones are -1 / NULL). */
+void insitra_ckpt_meta_read(hid_t file, insitra_ckpt_meta *m);
+void insitra_ckpt_meta_free(insitra_ckpt_meta *m);
+
+/* IO_ERROR naming the version unless this library reads format. */
+insitra_status insitra_ckpt_format_check(int64_t format);
+/* Whether m describes a complete checkpoint this library can load: a known
+ * format, complete = 1, the metadata checksum right (format 2), every
+ * attribute present and in range. On failure why says which, and the status
+ * is IO_ERROR. *warning is set (to a static text) for a format 1 file. */
+insitra_status insitra_ckpt_meta_check(const insitra_ckpt_meta *m, const char **warning);
+
+/* The shape of a dataset: ndim (<= 4, -1 if it is not a simple dataset) and dims. */
+int insitra_ckpt_shape(hid_t dset, hsize_t dims[4]);
+/* What a dataset holds: float32 (tensors, samples), a 64-bit integer (the
+ * tables, signed or not), or something else. */
+enum { INSITRA_CKPT_FLOAT32, INSITRA_CKPT_INT64, INSITRA_CKPT_OTHER };
+int insitra_ckpt_dataset_kind(hid_t dset);
+/* Opens the dataset at path (from the root) into *dset if it exists, holds
+ * kind and has exactly the shape (ndim, want); otherwise IO_ERROR naming
+ * path and what is wrong, and *dset = -1. */
+insitra_status insitra_ckpt_open_dataset(hid_t file, const char *path, int kind, int ndim, const hsize_t *want,
+                                         hid_t *dset);
+
+/* A file dataspace selecting the flattened range [first, first + count) of
+ * a tensor of shape (rows, cols) (cols = 1 for 1-D), and a matching memory
+ * space; count 0 selects nothing (collective calls still take part). */
+insitra_status insitra_ckpt_select(hid_t dset, int64_t first, int64_t count, hid_t *file_space,
+                                   hid_t *mem_space);
+
+/* Scalar attributes. Integer reads convert any integer width; string reads
+ * accept fixed and variable length and return a malloc'd copy. */
+insitra_status insitra_ckpt_attr_write_i64(hid_t obj, const char *name, int64_t v);
+insitra_status insitra_ckpt_attr_write_u32(hid_t obj, const char *name, uint32_t v);
+insitra_status insitra_ckpt_attr_write_str(hid_t obj, const char *name, const char *text);
+/* 1 read, 0 absent, -1 present but not one integer. */
+int insitra_ckpt_attr_read_i64(hid_t obj, const char *name, int64_t *v);
+char *insitra_ckpt_attr_read_str(hid_t obj, const char *name);
+/* The dataset's crc32c attribute: IO_ERROR naming path when absent or not a uint32. */
+insitra_status insitra_ckpt_attr_read_crc(hid_t dset, const char *path, uint32_t *crc);
+
+/* ---- a checkpoint directory ---- */
+
+#define INSITRA_CKPT_LATEST "latest"
+#define INSITRA_CKPT_LATEST_TMP "latest.tmp"
+/* "step-00000042.h5" -> 42 with suffix ".h5" (or ".h5.tmp"); -1 for other names. */
+int64_t insitra_ckpt_step_of(const char *name, const char *suffix);
+/* The file name of step's checkpoint: "step-%08d.h5" (size >= 32). */
+void insitra_ckpt_file_name(char *out, size_t size, int64_t step);
+/* The name `latest` holds into out (size >= 64), "" when absent or not a
+ * checkpoint name. */
+void insitra_ckpt_read_latest(const char *dir, char *out, size_t size);
+/* The steps of every step-N<suffix> in dir (suffix ".h5" or ".h5.tmp"),
+ * newest first, into a malloc'd array (*steps, caller frees); returns how
+ * many, or -1 (errno set) if dir cannot be read. */
+int64_t insitra_ckpt_list_steps(const char *dir, const char *suffix, int64_t **steps);
+
+#endif /* INSITRA_CKPT_FORMAT_H */

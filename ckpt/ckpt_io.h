@@ -1,0 +1,49 @@
+/*
+ * Shared by the parallel writer and reader (ckpt_io.c): the piece of a
+ * tensor this rank owns, hyperslab selections, CRC combination across ranks,
+ * error agreement for I/O, and quiet HDF5 error printing.
+ */
+#ifndef INSITRA_CKPT_IO_H
+#define INSITRA_CKPT_IO_H
+
+#include <hdf5.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ckpt_format.h"
+#include "ckpt_state.h"
+
+/* A contiguous run of a tensor's flattened elements held in memory. */
+typedef struct insitra_ckpt_piece {
+    float *data;
+    int64_t first, count; /* flattened element range of the tensor */
+} insitra_ckpt_piece;
+
+/* This rank's slot of tensor i, inside a full buffer (base = the flat
+ * buffer) when full != NULL, else inside the shard buffer. */
+insitra_ckpt_piece insitra_ckpt_slot(const insitra_ckpt_state *st, int64_t i, float *full,
+                                     float *shard);
+
+/* The full and shard buffers of tensor group g (0 parameters, 1 m, 2 v). */
+void insitra_ckpt_group_buffers(const insitra_ckpt_state *st, int g, float **full, float **shard);
+
+/* The CRC32C of a dataset from every rank's piece CRC (pieces in rank order):
+ * one all-gather for n datasets at once. crc[k], bytes[k] in; crc[k] out. */
+insitra_status insitra_ckpt_combine_crcs(const insitra_comm *c, uint32_t *crc,
+                                         const uint64_t *bytes, int64_t n);
+
+/* insitra_comm_agree, but every rank returns the failing rank's status
+ * (IO_ERROR rather than REMOTE_ERROR) with its message: a full disk is an
+ * I/O error wherever it is seen. */
+insitra_status insitra_ckpt_agree(const insitra_comm *c, insitra_status local);
+
+/* IO_ERROR "checkpoint: <what>: <HDF5's innermost reason>", e.g. the
+ * operating system's words for a failed write. */
+insitra_status insitra_ckpt_h5_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Silences HDF5's own error printing for the life of the guard. */
+typedef struct { H5E_auto2_t func; void *data; } insitra_ckpt_quiet;
+void insitra_ckpt_quiet_begin(insitra_ckpt_quiet *q);
+void insitra_ckpt_quiet_end(const insitra_ckpt_quiet *q);
+
+#endif /* INSITRA_CKPT_IO_H */

@@ -1,0 +1,42 @@
+/*
+ * What a checkpoint saves and loads: a plain view of the training state whose
+ * memory the caller owns (lib/trainer_ckpt.c builds it from the trainer).
+ * ckpt/ reads it to save and fills it to load; it knows nothing of the
+ * trainer, and the caller decides what a failed load resets.
+ */
+#ifndef INSITRA_CKPT_STATE_H
+#define INSITRA_CKPT_STATE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "comm.h"
+#include "config.h"
+#include "model.h"
+#include "rng.h"
+#include "sample_store.h"
+#include "shard.h"
+
+typedef struct insitra_ckpt_state {
+    const insitra_comm *world;          /* every rank: the file is written by all */
+    int64_t dp, tp;                     /* the layout, stored as attributes */
+    const insitra_config *cfg;          /* stored; its model keys are compared on load */
+    const insitra_param_layout *layout; /* the tensors, names and shapes */
+    const insitra_shard_layout *shards; /* this rank's slot of each tensor */
+    int zero_stage;
+    float *params;                      /* (layout.total) when held whole, else NULL */
+    float *param_shard;                 /* (shards.total) when params is NULL: this rank's slots */
+    float *m, *v;                       /* AdamW moments: (layout.total) at stage 0, else slots */
+    int64_t *step;                      /* optimizer steps taken */
+    insitra_rng *sampler;               /* this rank's sampler (4 words) */
+    int64_t *sample_cursor;             /* samples drawn so far */
+    insitra_sample_store *store;        /* pushed count; the samples with include_samples */
+} insitra_ckpt_state;
+
+/* What a load wrote into the view, whatever its outcome. */
+typedef struct insitra_ckpt_touched {
+    bool state;   /* parameters, moments, step, sampler, cursor, pushed count */
+    bool samples; /* the sample store's contents */
+} insitra_ckpt_touched;
+
+#endif /* INSITRA_CKPT_STATE_H */

@@ -1,0 +1,62 @@
+/* Checkpoints of a trainer: the view, and the reset after a failed load. */
+#include "ckpt.h"
+#include "error.h"
+#include "trainer_ckpt.h"
+
+void insitra_trainer_ckpt_view(insitra_trainer *t, insitra_ckpt_state *view)
+{
+    insitra_zero *z = &t->engine.zero;
+    *view = (insitra_ckpt_state){
+        .world = &t->comm,
+        .dp = t->dp.size,
+        .tp = t->tp.size,
+        .cfg = &t->cfg,
+        .layout = &t->engine.model.layout,
+        .shards = &z->sl,
+        .zero_stage = z->stage,
+        .params = z->host_params_full ? z->host_params : NULL,
+        .param_shard = z->host_params_full ? NULL : z->host_params,
+        .m = z->host_m,
+        .v = z->host_v,
+        .step = &t->step,
+        .sampler = &t->sampler,
+        .sample_cursor = &t->sample_cursor,
+        .store = &t->store,
+    };
+}
+
+insitra_status insitra_trainer_ckpt_save(insitra_trainer *t, const char *dir, char *path_out,
+                                         size_t path_size)
+{
+    /* Checkpoints read the host copies of the state: brought up to date first. */
+    INSITRA_CHECK(insitra_comm_agree(&t->comm, insitra_zero_export(&t->engine.zero)));
+    insitra_ckpt_state view;
+    insitra_trainer_ckpt_view(t, &view);
+    return insitra_ckpt_save(&view, dir, path_out, path_size);
+}
+
+/* No checkpoint loaded: back to the state trainer_create made, for what the
+ * failed load wrote into. */
+static void reset(insitra_trainer *t, insitra_ckpt_touched touched)
+{
+    if (touched.state) {
+        insitra_zero_init_host(&t->engine.zero, (uint64_t)t->cfg.training.seed, t->cfg.model.init_std);
+        t->step = 0;
+        t->sample_cursor = 0;
+        insitra_rng_seed(&t->sampler, (uint64_t)t->cfg.training.seed, 1 + (uint64_t)t->comm.rank);
+    }
+    if (touched.samples) t->store.count = t->store.next = 0;
+}
+
+insitra_status insitra_trainer_ckpt_load(insitra_trainer *t, const char *path, char *path_out,
+                                         size_t path_size)
+{
+    insitra_ckpt_state view;
+    insitra_trainer_ckpt_view(t, &view);
+    insitra_ckpt_touched touched;
+    insitra_status s = insitra_ckpt_load(&view, path, path_out, path_size, &touched);
+    if (s != INSITRA_STATUS_OK) reset(t, touched); /* a half-read checkpoint must not pass for trained state */
+    /* Loaded, or reset after a failed load: either way the host copies are what holds. */
+    insitra_status up = insitra_comm_agree(&t->comm, insitra_zero_import(&t->engine.zero));
+    return s == INSITRA_STATUS_OK ? up : s;
+}
