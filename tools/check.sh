@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/install-deps.sh "$@"
+for arg in "$@"; do [ "$arg" = --batch ] && export INSITRA_TEST_BATCH=1; done
 cmake --workflow --preset asan
 cmake --workflow --preset ci
 cmake --workflow --preset fuzz
