@@ -4,7 +4,7 @@
 
 add_executable(test_ckpt_cli_make test_ckpt_cli_make.c ckpt_damage.c)
 insitra_target_defaults(test_ckpt_cli_make)
-target_link_libraries(test_ckpt_cli_make PRIVATE insitra_internal HDF5::HDF5)
+target_link_libraries(test_ckpt_cli_make PRIVATE insitra_internal insitra_test_util HDF5::HDF5)
 
 set(dir "${CMAKE_CURRENT_BINARY_DIR}/ckpt/cli")
 set(step3 "${dir}/step-00000003.h5")

@@ -33,32 +33,25 @@
 #include <unistd.h>
 
 #include "ckpt_damage.h"
-#include "expect.h"
 #include "insitra.h"
+#include "test_util.h"
 #include "trainer.h"
 
-static int rank, size, failures;
-
-
-static insitra_trainer *make(int stage, const char *dir, int d_model)
+static insitra_trainer *make(insitra_test *T, int stage, const char *dir, int d_model)
 {
-    insitra_config *cfg;
-    insitra_config_create(&cfg);
-    insitra_config_load_yaml_string(cfg, "model: {seq_len: 8, in_features: 3, out_features: 2,\n"
-                                         "        n_layers: 2, n_heads: 2}\n"
-                                         "training: {batch_size: 4, micro_batch_size: 2, seed: 3}\n"
-                                         "optimizer: {lr: 1.0e-2, warmup_steps: 3, decay_steps: 30}\n"
-                                         "data: {capacity: 40}\n"
-                                         "checkpoint: {include_samples: true, keep_last: 5}\n");
-    char v[32];
-    snprintf(v, sizeof v, "%d", stage);
-    insitra_config_set(cfg, "parallel.zero_stage", v);
-    snprintf(v, sizeof v, "%d", d_model);
-    insitra_config_set(cfg, "model.d_model", v);
-    if (dir) insitra_config_set(cfg, "checkpoint.dir", dir);
+    insitra_config *cfg = insitra_test_config(T, "model: {seq_len: 8, in_features: 3, out_features: 2,\n"
+                                                 "        n_layers: 2, n_heads: 2}\n"
+                                                 "training: {batch_size: 4, micro_batch_size: 2, seed: 3}\n"
+                                                 "optimizer: {lr: 1.0e-2, warmup_steps: 3, decay_steps: 30}\n"
+                                                 "data: {capacity: 40}\n"
+                                                 "checkpoint: {include_samples: true, keep_last: 5}\n");
+    if (!cfg) MPI_Abort(MPI_COMM_WORLD, 2);
+    insitra_test_set(T, cfg, "parallel.zero_stage", "%d", stage);
+    insitra_test_set(T, cfg, "model.d_model", "%d", d_model);
+    if (dir) insitra_test_set(T, cfg, "checkpoint.dir", "%s", dir);
     insitra_trainer *t = NULL;
     if (insitra_trainer_create(&t, cfg, MPI_COMM_WORLD) != INSITRA_STATUS_OK) {
-        printf("rank %d: create: %s\n", rank, insitra_last_error());
+        printf("rank %d: create: %s\n", T->rank, insitra_last_error());
         MPI_Abort(MPI_COMM_WORLD, 2);
     }
     insitra_config_free(cfg);
@@ -66,40 +59,40 @@ static insitra_trainer *make(int stage, const char *dir, int d_model)
 }
 
 /* 48 samples per rank, pushed into a store of 40: the ring wraps. */
-static void push(insitra_trainer *t)
+static void push(insitra_test *T, insitra_trainer *t)
 {
     static float x[48][8][3], y[48][8][2];
-    for (int i = 0; i < 48 * 24; i++) (&x[0][0][0])[i] = (float)sin(0.21 * i + rank);
-    for (int i = 0; i < 48 * 16; i++) (&y[0][0][0])[i] = (float)cos(0.13 * i - rank);
-    insitra_push_samples(t, 40, &x[0][0][0], &y[0][0][0]);
-    insitra_push_samples(t, 8, &x[40][0][0], &y[40][0][0]);
+    insitra_test_fill_wave(&x[0][0][0], 48 * 24, sin, 0.21, T->rank, 1);
+    insitra_test_fill_wave(&y[0][0][0], 48 * 16, cos, 0.13, -T->rank, 1);
+    EXPECT_OK(T, insitra_push_samples(t, 40, &x[0][0][0], &y[0][0][0]), "push 40");
+    EXPECT_OK(T, insitra_push_samples(t, 8, &x[40][0][0], &y[40][0][0]), "push 8");
 }
 
-static double step(insitra_trainer *t)
+static double step(insitra_test *T, insitra_trainer *t)
 {
     insitra_metrics m;
     if (insitra_train_step(t, &m) != INSITRA_STATUS_OK) {
-        printf("rank %d: train_step: %s\n", rank, insitra_last_error());
+        printf("rank %d: train_step: %s\n", T->rank, insitra_last_error());
         MPI_Abort(MPI_COMM_WORLD, 2);
     }
     return m.loss;
 }
 
-static void save(insitra_trainer *t, const char *dir, char *path)
+static void save(insitra_test *T, insitra_trainer *t, const char *dir, char *path)
 {
     if (insitra_checkpoint_save(t, dir, path, 4096) != INSITRA_STATUS_OK) {
-        printf("rank %d: save: %s\n", rank, insitra_last_error());
+        printf("rank %d: save: %s\n", T->rank, insitra_last_error());
         MPI_Abort(MPI_COMM_WORLD, 2);
     }
 }
 
-static void file_io(const char *path, void *data, size_t bytes, int write)
+static void file_io(insitra_test *T, const char *path, void *data, size_t bytes, int write)
 {
     FILE *f = fopen(path, write ? "wb" : "rb");
     size_t done = f ? (write ? fwrite(data, 1, bytes, f) : fread(data, 1, bytes, f)) : 0;
     if (f) fclose(f);
     if (done != bytes) {
-        printf("rank %d: cannot %s %s\n", rank, write ? "write" : "read", path);
+        printf("rank %d: cannot %s %s\n", T->rank, write ? "write" : "read", path);
         MPI_Abort(MPI_COMM_WORLD, 2);
     }
 }
@@ -113,100 +106,97 @@ static float *full_state(insitra_trainer *t)
     return s;
 }
 
-static int straight(const char *dir, int stage)
+static void straight(insitra_test *T, const char *dir, int stage)
 {
-    insitra_trainer *t = make(stage, NULL, 16);
-    push(t);
+    insitra_trainer *t = make(T, stage, NULL, 16);
+    push(T, t);
     double losses[10];
     char path[4096];
-    for (int k = 0; k < 10; k++) step(t);
-    save(t, dir, path);
-    for (int k = 0; k < 10; k++) losses[k] = step(t);
+    for (int k = 0; k < 10; k++) step(T, t);
+    save(T, t, dir, path);
+    for (int k = 0; k < 10; k++) losses[k] = step(T, t);
     char out[4200];
     snprintf(out, sizeof out, "%s/losses.bin", dir);
-    if (rank == 0) file_io(out, losses, sizeof losses, 1);
+    if (T->rank == 0) file_io(T, out, losses, sizeof losses, 1);
     insitra_trainer_free(t);
-    return 0;
 }
 
-static int resume(const char *dir, int stage)
+static void resume(insitra_test *T, const char *dir, int stage)
 {
-    insitra_trainer *t = make(stage, NULL, 16); /* no push: the samples come from the checkpoint */
+    insitra_trainer *t = make(T, stage, NULL, 16); /* no push: the samples come from the checkpoint */
     char path[4096] = "";
     insitra_status s = insitra_checkpoint_load(t, dir, path, sizeof path);
-    EXPECT(s == INSITRA_STATUS_OK, "load: %s", insitra_last_error());
-    EXPECT(t->step == 10, "step after load is %lld", (long long)t->step);
+    EXPECT_OK(T, s, "load");
+    EXPECT(T, t->step == 10, "step after load is %lld", (long long)t->step);
     double losses[10], want[10];
-    for (int k = 0; k < 10; k++) losses[k] = step(t);
+    for (int k = 0; k < 10; k++) losses[k] = step(T, t);
     char in[4200];
     snprintf(in, sizeof in, "%s/losses.bin", dir);
-    file_io(in, want, sizeof want, 0);
-    EXPECT(memcmp(losses, want, sizeof want) == 0, "resumed losses differ: %.17g vs %.17g (last)", losses[9],
-           want[9]);
-    if (rank == 0)
-        printf("resume on %d ranks, stage %d, from %s: steps 11-20 %s (last loss %.9g)\n", size, stage, path,
-               memcmp(losses, want, sizeof want) == 0 ? "bit-identical" : "DIFFERENT", losses[9]);
+    file_io(T, in, want, sizeof want, 0);
+    EXPECT(T, memcmp(losses, want, sizeof want) == 0, "resumed losses differ: %.17g vs %.17g (last)",
+           losses[9], want[9]);
+    if (T->rank == 0)
+        printf("resume on %d ranks, stage %d, from %s: steps 11-20 %s (last loss %.9g)\n", T->size, stage,
+               path, memcmp(losses, want, sizeof want) == 0 ? "bit-identical" : "DIFFERENT", losses[9]);
     insitra_trainer_free(t);
-    return 0;
 }
 
-static int reshard_write(const char *dir, int stage)
+static void reshard_write(insitra_test *T, const char *dir, int stage)
 {
-    insitra_trainer *t = make(stage, NULL, 16);
-    push(t);
-    for (int k = 0; k < 6; k++) step(t);
+    insitra_trainer *t = make(T, stage, NULL, 16);
+    push(T, t);
+    for (int k = 0; k < 6; k++) step(T, t);
     char path[4096], out[4200];
-    save(t, dir, path);
+    save(T, t, dir, path);
     float *s = full_state(t);
     snprintf(out, sizeof out, "%s/state.bin", dir);
-    if (rank == 0) file_io(out, s, (size_t)(3 * t->engine.model.layout.total) * sizeof(float), 1);
+    if (T->rank == 0) file_io(T, out, s, (size_t)(3 * t->engine.model.layout.total) * sizeof(float), 1);
     free(s);
     insitra_trainer_free(t);
-    return 0;
 }
 
-static int reshard_read(const char *dir, int stage)
+static void reshard_read(insitra_test *T, const char *dir, int stage)
 {
-    insitra_trainer *t = make(stage, NULL, 16);
-    EXPECT(insitra_checkpoint_load(t, dir, NULL, 0) == INSITRA_STATUS_OK, "load: %s", insitra_last_error());
+    insitra_trainer *t = make(T, stage, NULL, 16);
+    EXPECT_OK(T, insitra_checkpoint_load(t, dir, NULL, 0), "load");
     const int64_t P = t->engine.model.layout.total;
     float *got = full_state(t), *want = malloc((size_t)(3 * P) * sizeof(float));
     char in[4200];
     snprintf(in, sizeof in, "%s/state.bin", dir);
-    file_io(in, want, (size_t)(3 * P) * sizeof(float), 0);
+    file_io(T, in, want, (size_t)(3 * P) * sizeof(float), 0);
     const char *what[3] = {"parameters", "AdamW m", "AdamW v"};
     for (int k = 0; k < 3; k++)
-        EXPECT(memcmp(got + k * P, want + k * P, (size_t)P * sizeof(float)) == 0, "%s differ after resharding",
-               what[k]);
+        EXPECT(T, memcmp(got + k * P, want + k * P, (size_t)P * sizeof(float)) == 0,
+               "%s differ after resharding", what[k]);
     int64_t held = 0;
     insitra_samples_stored(t, &held);
-    EXPECT(held > 0, "no samples after resharding");
+    EXPECT(T, held > 0, "no samples after resharding");
     double last = 0;
-    for (int k = 0; k < 3; k++) last = step(t);
-    EXPECT(isfinite(last) && t->step == 9, "training after resharding: loss %g step %lld", last,
+    for (int k = 0; k < 3; k++) last = step(T, t);
+    EXPECT(T, isfinite(last) && t->step == 9, "training after resharding: loss %g step %lld", last,
            (long long)t->step);
-    if (rank == 0)
+    if (T->rank == 0)
         printf("resharded load on %d ranks, stage %d: parameters and moments exact; %lld samples here; "
-               "3 more steps, loss %.6g\n", size, stage, (long long)held, last);
+               "3 more steps, loss %.6g\n",
+               T->size, stage, (long long)held, last);
     free(got);
     free(want);
     insitra_trainer_free(t);
-    return 0;
 }
 
-static int faults(const char *dir)
+static void faults(insitra_test *T, const char *dir)
 {
-    insitra_trainer *t = make(1, NULL, 16);
-    push(t);
+    insitra_trainer *t = make(T, 1, NULL, 16);
+    push(T, t);
     char p5[4096], p10[4096], p15[4096], loaded[4096];
-    for (int k = 0; k < 5; k++) step(t);
-    save(t, dir, p5);
-    for (int k = 0; k < 5; k++) step(t);
-    save(t, dir, p10);
-    for (int k = 0; k < 5; k++) step(t);
-    save(t, dir, p15);
+    for (int k = 0; k < 5; k++) step(T, t);
+    save(T, t, dir, p5);
+    for (int k = 0; k < 5; k++) step(T, t);
+    save(T, t, dir, p10);
+    for (int k = 0; k < 5; k++) step(T, t);
+    save(T, t, dir, p15);
     MPI_Barrier(MPI_COMM_WORLD);
-    if (rank == 0) {
+    if (T->rank == 0) {
         damage_flip_data(p15, "/model/blocks.1.mlp.fc.weight"); /* newest: a flipped bit */
         if (truncate(p10, 4096) != 0) perror("truncate");  /* next: cut short */
         char stale[4200];
@@ -215,45 +205,46 @@ static int faults(const char *dir)
         if (f) fclose(f);
     }
     MPI_Barrier(MPI_COMM_WORLD);
-    insitra_trainer *r = make(1, NULL, 16);
+    insitra_trainer *r = make(T, 1, NULL, 16);
     insitra_status s = insitra_checkpoint_load(r, dir, loaded, sizeof loaded);
-    EXPECT(s == INSITRA_STATUS_OK && strcmp(loaded, p5) == 0, "fallback loaded '%s' (%s)", loaded,
+    EXPECT(T, s == INSITRA_STATUS_OK && strcmp(loaded, p5) == 0, "fallback loaded '%s' (%s)", loaded,
            insitra_last_error());
-    EXPECT(r->step == 5, "fallback step %lld", (long long)r->step);
+    EXPECT(T, r->step == 5, "fallback step %lld", (long long)r->step);
     char stale[4200];
     snprintf(stale, sizeof stale, "%s/step-00000099.h5.tmp", dir);
-    EXPECT(access(stale, F_OK) != 0, "the stale .tmp was not removed");
+    EXPECT(T, access(stale, F_OK) != 0, "the stale .tmp was not removed");
     /* each bad file named by itself fails with a reason */
     s = insitra_checkpoint_load(r, p15, NULL, 0);
-    EXPECT(s == INSITRA_STATUS_IO_ERROR && strstr(insitra_last_error(), "CRC32C") &&
+    EXPECT(T,
+           s == INSITRA_STATUS_IO_ERROR && strstr(insitra_last_error(), "CRC32C") &&
                strstr(insitra_last_error(), "blocks.1.mlp.fc.weight"),
            "flipped byte: %s", insitra_last_error());
-    if (rank == 0) printf("flipped byte: %s\n", insitra_last_error());
+    if (T->rank == 0) printf("flipped byte: %s\n", insitra_last_error());
     s = insitra_checkpoint_load(r, p10, NULL, 0);
-    EXPECT(s == INSITRA_STATUS_IO_ERROR, "truncated file: %s", insitra_last_error());
-    if (rank == 0) printf("truncated: %s\n", insitra_last_error());
-    EXPECT(r->step == 0, "a failed load leaves the trainer at its initial state");
+    EXPECT(T, s == INSITRA_STATUS_IO_ERROR, "truncated file: %s", insitra_last_error());
+    if (T->rank == 0) printf("truncated: %s\n", insitra_last_error());
+    EXPECT(T, r->step == 0, "a failed load leaves the trainer at its initial state");
     /* Retention after resuming from an older checkpoint: the new file stays,
      * older ones beyond keep_last go, later-numbered ones are left alone. */
-    EXPECT(insitra_checkpoint_load(r, dir, NULL, 0) == INSITRA_STATUS_OK, "reload: %s", insitra_last_error());
+    EXPECT_OK(T, insitra_checkpoint_load(r, dir, NULL, 0), "reload");
     r->cfg.checkpoint.keep_last = 1;
-    step(r);
+    step(T, r);
     char p6[4096];
-    save(r, dir, p6);
-    EXPECT(access(p6, F_OK) == 0, "the checkpoint just written (%s) was deleted", p6);
-    EXPECT(access(p5, F_OK) != 0, "step 5 should have been retired (keep_last = 1)");
-    EXPECT(access(p15, F_OK) == 0, "a later-numbered checkpoint was deleted");
+    save(T, r, dir, p6);
+    EXPECT(T, access(p6, F_OK) == 0, "the checkpoint just written (%s) was deleted", p6);
+    EXPECT(T, access(p5, F_OK) != 0, "step 5 should have been retired (keep_last = 1)");
+    EXPECT(T, access(p15, F_OK) == 0, "a later-numbered checkpoint was deleted");
     /* another model */
-    insitra_trainer *other = make(1, NULL, 24);
+    insitra_trainer *other = make(T, 1, NULL, 24);
     s = insitra_checkpoint_load(other, p6, NULL, 0);
-    EXPECT(s == (rank == 0 ? INSITRA_STATUS_CONFIG_ERROR : INSITRA_STATUS_REMOTE_ERROR) &&
+    EXPECT(T,
+           s == (T->rank == 0 ? INSITRA_STATUS_CONFIG_ERROR : INSITRA_STATUS_REMOTE_ERROR) &&
                strstr(insitra_last_error(), "model.d_model"),
            "incompatible model: %s", insitra_last_error());
-    if (rank == 0) printf("incompatible: %s\n", insitra_last_error());
+    if (T->rank == 0) printf("incompatible: %s\n", insitra_last_error());
     insitra_trainer_free(other);
     insitra_trainer_free(r);
     insitra_trainer_free(t);
-    return 0;
 }
 
 /* Every byte that decides what is loaded is checksummed (issue #16): each
@@ -261,24 +252,24 @@ static int faults(const char *dir)
  * to step 5, and a load of the damaged file by name fail naming the check.
  * A format 1 file (no metadata checksum) still loads, but its tables are
  * checked against its world size all the same. */
-static int metadata(const char *dir)
+static void metadata(insitra_test *T, const char *dir)
 {
-    insitra_trainer *t = make(1, NULL, 16);
-    push(t);
+    insitra_trainer *t = make(T, 1, NULL, 16);
+    push(T, t);
     char p5[4096], p9[4096], pristine[4200], loaded[4096] = "";
-    for (int k = 0; k < 5; k++) step(t);
-    save(t, dir, p5);
-    for (int k = 0; k < 4; k++) step(t);
-    save(t, dir, p9);
+    for (int k = 0; k < 5; k++) step(T, t);
+    save(T, t, dir, p5);
+    for (int k = 0; k < 4; k++) step(T, t);
+    save(T, t, dir, p9);
     insitra_trainer_free(t);
     snprintf(pristine, sizeof pristine, "%s/pristine.bin", dir);
-    if (rank == 0 && damage_copy(p9, pristine, 1.0)) failures++;
+    if (T->rank == 0) EXPECT(T, damage_copy(p9, pristine, 1.0) == 0, "cannot copy %s to %s", p9, pristine);
     static const char *what[] = {"step 9 -> 73", "world_size 2 -> 4", "world_size 2 -> 1",
                                  "config d_model 16 -> 24", "config made malformed",
                                  "format 1 with world_size 2 -> 1", "format 1"};
     for (int k = 0; k < 7; k++) {
         MPI_Barrier(MPI_COMM_WORLD);
-        if (rank == 0) {
+        if (T->rank == 0) {
             int bad = damage_copy(pristine, p9, 1.0);
             if (k == 0) bad |= damage_set_int(p9, "step", 73);
             if (k == 1) bad |= damage_set_int(p9, "world_size", 4);
@@ -287,150 +278,158 @@ static int metadata(const char *dir)
             if (k == 4) bad |= damage_config(p9, "seq_len: 8", "seq_len\001 8");
             if (k >= 5) bad |= damage_downgrade(p9);
             if (k == 5) bad |= damage_set_int(p9, "world_size", 1) | damage_set_int(p9, "dp", 1);
-            failures += bad;
+            EXPECT(T, bad == 0, "%s: cannot damage %s", what[k], p9);
         }
         MPI_Barrier(MPI_COMM_WORLD);
-        insitra_trainer *r = make(1, NULL, 16);
+        insitra_trainer *r = make(T, 1, NULL, 16);
         insitra_status s = insitra_checkpoint_load(r, dir, loaded, sizeof loaded);
         const bool old_ok = k == 6; /* an undamaged format 1 file loads */
-        EXPECT(s == INSITRA_STATUS_OK && strcmp(loaded, old_ok ? p9 : p5) == 0 && r->step == (old_ok ? 9 : 5),
-               "%s: loaded '%s' at step %lld (%s)", what[k], loaded, (long long)r->step, insitra_last_error());
+        EXPECT(
+            T, s == INSITRA_STATUS_OK && strcmp(loaded, old_ok ? p9 : p5) == 0 && r->step == (old_ok ? 9 : 5),
+            "%s: loaded '%s' at step %lld (%s)", what[k], loaded, (long long)r->step, insitra_last_error());
         s = insitra_checkpoint_load(r, p9, NULL, 0);
         if (old_ok) {
-            EXPECT(s == INSITRA_STATUS_OK, "%s: %s", what[k], insitra_last_error());
+            EXPECT(T, s == INSITRA_STATUS_OK, "%s: %s", what[k], insitra_last_error());
         } else {
-            EXPECT(s == INSITRA_STATUS_IO_ERROR && strstr(insitra_last_error(), k < 5 ? "metadata checksum" : "shape"),
+            EXPECT(T,
+                   s == INSITRA_STATUS_IO_ERROR &&
+                       strstr(insitra_last_error(), k < 5 ? "metadata checksum" : "shape"),
                    "%s, loaded by name: %s", what[k], insitra_last_error());
-            EXPECT(r->step == 5 && strstr(insitra_last_error(), "the trainer is unchanged"),
-                   "%s: a load refused before reading leaves the trainer at step %lld", what[k], (long long)r->step);
+            EXPECT(T, r->step == 5 && strstr(insitra_last_error(), "the trainer is unchanged"),
+                   "%s: a load refused before reading leaves the trainer at step %lld", what[k],
+                   (long long)r->step);
         }
-        if (rank == 0) printf("%s: %s\n", what[k], old_ok ? "loads" : insitra_last_error());
+        if (T->rank == 0) printf("%s: %s\n", what[k], old_ok ? "loads" : insitra_last_error());
         insitra_trainer_free(r);
     }
-    return 0;
 }
 
 /* Paths with any bytes a file name may hold (issue #16.4: a checkpoint.dir
  * or log.jsonl with a non-UTF-8 or control byte made every later load fail):
  * saves to such a directory load back. */
-static int strings(const char *dir)
+static void strings(insitra_test *T, const char *dir)
 {
     char odd[4096], jsonl[4200];
     /* No ':' (MPI-IO reads "name:" as a file system prefix). */
     snprintf(odd, sizeof odd, "%s/ck\xff\xfe\x01\t\"\\ #\n{x}'", dir);
     snprintf(jsonl, sizeof jsonl, "%s/log\x02\xc3(.jsonl", dir);
-    if (rank == 0) mkdir(odd, 0777);
+    if (T->rank == 0) mkdir(odd, 0777);
     MPI_Barrier(MPI_COMM_WORLD);
     insitra_trainer *t[2];
     for (int k = 0; k < 2; k++) {
-        t[k] = make(1, odd, 16);
-        EXPECT(insitra_config_set(&t[k]->cfg, "log.jsonl", jsonl) == INSITRA_STATUS_OK, "log.jsonl: %s",
-               insitra_last_error());
+        t[k] = make(T, 1, odd, 16);
+        EXPECT_OK(T, insitra_config_set(&t[k]->cfg, "log.jsonl", jsonl), "log.jsonl");
     }
-    push(t[0]);
-    for (int k = 0; k < 3; k++) step(t[0]);
+    push(T, t[0]);
+    for (int k = 0; k < 3; k++) step(T, t[0]);
     char path[4096] = "";
-    EXPECT(insitra_checkpoint_save(t[0], NULL, path, sizeof path) == INSITRA_STATUS_OK, "save: %s",
-           insitra_last_error());
-    EXPECT(insitra_checkpoint_load(t[1], NULL, path, sizeof path) == INSITRA_STATUS_OK && t[1]->step == 3,
+    EXPECT_OK(T, insitra_checkpoint_save(t[0], NULL, path, sizeof path), "save");
+    EXPECT(T, insitra_checkpoint_load(t[1], NULL, path, sizeof path) == INSITRA_STATUS_OK && t[1]->step == 3,
            "load from a directory named with odd bytes: %s", insitra_last_error());
-    if (rank == 0) printf("odd bytes in checkpoint.dir and log.jsonl: saved and loaded back at step %lld\n",
-                          (long long)t[1]->step);
+    if (T->rank == 0)
+        printf("odd bytes in checkpoint.dir and log.jsonl: saved and loaded back at step %lld\n",
+               (long long)t[1]->step);
     insitra_trainer_free(t[1]);
     insitra_trainer_free(t[0]);
-    return 0;
 }
 
-static int crash(const char *dir, const char *mode)
+static void crash(insitra_test *T, const char *dir, const char *mode)
 {
-    insitra_trainer *t = make(2, NULL, 16);
+    insitra_trainer *t = make(T, 2, NULL, 16);
     char path[4096];
     if (!strcmp(mode, "crash-prepare")) {
-        push(t);
-        for (int k = 0; k < 5; k++) step(t);
-        save(t, dir, path);
+        push(T, t);
+        for (int k = 0; k < 5; k++) step(T, t);
+        save(T, t, dir, path);
     } else if (!strcmp(mode, "crash")) {
-        EXPECT(insitra_checkpoint_load(t, dir, NULL, 0) == INSITRA_STATUS_OK, "load: %s", insitra_last_error());
-        for (int k = 0; k < 5; k++) step(t);
-        save(t, dir, path); /* INSITRA_CKPT_FAULT kills a rank in here */
-        printf("rank %d: the save was expected to be killed\n", rank);
-        failures++;
+        EXPECT_OK(T, insitra_checkpoint_load(t, dir, NULL, 0), "load");
+        for (int k = 0; k < 5; k++) step(T, t);
+        save(T, t, dir, path); /* INSITRA_CKPT_FAULT kills a rank in here */
+        EXPECT(T, false, "the save was expected to be killed");
     } else {
         char latest[4200], line[64] = "";
         snprintf(latest, sizeof latest, "%s/latest", dir);
         FILE *f = fopen(latest, "r");
         if (f && fgets(line, sizeof line, f)) line[strcspn(line, "\n")] = '\0';
         if (f) fclose(f);
-        EXPECT(!strcmp(line, "step-00000005.h5"), "latest names '%s'", line);
-        EXPECT(insitra_checkpoint_load(t, dir, path, sizeof path) == INSITRA_STATUS_OK && t->step == 5,
+        EXPECT(T, !strcmp(line, "step-00000005.h5"), "latest names '%s'", line);
+        EXPECT(T, insitra_checkpoint_load(t, dir, path, sizeof path) == INSITRA_STATUS_OK && t->step == 5,
                "after the crash: %s", insitra_last_error());
-        if (rank == 0) printf("after a crash inside the save: latest = %s, loads %s\n", line, path);
+        if (T->rank == 0) printf("after a crash inside the save: latest = %s, loads %s\n", line, path);
     }
     insitra_trainer_free(t);
-    return 0;
 }
 
-static int signal_mode(const char *dir, int only_rank0)
+static void signal_mode(insitra_test *T, const char *dir, int only_rank0)
 {
     /* Uninterrupted reference. */
-    insitra_trainer *a = make(3, NULL, 16);
-    push(a);
+    insitra_trainer *a = make(T, 3, NULL, 16);
+    push(T, a);
     double want[20], got[20];
-    for (int k = 0; k < 20; k++) want[k] = step(a);
+    for (int k = 0; k < 20; k++) want[k] = step(T, a);
     insitra_trainer_free(a);
 
-    insitra_trainer *b = make(3, dir, 16);
-    push(b);
+    insitra_trainer *b = make(T, 3, dir, 16);
+    push(T, b);
     int k = 0, stopped = 0;
     for (; k < 20 && !stopped; k++) {
-        if (k == 6 && (!only_rank0 || rank == 0)) raise(SIGUSR1);
-        got[k] = step(b);
+        if (k == 6 && (!only_rank0 || T->rank == 0)) raise(SIGUSR1);
+        got[k] = step(T, b);
         int32_t stop = 0;
         insitra_should_stop(b, &stop);
         stopped = stop;
     }
-    EXPECT(stopped && k == 7, "stopped after %d steps (want 7)", k);
+    EXPECT(T, stopped && k == 7, "stopped after %d steps (want 7)", k);
     insitra_trainer_free(b);
 
-    insitra_trainer *c = make(3, dir, 16);
-    EXPECT(insitra_checkpoint_load(c, dir, NULL, 0) == INSITRA_STATUS_OK, "load: %s", insitra_last_error());
-    for (; k < 20; k++) got[k] = step(c);
-    EXPECT(memcmp(got, want, sizeof want) == 0, "interrupted run differs (last %.17g vs %.17g)", got[19], want[19]);
-    if (rank == 0)
+    insitra_trainer *c = make(T, 3, dir, 16);
+    EXPECT_OK(T, insitra_checkpoint_load(c, dir, NULL, 0), "load");
+    for (; k < 20; k++) got[k] = step(T, c);
+    EXPECT(T, memcmp(got, want, sizeof want) == 0, "interrupted run differs (last %.17g vs %.17g)", got[19],
+           want[19]);
+    if (T->rank == 0)
         printf("SIGUSR1 on %s at step 7: checkpoint, stop, resume: 20 losses %s\n",
                only_rank0 ? "rank 0 only" : "every rank", memcmp(got, want, sizeof want) ? "DIFFERENT" : "bit-identical");
     insitra_trainer_free(c);
-    return 0;
 }
 
 int main(int argc, char **argv)
 {
-    MPI_Init(&argc, &argv);
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    /* The summary line names the mode: "checkpoint resume on 4 ranks: passed". */
+    char name[128];
+    snprintf(name, sizeof name, "checkpoint %s", argc > 1 ? argv[1] : "");
+    insitra_test test = insitra_test_begin(&argc, &argv, name);
+    insitra_test *T = &test;
     if (argc < 3) {
-        if (rank == 0) printf("usage: test_checkpoint MODE DIR [STAGE]\n");
+        if (T->rank == 0) printf("usage: test_checkpoint MODE DIR [STAGE]\n");
         MPI_Finalize();
         return 2;
     }
     const char *mode = argv[1], *dir = argv[2];
     const int stage = argc > 3 ? atoi(argv[3]) : 0;
-    if (rank == 0) mkdir(dir, 0777);
+    if (T->rank == 0) mkdir(dir, 0777);
     MPI_Barrier(MPI_COMM_WORLD);
-    if (!strcmp(mode, "straight")) straight(dir, stage);
-    else if (!strcmp(mode, "resume")) resume(dir, stage);
-    else if (!strcmp(mode, "reshard-write")) reshard_write(dir, stage);
-    else if (!strcmp(mode, "reshard-read")) reshard_read(dir, stage);
-    else if (!strcmp(mode, "faults")) faults(dir);
-    else if (!strcmp(mode, "metadata")) metadata(dir);
-    else if (!strcmp(mode, "strings")) strings(dir);
-    else if (!strncmp(mode, "crash", 5)) crash(dir, mode);
-    else if (!strcmp(mode, "signal")) signal_mode(dir, 0);
-    else if (!strcmp(mode, "signal-rank0")) signal_mode(dir, 1);
-    else failures++;
-    int total = 0;
-    MPI_Allreduce(&failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-    if (rank == 0) printf("checkpoint %s on %d ranks: %s (%d failures)\n", mode, size, total ? "FAILED" : "passed", total);
-    MPI_Finalize();
-    return total ? 1 : 0;
+    if (!strcmp(mode, "straight"))
+        straight(T, dir, stage);
+    else if (!strcmp(mode, "resume"))
+        resume(T, dir, stage);
+    else if (!strcmp(mode, "reshard-write"))
+        reshard_write(T, dir, stage);
+    else if (!strcmp(mode, "reshard-read"))
+        reshard_read(T, dir, stage);
+    else if (!strcmp(mode, "faults"))
+        faults(T, dir);
+    else if (!strcmp(mode, "metadata"))
+        metadata(T, dir);
+    else if (!strcmp(mode, "strings"))
+        strings(T, dir);
+    else if (!strncmp(mode, "crash", 5))
+        crash(T, dir, mode);
+    else if (!strcmp(mode, "signal"))
+        signal_mode(T, dir, 0);
+    else if (!strcmp(mode, "signal-rank0"))
+        signal_mode(T, dir, 1);
+    else
+        EXPECT(T, false, "unknown mode '%s'", mode);
+    return insitra_test_end(T);
 }

@@ -24,85 +24,72 @@
 
 #include "ckpt_damage.h"
 #include "insitra.h"
+#include "test_util.h"
 
 enum { T = 8, FI = 3, FO = 2, N = 12 };
 
-static int rank;
-
-static int fail(const char *what, const char *detail)
+/* The trainer every file here is made with (or loaded into); NULL (a failure
+ * counted) if it cannot be made. */
+static insitra_trainer *create(insitra_test *test)
 {
-    printf("rank %d: %s: %s\n", rank, what, detail);
-    return 1;
-}
-
-/* The trainer every file here is made with (or loaded into). */
-static insitra_trainer *create(void)
-{
-    insitra_config *cfg = NULL;
-    insitra_config_create(&cfg);
-    const char *yaml = "model: {seq_len: 8, in_features: 3, out_features: 2, d_model: 16,\n"
-                       "        n_layers: 2, n_heads: 2}\n"
-                       "training: {batch_size: 4, seed: 5}\n"
-                       "data: {capacity: 16}\n"
-                       "parallel: {zero_stage: 1}\n"
-                       "checkpoint: {include_samples: true, keep_last: 3}\n";
+    insitra_config *cfg =
+        insitra_test_config(test, "model: {seq_len: 8, in_features: 3, out_features: 2, d_model: 16,\n"
+                                  "        n_layers: 2, n_heads: 2}\n"
+                                  "training: {batch_size: 4, seed: 5}\n"
+                                  "data: {capacity: 16}\n"
+                                  "parallel: {zero_stage: 1}\n"
+                                  "checkpoint: {include_samples: true, keep_last: 3}\n");
+    if (!cfg) return NULL;
     insitra_trainer *t = NULL;
-    if (insitra_config_load_yaml_string(cfg, yaml) != INSITRA_STATUS_OK ||
-        insitra_trainer_create(&t, cfg, MPI_COMM_WORLD) != INSITRA_STATUS_OK)
-        fail("setup", insitra_last_error());
+    EXPECT_OK(test, insitra_trainer_create(&t, cfg, MPI_COMM_WORLD), "setup");
     insitra_config_free(cfg);
     return t;
 }
 
 /* A checkpoint written by an earlier version (format 1, from before the
  * metadata checksum) loads at its step, and training goes on from it. */
-static int load(const char *file, int64_t step)
+static void load(insitra_test *test, const char *file, int64_t step)
 {
-    insitra_trainer *t = create();
-    if (!t) return 1;
+    insitra_trainer *t = create(test);
+    if (!t) return;
     char path[4096];
     int64_t held = 0;
     insitra_metrics m = {0};
-    int rc = 0;
-    if (insitra_checkpoint_load(t, file, path, sizeof path) != INSITRA_STATUS_OK)
-        rc = fail("load", insitra_last_error());
-    else if (insitra_samples_stored(t, &held) != INSITRA_STATUS_OK || held == 0)
-        rc = fail("load", "no samples restored");
-    else if (insitra_train_step(t, &m) != INSITRA_STATUS_OK)
-        rc = fail("train after the load", insitra_last_error());
-    else if (m.step != step + 1)
-        rc = fail("load", "the step after the load is not the checkpoint's");
-    if (rc == 0 && rank == 0)
+    if (EXPECT_OK(test, insitra_checkpoint_load(t, file, path, sizeof path), "load") &&
+        EXPECT(test, insitra_samples_stored(t, &held) == INSITRA_STATUS_OK && held > 0,
+               "load: no samples restored") &&
+        EXPECT_OK(test, insitra_train_step(t, &m), "train after the load") &&
+        EXPECT(test, m.step == step + 1,
+               "load: the step after the load (%lld) is not the checkpoint's + 1 (%lld)", (long long)m.step,
+               (long long)(step + 1)) &&
+        test->rank == 0)
         printf("loaded %s at step %lld (%lld samples here), trained step %lld\n", path, (long long)step,
                (long long)held, (long long)m.step);
     insitra_trainer_free(t);
-    return rc;
 }
 
-static int make(const char *dir)
+static void make(insitra_test *test, const char *dir)
 {
-    insitra_trainer *t = create();
-    if (!t) return 1;
+    insitra_trainer *t = create(test);
+    if (!t) return;
     static float x[N][T][FI], y[N][T][FO];
-    for (int i = 0; i < N * T * FI; i++) (&x[0][0][0])[i] = (float)sin(0.3 * i + rank);
-    for (int i = 0; i < N * T * FO; i++) (&y[0][0][0])[i] = (float)cos(0.2 * i - rank);
+    insitra_test_fill_wave(&x[0][0][0], N * T * FI, sin, 0.3, test->rank, 1);
+    insitra_test_fill_wave(&y[0][0][0], N * T * FO, cos, 0.2, -test->rank, 1);
     /* Rank 1 holds fewer samples: the stored counts differ per rank. */
-    if (insitra_push_samples(t, N - 2 * rank, &x[0][0][0], &y[0][0][0]) != INSITRA_STATUS_OK)
-        return fail("push", insitra_last_error());
+    if (!EXPECT_OK(test, insitra_push_samples(t, N - 2 * test->rank, &x[0][0][0], &y[0][0][0]), "push"))
+        return;
     char path[4096];
     for (int save = 0; save < 2; save++) {
         for (int s = 0; s < 3; s++)
-            if (insitra_train_step(t, NULL) != INSITRA_STATUS_OK)
-                return fail("train", insitra_last_error());
-        if (insitra_checkpoint_save(t, dir, path, sizeof path) != INSITRA_STATUS_OK)
-            return fail("save", insitra_last_error());
-        if (rank == 0) printf("saved %s\n", path);
+            if (!EXPECT_OK(test, insitra_train_step(t, NULL), "train")) return;
+        if (!EXPECT_OK(test, insitra_checkpoint_save(t, dir, path, sizeof path), "save")) return;
+        if (test->rank == 0) printf("saved %s\n", path);
     }
     insitra_trainer_free(t);
-    return 0;
 }
 
-/* DST = a copy of SRC, damaged by one of ckpt_damage.h's functions. */
+/* DST = a copy of SRC, damaged by one of ckpt_damage.h's functions (each
+ * says why it failed): 0 or 1 as they return, 2 for a mode not known. */
 static int damaged_copy(int argc, char **argv)
 {
     const char *mode = argv[1], *src = argv[2], *dst = argv[3];
@@ -117,20 +104,28 @@ static int damaged_copy(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    MPI_Init(&argc, &argv);
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    int rc = 2;
+    /* The summary line names the mode: "ckpt_cli_make corrupt on 1 rank: passed". */
+    char name[128];
+    snprintf(name, sizeof name, "ckpt_cli_make %s", argc > 1 ? argv[1] : "");
+    insitra_test test = insitra_test_begin(&argc, &argv, name);
     const char *mode = argc > 1 ? argv[1] : "";
+    bool usage = false;
     if (!strcmp(mode, "make") && argc == 3)
-        rc = make(argv[2]);
+        make(&test, argv[2]);
     else if (!strcmp(mode, "load") && argc == 4)
-        rc = load(argv[2], atoll(argv[3]));
-    else if (argc >= 4)
-        rc = damaged_copy(argc, argv);
-    if (rc == 2)
-        fprintf(stderr, "usage: test_ckpt_cli_make make DIR | corrupt SRC DST DATASET |\n"
+        load(&test, argv[2], atoll(argv[3]));
+    else if (argc >= 4) {
+        const int rc = damaged_copy(argc, argv);
+        usage = rc == 2;
+        EXPECT(&test, rc != 1, "%s %s -> %s failed", mode, argv[2], argv[3]);
+    } else
+        usage = true;
+    if (usage) {
+        fprintf(stderr, "usage: test_ckpt_cli_make make DIR | load FILE STEP | corrupt SRC DST DATASET |\n"
                         "       truncate SRC DST | attr SRC DST NAME VALUE | config SRC DST FROM TO |\n"
                         "       downgrade SRC DST\n");
-    MPI_Finalize();
-    return rc;
+        MPI_Finalize();
+        return 2;
+    }
+    return insitra_test_end(&test);
 }

@@ -13,26 +13,21 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "expect.h"
 #include "insitra.h"
+#include "test_util.h"
 #include "trainer.h"
 
-static const int rank = 0; /* these checks run on one rank */
-static int failures = 0;
-
-static insitra_trainer *make(const char *dir, const char *signals)
+static insitra_trainer *make(insitra_test *T, const char *dir, const char *signals)
 {
     insitra_config *cfg = NULL;
-    insitra_config_create(&cfg);
+    if (!EXPECT_OK(T, insitra_config_create(&cfg), "config_create")) return NULL;
     const char *kv[][2] = {{"model.seq_len", "4"}, {"model.in_features", "2"}, {"model.out_features", "2"},
                            {"model.d_model", "8"}, {"model.n_layers", "1"},    {"model.n_heads", "2"},
                            {"training.batch_size", "2"}, {"data.capacity", "4"},
                            {"checkpoint.dir", dir},      {"checkpoint.signals", signals}};
-    for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
-        EXPECT(insitra_config_set(cfg, kv[i][0], kv[i][1]) == INSITRA_STATUS_OK, "%s", insitra_last_error());
+    for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++) insitra_test_set(T, cfg, kv[i][0], "%s", kv[i][1]);
     insitra_trainer *t = NULL;
-    EXPECT(insitra_trainer_create(&t, cfg, MPI_COMM_WORLD) == INSITRA_STATUS_OK, "create: %s",
-           insitra_last_error());
+    EXPECT_OK(T, insitra_trainer_create(&t, cfg, MPI_COMM_WORLD), "create");
     insitra_config_free(cfg);
     return t;
 }
@@ -63,60 +58,59 @@ static void host_handler(int signo) { (void)signo; }
 
 int main(int argc, char **argv)
 {
-    MPI_Init(&argc, &argv);
+    insitra_test test = insitra_test_begin(&argc, &argv, "preempt");
+    insitra_test *T = &test;
     char dir[] = "/tmp/insitra-preempt-XXXXXX";
-    EXPECT(mkdtemp(dir) != NULL, "mkdtemp");
+    EXPECT(T, mkdtemp(dir) != NULL, "mkdtemp");
     void (*usr1_before)(int) = handler_of(SIGUSR1), (*term_before)(int) = handler_of(SIGTERM);
-    EXPECT(sigterm_terminates() == 1, "SIGTERM terminates before any trainer");
+    EXPECT(T, sigterm_terminates() == 1, "SIGTERM terminates before any trainer");
 
     /* One trainer: the handlers are in, a signal is seen. */
-    insitra_trainer *a = make(dir, "true");
-    EXPECT(handler_of(SIGTERM) != term_before && handler_of(SIGUSR1) != usr1_before,
+    insitra_trainer *a = make(T, dir, "true");
+    EXPECT(T, handler_of(SIGTERM) != term_before && handler_of(SIGUSR1) != usr1_before,
            "the first trainer installs the handlers");
-    EXPECT(!insitra_preempt_requested(a), "no signal yet");
+    EXPECT(T, !insitra_preempt_requested(a), "no signal yet");
     raise(SIGUSR1);
-    EXPECT(insitra_preempt_requested(a), "a sees the SIGUSR1 raised while it alone exists");
+    EXPECT(T, insitra_preempt_requested(a), "a sees the SIGUSR1 raised while it alone exists");
 
     /* A second one keeps a's pending signal, and sees none from before it existed. */
-    insitra_trainer *b = make(dir, "true");
-    EXPECT(insitra_preempt_requested(a), "b's creation swallowed a's pending signal");
-    EXPECT(!insitra_preempt_requested(b), "b sees a signal from before it existed");
+    insitra_trainer *b = make(T, dir, "true");
+    EXPECT(T, insitra_preempt_requested(a), "b's creation swallowed a's pending signal");
+    EXPECT(T, !insitra_preempt_requested(b), "b sees a signal from before it existed");
     raise(SIGUSR1);
-    EXPECT(insitra_preempt_requested(a) && insitra_preempt_requested(b), "both see the second SIGUSR1");
+    EXPECT(T, insitra_preempt_requested(a) && insitra_preempt_requested(b), "both see the second SIGUSR1");
 
     /* A trainer without signals takes no part. */
-    insitra_trainer *c = make(dir, "false");
-    EXPECT(!insitra_preempt_requested(c), "a trainer with checkpoint.signals = false sees no signal");
+    insitra_trainer *c = make(T, dir, "false");
+    EXPECT(T, !insitra_preempt_requested(c), "a trainer with checkpoint.signals = false sees no signal");
     insitra_trainer_free(c);
 
     /* Freeing the first keeps the handlers for the second; the last restores. */
     insitra_trainer_free(a);
-    EXPECT(handler_of(SIGTERM) != term_before, "freeing a removed b's handlers");
+    EXPECT(T, handler_of(SIGTERM) != term_before, "freeing a removed b's handlers");
     if (handler_of(SIGTERM) != term_before) { /* else this process would end here */
         raise(SIGTERM);
-        EXPECT(insitra_preempt_requested(b), "b sees the SIGTERM after a is gone");
+        EXPECT(T, insitra_preempt_requested(b), "b sees the SIGTERM after a is gone");
     }
-    EXPECT(sigterm_terminates() == 0, "SIGTERM terminates while b exists");
+    EXPECT(T, sigterm_terminates() == 0, "SIGTERM terminates while b exists");
     insitra_trainer_free(b);
-    EXPECT(handler_of(SIGTERM) == term_before && handler_of(SIGUSR1) == usr1_before,
+    EXPECT(T, handler_of(SIGTERM) == term_before && handler_of(SIGUSR1) == usr1_before,
            "the original dispositions are back after the last trainer");
-    EXPECT(sigterm_terminates() == 1, "SIGTERM terminates after both trainers are freed");
+    EXPECT(T, sigterm_terminates() == 1, "SIGTERM terminates after both trainers are freed");
 
     /* A handler the host installs while a trainer lives is its own: freeing
      * the trainer leaves it in place. */
-    insitra_trainer *d = make(dir, "true");
+    insitra_trainer *d = make(T, dir, "true");
     struct sigaction host;
     memset(&host, 0, sizeof host);
     host.sa_handler = host_handler;
     sigemptyset(&host.sa_mask);
     sigaction(SIGUSR1, &host, NULL);
     insitra_trainer_free(d);
-    EXPECT(handler_of(SIGUSR1) == host_handler, "freeing the trainer replaced the host's handler");
-    EXPECT(handler_of(SIGTERM) == term_before, "SIGTERM restored");
+    EXPECT(T, handler_of(SIGUSR1) == host_handler, "freeing the trainer replaced the host's handler");
+    EXPECT(T, handler_of(SIGTERM) == term_before, "SIGTERM restored");
     signal(SIGUSR1, usr1_before);
 
     rmdir(dir);
-    printf("preempt: %s (%d failures)\n", failures ? "FAILED" : "passed", failures);
-    MPI_Finalize();
-    return failures ? 1 : 0;
+    return insitra_test_end(T);
 }

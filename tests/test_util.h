@@ -17,10 +17,6 @@
 #ifndef INSITRA_TEST_UTIL_H
 #define INSITRA_TEST_UTIL_H
 
-#ifdef INSITRA_TEST_EXPECT_H
-#error "test_util.h and the legacy expect.h define EXPECT differently: include one of them"
-#endif
-
 #include <mpi.h>
 #include <stdbool.h>
 #include <stdint.h>
