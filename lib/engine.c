@@ -28,12 +28,7 @@ insitra_status insitra_engine_bytes_for(const insitra_config *cfg, int stage, in
     const int64_t mb = insitra_config_micro_batch(cfg), B = cfg->training.batch_size;
     insitra_param_layout layout;
     insitra_shard_layout sl;
-    INSITRA_CHECK(insitra_param_layout_create(&layout, &dims));
-    insitra_status s = insitra_shard_layout_create(&sl, &layout, dp, 0);
-    if (s != INSITRA_STATUS_OK) {
-        insitra_param_layout_free(&layout);
-        return s;
-    }
+    INSITRA_CHECK(insitra_shard_layouts_for(&dims, dp, &layout, &sl));
     const insitra_zero_bytes z = insitra_zero_bytes_for(stage, separate, es, desc->align, &layout, &sl);
     const int64_t att = desc->attention_state_bytes(&dims, mb, es);
     const int64_t xs = dims.seq_len * dims.in_features, ys = dims.seq_len * dims.out_features;

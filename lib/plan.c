@@ -90,17 +90,12 @@ insitra_status insitra_plan_stage(const insitra_config *cfg, int32_t world_size,
     const int64_t dp = world_size / cfg->parallel.tp, mb = insitra_config_micro_batch(cfg);
     insitra_param_layout layout;
     insitra_shard_layout sl;
-    INSITRA_CHECK(insitra_param_layout_create(&layout, &dims));
-    insitra_status s = insitra_shard_layout_create(&sl, &layout, dp, 0);
-    if (s != INSITRA_STATUS_OK) {
-        insitra_param_layout_free(&layout);
-        return s;
-    }
+    INSITRA_CHECK(insitra_shard_layouts_for(&dims, dp, &layout, &sl));
     memset(plan, 0, sizeof *plan);
     plan->world_size = world_size;
     plan->zero_stage = zero_stage;
     /* the same formula insitra_memory_report answers with */
-    s = insitra_engine_bytes_for(cfg, zero_stage, dp, &plan->memory);
+    const insitra_status s = insitra_engine_bytes_for(cfg, zero_stage, dp, &plan->memory);
     if (s != INSITRA_STATUS_OK) {
         insitra_shard_layout_free(&sl);
         insitra_param_layout_free(&layout);

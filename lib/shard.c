@@ -35,6 +35,15 @@ insitra_status insitra_shard_layout_create(insitra_shard_layout *sl,
     return INSITRA_STATUS_OK;
 }
 
+insitra_status insitra_shard_layouts_for(const insitra_model_dims *dims, int64_t dp,
+                                         insitra_param_layout *layout, insitra_shard_layout *sl)
+{
+    INSITRA_CHECK(insitra_param_layout_create(layout, dims));
+    const insitra_status s = insitra_shard_layout_create(sl, layout, dp, 0);
+    if (s != INSITRA_STATUS_OK) insitra_param_layout_free(layout);
+    return s;
+}
+
 void insitra_shard_layout_free(insitra_shard_layout *sl)
 {
     free(sl->len);

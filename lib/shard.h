@@ -28,6 +28,11 @@ insitra_status insitra_shard_layout_create(insitra_shard_layout *sl,
                                            int64_t rank);
 void insitra_shard_layout_free(insitra_shard_layout *sl);
 
+/* The model's tensor layout for dims and its shard layout over dp ranks (as
+ * rank 0 holds it), both or neither: what sizing a configuration needs. */
+insitra_status insitra_shard_layouts_for(const insitra_model_dims *dims, int64_t dp,
+                                         insitra_param_layout *layout, insitra_shard_layout *sl);
+
 /* Elements of tensor i (numel n) that rank r's slot holds: the flattened
  * tensor's [r * len, r * len + count). */
 static inline int64_t insitra_shard_count(const insitra_shard_layout *sl, int64_t i, int64_t numel,
