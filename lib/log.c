@@ -2,33 +2,34 @@
 #include <inttypes.h>
 #include <stdio.h>
 
-#include "trainer.h"
+#include "log.h"
 
-void insitra_log_step(insitra_trainer *t, const insitra_metrics *m)
+void insitra_log_step(const insitra_config *cfg, int rank, FILE *jsonl, const insitra_metrics *m)
 {
-    if (t->comm.rank != 0) return;
-    const int64_t every = t->cfg.log.every_steps;
+    if (rank != 0) return;
+    const int64_t every = cfg->log.every_steps;
     if (every > 0 && m->step % every == 0) {
         printf("insitra step %8" PRId64 " | loss %.6e | lr %.3e | grad norm %.3e | %10.0f tokens/s"
                " | %8.2f ms\n",
                m->step, m->loss, m->lr, m->grad_norm, m->tokens_per_second, m->step_seconds * 1e3);
         fflush(stdout);
     }
-    if (t->jsonl) {
-        fprintf(t->jsonl,
+    if (jsonl) {
+        fprintf(jsonl,
                 "{\"step\":%" PRId64 ",\"loss\":%.9g,\"grad_norm\":%.9g,\"lr\":%.9g,"
                 "\"tokens\":%" PRId64 ",\"tokens_per_second\":%.6g,\"step_seconds\":%.6g}\n",
                 m->step, m->loss, m->grad_norm, m->lr, m->tokens, m->tokens_per_second,
                 m->step_seconds);
         /* A killed job keeps every line written so far. */
-        fflush(t->jsonl);
+        fflush(jsonl);
     }
 }
 
-void insitra_log_checkpoint(const insitra_trainer *t, const char *path, bool stop_requested)
+void insitra_log_checkpoint(const insitra_config *cfg, int rank, int64_t step, const char *path,
+                            bool stop_requested)
 {
-    if (t->comm.rank != 0 || t->cfg.log.every_steps <= 0) return;
-    printf("insitra step %8" PRId64 " | checkpoint %s%s\n", t->step, path,
+    if (rank != 0 || cfg->log.every_steps <= 0) return;
+    printf("insitra step %8" PRId64 " | checkpoint %s%s\n", step, path,
            stop_requested ? " (stop requested)" : "");
     fflush(stdout);
 }

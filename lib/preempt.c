@@ -22,7 +22,7 @@
 #include <time.h>
 
 #include "error.h"
-#include "trainer.h"
+#include "preempt.h"
 
 static volatile sig_atomic_t signals_received = 0;
 
@@ -42,7 +42,7 @@ static void on_signal(int signo)
     signals_received = signals_received == SIG_ATOMIC_MAX ? 0 : signals_received + 1;
 }
 
-static insitra_status join_registry(insitra_trainer *t)
+static insitra_status join_registry(insitra_preempt *t)
 {
     insitra_status s = INSITRA_STATUS_OK;
     pthread_mutex_lock(&registry_lock);
@@ -70,7 +70,7 @@ static insitra_status join_registry(insitra_trainer *t)
     return s;
 }
 
-static void leave_registry(insitra_trainer *t)
+static void leave_registry(insitra_preempt *t)
 {
     pthread_mutex_lock(&registry_lock);
     if (--registry_users == 0)
@@ -83,9 +83,8 @@ static void leave_registry(insitra_trainer *t)
     t->handlers_installed = false;
 }
 
-insitra_status insitra_preempt_setup(insitra_trainer *t)
+insitra_status insitra_preempt_setup(insitra_preempt *t, const insitra_config *cfg)
 {
-    const insitra_config *cfg = &t->cfg;
     if (cfg->checkpoint.dir[0] == '\0') return INSITRA_STATUS_OK;
     if (cfg->checkpoint.signals) INSITRA_CHECK(join_registry(t));
     /* The deadline, as an MPI_Wtime value. */
@@ -108,12 +107,12 @@ insitra_status insitra_preempt_setup(insitra_trainer *t)
     return INSITRA_STATUS_OK;
 }
 
-void insitra_preempt_release(insitra_trainer *t)
+void insitra_preempt_release(insitra_preempt *t)
 {
     if (t->handlers_installed) leave_registry(t);
 }
 
-bool insitra_preempt_requested(const insitra_trainer *t)
+bool insitra_preempt_requested(const insitra_preempt *t)
 {
     const bool signalled = t->handlers_installed && signals_received != t->signals_acknowledged;
     return signalled || (t->deadline != 0 && MPI_Wtime() >= t->deadline);

@@ -15,8 +15,9 @@
 
 #include "checked.h"
 #include "error.h"
-#include "trainer_ckpt.h"
+#include "log.h"
 #include "optimizer.h"
+#include "trainer_ckpt.h"
 
 /* Every rank must run the same configuration: compare with rank 0's, and
  * name the first key that differs. */
@@ -78,7 +79,7 @@ static insitra_status allocate(insitra_trainer *t)
                                               T * cfg->model.out_features));
     insitra_rng_seed(&t->sampler, (uint64_t)cfg->training.seed, 1 + (uint64_t)t->comm.rank);
     INSITRA_CHECK(insitra_engine_create(&t->engine, cfg, t->comm.comm, &t->dp, &t->store));
-    INSITRA_CHECK(insitra_preempt_setup(t));
+    INSITRA_CHECK(insitra_preempt_setup(&t->preempt, cfg));
     if (t->comm.rank == 0 && cfg->log.jsonl[0] != '\0') {
         t->jsonl = fopen(cfg->log.jsonl, "a");
         if (!t->jsonl)
@@ -92,7 +93,7 @@ static insitra_status allocate(insitra_trainer *t)
 /* Frees what create made; safe on a partly built trainer. */
 static void release(insitra_trainer *t)
 {
-    insitra_preempt_release(t);
+    insitra_preempt_release(&t->preempt);
     insitra_engine_free(&t->engine);
     if (t->jsonl) fclose(t->jsonl);
     insitra_sample_store_free(&t->store);
@@ -258,7 +259,7 @@ insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
     INSITRA_CHECK(insitra_comm_agree(&t->comm, insitra_engine_step(&t->engine, t->batch_slots, t->step + 1,
                                                                    lr, &loss, &norm)));
     /* A stop request (signal or deadline) on any rank stops every rank. */
-    double stop_requested = insitra_preempt_requested(t) ? 1.0 : 0.0;
+    double stop_requested = insitra_preempt_requested(&t->preempt) ? 1.0 : 0.0;
     INSITRA_CHECK(insitra_comm_sum_ordered(&t->dp, &stop_requested, 1));
     if (!isfinite(loss) || !isfinite(norm))
         return insitra_error_set(INSITRA_STATUS_NUMERICAL_ERROR,
@@ -278,7 +279,7 @@ insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
         .comm_wait_seconds = insitra_engine_wait_seconds(&t->engine),
     };
     out.tokens_per_second = seconds > 0 ? (double)out.tokens / seconds : 0.0;
-    insitra_log_step(t, &out);
+    insitra_log_step(cfg, t->comm.rank, t->jsonl, &out);
     if (metrics) *metrics = out;
 
     /* Checkpoints: every checkpoint.every_steps, and a final one on request. */
@@ -287,7 +288,7 @@ insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
     if (periodic || stop) {
         char path[4096];
         INSITRA_CHECK(insitra_trainer_ckpt_save(t, cfg->checkpoint.dir, path, sizeof path));
-        insitra_log_checkpoint(t, path, stop);
+        insitra_log_checkpoint(cfg, t->comm.rank, t->step, path, stop);
         t->stop = stop;
     }
     return INSITRA_STATUS_OK;

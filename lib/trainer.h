@@ -7,12 +7,12 @@
 #ifndef INSITRA_TRAINER_H
 #define INSITRA_TRAINER_H
 
-#include <signal.h>
 #include <stdio.h>
 
 #include "comm.h"
 #include "config.h"
 #include "engine.h"
+#include "preempt.h"
 #include "rng.h"
 #include "sample_store.h"
 
@@ -28,22 +28,8 @@ struct insitra_trainer {
     int64_t *batch_slots;       /* (batch_size) store slots of this step's samples */
     int64_t step;               /* optimizer steps taken */
     FILE *jsonl;                /* rank 0's metrics file, or NULL */
-    double deadline;            /* MPI_Wtime at which to checkpoint and stop; 0 = none */
-    bool handlers_installed;    /* this trainer holds the shared SIGUSR1/SIGTERM handlers */
-    sig_atomic_t signals_acknowledged; /* preempt.c's signal count when this trainer joined */
+    insitra_preempt preempt;    /* signals and the deadline (preempt.h) */
     bool stop;                  /* the ranks agreed to stop; the final checkpoint is written */
 };
-
-/* Preemption (preempt.c): signal handlers shared by the trainers that ask for
- * them, which only count signals, and the deadline. */
-insitra_status insitra_preempt_setup(insitra_trainer *t);
-void insitra_preempt_release(insitra_trainer *t);
-/* Whether this rank has been asked to stop (a signal, or the deadline passed). */
-bool insitra_preempt_requested(const insitra_trainer *t);
-
-/* Progress line and JSON line for one step (rank 0, as configured). */
-void insitra_log_step(insitra_trainer *t, const insitra_metrics *m);
-/* A line on rank 0 (when progress lines are on) for a checkpoint written by the step. */
-void insitra_log_checkpoint(const insitra_trainer *t, const char *path, bool stop_requested);
 
 #endif /* INSITRA_TRAINER_H */

@@ -69,20 +69,20 @@ int main(int argc, char **argv)
     insitra_trainer *a = make(T, dir, "true");
     EXPECT(T, handler_of(SIGTERM) != term_before && handler_of(SIGUSR1) != usr1_before,
            "the first trainer installs the handlers");
-    EXPECT(T, !insitra_preempt_requested(a), "no signal yet");
+    EXPECT(T, !insitra_preempt_requested(&a->preempt), "no signal yet");
     raise(SIGUSR1);
-    EXPECT(T, insitra_preempt_requested(a), "a sees the SIGUSR1 raised while it alone exists");
+    EXPECT(T, insitra_preempt_requested(&a->preempt), "a sees the SIGUSR1 raised while it alone exists");
 
     /* A second one keeps a's pending signal, and sees none from before it existed. */
     insitra_trainer *b = make(T, dir, "true");
-    EXPECT(T, insitra_preempt_requested(a), "b's creation swallowed a's pending signal");
-    EXPECT(T, !insitra_preempt_requested(b), "b sees a signal from before it existed");
+    EXPECT(T, insitra_preempt_requested(&a->preempt), "b's creation swallowed a's pending signal");
+    EXPECT(T, !insitra_preempt_requested(&b->preempt), "b sees a signal from before it existed");
     raise(SIGUSR1);
-    EXPECT(T, insitra_preempt_requested(a) && insitra_preempt_requested(b), "both see the second SIGUSR1");
+    EXPECT(T, insitra_preempt_requested(&a->preempt) && insitra_preempt_requested(&b->preempt), "both see the second SIGUSR1");
 
     /* A trainer without signals takes no part. */
     insitra_trainer *c = make(T, dir, "false");
-    EXPECT(T, !insitra_preempt_requested(c), "a trainer with checkpoint.signals = false sees no signal");
+    EXPECT(T, !insitra_preempt_requested(&c->preempt), "a trainer with checkpoint.signals = false sees no signal");
     insitra_trainer_free(c);
 
     /* Freeing the first keeps the handlers for the second; the last restores. */
@@ -90,7 +90,7 @@ int main(int argc, char **argv)
     EXPECT(T, handler_of(SIGTERM) != term_before, "freeing a removed b's handlers");
     if (handler_of(SIGTERM) != term_before) { /* else this process would end here */
         raise(SIGTERM);
-        EXPECT(T, insitra_preempt_requested(b), "b sees the SIGTERM after a is gone");
+        EXPECT(T, insitra_preempt_requested(&b->preempt), "b sees the SIGTERM after a is gone");
     }
     EXPECT(T, sigterm_terminates() == 0, "SIGTERM terminates while b exists");
     insitra_trainer_free(b);
