@@ -3,7 +3,9 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -394,6 +396,60 @@ insitra_model_dims insitra_config_model_dims(const insitra_config *cfg)
     };
 }
 
+/* One character of a string value for a double-quoted YAML scalar, so that
+ * every value a YAML file can hold reads back the same: quotes and
+ * backslashes escaped, characters YAML does not allow in a stream or reads
+ * as line breaks (control characters, C1 controls, U+2028/2029, U+FFFE/FFFF)
+ * as \xNN or \uNNNN, the
+ * rest (valid UTF-8) as is. A byte that starts no valid UTF-8 sequence (only
+ * insitra_config_set can store one) becomes \xNN, which reads back as
+ * U+00NN: such a value survives the dump as text, not byte for byte.
+ * Returns the bytes of c consumed; out holds at most 15 characters. */
+static size_t yaml_escape(const unsigned char *c, char *out)
+{
+    const size_t len = 16;
+    if (*c == '"' || *c == '\\') {
+        snprintf(out, len, "\\%c", *c);
+        return 1;
+    }
+    if (*c == '\n' || *c == '\t') {
+        snprintf(out, len, "\\%c", *c == '\n' ? 'n' : 't');
+        return 1;
+    }
+    if (*c < 0x20 || *c == 0x7f) {
+        snprintf(out, len, "\\x%02x", *c);
+        return 1;
+    }
+    if (*c < 0x80) {
+        snprintf(out, len, "%c", *c);
+        return 1;
+    }
+    /* a UTF-8 sequence: its length, and the code point it encodes */
+    const size_t n = *c >= 0xf0 && *c < 0xf5 ? 4 : *c >= 0xe0 && *c < 0xf0 ? 3 : *c >= 0xc2 && *c < 0xe0 ? 2 : 0;
+    uint32_t cp = n == 4 ? *c & 0x07u : n == 3 ? *c & 0x0fu : *c & 0x1fu;
+    bool valid = n > 0;
+    for (size_t k = 1; valid && k < n; k++) {
+        valid = (c[k] & 0xc0) == 0x80;
+        cp = cp << 6 | (c[k] & 0x3fu);
+    }
+    valid = valid && !(n == 3 && cp < 0x800) && !(n == 4 && (cp < 0x10000 || cp > 0x10ffff)) &&
+            !(cp >= 0xd800 && cp <= 0xdfff);
+    if (!valid) {
+        snprintf(out, len, "\\x%02x", *c);
+        return 1;
+    }
+    /* YAML reads U+0085, U+2028 and U+2029 as line breaks and folds them */
+    const bool printable = ((cp >= 0xa0 && cp <= 0xd7ff && cp != 0x2028 && cp != 0x2029) ||
+                            (cp >= 0xe000 && cp <= 0xfffd) || cp >= 0x10000);
+    if (printable) {
+        memcpy(out, c, n);
+        out[n] = '\0';
+    } else {
+        snprintf(out, len, "\\u%04x", (unsigned)cp);
+    }
+    return n;
+}
+
 size_t insitra_config_dump_yaml(const insitra_config *cfg, char *buf, size_t len)
 {
     char text[INSITRA_CONFIG_PATH_MAX + 32];
@@ -418,9 +474,12 @@ size_t insitra_config_dump_yaml(const insitra_config *cfg, char *buf, size_t len
         const char *name = dot ? dot + 1 : e->key, *indent = dot ? "  " : "";
         format_entry(cfg, e, text, sizeof text);
         if (e->kind == KIND_STRING) {
-            /* double-quoted YAML: escape backslashes and quotes */
             EMIT("%s%s: \"", indent, name);
-            for (const char *c = text; *c; c++) EMIT(*c == '"' || *c == '\\' ? "\\%c" : "%c", *c);
+            for (const unsigned char *c = (const unsigned char *)text; *c;) {
+                char esc[16];
+                c += yaml_escape(c, esc);
+                EMIT("%s", esc);
+            }
             EMIT("\"\n");
         } else {
             EMIT("%s%s: %s\n", indent, name, text);

@@ -134,6 +134,23 @@ int main(int argc, char **argv)
            insitra_last_error());
     EXPECT(T, insitra_config_hash(back) == insitra_config_hash(cfg), "dump round trip changes the hash");
     insitra_config_free(back);
+
+    /* String values with every kind of character YAML can carry escaped:
+     * control bytes, C1 controls, quotes, backslashes, and plain UTF-8. */
+    insitra_config *odd = NULL, *odd_back = NULL;
+    EXPECT_OK(T, insitra_config_create(&odd), "create");
+    EXPECT_OK(T, insitra_config_create(&odd_back), "create");
+    EXPECT(T, insitra_config_load_yaml_string(odd, "checkpoint: {dir: \"run\\x01\\t\\n\\\"q\\\" \\\\ "
+                                                    "\\u0085\\u0080\\x7f\\u00e9\\u2028 end\"}\n"
+                                                    "log: {jsonl: \"m\\x1b[0m.jsonl\"}\n") == INSITRA_STATUS_OK,
+           "odd strings load: %s", insitra_last_error());
+    EXPECT(T, insitra_config_dump_yaml(odd, dumped, sizeof dumped) < sizeof dumped, "dump fits");
+    EXPECT(T, insitra_config_load_yaml_string(odd_back, dumped) == INSITRA_STATUS_OK,
+           "the dump of odd strings reloads: %s\n%s", insitra_last_error(), dumped);
+    EXPECT(T, insitra_config_hash(odd_back) == insitra_config_hash(odd), "odd strings change in a dump round trip");
+    insitra_config_free(odd_back);
+    insitra_config_free(odd);
+
     insitra_test_set(T, cfg, "device", "cpu");
     expect_error(T, insitra_config_validate(cfg), INSITRA_STATUS_CONFIG_ERROR, "'precision'", "device = cuda",
                  NULL);

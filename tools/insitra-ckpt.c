@@ -26,6 +26,7 @@
 #include <hdf5.h>
 
 #include "ckpt_format.h"
+#include "checked.h"
 #include "config.h"
 #include "crc32c.h"
 #include "insitra.h"
@@ -501,7 +502,15 @@ static void check_rank_tables(const ckpt_file *c, const insitra_model_dims *dims
     int64_t total = -1;
     if (counts && H5Dread(dset, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, counts) >= 0) {
         total = 0;
-        for (hsize_t r = 0; r < w && total >= 0; r++) total = counts[r] < 0 ? -1 : total + counts[r];
+        /* counts come from the file: a negative one, or a sum past int64, is damage */
+        for (hsize_t r = 0; r < w && total >= 0; r++)
+            if (counts[r] < 0 || !insitra_add_i64(total, counts[r], &total)) {
+                problem(insitra_ckpt_tables[INSITRA_CKPT_SAMPLE_COUNT].path,
+                        "rank %llu holds %lld samples, which no store holds (the counts must be "
+                        "non-negative and add up within 64 bits)",
+                        (unsigned long long)r, (long long)counts[r]);
+                total = -1;
+            }
     }
     free(counts);
     if (dset >= 0) H5Dclose(dset);
