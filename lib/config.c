@@ -46,6 +46,7 @@ static const config_entry entries[] = {
     {"training.micro_batch_size", KIND_INT, FIELD(training.micro_batch_size), 0, 1048576, "0", {0}},
     {"training.seed", KIND_INT, FIELD(training.seed), 0, INT_MAX_KEY, "1234", {0}},
     {"training.grad_clip", KIND_REAL, FIELD(training.grad_clip), 0, 1e30, "1.0", {0}},
+    {"training.recompute", KIND_CHOICE, FIELD(training.recompute), 0, 0, "none", {"none", "block"}},
     {"optimizer.lr", KIND_REAL, FIELD(optimizer.lr), 0, 10, "1e-3", {0}},
     {"optimizer.min_lr", KIND_REAL, FIELD(optimizer.min_lr), 0, 10, "1e-5", {0}},
     {"optimizer.warmup_steps", KIND_INT, FIELD(optimizer.warmup_steps), 0, INT_MAX_KEY, "100", {0}},
@@ -393,6 +394,7 @@ insitra_model_dims insitra_config_model_dims(const insitra_config *cfg)
         .n_layers = cfg->model.n_layers,
         .n_heads = cfg->model.n_heads,
         .causal = cfg->model.causal,
+        .recompute = cfg->training.recompute == INSITRA_RECOMPUTE_BLOCK,
     };
 }
 

@@ -20,6 +20,9 @@ enum { INSITRA_SAMPLER_RANDOM = 0, INSITRA_SAMPLER_SEQUENTIAL = 1 };
 /* device and precision: where and in what type the model computes. */
 enum { INSITRA_DEVICE_CPU = 0, INSITRA_DEVICE_CUDA = 1 };
 enum { INSITRA_PRECISION_FP32 = 0, INSITRA_PRECISION_BF16 = 1 };
+/* training.recompute: keep every block's activations, or only each block's
+ * input and recompute the block in backward. */
+enum { INSITRA_RECOMPUTE_NONE = 0, INSITRA_RECOMPUTE_BLOCK = 1 };
 
 struct insitra_config {
     int device;                   /* INSITRA_DEVICE_* */
@@ -35,6 +38,7 @@ struct insitra_config {
         int64_t micro_batch_size; /* samples per forward/backward; 0 = batch_size */
         int64_t seed;
         double grad_clip;         /* max global grad norm; 0 = off */
+        int recompute;            /* INSITRA_RECOMPUTE_* */
     } training;
     insitra_adamw_hparams optimizer;
     struct {

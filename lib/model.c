@@ -133,8 +133,19 @@ static int64_t carve_acts(insitra_acts *a, const insitra_model_dims *d, int64_t 
     if (es != sizeof(float)) CARVE(aa->x_f32, insitra_size_mul(N, d->in_features), f);
     CARVE(aa->y, insitra_size_mul(N, d->out_features), f);
     CARVE(aa->encoded, NC, e);
+    /* A block's activations: every block's kept for backward, or (recompute)
+     * one set that each block's forward and recomputation use in turn, and
+     * only the blocks' outputs (the next blocks' inputs) kept. */
+    insitra_block_acts shared = {0};
     for (int64_t l = 0; l < d->n_layers; l++) {
         insitra_block_acts scratch, *ba = a ? &a->blocks[l] : &scratch;
+        if (d->recompute && l > 0) {
+            void *res_out = NULL;
+            CARVE(res_out, NC, e);
+            *ba = shared;
+            ba->res_out = res_out;
+            continue;
+        }
         CARVE(ba->ln1, NC, e);
         CARVE(ba->ln1_mean, N, f);
         CARVE(ba->ln1_rstd, N, f);
@@ -148,6 +159,7 @@ static int64_t carve_acts(insitra_acts *a, const insitra_model_dims *d, int64_t 
         CARVE(ba->fch, NC4, e);
         CARVE(ba->fch_gelu, NC4, e);
         CARVE(ba->res_out, NC, e);
+        shared = *ba;
     }
     CARVE(aa->lnf, NC, e);
     CARVE(aa->lnf_mean, N, f);

@@ -30,6 +30,7 @@ typedef struct insitra_model_dims {
     int64_t n_layers;     /* L */
     int64_t n_heads;      /* H, divides C */
     bool causal;          /* token t attends only to tokens <= t */
+    bool recompute;       /* keep only each block's input; recompute the block in backward */
 } insitra_model_dims;
 
 /* One named parameter tensor inside the flat buffer. */

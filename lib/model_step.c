@@ -45,12 +45,41 @@ static float *grad_at(const insitra_model *m, int64_t u, int64_t i, float *base)
     return base + (l->tensors[i].offset - l->units[u].offset);
 }
 
+/* One block's forward: res_out (N,C) = res + attn(LN1(res)) + MLP(LN2(...)),
+ * keeping in ba what its backward reads. w: the block's twelve tensors. */
+static insitra_status block_forward(insitra_model *m, insitra_block_acts *ba, const void *const *w, const void *res,
+                                    int64_t B)
+{
+    insitra_backend *be = m->be;
+    const insitra_backend_i *op = be->i;
+    const insitra_model_dims *d = &m->dims;
+    const int64_t T = d->seq_len, C = d->d_model, H = d->n_heads, N = B * T;
+    INSITRA_CHECK(op->layernorm_forward(be, ba->ln1, ba->ln1_mean, ba->ln1_rstd, res, w[INSITRA_BLOCK_LN1_W],
+                                        w[INSITRA_BLOCK_LN1_B], N, C));
+    /* qkv (N,3C) */
+    INSITRA_CHECK(op->linear_forward(be, ba->qkv, NULL, ba->ln1, w[INSITRA_BLOCK_QKV_W], w[INSITRA_BLOCK_QKV_B],
+                                     NULL, N, C, 3 * C));
+    /* atty (N,C) */
+    INSITRA_CHECK(op->attention_forward(be, ba->atty, ba->att, ba->qkv, B, T, C, H, d->causal));
+    /* res_att (N,C) = res + atty W_proj^T + b */
+    INSITRA_CHECK(op->linear_forward(be, ba->res_att, NULL, ba->atty, w[INSITRA_BLOCK_PROJ_W],
+                                     w[INSITRA_BLOCK_PROJ_B], res, N, C, C));
+    INSITRA_CHECK(op->layernorm_forward(be, ba->ln2, ba->ln2_mean, ba->ln2_rstd, ba->res_att, w[INSITRA_BLOCK_LN2_W],
+                                        w[INSITRA_BLOCK_LN2_B], N, C));
+    /* fch_gelu (N,4C) = gelu(fch), fch = ln2 W_fc^T + b */
+    INSITRA_CHECK(op->linear_forward(be, ba->fch_gelu, ba->fch, ba->ln2, w[INSITRA_BLOCK_FC_W], w[INSITRA_BLOCK_FC_B],
+                                     NULL, N, C, 4 * C));
+    /* res_out (N,C) = res_att + fch_gelu W_fcproj^T + b */
+    return op->linear_forward(be, ba->res_out, NULL, ba->fch_gelu, w[INSITRA_BLOCK_FCPROJ_W],
+                              w[INSITRA_BLOCK_FCPROJ_B], ba->res_att, N, 4 * C, C);
+}
+
 insitra_status insitra_model_forward(insitra_model *m, int64_t B, double *loss, double loss_scale)
 {
     insitra_backend *be = m->be;
     const insitra_backend_i *op = be->i;
     const insitra_model_dims *d = &m->dims;
-    const int64_t T = d->seq_len, C = d->d_model, H = d->n_heads, N = B * T, L = d->n_layers;
+    const int64_t T = d->seq_len, C = d->d_model, N = B * T, L = d->n_layers;
     insitra_acts *a = &m->a;
     const void *base;
     float *unused;
@@ -71,27 +100,7 @@ insitra_status insitra_model_forward(insitra_model *m, int64_t B, double *loss, 
         const void *w[INSITRA_BLOCK_NUM_TENSORS];
         for (int i = 0; i < INSITRA_BLOCK_NUM_TENSORS; i++) w[i] = param_at(m, l + 1, t0 + i, base);
         insitra_block_acts *ba = &a->blocks[l];
-        if (N > 0) {
-            INSITRA_CHECK(op->layernorm_forward(be, ba->ln1, ba->ln1_mean, ba->ln1_rstd, res,
-                                                w[INSITRA_BLOCK_LN1_W], w[INSITRA_BLOCK_LN1_B], N, C));
-            /* qkv (N,3C) */
-            INSITRA_CHECK(op->linear_forward(be, ba->qkv, NULL, ba->ln1, w[INSITRA_BLOCK_QKV_W],
-                                             w[INSITRA_BLOCK_QKV_B], NULL, N, C, 3 * C));
-            /* atty (N,C) */
-            INSITRA_CHECK(op->attention_forward(be, ba->atty, ba->att, ba->qkv, B, T, C, H, d->causal));
-            /* res_att (N,C) = res + atty W_proj^T + b */
-            INSITRA_CHECK(op->linear_forward(be, ba->res_att, NULL, ba->atty, w[INSITRA_BLOCK_PROJ_W],
-                                             w[INSITRA_BLOCK_PROJ_B], res, N, C, C));
-            INSITRA_CHECK(op->layernorm_forward(be, ba->ln2, ba->ln2_mean, ba->ln2_rstd, ba->res_att,
-                                                w[INSITRA_BLOCK_LN2_W], w[INSITRA_BLOCK_LN2_B], N, C));
-            /* fch_gelu (N,4C) = gelu(fch), fch = ln2 W_fc^T + b */
-            INSITRA_CHECK(op->linear_forward(be, ba->fch_gelu, ba->fch, ba->ln2, w[INSITRA_BLOCK_FC_W],
-                                             w[INSITRA_BLOCK_FC_B], NULL, N, C, 4 * C));
-            /* res_out (N,C) = res_att + fch_gelu W_fcproj^T + b */
-            INSITRA_CHECK(op->linear_forward(be, ba->res_out, NULL, ba->fch_gelu,
-                                             w[INSITRA_BLOCK_FCPROJ_W], w[INSITRA_BLOCK_FCPROJ_B],
-                                             ba->res_att, N, 4 * C, C));
-        }
+        if (N > 0) INSITRA_CHECK(block_forward(m, ba, w, res, B));
         res = ba->res_out;
         INSITRA_CHECK(unit_end(m, l + 1, INSITRA_PASS_FORWARD));
     }
@@ -147,8 +156,10 @@ insitra_status insitra_model_backward(insitra_model *m, int64_t B, float loss_sc
             w[i] = param_at(m, l + 1, t0 + i, base);
             gw[i] = grad_at(m, l + 1, t0 + i, gbase);
         }
-        const insitra_block_acts *ba = &a->blocks[l];
+        insitra_block_acts *ba = &a->blocks[l];
         const void *res_in = l > 0 ? a->blocks[l - 1].res_out : a->encoded;
+        /* training.recompute = block: the block's activations again, from its input */
+        if (N > 0 && d->recompute) INSITRA_CHECK(block_forward(m, ba, w, res_in, B));
         if (N > 0) {
             /* MLP: dres holds d(res_out); the residual passes it to res_att unchanged.
              * dfch (N,4C) = (dres W_fcproj) gelu'(fch) */
