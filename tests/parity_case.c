@@ -9,6 +9,7 @@ enum { MAX_STEPS = 1000 };
 int parity_case_read(fixture *f, parity_case *c)
 {
     insitra_model_dims *d = &c->dims;
+    *d = (insitra_model_dims){0}; /* what the fixture does not set (recompute) is off */
     int64_t causal = 0, n_loss = 0, n_norm = 0, n_lr = 0;
     if (fixture_scalar_i64(f, "dims/batch", &c->batch) ||
         fixture_scalar_i64(f, "dims/seq_len", &d->seq_len) ||

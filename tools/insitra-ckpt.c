@@ -579,7 +579,7 @@ static int cmd_verify(const char *path)
     }
     check_meta(&c);
     insitra_config *cfg = ckpt_config(&c, why, sizeof why);
-    insitra_model_dims dims;
+    insitra_model_dims dims = {0};
     insitra_param_layout layout = {0};
     int have_layout = 0;
     if (!cfg) {
