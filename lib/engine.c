@@ -8,13 +8,13 @@
 #include "error.h"
 #include "optimizer.h"
 
-/* The engine's own buffer: step values, then the batch's slots. */
-static int64_t engine_small_bytes(int64_t batch, size_t align, int64_t *slots_at)
+/* The engine's own buffer: the step's stats (4 doubles), its scalars, then
+ * the batch's slots; returns its bytes and where the last two start. */
+static int64_t engine_small_bytes(int64_t batch, size_t align, int64_t *scalars_at, int64_t *slots_at)
 {
     const int64_t a = (int64_t)align;
-    int64_t used = 4 * (int64_t)sizeof(double);
-    used = (used + a - 1) / a * a + (int64_t)sizeof(insitra_step_scalars);
-    *slots_at = (used + a - 1) / a * a;
+    *scalars_at = insitra_size_align(4 * (int64_t)sizeof(double), a);
+    *slots_at = insitra_size_align(*scalars_at + (int64_t)sizeof(insitra_step_scalars), a);
     return *slots_at + batch * (int64_t)sizeof(int64_t);
 }
 
@@ -32,8 +32,8 @@ insitra_status insitra_engine_bytes_for(const insitra_config *cfg, int stage, in
     const insitra_zero_bytes z = insitra_zero_bytes_for(stage, separate, es, desc->align, &layout, &sl);
     const int64_t att = desc->attention_state_bytes(&dims, mb, es);
     const int64_t xs = dims.seq_len * dims.in_features, ys = dims.seq_len * dims.out_features;
-    int64_t slots_at;
-    const int64_t small = engine_small_bytes(B, desc->align, &slots_at);
+    int64_t scalars_at, slots_at;
+    const int64_t small = engine_small_bytes(B, desc->align, &scalars_at, &slots_at);
     *usage = (insitra_memory_usage){
         .parameter_bytes = z.params,
         .gradient_bytes = z.grads,
@@ -70,13 +70,11 @@ insitra_status insitra_engine_create(insitra_engine *e, const insitra_config *cf
     INSITRA_CHECK(insitra_model_create_on(&e->model, be, &dims, e->mb, false, false));
     INSITRA_CHECK(insitra_zero_create(&e->zero, (int)cfg->parallel.zero_stage,
                                       cfg->precision == INSITRA_PRECISION_BF16, dp, &e->model));
-    int64_t slots_at;
-    const int64_t small = engine_small_bytes(e->batch, be->desc->align, &slots_at);
+    int64_t scalars_at, slots_at;
+    const int64_t small = engine_small_bytes(e->batch, be->desc->align, &scalars_at, &slots_at);
     INSITRA_CHECK(be->i->alloc(be, (size_t)small, "step values", &e->mem));
     e->stats = e->mem;
-    e->scalars = (insitra_step_scalars *)((char *)e->mem +
-                                          (4 * sizeof(double) + be->desc->align - 1) / be->desc->align *
-                                              be->desc->align);
+    e->scalars = (insitra_step_scalars *)((char *)e->mem + scalars_at);
     e->slots = (int64_t *)((char *)e->mem + slots_at);
     if (be->host_memory) {
         e->store_x = store->x;

@@ -506,9 +506,9 @@ insitra_status insitra_zero_update(insitra_zero *z, const insitra_step_scalars *
     const float *grads = z->stage <= 1 ? z->grads : z->grad_shard;
     INSITRA_CHECK(be->i->adamw(be, z->update_segs, z->n_segs, z->max_seg, params, copy, grads, z->m, z->v,
                                sc, stats));
-    if ((z->stage == 1 || z->stage == 2) && z->sl.dp > 1) return redistribute(z);
-    if ((z->stage == 1 || z->stage == 2) && z->master_separate) /* one rank: the copy is all of it */
-        return redistribute(z);
+    /* Stages 1-2 all-gather the updated slots; on one rank too with a separate
+     * master, whose compute-type copy must reach the working parameters. */
+    if ((z->stage == 1 || z->stage == 2) && (z->sl.dp > 1 || z->master_separate)) return redistribute(z);
     z->gather_id[0] = z->gather_id[1] = -1; /* stage 3: gathered copies are stale now */
     return INSITRA_STATUS_OK;
 }
