@@ -7,9 +7,9 @@
  *   err = max_i |cuda_i - cpu_i| / max(max_i |cpu_i|, 1e-6)
  *
  * against a tolerance per precision: fp32 1e-4 (summation orders differ:
- * cuBLASLt's tiles against BLAS, tree against sequential reductions), bf16
- * 4e-2 (inputs and outputs rounded to 8 mantissa bits, ~4e-3 each, through
- * up to three roundings). Forward and backward of every layer, the
+ * cuBLASLt's tiles against BLAS, tree against sequential reductions; seen
+ * at most 5.3e-6 on an H200), bf16 1e-2 (outputs rounded to 8 mantissa bits,
+ * ~4e-3; seen at most 3.7e-3). Forward and backward of every layer, the
  * optimizer and shard operations.
  *
  * Without a usable GPU (CI has none) it prints why and exits 77: skipped.
@@ -281,7 +281,7 @@ int main(int argc, char **argv)
             MPI_Finalize();
             return 77;
         }
-        const double tol = precision ? 4e-2 : 1e-4;
+        const double tol = precision ? 1e-2 : 1e-4;
         const char *p = precision ? "bf16" : "fp32";
         /* the kernels' workspace, for the largest shapes below */
         const insitra_model_dims big = {.seq_len = 33, .d_model = 64, .n_heads = 4, .n_layers = 1,
