@@ -208,6 +208,17 @@ typedef struct insitra_plan {
 insitra_status insitra_plan_stage(const insitra_config *cfg, int32_t world_size,
                                   int32_t zero_stage, insitra_plan *plan);
 
+/* Local, allocates nothing: the largest model.seq_len, up to the key's upper
+ * limit, at which training cfg (its other keys as they are) on world_size
+ * ranks at ZeRO stage zero_stage needs at most budget_bytes per rank, by
+ * insitra_plan_stage's formula (memory.total_bytes); 0 when not even a
+ * sequence of one fits. *at_limit is set when the key's limit, not the
+ * budget, bounds the answer (may be NULL). The CUDA context and the
+ * libraries' own allocations are not counted (insitra_memory_report). */
+insitra_status insitra_plan_max_seq_len(const insitra_config *cfg, int32_t world_size,
+                                        int32_t zero_stage, int64_t budget_bytes,
+                                        int64_t *seq_len, int32_t *at_limit);
+
 #ifdef __cplusplus
 }
 #endif

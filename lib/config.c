@@ -34,7 +34,7 @@ typedef struct {
 static const config_entry entries[] = {
     {"device", KIND_CHOICE, FIELD(device), 0, 0, "cpu", {"cpu", "cuda"}},
     {"precision", KIND_CHOICE, FIELD(precision), 0, 0, "fp32", {"fp32", "bf16"}},
-    {"model.seq_len", KIND_INT, FIELD(model.seq_len), 1, 65536, "64", {0}},
+    {"model.seq_len", KIND_INT, FIELD(model.seq_len), 1, INSITRA_SEQ_LEN_MAX, "64", {0}},
     {"model.in_features", KIND_INT, FIELD(model.in_features), 1, 1048576, "16", {0}},
     {"model.out_features", KIND_INT, FIELD(model.out_features), 1, 1048576, "16", {0}},
     {"model.d_model", KIND_INT, FIELD(model.d_model), 1, 65536, "128", {0}},

@@ -13,6 +13,8 @@
 #include "optimizer.h"
 
 #define INSITRA_CONFIG_PATH_MAX 1024
+/* model.seq_len's upper limit (the key table's; insitra_plan_max_seq_len searches up to it). */
+#define INSITRA_SEQ_LEN_MAX 65536
 
 /* data.sampler: how a rank draws its batch from its own store. */
 enum { INSITRA_SAMPLER_RANDOM = 0, INSITRA_SAMPLER_SEQUENTIAL = 1 };

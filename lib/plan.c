@@ -107,3 +107,54 @@ insitra_status insitra_plan_stage(const insitra_config *cfg, int32_t world_size,
     insitra_param_layout_free(&layout);
     return check_counted(plan, cfg);
 }
+
+/* Whether cfg with model.seq_len = T fits budget bytes per rank: 1 yes, 0 no,
+ * -1 with the error set when the plan fails for another reason. A sequence
+ * whose buffers cannot be counted in 64 bits (a CONFIG_ERROR of sizes) does
+ * not fit. */
+static int fits_at(insitra_config *c, int64_t T, int32_t world_size, int32_t stage, int64_t budget,
+                   insitra_status *err)
+{
+    c->model.seq_len = T;
+    insitra_plan p;
+    *err = insitra_plan_stage(c, world_size, stage, &p);
+    if (*err == INSITRA_STATUS_CONFIG_ERROR && T > 1) return 0;
+    if (*err != INSITRA_STATUS_OK) return -1;
+    return p.memory.total_bytes <= budget;
+}
+
+insitra_status insitra_plan_max_seq_len(const insitra_config *cfg, int32_t world_size, int32_t zero_stage,
+                                        int64_t budget_bytes, int64_t *seq_len, int32_t *at_limit)
+{
+    if (!cfg || !seq_len)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "plan_max_seq_len: %s is NULL",
+                                 !cfg ? "cfg" : "seq_len");
+    if (budget_bytes < 0)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                 "plan_max_seq_len: budget_bytes = %" PRId64 ", must be at least 0",
+                                 budget_bytes);
+    *seq_len = 0;
+    if (at_limit) *at_limit = 0;
+    insitra_config c = *cfg;
+    insitra_status err;
+    /* Every byte count grows with T (positions, activations, workspace, sample
+     * store, alignment), so a bisection finds the last T that fits. */
+    int f = fits_at(&c, 1, world_size, zero_stage, budget_bytes, &err);
+    if (f <= 0) return f < 0 ? err : INSITRA_STATUS_OK;
+    int64_t lo = 1, hi = INSITRA_SEQ_LEN_MAX; /* lo fits */
+    f = fits_at(&c, hi, world_size, zero_stage, budget_bytes, &err);
+    if (f < 0) return err;
+    if (f) {
+        *seq_len = hi;
+        if (at_limit) *at_limit = 1;
+        return INSITRA_STATUS_OK;
+    }
+    while (hi - lo > 1) { /* lo fits, hi does not */
+        const int64_t mid = lo + (hi - lo) / 2;
+        f = fits_at(&c, mid, world_size, zero_stage, budget_bytes, &err);
+        if (f < 0) return err;
+        *(f ? &lo : &hi) = mid;
+    }
+    *seq_len = lo;
+    return INSITRA_STATUS_OK;
+}

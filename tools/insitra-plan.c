@@ -3,6 +3,7 @@
  * configuration at every ZeRO stage, before a job is submitted.
  *
  *   insitra-plan [--ranks N[,N...]] [--set key=value]... [--memory-per-rank GiB] [config.yaml]
+ *   insitra-plan --max-seq-len --memory-per-rank GiB [--ranks ...] [--set ...] [config.yaml]
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,11 +15,13 @@ static int usage(FILE *out)
 {
     fprintf(out,
             "usage: insitra-plan [--ranks N[,N...]] [--set key=value]... [--memory-per-rank GiB]\n"
-            "                    [config.yaml]\n"
+            "                    [--max-seq-len] [config.yaml]\n"
             "Prints, for each ZeRO stage and rank count, the bytes one rank holds (parameters,\n"
             "gradients, optimizer state, activations, communication buffers, sample store) and\n"
             "the bytes it sends per optimizer step. With --memory-per-rank, marks the stages that\n"
-            "fit and names the cheapest one (the least traffic).\n");
+            "fit and names the cheapest one (the least traffic). With --max-seq-len (needs\n"
+            "--memory-per-rank), prints instead the largest model.seq_len that fits in that memory\n"
+            "at each stage and rank count, the other keys as given.\n");
     return out == stdout ? 0 : 2;
 }
 
@@ -42,10 +45,62 @@ static int apply_set(insitra_config *cfg, const char *arg)
     return 1;
 }
 
+/* Splits "1,2,4" into rank counts; returns how many, or 0 after a message. */
+static int parse_ranks(const char *arg, int *out, int max)
+{
+    char list[256];
+    int n = 0;
+    snprintf(list, sizeof list, "%s", arg);
+    for (char *tok = strtok(list, ","); tok; tok = strtok(NULL, ",")) {
+        const int r = atoi(tok);
+        if (r < 1 || n == max) {
+            fprintf(stderr, "insitra-plan: bad rank count '%s' (at most %d counts)\n", tok, max);
+            return 0;
+        }
+        out[n++] = r;
+    }
+    return n;
+}
+
+/* --max-seq-len: the largest model.seq_len within the budget, per rank count
+ * and stage, and the plan's total there (cfg's model.seq_len is set to each
+ * answer in turn). */
+static int print_max_seq_len(insitra_config *cfg, const char *ranks_arg, double budget_gib)
+{
+    int ranks[64];
+    const int nr = parse_ranks(ranks_arg, ranks, 64);
+    if (!nr) return 2;
+    const int64_t budget = (int64_t)(budget_gib * 1073741824.0);
+    printf("\nlargest model.seq_len in %.2f GiB per rank:\n%5s %5s %12s %11s\n", budget_gib, "ranks",
+           "stage", "max_seq_len", "total MiB");
+    for (int i = 0; i < nr; i++)
+        for (int stage = 0; stage < 4; stage++) {
+            int64_t T = 0;
+            int32_t at_limit = 0;
+            insitra_plan p = {0};
+            char v[32];
+            insitra_status s = insitra_plan_max_seq_len(cfg, ranks[i], stage, budget, &T, &at_limit);
+            if (s == INSITRA_STATUS_OK && T > 0) {
+                snprintf(v, sizeof v, "%lld", (long long)T);
+                s = insitra_config_set(cfg, "model.seq_len", v);
+                if (s == INSITRA_STATUS_OK) s = insitra_plan_stage(cfg, ranks[i], stage, &p);
+            }
+            if (s != INSITRA_STATUS_OK) {
+                fprintf(stderr, "insitra-plan: %s\n", insitra_last_error());
+                return 2;
+            }
+            printf("%5d %5d %12lld %11.1f%s\n", ranks[i], stage, (long long)T, mib(p.memory.total_bytes),
+                   at_limit ? "  (model.seq_len's upper limit)" : T == 0 ? "  (nothing fits)" : "");
+        }
+    printf("\nThe CUDA context and the libraries' own allocations (about 1-2 GiB) come on top.\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *ranks_arg = "1,2,4,8", *yaml = NULL;
     double budget_gib = 0;
+    int max_seq_len = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return usage(stdout);
@@ -53,6 +108,8 @@ int main(int argc, char **argv)
             ranks_arg = argv[++i];
         else if (!strcmp(a, "--memory-per-rank") && i + 1 < argc)
             budget_gib = atof(argv[++i]);
+        else if (!strcmp(a, "--max-seq-len"))
+            max_seq_len = 1;
         else if (!strcmp(a, "--set") && i + 1 < argc)
             i++; /* applied after the file */
         else if (a[0] != '-' && !yaml)
@@ -61,6 +118,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "insitra-plan: unexpected argument '%s'\n", a);
             return usage(stderr);
         }
+    }
+    if (max_seq_len && !(budget_gib > 0)) {
+        fprintf(stderr, "insitra-plan: --max-seq-len needs --memory-per-rank GiB (more than 0)\n");
+        return usage(stderr);
     }
     /* Defaults, then the file, then every --set on top. */
     insitra_config *cfg = NULL;
@@ -83,6 +144,11 @@ int main(int argc, char **argv)
     for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
         insitra_config_get(cfg, keys[k], val, sizeof val);
         printf(" %s=%s", strchr(keys[k], '.') + 1, val);
+    }
+    if (max_seq_len) {
+        const int rc = print_max_seq_len(cfg, ranks_arg, budget_gib);
+        insitra_config_free(cfg);
+        return rc;
     }
     printf("\n\n%5s %5s %10s %10s %10s %10s %10s %10s %11s %12s %6s%s\n", "ranks", "stage",
            "param MiB", "grad MiB", "optim MiB", "activ MiB", "comm MiB", "store MiB", "total MiB",
