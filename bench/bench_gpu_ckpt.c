@@ -210,7 +210,7 @@ static int run(int save, const char *dir, const gpu_bench_config *gc, int n_over
     /* load: the samples come after the checkpoint, which restores the store's
      * counters, so that the step after the load has samples to draw. */
     if (save)
-        ok = ok && gpu_bench_push_store(trainer, sh.seq_len, sh.in_features, sh.out_features);
+        ok = ok && gpu_bench_push_store(trainer, GPU_BENCH_STORE_SAMPLES, sh.seq_len, sh.in_features, sh.out_features);
     if (gpu_bench_any_rank(!ok)) {
         insitra_trainer_free(trainer);
         return 0;
@@ -255,7 +255,7 @@ static int run(int save, const char *dir, const gpu_bench_config *gc, int n_over
     memset(&cs, 0, sizeof cs);
     ok = predict_checksum(trainer, &sh, &cs);
     if (ok && !save) {
-        ok = gpu_bench_push_store(trainer, sh.seq_len, sh.in_features, sh.out_features);
+        ok = gpu_bench_push_store(trainer, GPU_BENCH_STORE_SAMPLES, sh.seq_len, sh.in_features, sh.out_features);
         if (gpu_bench_any_rank(!ok))
             ok = 0;
         else

@@ -2,6 +2,7 @@
  * Training-step benchmark of insitra's GPU backend.
  *
  *   mpiexec -n G bench_gpu_step S|M|L [warmup_steps] [timed_steps] [key=value ...]
+ *                                  [--memory-gib=X]
  *
  * Builds config S, M or L through the public API only (include/insitra.h),
  * with device=cuda and precision=bf16, creates the trainer on
@@ -16,6 +17,12 @@
  * rank's (MPI_Allreduce MAX); the figure is the median over the timed steps.
  * Weak scaling: each rank trains B samples per step, so a step covers
  * G x B x T tokens.
+ *
+ * --memory-gib=X leaves the trainer X GiB of the device: after the CUDA
+ * context exists, a ballast of (free memory - X GiB) is allocated and held
+ * until the end, so a run that needs more fails as it would on a smaller
+ * card (bench/run_long_seq.sh searches the largest T that trains so).
+ * Only min(64, data.capacity) samples are pushed.
  *
  * Memory: each rank selects its GPU as its rank within the node (the
  * library is expected to choose the same one), creates the CUDA context and
@@ -54,12 +61,13 @@
 enum { DEFAULT_WARMUP = 10 };
 
 static int my_rank = 0;
+static void *ballast = NULL; /* --memory-gib: held from before the trainer to the end */
 
 /* The sizes a run actually used, read back from the configuration after the
  * overrides, so that token and FLOP counts follow e.g. a model.seq_len=...
  * override. */
 typedef struct run_shape {
-    int64_t seq_len, in_features, out_features, d_model, n_layers, n_heads, batch_size;
+    int64_t seq_len, in_features, out_features, d_model, n_layers, n_heads, batch_size, capacity;
     char device[32], precision[32];
 } run_shape;
 
@@ -86,6 +94,7 @@ static int build_config(const gpu_bench_config *gc, int n_overrides, char **over
              gpu_bench_get_int(cfg, "model.n_layers", &shape->n_layers) &&
              gpu_bench_get_int(cfg, "model.n_heads", &shape->n_heads) &&
              gpu_bench_get_int(cfg, "training.batch_size", &shape->batch_size) &&
+             gpu_bench_get_int(cfg, "data.capacity", &shape->capacity) &&
              gpu_bench_get_text(cfg, "device", shape->device, sizeof shape->device) &&
              gpu_bench_get_text(cfg, "precision", shape->precision, sizeof shape->precision);
     if (!ok) {
@@ -143,13 +152,30 @@ static int parse_count(const char *text, int min, const char *what, int *out)
     return 1;
 }
 
-static int run(const gpu_bench_config *gc, int warmup, int steps, int n_overrides, char **overrides)
+/* Holds all but leave_gib GiB of the device's free memory in ballast (none
+ * when leave_gib is 0). Local; returns 1 on success. */
+static int take_ballast(double leave_gib)
+{
+    size_t free_mem = 0, total = 0;
+    if (leave_gib <= 0.0) return 1;
+    if (!cuda_ok(cudaMemGetInfo(&free_mem, &total), "cudaMemGetInfo")) return 0;
+    const double leave = leave_gib * GIB;
+    if ((double)free_mem <= leave) {
+        fprintf(stderr, "bench_gpu_step: rank %d: --memory-gib=%g but only %.3f GiB are free\n", my_rank,
+                leave_gib, (double)free_mem / GIB);
+        return 0;
+    }
+    return cuda_ok(cudaMalloc(&ballast, free_mem - (size_t)leave), "cudaMalloc of the ballast");
+}
+
+static int run(const gpu_bench_config *gc, int warmup, int steps, int n_overrides, char **overrides,
+               double leave_gib)
 {
     int nranks = 1, device = 0;
     MPI_Comm_size(MPI_COMM_WORLD, &nranks);
 
     size_t free_before = 0, free_after = 0, total_mem = 0;
-    int ok = select_device(&device) &&
+    int ok = select_device(&device) && take_ballast(leave_gib) &&
              cuda_ok(cudaMemGetInfo(&free_before, &total_mem), "cudaMemGetInfo");
     if (gpu_bench_any_rank(!ok))
         return 0;
@@ -174,7 +200,9 @@ static int run(const gpu_bench_config *gc, int warmup, int steps, int n_override
     int current = device;
     ok = gpu_bench_ok(insitra_trainer_num_parameters(trainer, &params),
                     "insitra_trainer_num_parameters") &&
-         gpu_bench_push_store(trainer, sh.seq_len, sh.in_features, sh.out_features) && cuda_ok(cudaGetDevice(&current), "cudaGetDevice");
+         gpu_bench_push_store(trainer, sh.capacity < GPU_BENCH_STORE_SAMPLES ? sh.capacity : GPU_BENCH_STORE_SAMPLES,
+                              sh.seq_len, sh.in_features, sh.out_features) &&
+         cuda_ok(cudaGetDevice(&current), "cudaGetDevice");
     /* The library is expected to train on the device chosen here. If it made
      * another one current, it trains there: synchronize that one, and drop
      * the memory figure, which was read on the other. */
@@ -266,11 +294,11 @@ static int run(const gpu_bench_config *gc, int warmup, int steps, int n_override
                "params=%lld step_ms_min=%.3f step_ms_mean=%.3f warmup=%d steps=%d "
                "tokens_per_step=%.0f flops_per_token=%.0f comm_wait_ms=%.3f "
                "mem_report_gib=%.3f peak_mem_max_gib=%.3f device_total_gib=%.1f "
-               "device=%s precision=%s gpu=%s loss=%.6g\n",
+               "device=%s precision=%s gpu=%s loss=%.6g seq_len=%lld batch=%lld memory_gib=%g\n",
                gc->name, nranks, 1e3 * step_s, tok_s, mfu, held, (long long)params,
                1e3 * times[0], 1e3 * mean, warmup, steps, tokens, flops_per_token, 1e3 * wait_s,
                (double)usage.total_bytes / GIB, held_max, (double)total_mem / GIB, sh.device,
-               sh.precision, gpu, m.loss);
+               sh.precision, gpu, m.loss, (long long)sh.seq_len, (long long)sh.batch_size, leave_gib);
         fflush(stdout);
     }
     free(times);
@@ -283,7 +311,7 @@ static void usage(void)
     if (my_rank == 0)
         fprintf(stderr,
                 "usage: mpiexec -n G bench_gpu_step S|M|L [warmup_steps=%d] "
-                "[timed_steps=30 for S, 20 for M and L] [key=value ...]\n",
+                "[timed_steps=30 for S, 20 for M and L] [key=value ...] [--memory-gib=X]\n",
                 DEFAULT_WARMUP);
 }
 
@@ -292,6 +320,23 @@ int main(int argc, char **argv)
     MPI_Init(&argc, &argv);
     gpu_bench_init("bench_gpu_step");
     my_rank = gpu_bench_rank();
+    /* --memory-gib=X, anywhere after the config: taken out of the arguments. */
+    double leave_gib = 0.0;
+    int kept = 1;
+    for (int a = 1; a < argc; a++) {
+        if (strncmp(argv[a], "--memory-gib=", 13) == 0) {
+            char *end = NULL;
+            leave_gib = strtod(argv[a] + 13, &end);
+            if (end == argv[a] + 13 || *end != '\0' || !(leave_gib > 0.0)) {
+                if (my_rank == 0) fprintf(stderr, "bench_gpu_step: bad %s (GiB, more than 0)\n", argv[a]);
+                MPI_Finalize();
+                return EXIT_FAILURE;
+            }
+        } else {
+            argv[kept++] = argv[a];
+        }
+    }
+    argc = kept;
     const gpu_bench_config *gc = argc > 1 ? gpu_bench_find(argv[1]) : NULL;
     int ok = 0;
     if (!gc) {
@@ -316,8 +361,9 @@ int main(int argc, char **argv)
                 first_override++;
             }
         }
-        ok = run(gc, warmup, steps, argc - first_override, argv + first_override);
+        ok = run(gc, warmup, steps, argc - first_override, argv + first_override, leave_gib);
     }
+    cudaFree(ballast);
     MPI_Finalize();
     return ok ? EXIT_SUCCESS : EXIT_FAILURE;
 }

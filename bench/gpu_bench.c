@@ -118,10 +118,10 @@ static float uniform_pm1(uint64_t *state)
     return (float)((double)(*state >> 40) / 8388608.0 - 1.0);
 }
 
-int gpu_bench_push_store(insitra_trainer *trainer, int64_t seq_len, int64_t in_features,
+int gpu_bench_push_store(insitra_trainer *trainer, int64_t n, int64_t seq_len, int64_t in_features,
                          int64_t out_features)
 {
-    const size_t tokens = (size_t)GPU_BENCH_STORE_SAMPLES * (size_t)seq_len;
+    const size_t tokens = (size_t)n * (size_t)seq_len;
     const size_t fi = (size_t)in_features, fo = (size_t)out_features;
     float *x = malloc(tokens * fi * sizeof *x); /* [N][T][F_in] */
     float *y = malloc(tokens * fo * sizeof *y); /* [N][T][F_out] */
@@ -133,7 +133,7 @@ int gpu_bench_push_store(insitra_trainer *trainer, int64_t seq_len, int64_t in_f
         for (size_t i = 0; i < tokens * fi; i++) x[i] = uniform_pm1(&state);
         for (size_t t = 0; t < tokens; t++)
             for (size_t f = 0; f < fo; f++) y[t * fo + f] = sinf(3.0f * x[t * fi + f % fi]);
-        ok = gpu_bench_ok(insitra_push_samples(trainer, GPU_BENCH_STORE_SAMPLES, x, y),
+        ok = gpu_bench_ok(insitra_push_samples(trainer, n, x, y),
                           "insitra_push_samples");
     }
     free(x);

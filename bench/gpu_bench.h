@@ -47,10 +47,11 @@ int gpu_bench_get_int(const insitra_config *cfg, const char *key, int64_t *value
 int gpu_bench_build_config(const gpu_bench_config *gc, int n_overrides, char **overrides,
                            insitra_config **out);
 
-/* Local: pushes GPU_BENCH_STORE_SAMPLES samples, x uniform in [-1, 1) from a
+/* Local: pushes n samples (GPU_BENCH_STORE_SAMPLES, or fewer for a smaller
+ * data.capacity), x uniform in [-1, 1) from a
  * generator seeded by the rank, y = sin(3 x) feature by feature (input
  * feature f mod F_in for output feature f). */
-int gpu_bench_push_store(insitra_trainer *trainer, int64_t seq_len, int64_t in_features,
+int gpu_bench_push_store(insitra_trainer *trainer, int64_t n, int64_t seq_len, int64_t in_features,
                          int64_t out_features);
 
 #endif /* INSITRA_BENCH_GPU_BENCH_H */
