@@ -70,6 +70,7 @@ static const config_entry entries[] = {
     {"parallel.dp", KIND_INT, FIELD(parallel.dp), 0, 1048576, "0", {0}},
     {"parallel.tp", KIND_INT, FIELD(parallel.tp), 1, 1, "1", {0}},
     {"parallel.zero_stage", KIND_INT, FIELD(parallel.zero_stage), 0, 3, "0", {0}},
+    {"parallel.bucket_mib", KIND_REAL, FIELD(parallel.bucket_mib), 0, 1048576, "64", {0}},
     {"cuda.graphs", KIND_BOOL, FIELD(cuda.graphs), 0, 1, "true", {0}},
 };
 #define NUM_ENTRIES (sizeof entries / sizeof entries[0])
@@ -339,6 +340,11 @@ void insitra_config_for_each(const insitra_config *cfg,
         format_entry(cfg, &entries[i], text, sizeof text);
         fn(entries[i].key, text, ctx);
     }
+}
+
+int64_t insitra_config_bucket_floats(const insitra_config *cfg)
+{
+    return (int64_t)(cfg->parallel.bucket_mib * 1048576.0 / (double)sizeof(float));
 }
 
 int64_t insitra_config_micro_batch(const insitra_config *cfg)

@@ -61,6 +61,7 @@ struct insitra_config {
         int64_t dp;               /* data-parallel ranks; 0 = world size / tp */
         int64_t tp;               /* tensor-parallel ranks (1 in this version) */
         int64_t zero_stage;       /* 0-3 */
+        double bucket_mib;        /* all ranks' gradient slots one reduction carries (MiB of fp32) */
     } parallel;
     struct {
         bool graphs;              /* capture the training step as a CUDA graph */
@@ -80,6 +81,9 @@ insitra_status insitra_config_check_section(const char *name);
  * sample store and the activations fit 64 bits, else a CONFIG_ERROR naming
  * the keys. */
 insitra_status insitra_config_check_sizes(const insitra_config *cfg);
+
+/* parallel.bucket_mib in floats (lib/shard.h's buckets). */
+int64_t insitra_config_bucket_floats(const insitra_config *cfg);
 
 /* The model's dimensions from the model.* keys. */
 struct insitra_model_dims;

@@ -28,7 +28,7 @@ insitra_status insitra_engine_bytes_for(const insitra_config *cfg, int stage, in
     const int64_t mb = insitra_config_micro_batch(cfg), B = cfg->training.batch_size;
     insitra_param_layout layout;
     insitra_shard_layout sl;
-    INSITRA_CHECK(insitra_shard_layouts_for(&dims, dp, &layout, &sl));
+    INSITRA_CHECK(insitra_shard_layouts_for(&dims, dp, insitra_config_bucket_floats(cfg), &layout, &sl));
     const insitra_zero_bytes z = insitra_zero_bytes_for(stage, separate, es, desc->align, &layout, &sl);
     const int64_t att = desc->attention_state_bytes(&dims, mb, es);
     const int64_t xs = dims.seq_len * dims.in_features, ys = dims.seq_len * dims.out_features;
@@ -69,7 +69,8 @@ insitra_status insitra_engine_create(insitra_engine *e, const insitra_config *cf
     const insitra_model_dims dims = insitra_config_model_dims(cfg);
     INSITRA_CHECK(insitra_model_create_on(&e->model, be, &dims, e->mb, false, false));
     INSITRA_CHECK(insitra_zero_create(&e->zero, (int)cfg->parallel.zero_stage,
-                                      cfg->precision == INSITRA_PRECISION_BF16, dp, &e->model));
+                                      cfg->precision == INSITRA_PRECISION_BF16, insitra_config_bucket_floats(cfg),
+                                      dp, &e->model));
     int64_t scalars_at, slots_at;
     const int64_t small = engine_small_bytes(e->batch, be->desc->align, &scalars_at, &slots_at);
     INSITRA_CHECK(be->i->alloc(be, (size_t)small, "step values", &e->mem));

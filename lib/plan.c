@@ -20,20 +20,21 @@
 static void traffic(int stage, const insitra_param_layout *l, const insitra_shard_layout *sl,
                     int64_t micro_steps, int64_t *bytes, int32_t *calls)
 {
-    const double N = (double)sl->dp, U = (double)l->num_units;
+    const double N = (double)sl->dp, U = (double)l->num_units, NB = (double)sl->num_buckets;
     const double S = (double)sl->total; /* one rank's slots of every unit */
     double floats = 0, n = 0;
+    /* Reductions and the stage 1-2 gathers go by bucket (lib/shard.h). */
     switch (stage) {
-    case 0: floats = 2.0 * (N - 1) / N * (double)l->total; n = U; break;
-    case 1: floats = 2.0 * (N - 1) * S; n = 2 * U; break;
-    case 2: floats = (double)(micro_steps + 1) * (N - 1) * S; n = (double)(micro_steps + 1) * U; break;
+    case 0: floats = 2.0 * (N - 1) / N * (double)l->total; n = NB; break;
+    case 1: floats = 2.0 * (N - 1) * S; n = 2 * NB; break;
+    case 2: floats = (double)(micro_steps + 1) * (N - 1) * S; n = (double)(micro_steps + 1) * NB; break;
     case 3: {
         /* Forward gathers every unit, backward all but the head, which is
          * still resident; later micro-batches find the embedding resident too.
-         * Every micro-batch reduce-scatters every unit. Unit sizes are averaged. */
+         * Every micro-batch reduce-scatters every bucket. Unit sizes are averaged. */
         const double gathers = U + (U - 1) + (double)(micro_steps - 1) * 2 * (U - 1);
-        floats = (N - 1) * S / U * (gathers + (double)micro_steps * U);
-        n = gathers + (double)micro_steps * U;
+        floats = (N - 1) * (S / U * gathers + (double)micro_steps * S);
+        n = gathers + (double)micro_steps * NB;
         break;
     }
     }
@@ -90,7 +91,7 @@ insitra_status insitra_plan_stage(const insitra_config *cfg, int32_t world_size,
     const int64_t dp = world_size / cfg->parallel.tp, mb = insitra_config_micro_batch(cfg);
     insitra_param_layout layout;
     insitra_shard_layout sl;
-    INSITRA_CHECK(insitra_shard_layouts_for(&dims, dp, &layout, &sl));
+    INSITRA_CHECK(insitra_shard_layouts_for(&dims, dp, insitra_config_bucket_floats(cfg), &layout, &sl));
     memset(plan, 0, sizeof *plan);
     plan->world_size = world_size;
     plan->zero_stage = zero_stage;

@@ -34,6 +34,7 @@ static insitra_zero_bytes carve(insitra_zero *z, int stage, bool separate, size_
     insitra_zero scratch;
     if (!z) z = &scratch;
     const int64_t P = l->total, S = sl->total, U = sl->max_unit_len, N = sl->dp;
+    const int64_t Ub = sl->max_bucket_len, Pb = sl->max_bucket_numel;
     const int64_t Pu = l->max_unit_numel, es = (int64_t)act_size, f = (int64_t)sizeof(float);
     const int64_t nt = l->num_tensors;
     insitra_zero_bytes b;
@@ -63,14 +64,15 @@ static insitra_zero_bytes carve(insitra_zero *z, int stage, bool separate, size_
     const bool gathers = (stage == 1 || stage == 2) && (N > 1 || separate);
     c = (carver){base ? base[3] : NULL, 0, (int64_t)align};
     for (int k = 0; k < 2; k++) {
-        z->reduce_packed[k] = reduces || gathers ? take(&c, mul(mul(N, U), f)) : NULL;
-        z->reduce_recv[k] = reduces ? take(&c, mul(U, f)) : NULL;
+        z->reduce_packed[k] = reduces || gathers ? take(&c, mul(mul(N, Ub), f)) : NULL;
+        z->reduce_recv[k] = reduces ? take(&c, mul(Ub, f)) : NULL;
     }
-    if (!separate && (stage == 1 || stage == 2)) z->send = take(&c, mul(mul(2, U), f));
+    if (!separate && (stage == 1 || stage == 2)) z->send = take(&c, mul(mul(2, Ub), f));
     for (int k = 0; k < 2; k++) /* stages 1-2 gather parameters into the idle reduce buffers */
         z->gather_packed[k] = stage == 3 ? take(&c, mul(mul(N, U), es)) : z->reduce_packed[k];
-    z->unit_grads = stage >= 2 ? take(&c, mul(Pu, f)) : NULL;
+    z->unit_grads = stage >= 2 ? take(&c, mul(Pb, f)) : NULL;
     z->copies = take(&c, nt * (int64_t)sizeof(insitra_shard_copy));
+    z->bucket_copies = take(&c, nt * (int64_t)sizeof(insitra_shard_copy));
     z->update_segs = take(&c, nt * (int64_t)sizeof(insitra_update_segment));
     z->norm_segs = take(&c, nt * (int64_t)sizeof(insitra_update_segment));
     b.comm = c.used;
@@ -85,13 +87,14 @@ insitra_zero_bytes insitra_zero_bytes_for(int stage, bool master_separate, size_
 
 /* ---- tables ---- */
 
-/* The per-tensor shard copies (unit-relative), and the AdamW and norm segments. */
+/* The per-tensor shard copies (relative to the tensor's unit, and to its
+ * bucket), and the AdamW and norm segments. */
 static insitra_status build_tables(insitra_zero *z)
 {
     const insitra_param_layout *l = z->layout;
     const insitra_shard_layout *sl = &z->sl;
     const int64_t nt = l->num_tensors, r = sl->rank;
-    insitra_shard_copy *copies = calloc((size_t)nt, sizeof *copies);
+    insitra_shard_copy *copies = calloc((size_t)(2 * nt), sizeof *copies), *bucket_copies = copies + nt;
     insitra_update_segment *upd = calloc((size_t)nt, sizeof *upd), *norm = calloc((size_t)nt, sizeof *norm);
     if (!copies || !upd || !norm) {
         free(copies);
@@ -102,10 +105,13 @@ static insitra_status build_tables(insitra_zero *z)
     z->max_seg = 0;
     for (int64_t u = 0; u < l->num_units; u++) {
         const insitra_param_unit *pu = &l->units[u];
+        const int64_t b = sl->bucket_of[u], bucket_flat = l->units[sl->bucket_first[b]].offset;
         for (int64_t i = pu->first_tensor; i < pu->first_tensor + pu->num_tensors; i++) {
             const insitra_tensor_desc *t = &l->tensors[i];
             copies[i] = (insitra_shard_copy){t->offset - pu->offset, t->numel, sl->len[i],
                                              sl->offset[i] - sl->unit_offset[u]};
+            bucket_copies[i] = (insitra_shard_copy){t->offset - bucket_flat, t->numel, sl->len[i],
+                                                    sl->offset[i] - sl->bucket_offset[b]};
             if (t->numel > z->max_numel) z->max_numel = t->numel;
         }
     }
@@ -129,7 +135,10 @@ static insitra_status build_tables(insitra_zero *z)
     }
     z->n_segs = nt;
     insitra_backend *be = z->be;
+    /* z->copies and z->bucket_copies are adjacent in the carving: one upload each */
     insitra_status s = be->i->upload(be, z->copies, copies, (size_t)nt * sizeof *copies);
+    if (s == INSITRA_STATUS_OK)
+        s = be->i->upload(be, z->bucket_copies, bucket_copies, (size_t)nt * sizeof *bucket_copies);
     if (s == INSITRA_STATUS_OK) s = be->i->upload(be, z->update_segs, upd, (size_t)nt * sizeof *upd);
     if (s == INSITRA_STATUS_OK) s = be->i->upload(be, z->norm_segs, norm, (size_t)nt * sizeof *norm);
     if (s == INSITRA_STATUS_OK) s = be->i->synchronize(be);
@@ -158,14 +167,6 @@ static const insitra_shard_copy *unit_copies(const insitra_zero *z, int64_t u)
     return z->copies + z->layout->units[u].first_tensor;
 }
 
-static insitra_status pack(insitra_zero *z, int64_t u, void *packed, const void *flat, int64_t first_rank,
-                           int64_t ranks, insitra_dtype t)
-{
-    const insitra_param_unit *pu = &z->layout->units[u];
-    return z->be->i->shard_pack(z->be, packed, flat, unit_copies(z, u), pu->num_tensors,
-                                z->sl.unit_len[u], first_rank, ranks, z->max_numel, t);
-}
-
 static insitra_status unpack(insitra_zero *z, int64_t u, void *flat, const void *packed, int64_t first_rank,
                              int64_t ranks, insitra_dtype t)
 {
@@ -174,7 +175,38 @@ static insitra_status unpack(insitra_zero *z, int64_t u, void *flat, const void 
                                   z->sl.unit_len[u], first_rank, ranks, z->max_numel, t);
 }
 
-/* ---- gradients: reduce-scatter one unit at a time ---- */
+/* Bucket b's tensors, flat (from its first unit's offset) <-> packed (ranks, bucket_len). */
+static insitra_status pack_bucket(insitra_zero *z, int64_t b, void *packed, const void *flat, int64_t first_rank,
+                                  int64_t ranks, insitra_dtype t)
+{
+    const insitra_shard_layout *sl = &z->sl;
+    const insitra_param_layout *l = z->layout;
+    const int64_t first = l->units[sl->bucket_first[b]].first_tensor;
+    const int64_t last_unit = sl->bucket_first[b] + sl->bucket_units[b] - 1;
+    const int64_t n = l->units[last_unit].first_tensor + l->units[last_unit].num_tensors - first;
+    return z->be->i->shard_pack(z->be, packed, flat, z->bucket_copies + first, n, sl->bucket_len[b], first_rank,
+                                ranks, z->max_numel, t);
+}
+
+static insitra_status unpack_bucket(insitra_zero *z, int64_t b, void *flat, const void *packed, int64_t first_rank,
+                                    int64_t ranks, insitra_dtype t)
+{
+    const insitra_shard_layout *sl = &z->sl;
+    const insitra_param_layout *l = z->layout;
+    const int64_t first = l->units[sl->bucket_first[b]].first_tensor;
+    const int64_t last_unit = sl->bucket_first[b] + sl->bucket_units[b] - 1;
+    const int64_t n = l->units[last_unit].first_tensor + l->units[last_unit].num_tensors - first;
+    return z->be->i->shard_unpack(z->be, flat, packed, z->bucket_copies + first, n, sl->bucket_len[b], first_rank,
+                                  ranks, z->max_numel, t);
+}
+
+/* Where bucket b's first unit starts in the flat layout. */
+static int64_t bucket_flat(const insitra_zero *z, int64_t b)
+{
+    return z->layout->units[z->sl.bucket_first[b]].offset;
+}
+
+/* ---- gradients: reduce-scatter one bucket of units at a time ---- */
 
 /* Stage 0's all-reduce is a reduce-scatter followed by an all-gather of the
  * summed slots: the same summation as stages 1-3, so every stage computes
@@ -186,40 +218,43 @@ static insitra_status advance_reduce(insitra_zero *z, int k)
     INSITRA_CHECK(be->i->chain(be, &z->reduce_h[k]));
     z->reduce_gathering[k] = true;
     return be->i->all_gather(be, z->group, z->reduce_recv[k], z->reduce_packed[k],
-                             z->sl.unit_len[z->reduce_id[k]], INSITRA_DTYPE_F32, &z->reduce_h[k]);
+                             z->sl.bucket_len[z->reduce_id[k]], INSITRA_DTYPE_F32, &z->reduce_h[k]);
 }
 
 /* Completes whatever reduction slot k holds and files its result. */
 static insitra_status finish_reduce(insitra_zero *z, int k)
 {
-    const int64_t u = z->reduce_id[k];
-    if (u < 0) return INSITRA_STATUS_OK;
+    const int64_t b = z->reduce_id[k];
+    if (b < 0) return INSITRA_STATUS_OK;
     insitra_backend *be = z->be;
     if (z->stage == 0 && !z->reduce_gathering[k]) INSITRA_CHECK(advance_reduce(z, k));
     INSITRA_CHECK(be->i->wait(be, &z->reduce_h[k]));
     z->reduce_id[k] = -1;
     z->reduce_gathering[k] = false;
-    const insitra_param_unit *pu = &z->layout->units[u];
     if (z->stage == 0) /* every rank's summed slots back into the full gradients */
-        return unpack(z, u, z->grads + pu->offset, z->reduce_packed[k], 0, z->sl.dp, INSITRA_DTYPE_F32);
+        return unpack_bucket(z, b, z->grads + bucket_flat(z, b), z->reduce_packed[k], 0, z->sl.dp,
+                             INSITRA_DTYPE_F32);
     if (z->stage == 1) /* the summed slots replace this rank's slots of the local gradients */
-        return unpack(z, u, z->grads + pu->offset, z->reduce_recv[k], z->sl.rank, 1, INSITRA_DTYPE_F32);
-    return be->i->add(be, z->grad_shard + z->sl.unit_offset[u], z->reduce_recv[k], z->sl.unit_len[u]);
+        return unpack_bucket(z, b, z->grads + bucket_flat(z, b), z->reduce_recv[k], z->sl.rank, 1,
+                             INSITRA_DTYPE_F32);
+    return be->i->add(be, z->grad_shard + z->sl.bucket_offset[b], z->reduce_recv[k], z->sl.bucket_len[b]);
 }
 
-static insitra_status start_reduce(insitra_zero *z, int64_t u, const float *unit_grads)
+/* Packs bucket b's gradients (bucket_grads: from its first unit's flat offset)
+ * and starts their reduce-scatter. */
+static insitra_status start_reduce(insitra_zero *z, int64_t b, const float *bucket_grads)
 {
     const int k = z->next_reduce;
     z->next_reduce ^= 1;
     INSITRA_CHECK(finish_reduce(z, k));
-    /* Stage 0: the previous unit's reduce-scatter has had this unit's backward
-     * to finish in; its all-gather now overlaps the next unit's backward. */
+    /* Stage 0: the previous bucket's reduce-scatter has had this bucket's
+     * backward to finish in; its all-gather now overlaps the next backward. */
     if (z->stage == 0 && z->reduce_id[k ^ 1] >= 0 && !z->reduce_gathering[k ^ 1])
         INSITRA_CHECK(advance_reduce(z, k ^ 1));
-    INSITRA_CHECK(pack(z, u, z->reduce_packed[k], unit_grads, 0, z->sl.dp, INSITRA_DTYPE_F32));
-    z->reduce_id[k] = u;
+    INSITRA_CHECK(pack_bucket(z, b, z->reduce_packed[k], bucket_grads, 0, z->sl.dp, INSITRA_DTYPE_F32));
+    z->reduce_id[k] = b;
     return z->be->i->reduce_scatter(z->be, z->group, z->reduce_packed[k], z->reduce_recv[k],
-                                    z->sl.unit_len[u], &z->reduce_h[k]);
+                                    z->sl.bucket_len[b], &z->reduce_h[k]);
 }
 
 /* ---- parameters: gather one unit at a time (stage 3) ---- */
@@ -282,9 +317,9 @@ static insitra_status unit_begin(void *ctx, int64_t u, insitra_pass pass, const 
     if (pass == INSITRA_PASS_BACKWARD) {
         if (z->stage <= 1) {
             *grads = z->grads + pu->offset;
-        } else {
-            HOOK_TRY(z, be->i->fill_zero(be, z->unit_grads, (size_t)pu->numel * sizeof(float)));
-            *grads = z->unit_grads;
+        } else { /* the unit's place among its bucket's gradients */
+            *grads = z->unit_grads + (pu->offset - bucket_flat(z, z->sl.bucket_of[u]));
+            HOOK_TRY(z, be->i->fill_zero(be, *grads, (size_t)pu->numel * sizeof(float)));
         }
     }
     progress(z);
@@ -294,12 +329,14 @@ static insitra_status unit_begin(void *ctx, int64_t u, insitra_pass pass, const 
 static insitra_status unit_end(void *ctx, int64_t u, insitra_pass pass)
 {
     insitra_zero *z = ctx;
-    if (pass == INSITRA_PASS_BACKWARD) {
+    const int64_t b = z->sl.bucket_of[u];
+    /* Backward runs from the last unit down: a bucket is complete at its first unit. */
+    if (pass == INSITRA_PASS_BACKWARD && z->sl.bucket_first[b] == u) {
         /* On one rank stages 0-1 hold the sum already. */
         if (z->stage <= 1 && z->communicate && z->sl.dp > 1)
-            HOOK_TRY(z, start_reduce(z, u, z->grads + z->layout->units[u].offset));
+            HOOK_TRY(z, start_reduce(z, b, z->grads + bucket_flat(z, b)));
         else if (z->stage >= 2)
-            HOOK_TRY(z, start_reduce(z, u, z->unit_grads));
+            HOOK_TRY(z, start_reduce(z, b, z->unit_grads));
     }
     progress(z);
     return z->error;
@@ -317,8 +354,8 @@ static void reset_flight(insitra_zero *z)
     z->next_reduce = 0;
 }
 
-insitra_status insitra_zero_create(insitra_zero *z, int stage, bool master_separate, const insitra_comm *dp,
-                                   insitra_model *model)
+insitra_status insitra_zero_create(insitra_zero *z, int stage, bool master_separate, int64_t bucket_floats,
+                                   const insitra_comm *dp, insitra_model *model)
 {
     memset(z, 0, sizeof *z);
     insitra_backend *be = model->be;
@@ -329,7 +366,7 @@ insitra_status insitra_zero_create(insitra_zero *z, int stage, bool master_separ
     z->model = model;
     z->layout = &model->layout;
     reset_flight(z);
-    INSITRA_CHECK(insitra_shard_layout_create(&z->sl, z->layout, dp->size, dp->rank));
+    INSITRA_CHECK(insitra_shard_layout_create(&z->sl, z->layout, dp->size, dp->rank, bucket_floats));
     z->bytes = carve(NULL, stage, master_separate, be->act_size, be->desc->align, z->layout, &z->sl, NULL);
     const int64_t sizes[4] = {z->bytes.params, z->bytes.grads, z->bytes.moments, z->bytes.comm};
     void **mem[4] = {&z->mem_params, &z->mem_grads, &z->mem_moments, &z->mem_comm};
@@ -412,30 +449,30 @@ void insitra_zero_init_host(insitra_zero *z, uint64_t seed, double std)
 
 /* Stages 1-2: every rank's updated slots (compute type, in send, or extracted
  * from the fp32 working parameters) all-gathered into the working parameters,
- * unit by unit, two in flight. */
+ * bucket by bucket, two in flight. */
 static insitra_status redistribute(insitra_zero *z)
 {
     insitra_backend *be = z->be;
-    const insitra_param_layout *l = z->layout;
-    for (int64_t u = 0; u < l->num_units + 2; u++) {
-        const int k = (int)(u % 2);
-        const int64_t done = u - 2; /* the unit whose gather used slot k before */
+    const int64_t nb = z->sl.num_buckets;
+    for (int64_t b = 0; b < nb + 2; b++) {
+        const int k = (int)(b % 2);
+        const int64_t done = b - 2; /* the bucket whose gather used slot k before */
         if (done >= 0) {
             INSITRA_CHECK(be->i->wait(be, &z->gather_h[k]));
-            char *dst = (char *)z->work + (size_t)l->units[done].offset * be->act_size;
-            INSITRA_CHECK(unpack(z, done, dst, z->gather_packed[k], 0, z->sl.dp, be->act));
+            char *dst = (char *)z->work + (size_t)bucket_flat(z, done) * be->act_size;
+            INSITRA_CHECK(unpack_bucket(z, done, dst, z->gather_packed[k], 0, z->sl.dp, be->act));
         }
-        if (u >= l->num_units) continue;
+        if (b >= nb) continue;
         const void *src;
         if (z->master_separate) {
-            src = (const char *)z->send + (size_t)z->sl.unit_offset[u] * be->act_size;
+            src = (const char *)z->send + (size_t)z->sl.bucket_offset[b] * be->act_size;
         } else {
-            float *slots = (float *)z->send + k * z->sl.max_unit_len;
-            INSITRA_CHECK(pack(z, u, slots, (const float *)z->work + l->units[u].offset, z->sl.rank, 1,
-                               INSITRA_DTYPE_F32));
+            float *slots = (float *)z->send + k * z->sl.max_bucket_len;
+            INSITRA_CHECK(pack_bucket(z, b, slots, (const float *)z->work + bucket_flat(z, b), z->sl.rank, 1,
+                                      INSITRA_DTYPE_F32));
             src = slots;
         }
-        INSITRA_CHECK(be->i->all_gather(be, z->group, src, z->gather_packed[k], z->sl.unit_len[u], be->act,
+        INSITRA_CHECK(be->i->all_gather(be, z->group, src, z->gather_packed[k], z->sl.bucket_len[b], be->act,
                                         &z->gather_h[k]));
     }
     return INSITRA_STATUS_OK;
@@ -580,15 +617,15 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* The communication one step issues, alone: every unit's gradient reduction
+/* The communication one step issues, alone: every bucket's gradient reduction
  * in backward order, then the parameter gathers (stages 1-2 after the
  * update, stage 3 forward's). */
 static insitra_status step_comm(insitra_zero *z)
 {
     const insitra_param_layout *l = z->layout;
     z->communicate = true;
-    for (int64_t u = l->num_units - 1; u >= 0; u--)
-        INSITRA_CHECK(start_reduce(z, u, z->stage <= 1 ? z->grads + l->units[u].offset : z->unit_grads));
+    for (int64_t b = z->sl.num_buckets - 1; b >= 0; b--)
+        INSITRA_CHECK(start_reduce(z, b, z->stage <= 1 ? z->grads + bucket_flat(z, b) : z->unit_grads));
     INSITRA_CHECK(insitra_zero_finish_backward(z));
     if (z->stage == 1 || z->stage == 2) INSITRA_CHECK(redistribute(z));
     for (int64_t u = 0; z->stage == 3 && u < l->num_units; u++) {

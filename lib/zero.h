@@ -3,14 +3,14 @@
  * stage keeps on a rank (P parameters, N = dp ranks, S ~ P/N the shard) and
  * when it communicates.
  *
- *   stage 0: parameters P, gradients P, moments 2P; gradients reduced unit by
- *            unit as reduce-scatter + all-gather (the summation stages 1-3
- *            use, so all four stages compute bit-identical steps)
+ *   stage 0: parameters P, gradients P, moments 2P; gradients reduced bucket
+ *            by bucket as reduce-scatter + all-gather (the summation stages
+ *            1-3 use, so all four stages compute bit-identical steps)
  *   stage 1: parameters P, gradients P, moments 2S; gradients reduce-scattered,
  *            each rank updates its shard, parameters all-gathered
- *   stage 2: parameters P, gradients S, moments 2S; a unit's gradients are
- *            reduce-scattered as soon as its backward ends, so only one unit's
- *            full gradients exist at a time
+ *   stage 2: parameters P, gradients S, moments 2S; a bucket's gradients are
+ *            reduce-scattered as soon as its units' backward ends, so only one
+ *            bucket's full gradients exist at a time
  *   stage 3: parameters S, gradients S, moments 2S; a unit's parameters are
  *            all-gathered just before forward or backward uses it (the next
  *            one prefetched) and dropped after
@@ -21,7 +21,10 @@
  *
  * Stages 0 and 1 communicate on the last micro-batch of a step only; stages 2
  * and 3 hold no full gradient buffer to accumulate in, so they reduce every
- * micro-batch into the gradient shard. Every collective is started from the
+ * micro-batch into the gradient shard. Reductions and the stage 1-2 gathers
+ * go by bucket (lib/shard.h: consecutive units, up to 64 MiB over all ranks,
+ * one pack and one collective each); stage 3 gathers unit by unit. Every
+ * collective is started from the
  * model's unit hooks through the backend and overlaps the next units'
  * compute; the hooks also poke outstanding collectives so MPI progresses.
  */
@@ -43,7 +46,7 @@ typedef struct insitra_zero_bytes {
     int64_t params;    /* working parameters, master weights, send copy, stage-3 gather slots */
     int64_t grads;     /* full gradients, or the gradient shard */
     int64_t moments;   /* AdamW m and v */
-    int64_t comm;      /* reduction and gather buffers, the per-unit gradient buffer, tables */
+    int64_t comm;      /* reduction and gather buffers, the per-bucket gradient buffer, tables */
 } insitra_zero_bytes;
 
 insitra_zero_bytes insitra_zero_bytes_for(int stage, bool master_separate, size_t act_size, size_t align,
@@ -71,12 +74,13 @@ typedef struct insitra_zero {
     void *gather_unit[2];       /* stage 3: a gathered unit (compute type) */
     float *grads;               /* stages 0-1: full gradients (P) */
     float *grad_shard;          /* stages 2-3: reduced gradient slots (S) */
-    float *unit_grads;          /* stages 2-3: the unit whose backward is running */
+    float *unit_grads;          /* stages 2-3: the bucket whose units' backward is running */
     float *m, *v;               /* AdamW moments, P or S */
     float *reduce_packed[2];    /* rank-major reduce-scatter send (and stage 0 all-gather receive) */
     float *reduce_recv[2];      /* this rank's reduced slots of a unit */
     void *gather_packed[2];     /* rank-major all-gather receive buffers */
     insitra_shard_copy *copies; /* per tensor, relative to its unit (backend memory) */
+    insitra_shard_copy *bucket_copies; /* per tensor, relative to its bucket (backend memory) */
     insitra_update_segment *update_segs, *norm_segs; /* per tensor (backend memory) */
     int64_t n_segs, max_seg;
 
@@ -89,7 +93,7 @@ typedef struct insitra_zero {
 
     /* in flight */
     insitra_coll reduce_h[2], gather_h[2];
-    int64_t reduce_id[2];       /* unit being reduced in slot k, -1 if none */
+    int64_t reduce_id[2];       /* bucket being reduced in slot k, -1 if none */
     bool reduce_gathering[2];   /* stage 0: slot k is in its all-gather half */
     int next_reduce;
     int64_t gather_id[2];       /* stage 3: unit in gather slot k, -1 if none */
@@ -102,7 +106,7 @@ typedef struct insitra_zero {
 /* Allocates the stage's buffers on model's backend and installs the hooks;
  * model was created without full buffers (insitra_model_create_on with
  * false, false). Local: call insitra_zero_connect after every rank succeeded. */
-insitra_status insitra_zero_create(insitra_zero *z, int stage, bool master_separate,
+insitra_status insitra_zero_create(insitra_zero *z, int stage, bool master_separate, int64_t bucket_floats,
                                    const insitra_comm *dp, insitra_model *model);
 /* Collective over dp: the backend's process group. */
 insitra_status insitra_zero_connect(insitra_zero *z);
@@ -140,7 +144,7 @@ insitra_status insitra_zero_gather_state(insitra_zero *z, float *params, float *
 insitra_status insitra_zero_set_params(insitra_zero *z, const float *full);
 
 /* Collective, for bench/bench_gpu_comm.c: the communication of one step
- * alone (the stage's per-unit reductions and parameter gathers, packing
+ * alone (the stage's per-bucket reductions and parameter gathers, packing
  * included, as the step issues them) against one reduce-scatter and one
  * all-gather of whole buffers of the same bytes; medians over reps, in
  * seconds. Allocates its comparison buffers for the call. */

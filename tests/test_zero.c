@@ -12,6 +12,12 @@
  * magnitude. Replicated parameters (stages 0-2) must be bit-identical on every
  * rank, and micro-batching at stages 2-3 (which reduce every micro-batch)
  * must follow the un-micro-batched run to 1e-5.
+ *
+ * The default parallel.bucket_mib puts this small model's units in one
+ * bucket (one reduction per step); the same checks run again with buckets of
+ * 0.02 MiB, which make two buckets of two units each (checked), so that
+ * reductions and gathers of several buckets with several units each are
+ * bit-identical across stages too.
  */
 #include <math.h>
 #include <stdio.h>
@@ -41,13 +47,16 @@ typedef struct {
 /* Trains on comm and records the trajectory; samples [first, first + per) of
  * every step's global batch are this rank's. False (agreed on comm: the
  * library's collective calls agree on failure) when the run did not finish. */
+#define SMALL_BUCKETS "0.02" /* parallel.bucket_mib: two buckets of two units each */
+
 static bool run(insitra_test *tc, MPI_Comm comm, int stage, int64_t per, int64_t micro, int64_t first,
-                trajectory *out)
+                const char *bucket_mib, trajectory *out)
 {
     out->params = NULL;
     insitra_config *cfg = insitra_test_config(tc, YAML);
     if (!cfg) return false;
     insitra_test_set(tc, cfg, "parallel.zero_stage", "%d", stage);
+    if (bucket_mib) insitra_test_set(tc, cfg, "parallel.bucket_mib", "%s", bucket_mib);
     insitra_test_set(tc, cfg, "training.batch_size", "%lld", (long long)per);
     insitra_test_set(tc, cfg, "training.micro_batch_size", "%lld", (long long)micro);
     insitra_trainer *t = NULL;
@@ -65,6 +74,13 @@ static bool run(insitra_test *tc, MPI_Comm comm, int stage, int64_t per, int64_t
         insitra_trainer_free(t);
         return false;
     }
+    const insitra_shard_layout *sl = &t->engine.zero.sl;
+    int64_t most_units = 0;
+    for (int64_t b = 0; b < sl->num_buckets; b++)
+        if (sl->bucket_units[b] > most_units) most_units = sl->bucket_units[b];
+    if (bucket_mib)
+        EXPECT(tc, sl->num_buckets == 2 && most_units == 2, "parallel.bucket_mib %s: %lld buckets of up to %lld units",
+               bucket_mib, (long long)sl->num_buckets, (long long)most_units);
     out->count = t->engine.model.layout.total;
     out->params = malloc((size_t)out->count * sizeof(float));
     insitra_zero_gather_params(&t->engine.zero, out->params);
@@ -101,13 +117,31 @@ int main(int argc, char **argv)
         return insitra_test_end(&tc);
     const int64_t b = BG / size;
 
-    trajectory ref, stage[4], micro[4] = {{.params = NULL}};
+    trajectory ref, stage[4], micro[4] = {{.params = NULL}}, bucketed[4] = {{.params = NULL}},
+               bucketed_micro = {.params = NULL};
     /* Every run is made even after one failed: the runs on MPI_COMM_WORLD are
      * collective, and a failure on MPI_COMM_SELF is this rank's alone. */
-    bool ok = run(&tc, MPI_COMM_SELF, 0, BG, BG, 0, &ref);
-    for (int s = 0; s < 4; s++) ok &= run(&tc, MPI_COMM_WORLD, s, b, b, rank * b, &stage[s]);
-    for (int s = 2; s < 4; s++) ok &= run(&tc, MPI_COMM_WORLD, s, b, 1, rank * b, &micro[s]);
+    bool ok = run(&tc, MPI_COMM_SELF, 0, BG, BG, 0, NULL, &ref);
+    for (int s = 0; s < 4; s++) ok &= run(&tc, MPI_COMM_WORLD, s, b, b, rank * b, NULL, &stage[s]);
+    for (int s = 2; s < 4; s++) ok &= run(&tc, MPI_COMM_WORLD, s, b, 1, rank * b, NULL, &micro[s]);
+    for (int s = 0; s < 4; s++) ok &= run(&tc, MPI_COMM_WORLD, s, b, b, rank * b, SMALL_BUCKETS, &bucketed[s]);
+    ok &= run(&tc, MPI_COMM_WORLD, 2, b, 1, rank * b, SMALL_BUCKETS, &bucketed_micro);
     if (!ok) goto done;
+
+    for (int s = 0; s < 4; s++) {
+        const double dl = max_rel_loss(&bucketed[s], &ref);
+        const double dp = insitra_test_max_error(bucketed[s].params, ref.params, ref.count);
+        const int same = memcmp(bucketed[s].loss, bucketed[0].loss, sizeof ref.loss) == 0 &&
+                         memcmp(bucketed[s].params, bucketed[0].params, (size_t)ref.count * sizeof(float)) == 0;
+        if (rank == 0)
+            printf("stage %d on %d ranks, buckets of " SMALL_BUCKETS " MiB: vs 1 rank: loss %.2e, params %.2e | "
+                   "vs stage 0: %s\n", s, size, dl, dp, same ? "bit-identical" : "DIFFERENT");
+        EXPECT(&tc, dl <= TOL_LOSS, "small buckets, stage %d: losses differ from one rank's by %.3e", s, dl);
+        EXPECT(&tc, dp <= TOL_PARAM, "small buckets, stage %d: parameters differ from one rank's by %.3e", s, dp);
+        EXPECT(&tc, same, "small buckets, stage %d: not bit-identical to stage 0", s);
+    }
+    const double dlm = max_rel_loss(&bucketed_micro, &bucketed[2]);
+    EXPECT(&tc, dlm <= TOL_LOSS, "small buckets, stage 2: micro-batched losses differ by %.3e", dlm);
 
     for (int s = 0; s < 4; s++) {
         const double dl = max_rel_loss(&stage[s], &ref);
@@ -135,5 +169,7 @@ done:
     free(ref.params);
     for (int s = 0; s < 4; s++) free(stage[s].params);
     for (int s = 2; s < 4; s++) free(micro[s].params);
+    for (int s = 0; s < 4; s++) free(bucketed[s].params);
+    free(bucketed_micro.params);
     return insitra_test_end(&tc);
 }
