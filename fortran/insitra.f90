@@ -107,6 +107,7 @@ module insitra
                       config_get_logical
     procedure :: validate => config_validate
     procedure :: plan_stage => config_plan_stage
+    procedure :: plan_max_seq_len => config_plan_max_seq_len
     procedure, private :: config_assign
     generic :: assignment(=) => config_assign
     final :: config_final
@@ -350,6 +351,17 @@ module insitra
       type(insitra_plan), intent(out) :: plan
       integer(c_int) :: status
     end function c_insitra_plan_stage
+
+    function c_insitra_plan_max_seq_len(cfg, world_size, zero_stage, budget_bytes, seq_len, at_limit) &
+        bind(c, name='insitra_plan_max_seq_len') result(status)
+      import :: c_ptr, c_int, c_int32_t, c_int64_t
+      type(c_ptr), value :: cfg
+      integer(c_int32_t), value :: world_size, zero_stage
+      integer(c_int64_t), value :: budget_bytes
+      integer(c_int64_t), intent(out) :: seq_len
+      integer(c_int32_t), intent(out) :: at_limit
+      integer(c_int) :: status
+    end function c_insitra_plan_max_seq_len
 
     function c_strlen(s) bind(c, name='strlen') result(n)
       import :: c_ptr, c_size_t
@@ -713,6 +725,23 @@ contains
                                      int(zero_stage, c_int32_t), plan), &
                 'insitra_config%plan_stage', stat)
   end subroutine config_plan_stage
+
+  !> Local, allocates nothing: the largest model.seq_len (up to the key's
+  !> limit; 0 if none) within budget_bytes per rank, by plan_stage's formula;
+  !> at_limit is .true. when the key's limit bounds it rather than the budget.
+  subroutine config_plan_max_seq_len(self, world_size, zero_stage, budget_bytes, seq_len, at_limit, stat)
+    class(insitra_config), intent(in) :: self
+    integer, intent(in) :: world_size, zero_stage
+    integer(c_int64_t), intent(in) :: budget_bytes
+    integer(c_int64_t), intent(out) :: seq_len
+    logical, intent(out), optional :: at_limit
+    integer, intent(out), optional :: stat
+    integer(c_int32_t) :: limit
+    call finish(c_insitra_plan_max_seq_len(self%handle, int(world_size, c_int32_t), &
+                                           int(zero_stage, c_int32_t), budget_bytes, seq_len, limit), &
+                'insitra_config%plan_max_seq_len', stat)
+    if (present(at_limit)) at_limit = limit /= 0
+  end subroutine config_plan_max_seq_len
 
   ! A handle owns its C object: copying one would free it twice. Assigning
   ! an empty (never created or freed) configuration is allowed.

@@ -138,6 +138,9 @@ contains
     character(len=:), allocatable :: text
     character(len=32) :: version
     type(insitra_plan) :: plan
+    integer :: seq_len
+    integer(c_int64_t) :: max_seq
+    logical :: at_limit
 
     write(version, '(i0, ".", i0, ".", i0)') INSITRA_VERSION_MAJOR, INSITRA_VERSION_MINOR, &
                                              INSITRA_VERSION_PATCH
@@ -181,6 +184,12 @@ contains
     call check(plan%world_size == 4 .and. plan%zero_stage == 1, 'plan_stage echoes its arguments')
     call check(plan%memory%parameter_bytes > 0 .and. plan%memory%total_bytes >= &
                plan%memory%parameter_bytes, 'plan_stage memory')
+    ! The largest sequence within the plan's own total at this sequence length.
+    call cfg%get('model.seq_len', seq_len)
+    call cfg%plan_max_seq_len(4, 1, plan%memory%total_bytes, max_seq, at_limit)
+    call check(max_seq >= seq_len .and. .not. at_limit, 'plan_max_seq_len within the plan''s total')
+    call cfg%plan_max_seq_len(4, 1, 1_c_int64_t, max_seq)
+    call check(max_seq == 0, 'plan_max_seq_len of one byte is 0')
 
     ! A typed get of a key of another type names the key.
     call cfg%get('optimizer.lr', n_heads, stat)
