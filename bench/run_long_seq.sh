@@ -96,11 +96,16 @@ try_insitra() {
         last_ms=$(field "$line" step_ms) last_peak=$(field "$line" peak_mem_gib)
         last_report=$(field "$line" mem_report_gib)
     elif ((rc == 124)); then
-        why=time
+        why="time"
     elif grep -qi "OUT_OF_MEMORY\|out of memory" "$outdir/$name.log"; then
         why=memory
     fi
-    echo "try insitra recompute=$r seq_len=$T ok=$ok ${why:+why=$why }rc=$rc" \
+    local status
+    # the status, and which call failed where it names one (NCCL's init runs after the buffers)
+    status=$(grep -m 1 -o "INSITRA_STATUS_[A-Z_]*" "$outdir/$name.log" || true)
+    status+=$(grep -m 1 -o "nccl[A-Za-z]* failed\|cannot allocate [0-9.]* GiB" "$outdir/$name.log" |
+        tr ' ' '_' | sed 's/^/:/' || true)
+    echo "try insitra recompute=$r seq_len=$T ok=$ok ${why:+why=$why }${status:+status=$status }rc=$rc" \
         "${line:+step_ms=$(field "$line" step_ms) peak_mem_gib=$(field "$line" peak_mem_gib)}"
 }
 
@@ -125,7 +130,7 @@ search_insitra() {
             if ((T >= hi)); then bound=$hi_why; break; fi
         elif ((ok)); then
             if ((T >= cap)); then bound=limit; break; fi
-            if [[ $(calc '%d' 'a > b * 1000' "$last_ms" "$try_seconds") == 1 ]]; then bound=time; break; fi
+            if [[ $(calc '%d' 'a > b * 1000' "$last_ms" "$try_seconds") == 1 ]]; then bound="time"; break; fi
             T=$((lo + stride)); ((T <= cap)) || T=$cap
             stride=$((stride * 2))
         else
