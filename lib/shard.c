@@ -8,8 +8,8 @@
 #include "error.h"
 
 /* Buckets from the last unit down: a unit joins the bucket being filled while
- * all ranks' slots of both stay within INSITRA_SHARD_BUCKET_FLOATS. Buckets
- * are numbered from unit 0 up. */
+ * all ranks' slots of both stay within sl->bucket_floats. Buckets are
+ * numbered from unit 0 up. */
 static void make_buckets(insitra_shard_layout *sl, const insitra_param_layout *l)
 {
     int64_t n = 0, len = 0;

@@ -135,7 +135,7 @@ static insitra_status build_tables(insitra_zero *z)
     }
     z->n_segs = nt;
     insitra_backend *be = z->be;
-    /* z->copies and z->bucket_copies are adjacent in the carving: one upload each */
+    /* the unit-relative table, then the bucket-relative one */
     insitra_status s = be->i->upload(be, z->copies, copies, (size_t)nt * sizeof *copies);
     if (s == INSITRA_STATUS_OK)
         s = be->i->upload(be, z->bucket_copies, bucket_copies, (size_t)nt * sizeof *bucket_copies);
@@ -175,29 +175,32 @@ static insitra_status unpack(insitra_zero *z, int64_t u, void *flat, const void 
                                   z->sl.unit_len[u], first_rank, ranks, z->max_numel, t);
 }
 
+/* Bucket b's tensors: the first one's index, and how many. */
+static int64_t bucket_tensors(const insitra_zero *z, int64_t b, int64_t *n)
+{
+    const insitra_param_unit *first = &z->layout->units[z->sl.bucket_first[b]];
+    const insitra_param_unit *last = first + z->sl.bucket_units[b] - 1;
+    *n = last->first_tensor + last->num_tensors - first->first_tensor;
+    return first->first_tensor;
+}
+
 /* Bucket b's tensors, flat (from its first unit's offset) <-> packed (ranks, bucket_len). */
 static insitra_status pack_bucket(insitra_zero *z, int64_t b, void *packed, const void *flat, int64_t first_rank,
                                   int64_t ranks, insitra_dtype t)
 {
-    const insitra_shard_layout *sl = &z->sl;
-    const insitra_param_layout *l = z->layout;
-    const int64_t first = l->units[sl->bucket_first[b]].first_tensor;
-    const int64_t last_unit = sl->bucket_first[b] + sl->bucket_units[b] - 1;
-    const int64_t n = l->units[last_unit].first_tensor + l->units[last_unit].num_tensors - first;
-    return z->be->i->shard_pack(z->be, packed, flat, z->bucket_copies + first, n, sl->bucket_len[b], first_rank,
+    int64_t n;
+    const int64_t first = bucket_tensors(z, b, &n);
+    return z->be->i->shard_pack(z->be, packed, flat, z->bucket_copies + first, n, z->sl.bucket_len[b], first_rank,
                                 ranks, z->max_numel, t);
 }
 
 static insitra_status unpack_bucket(insitra_zero *z, int64_t b, void *flat, const void *packed, int64_t first_rank,
                                     int64_t ranks, insitra_dtype t)
 {
-    const insitra_shard_layout *sl = &z->sl;
-    const insitra_param_layout *l = z->layout;
-    const int64_t first = l->units[sl->bucket_first[b]].first_tensor;
-    const int64_t last_unit = sl->bucket_first[b] + sl->bucket_units[b] - 1;
-    const int64_t n = l->units[last_unit].first_tensor + l->units[last_unit].num_tensors - first;
-    return z->be->i->shard_unpack(z->be, flat, packed, z->bucket_copies + first, n, sl->bucket_len[b], first_rank,
-                                  ranks, z->max_numel, t);
+    int64_t n;
+    const int64_t first = bucket_tensors(z, b, &n);
+    return z->be->i->shard_unpack(z->be, flat, packed, z->bucket_copies + first, n, z->sl.bucket_len[b],
+                                  first_rank, ranks, z->max_numel, t);
 }
 
 /* Where bucket b's first unit starts in the flat layout. */
