@@ -126,12 +126,14 @@ foreach(insitra_dir IN LISTS insitra_example_dirs)
   if(NOT IS_DIRECTORY "${insitra_dir}")
     continue()
   endif()
+  # A directory with a CMakeLists.txt of its own (quickstart) builds its
+  # Fortran program only where insitra has the module: installed always.
   file(GLOB_RECURSE insitra_fortran_sources "${insitra_dir}/*.f90" "${insitra_dir}/*.F90")
-  if(insitra_fortran_sources AND NOT insitra_has_fortran)
+  if(insitra_fortran_sources AND NOT insitra_has_fortran AND NOT EXISTS "${insitra_dir}/CMakeLists.txt")
     continue()
   endif()
   install(DIRECTORY "${insitra_dir}" DESTINATION "${insitra_examples_dir}" USE_SOURCE_PERMISSIONS
-    PATTERN "CMakeLists.txt" EXCLUDE PATTERN "__pycache__" EXCLUDE PATTERN "*.jsonl" EXCLUDE)
+    PATTERN "__pycache__" EXCLUDE PATTERN "*.jsonl" EXCLUDE PATTERN "checkpoints" EXCLUDE)
 endforeach()
 install(FILES "${PROJECT_SOURCE_DIR}/cmake/installed-examples.CMakeLists.txt"
   DESTINATION "${insitra_examples_dir}" RENAME CMakeLists.txt)
