@@ -23,6 +23,49 @@ mark_as_advanced(INSITRA_INSTALL_CMAKEDIR INSITRA_INSTALL_PKGCONFIGDIR)
 
 set(insitra_package_dir "${PROJECT_BINARY_DIR}/package")
 
+# `cmake --install` builds nothing, and a build of some targets only (the
+# demo builds heat2d) lacks some of what is installed: so the install first
+# builds whatever installed target has no file yet. Everything there (after
+# a full build, or under `make install`, which builds first) means no nested
+# build. Stale files are installed as they are, as CMake always does.
+set(insitra_built_targets insitra)
+if(INSITRA_ENABLE_FORTRAN AND TARGET insitra_fortran)
+  list(APPEND insitra_built_targets insitra_fortran)
+endif()
+get_property(insitra_cli_targets GLOBAL PROPERTY INSITRA_CLI_TARGETS)
+list(APPEND insitra_built_targets ${insitra_cli_targets})
+set(insitra_built_files "")
+foreach(insitra_target IN LISTS insitra_built_targets)
+  list(APPEND insitra_built_files "$<TARGET_FILE:${insitra_target}>")
+endforeach()
+install(CODE "set(insitra_build_dir \"${PROJECT_BINARY_DIR}\")
+set(insitra_built_targets \"${insitra_built_targets}\")
+set(insitra_built_files \"${insitra_built_files}\")")
+install(CODE [[
+  set(insitra_missing "")
+  foreach(insitra_file IN LISTS insitra_built_files)
+    if(NOT EXISTS "${insitra_file}")
+      list(APPEND insitra_missing "${insitra_file}")
+    endif()
+  endforeach()
+  if(insitra_missing)
+    list(JOIN insitra_built_targets " " insitra_list)
+    list(LENGTH insitra_missing insitra_count)
+    message(STATUS "${insitra_count} of the installed targets not built yet: "
+                   "building ${insitra_list} first")
+    set(insitra_config_arg "")
+    if(CMAKE_INSTALL_CONFIG_NAME)
+      set(insitra_config_arg --config "${CMAKE_INSTALL_CONFIG_NAME}")
+    endif()
+    execute_process(COMMAND "${CMAKE_COMMAND}" --build "${insitra_build_dir}" ${insitra_config_arg}
+                            --target ${insitra_built_targets}
+                    RESULT_VARIABLE insitra_rc)
+    if(NOT insitra_rc EQUAL 0)
+      message(FATAL_ERROR "building ${insitra_list} for the install failed (exit ${insitra_rc})")
+    endif()
+  endif()
+]])
+
 # Installed shared libraries (BUILD_SHARED_LIBS=ON) and tools keep the run
 # path to the libraries they link, which CMake drops by default, and find
 # insitra's own libraries relative to themselves.
@@ -68,7 +111,6 @@ if(INSITRA_ENABLE_FORTRAN AND TARGET insitra_fortran)
 endif()
 
 # The command-line tools.
-get_property(insitra_cli_targets GLOBAL PROPERTY INSITRA_CLI_TARGETS)
 if(insitra_cli_targets)
   set_target_properties(${insitra_cli_targets} PROPERTIES INSTALL_RPATH_USE_LINK_PATH ON)
   set_property(TARGET ${insitra_cli_targets} APPEND PROPERTY INSTALL_RPATH "${insitra_origin_bindir}")
@@ -84,12 +126,14 @@ foreach(insitra_dir IN LISTS insitra_example_dirs)
   if(NOT IS_DIRECTORY "${insitra_dir}")
     continue()
   endif()
+  # A directory with a CMakeLists.txt of its own (quickstart) builds its
+  # Fortran program only where insitra has the module: installed always.
   file(GLOB_RECURSE insitra_fortran_sources "${insitra_dir}/*.f90" "${insitra_dir}/*.F90")
-  if(insitra_fortran_sources AND NOT insitra_has_fortran)
+  if(insitra_fortran_sources AND NOT insitra_has_fortran AND NOT EXISTS "${insitra_dir}/CMakeLists.txt")
     continue()
   endif()
   install(DIRECTORY "${insitra_dir}" DESTINATION "${insitra_examples_dir}" USE_SOURCE_PERMISSIONS
-    PATTERN "CMakeLists.txt" EXCLUDE PATTERN "__pycache__" EXCLUDE PATTERN "*.jsonl" EXCLUDE)
+    PATTERN "__pycache__" EXCLUDE PATTERN "*.jsonl" EXCLUDE PATTERN "checkpoints" EXCLUDE)
 endforeach()
 install(FILES "${PROJECT_SOURCE_DIR}/cmake/installed-examples.CMakeLists.txt"
   DESTINATION "${insitra_examples_dir}" RENAME CMakeLists.txt)
@@ -187,14 +231,19 @@ function(_insitra_pc_flags out)
       endif()
     endforeach()
     get_target_property(copts "${item}" INTERFACE_COMPILE_OPTIONS)
+    set(words "")
     foreach(opt IN LISTS copts)
       if(opt MATCHES "^SHELL:(.*)$")
-        separate_arguments(words UNIX_COMMAND "${CMAKE_MATCH_1}")
-        list(APPEND cflags ${words})
+        separate_arguments(shell_words UNIX_COMMAND "${CMAKE_MATCH_1}")
+        list(APPEND words ${shell_words})
       elseif(opt AND NOT opt MATCHES "\\$<")
-        list(APPEND cflags "${opt}")
+        list(APPEND words "${opt}")
       endif()
     endforeach()
+    # A wrapper's record of the machine it was built on (MPICH's mpif90 has
+    # -ffile-prefix-map=/build/mpich-.../=.) is not for the user's compiles.
+    list(FILTER words EXCLUDE REGEX "^-f(file|debug|macro|profile)-prefix-map=")
+    list(APPEND cflags ${words})
   endwhile()
   foreach(var libs cflags requires)
     list(REMOVE_DUPLICATES ${var})

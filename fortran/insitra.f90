@@ -13,7 +13,7 @@
 !> procedures and a final procedure. Every procedure takes an optional
 !> integer `stat`: present, it receives the status code (INSITRA_STATUS_OK on
 !> success) and insitra_last_error() returns the message; absent, a failure
-!> writes the message to standard error and stops the program (error stop).
+!> writes the message to standard error and ends the program with exit status 1.
 !>
 !> Arrays are contiguous assumed-shape real(c_float) arrays handed to C
 !> without copies. Fortran is column-major, so an array x(F, T, n) has exactly
@@ -368,6 +368,13 @@ module insitra
       type(c_ptr), value :: s
       integer(c_size_t) :: n
     end function c_strlen
+
+    ! C's exit: ends the program with a status and no more output (error
+    ! stop adds a line, and gfortran a backtrace, to every rank's message).
+    subroutine c_exit(status) bind(c, name='exit')
+      import :: c_int
+      integer(c_int), value :: status
+    end subroutine c_exit
   end interface
 
 contains
@@ -400,7 +407,7 @@ contains
   end function insitra_version
 
   ! ------------------------------------------------------------------------
-  ! Helpers: strings and the stat / error stop rule.
+  ! Helpers: strings and the stat / stop rule.
   ! ------------------------------------------------------------------------
 
   ! A Fortran string as a NUL-terminated C string; trailing blanks (the
@@ -458,7 +465,8 @@ contains
       write(error_unit, '(a)') 'insitra: ' // where // ' failed (' // &
         insitra_status_name(status) // '): ' // insitra_last_error()
       flush(error_unit)
-      error stop 1
+      call c_exit(1_c_int)  ! (the units are flushed and closed: libgfortran's exit handler)
+      error stop 1          ! not reached
     end if
   end subroutine report
 

@@ -17,6 +17,7 @@
 #include "error.h"
 #include "log.h"
 #include "optimizer.h"
+#include "threads.h"
 #include "trainer_ckpt.h"
 
 /* Every rank must run the same configuration: compare with rank 0's, and
@@ -129,6 +130,9 @@ insitra_status insitra_trainer_create(insitra_trainer **trainer, const insitra_c
         if (local == INSITRA_STATUS_OK) local = check_grid(t);
         s = insitra_comm_agree(&t->comm, local);
     }
+    /* OpenMP threads per rank, from the ranks sharing each node (threads.h). */
+    if (s == INSITRA_STATUS_OK)
+        s = insitra_comm_agree(&t->comm, insitra_threads_setup(&t->cfg, t->comm.comm, t->comm.rank));
     if (s == INSITRA_STATUS_OK) s = insitra_comm_agree(&t->comm, build_grid(t));
     if (s == INSITRA_STATUS_OK) s = insitra_comm_agree(&t->comm, allocate(t));
     if (s == INSITRA_STATUS_OK) s = insitra_comm_agree(&t->comm, insitra_engine_connect(&t->engine));

@@ -70,6 +70,18 @@ ckpt_cli_check(NAME info ARGS "info|${step6}" RC 0
         "d_model=16 n_layers=2 n_heads=2 seq_len=8 in_features=3 out_features=2"
         "optimizer +AdamW moments: 31 tensors in /optim/m, 31 in /optim/v"
         "samples +22 stored \\(per rank: 12 10\\)")
+# The stored configuration as YAML, and the planner reading it from the file.
+ckpt_cli_check(NAME config ARGS "config|${step6}" RC 0
+  MATCH "^device: cpu\n" "\nmodel:\n  seq_len: 8\n  in_features: 3\n  out_features: 2\n  d_model: 16\n"
+        "\nparallel:\n  dp: 0\n  tp: 1\n  zero_stage: 1\n")
+ckpt_cli_check(NAME config_truncated ARGS "config|${dir}/truncated.h5" RC 1
+  MATCH "truncated or corrupt" FIXTURES ckpt_cli_truncate)
+add_test(NAME ckpt_cli_plan
+  COMMAND ${CMAKE_COMMAND} "-DCOMMAND=$<TARGET_FILE:insitra-plan>|--ranks|2|${step6}" -DEXPECT_RC=0
+          "-DMATCH_1=configuration of .*step-00000006\\.h5 \\(step 6\\)"
+          "-DMATCH_2=model: d_model=16 n_layers=2 n_heads=2 seq_len=8 batch_size=4"
+          "-DMATCH_3=\n    2     3 " -P "${expect}")
+set_tests_properties(ckpt_cli_plan PROPERTIES LABELS ckpt FIXTURES_REQUIRED ckpt_cli_files)
 ckpt_cli_check(NAME verify_step3 ARGS "verify|${step3}" RC 0 MATCH "VALID: .*step-00000003\\.h5")
 ckpt_cli_check(NAME verify_step6 ARGS "verify|${step6}" RC 0
   MATCH "VALID: .*step-00000006\\.h5 \\(95 float32 datasets")

@@ -198,6 +198,19 @@ int main(int argc, char **argv)
     } else {
         printf("  (running as root: the unwritable-directory check is skipped)\n");
     }
+    /* One that root meets too: the .tmp file's path is taken by a directory. */
+    char busy_dir[] = "/tmp/insitra-tmpbusy-XXXXXX", busy[128], inner[160];
+    if (EXPECT(&test, mkdtemp(busy_dir) != NULL, "mkdtemp: %s", strerror(errno))) {
+        snprintf(busy, sizeof busy, "%s/step-%08lld.h5.tmp", busy_dir, (long long)m.step);
+        snprintf(inner, sizeof inner, "%s/kept", busy);
+        if (EXPECT(&test, mkdir(busy, 0777) == 0 && mkdir(inner, 0777) == 0, "mkdir %s: %s", inner,
+                   strerror(errno)))
+            expect_error(&test, insitra_checkpoint_save(t, busy_dir, NULL, 0), INSITRA_STATUS_IO_ERROR,
+                         "cannot create '", strerror(EISDIR));
+        rmdir(inner);
+        rmdir(busy);
+        rmdir(busy_dir);
+    }
 
     int64_t st = 0, fi = 0, fo = 0, np = 0;
     insitra_trainer_sample_shape(t, &st, &fi, &fo);

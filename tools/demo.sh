@@ -11,8 +11,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/install-deps.sh
+echo "configuring and building insitra and heat2d in build/cpu (a minute or two the first time)..."
 cmake --preset cpu >/dev/null
 cmake --build --preset cpu -j "$(nproc)" --target heat2d >/dev/null
+echo "running heat2d on 2 ranks..."
 root=$(pwd)
 demo=build/cpu/heat2d-demo
 rm -rf "$demo"

@@ -6,6 +6,7 @@
  *   insitra-ckpt info FILE         root attributes, model, tensors, optimizer, samples
  *   insitra-ckpt verify FILE       completeness, metadata checksum, shapes, every CRC32C
  *   insitra-ckpt export FILE OUT   the model weights alone, for analysis or inference
+ *   insitra-ckpt config FILE       the stored configuration, as YAML
  *
  * Names, attributes, shapes and the metadata checksum come from the library's
  * format module (ckpt/ckpt_format.h), so this tool and the loader judge a
@@ -42,6 +43,7 @@ static int usage(FILE *out)
             "       insitra-ckpt info FILE\n"
             "       insitra-ckpt verify FILE\n"
             "       insitra-ckpt export FILE OUT\n"
+            "       insitra-ckpt config FILE\n"
             "\n"
             "  list    every step-*.h5 and step-*.h5.tmp file of a checkpoint directory:\n"
             "          step, size, whether `latest` names it, complete / incomplete / temporary\n"
@@ -55,6 +57,8 @@ static int usage(FILE *out)
             "  export  writes OUT: /model/<name> (float32, CRC32C attributes) and the\n"
             "          configuration, without optimizer state or samples; every tensor's\n"
             "          CRC32C is checked on the way\n"
+            "  config  prints the configuration stored in the checkpoint (or an export) as\n"
+            "          YAML: a file insitra_config_load_yaml and insitra-plan read\n"
             "\n"
             "Exit status: 0 success, 1 a problem with a file, 2 a usage error.\n");
     return out == stdout ? EXIT_VALID : EXIT_USAGE;
@@ -716,6 +720,23 @@ static int cmd_export(const char *path, const char *out)
     return ok ? EXIT_VALID : EXIT_PROBLEM;
 }
 
+/* The stored configuration, as the trainer wrote it (YAML). */
+static int cmd_config(const char *path)
+{
+    ckpt_file c;
+    char why[512];
+    if (!ckpt_open(&c, path, 1, why, sizeof why)) {
+        fprintf(stderr, "insitra-ckpt: %s: %s\n", path, why);
+        return EXIT_PROBLEM;
+    }
+    const char *yaml = c.meta.config;
+    if (yaml) fputs(yaml, stdout);
+    if (yaml && yaml[0] != '\0' && yaml[strlen(yaml) - 1] != '\n') putchar('\n');
+    if (!yaml) fprintf(stderr, "insitra-ckpt: %s: no config attribute\n", path);
+    ckpt_close(&c);
+    return yaml ? EXIT_VALID : EXIT_PROBLEM;
+}
+
 int main(int argc, char **argv)
 {
     if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")))
@@ -727,7 +748,9 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "info") && argc == 3) return cmd_info(argv[2]);
     if (!strcmp(cmd, "verify") && argc == 3) return cmd_verify(argv[2]);
     if (!strcmp(cmd, "export") && argc == 4) return cmd_export(argv[2], argv[3]);
-    if (argc >= 2 && strcmp(cmd, "list") && strcmp(cmd, "info") && strcmp(cmd, "verify") && strcmp(cmd, "export"))
+    if (!strcmp(cmd, "config") && argc == 3) return cmd_config(argv[2]);
+    if (argc >= 2 && strcmp(cmd, "list") && strcmp(cmd, "info") && strcmp(cmd, "verify") && strcmp(cmd, "export") &&
+        strcmp(cmd, "config"))
         fprintf(stderr, "insitra-ckpt: unknown command '%s'\n", cmd);
     else if (argc >= 2)
         fprintf(stderr, "insitra-ckpt: %s: wrong number of arguments\n", cmd);

@@ -2,26 +2,32 @@
  * insitra-plan: memory per rank and communication per step of a
  * configuration at every ZeRO stage, before a job is submitted.
  *
- *   insitra-plan [--ranks N[,N...]] [--set key=value]... [--memory-per-rank GiB] [config.yaml]
- *   insitra-plan --max-seq-len --memory-per-rank GiB [--ranks ...] [--set ...] [config.yaml]
+ *   insitra-plan [--ranks N[,N...]] [--set key=value]... [--memory-per-rank GiB] [config.yaml | step-N.h5]
+ *   insitra-plan --max-seq-len --memory-per-rank GiB [--ranks ...] [--set ...] [config.yaml | step-N.h5]
+ *
+ * A checkpoint in place of the YAML file plans the configuration stored in it.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <hdf5.h>
+
+#include "ckpt_format.h"
 #include "insitra.h"
 
 static int usage(FILE *out)
 {
     fprintf(out,
             "usage: insitra-plan [--ranks N[,N...]] [--set key=value]... [--memory-per-rank GiB]\n"
-            "                    [--max-seq-len] [config.yaml]\n"
+            "                    [--max-seq-len] [config.yaml | checkpoint.h5]\n"
             "Prints, for each ZeRO stage and rank count, the bytes one rank holds (parameters,\n"
             "gradients, optimizer state, activations, communication buffers, sample store) and\n"
             "the bytes it sends per optimizer step. With --memory-per-rank, marks the stages that\n"
             "fit and names the cheapest one (the least traffic). With --max-seq-len (needs\n"
             "--memory-per-rank), prints instead the largest model.seq_len that fits in that memory\n"
-            "at each stage and rank count, the other keys as given.\n");
+            "at each stage and rank count, the other keys as given. A checkpoint file in place of\n"
+            "the YAML file plans the configuration stored in it.\n");
     return out == stdout ? 0 : 2;
 }
 
@@ -96,6 +102,36 @@ static int print_max_seq_len(insitra_config *cfg, const char *ranks_arg, double 
     return 0;
 }
 
+/* Loads path into cfg: a checkpoint's stored configuration when path is an
+ * HDF5 file, YAML otherwise. Prints why not and returns 0 on failure. */
+static int load_config(insitra_config *cfg, const char *path)
+{
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* a failure is one line here, not HDF5's stack */
+    if (H5Fis_hdf5(path) <= 0) {
+        if (insitra_config_load_yaml(cfg, path) == INSITRA_STATUS_OK) return 1;
+        fprintf(stderr, "insitra-plan: %s\n", insitra_last_error());
+        return 0;
+    }
+    const hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (file < 0) {
+        fprintf(stderr, "insitra-plan: %s: HDF5 cannot open it: truncated or corrupt\n", path);
+        return 0;
+    }
+    insitra_ckpt_meta meta;
+    insitra_ckpt_meta_read(file, &meta);
+    H5Fclose(file);
+    int ok = meta.config != NULL;
+    if (!ok)
+        fprintf(stderr, "insitra-plan: %s: no stored configuration (not an insitra checkpoint)\n", path);
+    else if (insitra_config_load_yaml_string(cfg, meta.config) != INSITRA_STATUS_OK) {
+        fprintf(stderr, "insitra-plan: %s: the stored configuration: %s\n", path, insitra_last_error());
+        ok = 0;
+    } else
+        printf("configuration of %s (step %lld)\n", path, (long long)meta.step);
+    insitra_ckpt_meta_free(&meta);
+    return ok;
+}
+
 int main(int argc, char **argv)
 {
     const char *ranks_arg = "1,2,4,8", *yaml = NULL;
@@ -126,10 +162,7 @@ int main(int argc, char **argv)
     /* Defaults, then the file, then every --set on top. */
     insitra_config *cfg = NULL;
     if (insitra_config_create(&cfg) != INSITRA_STATUS_OK) return 1;
-    if (yaml && insitra_config_load_yaml(cfg, yaml) != INSITRA_STATUS_OK) {
-        fprintf(stderr, "insitra-plan: %s\n", insitra_last_error());
-        return 2;
-    }
+    if (yaml && !load_config(cfg, yaml)) return 2;
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--set") && i + 1 < argc && !apply_set(cfg, argv[++i])) return 2;
     if (insitra_config_validate(cfg) != INSITRA_STATUS_OK) {

@@ -2,6 +2,10 @@
 #
 #   STEP=install   PREFIX BUILD_DIR CONFIG
 #       empties PREFIX, then cmake --install BUILD_DIR --prefix PREFIX
+#   STEP=unbuilt   PREFIX SOURCE_DIR BINARY_DIR GENERATOR MAKE_PROGRAM C_COMPILER
+#                  [FORTRAN_COMPILER] EXPECT [OPTIONS]
+#       configures SOURCE_DIR in an empty BINARY_DIR, builds nothing, installs
+#       into PREFIX and checks that every file of EXPECT (relative) is there
 #   STEP=cmake     PREFIX SOURCE_DIR BINARY_DIR GENERATOR MAKE_PROGRAM C_COMPILER C_FLAGS
 #                  LINKER_FLAGS VERSION [FORTRAN_COMPILER FORTRAN_FLAGS] [OPTIONS]
 #       configures and builds the CMake project SOURCE_DIR in an empty BINARY_DIR
@@ -18,6 +22,24 @@ endfunction()
 if(STEP STREQUAL "install")
   file(REMOVE_RECURSE "${PREFIX}")
   run("${CMAKE_COMMAND}" --install "${BUILD_DIR}" --prefix "${PREFIX}" --config "${CONFIG}")
+
+elseif(STEP STREQUAL "unbuilt")
+  # A configured tree with nothing built: the install builds what it needs.
+  file(REMOVE_RECURSE "${PREFIX}" "${BINARY_DIR}")
+  set(fortran -DINSITRA_ENABLE_FORTRAN=OFF)
+  if(FORTRAN_COMPILER)
+    set(fortran -DINSITRA_ENABLE_FORTRAN=ON "-DCMAKE_Fortran_COMPILER=${FORTRAN_COMPILER}")
+  endif()
+  run("${CMAKE_COMMAND}" -S "${SOURCE_DIR}" -B "${BINARY_DIR}" -G "${GENERATOR}"
+      "-DCMAKE_MAKE_PROGRAM=${MAKE_PROGRAM}" "-DCMAKE_C_COMPILER=${C_COMPILER}"
+      -DCMAKE_BUILD_TYPE=Release -DINSITRA_ENABLE_TESTING=OFF ${fortran} ${OPTIONS})
+  run("${CMAKE_COMMAND}" --install "${BINARY_DIR}" --prefix "${PREFIX}")
+  foreach(file IN LISTS EXPECT)
+    if(NOT EXISTS "${PREFIX}/${file}")
+      message(FATAL_ERROR "the install of an unbuilt tree lacks ${PREFIX}/${file}")
+    endif()
+  endforeach()
+  message(STATUS "installed from an unbuilt tree: ${EXPECT}")
 
 elseif(STEP STREQUAL "cmake")
   file(REMOVE_RECURSE "${BINARY_DIR}")
