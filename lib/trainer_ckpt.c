@@ -1,4 +1,6 @@
 /* Checkpoints of a trainer: the view, and the reset after a failed load. */
+#include <math.h>
+
 #include "ckpt.h"
 #include "error.h"
 #include "trainer_ckpt.h"
@@ -66,6 +68,12 @@ insitra_status insitra_trainer_ckpt_load(insitra_trainer *t, const char *path, c
     insitra_status s = insitra_ckpt_load(&view, path, path_out, path_size, &touched);
     if (s != INSITRA_STATUS_OK) reset(t, touched); /* a half-read checkpoint must not pass for trained state */
     /* Loaded, or reset after a failed load: either way the host copies are what holds. */
+    /* The held-out split's index: the held-out store is not in a checkpoint,
+     * so the pushes are counted again from the training store's, as if none
+     * had been held out after the last training sample. */
+    const double f = t->cfg.data.validation_fraction;
+    t->pushes = t->store.pushed;
+    while (f > 0 && t->pushes - (int64_t)floor((double)t->pushes * f) < t->store.pushed) t->pushes++;
     insitra_status up = insitra_zero_import(&t->engine.zero);
     if (up == INSITRA_STATUS_OK) up = insitra_engine_set_norm(&t->engine, &t->norm.coef);
     up = insitra_comm_agree(&t->comm, up);
