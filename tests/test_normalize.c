@@ -17,7 +17,10 @@
  *                to the held-out store and none into the training store; the
  *                validation loss is in the metrics at progress steps only;
  *   config       bad residual maps and a frozen mode without a limit are
- *                refused naming the key.
+ *                refused naming the key;
+ *   units        a checkpoint of other normalisation settings (every file
+ *                from before them) is refused naming data.normalize; the
+ *                same settings load the statistics back.
  */
 #include <math.h>
 #include <stdio.h>
@@ -329,6 +332,56 @@ done:
     insitra_config_free(cfg);
 }
 
+/* ---- checkpoints of other units ---- */
+
+/* A checkpoint of raw-unit weights (written without normalisation, as every
+ * older file was) is refused by a normalising trainer naming the key, and
+ * the other way round. */
+static void test_checkpoint_units(insitra_test *T)
+{
+    enum { S = 8, TOK = 4, FI = 3, FO = 2 };
+    static float x[S][TOK][FI], y[S][TOK][FO];
+    insitra_test_fill_wave(&x[0][0][0], S * TOK * FI, sin, 0.37, 0.5, 3.0);
+    insitra_test_fill_wave(&y[0][0][0], S * TOK * FO, cos, 0.11, 0.2, 2.0);
+    char off[64], on[64]; /* one pair per rank count: normalize and normalize_np2 may run at once */
+    snprintf(off, sizeof off, "normalize_ckpt_np%d_off", T->size);
+    snprintf(on, sizeof on, "normalize_ckpt_np%d_on", T->size);
+    const char *dirs[2] = {off, on};
+    const char *settings[2] = {"", "data.normalize=running"};
+    for (int k = 0; k < 2; k++) {
+        insitra_config *cfg = small_config(T, settings[k]);
+        insitra_trainer *t = NULL;
+        if (cfg && EXPECT_OK(T, insitra_trainer_create(&t, cfg, MPI_COMM_WORLD), "create")) {
+            EXPECT_OK(T, insitra_push_samples(t, S, &x[0][0][0], &y[0][0][0]), "push");
+            EXPECT_OK(T, insitra_train_step(t, NULL), "step");
+            EXPECT_OK(T, insitra_checkpoint_save(t, dirs[k], NULL, 0), "save");
+        }
+        insitra_trainer_free(t);
+        insitra_config_free(cfg);
+    }
+    for (int k = 0; k < 2; k++) {
+        insitra_config *cfg = small_config(T, settings[1 - k]);
+        insitra_trainer *t = NULL;
+        if (cfg && EXPECT_OK(T, insitra_trainer_create(&t, cfg, MPI_COMM_WORLD), "create")) {
+            const insitra_status s = insitra_checkpoint_load(t, dirs[k], NULL, 0);
+            EXPECT(T, s != INSITRA_STATUS_OK && strstr(insitra_last_error(), "'data.normalize'"),
+                   "loading %s with other normalisation: status %d, %s", dirs[k], (int)s, insitra_last_error());
+        }
+        insitra_trainer_free(t);
+        insitra_config_free(cfg);
+    }
+    /* the same settings load, and the statistics come back */
+    insitra_config *cfg = small_config(T, settings[1]);
+    insitra_trainer *t = NULL;
+    if (cfg && EXPECT_OK(T, insitra_trainer_create(&t, cfg, MPI_COMM_WORLD), "create")) {
+        EXPECT_OK(T, insitra_checkpoint_load(t, dirs[1], NULL, 0), "load");
+        EXPECT(T, t->norm.samples == (int64_t)S * T->size, "statistics of %lld samples after the load",
+               (long long)t->norm.samples);
+    }
+    insitra_trainer_free(t);
+    insitra_config_free(cfg);
+}
+
 /* ---- configuration ---- */
 
 static void expect_refused(insitra_test *T, const char *settings, const char *needle)
@@ -360,6 +413,7 @@ int main(int argc, char **argv)
     if (all || mpi) test_physical(&t);
     if (all || mpi) test_held_out(&t);
     if (all) test_config(&t);
+    if (all || mpi) test_checkpoint_units(&t);
     if (all || (argc > 1 && !strcmp(argv[1], "residual"))) test_residual(&t);
     return insitra_test_end(&t);
 }
