@@ -40,14 +40,13 @@ insitra_status insitra_engine_bytes_for(const insitra_config *cfg, int stage, in
     const insitra_model_dims dims = insitra_config_model_dims(cfg);
     const bool separate = cfg->precision == INSITRA_PRECISION_BF16;
     const size_t es = separate ? 2 : sizeof(float);
-    const int64_t mb = insitra_config_micro_batch(cfg), B = cfg->training.batch_size;
+    const int64_t mb = insitra_config_micro_batch(cfg);
     insitra_param_layout layout;
     insitra_shard_layout sl;
     INSITRA_CHECK(insitra_shard_layouts_for(&dims, dp, &layout, &sl));
     const insitra_zero_bytes z = insitra_zero_bytes_for(stage, separate, es, desc->align, &layout, &sl);
     const int64_t att = desc->attention_state_bytes(&dims, mb, es);
     const int64_t xs = dims.seq_len * dims.in_features, ys = dims.seq_len * dims.out_features;
-    (void)B;
     const engine_small_layout small = engine_small_bytes(cfg, desc->align);
     const int64_t slots_at = small.slots;
     *usage = (insitra_memory_usage){

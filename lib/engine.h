@@ -70,7 +70,8 @@ insitra_status insitra_engine_store_samples(insitra_engine *e, int which, int64_
 insitra_status insitra_engine_fetch_samples(insitra_engine *e, int which, int64_t first, int64_t n,
                                             float *store_x, float *store_y);
 
-/* The feature maps every later pass applies: fm (host) into the backend's copy. */
+/* The feature maps every later pass applies: fm (host, its arrays one block
+ * in the order insitra_feature_norm_carve lays them out) into the backend's copy. */
 insitra_status insitra_engine_set_norm(insitra_engine *e, const insitra_feature_norm *fm);
 
 /* One optimizer step over the store rows slots[0..batch) at step t (1-based)
