@@ -173,7 +173,9 @@ insitra_status insitra_normalize_create(insitra_normalize *n, const insitra_conf
     n->freeze_steps = cfg->data.normalize_steps;
     n->seq_len = cfg->model.seq_len;
     n->world = world;
-    const int64_t doubles = 4 * (Fi + Fo) + ((int64_t)world + 1) * (1 + 2 * Fi + 2 * Fo);
+    /* the combination's rows: only when there is anything to combine */
+    const int64_t rows = n->mode == INSITRA_NORMALIZE_OFF ? 0 : (int64_t)world + 1;
+    const int64_t doubles = 4 * (Fi + Fo) + rows * (1 + 2 * Fi + 2 * Fo);
     const int64_t bytes = doubles * (int64_t)sizeof(double) + insitra_feature_norm_bytes(Fi, Fo);
     n->mem = calloc(1, (size_t)bytes);
     if (!n->mem)
@@ -186,9 +188,9 @@ insitra_status insitra_normalize_create(insitra_normalize *n, const insitra_conf
         *all[k] = (insitra_moments){.width = w, .count = 0, .mean = d, .m2 = d + w};
         d += 2 * w;
     }
-    n->send = d;
-    n->exchange = d + (1 + 2 * Fi + 2 * Fo);
-    d = n->exchange + (int64_t)world * (1 + 2 * Fi + 2 * Fo);
+    n->send = rows ? d : NULL;
+    n->exchange = rows ? d + (1 + 2 * Fi + 2 * Fo) : NULL;
+    d += rows * (1 + 2 * Fi + 2 * Fo);
     insitra_feature_norm_carve(&n->coef, d, Fi, Fo);
     insitra_normalize_update_coef(n);
     return insitra_residual_map_parse(cfg, n->coef.residual);

@@ -92,7 +92,9 @@ typedef struct insitra_normalize {
     void *mem;                     /* one allocation for all of the above */
 } insitra_normalize;
 
-/* From cfg (data.normalize*, model.residual*); world: the ranks that combine. */
+/* From cfg (data.normalize*, model.residual*); world: the ranks that combine.
+ * With data.normalize on, each rank keeps every rank's row of the
+ * combination: (world + 1) x (1 + 2 f_in + 2 f_out) doubles. */
 insitra_status insitra_normalize_create(insitra_normalize *n, const insitra_config *cfg, int world);
 void insitra_normalize_free(insitra_normalize *n);
 
