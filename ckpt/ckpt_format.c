@@ -13,6 +13,9 @@
 
 const char *const insitra_ckpt_group[INSITRA_CKPT_GROUPS] = {"model", "optim/m", "optim/v"};
 
+const char *const insitra_ckpt_norm_datasets[INSITRA_CKPT_NORM_DATASETS] = {
+    "normalize/x_mean", "normalize/x_m2", "normalize/y_mean", "normalize/y_m2"};
+
 const insitra_ckpt_table insitra_ckpt_tables[INSITRA_CKPT_TABLES] = {
     [INSITRA_CKPT_SAMPLER_STATE] = {"ranks/sampler_state", 4, true},
     [INSITRA_CKPT_SAMPLE_CURSOR] = {"ranks/sample_cursor", 1, false},
@@ -258,7 +261,8 @@ int insitra_ckpt_dataset_kind(hid_t dset)
     const H5T_class_t cls = type >= 0 ? H5Tget_class(type) : H5T_NO_CLASS;
     const size_t size = type >= 0 ? H5Tget_size(type) : 0;
     if (type >= 0) H5Tclose(type);
-    return cls == H5T_FLOAT && size == 4 ? INSITRA_CKPT_FLOAT32
+    return cls == H5T_FLOAT && size == 4   ? INSITRA_CKPT_FLOAT32
+           : cls == H5T_FLOAT && size == 8 ? INSITRA_CKPT_FLOAT64
            : cls == H5T_INTEGER && size == 8 ? INSITRA_CKPT_INT64 : INSITRA_CKPT_OTHER;
 }
 
@@ -282,7 +286,9 @@ insitra_status insitra_ckpt_open_dataset(hid_t file, const char *path, int kind,
     insitra_status s = INSITRA_STATUS_OK;
     if (insitra_ckpt_dataset_kind(*dset) != kind) {
         s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "'/%s' type is not %s", path,
-                              kind == INSITRA_CKPT_FLOAT32 ? "float32" : "a 64-bit integer");
+                              kind == INSITRA_CKPT_FLOAT32   ? "float32"
+                              : kind == INSITRA_CKPT_FLOAT64 ? "float64"
+                                                             : "a 64-bit integer");
     } else if (n != ndim || memcmp(dims, want, (size_t)ndim * sizeof *dims) != 0) {
         char have[96] = "", expect[96] = "";
         for (int k = 0, u = 0, v = 0; k < 4; k++) {

@@ -38,6 +38,15 @@ extern const insitra_ckpt_table insitra_ckpt_tables[INSITRA_CKPT_TABLES];
 #define INSITRA_CKPT_SAMPLES_GROUP "samples"
 #define INSITRA_CKPT_SAMPLES_X "samples/x"
 #define INSITRA_CKPT_SAMPLES_Y "samples/y"
+/* The feature statistics (data.normalize, lib/normalize.h), the same on every
+ * rank, written by rank 0: float64 means and sums of squared deviations of
+ * the inputs (in_features) and the learned targets (out_features), and on
+ * the group the samples counted and whether they are frozen. */
+#define INSITRA_CKPT_NORM_GROUP "normalize"
+#define INSITRA_CKPT_NORM_DATASETS 4
+extern const char *const insitra_ckpt_norm_datasets[INSITRA_CKPT_NORM_DATASETS]; /* x_mean, x_m2, y_mean, y_m2 */
+#define INSITRA_CKPT_NORM_SAMPLES "samples"
+#define INSITRA_CKPT_NORM_FROZEN "frozen"
 #define INSITRA_CKPT_CRC_ATTR "crc32c" /* uint32, on every float32 dataset and table */
 
 /* The root attributes that decide what is loaded. version and config are
@@ -71,7 +80,7 @@ insitra_status insitra_ckpt_meta_check(const insitra_ckpt_meta *m, const char **
 int insitra_ckpt_shape(hid_t dset, hsize_t dims[4]);
 /* What a dataset holds: float32 (tensors, samples), a 64-bit integer (the
  * tables, signed or not), or something else. */
-enum { INSITRA_CKPT_FLOAT32, INSITRA_CKPT_INT64, INSITRA_CKPT_OTHER };
+enum { INSITRA_CKPT_FLOAT32, INSITRA_CKPT_INT64, INSITRA_CKPT_FLOAT64, INSITRA_CKPT_OTHER };
 int insitra_ckpt_dataset_kind(hid_t dset);
 /* Opens the dataset at path (from the root) into *dset if it exists, holds
  * kind and has exactly the shape (ndim, want); otherwise IO_ERROR naming

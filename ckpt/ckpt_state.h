@@ -13,6 +13,7 @@
 #include "comm.h"
 #include "config.h"
 #include "model.h"
+#include "normalize.h"
 #include "rng.h"
 #include "sample_store.h"
 #include "shard.h"
@@ -31,6 +32,7 @@ typedef struct insitra_ckpt_state {
     insitra_rng *sampler;               /* this rank's sampler (4 words) */
     int64_t *sample_cursor;             /* samples drawn so far */
     insitra_sample_store *store;        /* pushed count; the samples with include_samples */
+    insitra_normalize *norm;            /* the combined statistics, when data.normalize is on; else NULL */
 } insitra_ckpt_state;
 
 /* What a load wrote into the view, whatever its outcome. */

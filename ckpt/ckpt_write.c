@@ -193,6 +193,46 @@ static void write_samples(writer *w, int64_t total, int64_t offset, uint32_t *cr
     }
 }
 
+static void write_crc_attr(writer *w, const char *path, uint32_t crc);
+
+/* The four arrays of the statistics, in insitra_ckpt_norm_datasets order. */
+static void norm_arrays(const insitra_normalize *n, const double *a[4], int64_t len[4])
+{
+    a[0] = n->x.mean, a[1] = n->x.m2, a[2] = n->y.mean, a[3] = n->y.m2;
+    len[0] = len[1] = n->x.width;
+    len[2] = len[3] = n->y.width;
+}
+
+/* The statistics: every rank holds the same bits, so every rank computes the
+ * same CRCs and rank 0 alone writes the data. */
+static void write_normalize(writer *w)
+{
+    const insitra_normalize *n = w->st->norm;
+    create_group(w, INSITRA_CKPT_NORM_GROUP);
+    const double *a[4];
+    int64_t len[4];
+    norm_arrays(n, a, len);
+    for (int k = 0; k < INSITRA_CKPT_NORM_DATASETS; k++) {
+        const char *path = insitra_ckpt_norm_datasets[k];
+        const hsize_t dims[1] = {(hsize_t)len[k]};
+        hid_t dset = create_dataset(w, path, H5T_IEEE_F64LE, 1, dims);
+        if (w->st->world->rank == 0 && dset >= 0 && w->error == INSITRA_STATUS_OK &&
+            H5Dwrite(dset, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, w->dxpl, a[k]) < 0)
+            note(w, insitra_ckpt_h5_error("cannot write '/%s'", path));
+        if (dset >= 0) H5Dclose(dset);
+        write_crc_attr(w, path, insitra_crc32c(0, a[k], (size_t)len[k] * sizeof(double)));
+    }
+    hid_t g = H5Gopen2(w->file, INSITRA_CKPT_NORM_GROUP, H5P_DEFAULT);
+    if (g < 0) {
+        note(w, insitra_ckpt_h5_error("lost '/%s'", INSITRA_CKPT_NORM_GROUP));
+        return;
+    }
+    insitra_status s = insitra_ckpt_attr_write_i64(g, INSITRA_CKPT_NORM_SAMPLES, n->samples);
+    if (s == INSITRA_STATUS_OK) s = insitra_ckpt_attr_write_i64(g, INSITRA_CKPT_NORM_FROZEN, n->frozen ? 1 : 0);
+    if (s != INSITRA_STATUS_OK) note(w, s);
+    H5Gclose(g);
+}
+
 static void write_crc_attr(writer *w, const char *path, uint32_t crc)
 {
     hid_t dset = H5Dopen2(w->file, path, H5P_DEFAULT);
@@ -277,6 +317,7 @@ static void write_contents(writer *w, const save_plan *plan)
         write_crc_attr(w, INSITRA_CKPT_SAMPLES_X, plan->crc[at_tables + INSITRA_CKPT_TABLES]);
         write_crc_attr(w, INSITRA_CKPT_SAMPLES_Y, plan->crc[at_tables + INSITRA_CKPT_TABLES + 1]);
     }
+    if (st->norm) write_normalize(w);
     fault_point(st, "before_complete");
     const insitra_ckpt_meta meta = {
         .format = INSITRA_CKPT_FORMAT, .step = *st->step, .world_size = st->world->size,
@@ -308,6 +349,14 @@ static int64_t reserve_bytes(const insitra_ckpt_state *st, int64_t total_samples
                                      total_samples * st->store->y_numel * (int64_t)sizeof(float)};
     for (int p = 0; p < 2; p++) bytes += sample_bytes[p] + (sample_bytes[p] >= MiB ? MiB : 0);
     bytes += (int64_t)st->world->size * 7 * (int64_t)sizeof(uint64_t) + MiB; /* the tables, each below or aligned */
+    if (st->norm) { /* the statistics: four float64 arrays, each below or aligned */
+        const int64_t widths[2] = {st->norm->x.width, st->norm->y.width};
+        for (int k = 0; k < 2; k++) {
+            const int64_t b = widths[k] * (int64_t)sizeof(double);
+            bytes += 2 * (b + (b >= MiB ? MiB : 0));
+        }
+        datasets += INSITRA_CKPT_NORM_DATASETS;
+    }
     return bytes + (datasets + INSITRA_CKPT_TABLES + 2) * 4096;
 }
 

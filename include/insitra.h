@@ -87,12 +87,17 @@ typedef struct insitra_trainer insitra_trainer;
 typedef struct insitra_metrics {
     int64_t step;             /* optimizer steps taken, counting this one */
     int64_t tokens;           /* tokens in this step's global batch */
-    double loss;              /* mean squared error over the global batch */
+    double loss;              /* mean squared error over the global batch, of the targets as the
+                                 model learns them (normalised increments with data.normalize
+                                 and model.residual) */
     double grad_norm;         /* global L2 norm of the gradient, before clipping */
     double lr;                /* learning rate used by this step */
     double tokens_per_second; /* tokens / step_seconds */
     double step_seconds;      /* wall time of the step on this rank */
     double comm_wait_seconds; /* part of step_seconds spent waiting on communication */
+    double validation_loss;   /* mean squared error over every rank's held-out samples
+                                 (data.validation_fraction), in the units of loss; NaN when
+                                 not computed this step (only at progress lines, log.every_steps) */
 } insitra_metrics;
 
 /* Collective over comm (which is duplicated; the caller keeps its own). The

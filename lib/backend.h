@@ -34,6 +34,7 @@
 #include "config.h"
 #include "insitra.h"
 #include "model.h"
+#include "normalize.h"
 
 typedef enum { INSITRA_DTYPE_F32, INSITRA_DTYPE_BF16 } insitra_dtype;
 
@@ -103,10 +104,19 @@ typedef struct insitra_backend_i {
     insitra_status (*first_nonfinite)(insitra_backend *be, const float *a, int64_t n, int64_t *index);
 
     /* ---- data ---- */
-    /* x (n, xs) act, y (n, ys) f32 from the store rows slots[0..n) (slots in backend memory) */
-    insitra_status (*gather_batch)(insitra_backend *be, void *x, float *y, const float *store_x,
+    /* x (n, xs) f32, y (n, ys) f32 from the store rows slots[0..n) (slots in backend memory) */
+    insitra_status (*gather_batch)(insitra_backend *be, float *x, float *y, const float *store_x,
                                    const float *store_y, const int64_t *slots, int64_t n, int64_t xs,
                                    int64_t ys);
+    /* Into the model's units (lib/normalize.h), N tokens, fm's arrays in backend memory:
+     * x_hat (N, f_in) act from x (N, f_in) f32; y (N, f_out) f32 in place, when not NULL:
+     * the target, ((y - x[residual]) - y_mean) y_inv_std */
+    insitra_status (*normalize_forward)(insitra_backend *be, void *x_hat, float *y, const float *x,
+                                        const insitra_feature_norm *fm, int64_t N);
+    /* Back to physical units: out (N, f_out) f32 in place = out y_std + y_mean + x[residual],
+     * x (N, f_in) f32 the same tokens' input */
+    insitra_status (*normalize_inverse)(insitra_backend *be, float *out, const float *x,
+                                        const insitra_feature_norm *fm, int64_t N);
     /* out (n) act = in (n) f32 */
     insitra_status (*to_act)(insitra_backend *be, void *out, const float *in, int64_t n);
 

@@ -13,6 +13,7 @@
 
 #include "error.h"
 #include "model.h"
+#include "normalize.h"
 
 typedef enum { KIND_INT, KIND_REAL, KIND_BOOL, KIND_STRING, KIND_CHOICE } value_kind;
 
@@ -42,6 +43,8 @@ static const config_entry entries[] = {
     {"model.n_heads", KIND_INT, FIELD(model.n_heads), 1, 1024, "4", {0}},
     {"model.causal", KIND_BOOL, FIELD(model.causal), 0, 1, "false", {0}},
     {"model.init_std", KIND_REAL, FIELD(model.init_std), 0, 10, "0.02", {0}},
+    {"model.residual", KIND_BOOL, FIELD(model.residual), 0, 1, "false", {0}},
+    {"model.residual_inputs", KIND_STRING, FIELD(model.residual_inputs), 0, 0, "", {0}},
     {"training.batch_size", KIND_INT, FIELD(training.batch_size), 1, 1048576, "16", {0}},
     {"training.micro_batch_size", KIND_INT, FIELD(training.micro_batch_size), 0, 1048576, "0", {0}},
     {"training.seed", KIND_INT, FIELD(training.seed), 0, INT_MAX_KEY, "1234", {0}},
@@ -57,6 +60,10 @@ static const config_entry entries[] = {
     {"optimizer.weight_decay", KIND_REAL, FIELD(optimizer.weight_decay), 0, 1, "0.01", {0}},
     {"data.capacity", KIND_INT, FIELD(data.capacity), 1, INT_MAX_KEY, "1024", {0}},
     {"data.sampler", KIND_CHOICE, FIELD(data.sampler), 0, 0, "random", {"random", "sequential"}},
+    {"data.normalize", KIND_CHOICE, FIELD(data.normalize), 0, 0, "off", {"off", "frozen", "running"}},
+    {"data.normalize_samples", KIND_INT, FIELD(data.normalize_samples), 0, INT_MAX_KEY, "1024", {0}},
+    {"data.normalize_steps", KIND_INT, FIELD(data.normalize_steps), 0, INT_MAX_KEY, "0", {0}},
+    {"data.validation_fraction", KIND_REAL, FIELD(data.validation_fraction), 0, 0.5, "0", {0}},
     {"log.every_steps", KIND_INT, FIELD(log.every_steps), 0, INT_MAX_KEY, "0", {0}},
     {"log.jsonl", KIND_STRING, FIELD(log.jsonl), 0, 0, "", {0}},
     {"checkpoint.dir", KIND_STRING, FIELD(checkpoint.dir), 0, 0, "", {0}},
@@ -347,6 +354,12 @@ int64_t insitra_config_bucket_floats(const insitra_config *cfg)
     return (int64_t)(cfg->parallel.bucket_mib * 1048576.0 / (double)sizeof(float));
 }
 
+int64_t insitra_config_held_out_capacity(const insitra_config *cfg)
+{
+    const double f = cfg->data.validation_fraction;
+    return f > 0 ? (int64_t)ceil((double)cfg->data.capacity * f) : 0;
+}
+
 int64_t insitra_config_micro_batch(const insitra_config *cfg)
 {
     return cfg->training.micro_batch_size > 0 ? cfg->training.micro_batch_size
@@ -387,6 +400,12 @@ insitra_status insitra_config_validate(const insitra_config *cfg)
                                  "config key 'optimizer.warmup_steps': value %" PRId64
                                  " exceeds optimizer.decay_steps = %" PRId64,
                                  cfg->optimizer.warmup_steps, cfg->optimizer.decay_steps);
+    if (cfg->data.normalize == INSITRA_NORMALIZE_FROZEN && cfg->data.normalize_samples == 0 &&
+        cfg->data.normalize_steps == 0)
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "config key 'data.normalize': frozen needs data.normalize_samples or "
+                                 "data.normalize_steps above 0 (when to freeze); use running to never freeze");
+    INSITRA_CHECK(insitra_residual_map_parse(cfg, NULL));
     return insitra_config_check_sizes(cfg);
 }
 

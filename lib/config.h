@@ -34,6 +34,8 @@ struct insitra_config {
         int64_t d_model, n_layers, n_heads;
         bool causal;
         double init_std;
+        bool residual;            /* learn the increment y - x[residual_inputs] (lib/normalize.h) */
+        char residual_inputs[INSITRA_CONFIG_PATH_MAX]; /* "i0,i1,..": the input feature of each output; "" = o -> o */
     } model;
     struct {
         int64_t batch_size;       /* samples per rank per optimizer step */
@@ -46,6 +48,10 @@ struct insitra_config {
     struct {
         int64_t capacity;         /* samples held per rank */
         int sampler;              /* INSITRA_SAMPLER_* */
+        int normalize;            /* INSITRA_NORMALIZE_* (lib/normalize.h) */
+        int64_t normalize_samples; /* frozen: freeze once this many samples are counted; 0 = not by samples */
+        int64_t normalize_steps;  /* frozen: freeze at this training step; 0 = not by steps */
+        double validation_fraction; /* share of pushed samples held out, never trained on */
     } data;
     struct {
         char dir[INSITRA_CONFIG_PATH_MAX]; /* automatic saves go here; "" = none */
@@ -91,6 +97,9 @@ struct insitra_model_dims insitra_config_model_dims(const insitra_config *cfg);
 
 /* Micro-batch size with the "0 means batch_size" rule applied. */
 int64_t insitra_config_micro_batch(const insitra_config *cfg);
+
+/* Samples each rank's held-out store keeps: data.capacity x data.validation_fraction, rounded up. */
+int64_t insitra_config_held_out_capacity(const insitra_config *cfg);
 
 /* A 64-bit hash of every key's value: ranks compare it at trainer_create. */
 uint64_t insitra_config_hash(const insitra_config *cfg);

@@ -8,14 +8,29 @@
 #include "error.h"
 #include "optimizer.h"
 
-/* The engine's own buffer: the step's stats (4 doubles), its scalars, then
- * the batch's slots; returns its bytes and where the last two start. */
-static int64_t engine_small_bytes(int64_t batch, size_t align, int64_t *scalars_at, int64_t *slots_at)
+/* Where the parts of the engine's own buffer start. */
+typedef struct engine_small_layout {
+    int64_t scalars, slots, norm, x_raw, bytes;
+} engine_small_layout;
+
+/* The engine's own buffer: the step's stats (4 doubles), its scalars, the
+ * batch's slots, the feature maps and a micro-batch's raw inputs. */
+static engine_small_layout engine_small_bytes(const insitra_config *cfg, size_t align)
 {
-    const int64_t a = (int64_t)align;
-    *scalars_at = insitra_size_align(4 * (int64_t)sizeof(double), a);
-    *slots_at = insitra_size_align(*scalars_at + (int64_t)sizeof(insitra_step_scalars), a);
-    return *slots_at + batch * (int64_t)sizeof(int64_t);
+    const int64_t a = (int64_t)align, Fi = cfg->model.in_features, Fo = cfg->model.out_features;
+    engine_small_layout l;
+    l.scalars = insitra_size_align(4 * (int64_t)sizeof(double), a);
+    l.slots = insitra_size_align(l.scalars + (int64_t)sizeof(insitra_step_scalars), a);
+    l.norm = insitra_size_align(l.slots + cfg->training.batch_size * (int64_t)sizeof(int64_t), a);
+    l.x_raw = insitra_size_align(l.norm + insitra_feature_norm_bytes(Fi, Fo), a);
+    l.bytes = l.x_raw + insitra_config_micro_batch(cfg) * cfg->model.seq_len * Fi * (int64_t)sizeof(float);
+    return l;
+}
+
+/* Floats of a store of capacity samples. */
+static int64_t store_bytes(int64_t capacity, int64_t xs, int64_t ys)
+{
+    return insitra_size_mul(insitra_size_mul(capacity, xs + ys), (int64_t)sizeof(float));
 }
 
 insitra_status insitra_engine_bytes_for(const insitra_config *cfg, int stage, int64_t dp,
@@ -25,15 +40,15 @@ insitra_status insitra_engine_bytes_for(const insitra_config *cfg, int stage, in
     const insitra_model_dims dims = insitra_config_model_dims(cfg);
     const bool separate = cfg->precision == INSITRA_PRECISION_BF16;
     const size_t es = separate ? 2 : sizeof(float);
-    const int64_t mb = insitra_config_micro_batch(cfg), B = cfg->training.batch_size;
+    const int64_t mb = insitra_config_micro_batch(cfg);
     insitra_param_layout layout;
     insitra_shard_layout sl;
     INSITRA_CHECK(insitra_shard_layouts_for(&dims, dp, insitra_config_bucket_floats(cfg), &layout, &sl));
     const insitra_zero_bytes z = insitra_zero_bytes_for(stage, separate, es, desc->align, &layout, &sl);
     const int64_t att = desc->attention_state_bytes(&dims, mb, es);
     const int64_t xs = dims.seq_len * dims.in_features, ys = dims.seq_len * dims.out_features;
-    int64_t scalars_at, slots_at;
-    const int64_t small = engine_small_bytes(B, desc->align, &scalars_at, &slots_at);
+    const engine_small_layout small = engine_small_bytes(cfg, desc->align);
+    const int64_t slots_at = small.slots;
     *usage = (insitra_memory_usage){
         .parameter_bytes = z.params,
         .gradient_bytes = z.grads,
@@ -42,8 +57,9 @@ insitra_status insitra_engine_bytes_for(const insitra_config *cfg, int stage, in
                                              desc->workspace_bytes(&dims, mb, es)),
         .communication_bytes = insitra_size_add(z.comm, slots_at),
         .sample_store_bytes = insitra_size_add(
-            insitra_size_mul(insitra_size_mul(cfg->data.capacity, xs + ys), (int64_t)sizeof(float)),
-            small - slots_at),
+            insitra_size_add(store_bytes(cfg->data.capacity, xs, ys),
+                             store_bytes(insitra_config_held_out_capacity(cfg), xs, ys)),
+            small.bytes - slots_at),
     };
     const int64_t parts[] = {usage->parameter_bytes, usage->gradient_bytes, usage->optimizer_bytes,
                              usage->activation_bytes, usage->communication_bytes, usage->sample_store_bytes};
@@ -54,16 +70,36 @@ insitra_status insitra_engine_bytes_for(const insitra_config *cfg, int stage, in
     return INSITRA_STATUS_OK;
 }
 
+/* The backend's copy of a host store, unless the backend reads the host's in place. */
+static insitra_status store_create(insitra_engine *e, insitra_engine_store *st, const insitra_sample_store *host)
+{
+    insitra_backend *be = e->be;
+    st->host = host;
+    if (be->host_memory || host->capacity == 0) {
+        st->x = host->x;
+        st->y = host->y;
+        return INSITRA_STATUS_OK;
+    }
+    const size_t xb = (size_t)(host->capacity * e->xs) * sizeof(float);
+    const size_t yb = (size_t)(host->capacity * e->ys) * sizeof(float);
+    const size_t at = (xb + be->desc->align - 1) / be->desc->align * be->desc->align;
+    INSITRA_CHECK(be->i->alloc(be, at + yb, "the sample store (data.capacity)", &st->mem));
+    st->x = st->mem;
+    st->y = (float *)((char *)st->mem + at);
+    return INSITRA_STATUS_OK;
+}
+
 insitra_status insitra_engine_create(insitra_engine *e, const insitra_config *cfg, MPI_Comm comm,
-                                     const insitra_comm *dp, const insitra_sample_store *store)
+                                     const insitra_comm *dp, const insitra_sample_store *store,
+                                     const insitra_sample_store *held_out)
 {
     memset(e, 0, sizeof *e);
     e->cfg = cfg;
-    e->host_store = store;
     e->batch = cfg->training.batch_size;
     e->mb = insitra_config_micro_batch(cfg);
     e->xs = store->x_numel;
     e->ys = store->y_numel;
+    e->seq_len = cfg->model.seq_len;
     INSITRA_CHECK(insitra_backend_create(&e->be, cfg, comm));
     insitra_backend *be = e->be;
     const insitra_model_dims dims = insitra_config_model_dims(cfg);
@@ -71,24 +107,23 @@ insitra_status insitra_engine_create(insitra_engine *e, const insitra_config *cf
     INSITRA_CHECK(insitra_zero_create(&e->zero, (int)cfg->parallel.zero_stage,
                                       cfg->precision == INSITRA_PRECISION_BF16, insitra_config_bucket_floats(cfg),
                                       dp, &e->model));
-    int64_t scalars_at, slots_at;
-    const int64_t small = engine_small_bytes(e->batch, be->desc->align, &scalars_at, &slots_at);
-    INSITRA_CHECK(be->i->alloc(be, (size_t)small, "step values", &e->mem));
+    const engine_small_layout l = engine_small_bytes(cfg, be->desc->align);
+    INSITRA_CHECK(be->i->alloc(be, (size_t)l.bytes, "step values", &e->mem));
     e->stats = e->mem;
-    e->scalars = (insitra_step_scalars *)((char *)e->mem + scalars_at);
-    e->slots = (int64_t *)((char *)e->mem + slots_at);
-    if (be->host_memory) {
-        e->store_x = store->x;
-        e->store_y = store->y;
-    } else {
-        const size_t xb = (size_t)(store->capacity * e->xs) * sizeof(float);
-        const size_t yb = (size_t)(store->capacity * e->ys) * sizeof(float);
-        const size_t at = (xb + be->desc->align - 1) / be->desc->align * be->desc->align;
-        INSITRA_CHECK(be->i->alloc(be, at + yb, "the sample store (data.capacity)", &e->store_mem));
-        e->store_x = e->store_mem;
-        e->store_y = (float *)((char *)e->store_mem + at);
-    }
-    return INSITRA_STATUS_OK;
+    e->scalars = (insitra_step_scalars *)((char *)e->mem + l.scalars);
+    e->slots = (int64_t *)((char *)e->mem + l.slots);
+    insitra_feature_norm_carve(&e->norm, (char *)e->mem + l.norm, cfg->model.in_features,
+                               cfg->model.out_features);
+    e->x_raw = (float *)((char *)e->mem + l.x_raw);
+    INSITRA_CHECK(store_create(e, &e->stores[INSITRA_STORE_TRAIN], store));
+    return store_create(e, &e->stores[INSITRA_STORE_HELD_OUT], held_out);
+}
+
+insitra_status insitra_engine_set_norm(insitra_engine *e, const insitra_feature_norm *fm)
+{
+    /* the host struct's arrays are contiguous in carve order, like the backend's */
+    return e->be->i->upload(e->be, e->norm.x_mean, fm->x_mean,
+                            (size_t)insitra_feature_norm_bytes(fm->f_in, fm->f_out));
 }
 
 insitra_status insitra_engine_connect(insitra_engine *e)
@@ -106,22 +141,22 @@ void insitra_engine_free(insitra_engine *e)
     insitra_zero_free(&e->zero);
     insitra_model_free(&e->model);
     be->i->release(be, e->mem);
-    be->i->release(be, e->store_mem);
+    for (int k = 0; k < 2; k++) be->i->release(be, e->stores[k].mem);
     insitra_backend_free(be);
     memset(e, 0, sizeof *e);
 }
 
-/* Calls fn for the runs of n store rows from first on, wrapping around. */
-static insitra_status for_each_run(insitra_engine *e, int64_t first, int64_t n,
-                                   insitra_status (*fn)(insitra_engine *, int64_t slot, int64_t done,
-                                                        int64_t run, const void *ctx),
+/* Calls fn for the runs of n rows of store st from first on, wrapping around. */
+static insitra_status for_each_run(insitra_engine *e, const insitra_engine_store *st, int64_t first, int64_t n,
+                                   insitra_status (*fn)(insitra_engine *, const insitra_engine_store *,
+                                                        int64_t slot, int64_t done, int64_t run, const void *ctx),
                                    const void *ctx)
 {
-    const int64_t cap = e->host_store->capacity;
+    const int64_t cap = st->host->capacity;
     for (int64_t done = 0; done < n;) {
         const int64_t slot = (first + done) % cap;
         const int64_t run = n - done < cap - slot ? n - done : cap - slot;
-        INSITRA_CHECK(fn(e, slot, done, run, ctx));
+        INSITRA_CHECK(fn(e, st, slot, done, run, ctx));
         done += run;
     }
     return INSITRA_STATUS_OK;
@@ -130,43 +165,58 @@ static insitra_status for_each_run(insitra_engine *e, int64_t first, int64_t n,
 typedef struct { const float *x, *y; } sample_src;
 typedef struct { float *x, *y; } sample_dst;
 
-static insitra_status store_run(insitra_engine *e, int64_t slot, int64_t done, int64_t run, const void *ctx)
+static insitra_status store_run(insitra_engine *e, const insitra_engine_store *st, int64_t slot, int64_t done,
+                                int64_t run, const void *ctx)
 {
     const sample_src *src = ctx;
     insitra_backend *be = e->be;
-    INSITRA_CHECK(be->i->copy(be, e->store_x + slot * e->xs, src->x + done * e->xs,
+    INSITRA_CHECK(be->i->copy(be, st->x + slot * e->xs, src->x + done * e->xs,
                               (size_t)(run * e->xs) * sizeof(float)));
-    return be->i->copy(be, e->store_y + slot * e->ys, src->y + done * e->ys,
+    return be->i->copy(be, st->y + slot * e->ys, src->y + done * e->ys,
                        (size_t)(run * e->ys) * sizeof(float));
 }
 
-static insitra_status fetch_run(insitra_engine *e, int64_t slot, int64_t done, int64_t run, const void *ctx)
+static insitra_status fetch_run(insitra_engine *e, const insitra_engine_store *st, int64_t slot, int64_t done,
+                                int64_t run, const void *ctx)
 {
     (void)done;
     const sample_dst *dst = ctx;
     insitra_backend *be = e->be;
-    INSITRA_CHECK(be->i->download(be, dst->x + slot * e->xs, e->store_x + slot * e->xs,
+    INSITRA_CHECK(be->i->download(be, dst->x + slot * e->xs, st->x + slot * e->xs,
                                   (size_t)(run * e->xs) * sizeof(float)));
-    return be->i->download(be, dst->y + slot * e->ys, e->store_y + slot * e->ys,
+    return be->i->download(be, dst->y + slot * e->ys, st->y + slot * e->ys,
                            (size_t)(run * e->ys) * sizeof(float));
 }
 
-insitra_status insitra_engine_store_samples(insitra_engine *e, int64_t first, int64_t n, const float *x,
-                                            const float *y)
+insitra_status insitra_engine_store_samples(insitra_engine *e, int which, int64_t first, int64_t n,
+                                            const float *x, const float *y)
 {
+    const insitra_engine_store *st = &e->stores[which];
     /* A backend reading the host store in place got them with the push. */
-    if (e->store_x == e->host_store->x && !e->be->i->is_device_pointer(e->be, x)) return INSITRA_STATUS_OK;
+    if (st->x == st->host->x && !e->be->i->is_device_pointer(e->be, x)) return INSITRA_STATUS_OK;
     const sample_src src = {x, y};
-    INSITRA_CHECK(for_each_run(e, first, n, store_run, &src));
+    INSITRA_CHECK(for_each_run(e, st, first, n, store_run, &src));
     return e->be->i->synchronize(e->be);
 }
 
-insitra_status insitra_engine_fetch_samples(insitra_engine *e, int64_t first, int64_t n, float *store_x,
-                                            float *store_y)
+insitra_status insitra_engine_fetch_samples(insitra_engine *e, int which, int64_t first, int64_t n,
+                                            float *store_x, float *store_y)
 {
-    if (e->store_x == store_x) return INSITRA_STATUS_OK;
+    const insitra_engine_store *st = &e->stores[which];
+    if (st->x == store_x) return INSITRA_STATUS_OK;
     const sample_dst dst = {store_x, store_y};
-    return for_each_run(e, first, n, fetch_run, &dst);
+    return for_each_run(e, st, first, n, fetch_run, &dst);
+}
+
+/* A micro-batch of b samples from store rows slots (backend memory) into
+ * the model's units: a.x, and a.y the targets as the model learns them. */
+static insitra_status gather_micro_batch(insitra_engine *e, const insitra_engine_store *st, const int64_t *slots,
+                                         int64_t b)
+{
+    insitra_backend *be = e->be;
+    insitra_model *m = &e->model;
+    INSITRA_CHECK(be->i->gather_batch(be, e->x_raw, m->a.y, st->x, st->y, slots, b, e->xs, e->ys));
+    return be->i->normalize_forward(be, m->a.x, m->a.y, e->x_raw, &e->norm, b * e->seq_len);
 }
 
 /* Everything one optimizer step does, queued on the backend. */
@@ -181,8 +231,7 @@ static insitra_status enqueue_step(insitra_engine *e)
     /* each micro-batch's squared errors enter the loss as its share of this rank's mean */
     const double per_value = 1.0 / (double)(e->batch * e->ys);
     for (int64_t i = 0; i < micro; i++) {
-        INSITRA_CHECK(be->i->gather_batch(be, m->a.x, m->a.y, e->store_x, e->store_y, e->slots + i * e->mb,
-                                          e->mb, e->xs, e->ys));
+        INSITRA_CHECK(gather_micro_batch(e, &e->stores[INSITRA_STORE_TRAIN], e->slots + i * e->mb, e->mb));
         insitra_zero_set_last_micro_batch(z, i == micro - 1);
         INSITRA_CHECK(insitra_model_forward(m, e->mb, &e->stats[0], per_value));
         INSITRA_CHECK(insitra_model_backward(m, e->mb, (float)e->mb / (float)e->batch));
@@ -247,19 +296,39 @@ insitra_status insitra_engine_forward(insitra_engine *e, int64_t n, int64_t chun
         const int64_t first = c * e->mb;
         const int64_t b = first >= n ? 0 : n - first < e->mb ? n - first : e->mb;
         if (b > 0) {
-            const size_t xb = (size_t)(b * e->xs) * sizeof(float);
-            if (m->a.x_f32) {
-                INSITRA_CHECK(be->i->upload(be, m->a.x_f32, x + first * e->xs, xb));
-                INSITRA_CHECK(be->i->to_act(be, m->a.x, m->a.x_f32, b * e->xs));
-            } else {
-                INSITRA_CHECK(be->i->upload(be, m->a.x, x + first * e->xs, xb));
-            }
-            if (y)
-                INSITRA_CHECK(be->i->upload(be, m->a.y, y + first * e->ys, (size_t)(b * e->ys) * sizeof(float)));
+            INSITRA_CHECK(be->i->upload(be, e->x_raw, x + first * e->xs, (size_t)(b * e->xs) * sizeof(float)));
+            INSITRA_CHECK(be->i->normalize_forward(be, m->a.x, NULL, e->x_raw, &e->norm, b * e->seq_len));
         }
-        INSITRA_CHECK(insitra_model_forward(m, b, y && b > 0 ? &e->stats[2] : NULL, 1.0));
-        if (b > 0 && y_out)
+        INSITRA_CHECK(insitra_model_forward(m, b, NULL, 1.0));
+        if (b == 0) continue;
+        /* the caller's units: the outputs back through the feature maps, compared there */
+        INSITRA_CHECK(be->i->normalize_inverse(be, m->a.out, e->x_raw, &e->norm, b * e->seq_len));
+        if (y) {
+            INSITRA_CHECK(be->i->upload(be, m->a.y, y + first * e->ys, (size_t)(b * e->ys) * sizeof(float)));
+            INSITRA_CHECK(be->i->sum_squares(be, &e->stats[2], m->a.out, m->a.y, b * e->ys, 1.0));
+        }
+        if (y_out)
             INSITRA_CHECK(be->i->download(be, y_out + first * e->ys, m->a.out, (size_t)(b * e->ys) * sizeof(float)));
+    }
+    return be->i->download(be, sse, &e->stats[2], sizeof(double));
+}
+
+insitra_status insitra_engine_validate(insitra_engine *e, int64_t chunks, int64_t *rows, double *sse)
+{
+    insitra_backend *be = e->be;
+    const insitra_engine_store *st = &e->stores[INSITRA_STORE_HELD_OUT];
+    const insitra_sample_store *h = st->host;
+    insitra_zero_begin_pass(&e->zero);
+    INSITRA_CHECK(be->i->fill_zero(be, &e->stats[2], sizeof(double)));
+    for (int64_t c = 0; c < chunks; c++) {
+        const int64_t first = c * e->mb;
+        const int64_t b = first >= h->count ? 0 : h->count - first < e->mb ? h->count - first : e->mb;
+        if (b > 0) {
+            for (int64_t i = 0; i < b; i++) rows[i] = first + i; /* the held samples in slot order */
+            INSITRA_CHECK(be->i->upload(be, e->slots, rows, (size_t)b * sizeof(int64_t)));
+            INSITRA_CHECK(gather_micro_batch(e, st, e->slots, b));
+        }
+        INSITRA_CHECK(insitra_model_forward(&e->model, b, b > 0 ? &e->stats[2] : NULL, 1.0));
     }
     return be->i->download(be, sse, &e->stats[2], sizeof(double));
 }

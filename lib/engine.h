@@ -22,19 +22,29 @@
 #include "sample_store.h"
 #include "zero.h"
 
+/* A sample store as the backend reads it. */
+typedef struct insitra_engine_store {
+    const insitra_sample_store *host;
+    void *mem;                    /* the backend's copy, unless it reads the host's */
+    float *x, *y;                 /* (capacity, xs), (capacity, ys) */
+} insitra_engine_store;
+
+/* The stores: what training draws from, and the held-out samples (data.validation_fraction). */
+enum { INSITRA_STORE_TRAIN = 0, INSITRA_STORE_HELD_OUT = 1 };
+
 typedef struct insitra_engine {
     const insitra_config *cfg;
     insitra_backend *be;
     insitra_model model;
     insitra_zero zero;
-    const insitra_sample_store *host_store;
-    int64_t batch, mb, xs, ys;
+    int64_t batch, mb, xs, ys, seq_len;
     void *mem;                    /* the engine's own backend buffer: */
     double *stats;                /* [0] loss, [1] gradient sum of squares, [2] squared errors of a pass */
     insitra_step_scalars *scalars;
     int64_t *slots;               /* (batch) store rows of this step */
-    void *store_mem;              /* the backend's copy of the store, unless it reads the host's */
-    float *store_x, *store_y;     /* (capacity, xs), (capacity, ys) */
+    insitra_feature_norm norm;    /* the feature maps (lib/normalize.h), in backend memory */
+    float *x_raw;                 /* (mb, xs) a micro-batch's inputs in physical units */
+    insitra_engine_store stores[2]; /* INSITRA_STORE_* */
     bool recorded;                /* a step was recorded for replay */
 } insitra_engine;
 
@@ -45,18 +55,24 @@ insitra_status insitra_engine_bytes_for(const insitra_config *cfg, int stage, in
 /* Local: the backend (comm picks the GPU from the node-local rank), the model, the stage's
  * buffers. insitra_engine_connect follows once every rank got here. */
 insitra_status insitra_engine_create(insitra_engine *e, const insitra_config *cfg, MPI_Comm comm,
-                                     const insitra_comm *dp, const insitra_sample_store *store);
+                                     const insitra_comm *dp, const insitra_sample_store *store,
+                                     const insitra_sample_store *held_out);
 /* Collective over dp: the backend's process group, then the initial parameters. */
 insitra_status insitra_engine_connect(insitra_engine *e);
 void insitra_engine_free(insitra_engine *e);
 
-/* The n samples the host store holds from slot first on (wrapping), into the
- * backend's store: from x, y (host, or memory of the backend's device). */
-insitra_status insitra_engine_store_samples(insitra_engine *e, int64_t first, int64_t n, const float *x,
-                                            const float *y);
+/* The n samples host store `which` (INSITRA_STORE_*) holds from slot first on
+ * (wrapping), into the backend's store: from x, y (host, or memory of the
+ * backend's device). */
+insitra_status insitra_engine_store_samples(insitra_engine *e, int which, int64_t first, int64_t n,
+                                            const float *x, const float *y);
 /* The backend's store rows [first, first + n) (wrapping) into the host store arrays. */
-insitra_status insitra_engine_fetch_samples(insitra_engine *e, int64_t first, int64_t n, float *store_x,
-                                            float *store_y);
+insitra_status insitra_engine_fetch_samples(insitra_engine *e, int which, int64_t first, int64_t n,
+                                            float *store_x, float *store_y);
+
+/* The feature maps every later pass applies: fm (host, its arrays one block
+ * in the order insitra_feature_norm_carve lays them out) into the backend's copy. */
+insitra_status insitra_engine_set_norm(insitra_engine *e, const insitra_feature_norm *fm);
 
 /* One optimizer step over the store rows slots[0..batch) at step t (1-based)
  * and learning rate lr. Returns the global loss and gradient norm; a
@@ -70,6 +86,12 @@ insitra_status insitra_engine_step(insitra_engine *e, const int64_t *slots, int6
  * squared errors. */
 insitra_status insitra_engine_forward(insitra_engine *e, int64_t n, int64_t chunks, const float *x,
                                       const float *y, float *y_out, double *sse);
+
+/* Collective over dp: the forward of every held-out sample of this rank in
+ * micro-batches (chunks agreed, as for insitra_engine_forward); *sse the sum
+ * of squared errors against the targets as the model learns them (the
+ * training loss's units). rows: host scratch of micro-batch size. */
+insitra_status insitra_engine_validate(insitra_engine *e, int64_t chunks, int64_t *rows, double *sse);
 
 /* Host time blocked on collectives in the last step. */
 double insitra_engine_wait_seconds(const insitra_engine *e);

@@ -68,13 +68,20 @@ static insitra_status nonfinite_error(const char *what, const float *a, int64_t 
                              what, flat / per_sample, (double)a[flat], flat % per_sample, flat);
 }
 
-insitra_status insitra_sample_store_push(insitra_sample_store *s, int64_t n, const float *x,
-                                         const float *y)
+insitra_status insitra_sample_store_check(const insitra_sample_store *s, int64_t n, const float *x,
+                                          const float *y)
 {
     const int64_t bad_x = insitra_first_nonfinite(x, n * s->x_numel);
     if (bad_x >= 0) return nonfinite_error("input x", x, bad_x, s->x_numel);
     const int64_t bad_y = insitra_first_nonfinite(y, n * s->y_numel);
     if (bad_y >= 0) return nonfinite_error("target y", y, bad_y, s->y_numel);
+    return INSITRA_STATUS_OK;
+}
+
+insitra_status insitra_sample_store_push(insitra_sample_store *s, int64_t n, const float *x,
+                                         const float *y)
+{
+    INSITRA_CHECK(insitra_sample_store_check(s, n, x, y));
     for (int64_t i = 0; i < n; i++) {
         memcpy(s->x + s->next * s->x_numel, x + i * s->x_numel, (size_t)s->x_numel * sizeof(float));
         memcpy(s->y + s->next * s->y_numel, y + i * s->y_numel, (size_t)s->y_numel * sizeof(float));

@@ -26,6 +26,10 @@ insitra_status insitra_sample_store_create(insitra_sample_store *s, int64_t capa
                                            int64_t x_numel, int64_t y_numel);
 void insitra_sample_store_free(insitra_sample_store *s);
 
+/* INVALID_ARGUMENT naming the first non-finite value of x (n, x_numel) or y (n, y_numel). */
+insitra_status insitra_sample_store_check(const insitra_sample_store *s, int64_t n, const float *x,
+                                          const float *y);
+
 /* Checks every value first, so a rejected push changes nothing. x is
  * (n, x_numel), y is (n, y_numel); n <= capacity. */
 insitra_status insitra_sample_store_push(insitra_sample_store *s, int64_t n, const float *x,

@@ -78,8 +78,14 @@ static insitra_status allocate(insitra_trainer *t)
         return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "trainer: cannot allocate the batch's slots");
     INSITRA_CHECK(insitra_sample_store_create(&t->store, cfg->data.capacity, T * cfg->model.in_features,
                                               T * cfg->model.out_features));
+    const int64_t held = insitra_config_held_out_capacity(cfg);
+    t->held_out = (insitra_sample_store){.x_numel = t->store.x_numel, .y_numel = t->store.y_numel};
+    if (held > 0)
+        INSITRA_CHECK(insitra_sample_store_create(&t->held_out, held, t->store.x_numel, t->store.y_numel));
+    INSITRA_CHECK(insitra_normalize_create(&t->norm, cfg, t->comm.size));
     insitra_rng_seed(&t->sampler, (uint64_t)cfg->training.seed, 1 + (uint64_t)t->comm.rank);
-    INSITRA_CHECK(insitra_engine_create(&t->engine, cfg, t->comm.comm, &t->dp, &t->store));
+    INSITRA_CHECK(insitra_engine_create(&t->engine, cfg, t->comm.comm, &t->dp, &t->store, &t->held_out));
+    INSITRA_CHECK(insitra_engine_set_norm(&t->engine, &t->norm.coef));
     INSITRA_CHECK(insitra_preempt_setup(&t->preempt, cfg));
     if (t->comm.rank == 0 && cfg->log.jsonl[0] != '\0') {
         t->jsonl = fopen(cfg->log.jsonl, "a");
@@ -98,6 +104,8 @@ static void release(insitra_trainer *t)
     insitra_engine_free(&t->engine);
     if (t->jsonl) fclose(t->jsonl);
     insitra_sample_store_free(&t->store);
+    insitra_sample_store_free(&t->held_out);
+    insitra_normalize_free(&t->norm);
     free(t->batch_slots);
     insitra_comm_free(&t->tp);
     insitra_comm_free(&t->dp);
@@ -187,6 +195,33 @@ static insitra_status check_push_count(const insitra_trainer *t, const char *fn,
     return INSITRA_STATUS_OK;
 }
 
+/* Whether the k-th sample this rank is pushed (from 0) is held out: with
+ * data.validation_fraction f, when floor((k + 1) f) > floor(k f), so that
+ * the held-out ones are spread evenly, f of every push sequence. */
+static bool is_held_out(double f, int64_t k)
+{
+    return f > 0 && floor((double)(k + 1) * f) > floor((double)k * f);
+}
+
+/* How many of the n samples from the (t->pushes)-th on go to the same store as the first. */
+static int64_t same_store_run(const insitra_trainer *t, int64_t n, bool *held)
+{
+    const double f = t->cfg.data.validation_fraction;
+    *held = is_held_out(f, t->pushes);
+    int64_t run = 1;
+    while (run < n && is_held_out(f, t->pushes + run) == *held) run++;
+    return run;
+}
+
+/* The training samples at host store slots [first, first + n) (wrapping) into the statistics. */
+static void observe_slots(insitra_trainer *t, int64_t first, int64_t n)
+{
+    const insitra_sample_store *s = &t->store;
+    const int64_t head = n < s->capacity - first ? n : s->capacity - first;
+    insitra_normalize_observe(&t->norm, head, s->x + first * s->x_numel, s->y + first * s->y_numel);
+    insitra_normalize_observe(&t->norm, n - head, s->x, s->y);
+}
+
 insitra_status insitra_push_samples(insitra_trainer *t, int64_t n, const float *x, const float *y)
 {
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "push_samples: trainer is NULL");
@@ -194,9 +229,22 @@ insitra_status insitra_push_samples(insitra_trainer *t, int64_t n, const float *
     if (n > 0 && (!x || !y))
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "push_samples: rank %d: %s is NULL",
                                  t->comm.rank, !x ? "x" : "y");
-    const int64_t first = t->store.next;
-    insitra_status s = insitra_sample_store_push(&t->store, n, x, y);
-    if (s == INSITRA_STATUS_OK) s = insitra_engine_store_samples(&t->engine, first, n, x, y);
+    /* all checked first, so a rejected push stores nothing in either store */
+    insitra_status s = insitra_sample_store_check(&t->store, n, x, y);
+    for (int64_t done = 0; done < n && s == INSITRA_STATUS_OK;) {
+        bool held;
+        const int64_t run = same_store_run(t, n - done, &held);
+        insitra_sample_store *st = held ? &t->held_out : &t->store;
+        const float *xr = x + done * st->x_numel, *yr = y + done * st->y_numel;
+        const int64_t first = st->next;
+        s = insitra_sample_store_push(st, run, xr, yr);
+        if (s == INSITRA_STATUS_OK)
+            s = insitra_engine_store_samples(&t->engine, held ? INSITRA_STORE_HELD_OUT : INSITRA_STORE_TRAIN,
+                                             first, run, xr, yr);
+        if (!held) insitra_normalize_observe(&t->norm, run, xr, yr);
+        t->pushes += run;
+        done += run;
+    }
     return s == INSITRA_STATUS_OK ? s : insitra_error_prefix(s, "rank %d: ", t->comm.rank);
 }
 
@@ -229,10 +277,21 @@ insitra_status insitra_push_samples_device(insitra_trainer *t, int64_t n, const 
                                      "); samples must be finite, nothing was stored",
                                      t->comm.rank, names[k], bad / widths[k], bad % widths[k], bad);
     }
-    const int64_t first = insitra_sample_store_reserve(&t->store, n);
-    INSITRA_CHECK(insitra_engine_store_samples(&t->engine, first, n, x, y));
-    /* the host copy, for checkpoints with checkpoint.include_samples */
-    return insitra_engine_fetch_samples(&t->engine, first, n, t->store.x, t->store.y);
+    for (int64_t done = 0; done < n;) {
+        bool held;
+        const int64_t run = same_store_run(t, n - done, &held);
+        insitra_sample_store *st = held ? &t->held_out : &t->store;
+        const int which = held ? INSITRA_STORE_HELD_OUT : INSITRA_STORE_TRAIN;
+        const int64_t first = insitra_sample_store_reserve(st, run);
+        INSITRA_CHECK(insitra_engine_store_samples(&t->engine, which, first, run, x + done * widths[0],
+                                                   y + done * widths[1]));
+        /* the host copy, for checkpoints with checkpoint.include_samples and the statistics */
+        INSITRA_CHECK(insitra_engine_fetch_samples(&t->engine, which, first, run, st->x, st->y));
+        if (!held) observe_slots(t, first, run);
+        t->pushes += run;
+        done += run;
+    }
+    return INSITRA_STATUS_OK;
 }
 
 insitra_status insitra_samples_stored(const insitra_trainer *t, int64_t *count)
@@ -241,6 +300,30 @@ insitra_status insitra_samples_stored(const insitra_trainer *t, int64_t *count)
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "samples_stored: %s is NULL",
                                  !t ? "trainer" : "count");
     *count = t->store.count;
+    return INSITRA_STATUS_OK;
+}
+
+/* Collective: every rank's new samples into the statistics (rank order),
+ * and the maps into the backend while they still change. */
+static insitra_status update_norm(insitra_trainer *t)
+{
+    const bool moving = t->norm.mode != INSITRA_NORMALIZE_OFF && !t->norm.frozen;
+    if (!moving) return INSITRA_STATUS_OK;
+    INSITRA_CHECK(insitra_comm_agree(&t->comm, insitra_normalize_combine(&t->norm, t->comm.comm, t->step)));
+    return insitra_engine_set_norm(&t->engine, &t->norm.coef);
+}
+
+/* Collective: the mean squared error over every rank's held-out samples, in
+ * the training loss's units; NaN while no rank holds one. */
+static insitra_status validation_loss(insitra_trainer *t, double *loss)
+{
+    const int64_t mb = insitra_config_micro_batch(&t->cfg);
+    int64_t chunks = (t->held_out.count + mb - 1) / mb;
+    INSITRA_CHECK(insitra_comm_max_int64(&t->dp, &chunks));
+    double acc[2] = {0.0, (double)(t->held_out.count * t->held_out.y_numel)}; /* squared errors, values */
+    INSITRA_CHECK(insitra_comm_agree(&t->comm, insitra_engine_validate(&t->engine, chunks, t->batch_slots, &acc[0])));
+    INSITRA_CHECK(insitra_comm_sum_ordered(&t->dp, acc, 2));
+    *loss = acc[1] > 0 ? acc[0] / acc[1] : NAN;
     return INSITRA_STATUS_OK;
 }
 
@@ -256,6 +339,7 @@ insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
     const double t0 = MPI_Wtime();
     const insitra_config *cfg = &t->cfg;
     const int64_t B = cfg->training.batch_size, dp = t->dp.size;
+    INSITRA_CHECK(update_norm(t));
     insitra_sample_store_draw(&t->store, cfg->data.sampler, &t->sampler, &t->sample_cursor, B,
                               t->batch_slots);
     const double lr = insitra_lr_at(&cfg->optimizer, t->step);
@@ -283,6 +367,10 @@ insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
         .comm_wait_seconds = insitra_engine_wait_seconds(&t->engine),
     };
     out.tokens_per_second = seconds > 0 ? (double)out.tokens / seconds : 0.0;
+    out.validation_loss = NAN;
+    const int64_t every = cfg->log.every_steps;
+    if (t->held_out.capacity > 0 && every > 0 && t->step % every == 0)
+        INSITRA_CHECK(validation_loss(t, &out.validation_loss));
     insitra_log_step(cfg, t->comm.rank, t->jsonl, &out);
     if (metrics) *metrics = out;
 

@@ -12,6 +12,7 @@
 #include "comm.h"
 #include "config.h"
 #include "engine.h"
+#include "normalize.h"
 #include "preempt.h"
 #include "rng.h"
 #include "sample_store.h"
@@ -23,6 +24,9 @@ struct insitra_trainer {
     insitra_comm tp;            /* the ranks sharing one replica (one rank while tp = 1) */
     insitra_engine engine;      /* model, ZeRO state and the step, on the configured backend */
     insitra_sample_store store; /* host store: pushes land here first (checkpoints read it) */
+    insitra_sample_store held_out; /* pushes kept for the validation loss, never trained on */
+    int64_t pushes;             /* samples ever pushed to this rank, both stores (the split's index) */
+    insitra_normalize norm;     /* the feature statistics and maps (data.normalize, model.residual) */
     insitra_rng sampler;        /* seeded by (training.seed, rank): draws this rank's batches */
     int64_t sample_cursor;      /* samples drawn so far (the sequential sampler's position) */
     int64_t *batch_slots;       /* (batch_size) store slots of this step's samples */

@@ -5,6 +5,8 @@
  *                        steps 11-20 go to DIR/losses.bin
  *   resume DIR STAGE     load DIR, 10 steps: the losses must equal the
  *                        straight run's bit for bit
+ *   (straight and resume with "norm" after STAGE: data.normalize running,
+ *   residual targets, and samples pushed before every step)
  *   reshard-write DIR S  6 steps, a checkpoint, the full state to DIR/state.bin
  *   reshard-read DIR S   load (another rank count/stage): parameters and AdamW
  *                        moments must equal the saved ones exactly; 3 more steps
@@ -37,6 +39,11 @@
 #include "test_util.h"
 #include "trainer.h"
 
+/* "norm" after the stage: data.normalize running and residual targets, and
+ * two more samples pushed before every step, so the statistics change at
+ * every step of both runs. */
+static bool normalised;
+
 static insitra_trainer *make(insitra_test *T, int stage, const char *dir, int d_model)
 {
     insitra_config *cfg = insitra_test_config(T, "model: {seq_len: 8, in_features: 3, out_features: 2,\n"
@@ -49,6 +56,11 @@ static insitra_trainer *make(insitra_test *T, int stage, const char *dir, int d_
     insitra_test_set(T, cfg, "parallel.zero_stage", "%d", stage);
     insitra_test_set(T, cfg, "model.d_model", "%d", d_model);
     if (dir) insitra_test_set(T, cfg, "checkpoint.dir", "%s", dir);
+    if (normalised) {
+        insitra_test_set(T, cfg, "data.normalize", "running");
+        insitra_test_set(T, cfg, "model.residual", "true");
+        insitra_test_set(T, cfg, "model.residual_inputs", "2,0");
+    }
     insitra_trainer *t = NULL;
     if (insitra_trainer_create(&t, cfg, MPI_COMM_WORLD) != INSITRA_STATUS_OK) {
         printf("rank %d: create: %s\n", T->rank, insitra_last_error());
@@ -66,6 +78,16 @@ static void push(insitra_test *T, insitra_trainer *t)
     insitra_test_fill_wave(&y[0][0][0], 48 * 16, cos, 0.13, -T->rank, 1);
     EXPECT_OK(T, insitra_push_samples(t, 40, &x[0][0][0], &y[0][0][0]), "push 40");
     EXPECT_OK(T, insitra_push_samples(t, 8, &x[40][0][0], &y[40][0][0]), "push 8");
+}
+
+/* Before step k (from 0) of a normalised run: two samples that depend on k. */
+static void push_more(insitra_test *T, insitra_trainer *t, int k)
+{
+    if (!normalised) return;
+    float x[2][8][3], y[2][8][2];
+    insitra_test_fill_wave(&x[0][0][0], 48, sin, 0.29, k + T->rank, 2.0 + k);
+    insitra_test_fill_wave(&y[0][0][0], 32, cos, 0.17, k - T->rank, 1.0);
+    EXPECT_OK(T, insitra_push_samples(t, 2, &x[0][0][0], &y[0][0][0]), "push 2");
 }
 
 static double step(insitra_test *T, insitra_trainer *t)
@@ -112,9 +134,15 @@ static void straight(insitra_test *T, const char *dir, int stage)
     push(T, t);
     double losses[10];
     char path[4096];
-    for (int k = 0; k < 10; k++) step(T, t);
+    for (int k = 0; k < 10; k++) {
+        push_more(T, t, k);
+        step(T, t);
+    }
     save(T, t, dir, path);
-    for (int k = 0; k < 10; k++) losses[k] = step(T, t);
+    for (int k = 0; k < 10; k++) {
+        push_more(T, t, 10 + k);
+        losses[k] = step(T, t);
+    }
     char out[4200];
     snprintf(out, sizeof out, "%s/losses.bin", dir);
     if (T->rank == 0) file_io(T, out, losses, sizeof losses, 1);
@@ -129,7 +157,10 @@ static void resume(insitra_test *T, const char *dir, int stage)
     EXPECT_OK(T, s, "load");
     EXPECT(T, t->step == 10, "step after load is %lld", (long long)t->step);
     double losses[10], want[10];
-    for (int k = 0; k < 10; k++) losses[k] = step(T, t);
+    for (int k = 0; k < 10; k++) {
+        push_more(T, t, 10 + k);
+        losses[k] = step(T, t);
+    }
     char in[4200];
     snprintf(in, sizeof in, "%s/losses.bin", dir);
     file_io(T, in, want, sizeof want, 0);
@@ -407,6 +438,7 @@ int main(int argc, char **argv)
     }
     const char *mode = argv[1], *dir = argv[2];
     const int stage = argc > 3 ? atoi(argv[3]) : 0;
+    normalised = argc > 4 && !strcmp(argv[4], "norm");
     if (T->rank == 0) mkdir(dir, 0777);
     MPI_Barrier(MPI_COMM_WORLD);
     if (!strcmp(mode, "straight"))

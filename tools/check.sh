@@ -11,7 +11,9 @@
 # being skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/install-deps.sh "$@"
+# python3-torch and python3-h5py: model_doc_torch rebuilds the model from
+# docs/model.md in PyTorch and loads a checkpoint (skipped without them).
+tools/install-deps.sh python3-torch python3-h5py "$@"
 for arg in "$@"; do [ "$arg" = --batch ] && export INSITRA_TEST_BATCH=1; done
 cmake --workflow --preset asan
 cmake --workflow --preset ci

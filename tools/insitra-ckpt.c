@@ -54,7 +54,8 @@ static int usage(FILE *out)
             "          the stored configuration implies (in /model, /optim/m, /optim/v, with\n"
             "          its shape), the per-rank tables, and the CRC32C of every dataset;\n"
             "          prints each problem; exit 0 if valid, 1 if not\n"
-            "  export  writes OUT: /model/<name> (float32, CRC32C attributes) and the\n"
+            "  export  writes OUT: /model/<name> (float32, CRC32C attributes), /normalize\n"
+            "          (the normalisation statistics, when the checkpoint has them) and the\n"
             "          configuration, without optimizer state or samples; every tensor's\n"
             "          CRC32C is checked on the way\n"
             "  config  prints the configuration stored in the checkpoint (or an export) as\n"
@@ -238,7 +239,10 @@ static int dataset_crc(hid_t dset, hid_t dst, void *buf, uint32_t *crc)
     const int is_signed = file_type >= 0 && H5Tget_sign(file_type) == H5T_SGN_2;
     if (file_type >= 0) H5Tclose(file_type);
     const int kind = insitra_ckpt_dataset_kind(dset);
-    const hid_t type = kind == INSITRA_CKPT_FLOAT32 ? H5T_IEEE_F32LE : is_signed ? H5T_STD_I64LE : H5T_STD_U64LE;
+    const hid_t type = kind == INSITRA_CKPT_FLOAT32   ? H5T_IEEE_F32LE
+                       : kind == INSITRA_CKPT_FLOAT64 ? H5T_IEEE_F64LE /* the normalisation statistics */
+                       : is_signed                    ? H5T_STD_I64LE
+                                                      : H5T_STD_U64LE;
     const int64_t chunk = CHUNK_BYTES / (int64_t)H5Tget_size(type);
     hsize_t dims[4];
     const int ndim = insitra_ckpt_shape(dset, dims);
@@ -697,6 +701,13 @@ static int cmd_export(const char *path, const char *out)
         int64_t numel = 0;
         ok = export_tensor(c.file, tensors.items[i], model, buf, &numel);
         params += numel;
+    }
+    /* the normalisation statistics, when the model was trained with them: without
+     * them the weights' inputs and outputs have no physical meaning */
+    if (ok && H5Lexists(c.file, INSITRA_CKPT_NORM_GROUP, H5P_DEFAULT) > 0 &&
+        H5Ocopy(c.file, INSITRA_CKPT_NORM_GROUP, dst, INSITRA_CKPT_NORM_GROUP, H5P_DEFAULT, H5P_DEFAULT) < 0) {
+        fprintf(stderr, "insitra-ckpt: %s: cannot copy /%s\n", path, INSITRA_CKPT_NORM_GROUP);
+        ok = 0;
     }
     const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
     ok = ok && insitra_ckpt_attr_write_i64(dst, "insitra_export", 1) == INSITRA_STATUS_OK &&

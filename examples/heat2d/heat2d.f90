@@ -13,10 +13,12 @@
 ! The surrogate learns one solver step on patches: every push_every steps
 ! each rank cuts patches_per_push P x P patches out of its own subdomain at
 ! random places. A sample is one patch: T = P*P tokens (grid points), each
-! carrying F_in = 6 features, the 5-point stencil of u(t) and the source
-! increment at that point (a point's next value depends on its neighbours,
-! so giving each token its stencil lets the surrogate get patch edges right);
-! the target is u(t + dt) at the same points (F_out = 1). In Fortran the
+! carrying F_in = 6 features, the 5-point stencil of u(t) (u, then the four
+! neighbours as differences to u) and the source increment at that point (a
+! point's next value depends on its neighbours, so giving each token its
+! stencil lets the surrogate get patch edges right); the target is
+! u(t + dt) at the same points (F_out = 1), learned as the increment of u
+! (model.residual) on normalised features (data.normalize). In Fortran the
 ! samples are x(6, T, n) and y(1, T, n), exactly the C layout [n][T][F].
 !
 ! Every output_every steps rank 0 prints one line: the last training loss and
@@ -83,13 +85,21 @@ program heat2d
                     max_test_error, seed, surrogate, metrics, checkpoint_dir, checkpoint_every
 
   character(len=*), parameter :: surrogate_yaml = &
-    '{model: {d_model: 32, n_layers: 2, n_heads: 4}, ' // &
-    'training: {batch_size: 16}, ' // &
+    '{model: {d_model: 32, n_layers: 2, n_heads: 4, residual: true}, ' // &
+    'training: {batch_size: 64}, ' // &
     'optimizer: {lr: 4.0e-3, min_lr: 1.0e-4, weight_decay: 0.0}, ' // &
-    'data: {capacity: 2048}, ' // &
+    'data: {capacity: 2048, normalize: frozen, normalize_samples: 2048}, ' // &
     'checkpoint: {keep_last: 2, include_samples: true}}'
   ! include_samples: a resumed run trains on the samples it had, not on an
   ! empty store (and so continues exactly as an uninterrupted run would).
+  ! residual: the output u(t + dt) is an increment of input feature 1, u(t):
+  ! the surrogate learns the change, which is a small part of u. normalize:
+  ! inputs and that change are standardised per feature with statistics of
+  ! the first 2048 samples pushed (all ranks), then frozen; insitra applies
+  ! them inside push, train and predict, so this program sees physical units.
+  ! batch_size 64: the increments are learned to a few per cent only with
+  ! less gradient noise than 16 patches give (measured: 43x better than 'no
+  ! change' against 11x with 16, for 1.3x the run's time).
 
   ! ---- the decomposition ----
   type(MPI_Comm) :: cart
@@ -397,8 +407,13 @@ contains
       do j = 1, patch
         do i = 1, patch
           tok = (j - 1) * patch + i
-          x(:, tok, s) = real([u(i0 + i, j0 + j), u(i0 + i + 1, j0 + j), u(i0 + i - 1, j0 + j), &
-                               u(i0 + i, j0 + j + 1), u(i0 + i, j0 + j - 1), q(i0 + i, j0 + j)], &
+          ! the neighbours as differences to the point: their scale is the
+          ! change's, which per-feature normalisation then makes visible
+          x(:, tok, s) = real([u(i0 + i, j0 + j), &
+                               u(i0 + i + 1, j0 + j) - u(i0 + i, j0 + j), &
+                               u(i0 + i - 1, j0 + j) - u(i0 + i, j0 + j), &
+                               u(i0 + i, j0 + j + 1) - u(i0 + i, j0 + j), &
+                               u(i0 + i, j0 + j - 1) - u(i0 + i, j0 + j), q(i0 + i, j0 + j)], &
                               c_float)
           y(1, tok, s) = real(u_next(i0 + i, j0 + j), c_float)
         end do
@@ -473,11 +488,14 @@ contains
       print '(/, a, i0, a, es10.3)', 'held-out relative L2 error over ', test_steps, &
         ' steps (whole domain): ', rel
       print '(a, es10.3)', "relative L2 error of predicting 'no change': ", still
+      print '(a, f0.1, a)', "relative L2 = ||prediction - solver|| / ||solver|| over every point of " // &
+        "the held-out steps; 'no change' predicts u(t + dt) = u(t), the bar to beat: the surrogate is ", &
+        still / max(rel, tiny(rel)), "x better"
+
       print '(a, i0, a, es10.3, a, f7.1, a)', 'training steps ', train_now, ', final loss ', &
         m%loss, ', wall time', MPI_Wtime() - t0, ' s'
-      if (train_seconds > 0) print '(a, es10.3, a, f8.1, a)', 'training throughput ', &
-        train_tokens / train_seconds, ' tokens/s; ', (steps - first_step + 1) / (MPI_Wtime() - t0), &
-        ' solver steps/s with training'
+      if (train_seconds > 0) print '(a, es10.3, a)', 'training throughput: ', &
+        train_tokens / train_seconds, ' tokens/s (tokens of all ranks per second of insitra_train_step)'
       if (len(ckpt_dir) > 0) print '(2a)', 'checkpoint: ', ckpt_path(last_pair)
       print '(a, a)', 'metrics: ', trim(metrics)
       ! loss: 17 significant digits, so runs can be compared bit for bit.

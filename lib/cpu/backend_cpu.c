@@ -95,15 +95,33 @@ static insitra_status cpu_first_nonfinite(insitra_backend *be, const float *a, i
 
 /* ---- data ---- */
 
-static insitra_status cpu_gather_batch(insitra_backend *be, void *x, float *y, const float *store_x,
+static insitra_status cpu_gather_batch(insitra_backend *be, float *x, float *y, const float *store_x,
                                        const float *store_y, const int64_t *slots, int64_t n,
                                        int64_t xs, int64_t ys)
 {
     (void)be;
     for (int64_t i = 0; i < n; i++) {
-        memcpy((float *)x + i * xs, store_x + slots[i] * xs, (size_t)xs * sizeof(float));
+        memcpy(x + i * xs, store_x + slots[i] * xs, (size_t)xs * sizeof(float));
         memcpy(y + i * ys, store_y + slots[i] * ys, (size_t)ys * sizeof(float));
     }
+    return INSITRA_STATUS_OK;
+}
+
+/* The host functions of lib/normalize.h: the CPU computes in fp32. */
+static insitra_status cpu_normalize_forward(insitra_backend *be, void *x_hat, float *y, const float *x,
+                                            const insitra_feature_norm *fm, int64_t N)
+{
+    (void)be;
+    insitra_feature_norm_inputs(fm, N, x, x_hat);
+    if (y) insitra_feature_norm_targets(fm, N, x, y);
+    return INSITRA_STATUS_OK;
+}
+
+static insitra_status cpu_normalize_inverse(insitra_backend *be, float *out, const float *x,
+                                            const insitra_feature_norm *fm, int64_t N)
+{
+    (void)be;
+    insitra_feature_norm_outputs(fm, N, x, out);
     return INSITRA_STATUS_OK;
 }
 
@@ -414,6 +432,8 @@ static const insitra_backend_i cpu_interface = {
     .is_device_pointer = cpu_is_device_pointer,
     .first_nonfinite = cpu_first_nonfinite,
     .gather_batch = cpu_gather_batch,
+    .normalize_forward = cpu_normalize_forward,
+    .normalize_inverse = cpu_normalize_inverse,
     .to_act = cpu_to_act,
     .linear_forward = cpu_linear_forward,
     .linear_backward = cpu_linear_backward,

@@ -340,12 +340,28 @@ template <typename F> insitra_status with_ops(insitra_backend *be, F f)
 }
 
 
-insitra_status cuda_gather_batch(insitra_backend *be, void *x, float *y, const float *store_x, const float *store_y,
+insitra_status cuda_gather_batch(insitra_backend *be, float *x, float *y, const float *store_x, const float *store_y,
                                  const int64_t *slots, int64_t n, int64_t xs, int64_t ys)
 {
+    insitra_gather_batch<float>(x, y, store_x, store_y, slots, n, xs, ys, cu(be)->cs);
+    LAUNCH_TRY();
+    return INSITRA_STATUS_OK;
+}
+
+insitra_status cuda_normalize_forward(insitra_backend *be, void *x_hat, float *y, const float *x,
+                                      const insitra_feature_norm *fm, int64_t N)
+{
     cuda_backend *c = cu(be);
-    if (c->bf16) insitra_gather_batch<bf16>((bf16 *)x, y, store_x, store_y, slots, n, xs, ys, c->cs);
-    else insitra_gather_batch<float>((float *)x, y, store_x, store_y, slots, n, xs, ys, c->cs);
+    if (c->bf16) insitra_normalize_forward<bf16>((bf16 *)x_hat, y, x, *fm, N, c->cs);
+    else insitra_normalize_forward<float>((float *)x_hat, y, x, *fm, N, c->cs);
+    LAUNCH_TRY();
+    return INSITRA_STATUS_OK;
+}
+
+insitra_status cuda_normalize_inverse(insitra_backend *be, float *out, const float *x,
+                                      const insitra_feature_norm *fm, int64_t N)
+{
+    insitra_normalize_inverse(out, x, *fm, N, cu(be)->cs);
     LAUNCH_TRY();
     return INSITRA_STATUS_OK;
 }
@@ -754,6 +770,8 @@ const insitra_backend_i cuda_interface = {
     /* .is_device_pointer = */ cuda_is_device_pointer,
     /* .first_nonfinite = */ cuda_first_nonfinite,
     /* .gather_batch = */ cuda_gather_batch,
+    /* .normalize_forward = */ cuda_normalize_forward,
+    /* .normalize_inverse = */ cuda_normalize_inverse,
     /* .to_act = */ cuda_to_act,
     /* .linear_forward = */ cuda_linear_forward,
     /* .linear_backward = */ cuda_linear_backward,

@@ -107,6 +107,36 @@ __global__ void gather_batch_k(T *x, float *y, const float *sx, const float *sy,
     }
 }
 
+/* The same arithmetic as lib/normalize.c's host functions, in the same order. */
+template <typename T>
+__global__ void normalize_forward_k(T *x_hat, float *y, const float *x, insitra_feature_norm fm, int64_t N)
+{
+    const int64_t nx = N * fm.f_in, total = nx + (y ? N * fm.f_out : 0);
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        if (i < nx) {
+            const int64_t f = i % fm.f_in;
+            x_hat[i] = from_f<T>((x[i] - fm.x_mean[f]) * fm.x_inv_std[f]);
+        } else {
+            const int64_t k = i - nx, t = k / fm.f_out, o = k - t * fm.f_out;
+            const int32_t r = fm.residual[o];
+            const float d = r >= 0 ? y[k] - x[t * fm.f_in + r] : y[k];
+            y[k] = (d - fm.y_mean[o]) * fm.y_inv_std[o];
+        }
+    }
+}
+
+__global__ void normalize_inverse_k(float *out, const float *x, insitra_feature_norm fm, int64_t N)
+{
+    for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < N * fm.f_out;
+         k += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t t = k / fm.f_out, o = k - t * fm.f_out;
+        const int32_t r = fm.residual[o];
+        const float d = __fadd_rn(__fmul_rn(out[k], fm.y_std[o]), fm.y_mean[o]);
+        out[k] = r >= 0 ? x[t * fm.f_in + r] + d : d;
+    }
+}
+
 template <typename To, typename Ti>
 __global__ void convert_k(To *out, const Ti *in, int64_t n)
 {
@@ -763,6 +793,19 @@ void insitra_gather_batch(T *x, float *y, const float *sx, const float *sy, cons
     gather_batch_k<T><<<grid_for(n * (xs + ys)), kThreads, 0, s>>>(x, y, sx, sy, slots, n, xs, ys);
 }
 
+template <typename T>
+void insitra_normalize_forward(T *x_hat, float *y, const float *x, insitra_feature_norm fm, int64_t N,
+                               cudaStream_t s)
+{
+    const int64_t total = N * (fm.f_in + (y ? fm.f_out : 0));
+    normalize_forward_k<T><<<grid_for(total), kThreads, 0, s>>>(x_hat, y, x, fm, N);
+}
+
+void insitra_normalize_inverse(float *out, const float *x, insitra_feature_norm fm, int64_t N, cudaStream_t s)
+{
+    normalize_inverse_k<<<grid_for(N * fm.f_out), kThreads, 0, s>>>(out, x, fm, N);
+}
+
 template <typename To, typename Ti>
 void insitra_convert(To *out, const Ti *in, int64_t n, cudaStream_t s)
 {
@@ -956,6 +999,8 @@ void insitra_shard_unpack(T *flat, const T *packed, const insitra_shard_copy *co
     template void insitra_gather_batch<T>(T *, float *, const float *, const float *,            \
                                           const int64_t *, int64_t, int64_t, int64_t, cudaStream_t); \
     template void insitra_convert<T, float>(T *, const float *, int64_t, cudaStream_t);          \
+    template void insitra_normalize_forward<T>(T *, float *, const float *, insitra_feature_norm, \
+                                               int64_t, cudaStream_t);                           \
     template void insitra_pos_forward<T>(T *, const T *, int64_t, int64_t, int64_t, cudaStream_t); \
     template void insitra_layernorm_forward<T>(T *, float *, float *, const T *, const T *,      \
                                                const T *, int64_t, int64_t, cudaStream_t);       \

@@ -28,6 +28,13 @@ typedef __nv_bfloat16 bf16;
 template <typename T>
 void insitra_gather_batch(T *x, float *y, const float *store_x, const float *store_y,
                           const int64_t *slots, int64_t n, int64_t xs, int64_t ys, cudaStream_t s);
+/* The feature maps of lib/normalize.h over N tokens (fm's arrays in device memory):
+ * x_hat (N, f_in) in T from x (N, f_in); y (N, f_out) in place when not NULL (the target). */
+template <typename T>
+void insitra_normalize_forward(T *x_hat, float *y, const float *x, insitra_feature_norm fm, int64_t N,
+                               cudaStream_t s);
+/* out (N, f_out) in place = out y_std + y_mean + x[residual] */
+void insitra_normalize_inverse(float *out, const float *x, insitra_feature_norm fm, int64_t N, cudaStream_t s);
 /* out[i] = in[i], converting. */
 template <typename To, typename Ti>
 void insitra_convert(To *out, const Ti *in, int64_t n, cudaStream_t s);

@@ -10,7 +10,7 @@
  * cuBLASLt's tiles against BLAS, tree against sequential reductions; seen
  * at most 5.3e-6 on an H200), bf16 1e-2 (outputs rounded to 8 mantissa bits,
  * ~4e-3; seen at most 3.7e-3). Forward and backward of every layer, the
- * optimizer and shard operations.
+ * feature maps (normalisation, residual), the optimizer and shard operations.
  *
  * Without a usable GPU (CI has none) it prints why and exits 77: skipped.
  */
@@ -219,6 +219,32 @@ static insitra_status op_mse(insitra_backend *be, void **b, const int64_t *d)
     return be->i->sum_squares(be, b[3], b[1], b[2], d[0], 1.0 / (double)d[0]);
 }
 
+static insitra_status op_normalize(insitra_backend *be, void **b, const int64_t *d)
+{
+    /* d: N tokens, F_in, F_out; b: x_hat, y (in place), x, out (in place), the feature maps */
+    insitra_feature_norm fm;
+    insitra_feature_norm_carve(&fm, b[4], d[1], d[2]);
+    INSITRA_CHECK(be->i->normalize_forward(be, b[0], b[1], b[2], &fm, d[0]));
+    return be->i->normalize_inverse(be, b[3], b[2], &fm, d[0]);
+}
+
+/* Feature maps in host floats: means, positive scales, residual inputs (every
+ * third output has none), as insitra_feature_norm_carve lays them out. */
+static float *feature_maps(int64_t fi, int64_t fo)
+{
+    float *h = calloc((size_t)insitra_feature_norm_bytes(fi, fo), 1);
+    insitra_feature_norm fm;
+    insitra_feature_norm_carve(&fm, h, fi, fo);
+    for (int64_t i = 0; i < fi; i++) fm.x_mean[i] = 3 * uniform(), fm.x_inv_std[i] = 1.5f + uniform();
+    for (int64_t o = 0; o < fo; o++) {
+        fm.y_mean[o] = uniform();
+        fm.y_std[o] = 1.5f + uniform();
+        fm.y_inv_std[o] = 1.0f / fm.y_std[o];
+        fm.residual[o] = o % 3 == 2 ? -1 : (int32_t)((o * 7) % fi);
+    }
+    return h;
+}
+
 /* Segments over two runs of a flat buffer, as lib/zero.c builds them. */
 static insitra_update_segment segments[2];
 
@@ -390,6 +416,20 @@ int main(int argc, char **argv)
             c.t[2] = T_IN("y", mse[k], false, 1);
             c.t[3] = T_F64("loss");
             check(cpu, gpu, &c, op_mse, &mse[k], precision ? 1e-2 : 1e-5);
+        }
+        const int64_t norm[][3] = {{1, 1, 1}, {37, 6, 1}, {512, 5, 3}};
+        for (size_t k = 0; k < sizeof norm / sizeof *norm; k++) {
+            const int64_t *d = norm[k], N = d[0], fi = d[1], fo = d[2];
+            snprintf(c.name, sizeof c.name, "normalize_forward+inverse N%lld Fi%lld Fo%lld %s", (long long)N,
+                     (long long)fi, (long long)fo, p);
+            c.nt = 5;
+            c.t[0] = T_OUT("x_hat", N * fi, true, 0);
+            c.t[1] = T_OUT("y_hat", N * fo, false, 1);
+            c.t[2] = T_IN("x", N * fi, false, 4);
+            c.t[3] = T_OUT("y", N * fo, false, 1);
+            c.t[4] = T_IN("maps", insitra_feature_norm_bytes(fi, fo) / (int64_t)sizeof(float), false, 0);
+            c.t[4].host = feature_maps(fi, fo);
+            check(cpu, gpu, &c, op_normalize, d, tol);
         }
         const int64_t adam[] = {3, 1001};
         for (size_t k = 0; k < sizeof adam / sizeof *adam; k++) {

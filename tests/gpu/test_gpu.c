@@ -19,7 +19,8 @@
  * difference that bf16 working weights turn into whole-ulp flips; there the
  * stages run in fp32 and agree to 1e-5 relative. A GPU checkpoint must load on the CPU and a CPU one
  * on the GPU, predicting the same to the fp32 tolerance.
- * insitra_push_samples_device must store device arrays and reject NaN.
+ * insitra_push_samples_device must store device arrays and reject NaN. With
+ * data.normalize and model.residual the backends agree to the same tolerances.
  *
  * Without a usable GPU (CI has none) the test prints why and exits 77,
  * which CTest reports as skipped.
@@ -40,6 +41,9 @@ typedef struct {
     float pred[N][T][F_OUT];
 } run_result;
 
+/* data.normalize frozen and residual targets (output f an increment of input f) */
+static bool normalised;
+
 static insitra_config *make_config(insitra_test *tc, const char *device, const char *precision, int stage,
                                    int causal, int graphs)
 {
@@ -54,6 +58,11 @@ static insitra_config *make_config(insitra_test *tc, const char *device, const c
     insitra_test_set(tc, cfg, "parallel.zero_stage", "%d", stage);
     insitra_test_set(tc, cfg, "model.causal", "%s", causal ? "true" : "false");
     insitra_test_set(tc, cfg, "cuda.graphs", "%s", graphs ? "true" : "false");
+    if (normalised) {
+        insitra_test_set(tc, cfg, "data.normalize", "frozen");
+        insitra_test_set(tc, cfg, "data.normalize_samples", "%d", 24);
+        insitra_test_set(tc, cfg, "model.residual", "true");
+    }
     return cfg;
 }
 
@@ -96,9 +105,9 @@ static void compare_backends(insitra_test *tc, const char *precision, int causal
     const double tl = bf16 ? 2e-2 : 1e-5, tn = bf16 ? 5e-2 : 1e-5;
     const double tl_all = bf16 ? 5e-2 : 1e-4, tp = bf16 ? 5e-2 : 1e-4;
     if (tc->rank == 0)
-        printf("%s causal=%d: step 1 loss gpu %.9g cpu %.9g (rel %.2e), norm rel %.2e, step %d loss rel "
+        printf("%s%s causal=%d: step 1 loss gpu %.9g cpu %.9g (rel %.2e), norm rel %.2e, step %d loss rel "
                "%.2e, predictions rel %.2e\n",
-               precision, causal, gpu.loss[0], cpu.loss[0], rel(gpu.loss[0], cpu.loss[0]),
+               normalised ? "normalised+residual " : "", precision, causal, gpu.loss[0], cpu.loss[0], rel(gpu.loss[0], cpu.loss[0]),
                rel(gpu.norm[0], cpu.norm[0]), STEPS, rel(gpu.loss[STEPS - 1], cpu.loss[STEPS - 1]),
                pred_rel(&gpu, &cpu));
     EXPECT(tc, rel(gpu.loss[0], cpu.loss[0]) <= tl, "%s: step 1 loss %.9g vs cpu %.9g", precision,
@@ -208,6 +217,10 @@ int main(int argc, char **argv)
     compare_backends(&tc, "fp32", 1);
     compare_backends(&tc, "bf16", 0);
     compare_backends(&tc, "bf16", 1);
+    normalised = true; /* the feature maps on the GPU, graphs and all, against the CPU's */
+    compare_backends(&tc, "fp32", 0);
+    compare_backends(&tc, "bf16", 0);
+    normalised = false;
     stages_and_reruns(&tc);
     checkpoints_across_backends(&tc);
     if (tc.size == 1) device_push(&tc);
