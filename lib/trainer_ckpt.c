@@ -76,6 +76,10 @@ insitra_status insitra_trainer_ckpt_load(insitra_trainer *t, const char *path, c
     while (f > 0 && t->pushes - (int64_t)floor((double)t->pushes * f) < t->store.pushed) t->pushes++;
     insitra_status up = insitra_zero_import(&t->engine.zero);
     if (up == INSITRA_STATUS_OK) up = insitra_engine_set_norm(&t->engine, &t->norm.coef);
+    /* Samples read into the host store reach a backend with its own copy (the GPU's) here. */
+    if (up == INSITRA_STATUS_OK && touched.samples && t->store.count > 0)
+        up = insitra_engine_store_samples(&t->engine, INSITRA_STORE_TRAIN, 0, t->store.count, t->store.x,
+                                          t->store.y);
     up = insitra_comm_agree(&t->comm, up);
     return s == INSITRA_STATUS_OK ? up : s;
 }

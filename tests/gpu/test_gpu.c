@@ -19,7 +19,8 @@
  * difference that bf16 working weights turn into whole-ulp flips; there the
  * stages run in fp32 and agree to 1e-5 relative. A GPU checkpoint must load on the CPU and a CPU one
  * on the GPU, predicting the same to the fp32 tolerance.
- * insitra_push_samples_device must store device arrays and reject NaN. With
+ * A GPU run resumed from a checkpoint with its samples, pushing none, continues the
+ * uninterrupted run bit for bit. insitra_push_samples_device must store device arrays and reject NaN. With
  * data.normalize and model.residual the backends agree to the same tolerances.
  *
  * Without a usable GPU (CI has none) the test prints why and exits 77,
@@ -197,6 +198,44 @@ static void device_push(insitra_test *tc)
     insitra_trainer_free(t);
 }
 
+/* Steps first..last (1-based) of a GPU trainer with checkpoint.include_samples; pushes only
+ * when not loading, so a loaded trainer trains on the samples the checkpoint brought. */
+static bool steps_with_samples(insitra_test *tc, const char *save, const char *load, int first, int last,
+                               double *loss)
+{
+    insitra_config *cfg = make_config(tc, "cuda", "fp32", 0, 0, 1);
+    if (cfg) insitra_test_set(tc, cfg, "checkpoint.include_samples", "true");
+    insitra_trainer *t = NULL;
+    bool ok = cfg && EXPECT_OK(tc, insitra_trainer_create(&t, cfg, MPI_COMM_WORLD), "trainer_create");
+    insitra_config_free(cfg);
+    if (!ok) return false;
+    if (load) ok = EXPECT_OK(tc, insitra_checkpoint_load(t, load, NULL, 0), "checkpoint_load");
+    else ok = EXPECT_OK(tc, insitra_push_samples(t, N, &xs[0][0][0], &ys[0][0][0]), "push_samples");
+    for (int s = first; ok && s <= last; s++) {
+        insitra_metrics m;
+        ok = EXPECT_OK(tc, insitra_train_step(t, &m), "train_step");
+        loss[s - 1] = m.loss;
+    }
+    if (ok && save) ok = EXPECT_OK(tc, insitra_checkpoint_save(t, save, NULL, 0), "checkpoint_save");
+    insitra_trainer_free(t);
+    return ok;
+}
+
+/* The samples of a checkpoint reach the GPU's copy of the store: a resumed run
+ * without pushes continues the uninterrupted one. */
+static void resume_with_samples(insitra_test *tc)
+{
+    double full[STEPS], resumed[STEPS];
+    char dir[256];
+    snprintf(dir, sizeof dir, "test_gpu_ckpt_samples_np%d", tc->size);
+    if (!steps_with_samples(tc, NULL, NULL, 1, STEPS, full)) return;
+    if (!steps_with_samples(tc, dir, NULL, 1, 2, resumed)) return;
+    if (!steps_with_samples(tc, NULL, dir, 3, STEPS, resumed)) return;
+    for (int s = 2; s < STEPS; s++)
+        EXPECT(tc, resumed[s] == full[s], "resumed with the checkpoint's samples: step %d loss %.17g, "
+               "uninterrupted %.17g", s + 1, resumed[s], full[s]);
+}
+
 int main(int argc, char **argv)
 {
     insitra_test tc = insitra_test_begin(&argc, &argv, "gpu");
@@ -223,6 +262,7 @@ int main(int argc, char **argv)
     normalised = false;
     stages_and_reruns(&tc);
     checkpoints_across_backends(&tc);
+    resume_with_samples(&tc);
     if (tc.size == 1) device_push(&tc);
     return insitra_test_end(&tc);
 }
