@@ -189,7 +189,7 @@ template <typename T> int run(const args &a)
         for (int det = 1; det >= 0; det--) {
             const char *impl = det ? "cudnn_det" : "cudnn_nondet";
             insitra_cudnn_attention *cu = nullptr;
-            insitra_status st = insitra_cudnn_attention_create(&cu, &sh, det);
+            insitra_status st = insitra_cudnn_attention_create(&cu, &sh, det, nullptr, 0);
             if (st != INSITRA_STATUS_OK) {
                 printf("attention impl=%s unavailable: %s\n", impl, insitra_last_error());
                 continue;

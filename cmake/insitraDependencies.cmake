@@ -69,7 +69,8 @@ if(INSITRA_ENABLE_CUDA)
   find_package(NCCL REQUIRED)
 
   # cuDNN 9 (optional): fused attention through its SDPA engines
-  # (lib/cuda/attention_cudnn.cu, opt-in at run time). Only the header and
+  # (lib/cuda/attention_cudnn.cu; INSITRA_GPU_ATTENTION picks at run time,
+  # docs/gpu.md). Only the header and
   # libcudnn are needed (the backend C API; no cudnn-frontend). Left unset,
   # INSITRA_ENABLE_CUDNN follows what is found; ON insists.
   find_path(INSITRA_CUDNN_INCLUDE_DIR cudnn_graph.h HINTS ${CUDAToolkit_INCLUDE_DIRS} ENV CUDNN_ROOT

@@ -308,6 +308,7 @@ struct insitra_cudnn_attention {
     cudnnHandle_t handle = nullptr;
     planned fwd, bwd;
     void *ws = nullptr;      /* one buffer: [sum | dq_accum | plan workspace] */
+    bool own_ws = false;     /* allocated here (no workspace given) */
     int64_t ws_bytes = 0, sum_off = 0, acc_off = 0, plan_off = 0;
     float scale = 0.f, neg_inf = 0.f, one = 1.f;
     char line[256] = "";
@@ -518,7 +519,7 @@ insitra_status trial_run(insitra_cudnn_attention *a)
 extern "C" {
 
 insitra_status insitra_cudnn_attention_create(insitra_cudnn_attention **out, const insitra_attention_shape *sh,
-                                              bool deterministic)
+                                              bool deterministic, void *workspace, int64_t workspace_bytes)
 {
     *out = nullptr;
     const size_t version = cudnnGetVersion();
@@ -539,11 +540,21 @@ insitra_status insitra_cudnn_attention_create(insitra_cudnn_attention **out, con
         a->plan_off = a->acc_off + (deterministic ? 0 : align_up(rows * D * (int64_t)sizeof(float)));
         a->ws_bytes = a->plan_off + align_up(a->fwd.workspace > a->bwd.workspace ? a->fwd.workspace
                                                                                   : a->bwd.workspace);
-        cudaError_t e = cudaMalloc(&a->ws, (size_t)a->ws_bytes);
-        if (e != cudaSuccess)
-            st = insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY,
-                                   "cuDNN attention: workspace of %lld bytes: %s", (long long)a->ws_bytes,
-                                   cudaGetErrorString(e));
+        if (workspace && a->ws_bytes > workspace_bytes) {
+            st = insitra_error_set(INSITRA_STATUS_DEVICE_ERROR,
+                                   "cuDNN attention: its plans need %lld bytes of workspace, %lld reserved "
+                                   "(insitra_gpu_sdpa_bytes)",
+                                   (long long)a->ws_bytes, (long long)workspace_bytes);
+        } else if (workspace) {
+            a->ws = workspace;
+        } else {
+            cudaError_t e = cudaMalloc(&a->ws, (size_t)a->ws_bytes);
+            a->own_ws = e == cudaSuccess;
+            if (e != cudaSuccess)
+                st = insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY,
+                                       "cuDNN attention: workspace of %lld bytes: %s", (long long)a->ws_bytes,
+                                       cudaGetErrorString(e));
+        }
     }
     if (st == INSITRA_STATUS_OK) st = trial_run(a);
     if (st != INSITRA_STATUS_OK) {
@@ -586,7 +597,7 @@ void insitra_cudnn_attention_free(insitra_cudnn_attention *a)
     if (a->fwd.plan) cudnnBackendDestroyDescriptor(a->fwd.plan);
     if (a->bwd.plan) cudnnBackendDestroyDescriptor(a->bwd.plan);
     if (a->handle) cudnnDestroy(a->handle);
-    cudaFree(a->ws);
+    if (a->own_ws) cudaFree(a->ws);
     delete a;
 }
 

@@ -6,9 +6,9 @@
  *
  * The operation graphs, the engine each one runs on (cuDNN's heuristics,
  * mode A) and its execution plan are made once, at create time, for one
- * shape; so is the device workspace (the plans' own plus the graph tensors
- * cuDNN leaves to its caller: the backward's rowsum(dout * out), and the fp32
- * dQ accumulator of the fast backward).
+ * shape. The workspace holds the plans' own and the graph tensors cuDNN
+ * leaves to its caller: the backward's rowsum(dout * out), and the fp32 dQ
+ * accumulator of the fast backward.
  *
  * Statistics: the forward writes each row's log-sum-exp (natural log, of the
  * scaled scores) to stats (B,H,T) fp32: not the base-2 values of
@@ -41,12 +41,14 @@ typedef struct insitra_cudnn_attention insitra_cudnn_attention;
 #define INSITRA_CUDNN_MIN_VERSION 90000
 
 /* Builds and plans the forward and backward graphs of shape sh on the
- * current device, allocates their workspace and runs both once on zeros
- * (cuDNN's lazy kernel loading happens here, not in a step recorded as a
- * CUDA graph; an engine failing on this machine is found here). *out is
- * NULL on failure. */
+ * current device and runs both once on zeros (cuDNN's lazy kernel loading
+ * happens here, not in a step recorded as a CUDA graph; an engine failing
+ * on this machine is found here). Its workspace: workspace_bytes at
+ * workspace (the backend's region sized by insitra_gpu_sdpa_bytes; refused,
+ * naming both sizes, if the plans need more), or with workspace NULL one
+ * allocated here. *out is NULL on failure. */
 insitra_status insitra_cudnn_attention_create(insitra_cudnn_attention **out, const insitra_attention_shape *sh,
-                                              bool deterministic);
+                                              bool deterministic, void *workspace, int64_t workspace_bytes);
 void insitra_cudnn_attention_free(insitra_cudnn_attention *a);
 
 /* Builds both graphs of sh and plans them for the GPU that device_json
@@ -58,7 +60,7 @@ void insitra_cudnn_attention_free(insitra_cudnn_attention *a);
 insitra_status insitra_cudnn_attention_plan_offline(const insitra_attention_shape *sh, bool deterministic,
                                                     const char *device_json, char *line, size_t line_len);
 
-/* Device bytes the module holds (its workspace). */
+/* Bytes of workspace the module uses. */
 int64_t insitra_cudnn_attention_workspace_bytes(const insitra_cudnn_attention *a);
 
 /* A line naming the engines chosen and the cuDNN version, for the log. */

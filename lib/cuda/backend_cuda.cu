@@ -54,6 +54,7 @@ struct cuda_backend {
      * the fused kernels run */
     insitra_cudnn_attention *sdpa;
     insitra_attention_shape sdpa_shape;
+    char *sdpa_ws; /* the workspace region it was made with */
 #endif
 };
 
@@ -140,24 +141,41 @@ bool probe_fused_gelu(cuda_backend *c, const insitra_model_dims *d, int64_t B)
 }
 
 #ifdef INSITRA_HAVE_CUDNN
-/* INSITRA_GPU_ATTENTION: "fused" (default: our kernels), "cudnn" (cuDNN's
- * SDPA, deterministic backward), "cudnn-fast" (cuDNN, fp32 dQ accumulation
- * with atomics: faster, reruns not bit-identical). A shape or a cuDNN that
- * cuDNN refuses falls back to the fused kernels, said once on stderr. */
-insitra_status reserve_cudnn_attention(cuda_backend *c, const insitra_attention_shape *sh)
+/* cuDNN runs a layer only at the shape it was planned for (field by field:
+ * the struct's padding bytes are not part of the shape). */
+bool same_shape(const insitra_attention_shape &a, const insitra_attention_shape &b)
+{
+    return a.B == b.B && a.T == b.T && a.C == b.C && a.H == b.H && a.causal == b.causal && a.bf16 == b.bf16;
+}
+
+insitra_cudnn_attention *sdpa_for(cuda_backend *c, const insitra_attention_shape *sh)
+{
+    return c->sdpa && same_shape(c->sdpa_shape, *sh) ? c->sdpa : nullptr;
+}
+
+/* cuDNN's SDPA where insitra_gpu_sdpa_choice (lib/gpu_sizes.h) picks it, in
+ * the workspace region the planner counts. A shape or a cuDNN that cuDNN
+ * refuses falls back to the fused kernels, said once on stderr. */
+insitra_status reserve_cudnn_attention(cuda_backend *c, const insitra_model_dims *d, int64_t B,
+                                       const insitra_attention_shape *sh)
 {
     const char *want = getenv("INSITRA_GPU_ATTENTION");
-    if (!want || !*want || !strcmp(want, "fused")) return INSITRA_STATUS_OK;
-    const bool det = !strcmp(want, "cudnn");
-    if (!det && strcmp(want, "cudnn-fast"))
+    if (want && *want && strcmp(want, "fused") && strcmp(want, "auto") && strcmp(want, "cudnn") &&
+        strcmp(want, "cudnn-fast"))
         return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
-                                 "INSITRA_GPU_ATTENTION=%s: expected fused, cudnn or cudnn-fast", want);
-    if (c->sdpa && !memcmp(&c->sdpa_shape, sh, sizeof *sh)) return INSITRA_STATUS_OK;
-    insitra_cudnn_attention_free(c->sdpa);
-    c->sdpa = nullptr;
+                                 "INSITRA_GPU_ATTENTION=%s: expected auto, fused, cudnn or cudnn-fast", want);
+    const insitra_gpu_sdpa mode = insitra_gpu_sdpa_choice(d, B, 2);
+    if (c->sdpa && (mode == INSITRA_GPU_SDPA_NONE || !same_shape(c->sdpa_shape, *sh) ||
+                    ws_at<char>(c, c->ws.sdpa) != c->sdpa_ws)) {
+        insitra_cudnn_attention_free(c->sdpa);
+        c->sdpa = nullptr;
+    }
+    if (mode == INSITRA_GPU_SDPA_NONE || c->sdpa) return INSITRA_STATUS_OK;
     static bool said;
-    if (insitra_cudnn_attention_create(&c->sdpa, sh, det) != INSITRA_STATUS_OK) {
-        if (!said) fprintf(stderr, "insitra: INSITRA_GPU_ATTENTION=%s: %s; the fused kernels run\n", want,
+    c->sdpa_ws = ws_at<char>(c, c->ws.sdpa);
+    if (insitra_cudnn_attention_create(&c->sdpa, sh, mode == INSITRA_GPU_SDPA_DETERMINISTIC, c->sdpa_ws,
+                                       c->ws.sdpa_bytes) != INSITRA_STATUS_OK) {
+        if (!said) fprintf(stderr, "insitra: cuDNN attention not taken (%s); the fused kernels run\n",
                            insitra_last_error());
         said = true;
         insitra_error_clear();
@@ -169,11 +187,6 @@ insitra_status reserve_cudnn_attention(cuda_backend *c, const insitra_attention_
     return INSITRA_STATUS_OK;
 }
 
-/* cuDNN runs a layer only at the shape it was planned for. */
-insitra_cudnn_attention *sdpa_for(cuda_backend *c, const insitra_attention_shape *sh)
-{
-    return c->sdpa && !memcmp(&c->sdpa_shape, sh, sizeof *sh) ? c->sdpa : nullptr;
-}
 #endif
 
 insitra_status cuda_reserve(insitra_backend *be, const insitra_model_dims *d, int64_t B)
@@ -191,12 +204,14 @@ insitra_status cuda_reserve(insitra_backend *be, const insitra_model_dims *d, in
         /* a head size the fused kernels cannot run is a configuration error, found here */
         const insitra_attention_shape sh{B, d->seq_len, d->d_model, d->n_heads, false, c->bf16};
         INSITRA_CHECK(insitra_fused_attention_check(&sh));
-#ifdef INSITRA_HAVE_CUDNN
-        const insitra_attention_shape run{B, d->seq_len, d->d_model, d->n_heads, d->causal, c->bf16};
-        INSITRA_CHECK(reserve_cudnn_attention(c, &run));
-#endif
     }
     c->ws = w;
+#ifdef INSITRA_HAVE_CUDNN
+    if (insitra_gpu_attention_fused(be->act_size)) {
+        const insitra_attention_shape run{B, d->seq_len, d->d_model, d->n_heads, d->causal, c->bf16};
+        INSITRA_CHECK(reserve_cudnn_attention(c, d, B, &run));
+    }
+#endif
     c->mm.workspace = ws_at<char>(c, w.gemm);
     c->mm.workspace_bytes = (size_t)INSITRA_GPU_GEMM_WORKSPACE;
     c->fused_gelu = probe_fused_gelu(c, d, B);

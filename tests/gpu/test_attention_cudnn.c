@@ -89,7 +89,7 @@ static void check(int64_t B, int64_t T, int64_t H, int64_t hd, bool causal, bool
     const int64_t C = H * hd, N = B * T;
     const insitra_attention_shape sh = {B, T, C, H, causal, true};
     insitra_cudnn_attention *a = NULL;
-    insitra_status st = insitra_cudnn_attention_create(&a, &sh, deterministic);
+    insitra_status st = insitra_cudnn_attention_create(&a, &sh, deterministic, NULL, 0);
     if (T % 128 != 0 && cudnnGetVersion() < 91600) {
         expect(st != INSITRA_STATUS_OK && strstr(insitra_last_error(), "multiple of 128"),
                "refused before cuDNN 9.16", &sh, (double)T);
