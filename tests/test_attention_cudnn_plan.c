@@ -9,6 +9,11 @@
  * T not a multiple of 128 before cuDNN 9.16) must be refused with their
  * reason.
  *
+ * Also the choice of attention the planner and the backend share
+ * (insitra_gpu_sdpa_choice): auto takes cuDNN's deterministic backward at
+ * the M shape (dP buffer 0.375 GiB) and not at B1 H12 T16384 (6 GiB), the
+ * environment variable forces either way, fp32 never.
+ *
  * Loading compiled kernels needs a driver: CTest puts CUDA's stub libcuda
  * first on the library path (tests/CMakeLists.txt), so no GPU is used even
  * where there is one. Without any libcuda cuDNN offers no engine and this
@@ -16,9 +21,11 @@
  */
 #include <cudnn.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cuda/attention_cudnn.cuh"
+#include "gpu_sizes.h"
 
 /* The fields cuDNN 9's device-properties JSON reader asks for, with an
  * H200 SXM's values (cudaGetDeviceProperties on the lent machine's kind). */
@@ -47,8 +54,31 @@ static void plan(int64_t B, int64_t T, int64_t C, int64_t H, bool causal, bool b
     if (!good) failures++;
 }
 
+static void choice(const char *env, int64_t B, int64_t T, size_t act_size, insitra_gpu_sdpa want)
+{
+    insitra_model_dims d;
+    memset(&d, 0, sizeof d);
+    d.seq_len = T, d.d_model = 768, d.n_heads = 12;
+    if (env) setenv("INSITRA_GPU_ATTENTION", env, 1);
+    else unsetenv("INSITRA_GPU_ATTENTION");
+    const insitra_gpu_sdpa got = insitra_gpu_sdpa_choice(&d, B, act_size);
+    const int64_t bytes = insitra_gpu_sdpa_bytes(B, 12, T, 64, got);
+    const int good = got == want && (got == INSITRA_GPU_SDPA_NONE) == (bytes == 0);
+    printf("%s INSITRA_GPU_ATTENTION=%s B=%lld T=%lld act_size=%zu: choice %d (want %d), %lld bytes\n",
+           good ? "ok  " : "FAIL", env ? env : "(unset)", (long long)B, (long long)T, act_size, (int)got,
+           (int)want, (long long)bytes);
+    if (!good) failures++;
+}
+
 int main(void)
 {
+    choice(NULL, 16, 1024, 2, INSITRA_GPU_SDPA_DETERMINISTIC);
+    choice("auto", 1, 16384, 2, INSITRA_GPU_SDPA_NONE);
+    choice("cudnn", 1, 16384, 2, INSITRA_GPU_SDPA_DETERMINISTIC);
+    choice("cudnn-fast", 16, 1024, 2, INSITRA_GPU_SDPA_FAST);
+    choice("fused", 16, 1024, 2, INSITRA_GPU_SDPA_NONE);
+    choice("cudnn", 16, 1024, 4, INSITRA_GPU_SDPA_NONE);
+    unsetenv("INSITRA_GPU_ATTENTION");
     const size_t version = cudnnGetVersion();
     printf("cuDNN %zu\n", version);
     if (version < 90800) {
