@@ -24,6 +24,9 @@
 #include <vector>
 
 #include "cuda/attention.cuh"
+#ifdef INSITRA_HAVE_CUDNN
+#include "cuda/attention_cudnn.cuh"
+#endif
 #include "cuda/kernels.cuh"
 #include "cuda/matmul.cuh"
 
@@ -163,6 +166,57 @@ template <typename T> int run(const args &a)
         good = ok(INSITRA_STATUS_OK, "fused backward");
         if (good) report("fused", f, b);
     }
+
+#ifdef INSITRA_HAVE_CUDNN
+    /* cuDNN's SDPA (bf16), both backward graphs: its output and gradients
+     * against the fused kernels' (max |difference| / max |fused value|), and
+     * whether two backward runs give the same bits */
+    if (good && sizeof(T) == 2) {
+        const size_t on = (size_t)(N * C), dn = 3 * on;
+        std::vector<T> ref_o(on), ref_d(dn), got(dn), again(dn);
+        insitra_fused_attention_forward(out, lse, qkv, &sh, 0);
+        insitra_fused_attention_backward(dqkv, delta, dout, qkv, out, lse, &sh, 0);
+        cudaMemcpy(ref_o.data(), out, on * sizeof(T), cudaMemcpyDeviceToHost);
+        cudaMemcpy(ref_d.data(), dqkv, dn * sizeof(T), cudaMemcpyDeviceToHost);
+        const auto rel = [](const std::vector<T> &x, const std::vector<T> &ref, size_t n) {
+            double md = 0, mr = 0;
+            for (size_t i = 0; i < n; i++) {
+                const double r = (double)(float)ref[i], d = fabs((double)(float)x[i] - r);
+                md = d > md || d != d ? d : md, mr = fabs(r) > mr ? fabs(r) : mr;
+            }
+            return md / (mr > 0 ? mr : 1);
+        };
+        for (int det = 1; det >= 0; det--) {
+            const char *impl = det ? "cudnn_det" : "cudnn_nondet";
+            insitra_cudnn_attention *cu = nullptr;
+            insitra_status st = insitra_cudnn_attention_create(&cu, &sh, det, nullptr, 0);
+            if (st != INSITRA_STATUS_OK) {
+                printf("attention impl=%s unavailable: %s\n", impl, insitra_last_error());
+                continue;
+            }
+            printf("attention impl=%s %s\n", impl, insitra_cudnn_attention_describe(cu));
+            bool fine = ok(insitra_cudnn_attention_forward(cu, out, lse, qkv, 0), "cudnn forward") &&
+                        ok(insitra_cudnn_attention_backward(cu, dqkv, dout, qkv, out, lse, 0), "cudnn backward");
+            if (fine) {
+                cudaMemcpy(got.data(), out, on * sizeof(T), cudaMemcpyDeviceToHost);
+                const double eo = rel(got, ref_o, on);
+                cudaMemcpy(got.data(), dqkv, dn * sizeof(T), cudaMemcpyDeviceToHost);
+                const double ed = rel(got, ref_d, dn);
+                insitra_cudnn_attention_backward(cu, dqkv, dout, qkv, out, lse, 0);
+                cudaMemcpy(again.data(), dqkv, dn * sizeof(T), cudaMemcpyDeviceToHost);
+                const bool same = memcmp(got.data(), again.data(), dn * sizeof(T)) == 0;
+                printf("attention impl=%s check out_rel_err=%.3e dqkv_rel_err=%.3e rerun_bit_identical=%d\n", impl,
+                       eo, ed, (int)same);
+                const double f = time_ms([&] { insitra_cudnn_attention_forward(cu, out, lse, qkv, 0); }, a.reps);
+                const double b = time_ms(
+                    [&] { insitra_cudnn_attention_backward(cu, dqkv, dout, qkv, out, lse, 0); }, a.reps);
+                fine = ok(INSITRA_STATUS_OK, "cudnn timing");
+                if (fine) report(impl, f, b);
+            }
+            insitra_cudnn_attention_free(cu);
+        }
+    }
+#endif
 
     /* the materialised path, when its (B,H,T,T) buffers fit */
     insitra_matmul_ctx mm{};

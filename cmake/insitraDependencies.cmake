@@ -67,4 +67,27 @@ pkg_check_modules(YAML REQUIRED IMPORTED_TARGET yaml-0.1)
 if(INSITRA_ENABLE_CUDA)
   find_package(CUDAToolkit REQUIRED)
   find_package(NCCL REQUIRED)
+
+  # cuDNN 9 (optional): fused attention through its SDPA engines
+  # (lib/cuda/attention_cudnn.cu; INSITRA_GPU_ATTENTION picks at run time,
+  # docs/gpu.md). Only the header and
+  # libcudnn are needed (the backend C API; no cudnn-frontend). Left unset,
+  # INSITRA_ENABLE_CUDNN follows what is found; ON insists.
+  find_path(INSITRA_CUDNN_INCLUDE_DIR cudnn_graph.h HINTS ${CUDAToolkit_INCLUDE_DIRS} ENV CUDNN_ROOT
+            PATH_SUFFIXES include)
+  find_library(INSITRA_CUDNN_LIBRARY cudnn HINTS ${CUDAToolkit_LIBRARY_DIR} ENV CUDNN_ROOT
+               PATH_SUFFIXES lib lib64)
+  set(_insitra_cudnn_found OFF)
+  if(INSITRA_CUDNN_INCLUDE_DIR AND INSITRA_CUDNN_LIBRARY)
+    set(_insitra_cudnn_found ON)
+  endif()
+  if(NOT DEFINED INSITRA_ENABLE_CUDNN)
+    set(INSITRA_ENABLE_CUDNN ${_insitra_cudnn_found})
+    message(STATUS "insitra: cuDNN attention ${INSITRA_ENABLE_CUDNN} (cuDNN 9 found: ${_insitra_cudnn_found}; "
+                   "-DINSITRA_ENABLE_CUDNN=ON|OFF decides)")
+  elseif(INSITRA_ENABLE_CUDNN AND NOT _insitra_cudnn_found)
+    message(FATAL_ERROR "INSITRA_ENABLE_CUDNN=ON but cuDNN 9 was not found (cudnn_graph.h: "
+                        "${INSITRA_CUDNN_INCLUDE_DIR}, libcudnn: ${INSITRA_CUDNN_LIBRARY}): set CUDNN_ROOT to "
+                        "its install prefix, or -DINSITRA_ENABLE_CUDNN=OFF")
+  endif()
 endif()

@@ -1,5 +1,8 @@
 #include "gpu_sizes.h"
 
+#include <stdlib.h>
+#include <string.h>
+
 #include "backend.h"
 #include "checked.h"
 
@@ -20,6 +23,36 @@ static int64_t take(int64_t *used, int64_t n)
     const int64_t at = insitra_size_align(*used, INSITRA_GPU_ALIGN);
     *used = insitra_size_add(at, n);
     return at;
+}
+
+insitra_gpu_sdpa insitra_gpu_sdpa_choice(const insitra_model_dims *d, int64_t B, size_t act_size)
+{
+#ifdef INSITRA_HAVE_CUDNN
+    if (!insitra_gpu_attention_fused(act_size)) return INSITRA_GPU_SDPA_NONE;
+    const char *want = getenv("INSITRA_GPU_ATTENTION");
+    if (want && !strcmp(want, "fused")) return INSITRA_GPU_SDPA_NONE;
+    if (want && !strcmp(want, "cudnn")) return INSITRA_GPU_SDPA_DETERMINISTIC;
+    if (want && !strcmp(want, "cudnn-fast")) return INSITRA_GPU_SDPA_FAST;
+    if (want && *want && strcmp(want, "auto")) return INSITRA_GPU_SDPA_NONE;
+    const int64_t hd = d->n_heads > 0 ? d->d_model / d->n_heads : 0;
+    const int64_t dp = insitra_gpu_sdpa_bytes(B, d->n_heads, d->seq_len, hd, INSITRA_GPU_SDPA_DETERMINISTIC);
+    return dp <= INSITRA_GPU_SDPA_AUTO_BYTES ? INSITRA_GPU_SDPA_DETERMINISTIC : INSITRA_GPU_SDPA_NONE;
+#else
+    (void)d, (void)B, (void)act_size;
+    return INSITRA_GPU_SDPA_NONE;
+#endif
+}
+
+int64_t insitra_gpu_sdpa_bytes(int64_t B, int64_t H, int64_t T, int64_t hd, insitra_gpu_sdpa mode)
+{
+    if (mode == INSITRA_GPU_SDPA_NONE) return 0;
+    const int64_t rows = mul(mul(B, H), T), T128 = insitra_size_align(T, 128);
+    int64_t u = 0;
+    take(&u, mul(rows, (int64_t)sizeof(float)));
+    if (mode == INSITRA_GPU_SDPA_DETERMINISTIC) take(&u, mul(mul(mul(B, H), mul(T128, T128)), 2));
+    else take(&u, mul(mul(rows, hd), (int64_t)sizeof(float)));
+    take(&u, INSITRA_GPU_SDPA_PLAN_MARGIN);
+    return insitra_size_align(u, INSITRA_GPU_ALIGN);
 }
 
 insitra_gpu_workspace insitra_gpu_workspace_for(const insitra_model_dims *d, int64_t B, size_t act_size)
@@ -43,6 +76,8 @@ insitra_gpu_workspace insitra_gpu_workspace_for(const insitra_model_dims *d, int
     w.segment_partial =
         take(&u, insitra_param_layout_count(d->n_layers) * INSITRA_GPU_SEGMENT_BLOCKS * (int64_t)sizeof(double));
     w.gemm = take(&u, INSITRA_GPU_GEMM_WORKSPACE);
+    w.sdpa_bytes = insitra_gpu_sdpa_bytes(B, H, T, H > 0 ? C / H : 0, insitra_gpu_sdpa_choice(d, B, act_size));
+    w.sdpa = take(&u, w.sdpa_bytes);
     w.total = u;
     return w;
 }

@@ -12,10 +12,14 @@
  * bit-identical.
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "attention.cuh"
+#ifdef INSITRA_HAVE_CUDNN
+#include "attention_cudnn.cuh"
+#endif
 #include "cuda_util.h"
 #include "kernels.cuh"
 #include "matmul.cuh"
@@ -44,6 +48,14 @@ struct cuda_backend {
     int next_event;
     cudaGraphExec_t exec;
     unsigned long long *nonfinite_dev, *nonfinite_host;
+#ifdef INSITRA_HAVE_CUDNN
+    /* cuDNN's SDPA for the reserved shape, when INSITRA_GPU_ATTENTION asks
+     * for it and cuDNN takes the shape (attention_cudnn.cuh); else NULL and
+     * the fused kernels run */
+    insitra_cudnn_attention *sdpa;
+    insitra_attention_shape sdpa_shape;
+    char *sdpa_ws; /* the workspace region it was made with */
+#endif
 };
 
 cuda_backend *cu(insitra_backend *be) { return (cuda_backend *)be; }
@@ -128,6 +140,55 @@ bool probe_fused_gelu(cuda_backend *c, const insitra_model_dims *d, int64_t B)
     return insitra_matmul_supported(&c->mm, &f, c->ab, c->ab) && insitra_matmul_supported(&c->mm, &b, c->ab, c->ab);
 }
 
+#ifdef INSITRA_HAVE_CUDNN
+/* cuDNN runs a layer only at the shape it was planned for (field by field:
+ * the struct's padding bytes are not part of the shape). */
+bool same_shape(const insitra_attention_shape &a, const insitra_attention_shape &b)
+{
+    return a.B == b.B && a.T == b.T && a.C == b.C && a.H == b.H && a.causal == b.causal && a.bf16 == b.bf16;
+}
+
+insitra_cudnn_attention *sdpa_for(cuda_backend *c, const insitra_attention_shape *sh)
+{
+    return c->sdpa && same_shape(c->sdpa_shape, *sh) ? c->sdpa : nullptr;
+}
+
+/* cuDNN's SDPA where insitra_gpu_sdpa_choice (lib/gpu_sizes.h) picks it, in
+ * the workspace region the planner counts. A shape or a cuDNN that cuDNN
+ * refuses falls back to the fused kernels, said once on stderr. */
+insitra_status reserve_cudnn_attention(cuda_backend *c, const insitra_model_dims *d, int64_t B,
+                                       const insitra_attention_shape *sh)
+{
+    const char *want = getenv("INSITRA_GPU_ATTENTION");
+    if (want && *want && strcmp(want, "fused") && strcmp(want, "auto") && strcmp(want, "cudnn") &&
+        strcmp(want, "cudnn-fast"))
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "INSITRA_GPU_ATTENTION=%s: expected auto, fused, cudnn or cudnn-fast", want);
+    const insitra_gpu_sdpa mode = insitra_gpu_sdpa_choice(d, B, 2);
+    if (c->sdpa && (mode == INSITRA_GPU_SDPA_NONE || !same_shape(c->sdpa_shape, *sh) ||
+                    ws_at<char>(c, c->ws.sdpa) != c->sdpa_ws)) {
+        insitra_cudnn_attention_free(c->sdpa);
+        c->sdpa = nullptr;
+    }
+    if (mode == INSITRA_GPU_SDPA_NONE || c->sdpa) return INSITRA_STATUS_OK;
+    static bool said;
+    c->sdpa_ws = ws_at<char>(c, c->ws.sdpa);
+    if (insitra_cudnn_attention_create(&c->sdpa, sh, mode == INSITRA_GPU_SDPA_DETERMINISTIC, c->sdpa_ws,
+                                       c->ws.sdpa_bytes) != INSITRA_STATUS_OK) {
+        if (!said) fprintf(stderr, "insitra: cuDNN attention not taken (%s); the fused kernels run\n",
+                           insitra_last_error());
+        said = true;
+        insitra_error_clear();
+        return INSITRA_STATUS_OK;
+    }
+    c->sdpa_shape = *sh;
+    if (!said) fprintf(stderr, "insitra: attention: %s\n", insitra_cudnn_attention_describe(c->sdpa));
+    said = true;
+    return INSITRA_STATUS_OK;
+}
+
+#endif
+
 insitra_status cuda_reserve(insitra_backend *be, const insitra_model_dims *d, int64_t B)
 {
     cuda_backend *c = cu(be);
@@ -145,6 +206,12 @@ insitra_status cuda_reserve(insitra_backend *be, const insitra_model_dims *d, in
         INSITRA_CHECK(insitra_fused_attention_check(&sh));
     }
     c->ws = w;
+#ifdef INSITRA_HAVE_CUDNN
+    if (insitra_gpu_attention_fused(be->act_size)) {
+        const insitra_attention_shape run{B, d->seq_len, d->d_model, d->n_heads, d->causal, c->bf16};
+        INSITRA_CHECK(reserve_cudnn_attention(c, d, B, &run));
+    }
+#endif
     c->mm.workspace = ws_at<char>(c, w.gemm);
     c->mm.workspace_bytes = (size_t)INSITRA_GPU_GEMM_WORKSPACE;
     c->fused_gelu = probe_fused_gelu(c, d, B);
@@ -467,6 +534,10 @@ insitra_status cuda_attention_forward(insitra_backend *be, void *out, void *stat
     if (insitra_gpu_attention_fused(be->act_size)) {
         /* state: the log-sum-exp of every row (B,H,T) */
         const insitra_attention_shape sh{B, T, C, H, causal, c->bf16};
+#ifdef INSITRA_HAVE_CUDNN
+        if (insitra_cudnn_attention *a = sdpa_for(c, &sh))
+            return insitra_cudnn_attention_forward(a, out, (float *)state, qkv, c->cs);
+#endif
         return insitra_fused_attention_forward(out, (float *)state, qkv, &sh, c->cs);
     }
     /* materialised (fp32): state holds the probabilities (B,H,T,T) */
@@ -481,6 +552,10 @@ insitra_status cuda_attention_backward(insitra_backend *be, void *dqkv, const vo
     cuda_backend *c = cu(be);
     if (insitra_gpu_attention_fused(be->act_size)) {
         const insitra_attention_shape sh{B, T, C, H, causal, c->bf16};
+#ifdef INSITRA_HAVE_CUDNN
+        if (insitra_cudnn_attention *a = sdpa_for(c, &sh))
+            return insitra_cudnn_attention_backward(a, dqkv, dout, qkv, out, (const float *)state, c->cs);
+#endif
         return insitra_fused_attention_backward(dqkv, ws_at<float>(c, c->ws.delta), dout, qkv, out,
                                                 (const float *)state, &sh, c->cs);
     }
@@ -748,6 +823,9 @@ void cuda_free(insitra_backend *be)
     for (cudaEvent_t e : c->ev)
         if (e) cudaEventDestroy(e);
     insitra_matmul_free(&c->mm);
+#ifdef INSITRA_HAVE_CUDNN
+    insitra_cudnn_attention_free(c->sdpa);
+#endif
     if (c->workspace) cudaFree(c->workspace);
     if (c->nonfinite_dev) cudaFree(c->nonfinite_dev);
     if (c->nonfinite_host) cudaFreeHost(c->nonfinite_host);
