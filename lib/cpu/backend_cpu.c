@@ -123,10 +123,6 @@ static insitra_status cpu_linear_forward(insitra_backend *be, void *out, void *g
         insitra_linear_forward(out, inp, w, b, residual, N, IC, OC);
         return INSITRA_STATUS_OK;
     }
-    if (!residual) { /* the MLP's first layer: bias and GELU in one pass after the GEMM */
-        insitra_linear_gelu_forward(out, gelu_pre, inp, w, b, N, IC, OC);
-        return INSITRA_STATUS_OK;
-    }
     insitra_linear_forward(gelu_pre, inp, w, b, residual, N, IC, OC);
     insitra_gelu_forward(out, gelu_pre, N * OC);
     return INSITRA_STATUS_OK;

@@ -292,27 +292,14 @@ void insitra_attention_backward(float *dqkv, float *datt, const float *dout, con
 #define GELU_K 0.7978845608028654f /* sqrt(2 / pi) */
 #define GELU_A 0.044715f
 
-static inline float gelu(float x) { return 0.5f * x * (1.0f + vtanhf(GELU_K * (x + GELU_A * x * x * x))); }
-
-VECTOR_CLONES
-void insitra_linear_gelu_forward(float *out, float *pre, const float *inp, const float *w,
-                                 const float *b, int64_t N, int64_t IC, int64_t OC)
-{
-    insitra_sgemm(false, true, N, OC, IC, 1.0f, inp, IC, w, IC, 0.0f, pre, OC);
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; n++) {
-        float *p = pre + n * OC, *o = out + n * OC;
-        if (b)
-            for (int64_t j = 0; j < OC; j++) p[j] += b[j];
-        for (int64_t j = 0; j < OC; j++) o[j] = gelu(p[j]);
-    }
-}
-
 VECTOR_CLONES
 void insitra_gelu_forward(float *out, const float *inp, int64_t n)
 {
 #pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < n; i++) out[i] = gelu(inp[i]);
+    for (int64_t i = 0; i < n; i++) {
+        const float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + vtanhf(GELU_K * (x + GELU_A * x * x * x)));
+    }
 }
 
 VECTOR_CLONES

@@ -15,11 +15,6 @@
  * residual and b may be NULL; residual may not alias out. */
 void insitra_linear_forward(float *out, const float *inp, const float *w, const float *b,
                             const float *residual, int64_t N, int64_t IC, int64_t OC);
-/* pre (N,OC) = inp (N,IC) @ w^T + b and out (N,OC) = gelu(pre): the GEMM
- * writes pre, then one pass adds the bias and applies the GELU (no seeding
- * pass before the GEMM, which then need not read pre back). b may be NULL. */
-void insitra_linear_gelu_forward(float *out, float *pre, const float *inp, const float *w,
-                                 const float *b, int64_t N, int64_t IC, int64_t OC);
 /* dinp (N,IC) = dout (N,OC) @ w (dinp may be NULL); dw (OC,IC) += dout^T @ inp;
  * db (OC) += column sums of dout (db may be NULL). */
 void insitra_linear_backward(float *dinp, float *dw, float *db, const float *dout,
