@@ -10,13 +10,17 @@
  * dout @ w, dw += dout^T @ in) for configs S and M, median of reps calls per
  * shape after warmup untimed calls, and prints the rate over all of a config's shapes weighted by how
  * often a step runs each: total FLOPs / total median time. Threads: the
- * provider's OpenMP (OMP_NUM_THREADS).
+ * provider's OpenMP (OMP_NUM_THREADS). It also prints the rate per second of
+ * the process's CPU time (cpu_gflops, summed over its threads): on a shared
+ * machine a one-thread run's CPU-time rate is what the library would reach
+ * alone, where its wall-clock rate is whatever share of the core it got.
  */
 #include <omp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cpu/gemm.h"
 
@@ -57,14 +61,22 @@ static int linear_shapes(shape *s, const char *what, int64_t N, int64_t IC, int6
     return n;
 }
 
-static double time_shape(const shape *s, int reps, int warmup, double *best)
+static double cpu_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Median wall time of one call; best: the fastest; cpu: the median CPU time. */
+static double time_shape(const shape *s, int reps, int warmup, double *best, double *cpu)
 {
     const int64_t ar = s->ta ? s->k : s->m, ac = s->ta ? s->m : s->k;
     const int64_t br = s->tb ? s->n : s->k, bc = s->tb ? s->k : s->n;
     float *a = malloc((size_t)(ar * ac) * sizeof *a), *b = malloc((size_t)(br * bc) * sizeof *b);
     float *c = malloc((size_t)(s->m * s->n) * sizeof *c);
-    double *t = malloc((size_t)reps * sizeof *t);
-    if (!a || !b || !c || !t) {
+    double *t = malloc((size_t)reps * sizeof *t), *tc = malloc((size_t)reps * sizeof *tc);
+    if (!a || !b || !c || !t || !tc) {
         fprintf(stderr, "bench_gemm: out of memory\n");
         exit(1);
     }
@@ -72,14 +84,16 @@ static double time_shape(const shape *s, int reps, int warmup, double *best)
     for (int64_t i = 0; i < br * bc; i++) b[i] = (float)((i * 5 % 11) - 5) * 0.01f;
     memset(c, 0, (size_t)(s->m * s->n) * sizeof *c);
     for (int r = -warmup; r < reps; r++) { /* untimed calls: threads, first touch */
-        const double t0 = omp_get_wtime();
+        const double t0 = omp_get_wtime(), c0 = cpu_seconds();
         insitra_sgemm(s->ta, s->tb, s->m, s->n, s->k, 1.0f, a, ac, b, bc, s->beta, c, s->n);
-        if (r >= 0) t[r] = omp_get_wtime() - t0;
+        if (r >= 0) t[r] = omp_get_wtime() - t0, tc[r] = cpu_seconds() - c0;
     }
     qsort(t, (size_t)reps, sizeof *t, cmp);
+    qsort(tc, (size_t)reps, sizeof *tc, cmp);
     const double med = reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
+    *cpu = reps % 2 ? tc[reps / 2] : 0.5 * (tc[reps / 2 - 1] + tc[reps / 2]);
     *best = t[0];
-    free(a), free(b), free(c), free(t);
+    free(a), free(b), free(c), free(t), free(tc);
     return med;
 }
 
@@ -110,10 +124,10 @@ int main(int argc, char **argv)
         n += linear_shapes(s + n, "fc", N, C, 4 * C, md->L, true);
         n += linear_shapes(s + n, "fcproj", N, 4 * C, C, md->L, true);
         n += linear_shapes(s + n, "out", N, C, md->F, 1, true);
-        double flops = 0, secs = 0, best = 0;
+        double flops = 0, secs = 0, best = 0, cpu_secs = 0;
         for (int i = 0; i < n; i++) {
-            double b;
-            const double t = time_shape(&s[i], reps, warmup, &b);
+            double b, tc;
+            const double t = time_shape(&s[i], reps, warmup, &b, &tc);
             const double f = 2.0 * (double)(s[i].m * s[i].n * s[i].k);
             printf("  %s %-6s %c%c m=%5lld n=%5lld k=%5lld x%-2lld %8.2f GFLOP/s\n", md->name, s[i].what,
                    s[i].ta ? 'T' : 'N', s[i].tb ? 'T' : 'N', (long long)s[i].m, (long long)s[i].n,
@@ -121,11 +135,14 @@ int main(int argc, char **argv)
             flops += f * (double)s[i].count;
             secs += t * (double)s[i].count;
             best += b * (double)s[i].count;
+            cpu_secs += tc * (double)s[i].count;
         }
-        printf("%s: %.2f GFLOP/s over the step's linear products (%.1f ms a step; best calls %.2f GFLOP/s)\n",
-               md->name, flops / secs * 1e-9, secs * 1e3, flops / best * 1e-9);
-        len += snprintf(result + len, sizeof result - (size_t)len, " %s_gflops=%.2f %s_ms=%.2f",
-                        md->name, flops / secs * 1e-9, md->name, secs * 1e3);
+        printf("%s: %.2f GFLOP/s over the step's linear products (%.1f ms a step; best calls %.2f "
+               "GFLOP/s; per CPU second %.2f)\n",
+               md->name, flops / secs * 1e-9, secs * 1e3, flops / best * 1e-9, flops / cpu_secs * 1e-9);
+        len += snprintf(result + len, sizeof result - (size_t)len,
+                        " %s_gflops=%.2f %s_ms=%.2f %s_cpu_gflops=%.2f", md->name, flops / secs * 1e-9,
+                        md->name, secs * 1e3, md->name, flops / cpu_secs * 1e-9);
     }
     printf("%s\n", result);
     return 0;

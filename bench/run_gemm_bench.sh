@@ -45,7 +45,7 @@ done
 ((${#programs[@]})) || die "no bench_gemm_* under $build"
 
 # A run: label, then the environment and program.
-declare -A s_rates m_rates kernels
+declare -A s_rates m_rates s_cpu m_cpu kernels
 run_one() {
     local label=$1 line
     shift
@@ -54,8 +54,10 @@ run_one() {
     kernels[$label]=$(printf '%s\n' "$line" | tr ' ' '\n' | sed -n 's/^kernel=//p')
     s_rates[$label]+="$(printf '%s\n' "$line" | tr ' ' '\n' | sed -n 's/^S_gflops=//p') "
     m_rates[$label]+="$(printf '%s\n' "$line" | tr ' ' '\n' | sed -n 's/^M_gflops=//p') "
-    [[ $configs == *S* ]] || s_rates[$label]+="- "
-    [[ $configs == *M* ]] || m_rates[$label]+="- "
+    s_cpu[$label]+="$(printf '%s\n' "$line" | tr ' ' '\n' | sed -n 's/^S_cpu_gflops=//p') "
+    m_cpu[$label]+="$(printf '%s\n' "$line" | tr ' ' '\n' | sed -n 's/^M_cpu_gflops=//p') "
+    [[ $configs == *S* ]] || { s_rates[$label]+="- "; s_cpu[$label]+="- "; }
+    [[ $configs == *M* ]] || { m_rates[$label]+="- "; m_cpu[$label]+="- "; }
 }
 labels=()
 for ((r = 0; r < rounds; r++)); do
@@ -75,10 +77,14 @@ median() { tr ' ' '\n' | sed '/^$/d' | sort -g | awk '{v[NR] = $1} END { print (
 
 echo "threads=$OMP_NUM_THREADS cores=${INSITRA_BENCH_CPUS:-all (not pinned)} rounds=$rounds reps=$reps" \
      "load=$(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-34s | %-18s | %12s | %12s | %s\n' provider kernel "S GFLOP/s" "M GFLOP/s" "all rounds (S; M)"
-printf '%s\n' "-----------------------------------+--------------------+--------------+--------------+------------------"
+printf '%-34s | %-18s | %10s | %10s | %10s | %10s | %s\n' provider kernel "S GFLOP/s" "M GFLOP/s" \
+       "S per CPU" "M per CPU" "all rounds (S; M)"
+printf '%s\n' "-----------------------------------+--------------------+------------+------------+------------+------------+------------------"
 for label in "${labels[@]}"; do
-    printf '%-34s | %-18s | %12s | %12s | %s; %s\n' "$label" "${kernels[$label]}" \
+    printf '%-34s | %-18s | %10s | %10s | %10s | %10s | %s; %s\n' "$label" "${kernels[$label]}" \
            "$(median <<<"${s_rates[$label]}")" "$(median <<<"${m_rates[$label]}")" \
+           "$(median <<<"${s_cpu[$label]}")" "$(median <<<"${m_cpu[$label]}")" \
            "${s_rates[$label]% }" "${m_rates[$label]% }"
 done
+echo "GFLOP/s: wall clock; per CPU: per second of the process's CPU time over all its threads (with one"
+echo "thread on a shared machine, the rate the library reaches when it has the core to itself)"
