@@ -55,9 +55,9 @@ static int linear_shapes(shape *s, const char *what, int64_t N, int64_t IC, int6
                          bool need_dinp)
 {
     int n = 0;
-    s[n++] = (shape){what, false, true, N, OC, IC, 1.0f, count};          /* fwd: in @ w^T */
+    s[n++] = (shape){what, false, true, N, OC, IC, 1.0f, count};                 /* fwd: in @ w^T */
     if (need_dinp) s[n++] = (shape){what, false, false, N, IC, OC, 0.0f, count}; /* dinp = dout @ w */
-    s[n++] = (shape){what, true, false, OC, IC, N, 1.0f, count};           /* dw += dout^T @ in */
+    s[n++] = (shape){what, true, false, OC, IC, N, 1.0f, count};                 /* dw += dout^T @ in */
     return n;
 }
 

@@ -92,14 +92,15 @@ def main():
         opt.step()
         return loss.item()
 
-    times = []
+    times, cpu_times = [], []
     loss = float("nan")
     for i in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = step(i)
         dt = time.perf_counter() - t0
         if i >= args.warmup:
             times.append(dt)
+            cpu_times.append(time.process_time() - c0)
     if not math.isfinite(loss):
         sys.exit("bench_torch: loss is not finite")
 
@@ -114,7 +115,8 @@ def main():
           f"step_ms={1e3 * step_s:.3f} step_ms_min={1e3 * min(times):.3f} "
           f"step_ms_mean={1e3 * statistics.fmean(times):.3f} "
           f"tokens_per_s={tokens_per_s:.1f} "
-          f"gflops={flops_per_token * tokens_per_s * 1e-9:.2f} loss={loss:.6g} "
+          f"gflops={flops_per_token * tokens_per_s * 1e-9:.2f} "
+          f"cpu_ms={1e3 * statistics.median(cpu_times):.3f} loss={loss:.6g} "
           f"torch_version={torch.__version__} torch_blas={blas} torch_onednn={onednn}")
 
 

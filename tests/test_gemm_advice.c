@@ -21,8 +21,8 @@ static void expect_advice(insitra_test *t, const char *provider, const char *ker
 {
     char advice[512];
     const bool got = insitra_gemm_kernel_advice(provider, kernel, flags, advice, sizeof advice);
-    EXPECT(t, got == want, "%s %s on [%s]: advice %d, expected %d (%s)", provider, kernel, flags, got,
-           want, advice);
+    EXPECT(t, got == want, "%s %s on [%s]: advice %d, expected %d (%s)", provider, kernel, flags, got, want,
+           advice);
     if (want && must_contain)
         EXPECT(t, strstr(advice, must_contain) != NULL, "%s %s: advice lacks '%s': %s", provider, kernel,
                must_contain, advice);
@@ -72,7 +72,7 @@ int main(int argc, char **argv)
     EXPECT(&t, gemm.provider[0] != '\0' && blas.provider[0] != '\0', "a provider is named");
     const bool warn = insitra_gemm_kernel_advice(gemm.provider, gemm.kernel, flags, advice, sizeof advice);
     if (t.rank == 0)
-        printf("this machine: GEMM %s (%s), CBLAS %s (%s): %s\n", gemm.provider, gemm.kernel,
-               blas.provider, blas.kernel, warn ? advice : "kernels match the CPU");
+        printf("this machine: GEMM %s (%s), CBLAS %s (%s): %s\n", gemm.provider, gemm.kernel, blas.provider,
+               blas.kernel, warn ? advice : "kernels match the CPU");
     return insitra_test_end(&t);
 }

@@ -14,17 +14,16 @@
 
 /* c (M,N) = alpha * op(a) @ op(b) + beta * c, row-major; op(a) (M,K) is a
  * (M,K) or, with trans_a, a (K,M) read transposed; op(b) (K,N) likewise. */
-void insitra_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                   const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
-                   int64_t ldc);
+void insitra_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *a,
+                   int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
 /* What runs the products, as found at run time. */
 typedef struct insitra_gemm_info {
-    char provider[64]; /* "OpenBLAS 0.3.21", "BLIS 0.9.0", "oneDNN 2.6.0", "CBLAS (unknown)" */
-    char kernel[64];   /* the kernel set in use: OpenBLAS's core name, BLIS's
-                        * sub-configuration, oneDNN's instruction set; "" if unknown */
+    char provider[64];    /* "OpenBLAS 0.3.21", "BLIS 0.9.0", "oneDNN 2.6.0", "CBLAS (unknown)" */
+    char kernel[64];      /* the kernel set in use: OpenBLAS's core name, BLIS's
+                           * sub-configuration, oneDNN's instruction set; "" if unknown */
     bool kernel_from_env; /* OpenBLAS: OPENBLAS_CORETYPE chose the kernel */
-    int threads;       /* the provider's thread count outside parallel regions; 0 if unknown */
+    int threads;          /* the provider's thread count outside parallel regions; 0 if unknown */
 } insitra_gemm_info;
 
 /* The provider of the linear layers' products (insitra_sgemm). */
@@ -40,8 +39,8 @@ void insitra_blas_info_get(insitra_gemm_info *info);
  * space-separated flags of /proc/cpuinfo. Returns true and one sentence with
  * the fix in advice (size bytes) when they differ; false when they match or
  * either side is unknown. */
-bool insitra_gemm_kernel_advice(const char *provider, const char *kernel, const char *cpu_flags,
-                                char *advice, size_t size);
+bool insitra_gemm_kernel_advice(const char *provider, const char *kernel, const char *cpu_flags, char *advice,
+                                size_t size);
 
 /* This CPU's flags line from /proc/cpuinfo into flags (size bytes); "" where
  * there is none (not Linux, not x86). */

@@ -94,6 +94,7 @@ typedef struct kernel_width {
 } kernel_width;
 
 /* OpenBLAS's x86-64 core names (openblas_get_corename, OPENBLAS_CORETYPE). */
+/* clang-format off */
 static const kernel_width openblas_kernels[] = {
     {"SapphireRapids", VEC_AVX512}, {"Cooperlake", VEC_AVX512}, {"SkylakeX", VEC_AVX512},
     {"Haswell", VEC_AVX2}, {"Zen", VEC_AVX2},
@@ -111,6 +112,7 @@ static const kernel_width blis_kernels[] = {
     {"steamroller", VEC_AVX}, {"excavator", VEC_AVX},
     {"penryn", VEC_SSE}, {"generic", VEC_SSE},
 };
+/* clang-format on */
 /* The OpenBLAS core to name in the advice for each CPU width. */
 static const char *const openblas_fix[] = {"", "", "Sandybridge", "Haswell", "SkylakeX"};
 
@@ -118,7 +120,8 @@ static int has_word(const char *list, const char *word)
 {
     const size_t n = strlen(word);
     for (const char *p = list; (p = strstr(p, word)) != NULL; p += n)
-        if ((p == list || p[-1] == ' ' || p[-1] == '\t') && (p[n] == '\0' || p[n] == ' ' || p[n] == '\t' || p[n] == '\n'))
+        if ((p == list || p[-1] == ' ' || p[-1] == '\t') &&
+            (p[n] == '\0' || p[n] == ' ' || p[n] == '\t' || p[n] == '\n'))
             return 1;
     return 0;
 }
@@ -149,8 +152,8 @@ static int onednn_width(const char *isa)
     return VEC_UNKNOWN;
 }
 
-bool insitra_gemm_kernel_advice(const char *provider, const char *kernel, const char *cpu_flags,
-                                char *advice, size_t size)
+bool insitra_gemm_kernel_advice(const char *provider, const char *kernel, const char *cpu_flags, char *advice,
+                                size_t size)
 {
     if (size) advice[0] = '\0';
     if (!provider || !kernel || !cpu_flags) return false;
