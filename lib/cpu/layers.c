@@ -1,10 +1,10 @@
 #include "layers.h"
 
 #include <cblas.h>
-
-#include "gemm.h"
 #include <math.h>
 #include <string.h>
+
+#include "gemm.h"
 
 /* Elementwise and row kernels are built twice, for AVX2 and for baseline
  * x86-64, and the loader picks one per machine (GCC function multiversioning),
