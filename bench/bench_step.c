@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cblas.h>
 #include <mpi.h>
@@ -69,6 +70,14 @@ static float next_uniform(uint64_t *state)
 {
     *state = *state * 6364136223846793005ULL + 1442695040888963407ULL;
     return (float)((*state >> 40) * (1.0 / 8388608.0) - 1.0);
+}
+
+/* Seconds of CPU time of the whole process (all threads). */
+static double cpu_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static const char *thread_env(void)
@@ -194,20 +203,23 @@ static int bench_training(bench_config *bc, int warmup, int steps, int n_overrid
 
     double *times = malloc((size_t)steps * sizeof *times);
     double *waits = malloc((size_t)steps * sizeof *waits);
-    if (!times || !waits) {
+    double *cpus = malloc((size_t)steps * sizeof *cpus);
+    if (!times || !waits || !cpus) {
         free(times);
         free(waits);
+        free(cpus);
         insitra_trainer_free(trainer);
         return 1;
     }
     insitra_metrics metrics = {0};
     int err = 0;
     for (int i = 0; i < warmup + steps && !err; i++) {
-        double t0 = MPI_Wtime();
+        double t0 = MPI_Wtime(), c0 = cpu_seconds();
         err = check(insitra_train_step(trainer, &metrics), "insitra_train_step");
         double dt = MPI_Wtime() - t0;
         if (i >= warmup) {
             times[i - warmup] = dt;
+            cpus[i - warmup] = cpu_seconds() - c0;
             waits[i - warmup] = metrics.comm_wait_seconds;
         }
     }
@@ -221,6 +233,7 @@ static int bench_training(bench_config *bc, int warmup, int steps, int n_overrid
             mean += times[i] / steps;
         double step_s = median(times, steps);
         double wait_s = median(waits, steps);
+        double cpu_s = median(cpus, steps);
         double tokens = (double)(nranks * bc->batch_size * bc->seq_len);
         double flops_per_token =
             6.0 * (double)params + 12.0 * (double)(bc->n_layers * bc->d_model * bc->seq_len);
@@ -228,13 +241,15 @@ static int bench_training(bench_config *bc, int warmup, int steps, int n_overrid
         printf("insitra config=%s ranks=%d threads=%s warmup=%d steps=%d params=%lld "
                "tokens_per_step=%.0f flops_per_token=%.0f step_ms=%.3f step_ms_min=%.3f "
                "step_ms_mean=%.3f tokens_per_s=%.1f gflops=%.2f comm_wait_ms=%.3f "
-               "comm_share=%.4f loss=%.6g\n",
+               "comm_share=%.4f cpu_ms=%.3f loss=%.6g\n",
                bc->name, nranks, thread_env(), warmup, steps, (long long)params, tokens,
                flops_per_token, 1e3 * step_s, 1e3 * times[0], 1e3 * mean, tokens_per_s,
-               flops_per_token * tokens_per_s * 1e-9, 1e3 * wait_s, wait_s / step_s, metrics.loss);
+               flops_per_token * tokens_per_s * 1e-9, 1e3 * wait_s, wait_s / step_s, 1e3 * cpu_s,
+               metrics.loss);
     }
     free(times);
     free(waits);
+    free(cpus);
     err |= check(insitra_trainer_free(trainer), "insitra_trainer_free");
     return err;
 }

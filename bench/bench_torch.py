@@ -10,12 +10,15 @@ zero_grad, forward, MSE loss, backward, clip_grad_norm_(1.0), AdamW step with
 the same parameter groups. The last line printed is key=value pairs in the
 same form as bench_step's, with "torch" as the first word.
 
-Use Debian's python3 (/usr/bin/python3, python3-torch): its torch calls the
-same OpenBLAS as insitra, so both sides run on the same sgemm.
+bench/run_step_bench.sh runs it with the newest torch it finds on the
+machine (the strongest peer: a pip wheel with oneDNN and MKL where there is
+one, else Debian's python3-torch). The result line names torch's version and
+its BLAS (torch_blas, from torch.__config__.show()).
 """
 import argparse
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -38,6 +41,14 @@ CAPACITY = 64  # samples in the store, as data.capacity in bench_step.c
 WEIGHT_DECAY = 0.01
 LR, MIN_LR, LR_WARMUP, LR_DECAY = 1e-3, 1e-5, 100, 10000
 BETAS, EPS = (0.9, 0.95), 1e-8
+
+
+def blas_info():
+    """torch's BLAS as its build configuration names it (BLAS_INFO=...), and oneDNN's presence."""
+    found = re.search(r"BLAS_INFO=([^,\s]+)", torch.__config__.show())
+    blas = found.group(1) if found else "unknown"
+    onednn = "yes" if torch.backends.mkldnn.is_available() else "no"
+    return blas, onednn
 
 
 def default_threads():
@@ -81,17 +92,19 @@ def main():
         opt.step()
         return loss.item()
 
-    times = []
+    times, cpu_times = [], []
     loss = float("nan")
     for i in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = step(i)
         dt = time.perf_counter() - t0
         if i >= args.warmup:
             times.append(dt)
+            cpu_times.append(time.process_time() - c0)
     if not math.isfinite(loss):
         sys.exit("bench_torch: loss is not finite")
 
+    blas, onednn = blas_info()
     step_s = statistics.median(times)
     tokens = B * T
     flops_per_token = 6 * params + 12 * L * C * T
@@ -102,8 +115,9 @@ def main():
           f"step_ms={1e3 * step_s:.3f} step_ms_min={1e3 * min(times):.3f} "
           f"step_ms_mean={1e3 * statistics.fmean(times):.3f} "
           f"tokens_per_s={tokens_per_s:.1f} "
-          f"gflops={flops_per_token * tokens_per_s * 1e-9:.2f} loss={loss:.6g} "
-          f"torch_version={torch.__version__}")
+          f"gflops={flops_per_token * tokens_per_s * 1e-9:.2f} "
+          f"cpu_ms={1e3 * statistics.median(cpu_times):.3f} loss={loss:.6g} "
+          f"torch_version={torch.__version__} torch_blas={blas} torch_onednn={onednn}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,18 @@ else()
   find_package(BLAS REQUIRED)
   set(insitra_blas_link BLAS::BLAS)
 endif()
+# BLIS (BLA_VENDOR=FLAME) keeps its cblas.h apart from OpenBLAS's on Debian:
+# looked at first, so that the header matches the library.
+set(insitra_blis_include_hints "")
+foreach(dir IN LISTS CMAKE_SYSTEM_INCLUDE_PATH CMAKE_C_IMPLICIT_INCLUDE_DIRECTORIES)
+  list(APPEND insitra_blis_include_hints "${dir}/${CMAKE_LIBRARY_ARCHITECTURE}/blis-openmp" "${dir}/blis")
+endforeach()
+set(insitra_cblas_hints "")
+if(BLA_VENDOR STREQUAL "FLAME")
+  set(insitra_cblas_hints ${insitra_blis_include_hints})
+endif()
 find_path(INSITRA_CBLAS_INCLUDE_DIR cblas.h
+  HINTS ${insitra_cblas_hints}
   PATH_SUFFIXES openblas openblas-openmp openblas-pthread blis
   DOC "Directory holding cblas.h")
 if(NOT INSITRA_CBLAS_INCLUDE_DIR)
@@ -57,9 +68,41 @@ if(NOT INSITRA_HAVE_CBLAS_SGEMM)
 endif()
 if(NOT TARGET insitra_cblas)
   add_library(insitra_cblas INTERFACE)
-  target_include_directories(insitra_cblas INTERFACE "${INSITRA_CBLAS_INCLUDE_DIR}")
+  # SYSTEM: BLIS's cblas.h defines unused static functions (warnings).
+  target_include_directories(insitra_cblas SYSTEM INTERFACE "${INSITRA_CBLAS_INCLUDE_DIR}")
   target_link_libraries(insitra_cblas INTERFACE ${insitra_blas_link})
 endif()
+
+# The GEMMs of the CPU backend's linear layers (lib/cpu/gemm.c): oneDNN's
+# dnnl_sgemm, or the CBLAS above (attention calls the CBLAS either way).
+# Chosen by measurement on the model's own shapes (bench/bench_gemm.c,
+# bench/README.md "GEMM candidates"): oneDNN was fastest on both CPUs tried.
+# AUTO takes oneDNN when find_package(oneDNN) finds it, else the BLAS.
+set(INSITRA_CPU_GEMM "AUTO" CACHE STRING
+    "GEMM of the CPU backend's linear layers: AUTO (oneDNN if found, else BLAS), oneDNN, BLAS")
+set_property(CACHE INSITRA_CPU_GEMM PROPERTY STRINGS AUTO oneDNN BLAS)
+if(NOT INSITRA_CPU_GEMM MATCHES "^(AUTO|oneDNN|BLAS)$")
+  message(FATAL_ERROR "INSITRA_CPU_GEMM=${INSITRA_CPU_GEMM}: allowed values are AUTO, oneDNN, BLAS")
+endif()
+if(INSITRA_CPU_GEMM STREQUAL "oneDNN")
+  find_package(oneDNN)
+  if(NOT oneDNN_FOUND)
+    message(FATAL_ERROR "INSITRA_CPU_GEMM=oneDNN but oneDNN was not found (Debian: libdnnl-dev; "
+                        "Spack: onednn): set oneDNN_ROOT to its prefix, or choose "
+                        "INSITRA_CPU_GEMM=BLAS")
+  endif()
+elseif(INSITRA_CPU_GEMM STREQUAL "AUTO")
+  find_package(oneDNN QUIET)
+endif()
+if(oneDNN_FOUND AND NOT INSITRA_CPU_GEMM STREQUAL "BLAS")
+  set(INSITRA_CPU_GEMM_USED oneDNN)
+else()
+  set(INSITRA_CPU_GEMM_USED BLAS)
+endif()
+# For bench/run_step_bench.sh, which reads the build's CMakeCache.txt.
+set(INSITRA_CPU_GEMM_USED "${INSITRA_CPU_GEMM_USED}" CACHE INTERNAL "The CPU GEMM provider chosen")
+message(STATUS "insitra: CPU linear-layer GEMMs from ${INSITRA_CPU_GEMM_USED} "
+               "(INSITRA_CPU_GEMM=${INSITRA_CPU_GEMM}); BLAS: ${insitra_blas_link}")
 
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(YAML REQUIRED IMPORTED_TARGET yaml-0.1)

@@ -150,6 +150,7 @@ install(FILES
   "${insitra_package_dir}/insitraConfig.cmake"
   "${insitra_package_dir}/insitraConfigVersion.cmake"
   "${PROJECT_SOURCE_DIR}/cmake/FindNCCL.cmake"
+  "${PROJECT_SOURCE_DIR}/cmake/FindoneDNN.cmake"
   DESTINATION "${INSITRA_INSTALL_CMAKEDIR}")
 
 # pkg-config. The flags come from the same targets CMake links with: a

@@ -1,6 +1,7 @@
 /* Picking a backend by the config's device key. */
 #include "backend.h"
 
+#include "cpu/gemm.h"
 #include "error.h"
 
 const insitra_backend_desc *insitra_backend_desc_for(int device)
@@ -12,7 +13,11 @@ insitra_status insitra_backend_create(insitra_backend **be, const insitra_config
 {
     *be = NULL;
     if (cfg->device == INSITRA_DEVICE_CUDA) return insitra_backend_cuda_create(be, cfg, comm);
-    return insitra_backend_cpu_create(be);
+    INSITRA_CHECK(insitra_backend_cpu_create(be));
+    int rank = 0;
+    MPI_Comm_rank(comm, &rank);
+    insitra_gemm_warn_narrow(rank); /* a word on stderr, nothing changed */
+    return INSITRA_STATUS_OK;
 }
 
 void insitra_backend_free(insitra_backend *be)

@@ -4,16 +4,22 @@
  *
  *   insitra-plan [--ranks N[,N...]] [--set key=value]... [--memory-per-rank GiB] [config.yaml | step-N.h5]
  *   insitra-plan --max-seq-len --memory-per-rank GiB [--ranks ...] [--set ...] [config.yaml | step-N.h5]
+ *   insitra-plan --system
  *
  * A checkpoint in place of the YAML file plans the configuration stored in it.
  */
+#define _GNU_SOURCE /* sched_getaffinity: the cores this process may run on */
+#include <omp.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <hdf5.h>
 
 #include "ckpt_format.h"
+#include "cpu/gemm.h"
 #include "insitra.h"
 
 static int usage(FILE *out)
@@ -21,14 +27,59 @@ static int usage(FILE *out)
     fprintf(out,
             "usage: insitra-plan [--ranks N[,N...]] [--set key=value]... [--memory-per-rank GiB]\n"
             "                    [--max-seq-len] [config.yaml | checkpoint.h5]\n"
+            "       insitra-plan --system\n"
             "Prints, for each ZeRO stage and rank count, the bytes one rank holds (parameters,\n"
             "gradients, optimizer state, activations, communication buffers, sample store) and\n"
             "the bytes it sends per optimizer step. With --memory-per-rank, marks the stages that\n"
             "fit and names the cheapest one (the least traffic). With --max-seq-len (needs\n"
             "--memory-per-rank), prints instead the largest model.seq_len that fits in that memory\n"
             "at each stage and rank count, the other keys as given. A checkpoint file in place of\n"
-            "the YAML file plans the configuration stored in it.\n");
+            "the YAML file plans the configuration stored in it.\n"
+            "With --system, prints what the CPU backend runs on here: the GEMM libraries and\n"
+            "their kernels, the CPU's vector units, cores and OpenMP threads.\n");
     return out == stdout ? 0 : 2;
+}
+
+static void print_library(const char *role, const insitra_gemm_info *g)
+{
+    printf("%-28s %s, kernels %s%s\n", role, g->provider, g->kernel[0] ? g->kernel : "unknown",
+           g->kernel_from_env ? " (chosen by OPENBLAS_CORETYPE)" : "");
+}
+
+/* --system: the facts that decide the CPU backend's speed, and the one
+ * warning a trainer would print here. */
+static int print_system(void)
+{
+    insitra_gemm_info gemm, blas;
+    insitra_gemm_info_get(&gemm);
+    insitra_blas_info_get(&blas);
+    char flags[4096], advice[512];
+    insitra_cpu_flags(flags, sizeof flags);
+    print_library("linear-layer GEMMs:", &gemm);
+    if (strcmp(gemm.provider, blas.provider) != 0) print_library("CBLAS (attention):", &blas);
+    const char *widths[] = {"avx512f", "avx2", "avx", "sse2"};
+    const char *widest = "unknown";
+    for (size_t i = 0; i < sizeof widths / sizeof widths[0] && !strcmp(widest, "unknown"); i++) {
+        char word[16];
+        snprintf(word, sizeof word, " %s ", widths[i]);
+        char padded[4100];
+        snprintf(padded, sizeof padded, " %s ", flags);
+        if (strstr(padded, word)) widest = widths[i];
+    }
+    printf("%-28s widest vector flag %s\n", "CPU:", widest);
+    cpu_set_t set;
+    const int usable = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : -1;
+    const char *omp_env = getenv("OMP_NUM_THREADS");
+    printf("%-28s %ld online, %d this process may use\n", "cores:", sysconf(_SC_NPROCESSORS_ONLN),
+           usable);
+    printf("%-28s %d (OMP_NUM_THREADS=%s)\n", "OpenMP threads:", omp_get_max_threads(),
+           omp_env && *omp_env ? omp_env : "unset");
+    const bool warn =
+        insitra_gemm_kernel_advice(gemm.provider, gemm.kernel, flags, advice, sizeof advice) ||
+        (strcmp(gemm.provider, blas.provider) != 0 &&
+         insitra_gemm_kernel_advice(blas.provider, blas.kernel, flags, advice, sizeof advice));
+    printf("%-28s %s\n", "verdict:", warn ? advice : "the kernels use the CPU's widest vector units");
+    return 0;
 }
 
 static double mib(int64_t bytes) { return (double)bytes / 1048576.0; }
@@ -140,6 +191,7 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return usage(stdout);
+        if (!strcmp(a, "--system")) return print_system();
         if (!strcmp(a, "--ranks") && i + 1 < argc)
             ranks_arg = argv[++i];
         else if (!strcmp(a, "--memory-per-rank") && i + 1 < argc)

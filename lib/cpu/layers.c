@@ -4,6 +4,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "gemm.h"
+
 /* Elementwise and row kernels are built twice, for AVX2 and for baseline
  * x86-64, and the loader picks one per machine (GCC function multiversioning),
  * so a distribution build runs at full width without -march=native. ISO C
@@ -121,18 +123,14 @@ void insitra_linear_forward(float *out, const float *inp, const float *w, const 
         }
         beta = 1.0f;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)IC, 1.0f, inp,
-                (int)IC, w, (int)IC, beta, out, (int)OC);
+    insitra_sgemm(false, true, N, OC, IC, 1.0f, inp, IC, w, IC, beta, out, OC);
 }
 
 void insitra_linear_backward(float *dinp, float *dw, float *db, const float *dout,
                              const float *inp, const float *w, int64_t N, int64_t IC, int64_t OC)
 {
-    if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)IC, (int)OC, 1.0f,
-                    dout, (int)OC, w, (int)IC, 0.0f, dinp, (int)IC);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)IC, (int)N, 1.0f, dout,
-                (int)OC, inp, (int)IC, 1.0f, dw, (int)IC);
+    if (dinp) insitra_sgemm(false, false, N, IC, OC, 1.0f, dout, OC, w, IC, 0.0f, dinp, IC);
+    insitra_sgemm(true, false, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
     if (db) column_sums_add(db, dout, N, OC);
 }
 

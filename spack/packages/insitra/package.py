@@ -98,6 +98,9 @@ class Insitra(CMakePackage, CudaPackage):
             # The provider Spack chose, not whatever FindBLAS would find first.
             self.define("BLAS_LIBRARIES", spec["blas"].libs.joined(";")),
             self.define("INSITRA_CBLAS_INCLUDE_DIR", self._cblas_include_dir()),
+            # The linear layers' GEMMs from that provider too: the default
+            # (AUTO) would take a oneDNN found outside the spec.
+            self.define("INSITRA_CPU_GEMM", "BLAS"),
         ]
         if spec.satisfies("+fortran"):
             args.append(self.define("MPI_Fortran_COMPILER", spec["mpi"].mpifc))
