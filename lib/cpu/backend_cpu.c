@@ -12,19 +12,12 @@
 #include "../error.h"
 #include "../optimizer.h"
 #include "../sample_store.h"
+#include "attention.h"
 #include "layers.h"
-
-typedef struct cpu_backend {
-    insitra_backend base;
-    float *datt;          /* (B,H,T,T) attention backward scratch */
-    int64_t datt_numel;
-} cpu_backend;
 
 struct insitra_group {
     const insitra_comm *c;
 };
-
-static cpu_backend *cpu(insitra_backend *be) { return (cpu_backend *)be; }
 
 /* ---- memory ---- */
 
@@ -64,18 +57,12 @@ static insitra_status cpu_nothing(insitra_backend *be)
     return INSITRA_STATUS_OK;
 }
 
+/* The kernels keep their tiles on the stack: nothing to reserve. */
 static insitra_status cpu_reserve(insitra_backend *be, const insitra_model_dims *d, int64_t B)
 {
-    cpu_backend *c = cpu(be);
-    const int64_t need = B * d->n_heads * d->seq_len * d->seq_len;
-    if (need <= c->datt_numel) return INSITRA_STATUS_OK;
-    float *p = realloc(c->datt, (size_t)need * sizeof(float));
-    if (!p)
-        return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY,
-                                 "cannot allocate %.1f MiB of attention scratch",
-                                 (double)need * 4.0 / 1048576.0);
-    c->datt = p;
-    c->datt_numel = need;
+    (void)be;
+    (void)d;
+    (void)B;
     return INSITRA_STATUS_OK;
 }
 
@@ -182,7 +169,7 @@ static insitra_status cpu_layernorm_backward(insitra_backend *be, void *dinp, fl
     return INSITRA_STATUS_OK;
 }
 
-/* The state is the softmax probabilities (B,H,T,T). */
+/* The state is the row log-sum-exp of the scores (B,H,T) fp32. */
 static insitra_status cpu_attention_forward(insitra_backend *be, void *out, void *state, const void *qkv,
                                             int64_t B, int64_t T, int64_t C, int64_t H, bool causal)
 {
@@ -195,15 +182,8 @@ static insitra_status cpu_attention_backward(insitra_backend *be, void *dqkv, co
                                              const void *qkv, const void *out, const void *state,
                                              int64_t B, int64_t T, int64_t C, int64_t H, bool causal)
 {
-    (void)out;
-    (void)causal; /* the stored probabilities are zero above the diagonal already */
-    cpu_backend *c = cpu(be);
-    if (B * H * T * T > c->datt_numel)
-        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
-                                 "internal: attention backward of %" PRId64 " samples exceeds the "
-                                 "reserved scratch",
-                                 B);
-    insitra_attention_backward(dqkv, c->datt, dout, qkv, state, B, T, C, H);
+    (void)be;
+    insitra_attention_backward(dqkv, dout, qkv, out, state, B, T, C, H, causal);
     return INSITRA_STATUS_OK;
 }
 
@@ -394,11 +374,7 @@ static insitra_status cpu_sum_ordered(insitra_backend *be, insitra_group *g, dou
     return insitra_comm_sum_ordered(g->c, v, n);
 }
 
-static void cpu_free(insitra_backend *be)
-{
-    free(cpu(be)->datt);
-    free(be);
-}
+static void cpu_free(insitra_backend *be) { free(be); }
 
 static const insitra_backend_i cpu_interface = {
     .name = "cpu",
@@ -444,30 +420,41 @@ static const insitra_backend_i cpu_interface = {
     .replay = NULL,
 };
 
+/* The row log-sum-exp, fp32 whatever the activations' type: linear in T. */
 static int64_t cpu_attention_state_bytes(const insitra_model_dims *d, int64_t B, size_t act_size)
 {
-    return insitra_size_mul(insitra_size_mul(insitra_size_mul(B, d->n_heads), insitra_size_mul(d->seq_len, d->seq_len)),
-                            (int64_t)act_size);
+    (void)act_size;
+    return insitra_size_mul(insitra_size_mul(B, d->n_heads),
+                            insitra_size_mul(d->seq_len, (int64_t)sizeof(float)));
+}
+
+/* Attention tiles live on each thread's stack (lib/cpu/attention.h). */
+static int64_t cpu_workspace_bytes(const insitra_model_dims *d, int64_t B, size_t act_size)
+{
+    (void)d;
+    (void)B;
+    (void)act_size;
+    return 0;
 }
 
 const insitra_backend_desc insitra_backend_cpu_desc = {
     .device = INSITRA_DEVICE_CPU,
     .attention_state_bytes = cpu_attention_state_bytes,
-    .workspace_bytes = cpu_attention_state_bytes, /* the same (B,H,T,T) for the backward */
+    .workspace_bytes = cpu_workspace_bytes,
     .align = 64,
 };
 
 insitra_status insitra_backend_cpu_create(insitra_backend **out)
 {
-    cpu_backend *c = calloc(1, sizeof *c);
+    insitra_backend *c = calloc(1, sizeof *c);
     if (!c) return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "out of memory for the CPU backend");
-    c->base = (insitra_backend){
+    *c = (insitra_backend){
         .i = &cpu_interface,
         .desc = &insitra_backend_cpu_desc,
         .act = INSITRA_DTYPE_F32,
         .act_size = sizeof(float),
         .host_memory = true,
     };
-    *out = &c->base;
+    *out = c;
     return INSITRA_STATUS_OK;
 }

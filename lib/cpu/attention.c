@@ -1,0 +1,334 @@
+/*
+ * Blocked attention (attention.h). Forward runs one task per (sample, head,
+ * query block): it walks the key blocks, keeps the running row maximum m and
+ * sum l of the online softmax, and rescales its output rows when m grows.
+ *
+ * Backward recomputes P = exp(S - lse) and dS = P (dP - D), D = rowsum(dO O),
+ * tile by tile. dK and dV of a key block sum over query blocks, dQ of a query
+ * block over key blocks, so no finer task than a head owns all three. With
+ * at least as many heads (B x H) as threads, one task per head walks key
+ * blocks outside and query blocks inside (five tile products). With fewer,
+ * two passes of independent tasks, per (sample, head, key block) for dK, dV
+ * and per (sample, head, query block) for dQ, recompute the tiles once more
+ * (seven products) to give every thread work. Every element is summed in the
+ * same order either way, so the result is the same bits on any thread count;
+ * no atomics, no per-thread partial sums.
+ *
+ * The tile products are written for small head sizes, where one BLAS call per
+ * tile would cost more than its arithmetic: one register-tiled kernel
+ * (tile_gemm) serves all five, the score product reading a transposed slice of
+ * keys so that its innermost loop runs over contiguous key columns.
+ */
+#include "attention.h"
+
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+#include "vector_math.h"
+
+enum { BQ = INSITRA_ATTENTION_BQ, BK = INSITRA_ATTENTION_BK, BD = INSITRA_ATTENTION_BD };
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Eight floats in one vector (GCC and Clang vector extension): the avx2
+ * clone keeps it in one register, the baseline clone in two. Alignment 4 and
+ * may_alias let it load and store any float array (unaligned moves). */
+typedef float vf8 __attribute__((vector_size(32), aligned(4), may_alias));
+#define load8(p) (*(const vf8 *)(p))
+#define store8(p, v) (*(vf8 *)(p) = (v))
+
+/* y (m,n) += w (m,k) @ x (k,n): element (i,j) of w at w[i wi + j wj], rows of
+ * x and y at strides xs and ys, columns contiguous. Register tiles of 4 rows
+ * x 16 columns; every element sums over k in order, multiply then add, so
+ * both clones give the same bits. */
+VECTOR_CLONES
+static void tile_gemm(float *restrict y, int64_t ys, const float *restrict w, int64_t wi, int64_t wj,
+                      const float *restrict x, int64_t xs, int64_t m, int64_t n, int64_t k)
+{
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        int64_t i = 0;
+        for (; i + 4 <= m; i += 4) {
+            float *y0 = y + i * ys + j, *y1 = y0 + ys, *y2 = y1 + ys, *y3 = y2 + ys;
+            vf8 a0 = load8(y0), b0 = load8(y0 + 8), a1 = load8(y1), b1 = load8(y1 + 8);
+            vf8 a2 = load8(y2), b2 = load8(y2 + 8), a3 = load8(y3), b3 = load8(y3 + 8);
+            const float *wr = w + i * wi;
+            for (int64_t p = 0; p < k; p++) {
+                const vf8 x0 = load8(x + p * xs + j), x1 = load8(x + p * xs + j + 8);
+                const float *wp = wr + p * wj;
+                const float w0 = wp[0], w1 = wp[wi], w2 = wp[2 * wi], w3 = wp[3 * wi];
+                a0 += w0 * x0, b0 += w0 * x1;
+                a1 += w1 * x0, b1 += w1 * x1;
+                a2 += w2 * x0, b2 += w2 * x1;
+                a3 += w3 * x0, b3 += w3 * x1;
+            }
+            store8(y0, a0), store8(y0 + 8, b0), store8(y1, a1), store8(y1 + 8, b1);
+            store8(y2, a2), store8(y2 + 8, b2), store8(y3, a3), store8(y3 + 8, b3);
+        }
+        for (; i < m; i++) {
+            float *yi = y + i * ys + j;
+            vf8 a = load8(yi), b = load8(yi + 8);
+            for (int64_t p = 0; p < k; p++) {
+                const float wp = w[i * wi + p * wj];
+                a += wp * load8(x + p * xs + j), b += wp * load8(x + p * xs + j + 8);
+            }
+            store8(yi, a), store8(yi + 8, b);
+        }
+    }
+    for (; j + 8 <= n; j += 8)
+        for (int64_t i = 0; i < m; i++) {
+            float *yi = y + i * ys + j;
+            vf8 a = load8(yi);
+            for (int64_t p = 0; p < k; p++) a += w[i * wi + p * wj] * load8(x + p * xs + j);
+            store8(yi, a);
+        }
+    for (; j < n; j++)
+        for (int64_t i = 0; i < m; i++) {
+            float a = y[i * ys + j];
+            for (int64_t p = 0; p < k; p++) a += w[i * wi + p * wj] * x[p * xs + j];
+            y[i * ys + j] = a;
+        }
+}
+
+/* s (na,BK) = scale * a (na,hs) @ b (nb,hs)^T, rows of a and b at strides as
+ * and bs; columns nb..BK-1 of s are zero. bt (BD,BK) is scratch for a slice
+ * of b transposed, so the product streams over contiguous key columns. */
+VECTOR_CLONES
+static void tile_scores(float *restrict s, float *restrict bt, const float *restrict a, int64_t as,
+                        const float *restrict b, int64_t bs, int64_t na, int64_t nb, int64_t hs,
+                        float scale)
+{
+    memset(s, 0, (size_t)(na * BK) * sizeof(float));
+    for (int64_t d0 = 0; d0 < hs; d0 += BD) {
+        const int64_t nd = min64(BD, hs - d0);
+        for (int64_t c = 0; c < nb; c++)
+            for (int64_t d = 0; d < nd; d++) bt[d * BK + c] = b[c * bs + d0 + d];
+        tile_gemm(s, BK, a + d0, as, 1, bt, BK, na, nb, nd);
+    }
+    if (scale != 1.0f)
+        for (int64_t i = 0; i < na * BK; i++) s[i] *= scale;
+}
+
+/* Keys a query row of a tile sees: all nk, or with causal those at or before it. */
+static inline int64_t visible_keys(bool causal, int64_t query, int64_t k0, int64_t nk)
+{
+    if (!causal) return nk;
+    const int64_t n = query - k0 + 1;
+    return n < 0 ? 0 : n < nk ? n : nk;
+}
+
+/* One (sample, head, query block): out rows and lse of queries q0..q0+nq-1. */
+VECTOR_CLONES
+static void forward_task(float *out, float *lse, const float *qkv, int64_t b, int64_t h, int64_t q0,
+                         int64_t T, int64_t C, int64_t H, bool causal)
+{
+    _Alignas(64) float s[BQ * BK];
+    _Alignas(64) float bt[BD * BK];
+    float m[BQ], l[BQ];
+    const int64_t hs = C / H, C3 = 3 * C, nq = min64(BQ, T - q0);
+    const float scale = 1.0f / sqrtf((float)hs);
+    const float *q = qkv + (b * T + q0) * C3 + h * hs;
+    const float *k = qkv + b * T * C3 + C + h * hs, *v = k + C;
+    float *y = out + (b * T + q0) * C + h * hs;
+    for (int64_t r = 0; r < nq; r++) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+        memset(y + r * C, 0, (size_t)hs * sizeof(float));
+    }
+    const int64_t kend = causal ? q0 + nq : T;
+    for (int64_t k0 = 0; k0 < kend; k0 += BK) {
+        const int64_t nk = min64(BK, kend - k0);
+        tile_scores(s, bt, q, C3, k + k0 * C3, C3, nq, nk, hs, scale);
+        for (int64_t r = 0; r < nq; r++) {
+            float *sr = s + r * BK, *yr = y + r * C;
+            const int64_t len = visible_keys(causal, q0 + r, k0, nk);
+            for (int64_t c = len; c < nk; c++) sr[c] = 0.0f;
+            if (len == 0) continue;
+            const float tile_max = row_max(sr, len);
+            const float mx = tile_max > m[r] ? tile_max : m[r];
+            /* the first tile a row sees has nothing to rescale */
+            const float alpha = m[r] == -INFINITY ? 0.0f : vexpf(m[r] - mx);
+            for (int64_t c = 0; c < len; c++) sr[c] = vexpf(sr[c] - mx);
+            l[r] = l[r] * alpha + row_sum(sr, len);
+            m[r] = mx;
+            if (alpha != 1.0f)
+                for (int64_t d = 0; d < hs; d++) yr[d] *= alpha;
+        }
+        /* y (nq,hs) += P (nq,nk) @ v (nk,hs) */
+        tile_gemm(y, C, s, BK, 1, v + k0 * C3, C3, nq, hs, nk);
+    }
+    for (int64_t r = 0; r < nq; r++) {
+        float *yr = y + r * C;
+        const float inv = 1.0f / l[r];
+        for (int64_t d = 0; d < hs; d++) yr[d] *= inv;
+        lse[(b * H + h) * T + q0 + r] = m[r] + logf(l[r]);
+    }
+}
+
+void insitra_attention_forward(float *out, float *lse, const float *qkv, int64_t B, int64_t T,
+                               int64_t C, int64_t H, bool causal)
+{
+    const int64_t nqb = (T + BQ - 1) / BQ;
+    /* Causal query blocks differ in work: hand them out as threads free up
+     * (the result does not depend on which thread runs a task). */
+#pragma omp parallel for collapse(3) schedule(dynamic)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t qb = 0; qb < nqb; qb++) forward_task(out, lse, qkv, b, h, qb * BQ, T, C, H, causal);
+}
+
+/* The probabilities and score gradients of one tile: s (nq,BK) holds the
+ * scaled scores and becomes P = exp(s - lse); dp (nq,BK) holds dO V^T and
+ * becomes dS = P (dP - D) (the 1/sqrt(hs) of the scores is left to the
+ * caller). Entries a query does not see, and columns nk.., are zero. */
+VECTOR_CLONES
+static void tile_probabilities(float *restrict s, float *restrict dp, const float *lse, const float *dout,
+                               const float *out, int64_t C, int64_t q0, int64_t nq, int64_t k0, int64_t nk,
+                               int64_t hs, bool causal)
+{
+    for (int64_t r = 0; r < nq; r++) {
+        float *sr = s + r * BK, *dr = dp + r * BK;
+        const int64_t len = visible_keys(causal, q0 + r, k0, nk);
+        const float D = row_dot(dout + r * C, out + r * C, hs), lr = lse[r];
+        for (int64_t c = 0; c < len; c++) {
+            const float p = vexpf(sr[c] - lr);
+            sr[c] = p;
+            dr[c] = p * (dr[c] - D);
+        }
+        for (int64_t c = len; c < BK; c++) sr[c] = dr[c] = 0.0f;
+    }
+}
+
+/* a (n,hs) *= scale, rows at stride as. */
+VECTOR_CLONES
+static void scale_rows(float *a, int64_t as, int64_t n, int64_t hs, float scale)
+{
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t d = 0; d < hs; d++) a[r * as + d] *= scale;
+}
+
+/* Pointers of one (sample, head) of the fused buffers. */
+typedef struct head_view {
+    const float *q, *k, *v, *dout, *out, *lse; /* rows at strides C3, C3, C3, C, C; lse (T) */
+    float *dq, *dk, *dv;                       /* rows at stride C3 */
+    int64_t T, C, C3, hs;
+    float scale;
+} head_view;
+
+static head_view head_at(float *dqkv, const float *dout, const float *qkv, const float *out,
+                         const float *lse, int64_t b, int64_t h, int64_t T, int64_t C, int64_t H)
+{
+    const int64_t hs = C / H, C3 = 3 * C;
+    head_view v = {.T = T, .C = C, .C3 = C3, .hs = hs, .scale = 1.0f / sqrtf((float)hs)};
+    v.q = qkv + b * T * C3 + h * hs;
+    v.k = v.q + C;
+    v.v = v.q + 2 * C;
+    v.dq = dqkv + b * T * C3 + h * hs;
+    v.dk = v.dq + C;
+    v.dv = v.dq + 2 * C;
+    v.dout = dout + b * T * C + h * hs;
+    v.out = out + b * T * C + h * hs;
+    v.lse = lse + (b * H + h) * T;
+    return v;
+}
+
+/* dK, dV of keys k0..k0+nk-1 of one head, over every query that sees them;
+ * with dq, also adds those keys' part of dq (unscaled). */
+VECTOR_CLONES
+static void backward_keys_task(const head_view *hv, int64_t k0, bool causal, bool dq)
+{
+    _Alignas(64) float s[BQ * BK];
+    _Alignas(64) float dp[BQ * BK];
+    _Alignas(64) float bt[BD * BK];
+    const int64_t T = hv->T, C = hv->C, C3 = hv->C3, hs = hv->hs, nk = min64(BK, T - k0);
+    for (int64_t c = 0; c < nk; c++) {
+        memset(hv->dk + (k0 + c) * C3, 0, (size_t)hs * sizeof(float));
+        memset(hv->dv + (k0 + c) * C3, 0, (size_t)hs * sizeof(float));
+    }
+    /* with causal, queries before k0 see none of these keys */
+    for (int64_t q0 = causal ? k0 / BQ * BQ : 0; q0 < T; q0 += BQ) {
+        const int64_t nq = min64(BQ, T - q0);
+        tile_scores(s, bt, hv->q + q0 * C3, C3, hv->k + k0 * C3, C3, nq, nk, hs, hv->scale);
+        tile_scores(dp, bt, hv->dout + q0 * C, C, hv->v + k0 * C3, C3, nq, nk, hs, 1.0f);
+        tile_probabilities(s, dp, hv->lse + q0, hv->dout + q0 * C, hv->out + q0 * C, C, q0, nq, k0, nk,
+                           hs, causal);
+        /* dv (nk,hs) += P^T @ dO (nq,hs);  dk (nk,hs) += dS^T @ q (scaled below) */
+        tile_gemm(hv->dv + k0 * C3, C3, s, 1, BK, hv->dout + q0 * C, C, nk, hs, nq);
+        tile_gemm(hv->dk + k0 * C3, C3, dp, 1, BK, hv->q + q0 * C3, C3, nk, hs, nq);
+        /* dq (nq,hs) += dS (nq,nk) @ k (nk,hs) */
+        if (dq) tile_gemm(hv->dq + q0 * C3, C3, dp, BK, 1, hv->k + k0 * C3, C3, nq, hs, nk);
+    }
+    scale_rows(hv->dk + k0 * C3, C3, nk, hs, hv->scale);
+}
+
+/* dQ of queries q0..q0+nq-1 of one head, over every key they see: the same
+ * tiles, sums and order as backward_keys_task's dq, so the same bits. */
+VECTOR_CLONES
+static void backward_queries_task(const head_view *hv, int64_t q0, bool causal)
+{
+    _Alignas(64) float s[BQ * BK];
+    _Alignas(64) float dp[BQ * BK];
+    _Alignas(64) float bt[BD * BK];
+    const int64_t T = hv->T, C = hv->C, C3 = hv->C3, hs = hv->hs, nq = min64(BQ, T - q0);
+    for (int64_t r = 0; r < nq; r++) memset(hv->dq + (q0 + r) * C3, 0, (size_t)hs * sizeof(float));
+    const int64_t kend = causal ? q0 + nq : T;
+    for (int64_t k0 = 0; k0 < kend; k0 += BK) {
+        const int64_t nk = min64(BK, kend - k0);
+        tile_scores(s, bt, hv->q + q0 * C3, C3, hv->k + k0 * C3, C3, nq, nk, hs, hv->scale);
+        tile_scores(dp, bt, hv->dout + q0 * C, C, hv->v + k0 * C3, C3, nq, nk, hs, 1.0f);
+        tile_probabilities(s, dp, hv->lse + q0, hv->dout + q0 * C, hv->out + q0 * C, C, q0, nq, k0, nk,
+                           hs, causal);
+        tile_gemm(hv->dq + q0 * C3, C3, dp, BK, 1, hv->k + k0 * C3, C3, nq, hs, nk);
+    }
+    scale_rows(hv->dq + q0 * C3, C3, nq, hs, hv->scale);
+}
+
+/* The whole backward of one head in one task: five tile products instead of
+ * seven, dq accumulated over the key blocks in the order the queries task
+ * uses. */
+static void backward_head_task(const head_view *hv, bool causal)
+{
+    const int64_t T = hv->T, C3 = hv->C3;
+    for (int64_t r = 0; r < T; r++) memset(hv->dq + r * C3, 0, (size_t)hv->hs * sizeof(float));
+    for (int64_t k0 = 0; k0 < T; k0 += BK) backward_keys_task(hv, k0, causal, true);
+    scale_rows(hv->dq, C3, T, hv->hs, hv->scale);
+}
+
+void insitra_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *out,
+                                const float *lse, int64_t B, int64_t T, int64_t C, int64_t H,
+                                bool causal)
+{
+    /* Enough heads for every thread: one task per head. Otherwise the two
+     * passes over key and query blocks, which recompute the tiles once more
+     * but give the threads T / 64 times as many tasks. Both give the same bits. */
+    if (B * H >= omp_get_max_threads()) {
+#pragma omp parallel for collapse(2) schedule(dynamic)
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t h = 0; h < H; h++) {
+                const head_view hv = head_at(dqkv, dout, qkv, out, lse, b, h, T, C, H);
+                backward_head_task(&hv, causal);
+            }
+        return;
+    }
+    const int64_t nkb = (T + BK - 1) / BK, nqb = (T + BQ - 1) / BQ;
+#pragma omp parallel
+    {
+        /* The two passes write disjoint columns of dqkv and read only the
+         * inputs, so a thread may start on the second before the first ends. */
+#pragma omp for collapse(3) schedule(dynamic) nowait
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t kb = 0; kb < nkb; kb++) {
+                    const head_view hv = head_at(dqkv, dout, qkv, out, lse, b, h, T, C, H);
+                    backward_keys_task(&hv, kb * BK, causal, false);
+                }
+#pragma omp for collapse(3) schedule(dynamic) nowait
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t qb = 0; qb < nqb; qb++) {
+                    const head_view hv = head_at(dqkv, dout, qkv, out, lse, b, h, T, C, H);
+                    backward_queries_task(&hv, qb * BQ, causal);
+                }
+    }
+}
