@@ -14,7 +14,11 @@
  * mis-indexed tile, a lost rescale or a wrong mask is off by O(1), so 2e-5
  * separates the two by an order of magnitude either way.
  *
- * Also: the same bits on one thread and on more threads than heads (the two
+ * The blocks of keys a context-parallel attention folds in one at a time
+ * (cp = 2, 4 simulated in one process, blocks not multiples of the tile)
+ * against the one attention of the whole sample, same tolerance, and their
+ * composed gradient against finite differences at cp = 2 (layers_gradcheck's
+ * tolerances). Also: the same bits on one thread and on more threads than heads (the two
  * backward schedules), and state memory linear in T (the backend's
  * attention_state_bytes doubles when T doubles).
  */
@@ -147,6 +151,182 @@ static void check_shape(insitra_test *t, const shape *sh, uint64_t seed)
     free(rout), free(rlse), free(rdqkv);
 }
 
+/* ---- context parallelism simulated in one process ----
+ * cp "ranks" each hold T/cp tokens of every sample (qkv (B,T/cp,3C)); rank c
+ * folds in its own block of keys, then the packed [k | v] (B,T/cp,2C) blocks
+ * of the others in ring order, as the ring would deliver them; in backward
+ * every rank adds its part to each block's travelling dk, dv, which then
+ * belong to the block's owner. */
+typedef struct cp_case {
+    int64_t B, T, H, hs, cp;
+    bool causal;
+    float *qkv, *dout;          /* whole samples: (B,T,3C), (B,T,C) */
+    float *lqkv, *ldout, *kv;   /* per rank: (cp,B,Tc,3C), (cp,B,Tc,C), (cp,B,Tc,2C) */
+    float *out, *m, *l;         /* per rank: (cp,B,Tc,C), (cp,B,H,Tc) x 2 */
+    float *dqkv, *dkv;          /* per rank: (cp,B,Tc,3C), (cp,B,Tc,2C) */
+    float *r;                   /* (B,T,C) projection of the FD loss */
+} cp_case;
+
+static void cp_split(cp_case *k)
+{
+    const int64_t B = k->B, T = k->T, C = k->H * k->hs, Tc = T / k->cp;
+    for (int64_t c = 0; c < k->cp; c++)
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t t = 0; t < Tc; t++) {
+                const float *src = k->qkv + (b * T + c * Tc + t) * 3 * C;
+                const int64_t at = (c * B + b) * Tc + t;
+                memcpy(k->lqkv + at * 3 * C, src, sizeof(float) * (size_t)(3 * C));
+                memcpy(k->kv + at * 2 * C, src + C, sizeof(float) * (size_t)(2 * C));
+                memcpy(k->ldout + at * C, k->dout + (b * T + c * Tc + t) * C, sizeof(float) * (size_t)C);
+            }
+}
+
+static void cp_forward(cp_case *k)
+{
+    const int64_t B = k->B, H = k->H, C = H * k->hs, Tc = k->T / k->cp;
+    cp_split(k);
+    for (int64_t c = 0; c < k->cp; c++) {
+        float *out = k->out + c * B * Tc * C, *m = k->m + c * B * H * Tc, *l = k->l + c * B * H * Tc;
+        const float *qkv = k->lqkv + c * B * Tc * 3 * C;
+        memset(out, 0, sizeof(float) * (size_t)(B * Tc * C));
+        for (int64_t i = 0; i < B * H * Tc; i++) m[i] = -INFINITY, l[i] = 0.0f;
+        for (int64_t s = 0; s < k->cp; s++) {
+            const int64_t j = (c - s + k->cp) % k->cp;
+            const float *kv = j == c ? qkv + C : k->kv + j * B * Tc * 2 * C;
+            const int64_t kvs = j == c ? 3 * C : 2 * C;
+            insitra_attention_block_forward(out, m, l, qkv, kv, kv + C, kvs, B, Tc, Tc, C, H, c * Tc, j * Tc,
+                                            k->causal);
+        }
+        insitra_attention_block_finish(out, m, m, l, B, Tc, C, H); /* m becomes lse */
+    }
+}
+
+static void cp_backward(cp_case *k)
+{
+    const int64_t B = k->B, H = k->H, C = H * k->hs, Tc = k->T / k->cp;
+    memset(k->dqkv, 0, sizeof(float) * (size_t)(k->cp * B * Tc * 3 * C));
+    memset(k->dkv, 0, sizeof(float) * (size_t)(k->cp * B * Tc * 2 * C));
+    for (int64_t c = 0; c < k->cp; c++)
+        for (int64_t s = 0; s < k->cp; s++) {
+            const int64_t j = (c - s + k->cp) % k->cp;
+            const float *kv = k->kv + j * B * Tc * 2 * C;
+            float *dkv = k->dkv + j * B * Tc * 2 * C;
+            insitra_attention_block_backward(k->dqkv + c * B * Tc * 3 * C, dkv, dkv + C, k->ldout + c * B * Tc * C,
+                                             k->lqkv + c * B * Tc * 3 * C, kv, kv + C, 2 * C,
+                                             k->out + c * B * Tc * C, k->m + c * B * H * Tc, B, Tc, Tc, C, H,
+                                             c * Tc, j * Tc, k->causal);
+        }
+    for (int64_t c = 0; c < k->cp; c++) { /* the owner takes its block's dk, dv home */
+        float *dqkv = k->dqkv + c * B * Tc * 3 * C, *dkv = k->dkv + c * B * Tc * 2 * C;
+        insitra_attention_block_scale(dqkv, 3 * C, B, Tc, C, H);
+        insitra_attention_block_scale(dkv, 2 * C, B, Tc, C, H);
+        for (int64_t i = 0; i < B * Tc; i++)
+            memcpy(dqkv + i * 3 * C + C, dkv + i * 2 * C, sizeof(float) * (size_t)(2 * C));
+    }
+}
+
+static void cp_case_alloc(cp_case *k, uint64_t seed)
+{
+    const int64_t N = k->B * k->T, C = k->H * k->hs;
+    k->qkv = malloc(sizeof(float) * (size_t)(3 * N * C));
+    k->dout = malloc(sizeof(float) * (size_t)(N * C));
+    fill_uniform(k->qkv, 3 * N * C, seed, 2.0f);
+    fill_uniform(k->dout, N * C, seed + 1, 1.0f);
+    k->lqkv = malloc(sizeof(float) * (size_t)(3 * N * C));
+    k->ldout = malloc(sizeof(float) * (size_t)(N * C));
+    k->kv = malloc(sizeof(float) * (size_t)(2 * N * C));
+    k->out = malloc(sizeof(float) * (size_t)(N * C));
+    k->m = malloc(sizeof(float) * (size_t)(k->B * k->H * k->T));
+    k->l = malloc(sizeof(float) * (size_t)(k->B * k->H * k->T));
+    k->dqkv = malloc(sizeof(float) * (size_t)(3 * N * C));
+    k->dkv = malloc(sizeof(float) * (size_t)(2 * N * C));
+    k->r = NULL;
+}
+
+static void cp_case_free(cp_case *k)
+{
+    free(k->qkv), free(k->dout), free(k->lqkv), free(k->ldout), free(k->kv), free(k->out), free(k->m);
+    free(k->l), free(k->dqkv), free(k->dkv), free(k->r);
+}
+
+/* max |a - b| / max |b| of rank c's rows of a per-rank (cp,B,Tc,w) array
+ * against the rows of the whole (B,T,w) one, over every rank. */
+static double cp_error(const cp_case *k, const float *ranks, const float *whole, int64_t w)
+{
+    const int64_t Tc = k->T / k->cp;
+    double err = 0.0, top = 0.0;
+    for (int64_t c = 0; c < k->cp; c++)
+        for (int64_t b = 0; b < k->B; b++)
+            for (int64_t t = 0; t < Tc; t++)
+                for (int64_t i = 0; i < w; i++) {
+                    const double x = ranks[((c * k->B + b) * Tc + t) * w + i];
+                    const double y = whole[(b * k->T + c * Tc + t) * w + i];
+                    err = fmax(err, fabs(x - y));
+                    top = fmax(top, fabs(y));
+                }
+    return top > 0.0 ? err / top : err;
+}
+
+static void check_blocks(insitra_test *t, int64_t T, int64_t hs, int64_t cp, bool causal, uint64_t seed)
+{
+    cp_case k = {.B = 2, .T = T, .H = 2, .hs = hs, .cp = cp, .causal = causal};
+    const int64_t N = k.B * T, C = k.H * hs, Tc = T / cp;
+    cp_case_alloc(&k, seed);
+    float *out = malloc(sizeof(float) * (size_t)(N * C)), *lse = malloc(sizeof(float) * (size_t)(k.B * k.H * T));
+    float *dqkv = malloc(sizeof(float) * (size_t)(3 * N * C));
+    insitra_attention_forward(out, lse, k.qkv, k.B, T, C, k.H, causal);
+    insitra_attention_backward(dqkv, k.dout, k.qkv, out, lse, k.B, T, C, k.H, causal);
+    cp_forward(&k);
+    cp_backward(&k);
+    double e_lse = 0.0; /* lse is (cp,B,H,Tc) against (B,H,T) */
+    for (int64_t c = 0; c < cp; c++)
+        for (int64_t bh = 0; bh < k.B * k.H; bh++)
+            for (int64_t i = 0; i < Tc; i++)
+                e_lse = fmax(e_lse, fabs((double)k.m[(c * k.B * k.H + bh) * Tc + i] - lse[bh * T + c * Tc + i]));
+    const double e_out = cp_error(&k, k.out, out, C), e_dqkv = cp_error(&k, k.dqkv, dqkv, 3 * C);
+    EXPECT(t, e_out <= TOL && e_lse <= TOL && e_dqkv <= TOL,
+           "cp=%lld T=%lld hs=%lld %s: blocks against one attention: out %.2e, lse %.2e (absolute), dqkv %.2e",
+           (long long)cp, (long long)T, (long long)hs, causal ? "causal" : "bidirectional", e_out, e_lse, e_dqkv);
+    printf("blocks cp=%lld T=%-4lld hs=%-3lld %-13s out %.2e  lse %.2e  dqkv %.2e\n", (long long)cp, (long long)T,
+           (long long)hs, causal ? "causal" : "bidirectional", e_out, e_lse, e_dqkv);
+    free(out), free(lse), free(dqkv);
+    cp_case_free(&k);
+}
+
+/* Finite differences through the block composition at cp = 2: L = sum over
+ * ranks of out . r, against the composed backward with dout = r. */
+static double cp_loss(void *p)
+{
+    cp_case *k = p;
+    cp_forward(k);
+    double s = 0.0;
+    const int64_t n = k->B * k->T * k->H * k->hs;
+    for (int64_t i = 0; i < n; i++) s += (double)k->out[i] * (double)k->r[i];
+    return s;
+}
+
+static int check_blocks_gradient(bool causal)
+{
+    cp_case k = {.B = 1, .T = 6, .H = 2, .hs = 3, .cp = 2, .causal = causal};
+    const int64_t N = k.T, C = k.H * k.hs;
+    cp_case_alloc(&k, causal ? 71 : 72);
+    /* the loss projection r is per rank, (cp,B,Tc,C): the whole dout split the same way */
+    k.r = malloc(sizeof(float) * (size_t)(N * C));
+    cp_forward(&k);
+    memcpy(k.r, k.ldout, sizeof(float) * (size_t)(N * C));
+    cp_backward(&k);
+    /* gradients of the whole qkv, from the ranks' dqkv */
+    float *grad = malloc(sizeof(float) * (size_t)(3 * N * C));
+    const int64_t Tc = k.T / k.cp;
+    for (int64_t c = 0; c < k.cp; c++)
+        memcpy(grad + c * Tc * 3 * C, k.dqkv + c * Tc * 3 * C, sizeof(float) * (size_t)(Tc * 3 * C));
+    const int f = gradcheck(causal ? "cp=2 blocks (causal) dqkv" : "cp=2 blocks dqkv", k.qkv, grad, 3 * N * C,
+                            cp_loss, &k, 200, 1e-2, 1e-3, 1e-2);
+    free(grad);
+    cp_case_free(&k);
+    return f;
+}
+
 int main(int argc, char **argv)
 {
     insitra_test t = insitra_test_begin(&argc, &argv, "attention_blocked");
@@ -160,6 +340,14 @@ int main(int argc, char **argv)
                 check_shape(&t, &sh, seed);
                 seed += 2;
             }
+
+    /* Blocks of keys (context parallelism) against one attention. */
+    const int64_t cps[][3] = {{100, 5, 2}, {100, 72, 4}, {130, 8, 2}, {256, 16, 4}, {8, 3, 4}};
+    for (size_t i = 0; i < sizeof cps / sizeof *cps; i++)
+        for (int causal = 0; causal < 2; causal++)
+            check_blocks(&t, cps[i][0], cps[i][1], cps[i][2], causal != 0, seed += 2);
+    for (int causal = 0; causal < 2; causal++)
+        EXPECT(&t, check_blocks_gradient(causal != 0) == 0, "cp=2 blocks: finite differences disagree (lines above)");
 
     /* The state is per score row, not per score: linear in T. */
     insitra_model_dims d = {.seq_len = 1000, .n_heads = 4, .d_model = 64};
