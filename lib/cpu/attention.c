@@ -14,100 +14,48 @@
  * same order either way, so the result is the same bits on any thread count;
  * no atomics, no per-thread partial sums.
  *
- * The tile products are written for small head sizes, where one BLAS call per
- * tile would cost more than its arithmetic: one register-tiled kernel
- * (tile_gemm) serves all five, the score product reading a transposed slice of
- * keys so that its innermost loop runs over contiguous key columns.
+ * The tile products are single-threaded cblas_sgemm calls on 64 x 64 tiles
+ * read in place from the fused buffers. A register-tiled kernel of our own
+ * (GCC vector extensions, AVX2 multiply-then-add) lost to them on the
+ * project's shared 2-core AMD EPYC box despite the per-call overhead: one
+ * layer's forward + backward at bench_step's S shape took 1.5-1.8x the old
+ * materialised attention's time with it, 1.05-1.25x with the BLAS tiles
+ * (M: 2.0-2.2x and 1.2-1.35x; 1-2 threads, load average 18-21).
  */
 #include "attention.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <string.h>
 
 #include "vector_math.h"
 
-enum { BQ = INSITRA_ATTENTION_BQ, BK = INSITRA_ATTENTION_BK, BD = INSITRA_ATTENTION_BD };
+enum { BQ = INSITRA_ATTENTION_BQ, BK = INSITRA_ATTENTION_BK };
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-/* Eight floats in one vector (GCC and Clang vector extension): the avx2
- * clone keeps it in one register, the baseline clone in two. Alignment 4 and
- * may_alias let it load and store any float array (unaligned moves). */
-typedef float vf8 __attribute__((vector_size(32), aligned(4), may_alias));
-#define load8(p) (*(const vf8 *)(p))
-#define store8(p, v) (*(vf8 *)(p) = (v))
-
-/* y (m,n) += w (m,k) @ x (k,n): element (i,j) of w at w[i wi + j wj], rows of
- * x and y at strides xs and ys, columns contiguous. Register tiles of 4 rows
- * x 16 columns; every element sums over k in order, multiply then add, so
- * both clones give the same bits. */
-VECTOR_CLONES
+/* y (m,n) += w (m,k) @ x (k,n): element (i,j) of w at w[i wi + j wj] (one of
+ * wi, wj is 1: w or its transpose is row-major), rows of x and y at strides
+ * xs and ys. Inside the parallel loops the OpenMP build of OpenBLAS runs
+ * single-threaded; the same call on the same shapes gives the same bits. */
 static void tile_gemm(float *restrict y, int64_t ys, const float *restrict w, int64_t wi, int64_t wj,
                       const float *restrict x, int64_t xs, int64_t m, int64_t n, int64_t k)
 {
-    int64_t j = 0;
-    for (; j + 16 <= n; j += 16) {
-        int64_t i = 0;
-        for (; i + 4 <= m; i += 4) {
-            float *y0 = y + i * ys + j, *y1 = y0 + ys, *y2 = y1 + ys, *y3 = y2 + ys;
-            vf8 a0 = load8(y0), b0 = load8(y0 + 8), a1 = load8(y1), b1 = load8(y1 + 8);
-            vf8 a2 = load8(y2), b2 = load8(y2 + 8), a3 = load8(y3), b3 = load8(y3 + 8);
-            const float *wr = w + i * wi;
-            for (int64_t p = 0; p < k; p++) {
-                const vf8 x0 = load8(x + p * xs + j), x1 = load8(x + p * xs + j + 8);
-                const float *wp = wr + p * wj;
-                const float w0 = wp[0], w1 = wp[wi], w2 = wp[2 * wi], w3 = wp[3 * wi];
-                a0 += w0 * x0, b0 += w0 * x1;
-                a1 += w1 * x0, b1 += w1 * x1;
-                a2 += w2 * x0, b2 += w2 * x1;
-                a3 += w3 * x0, b3 += w3 * x1;
-            }
-            store8(y0, a0), store8(y0 + 8, b0), store8(y1, a1), store8(y1 + 8, b1);
-            store8(y2, a2), store8(y2 + 8, b2), store8(y3, a3), store8(y3 + 8, b3);
-        }
-        for (; i < m; i++) {
-            float *yi = y + i * ys + j;
-            vf8 a = load8(yi), b = load8(yi + 8);
-            for (int64_t p = 0; p < k; p++) {
-                const float wp = w[i * wi + p * wj];
-                a += wp * load8(x + p * xs + j), b += wp * load8(x + p * xs + j + 8);
-            }
-            store8(yi, a), store8(yi + 8, b);
-        }
-    }
-    for (; j + 8 <= n; j += 8)
-        for (int64_t i = 0; i < m; i++) {
-            float *yi = y + i * ys + j;
-            vf8 a = load8(yi);
-            for (int64_t p = 0; p < k; p++) a += w[i * wi + p * wj] * load8(x + p * xs + j);
-            store8(yi, a);
-        }
-    for (; j < n; j++)
-        for (int64_t i = 0; i < m; i++) {
-            float a = y[i * ys + j];
-            for (int64_t p = 0; p < k; p++) a += w[i * wi + p * wj] * x[p * xs + j];
-            y[i * ys + j] = a;
-        }
+    if (m == 0 || n == 0 || k == 0) return;
+    const bool transposed = wj != 1;
+    cblas_sgemm(CblasRowMajor, transposed ? CblasTrans : CblasNoTrans, CblasNoTrans, (int)m, (int)n, (int)k,
+                1.0f, w, (int)(transposed ? wj : wi), x, (int)xs, 1.0f, y, (int)ys);
 }
 
-/* s (na,BK) = scale * a (na,hs) @ b (nb,hs)^T, rows of a and b at strides as
- * and bs; columns nb..BK-1 of s are zero. bt (BD,BK) is scratch for a slice
- * of b transposed, so the product streams over contiguous key columns. */
-VECTOR_CLONES
-static void tile_scores(float *restrict s, float *restrict bt, const float *restrict a, int64_t as,
-                        const float *restrict b, int64_t bs, int64_t na, int64_t nb, int64_t hs,
-                        float scale)
+/* s (na,nb), rows at stride BK, = scale * a (na,hs) @ b (nb,hs)^T, rows of a
+ * and b at strides as and bs. Columns nb.. of s are not written. */
+static void tile_scores(float *restrict s, const float *restrict a, int64_t as, const float *restrict b,
+                        int64_t bs, int64_t na, int64_t nb, int64_t hs, float scale)
 {
-    memset(s, 0, (size_t)(na * BK) * sizeof(float));
-    for (int64_t d0 = 0; d0 < hs; d0 += BD) {
-        const int64_t nd = min64(BD, hs - d0);
-        for (int64_t c = 0; c < nb; c++)
-            for (int64_t d = 0; d < nd; d++) bt[d * BK + c] = b[c * bs + d0 + d];
-        tile_gemm(s, BK, a + d0, as, 1, bt, BK, na, nb, nd);
-    }
-    if (scale != 1.0f)
-        for (int64_t i = 0; i < na * BK; i++) s[i] *= scale;
+    if (na == 0 || nb == 0) return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)na, (int)nb, (int)hs, scale, a, (int)as, b, (int)bs,
+                0.0f, s, BK);
 }
 
 /* Keys a query row of a tile sees: all nk, or with causal those at or before
@@ -148,11 +96,10 @@ static void forward_rows(const head_view *hv, int64_t q0, int64_t nq, float *y, 
                          bool causal)
 {
     _Alignas(64) float s[BQ * BK];
-    _Alignas(64) float bt[BD * BK];
     const int64_t hs = hv->hs, kend = keys_seen(hv, q0, nq, causal);
     for (int64_t k0 = 0; k0 < kend; k0 += BK) {
         const int64_t nk = min64(BK, kend - k0);
-        tile_scores(s, bt, hv->q + q0 * hv->qs, hv->qs, hv->k + k0 * hv->kvs, hv->kvs, nq, nk, hs, hv->scale);
+        tile_scores(s, hv->q + q0 * hv->qs, hv->qs, hv->k + k0 * hv->kvs, hv->kvs, nq, nk, hs, hv->scale);
         for (int64_t r = 0; r < nq; r++) {
             float *sr = s + r * BK, *yr = y + r * ys;
             const int64_t len = visible_keys(causal, hv->q_pos + q0 + r, hv->k_pos + k0, nk);
@@ -274,15 +221,14 @@ static void backward_keys_task(const head_view *hv, int64_t k0, bool causal, boo
 {
     _Alignas(64) float s[BQ * BK];
     _Alignas(64) float dp[BQ * BK];
-    _Alignas(64) float bt[BD * BK];
     const int64_t qs = hv->qs, kvs = hv->kvs, os = hv->os, hs = hv->hs, nk = min64(BK, hv->Tk - k0);
     /* with causal, queries before the first of these keys see none of them */
     int64_t first = causal ? hv->k_pos + k0 - hv->q_pos : 0;
     first = first < 0 ? 0 : first / BQ * BQ;
     for (int64_t q0 = first; q0 < hv->Tq; q0 += BQ) {
         const int64_t nq = min64(BQ, hv->Tq - q0);
-        tile_scores(s, bt, hv->q + q0 * qs, qs, hv->k + k0 * kvs, kvs, nq, nk, hs, hv->scale);
-        tile_scores(dp, bt, hv->dout + q0 * os, os, hv->v + k0 * kvs, kvs, nq, nk, hs, 1.0f);
+        tile_scores(s, hv->q + q0 * qs, qs, hv->k + k0 * kvs, kvs, nq, nk, hs, hv->scale);
+        tile_scores(dp, hv->dout + q0 * os, os, hv->v + k0 * kvs, kvs, nq, nk, hs, 1.0f);
         tile_probabilities(s, dp, hv->lse + q0, hv->dout + q0 * os, hv->out + q0 * os, os, hv->q_pos + q0, nq,
                            hv->k_pos + k0, nk, hs, causal);
         /* dv (nk,hs) += P^T @ dO (nq,hs);  dk (nk,hs) += dS^T @ q */
@@ -301,13 +247,12 @@ static void backward_queries_task(const head_view *hv, int64_t q0, bool causal)
 {
     _Alignas(64) float s[BQ * BK];
     _Alignas(64) float dp[BQ * BK];
-    _Alignas(64) float bt[BD * BK];
     const int64_t qs = hv->qs, kvs = hv->kvs, os = hv->os, hs = hv->hs, nq = min64(BQ, hv->Tq - q0);
     const int64_t kend = keys_seen(hv, q0, nq, causal);
     for (int64_t k0 = 0; k0 < kend; k0 += BK) {
         const int64_t nk = min64(BK, kend - k0);
-        tile_scores(s, bt, hv->q + q0 * qs, qs, hv->k + k0 * kvs, kvs, nq, nk, hs, hv->scale);
-        tile_scores(dp, bt, hv->dout + q0 * os, os, hv->v + k0 * kvs, kvs, nq, nk, hs, 1.0f);
+        tile_scores(s, hv->q + q0 * qs, qs, hv->k + k0 * kvs, kvs, nq, nk, hs, hv->scale);
+        tile_scores(dp, hv->dout + q0 * os, os, hv->v + k0 * kvs, kvs, nq, nk, hs, 1.0f);
         tile_probabilities(s, dp, hv->lse + q0, hv->dout + q0 * os, hv->out + q0 * os, os, hv->q_pos + q0, nq,
                            hv->k_pos + k0, nk, hs, causal);
         tile_gemm(hv->dq + q0 * qs, qs, dp, BK, 1, hv->k + k0 * kvs, kvs, nq, hs, nk);

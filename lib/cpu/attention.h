@@ -12,14 +12,11 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-/* Tile sizes: a query block, a key block and a slice of the head dimension
- * (the transposed key slice the score kernel reads). Four tiles of 64 x 64
- * floats (16 KiB each) are one thread's working set in backward, so they sit
- * in L2 on any current x86 core; the head dimension is taken in slices so the
- * working set does not grow with it. */
+/* Tile sizes: a query block and a key block. A tile of 64 x 64 floats is
+ * 16 KiB; backward's two (scores and their gradients) and the rows they
+ * multiply stay in L2 on any current x86 core. */
 #define INSITRA_ATTENTION_BQ 64
 #define INSITRA_ATTENTION_BK 64
-#define INSITRA_ATTENTION_BD 64
 
 /* qkv (B,T,3C) = [q | k | v] per token, heads of C/H columns, read in place.
  * out (B,T,C) = softmax(q k^T / sqrt(C/H)) v per head, with causal: key j
