@@ -4,6 +4,8 @@
  */
 #include "attention_cp.h"
 
+#include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 
@@ -30,6 +32,11 @@ static insitra_status mpi_failed(int rc, const char *what)
 static insitra_status start_pair(MPI_Comm comm, const float *send, float *recv, int64_t n, int tag, int rank,
                                  int size, MPI_Request req[2])
 {
+    if (n > INT_MAX)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                 "context-parallel attention: a block of %" PRId64 " floats exceeds one MPI "
+                                 "message (INT_MAX); use fewer samples per micro-batch",
+                                 n);
     const int next = (rank + 1) % size, prev = (rank + size - 1) % size;
     int rc = MPI_Irecv(recv, (int)n, MPI_FLOAT, prev, tag, comm, &req[0]);
     if (rc != MPI_SUCCESS) return mpi_failed(rc, "MPI_Irecv");
