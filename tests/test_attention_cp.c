@@ -1,5 +1,6 @@
 /*
- * Context-parallel attention over MPI (lib/cpu/attention_cp.h) against the
+ * Context-parallel attention (lib/attention_ring.h) on the CPU backend over
+ * MPI against the
  * attention of the whole sample on one rank. Every rank makes the same whole
  * samples from a fixed seed, keeps its cp group's slice of tokens, runs the
  * ring, and compares its out, lse and dqkv with the rows of the one-rank
@@ -15,8 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention_ring.h"
+#include "comm.h"
 #include "cpu/attention.h"
-#include "cpu/attention_cp.h"
 #include "gradcheck.h"
 #include "test_util.h"
 
@@ -24,6 +26,9 @@
 
 typedef struct ring_case {
     MPI_Comm comm;
+    insitra_backend *be;
+    insitra_comm group_comm;
+    insitra_group *g;
     int rank, cp;
     int64_t B, T, Tc, H, hs, C;
     bool causal;
@@ -38,6 +43,9 @@ static void ring_alloc(ring_case *k, MPI_Comm comm, int64_t B, int64_t T, int64_
     k->comm = comm;
     MPI_Comm_rank(comm, &k->rank);
     MPI_Comm_size(comm, &k->cp);
+    insitra_backend_cpu_create(&k->be);
+    insitra_comm_create(&k->group_comm, comm);
+    k->be->i->group_create(k->be, &k->group_comm, &k->g);
     k->B = B, k->T = T, k->Tc = T / k->cp, k->H = H, k->hs = hs, k->C = H * hs, k->causal = causal;
     const int64_t C = k->C, n = B * k->Tc;
     k->qkv = malloc(sizeof(float) * (size_t)(3 * B * T * C));
@@ -49,13 +57,16 @@ static void ring_alloc(ring_case *k, MPI_Comm comm, int64_t B, int64_t T, int64_
     k->out = malloc(sizeof(float) * (size_t)(n * C));
     k->lse = malloc(sizeof(float) * (size_t)(B * H * k->Tc));
     k->dqkv = malloc(sizeof(float) * (size_t)(3 * n * C));
-    k->scratch = malloc(sizeof(float) * (size_t)insitra_cp_attention_scratch_floats(B, k->Tc, C, H));
+    k->scratch = malloc((size_t)insitra_attention_ring_scratch_bytes(B, k->Tc, C, H, sizeof(float)));
 }
 
 static void ring_free(ring_case *k)
 {
     free(k->qkv), free(k->dout), free(k->lqkv), free(k->ldout), free(k->out), free(k->lse), free(k->dqkv);
     free(k->scratch);
+    k->be->i->group_free(k->be, k->g);
+    insitra_comm_free(&k->group_comm);
+    insitra_backend_free(k->be);
 }
 
 /* This rank's tokens [rank Tc, (rank+1) Tc) of every sample. */
@@ -72,10 +83,11 @@ static void ring_slice(ring_case *k)
 static int ring_run(ring_case *k)
 {
     ring_slice(k);
-    int bad = insitra_cp_attention_forward(k->comm, k->out, k->lse, k->scratch, k->lqkv, k->B, k->Tc, k->C, k->H,
+    int bad = insitra_attention_ring_forward(k->be, k->g, k->rank, k->cp, k->out, k->lse, k->scratch, k->lqkv,
+                                             k->B, k->Tc, k->C, k->H, k->causal) != INSITRA_STATUS_OK;
+    bad += insitra_attention_ring_backward(k->be, k->g, k->rank, k->cp, k->dqkv, k->scratch, k->ldout, k->lqkv,
+                                           k->out, k->lse, k->B, k->Tc, k->C, k->H,
                                            k->causal) != INSITRA_STATUS_OK;
-    bad += insitra_cp_attention_backward(k->comm, k->dqkv, k->scratch, k->ldout, k->lqkv, k->out, k->lse, k->B,
-                                         k->Tc, k->C, k->H, k->causal) != INSITRA_STATUS_OK;
     return bad;
 }
 
@@ -132,7 +144,8 @@ static double ring_loss(void *p)
 {
     ring_case *k = p;
     ring_slice(k);
-    insitra_cp_attention_forward(k->comm, k->out, k->lse, k->scratch, k->lqkv, k->B, k->Tc, k->C, k->H, k->causal);
+    insitra_attention_ring_forward(k->be, k->g, k->rank, k->cp, k->out, k->lse, k->scratch, k->lqkv, k->B, k->Tc,
+                                   k->C, k->H, k->causal);
     double s = 0.0;
     for (int64_t i = 0; i < k->B * k->Tc * k->C; i++) s += (double)k->out[i] * (double)k->ldout[i];
     double *all = malloc(sizeof(double) * (size_t)k->cp);
