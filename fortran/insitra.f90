@@ -146,6 +146,20 @@ module insitra
   end type insitra_trainer
 
   public :: insitra_last_error, insitra_status_name, insitra_version
+  public :: insitra_field_to_patches, insitra_patches_to_field
+
+  !> Patch tokens of a rank's block of a 2-D or 3-D grid (C: insitra.h).
+  !> field(V, n1, n2[, n3]) holds V variables per point; tokens(F, T) has
+  !> F = V * p**d features and T = (n1/p)(n2/p)[(n3/p)] tokens, the patch
+  !> index along axis 1 varying fastest, and reshape(tokens(:, t), [V, p, p[, p]])
+  !> is that patch's own block of field. Every n_k must be a multiple of p.
+  interface insitra_field_to_patches
+    module procedure field_to_patches_2d, field_to_patches_3d
+  end interface insitra_field_to_patches
+  !> The inverse: tokens(F, T) back into field(V, n1, n2[, n3]).
+  interface insitra_patches_to_field
+    module procedure patches_to_field_2d, patches_to_field_3d
+  end interface insitra_patches_to_field
 
   ! The message of the last failure seen through this module (C's message,
   ! or one about a Fortran argument). One per process, not per thread.
@@ -364,6 +378,28 @@ module insitra
       integer(c_int) :: status
     end function c_insitra_plan_max_seq_len
 
+    function c_insitra_field_to_patches(d, shape, variables, patch, field, tokens) &
+        bind(c, name='insitra_field_to_patches') result(status)
+      import :: c_int, c_int32_t, c_int64_t, c_float
+      integer(c_int32_t), value :: d
+      integer(c_int64_t), intent(in) :: shape(*) ! C order: the last Fortran axis first
+      integer(c_int64_t), value :: variables, patch
+      real(c_float), intent(in) :: field(*)
+      real(c_float), intent(inout) :: tokens(*)
+      integer(c_int) :: status
+    end function c_insitra_field_to_patches
+
+    function c_insitra_patches_to_field(d, shape, variables, patch, tokens, field) &
+        bind(c, name='insitra_patches_to_field') result(status)
+      import :: c_int, c_int32_t, c_int64_t, c_float
+      integer(c_int32_t), value :: d
+      integer(c_int64_t), intent(in) :: shape(*)
+      integer(c_int64_t), value :: variables, patch
+      real(c_float), intent(in) :: tokens(*)
+      real(c_float), intent(inout) :: field(*)
+      integer(c_int) :: status
+    end function c_insitra_patches_to_field
+
     function c_strlen(s) bind(c, name='strlen') result(n)
       import :: c_ptr, c_size_t
       type(c_ptr), value :: s
@@ -406,6 +442,121 @@ contains
     character(len=:), allocatable :: version
     version = from_c_string(c_insitra_version())
   end function insitra_version
+
+  ! ------------------------------------------------------------------------
+  ! Patch tokens of a grid block.
+  ! ------------------------------------------------------------------------
+
+  subroutine field_to_patches_2d(field, patch, tokens, stat)
+    real(c_float), intent(in), contiguous :: field(:,:,:)
+    integer, intent(in) :: patch
+    real(c_float), intent(inout), contiguous :: tokens(:,:)
+    integer, intent(out), optional :: stat
+    integer(c_int64_t) :: grid(3)
+    integer :: fs(3), ts(2)
+    character(len=:), allocatable :: message
+    fs = shape(field)
+    ts = shape(tokens)
+    message = patch_shapes(fs, patch, ts, grid)
+    if (len(message) > 0) then
+      call fail(INSITRA_STATUS_INVALID_ARGUMENT, message, 'insitra_field_to_patches', stat)
+      return
+    end if
+    call finish(c_insitra_field_to_patches(2_c_int32_t, grid, size(field, 1, kind=c_int64_t), &
+                int(patch, c_int64_t), field, tokens), 'insitra_field_to_patches', stat)
+  end subroutine field_to_patches_2d
+
+  subroutine field_to_patches_3d(field, patch, tokens, stat)
+    real(c_float), intent(in), contiguous :: field(:,:,:,:)
+    integer, intent(in) :: patch
+    real(c_float), intent(inout), contiguous :: tokens(:,:)
+    integer, intent(out), optional :: stat
+    integer(c_int64_t) :: grid(3)
+    integer :: fs(4), ts(2)
+    character(len=:), allocatable :: message
+    fs = shape(field)
+    ts = shape(tokens)
+    message = patch_shapes(fs, patch, ts, grid)
+    if (len(message) > 0) then
+      call fail(INSITRA_STATUS_INVALID_ARGUMENT, message, 'insitra_field_to_patches', stat)
+      return
+    end if
+    call finish(c_insitra_field_to_patches(3_c_int32_t, grid, size(field, 1, kind=c_int64_t), &
+                int(patch, c_int64_t), field, tokens), 'insitra_field_to_patches', stat)
+  end subroutine field_to_patches_3d
+
+  subroutine patches_to_field_2d(tokens, patch, field, stat)
+    real(c_float), intent(in), contiguous :: tokens(:,:)
+    integer, intent(in) :: patch
+    real(c_float), intent(inout), contiguous :: field(:,:,:)
+    integer, intent(out), optional :: stat
+    integer(c_int64_t) :: grid(3)
+    integer :: fs(3), ts(2)
+    character(len=:), allocatable :: message
+    fs = shape(field)
+    ts = shape(tokens)
+    message = patch_shapes(fs, patch, ts, grid)
+    if (len(message) > 0) then
+      call fail(INSITRA_STATUS_INVALID_ARGUMENT, message, 'insitra_patches_to_field', stat)
+      return
+    end if
+    call finish(c_insitra_patches_to_field(2_c_int32_t, grid, size(field, 1, kind=c_int64_t), &
+                int(patch, c_int64_t), tokens, field), 'insitra_patches_to_field', stat)
+  end subroutine patches_to_field_2d
+
+  subroutine patches_to_field_3d(tokens, patch, field, stat)
+    real(c_float), intent(in), contiguous :: tokens(:,:)
+    integer, intent(in) :: patch
+    real(c_float), intent(inout), contiguous :: field(:,:,:,:)
+    integer, intent(out), optional :: stat
+    integer(c_int64_t) :: grid(3)
+    integer :: fs(4), ts(2)
+    character(len=:), allocatable :: message
+    fs = shape(field)
+    ts = shape(tokens)
+    message = patch_shapes(fs, patch, ts, grid)
+    if (len(message) > 0) then
+      call fail(INSITRA_STATUS_INVALID_ARGUMENT, message, 'insitra_patches_to_field', stat)
+      return
+    end if
+    call finish(c_insitra_patches_to_field(3_c_int32_t, grid, size(field, 1, kind=c_int64_t), &
+                int(patch, c_int64_t), tokens, field), 'insitra_patches_to_field', stat)
+  end subroutine patches_to_field_3d
+
+  ! The grid axes of field(V, n1, ...) in C order (last Fortran axis first)
+  ! into grid, and "" or what is wrong with the shapes, in Fortran's axis
+  ! numbers. A patch below 1 is left to C, which names it.
+  function patch_shapes(fshape, patch, tshape, grid) result(message)
+    integer, intent(in) :: fshape(:), patch, tshape(:)
+    integer(c_int64_t), intent(out) :: grid(3)
+    character(len=:), allocatable :: message
+    integer :: d, k, want(2)
+    integer(c_int64_t) :: features, tokens
+    d = size(fshape) - 1
+    grid = 1
+    features = fshape(1)
+    tokens = 1
+    message = ''
+    do k = 1, d
+      grid(k) = fshape(d + 2 - k)
+      features = features * patch
+    end do
+    if (patch < 1) return
+    do k = 1, d
+      if (mod(fshape(k + 1), patch) /= 0) then
+        message = 'field axis ' // int_text(int(k + 1, c_int64_t)) // ' has ' // &
+                  int_text(int(fshape(k + 1), c_int64_t)) // ' points, not a multiple of patch = ' // &
+                  int_text(int(patch, c_int64_t))
+        return
+      end if
+      tokens = tokens * (fshape(k + 1) / patch)
+    end do
+    want(1) = int(features)
+    want(2) = int(tokens)
+    if (tshape(1) /= want(1) .or. tshape(2) /= want(2)) &
+      message = 'tokens has shape ' // shape_text(tshape) // ', field ' // shape_text(fshape) // &
+                ' with patch p needs (V * p**d, number of patches) = ' // shape_text(want)
+  end function patch_shapes
 
   ! ------------------------------------------------------------------------
   ! Helpers: strings and the stat / stop rule.

@@ -224,6 +224,21 @@ insitra_status insitra_plan_max_seq_len(const insitra_config *cfg, int32_t world
                                         int32_t zero_stage, int64_t budget_bytes,
                                         int64_t *seq_len, int32_t *at_limit);
 
+/* ---- patch tokens of a grid (lib/patch.c, docs/patches.md) ----
+ *
+ * A rank's block of a regular grid with `variables` values per point,
+ * field [n_0]...[n_{d-1}][variables] (row-major, variables fastest; d = 1, 2
+ * or 3; shape = {n_0, ..., n_{d-1}}), cut into patches of `patch` points per
+ * axis: T = prod n_k / patch tokens, in row-major order of the patch grid,
+ * of F = patch^d x variables features, each token the patch's own block of
+ * the field, [a_0]...[a_{d-1}][variables]. tokens is [T][F]. Every n_k must
+ * be a multiple of patch. Local: no communication. */
+insitra_status insitra_field_to_patches(int32_t d, const int64_t *shape, int64_t variables,
+                                        int64_t patch, const float *field, float *tokens);
+/* The inverse: tokens [T][F] back into field [n_0]...[n_{d-1}][variables]. */
+insitra_status insitra_patches_to_field(int32_t d, const int64_t *shape, int64_t variables,
+                                        int64_t patch, const float *tokens, float *field);
+
 #ifdef __cplusplus
 }
 #endif

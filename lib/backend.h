@@ -45,6 +45,8 @@ typedef struct insitra_coll {
     MPI_Request req; /* CPU */
     int32_t event;   /* CUDA: index of its completion event, -1 if none */
     bool active;
+    bool pair;              /* CPU: a ring_shift, whose receive is recv_req */
+    MPI_Request recv_req;
 } insitra_coll;
 
 /* A communicator as the backend runs collectives on it (MPI, or NCCL). */
@@ -213,6 +215,37 @@ typedef struct insitra_backend_i {
     insitra_status (*capture_end)(insitra_backend *be);
     /* runs the recorded step; *replayed = false when nothing is recorded */
     insitra_status (*replay)(insitra_backend *be, bool *replayed);
+
+    /* ---- context parallelism (lib/attention_ring.c, docs/parallel.md); NULL where not built ----
+     * A rank holds Tq tokens of each sample at global positions q_pos.. (qkv (B,Tq,3C) act)
+     * and meets the sample's keys and values one block at a time, kv (B,Tk,2C) act = [k | v]
+     * of Tk tokens at positions k_pos.. (causal masks by position). */
+    /* kv (N,2C) = the k and v columns of qkv (N,3C) */
+    insitra_status (*attention_kv_pack)(insitra_backend *be, void *kv, const void *qkv, int64_t N,
+                                        int64_t C);
+    /* out (B,Tq,C) act += the block's part, unnormalised; m, l (B,H,Tq) f32 the running row
+     * maximum and sum; first: out, m, l start from 0, -inf, 0 */
+    insitra_status (*attention_block_forward)(insitra_backend *be, void *out, float *m, float *l,
+                                              const void *qkv, const void *kv, int64_t B, int64_t Tq,
+                                              int64_t Tk, int64_t C, int64_t H, int64_t q_pos,
+                                              int64_t k_pos, bool causal, bool first);
+    /* out /= l and lse (B,H,Tq) f32 = m + log l once every block is in; lse may be m */
+    insitra_status (*attention_block_finish)(insitra_backend *be, void *out, float *lse, const float *m,
+                                             const float *l, int64_t B, int64_t Tq, int64_t C, int64_t H);
+    /* the block's part of the gradients from the finished out, lse and dout (B,Tq,C):
+     * the q columns of dqkv (B,Tq,3C) act += dS k, dkv (B,Tk,2C) f32 += [dS^T q | P^T dout]; dq and dk
+     * without the 1/sqrt(C/H), which attention_block_done applies */
+    insitra_status (*attention_block_backward)(insitra_backend *be, void *dqkv, float *dkv, const void *dout,
+                                               const void *qkv, const void *kv, const void *out,
+                                               const float *lse, int64_t B, int64_t Tq, int64_t Tk,
+                                               int64_t C, int64_t H, int64_t q_pos, int64_t k_pos,
+                                               bool causal);
+    /* dqkv (N,3C): dq scaled, and its k and v columns = dkv (N,2C) f32 of the rank's own block, dk scaled */
+    insitra_status (*attention_block_done)(insitra_backend *be, void *dqkv, float *dkv, int64_t N, int64_t C,
+                                           int64_t H);
+    /* send (n of t) to the next rank of g, recv (n) from the previous one; finished by wait */
+    insitra_status (*ring_shift)(insitra_backend *be, insitra_group *g, const void *send, void *recv,
+                                 int64_t n, insitra_dtype t, insitra_coll *h);
 } insitra_backend_i;
 
 struct insitra_backend {

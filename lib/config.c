@@ -76,6 +76,7 @@ static const config_entry entries[] = {
     {"checkpoint.deadline_margin_seconds", KIND_REAL, FIELD(checkpoint.deadline_margin_seconds), 0, 1e9, "120", {0}},
     {"parallel.dp", KIND_INT, FIELD(parallel.dp), 0, 1048576, "0", {0}},
     {"parallel.tp", KIND_INT, FIELD(parallel.tp), 1, 1, "1", {0}},
+    {"parallel.cp", KIND_INT, FIELD(parallel.cp), 1, 1, "1", {0}},
     {"parallel.zero_stage", KIND_INT, FIELD(parallel.zero_stage), 0, 3, "0", {0}},
     {"parallel.bucket_mib", KIND_REAL, FIELD(parallel.bucket_mib), 0, 1048576, "64", {0}},
     {"cuda.graphs", KIND_BOOL, FIELD(cuda.graphs), 0, 1, "true", {0}},

@@ -2,7 +2,8 @@
  * Whether the buffers a configuration implies can be counted at all. Each key
  * is inside its range, but products of several reach beyond 64 bits:
  * data.capacity (up to 2^53) x seq_len x features for the sample store, and
- * micro-batch x n_heads x seq_len^2 x n_layers for the attention scores. Such
+ * micro-batch x seq_len x d_model x n_layers for the activations (times
+ * seq_len again where a backend materialises the attention scores). Such
  * a configuration is a CONFIG_ERROR here, at validation, naming the keys,
  * before any size is computed for an allocation. The counts come from the
  * functions that size the buffers (lib/checked.h saturates them), so this
@@ -44,18 +45,22 @@ static insitra_status check_activations(const insitra_config *cfg)
     const int64_t bytes = insitra_size_add(insitra_model_act_bytes(&dims, mb, es, att, desc->align),
                                            desc->workspace_bytes(&dims, mb, es));
     if (bytes != INSITRA_SIZE_OVERFLOW) return INSITRA_STATUS_OK;
-    const double scores = (double)mb * (double)dims.n_heads * (double)dims.seq_len *
-                          (double)dims.seq_len * (double)dims.n_layers * 4.0;
+    /* Two figures in double, which cannot wrap: what the device's attention
+     * keeps (quadratic in seq_len where it materialises the scores, linear
+     * where it is blocked) and the token activations. */
+    const double state = (double)desc->attention_state_bytes(&dims, 1, es) * (double)mb * (double)dims.n_layers;
+    const double tokens = (double)mb * (double)dims.seq_len * (double)dims.d_model * (double)dims.n_layers * 4.0;
     return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
                              "config keys 'training.micro_batch_size' = %" PRId64
                              " ('training.batch_size' = %" PRId64 "), 'model.seq_len' = %" PRId64
                              ", 'model.n_heads' = %" PRId64 ", 'model.d_model' = %" PRId64
                              ", 'model.n_layers' = %" PRId64
                              ": the activations of one micro-batch need more than 2^63 - 1 bytes, "
-                             "the most a 64-bit size holds (the attention scores alone, micro-batch "
-                             "x n_heads x seq_len^2 x n_layers x 4 bytes, are %.3g bytes)",
+                             "the most a 64-bit size holds (the attention state alone is %.3g bytes "
+                             "on this device; micro-batch x seq_len x d_model x n_layers x 4 bytes "
+                             "are %.3g)",
                              cfg->training.micro_batch_size, cfg->training.batch_size, dims.seq_len,
-                             dims.n_heads, dims.d_model, dims.n_layers, scores);
+                             dims.n_heads, dims.d_model, dims.n_layers, state, tokens);
 }
 
 insitra_status insitra_config_check_sizes(const insitra_config *cfg)

@@ -109,8 +109,8 @@ int64_t insitra_param_layout_find(const insitra_param_layout *l, const char *nam
 
 /* Carves the activation buffer: with base == NULL it only counts (the same
  * code sizes and binds, so they cannot disagree). Returns bytes used,
- * saturated at INSITRA_SIZE_OVERFLOW (lib/checked.h): B x H x T x T alone
- * reaches 2^62 within the config's ranges. Callers bind only after the count
+ * saturated at INSITRA_SIZE_OVERFLOW (lib/checked.h): B x T x C x L, or a
+ * materialised attention's B x H x T x T, reaches 2^62 within the config's ranges. Callers bind only after the count
  * is known to fit. */
 static int64_t carve_acts(insitra_acts *a, const insitra_model_dims *d, int64_t B, size_t es,
                           int64_t att_bytes, size_t align, char *base)

@@ -37,6 +37,9 @@ int main(int argc, char **argv)
     expect_value(T, cfg, "model.causal", "true");
 
     /* bad values: nothing changes */
+    /* Context parallelism is not built: any other degree is refused. */
+    expect_error(T, insitra_config_set(cfg, "parallel.cp", "2"), INSITRA_STATUS_CONFIG_ERROR, "'parallel.cp'",
+                 "out of range [1, 1]", NULL);
     expect_error(T, insitra_config_set(cfg, "model.d_model", "-3"), INSITRA_STATUS_CONFIG_ERROR,
                  "model.d_model", "-3", "[1, 65536]");
     expect_error(T, insitra_config_set(cfg, "model.d_model", "12x"), INSITRA_STATUS_CONFIG_ERROR,

@@ -168,8 +168,11 @@ static void sizes(insitra_test *T, insitra_config *cfg)
     insitra_config_set(cfg, "model.n_layers", "1");
     insitra_config_set(cfg, "model.seq_len", "4096");
     EXPECT(T, insitra_plan_stage(cfg, 8, 3, &plan) == INSITRA_STATUS_OK, "plan: %s", insitra_last_error());
+    /* At least the layer's qkv (T,3C); below one (H,T,T) score buffer, which
+     * the blocked CPU attention never makes (lib/cpu/attention.h). */
     EXPECT(T,
-           plan.memory.activation_bytes > 2 * (int64_t)1024 * 4096 * 4096 * 4 &&
+           plan.memory.activation_bytes > 3 * (int64_t)4096 * 65536 * 4 &&
+               plan.memory.activation_bytes < (int64_t)1024 * 4096 * 4096 * 4 &&
                plan.memory.total_bytes > plan.memory.activation_bytes,
            "activation bytes %lld, total %lld", (long long)plan.memory.activation_bytes,
            (long long)plan.memory.total_bytes);

@@ -4,6 +4,8 @@
  * Every operation runs when called, so "queued in order" holds trivially.
  */
 #include <inttypes.h>
+#include <limits.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,19 +14,12 @@
 #include "../error.h"
 #include "../optimizer.h"
 #include "../sample_store.h"
+#include "attention.h"
 #include "layers.h"
-
-typedef struct cpu_backend {
-    insitra_backend base;
-    float *datt;          /* (B,H,T,T) attention backward scratch */
-    int64_t datt_numel;
-} cpu_backend;
 
 struct insitra_group {
     const insitra_comm *c;
 };
-
-static cpu_backend *cpu(insitra_backend *be) { return (cpu_backend *)be; }
 
 /* ---- memory ---- */
 
@@ -64,18 +59,12 @@ static insitra_status cpu_nothing(insitra_backend *be)
     return INSITRA_STATUS_OK;
 }
 
+/* The kernels keep their tiles on the stack: nothing to reserve. */
 static insitra_status cpu_reserve(insitra_backend *be, const insitra_model_dims *d, int64_t B)
 {
-    cpu_backend *c = cpu(be);
-    const int64_t need = B * d->n_heads * d->seq_len * d->seq_len;
-    if (need <= c->datt_numel) return INSITRA_STATUS_OK;
-    float *p = realloc(c->datt, (size_t)need * sizeof(float));
-    if (!p)
-        return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY,
-                                 "cannot allocate %.1f MiB of attention scratch",
-                                 (double)need * 4.0 / 1048576.0);
-    c->datt = p;
-    c->datt_numel = need;
+    (void)be;
+    (void)d;
+    (void)B;
     return INSITRA_STATUS_OK;
 }
 
@@ -200,7 +189,7 @@ static insitra_status cpu_layernorm_backward(insitra_backend *be, void *dinp, fl
     return INSITRA_STATUS_OK;
 }
 
-/* The state is the softmax probabilities (B,H,T,T). */
+/* The state is the row log-sum-exp of the scores (B,H,T) fp32. */
 static insitra_status cpu_attention_forward(insitra_backend *be, void *out, void *state, const void *qkv,
                                             int64_t B, int64_t T, int64_t C, int64_t H, bool causal)
 {
@@ -213,15 +202,64 @@ static insitra_status cpu_attention_backward(insitra_backend *be, void *dqkv, co
                                              const void *qkv, const void *out, const void *state,
                                              int64_t B, int64_t T, int64_t C, int64_t H, bool causal)
 {
-    (void)out;
-    (void)causal; /* the stored probabilities are zero above the diagonal already */
-    cpu_backend *c = cpu(be);
-    if (B * H * T * T > c->datt_numel)
-        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
-                                 "internal: attention backward of %" PRId64 " samples exceeds the "
-                                 "reserved scratch",
-                                 B);
-    insitra_attention_backward(dqkv, c->datt, dout, qkv, state, B, T, C, H);
+    (void)be;
+    insitra_attention_backward(dqkv, dout, qkv, out, state, B, T, C, H, causal);
+    return INSITRA_STATUS_OK;
+}
+
+/* ---- context parallelism: attention.h's block kernels on packed [k | v] ---- */
+
+static insitra_status cpu_attention_kv_pack(insitra_backend *be, void *kv, const void *qkv, int64_t N, int64_t C)
+{
+    (void)be;
+    for (int64_t i = 0; i < N; i++)
+        memcpy((float *)kv + i * 2 * C, (const float *)qkv + i * 3 * C + C, (size_t)(2 * C) * sizeof(float));
+    return INSITRA_STATUS_OK;
+}
+
+static insitra_status cpu_attention_block_forward(insitra_backend *be, void *out, float *m, float *l,
+                                                  const void *qkv, const void *kv, int64_t B, int64_t Tq,
+                                                  int64_t Tk, int64_t C, int64_t H, int64_t q_pos,
+                                                  int64_t k_pos, bool causal, bool first)
+{
+    (void)be;
+    if (first) {
+        memset(out, 0, (size_t)(B * Tq * C) * sizeof(float));
+        for (int64_t i = 0; i < B * H * Tq; i++) m[i] = -INFINITY, l[i] = 0.0f;
+    }
+    insitra_attention_block_forward(out, m, l, qkv, kv, (const float *)kv + C, 2 * C, B, Tq, Tk, C, H, q_pos,
+                                    k_pos, causal);
+    return INSITRA_STATUS_OK;
+}
+
+static insitra_status cpu_attention_block_finish(insitra_backend *be, void *out, float *lse, const float *m,
+                                                 const float *l, int64_t B, int64_t Tq, int64_t C, int64_t H)
+{
+    (void)be;
+    insitra_attention_block_finish(out, lse, m, l, B, Tq, C, H);
+    return INSITRA_STATUS_OK;
+}
+
+static insitra_status cpu_attention_block_backward(insitra_backend *be, void *dqkv, float *dkv, const void *dout,
+                                                   const void *qkv, const void *kv, const void *out,
+                                                   const float *lse, int64_t B, int64_t Tq, int64_t Tk,
+                                                   int64_t C, int64_t H, int64_t q_pos, int64_t k_pos,
+                                                   bool causal)
+{
+    (void)be;
+    insitra_attention_block_backward(dqkv, dkv, dkv + C, dout, qkv, kv, (const float *)kv + C, 2 * C,
+                                     out, lse, B, Tq, Tk, C, H, q_pos, k_pos, causal);
+    return INSITRA_STATUS_OK;
+}
+
+static insitra_status cpu_attention_block_done(insitra_backend *be, void *dqkv, float *dkv, int64_t N, int64_t C,
+                                               int64_t H)
+{
+    (void)be;
+    float *q = dqkv, *kv = dkv;
+    insitra_attention_block_scale(q, 3 * C, 1, N, C, H);
+    insitra_attention_block_scale(kv, 2 * C, 1, N, C, H);
+    for (int64_t i = 0; i < N; i++) memcpy(q + i * 3 * C + C, kv + i * 2 * C, (size_t)(2 * C) * sizeof(float));
     return INSITRA_STATUS_OK;
 }
 
@@ -369,6 +407,7 @@ static insitra_status cpu_reduce_scatter(insitra_backend *be, insitra_group *g, 
     (void)be;
     const int rc = MPI_Ireduce_scatter_block(send, recv, (int)n, MPI_FLOAT, MPI_SUM, g->c->comm, &h->req);
     h->active = rc == MPI_SUCCESS;
+    h->pair = false;
     return rc == MPI_SUCCESS ? INSITRA_STATUS_OK : mpi_fail(rc, "MPI_Ireduce_scatter_block");
 }
 
@@ -379,16 +418,35 @@ static insitra_status cpu_all_gather(insitra_backend *be, insitra_group *g, cons
     const int rc = MPI_Iallgather(send, (int)n, mpi_type(t), recv, (int)n, mpi_type(t), g->c->comm,
                                   &h->req);
     h->active = rc == MPI_SUCCESS;
+    h->pair = false;
     return rc == MPI_SUCCESS ? INSITRA_STATUS_OK : mpi_fail(rc, "MPI_Iallgather");
+}
+
+/* A send to the next rank and a receive from the previous one: two requests
+ * (MPICH 4.0 has no MPI_Isendrecv). */
+static insitra_status cpu_ring_shift(insitra_backend *be, insitra_group *g, const void *send, void *recv,
+                                     int64_t n, insitra_dtype t, insitra_coll *h)
+{
+    (void)be;
+    if (n > INT_MAX)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                 "ring_shift: %" PRId64 " elements exceed one MPI message (INT_MAX)", n);
+    const int rank = g->c->rank, size = g->c->size;
+    int rc = MPI_Irecv(recv, (int)n, mpi_type(t), (rank + size - 1) % size, 0, g->c->comm, &h->recv_req);
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Irecv");
+    rc = MPI_Isend(send, (int)n, mpi_type(t), (rank + 1) % size, 0, g->c->comm, &h->req);
+    h->active = h->pair = true;
+    return rc == MPI_SUCCESS ? INSITRA_STATUS_OK : mpi_fail(rc, "MPI_Isend");
 }
 
 static insitra_status cpu_wait(insitra_backend *be, insitra_coll *h)
 {
     if (!h->active) return INSITRA_STATUS_OK;
     const double t0 = MPI_Wtime();
-    const int rc = MPI_Wait(&h->req, MPI_STATUS_IGNORE);
+    int rc = MPI_Wait(&h->req, MPI_STATUS_IGNORE);
+    if (rc == MPI_SUCCESS && h->pair) rc = MPI_Wait(&h->recv_req, MPI_STATUS_IGNORE);
     be->wait_seconds += MPI_Wtime() - t0;
-    h->active = false;
+    h->active = h->pair = false;
     return rc == MPI_SUCCESS ? INSITRA_STATUS_OK : mpi_fail(rc, "MPI_Wait on a collective");
 }
 
@@ -400,9 +458,10 @@ static void cpu_progress(insitra_backend *be, insitra_coll *h, int n)
     (void)be;
     for (int i = 0; i < n; i++) {
         if (!h[i].active) continue;
-        int flag;
+        int flag, recv_flag = 1;
         MPI_Test(&h[i].req, &flag, MPI_STATUS_IGNORE);
-        if (flag) h[i].active = false;
+        if (h[i].pair) MPI_Test(&h[i].recv_req, &recv_flag, MPI_STATUS_IGNORE);
+        if (flag && recv_flag) h[i].active = h[i].pair = false;
     }
 }
 
@@ -412,11 +471,7 @@ static insitra_status cpu_sum_ordered(insitra_backend *be, insitra_group *g, dou
     return insitra_comm_sum_ordered(g->c, v, n);
 }
 
-static void cpu_free(insitra_backend *be)
-{
-    free(cpu(be)->datt);
-    free(be);
-}
+static void cpu_free(insitra_backend *be) { free(be); }
 
 static const insitra_backend_i cpu_interface = {
     .name = "cpu",
@@ -462,32 +517,49 @@ static const insitra_backend_i cpu_interface = {
     .capture_begin = NULL,
     .capture_end = NULL,
     .replay = NULL,
+    .attention_kv_pack = cpu_attention_kv_pack,
+    .attention_block_forward = cpu_attention_block_forward,
+    .attention_block_finish = cpu_attention_block_finish,
+    .attention_block_backward = cpu_attention_block_backward,
+    .attention_block_done = cpu_attention_block_done,
+    .ring_shift = cpu_ring_shift,
 };
 
+/* The row log-sum-exp, fp32 whatever the activations' type: linear in T. */
 static int64_t cpu_attention_state_bytes(const insitra_model_dims *d, int64_t B, size_t act_size)
 {
-    return insitra_size_mul(insitra_size_mul(insitra_size_mul(B, d->n_heads), insitra_size_mul(d->seq_len, d->seq_len)),
-                            (int64_t)act_size);
+    (void)act_size;
+    return insitra_size_mul(insitra_size_mul(B, d->n_heads),
+                            insitra_size_mul(d->seq_len, (int64_t)sizeof(float)));
+}
+
+/* Attention tiles live on each thread's stack (lib/cpu/attention.h). */
+static int64_t cpu_workspace_bytes(const insitra_model_dims *d, int64_t B, size_t act_size)
+{
+    (void)d;
+    (void)B;
+    (void)act_size;
+    return 0;
 }
 
 const insitra_backend_desc insitra_backend_cpu_desc = {
     .device = INSITRA_DEVICE_CPU,
     .attention_state_bytes = cpu_attention_state_bytes,
-    .workspace_bytes = cpu_attention_state_bytes, /* the same (B,H,T,T) for the backward */
+    .workspace_bytes = cpu_workspace_bytes,
     .align = 64,
 };
 
 insitra_status insitra_backend_cpu_create(insitra_backend **out)
 {
-    cpu_backend *c = calloc(1, sizeof *c);
+    insitra_backend *c = calloc(1, sizeof *c);
     if (!c) return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "out of memory for the CPU backend");
-    c->base = (insitra_backend){
+    *c = (insitra_backend){
         .i = &cpu_interface,
         .desc = &insitra_backend_cpu_desc,
         .act = INSITRA_DTYPE_F32,
         .act_size = sizeof(float),
         .host_memory = true,
     };
-    *out = &c->base;
+    *out = c;
     return INSITRA_STATUS_OK;
 }

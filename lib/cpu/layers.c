@@ -1,4 +1,5 @@
 #include "layers.h"
+#include "vector_math.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -6,87 +7,9 @@
 
 #include "gemm.h"
 
-/* Elementwise and row kernels are built twice, for AVX2 and for baseline
- * x86-64, and the loader picks one per machine (GCC function multiversioning),
- * so a distribution build runs at full width without -march=native. ISO C
- * mode forbids FMA contraction, and reductions use a fixed lane count, so
- * both versions compute bit-identical results. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define VECTOR_CLONES
-#endif
-
 /* Column blocks for reductions over rows: a thread owns whole columns and
  * adds rows in order, so sums never depend on the thread count. */
 #define COL_BLOCK 64
-
-/* e^x to about 2 ulp, written so GCC vectorises loops that call it (glibc's
- * expf does not vectorise without -ffast-math, and softmax and GELU would
- * otherwise cost as much as the GEMMs on small models). Cody-Waite range
- * reduction x = n ln2 + r, then a degree-6 minimax polynomial for e^r. */
-static inline float vexpf(float x)
-{
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
-    /* n = round(x / ln2) without a branch: adding 1.5 * 2^23 rounds to an integer. */
-    const float fn = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = x - fn * 0.693359375f;
-    r = r - fn * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    union { int32_t i; float f; } scale = {.i = ((int32_t)fn + 127) << 23};
-    return p * scale.f;
-}
-
-static inline float vtanhf(float x) { return 1.0f - 2.0f / (vexpf(2.0f * x) + 1.0f); }
-
-/* Row reductions in LANES independent partial sums, combined in a fixed
- * order: the compiler vectorises them without reassociating (no -ffast-math),
- * and the result is the same on every run and thread count. */
-#define LANES 8
-
-static inline float row_sum(const float *x, int64_t n)
-{
-    float acc[LANES] = {0};
-    int64_t j = 0;
-    for (; j + LANES <= n; j += LANES)
-        for (int k = 0; k < LANES; k++) acc[k] += x[j + k];
-    for (int64_t k = 0; j + k < n; k++) acc[k] += x[j + k];
-    float s = 0.0f;
-    for (int k = 0; k < LANES; k++) s += acc[k];
-    return s;
-}
-
-static inline float row_dot(const float *a, const float *b, int64_t n)
-{
-    float acc[LANES] = {0};
-    int64_t j = 0;
-    for (; j + LANES <= n; j += LANES)
-        for (int k = 0; k < LANES; k++) acc[k] += a[j + k] * b[j + k];
-    for (int64_t k = 0; j + k < n; k++) acc[k] += a[j + k] * b[j + k];
-    float s = 0.0f;
-    for (int k = 0; k < LANES; k++) s += acc[k];
-    return s;
-}
-
-static inline float row_max(const float *x, int64_t n)
-{
-    float acc[LANES];
-    for (int k = 0; k < LANES; k++) acc[k] = x[0];
-    int64_t j = 0;
-    for (; j + LANES <= n; j += LANES)
-        for (int k = 0; k < LANES; k++) acc[k] = x[j + k] > acc[k] ? x[j + k] : acc[k];
-    for (int64_t k = 0; j + k < n; k++) acc[k] = x[j + k] > acc[k] ? x[j + k] : acc[k];
-    float m = acc[0];
-    for (int k = 1; k < LANES; k++) m = acc[k] > m ? acc[k] : m;
-    return m;
-}
 
 /* acc (OC) += column sums of x (N,OC), rows in order. */
 VECTOR_CLONES
@@ -205,86 +128,6 @@ void insitra_layernorm_backward(float *dinp, float *dw, float *db, const float *
         for (int64_t j = 0; j < wd; j++) {
             dw[j0 + j] += sw[j];
             db[j0 + j] += sb[j];
-        }
-    }
-}
-
-/* Row-wise softmax of P (T,T) in place; with causal, row i keeps j <= i. */
-VECTOR_CLONES
-static void softmax_rows(float *P, int64_t T, bool causal)
-{
-    for (int64_t i = 0; i < T; i++) {
-        float *row = P + i * T;
-        const int64_t len = causal ? i + 1 : T;
-        const float mx = row_max(row, len);
-        for (int64_t j = 0; j < len; j++) row[j] = vexpf(row[j] - mx);
-        const float sum = row_sum(row, len);
-        const float inv = 1.0f / sum;
-        for (int64_t j = 0; j < len; j++) row[j] *= inv;
-        for (int64_t j = len; j < T; j++) row[j] = 0.0f;
-    }
-}
-
-VECTOR_CLONES
-void insitra_attention_forward(float *out, float *att, const float *qkv, int64_t B, int64_t T,
-                               int64_t C, int64_t H, bool causal)
-{
-    const int64_t hs = C / H, C3 = 3 * C;
-    const float scale = 1.0f / sqrtf((float)hs);
-    /* One (sample, head) pair per task; the GEMMs inside run single-threaded
-     * (OpenBLAS's OpenMP build does so inside a parallel region). */
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t b = 0; b < B; b++) {
-        for (int64_t h = 0; h < H; h++) {
-            const float *q = qkv + b * T * C3 + h * hs;
-            const float *k = q + C, *v = q + 2 * C;
-            float *P = att + (b * H + h) * T * T;
-            float *y = out + b * T * C + h * hs;
-            /* P (T,T) = scale * q (T,hs) @ k^T */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)hs, scale, q,
-                        (int)C3, k, (int)C3, 0.0f, P, (int)T);
-            softmax_rows(P, T, causal);
-            /* y (T,hs) = P @ v */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)hs, (int)T, 1.0f, P,
-                        (int)T, v, (int)C3, 0.0f, y, (int)C);
-        }
-    }
-}
-
-VECTOR_CLONES
-void insitra_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
-                                const float *att, int64_t B, int64_t T, int64_t C, int64_t H)
-{
-    const int64_t hs = C / H, C3 = 3 * C;
-    const float scale = 1.0f / sqrtf((float)hs);
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t b = 0; b < B; b++) {
-        for (int64_t h = 0; h < H; h++) {
-            const float *q = qkv + b * T * C3 + h * hs;
-            const float *k = q + C, *v = q + 2 * C;
-            float *dq = dqkv + b * T * C3 + h * hs;
-            float *dk = dq + C, *dv = dq + 2 * C;
-            const float *P = att + (b * H + h) * T * T;
-            float *dS = datt + (b * H + h) * T * T;
-            const float *dy = dout + b * T * C + h * hs;
-            /* dP (T,T) = dy (T,hs) @ v^T;  dv (T,hs) = P^T @ dy */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)hs, 1.0f, dy,
-                        (int)C, v, (int)C3, 0.0f, dS, (int)T);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)hs, (int)T, 1.0f, P,
-                        (int)T, dy, (int)C, 0.0f, dv, (int)C3);
-            /* softmax backward, the 1/sqrt(hs) of the scores folded in:
-             * dS = scale * P * (dP - sum_j P dP). Masked entries have P = 0. */
-            for (int64_t i = 0; i < T; i++) {
-                const float *p = P + i * T;
-                float *d = dS + i * T;
-                const float dot = row_dot(p, d, T);
-                for (int64_t j = 0; j < T; j++) d[j] = scale * p[j] * (d[j] - dot);
-            }
-            /* dq (T,hs) = dS @ k;  dk (T,hs) = dS^T @ q */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)hs, (int)T, 1.0f,
-                        dS, (int)T, k, (int)C3, 0.0f, dq, (int)C3);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)hs, (int)T, 1.0f, dS,
-                        (int)T, q, (int)C3, 0.0f, dk, (int)C3);
         }
     }
 }

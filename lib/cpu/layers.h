@@ -28,14 +28,6 @@ void insitra_layernorm_backward(float *dinp, float *dw, float *db, const float *
                                 const float *inp, const float *mean, const float *rstd,
                                 const float *w, int64_t N, int64_t C);
 
-/* Multi-head self-attention on a fused qkv (B,T,3C) = [q | k | v] per token.
- * att (B,H,T,T) keeps the softmax probabilities; out (B,T,C). */
-void insitra_attention_forward(float *out, float *att, const float *qkv, int64_t B, int64_t T,
-                               int64_t C, int64_t H, bool causal);
-/* dqkv (B,T,3C) = ...; datt (B,H,T,T) is scratch. */
-void insitra_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
-                                const float *att, int64_t B, int64_t T, int64_t C, int64_t H);
-
 /* GELU, tanh approximation (PyTorch approximate="tanh"). */
 void insitra_gelu_forward(float *out, const float *inp, int64_t n);
 /* dinp = gelu'(inp) * dout; dinp may alias dout. */

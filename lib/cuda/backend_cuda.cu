@@ -878,6 +878,13 @@ const insitra_backend_i cuda_interface = {
     /* .capture_begin = */ cuda_capture_begin,
     /* .capture_end = */ cuda_capture_end,
     /* .replay = */ cuda_replay,
+    /* context parallelism (lib/attention_ring.c): not built on the GPU yet */
+    /* .attention_kv_pack = */ NULL,
+    /* .attention_block_forward = */ NULL,
+    /* .attention_block_finish = */ NULL,
+    /* .attention_block_backward = */ NULL,
+    /* .attention_block_done = */ NULL,
+    /* .ring_shift = */ NULL,
 };
 
 insitra_status pick_device(cuda_backend *c, MPI_Comm comm)

@@ -4,7 +4,8 @@
 ! x[n][T][F], and the error paths with stat present: bad key, malformed YAML,
 ! wrong array shapes (one rank only, in a collective call: no rank may hang),
 ! NaN in samples (the store keeps its contents), an empty store; a checkpoint
-! save / load round trip.
+! save / load round trip; patch tokens of 2-D and 3-D grid blocks (layout,
+! round trip, a wrong tokens shape).
 program test_api
   use, intrinsic :: iso_c_binding, only: c_float, c_double, c_int64_t, c_size_t, c_sizeof, c_loc
   use, intrinsic :: ieee_arithmetic, only: ieee_value, ieee_quiet_nan
@@ -43,6 +44,7 @@ program test_api
   call test_errors()
   call test_sub_communicator()
   call test_checkpoint()
+  call test_patches()
   call cfg%free()
 
   call MPI_Allreduce(failures, total_failures, 1, MPI_INTEGER, MPI_SUM, MPI_COMM_WORLD)
@@ -452,5 +454,73 @@ contains
     real(c_double), intent(in) :: a, b
     same_bits = transfer(a, 0_c_int64_t) == transfer(b, 0_c_int64_t)
   end function same_bits
+
+  ! Patch tokens: token t holds patch (P1, P2) with P1 fastest, feature
+  ! f = v + V (a1 + p a2) (1-based: +1) is field(v, P1 p + a1, P2 p + a2).
+  subroutine test_patches()
+    integer, parameter :: V = 2, N1 = 4, N2 = 6, P = 2, NP1 = 2, NP2 = 3 ! NPk = Nk / P
+    real(c_float) :: field(V, N1, N2), back(V, N1, N2), tokens(V * P * P, NP1 * NP2)
+    real(c_float) :: field3(3, 2, 4, 6), back3(3, 2, 4, 6), tokens3(3 * 8, 6), wrong(V * P * P, 5)
+    integer :: i, j, k, stat, bad, v0, a1, a2
+    do k = 1, N2
+      do j = 1, N1
+        do i = 1, V
+          field(i, j, k) = real(100 * k + 10 * j + i, c_float)
+        end do
+      end do
+    end do
+    call insitra_field_to_patches(field, P, tokens, stat=stat)
+    call check(stat == INSITRA_STATUS_OK, 'field_to_patches 2-D: ' // insitra_last_error())
+    bad = 0
+    do k = 0, NP2 - 1
+      do j = 0, NP1 - 1
+        do i = 0, V * P * P - 1 ! feature i = v0 + V (a1 + P a2), 0-based
+          v0 = mod(i, V)
+          a1 = mod(i / V, P)
+          a2 = i / (V * P)
+          if (differs(tokens(i + 1, 1 + j + NP1 * k), field(v0 + 1, j * P + a1 + 1, k * P + a2 + 1))) &
+            bad = bad + 1
+        end do
+      end do
+    end do
+    call check(bad == 0, 'patch tokens are the blocks of the field, patch index 1 fastest')
+    back = -1
+    call insitra_patches_to_field(tokens, P, back, stat=stat)
+    call check(stat == INSITRA_STATUS_OK .and. same(field, back, size(field)), 'patches_to_field 2-D round trip')
+    call random_number(field3)
+    call insitra_field_to_patches(field3, P, tokens3, stat=stat)
+    call check(stat == INSITRA_STATUS_OK, 'field_to_patches 3-D: ' // insitra_last_error())
+    ! the last token is the last block, (:, 1:2, 3:4, 5:6), in its own order
+    bad = 0
+    do i = 0, 3 * 8 - 1
+      v0 = mod(i, 3)
+      a1 = mod(i / 3, 2)
+      a2 = mod(i / 6, 2)
+      k = (i - mod(i, 12)) / 12
+      if (differs(tokens3(i + 1, 6), field3(v0 + 1, a1 + 1, a2 + 3, k + 5))) bad = bad + 1
+    end do
+    call check(bad == 0, 'the last 3-D token is the last block')
+    back3 = -1
+    call insitra_patches_to_field(tokens3, P, back3, stat=stat)
+    call check(stat == INSITRA_STATUS_OK .and. same(field3, back3, size(field3)), 'patches_to_field 3-D round trip')
+    call insitra_field_to_patches(field, P, wrong, stat=stat)
+    call expect_error(stat, INSITRA_STATUS_INVALID_ARGUMENT, 'tokens has shape (8, 5)', 'wrong tokens shape')
+    call insitra_field_to_patches(field, 4, tokens, stat=stat)
+    call expect_error(stat, INSITRA_STATUS_INVALID_ARGUMENT, 'field axis 3 has 6 points, not a multiple of patch = 4', &
+                      'patch not dividing the block')
+  end subroutine test_patches
+
+  ! Whether two reals differ at all (the copies must be exact).
+  logical function differs(a, b)
+    real(c_float), intent(in) :: a, b
+    differs = abs(a - b) > 0
+  end function differs
+
+  ! Whether a(1:n) and b(1:n) hold the same values (arrays of any shape).
+  logical function same(a, b, n)
+    integer, intent(in) :: n
+    real(c_float), intent(in) :: a(n), b(n)
+    same = .not. any(abs(a - b) > 0)
+  end function same
 
 end program test_api
