@@ -44,6 +44,9 @@ class Insitra(CMakePackage, CudaPackage):
     # INSITRA_ENABLE_CUDA brings NCCL; the variant says so to the concretizer).
     variant("nccl", default=True, when="+cuda", description="NCCL collectives (needed by +cuda)")
     conflicts("~nccl", when="+cuda", msg="the CUDA backend runs its collectives through NCCL")
+    # bf16 attention through cuDNN 9's fused SDPA (deterministic backward);
+    # without it the CUDA backend runs insitra's own fused attention kernels.
+    variant("cudnn", default=True, when="+cuda", description="cuDNN 9 fused attention on the GPU")
 
     depends_on("c", type="build")
     # nvcc compiles the host side of .cu files with the C++ compiler.
@@ -65,6 +68,7 @@ class Insitra(CMakePackage, CudaPackage):
     # bf16 GEMMs in cuBLASLt, graph capture of NCCL calls
     depends_on("cuda@12:", when="+cuda")
     depends_on("nccl@2.18:", when="+nccl")
+    depends_on("cudnn@9:", when="+cudnn")
 
     conflicts(
         "cuda_arch=none",
@@ -86,6 +90,11 @@ class Insitra(CMakePackage, CudaPackage):
 
     test_requires_compiler = True
 
+    def setup_build_environment(self, env):
+        # CMake looks for cudnn_graph.h and libcudnn under CUDNN_ROOT first.
+        if self.spec.satisfies("+cudnn"):
+            env.set("CUDNN_ROOT", self.spec["cudnn"].prefix)
+
     def cmake_args(self):
         spec = self.spec
         args = [
@@ -106,6 +115,8 @@ class Insitra(CMakePackage, CudaPackage):
             args.append(self.define("MPI_Fortran_COMPILER", spec["mpi"].mpifc))
         if spec.satisfies("+cuda"):
             args.append(self.define_from_variant("CMAKE_CUDA_ARCHITECTURES", "cuda_arch"))
+            # Spack's choice, not a cuDNN CMake happens to find beside the toolkit.
+            args.append(self.define_from_variant("INSITRA_ENABLE_CUDNN", "cudnn"))
         return args
 
     def _cblas_include_dir(self):
