@@ -73,7 +73,7 @@ ckpt_cli_check(NAME info ARGS "info|${step6}" RC 0
 # The stored configuration as YAML, and the planner reading it from the file.
 ckpt_cli_check(NAME config ARGS "config|${step6}" RC 0
   MATCH "^device: cpu\n" "\nmodel:\n  seq_len: 8\n  in_features: 3\n  out_features: 2\n  d_model: 16\n"
-        "\nparallel:\n  dp: 0\n  tp: 1\n  zero_stage: 1\n")
+        "\nparallel:\n  dp: 0\n  tp: 1\n  cp: 1\n  zero_stage: 1\n")
 ckpt_cli_check(NAME config_truncated ARGS "config|${dir}/truncated.h5" RC 1
   MATCH "truncated or corrupt" FIXTURES ckpt_cli_truncate)
 add_test(NAME ckpt_cli_plan
