@@ -678,7 +678,9 @@ insitra_status cuda_group_create(insitra_backend *be, const insitra_comm *comm, 
     else if (msg.result != (int32_t)ncclSuccess)
         s = insitra_error_set(INSITRA_STATUS_DEVICE_ERROR, "GPU: ncclGetUniqueId failed on rank 0 of the group: %s",
                               ncclGetErrorString((ncclResult_t)msg.result));
-    if (s == INSITRA_STATUS_OK) {
+    /* A group of one rank has no NCCL communicator: its collectives are copies,
+     * and a communicator would hold device memory the planner does not count. */
+    if (s == INSITRA_STATUS_OK && comm->size > 1) {
         const ncclResult_t r = ncclCommInitRank(&g->nccl, comm->size, msg.id, comm->rank);
         if (r != ncclSuccess)
             s = insitra_cuda_fail("ncclCommInitRank", ncclGetErrorString(r), __FILE__, __LINE__);
@@ -704,6 +706,13 @@ void cuda_group_free(insitra_backend *be, insitra_group *g)
     free(g);
 }
 
+/* A one-rank collective: send to recv on stream st (nothing when in place). */
+insitra_status copy_on(cudaStream_t st, void *recv, const void *send, size_t bytes)
+{
+    if (recv != send) CUDA_TRY(cudaMemcpyAsync(recv, send, bytes, cudaMemcpyDeviceToDevice, st));
+    return INSITRA_STATUS_OK;
+}
+
 /* The comm stream joins the compute stream's current point; h gets an event. */
 insitra_status fork(cuda_backend *c, insitra_coll *h)
 {
@@ -726,7 +735,10 @@ insitra_status cuda_reduce_scatter(insitra_backend *be, insitra_group *g, const 
 {
     cuda_backend *c = cu(be);
     INSITRA_CHECK(fork(c, h));
-    NCCL_TRY(ncclReduceScatter(send, recv, (size_t)n, ncclFloat, ncclSum, g->nccl, c->ns));
+    if (!g->nccl)
+        INSITRA_CHECK(copy_on(c->ns, recv, send, (size_t)n * sizeof(float)));
+    else
+        NCCL_TRY(ncclReduceScatter(send, recv, (size_t)n, ncclFloat, ncclSum, g->nccl, c->ns));
     return done(c, h);
 }
 
@@ -735,8 +747,11 @@ insitra_status cuda_all_gather(insitra_backend *be, insitra_group *g, const void
 {
     cuda_backend *c = cu(be);
     INSITRA_CHECK(fork(c, h));
-    NCCL_TRY(ncclAllGather(send, recv, (size_t)n, t == INSITRA_DTYPE_BF16 ? ncclBfloat16 : ncclFloat, g->nccl,
-                           c->ns));
+    if (!g->nccl)
+        INSITRA_CHECK(copy_on(c->ns, recv, send, (size_t)n * (t == INSITRA_DTYPE_BF16 ? 2 : sizeof(float))));
+    else
+        NCCL_TRY(ncclAllGather(send, recv, (size_t)n, t == INSITRA_DTYPE_BF16 ? ncclBfloat16 : ncclFloat, g->nccl,
+                               c->ns));
     return done(c, h);
 }
 
