@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "ckpt_format.h"
+#include "config.h"
 #include "crc32c.h"
 #include "error.h"
 
@@ -21,6 +22,23 @@ const insitra_ckpt_table insitra_ckpt_tables[INSITRA_CKPT_TABLES] = {
 };
 
 #define META_CRC_ATTR "meta_crc32c"
+
+char *insitra_ckpt_stored_config(const insitra_config *cfg)
+{
+    /* Without the paths and names of the environment (checkpoint.dir,
+     * log.jsonl, checkpoint.deadline_env): they describe where a run writes,
+     * not what it trains, and may hold any bytes a file name can; left out,
+     * the stored YAML always reads back. */
+    insitra_config *copy = malloc(sizeof *copy);
+    if (!copy) return NULL;
+    *copy = *cfg;
+    copy->checkpoint.dir[0] = copy->log.jsonl[0] = copy->checkpoint.deadline_env[0] = '\0';
+    const size_t len = insitra_config_dump_yaml(copy, NULL, 0) + 1;
+    char *yaml = malloc(len);
+    if (yaml) insitra_config_dump_yaml(copy, yaml, len);
+    free(copy);
+    return yaml;
+}
 
 /* ---- attributes ---- */
 
@@ -258,8 +276,22 @@ int insitra_ckpt_dataset_kind(hid_t dset)
     const H5T_class_t cls = type >= 0 ? H5Tget_class(type) : H5T_NO_CLASS;
     const size_t size = type >= 0 ? H5Tget_size(type) : 0;
     if (type >= 0) H5Tclose(type);
-    return cls == H5T_FLOAT && size == 4 ? INSITRA_CKPT_FLOAT32
-           : cls == H5T_INTEGER && size == 8 ? INSITRA_CKPT_INT64 : INSITRA_CKPT_OTHER;
+    return cls == H5T_FLOAT && size == 4     ? INSITRA_CKPT_FLOAT32
+           : cls == H5T_FLOAT && size == 8   ? INSITRA_CKPT_FLOAT64
+           : cls == H5T_INTEGER && size == 8 ? INSITRA_CKPT_INT64
+           : cls == H5T_INTEGER && size == 4 ? INSITRA_CKPT_INT32
+                                             : INSITRA_CKPT_OTHER;
+}
+
+const char *insitra_ckpt_kind_name(int kind)
+{
+    switch (kind) {
+    case INSITRA_CKPT_FLOAT32: return "float32";
+    case INSITRA_CKPT_FLOAT64: return "float64";
+    case INSITRA_CKPT_INT64: return "a 64-bit integer";
+    case INSITRA_CKPT_INT32: return "a 32-bit integer";
+    default: return "another type";
+    }
 }
 
 insitra_status insitra_ckpt_open_dataset(hid_t file, const char *path, int kind, int ndim, const hsize_t *want,
@@ -281,8 +313,7 @@ insitra_status insitra_ckpt_open_dataset(hid_t file, const char *path, int kind,
     const int n = insitra_ckpt_shape(*dset, dims);
     insitra_status s = INSITRA_STATUS_OK;
     if (insitra_ckpt_dataset_kind(*dset) != kind) {
-        s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "'/%s' type is not %s", path,
-                              kind == INSITRA_CKPT_FLOAT32 ? "float32" : "a 64-bit integer");
+        s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "'/%s' type is not %s", path, insitra_ckpt_kind_name(kind));
     } else if (n != ndim || memcmp(dims, want, (size_t)ndim * sizeof *dims) != 0) {
         char have[96] = "", expect[96] = "";
         for (int k = 0, u = 0, v = 0; k < 4; k++) {

@@ -70,8 +70,11 @@ insitra_status insitra_ckpt_meta_check(const insitra_ckpt_meta *m, const char **
 /* The shape of a dataset: ndim (<= 4, -1 if it is not a simple dataset) and dims. */
 int insitra_ckpt_shape(hid_t dset, hsize_t dims[4]);
 /* What a dataset holds: float32 (tensors, samples), a 64-bit integer (the
- * tables, signed or not), or something else. */
-enum { INSITRA_CKPT_FLOAT32, INSITRA_CKPT_INT64, INSITRA_CKPT_OTHER };
+ * tables, signed or not), float64 or a 32-bit integer (normalisation,
+ * the caller's arrays), or something else. */
+enum { INSITRA_CKPT_FLOAT32, INSITRA_CKPT_INT64, INSITRA_CKPT_FLOAT64, INSITRA_CKPT_INT32, INSITRA_CKPT_OTHER };
+/* "float32", "a 64-bit integer", ... for messages. */
+const char *insitra_ckpt_kind_name(int kind);
 int insitra_ckpt_dataset_kind(hid_t dset);
 /* Opens the dataset at path (from the root) into *dset if it exists, holds
  * kind and has exactly the shape (ndim, want); otherwise IO_ERROR naming
@@ -95,6 +98,11 @@ int insitra_ckpt_attr_read_i64(hid_t obj, const char *name, int64_t *v);
 char *insitra_ckpt_attr_read_str(hid_t obj, const char *name);
 /* The dataset's crc32c attribute: IO_ERROR naming path when absent or not a uint32. */
 insitra_status insitra_ckpt_attr_read_crc(hid_t dset, const char *path, uint32_t *crc);
+
+/* The configuration a file stores (malloc'd YAML, NULL when out of memory):
+ * what defines the model and the run, without the environment's paths
+ * (checkpoint.dir, log.jsonl, checkpoint.deadline_env). */
+char *insitra_ckpt_stored_config(const insitra_config *cfg);
 
 /* ---- a checkpoint directory ---- */
 

@@ -205,24 +205,6 @@ static void write_crc_attr(writer *w, const char *path, uint32_t crc)
     H5Dclose(dset);
 }
 
-/* The stored configuration: what defines the model and the run, without the
- * paths and names of the environment (checkpoint.dir, log.jsonl,
- * checkpoint.deadline_env). Those describe where a run writes, not what it
- * trains, and may hold any bytes a file name can; left out, the stored YAML
- * always reads back. */
-static char *stored_config(const insitra_config *cfg)
-{
-    insitra_config *copy = malloc(sizeof *copy);
-    if (!copy) return NULL;
-    *copy = *cfg;
-    copy->checkpoint.dir[0] = copy->log.jsonl[0] = copy->checkpoint.deadline_env[0] = '\0';
-    const size_t len = insitra_config_dump_yaml(copy, NULL, 0) + 1;
-    char *yaml = malloc(len);
-    if (yaml) insitra_config_dump_yaml(copy, yaml, len);
-    free(copy);
-    return yaml;
-}
-
 /* What a save prepares before opening the file: every allocation, so that
  * running out of memory is agreed on before the first collective call. */
 typedef struct save_plan {
@@ -317,7 +299,7 @@ static insitra_status plan_save(const insitra_ckpt_state *st, save_plan *plan)
     plan->n = 3 * nt + INSITRA_CKPT_TABLES + 2;
     plan->crc = calloc((size_t)plan->n, sizeof *plan->crc);
     plan->bytes = calloc((size_t)plan->n, sizeof *plan->bytes);
-    plan->yaml = stored_config(st->cfg);
+    plan->yaml = insitra_ckpt_stored_config(st->cfg);
     int64_t *counts = malloc((size_t)st->world->size * sizeof *counts);
     insitra_status s = INSITRA_STATUS_OK;
     if (!plan->crc || !plan->bytes || !plan->yaml || !counts)

@@ -8,7 +8,9 @@
  *
  * Collective calls (every rank of the trainer's communicator must make them,
  * in the same order): insitra_trainer_create, insitra_trainer_free,
- * insitra_train_step, insitra_predict, insitra_evaluate. A collective call
+ * insitra_train_step, insitra_predict, insitra_evaluate, the checkpoint and
+ * export calls, insitra_surrogate_create*. A surrogate's predictions are
+ * local. A collective call
  * that fails on one rank fails on every rank with the failing rank's message,
  * so no rank is left waiting.
  *
@@ -170,6 +172,59 @@ insitra_status insitra_checkpoint_load(insitra_trainer *trainer, const char *pat
  * checkpoint was written by insitra_train_step; the host then leaves its time
  * loop. */
 insitra_status insitra_should_stop(const insitra_trainer *trainer, int32_t *stop);
+
+/* ------------------------------------------------------------------------ */
+/* Export and the surrogate: the trained model alone, for inference.        */
+/* ------------------------------------------------------------------------ */
+
+/* Collective. Writes a small HDF5 file at path (rank 0 writes; as path.tmp,
+ * renamed when complete): every parameter in fp32 with its global shape and
+ * CRC32C, the configuration, the model's dimensions, the format version and,
+ * when the trainer normalises, the /normalization group (docs/checkpoint.md,
+ * "Export files"). tools/insitra_torch.py opens it in PyTorch. */
+insitra_status insitra_export_save(insitra_trainer *trainer, const char *path);
+
+/* An inference handle: the model's parameters and the activations of up to
+ * max_batch samples per forward, on the CPU or one GPU, and nothing else (no
+ * gradients, moments or sample store). Predictions need no other rank. */
+typedef struct insitra_surrogate insitra_surrogate;
+
+/* Collective over comm (MPI_COMM_SELF for one process alone). Rank 0 reads
+ * path, an export file or a checkpoint file (every CRC32C checked), and
+ * broadcasts it. opts may be NULL; its keys device (cpu or cuda: the GPU is
+ * picked from the node-local rank, as for a trainer) and precision (fp32, or
+ * bf16 on the GPU: the parameters are held in bf16) are used, no others.
+ * max_batch > 0 bounds the samples of one forward; a predict call of more
+ * runs several. Allocates everything now: predictions allocate nothing. */
+insitra_status insitra_surrogate_create(insitra_surrogate **surrogate, const char *path,
+                                        const insitra_config *opts, int64_t max_batch, MPI_Comm comm);
+/* The same for a Fortran communicator handle (MPI_Comm_f2c). */
+insitra_status insitra_surrogate_create_fcomm(insitra_surrogate **surrogate, const char *path,
+                                              const insitra_config *opts, int64_t max_batch,
+                                              MPI_Fint comm);
+/* Collective over the trainer's communicator: a surrogate holding the
+ * trainer's current parameters (gathered at ZeRO stage 3), on every rank;
+ * it stays as it is when the trainer trains on. */
+insitra_status insitra_surrogate_create_from_trainer(insitra_surrogate **surrogate,
+                                                     insitra_trainer *trainer,
+                                                     const insitra_config *opts, int64_t max_batch);
+/* Local. NULL is a no-op. */
+insitra_status insitra_surrogate_free(insitra_surrogate *surrogate);
+/* The sample shape of the model: T tokens, F_in inputs, F_out outputs. */
+insitra_status insitra_surrogate_sample_shape(const insitra_surrogate *surrogate, int64_t *seq_len,
+                                              int64_t *in_features, int64_t *out_features);
+
+/* Local (no other rank takes part). y_out (n, T, F_out) = the model of x
+ * (n, T, F_in), host arrays, with the file's normalisation applied around
+ * it. Returns when y_out is written. */
+insitra_status insitra_surrogate_predict(insitra_surrogate *surrogate, int64_t n, const float *x,
+                                         float *y_out);
+/* The same for arrays in the GPU memory of a device = cuda surrogate: the
+ * forward runs after the work queued on stream (a cudaStream_t; NULL is the
+ * legacy default stream), and work queued on stream afterwards runs after
+ * y_out is written. The call itself does not wait for the GPU. */
+insitra_status insitra_surrogate_predict_device(insitra_surrogate *surrogate, int64_t n, const float *x,
+                                                float *y_out, void *stream);
 
 /* ------------------------------------------------------------------------ */
 /* Memory: what a trainer holds, and what a configuration would need.       */

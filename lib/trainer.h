@@ -32,4 +32,9 @@ struct insitra_trainer {
     bool stop;                  /* the ranks agreed to stop; the final checkpoint is written */
 };
 
+/* The normalisation the trainer applies to its samples (ckpt_model.h), or
+ * NULL when it applies none: what exports and surrogates made from it use. */
+struct insitra_norm_stats;
+const struct insitra_norm_stats *insitra_trainer_norm(const insitra_trainer *t);
+
 #endif /* INSITRA_TRAINER_H */
