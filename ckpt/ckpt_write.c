@@ -21,6 +21,7 @@
 #include "ckpt_dir.h"
 #include "ckpt_format.h"
 #include "ckpt_io.h"
+#include "ckpt_user.h"
 #include "crc32c.h"
 #include "error.h"
 
@@ -82,7 +83,7 @@ static void note(writer *w, insitra_status s)
 
 static hid_t create_dataset(writer *w, const char *path, hid_t type, int ndim, const hsize_t *dims)
 {
-    hid_t space = H5Screate_simple(ndim, dims, NULL);
+    hid_t space = ndim > 0 ? H5Screate_simple(ndim, dims, NULL) : H5Screate(H5S_SCALAR);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     /* Every element is written: skip the fill pass. */
     H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
@@ -193,6 +194,34 @@ static void write_samples(writer *w, int64_t total, int64_t offset, uint32_t *cr
     }
 }
 
+/* The caller's arrays: every rank creates each dataset, writes its piece. */
+static void write_arrays(writer *w)
+{
+    const insitra_ckpt_state *st = w->st;
+    if (st->n_arrays > 0) create_group(w, INSITRA_CKPT_USER_GROUP);
+    char path[128];
+    for (int64_t k = 0; k < st->n_arrays; k++) {
+        const insitra_ckpt_array *a = &st->arrays[k];
+        snprintf(path, sizeof path, INSITRA_CKPT_USER_GROUP "/%s", a->name);
+        hsize_t dims[INSITRA_ARRAY_MAX_DIMS];
+        for (int d = 0; d < a->ndim; d++) dims[d] = (hsize_t)a->global[d];
+        hid_t dset = create_dataset(w, path, insitra_ckpt_type_file(a->type), a->ndim, dims);
+        if (dset < 0) continue;
+        hid_t fspace = -1, mspace = -1;
+        bool empty = true;
+        insitra_status s = INSITRA_STATUS_OK;
+        if (w->error == INSITRA_STATUS_OK)
+            s = insitra_ckpt_array_select(a, dset, true, st->world->rank, &fspace, &mspace, &empty);
+        if (s == INSITRA_STATUS_OK && w->error == INSITRA_STATUS_OK && !empty &&
+            H5Dwrite(dset, insitra_ckpt_type_mem(a->type), mspace, fspace, w->dxpl, a->data) < 0)
+            s = insitra_ckpt_h5_error("cannot write '/%s'", path);
+        note(w, s);
+        if (fspace >= 0) H5Sclose(fspace);
+        if (mspace >= 0) H5Sclose(mspace);
+        H5Dclose(dset);
+    }
+}
+
 static void write_crc_attr(writer *w, const char *path, uint32_t crc)
 {
     hid_t dset = H5Dopen2(w->file, path, H5P_DEFAULT);
@@ -212,6 +241,7 @@ typedef struct save_plan {
     uint32_t *crc;         /* (n) */
     uint64_t *bytes;       /* (n) */
     char *yaml;            /* the stored configuration */
+    uint32_t *array_crc;   /* (n_arrays) the caller's arrays, checked before the file opens */
     int64_t total_samples; /* every rank's held samples (with include_samples) */
     int64_t sample_offset; /* the row this rank's samples start at */
 } save_plan;
@@ -241,6 +271,7 @@ static void write_contents(writer *w, const save_plan *plan)
                 write_samples(w, plan->total_samples, plan->sample_offset,
                               plan->crc + at_tables + INSITRA_CKPT_TABLES,
                               plan->bytes + at_tables + INSITRA_CKPT_TABLES);
+            write_arrays(w);
         }
     }
     if (!job.done) crc_slots(&job);
@@ -258,6 +289,10 @@ static void write_contents(writer *w, const save_plan *plan)
     if (samples) {
         write_crc_attr(w, INSITRA_CKPT_SAMPLES_X, plan->crc[at_tables + INSITRA_CKPT_TABLES]);
         write_crc_attr(w, INSITRA_CKPT_SAMPLES_Y, plan->crc[at_tables + INSITRA_CKPT_TABLES + 1]);
+    }
+    for (int64_t k = 0; k < st->n_arrays; k++) {
+        snprintf(path, sizeof path, INSITRA_CKPT_USER_GROUP "/%s", st->arrays[k].name);
+        write_crc_attr(w, path, plan->array_crc[k]);
     }
     fault_point(st, "before_complete");
     const insitra_ckpt_meta meta = {
@@ -290,7 +325,11 @@ static int64_t reserve_bytes(const insitra_ckpt_state *st, int64_t total_samples
                                      total_samples * st->store->y_numel * (int64_t)sizeof(float)};
     for (int p = 0; p < 2; p++) bytes += sample_bytes[p] + (sample_bytes[p] >= MiB ? MiB : 0);
     bytes += (int64_t)st->world->size * 7 * (int64_t)sizeof(uint64_t) + MiB; /* the tables, each below or aligned */
-    return bytes + (datasets + INSITRA_CKPT_TABLES + 2) * 4096;
+    for (int64_t k = 0; k < st->n_arrays; k++) {
+        const int64_t b = insitra_ckpt_array_numel(&st->arrays[k]) * (int64_t)insitra_ckpt_type_size(st->arrays[k].type);
+        bytes += b + (b >= MiB ? MiB : 0);
+    }
+    return bytes + (datasets + INSITRA_CKPT_TABLES + 2 + st->n_arrays) * 4096;
 }
 
 static insitra_status plan_save(const insitra_ckpt_state *st, save_plan *plan)
@@ -300,9 +339,10 @@ static insitra_status plan_save(const insitra_ckpt_state *st, save_plan *plan)
     plan->crc = calloc((size_t)plan->n, sizeof *plan->crc);
     plan->bytes = calloc((size_t)plan->n, sizeof *plan->bytes);
     plan->yaml = insitra_ckpt_stored_config(st->cfg);
+    plan->array_crc = calloc((size_t)(st->n_arrays > 0 ? st->n_arrays : 1), sizeof *plan->array_crc);
     int64_t *counts = malloc((size_t)st->world->size * sizeof *counts);
     insitra_status s = INSITRA_STATUS_OK;
-    if (!plan->crc || !plan->bytes || !plan->yaml || !counts)
+    if (!plan->crc || !plan->bytes || !plan->yaml || !plan->array_crc || !counts)
         s = insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "checkpoint: out of memory for %" PRId64 " CRCs", plan->n);
     /* Every rank takes part, whatever failed: the agreement comes after. */
     int64_t mine = st->store->count, dummy = 0;
@@ -325,6 +365,7 @@ static void plan_free(save_plan *plan)
     free(plan->crc);
     free(plan->bytes);
     free(plan->yaml);
+    free(plan->array_crc);
 }
 
 /* All ranks open the file rank 0 created and reserved. */
@@ -384,7 +425,9 @@ insitra_status insitra_ckpt_save(const insitra_ckpt_state *st, const char *dir, 
     insitra_ckpt_quiet quiet; /* failures are reported as statuses, not printed by HDF5 */
     insitra_ckpt_quiet_begin(&quiet);
     save_plan plan = {0};
-    insitra_status s = plan_save(st, &plan);
+    insitra_status s = insitra_ckpt_agree(st->world, plan_save(st, &plan));
+    /* The caller's arrays: the same on every rank and tiled, before anything is written. */
+    if (s == INSITRA_STATUS_OK) s = insitra_ckpt_arrays_check(st, plan.array_crc);
     if (s == INSITRA_STATUS_OK && root) s = insitra_ckpt_dir_prepare(dir);
     const int64_t reserved = reserve_bytes(st, plan.total_samples);
     if (s == INSITRA_STATUS_OK && root) s = insitra_ckpt_dir_reserve(tmp, reserved);

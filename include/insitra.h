@@ -167,6 +167,44 @@ insitra_status insitra_checkpoint_save(insitra_trainer *trainer, const char *dir
 insitra_status insitra_checkpoint_load(insitra_trainer *trainer, const char *path, char *path_out,
                                        size_t path_size);
 
+/* The simulation's own state in the same checkpoint (as SCR routes an
+ * application's files into its checkpoint): arrays added here are written
+ * into /user/<name> of every later checkpoint of this trainer (the automatic
+ * ones of insitra_train_step included), under the same commit protocol and
+ * CRC32C, and read back by insitra_checkpoint_load. The library keeps the
+ * pointer, not a copy: a save reads data as it is then, a load writes into
+ * it. Adding a name again replaces its entry. */
+typedef enum insitra_type {
+    INSITRA_TYPE_FLOAT32 = 0,
+    INSITRA_TYPE_FLOAT64 = 1,
+    INSITRA_TYPE_INT32 = 2,
+    INSITRA_TYPE_INT64 = 3
+} insitra_type;
+#define INSITRA_ARRAY_MAX_DIMS 4
+#define INSITRA_CHECKPOINT_ARRAYS_MAX 32 /* arrays and scalars one trainer can hold */
+
+/* Local. This rank's piece of a global array of ndim (1-4) dimensions,
+ * row-major (C order; the Fortran binding reverses the dimensions):
+ * global_shape[ndim], the piece's first element offset[ndim] and extent
+ * count[ndim] (0 in any dimension: no piece on this rank). The piece lies in
+ * the caller's array data of shape mem_shape[ndim] from mem_offset[ndim]
+ * (a field with halo cells); both NULL: data is the piece itself. Every rank
+ * must add the same names, types and global shapes, and the pieces must
+ * tile the array exactly: a save checks both and fails on every rank,
+ * naming the array, the element and the ranks. A checkpoint may be loaded on
+ * another decomposition: each rank reads its own piece. name: letters,
+ * digits, '_', '-', '.', up to 63 characters. */
+insitra_status insitra_checkpoint_add_array(insitra_trainer *trainer, const char *name, insitra_type type,
+                                            int32_t ndim, const int64_t *global_shape, const int64_t *offset,
+                                            const int64_t *count, const int64_t *mem_shape,
+                                            const int64_t *mem_offset, void *data);
+/* Local. One value (the simulation's step, time, a flag): rank 0's is saved,
+ * a load writes it on every rank. */
+insitra_status insitra_checkpoint_add_scalar(insitra_trainer *trainer, const char *name, insitra_type type,
+                                             void *data);
+/* Local. Forgets every added array and scalar. */
+insitra_status insitra_checkpoint_clear_arrays(insitra_trainer *trainer);
+
 /* Local. *stop becomes 1 once the ranks have agreed to stop (SIGUSR1 or
  * SIGTERM arrived, or the checkpoint.deadline passed) and the final
  * checkpoint was written by insitra_train_step; the host then leaves its time
