@@ -136,6 +136,36 @@ insitra_status insitra_ckpt_attr_read_crc(hid_t dset, const char *path, uint32_t
     return INSITRA_STATUS_OK;
 }
 
+/* ---- export files ---- */
+
+int64_t insitra_export_format_of(hid_t file)
+{
+    int64_t v = -1;
+    if (insitra_ckpt_attr_read_i64(file, INSITRA_EXPORT_FORMAT_ATTR, &v) == 1) return v >= 1 ? v : INT64_MAX;
+    if (insitra_ckpt_attr_read_i64(file, "insitra_export", &v) == 1 && v == 1) return 0;
+    return -1;
+}
+
+insitra_status insitra_export_attrs_write(hid_t file, const insitra_config *cfg, const char *yaml, int64_t step)
+{
+    /* int64, as every integer of a checkpoint; the dimensions spare a reader a YAML parser */
+    const struct { const char *name; int64_t value; } ints[] = {
+        {INSITRA_EXPORT_FORMAT_ATTR, INSITRA_EXPORT_FORMAT},
+        {"step", step},
+        {"seq_len", cfg->model.seq_len},
+        {"in_features", cfg->model.in_features},
+        {"out_features", cfg->model.out_features},
+        {"d_model", cfg->model.d_model},
+        {"n_layers", cfg->model.n_layers},
+        {"n_heads", cfg->model.n_heads},
+        {"causal", cfg->model.causal ? 1 : 0},
+    };
+    for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++)
+        INSITRA_CHECK(insitra_ckpt_attr_write_i64(file, ints[k].name, ints[k].value));
+    INSITRA_CHECK(insitra_ckpt_attr_write_str(file, "insitra_version", insitra_version()));
+    return insitra_ckpt_attr_write_str(file, "config", yaml);
+}
+
 /* ---- the root metadata ---- */
 
 static const struct {

@@ -104,6 +104,21 @@ insitra_status insitra_ckpt_attr_read_crc(hid_t dset, const char *path, uint32_t
  * (checkpoint.dir, log.jsonl, checkpoint.deadline_env). */
 char *insitra_ckpt_stored_config(const insitra_config *cfg);
 
+/* ---- export files (docs/checkpoint.md, "Export files") ---- */
+
+/* Export format 1: /model/<tensor> float32 with global shapes and crc32c,
+ * root attributes insitra_export_format, step and the model dimensions
+ * (int64), insitra_version and config (strings), optional /normalization. */
+#define INSITRA_EXPORT_FORMAT 1
+#define INSITRA_EXPORT_FORMAT_ATTR "insitra_export_format"
+/* The export format of an open file: its version (>= 1), 0 for an export of
+ * insitra-ckpt before format versions (attribute insitra_export = 1, no
+ * dimensions), -1 when the file is not an export. */
+int64_t insitra_export_format_of(hid_t file);
+/* The root attributes of an export: the format, step, the dimensions of
+ * cfg's model, the library version and the configuration text yaml. */
+insitra_status insitra_export_attrs_write(hid_t file, const insitra_config *cfg, const char *yaml, int64_t step);
+
 /* ---- a checkpoint directory ---- */
 
 #define INSITRA_CKPT_LATEST "latest"

@@ -74,27 +74,6 @@ static insitra_status write_norm(hid_t f, const insitra_norm_stats *n)
                          dim * sizeof(int64_t));
 }
 
-/* The root attributes: the format, what wrote it, the configuration and the
- * model's dimensions as int64 (a reader without a YAML parser needs them). */
-static insitra_status write_export_attrs(hid_t f, const insitra_config *cfg, const char *yaml, int64_t step)
-{
-    const struct { const char *name; int64_t value; } ints[] = {
-        {INSITRA_EXPORT_FORMAT_ATTR, INSITRA_EXPORT_FORMAT},
-        {"step", step},
-        {"seq_len", cfg->model.seq_len},
-        {"in_features", cfg->model.in_features},
-        {"out_features", cfg->model.out_features},
-        {"d_model", cfg->model.d_model},
-        {"n_layers", cfg->model.n_layers},
-        {"n_heads", cfg->model.n_heads},
-        {"causal", cfg->model.causal ? 1 : 0},
-    };
-    for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++)
-        INSITRA_CHECK(insitra_ckpt_attr_write_i64(f, ints[k].name, ints[k].value));
-    INSITRA_CHECK(insitra_ckpt_attr_write_str(f, "insitra_version", insitra_version()));
-    return insitra_ckpt_attr_write_str(f, "config", yaml);
-}
-
 static insitra_status write_export(hid_t f, const insitra_config *cfg, const char *yaml,
                                    const insitra_param_layout *layout, const float *params, int64_t step,
                                    const insitra_norm_stats *norm)
@@ -111,7 +90,7 @@ static insitra_status write_export(hid_t f, const insitra_config *cfg, const cha
                                     (size_t)d->numel * sizeof(float)));
     }
     if (norm && norm->present) INSITRA_CHECK(write_norm(f, norm));
-    return write_export_attrs(f, cfg, yaml, step);
+    return insitra_export_attrs_write(f, cfg, yaml, step);
 }
 
 insitra_status insitra_export_write(const char *path, const insitra_config *cfg,
@@ -199,12 +178,12 @@ static insitra_status read_norm(hid_t f, insitra_norm_stats *n)
  * complete and their metadata checksum right. */
 static insitra_status read_header(hid_t f, insitra_model_file *out)
 {
-    int64_t format = -1;
+    const int64_t format = insitra_export_format_of(f);
     char *yaml = NULL;
     insitra_status s = INSITRA_STATUS_OK;
-    if (insitra_ckpt_attr_read_i64(f, INSITRA_EXPORT_FORMAT_ATTR, &format) == 1) {
+    if (format >= 0) { /* 0: insitra-ckpt's exports before format versions, read the same way */
         out->is_export = true;
-        if (format < 1 || format > INSITRA_EXPORT_FORMAT)
+        if (format > INSITRA_EXPORT_FORMAT)
             return insitra_error_set(INSITRA_STATUS_IO_ERROR, "export format version %" PRId64
                                      "; this insitra reads versions 1 to %d", format, INSITRA_EXPORT_FORMAT);
         if (insitra_ckpt_attr_read_i64(f, "step", &out->step) != 1) out->step = -1;

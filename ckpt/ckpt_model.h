@@ -14,11 +14,6 @@
 #include "config.h"
 #include "model.h"
 
-/* Export format 1: /model/<tensor> float32 with global shapes and crc32c,
- * root attributes insitra_export_format, insitra_version, config (YAML),
- * step and the model dimensions (int64), optional /normalization. */
-#define INSITRA_EXPORT_FORMAT 1
-#define INSITRA_EXPORT_FORMAT_ATTR "insitra_export_format"
 #define INSITRA_NORM_GROUP "normalization"
 
 /* Per-feature statistics the surrogate applies around the model, from the
