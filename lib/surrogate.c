@@ -76,7 +76,11 @@ static insitra_status build(insitra_surrogate *s, const insitra_config *file_cfg
     s->cfg.cuda.graphs = false;
     s->max_batch = max_batch;
     insitra_model_dims dims = insitra_config_model_dims(&s->cfg);
-    dims.recompute = false; /* no backward: nothing to recompute */
+    /* No backward: the layout training.recompute = block uses, one block's
+     * activations shared by every block and only the blocks' outputs kept
+     * (a forward reads nothing else; the model of 12 blocks holds 1/12 of a
+     * trainer's per-block activations). */
+    dims.recompute = true;
     s->xs = dims.seq_len * dims.in_features;
     s->ys = dims.seq_len * dims.out_features;
     INSITRA_CHECK(insitra_backend_create(&s->be, &s->cfg, comm));
