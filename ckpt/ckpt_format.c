@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "ckpt_format.h"
+#include "config.h"
 #include "crc32c.h"
 #include "error.h"
 
@@ -24,6 +25,23 @@ const insitra_ckpt_table insitra_ckpt_tables[INSITRA_CKPT_TABLES] = {
 };
 
 #define META_CRC_ATTR "meta_crc32c"
+
+char *insitra_ckpt_stored_config(const insitra_config *cfg)
+{
+    /* Without the paths and names of the environment (checkpoint.dir,
+     * log.jsonl, checkpoint.deadline_env): they describe where a run writes,
+     * not what it trains, and may hold any bytes a file name can; left out,
+     * the stored YAML always reads back. */
+    insitra_config *copy = malloc(sizeof *copy);
+    if (!copy) return NULL;
+    *copy = *cfg;
+    copy->checkpoint.dir[0] = copy->log.jsonl[0] = copy->checkpoint.deadline_env[0] = '\0';
+    const size_t len = insitra_config_dump_yaml(copy, NULL, 0) + 1;
+    char *yaml = malloc(len);
+    if (yaml) insitra_config_dump_yaml(copy, yaml, len);
+    free(copy);
+    return yaml;
+}
 
 /* ---- attributes ---- */
 
@@ -119,6 +137,36 @@ insitra_status insitra_ckpt_attr_read_crc(hid_t dset, const char *path, uint32_t
                                  path[0] == '/' ? path + 1 : path);
     *crc = (uint32_t)v;
     return INSITRA_STATUS_OK;
+}
+
+/* ---- export files ---- */
+
+int64_t insitra_export_format_of(hid_t file)
+{
+    int64_t v = -1;
+    if (insitra_ckpt_attr_read_i64(file, INSITRA_EXPORT_FORMAT_ATTR, &v) == 1) return v >= 1 ? v : INT64_MAX;
+    if (insitra_ckpt_attr_read_i64(file, "insitra_export", &v) == 1 && v == 1) return 0;
+    return -1;
+}
+
+insitra_status insitra_export_attrs_write(hid_t file, const insitra_config *cfg, const char *yaml, int64_t step)
+{
+    /* int64, as every integer of a checkpoint; the dimensions spare a reader a YAML parser */
+    const struct { const char *name; int64_t value; } ints[] = {
+        {INSITRA_EXPORT_FORMAT_ATTR, INSITRA_EXPORT_FORMAT},
+        {"step", step},
+        {"seq_len", cfg->model.seq_len},
+        {"in_features", cfg->model.in_features},
+        {"out_features", cfg->model.out_features},
+        {"d_model", cfg->model.d_model},
+        {"n_layers", cfg->model.n_layers},
+        {"n_heads", cfg->model.n_heads},
+        {"causal", cfg->model.causal ? 1 : 0},
+    };
+    for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++)
+        INSITRA_CHECK(insitra_ckpt_attr_write_i64(file, ints[k].name, ints[k].value));
+    INSITRA_CHECK(insitra_ckpt_attr_write_str(file, "insitra_version", insitra_version()));
+    return insitra_ckpt_attr_write_str(file, "config", yaml);
 }
 
 /* ---- the root metadata ---- */
@@ -261,9 +309,22 @@ int insitra_ckpt_dataset_kind(hid_t dset)
     const H5T_class_t cls = type >= 0 ? H5Tget_class(type) : H5T_NO_CLASS;
     const size_t size = type >= 0 ? H5Tget_size(type) : 0;
     if (type >= 0) H5Tclose(type);
-    return cls == H5T_FLOAT && size == 4   ? INSITRA_CKPT_FLOAT32
-           : cls == H5T_FLOAT && size == 8 ? INSITRA_CKPT_FLOAT64
-           : cls == H5T_INTEGER && size == 8 ? INSITRA_CKPT_INT64 : INSITRA_CKPT_OTHER;
+    return cls == H5T_FLOAT && size == 4     ? INSITRA_CKPT_FLOAT32
+           : cls == H5T_FLOAT && size == 8   ? INSITRA_CKPT_FLOAT64
+           : cls == H5T_INTEGER && size == 8 ? INSITRA_CKPT_INT64
+           : cls == H5T_INTEGER && size == 4 ? INSITRA_CKPT_INT32
+                                             : INSITRA_CKPT_OTHER;
+}
+
+const char *insitra_ckpt_kind_name(int kind)
+{
+    switch (kind) {
+    case INSITRA_CKPT_FLOAT32: return "float32";
+    case INSITRA_CKPT_FLOAT64: return "float64";
+    case INSITRA_CKPT_INT64: return "a 64-bit integer";
+    case INSITRA_CKPT_INT32: return "a 32-bit integer";
+    default: return "another type";
+    }
 }
 
 insitra_status insitra_ckpt_open_dataset(hid_t file, const char *path, int kind, int ndim, const hsize_t *want,
@@ -285,10 +346,7 @@ insitra_status insitra_ckpt_open_dataset(hid_t file, const char *path, int kind,
     const int n = insitra_ckpt_shape(*dset, dims);
     insitra_status s = INSITRA_STATUS_OK;
     if (insitra_ckpt_dataset_kind(*dset) != kind) {
-        s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "'/%s' type is not %s", path,
-                              kind == INSITRA_CKPT_FLOAT32   ? "float32"
-                              : kind == INSITRA_CKPT_FLOAT64 ? "float64"
-                                                             : "a 64-bit integer");
+        s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "'/%s' type is not %s", path, insitra_ckpt_kind_name(kind));
     } else if (n != ndim || memcmp(dims, want, (size_t)ndim * sizeof *dims) != 0) {
         char have[96] = "", expect[96] = "";
         for (int k = 0, u = 0, v = 0; k < 4; k++) {

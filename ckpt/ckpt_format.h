@@ -79,8 +79,11 @@ insitra_status insitra_ckpt_meta_check(const insitra_ckpt_meta *m, const char **
 /* The shape of a dataset: ndim (<= 4, -1 if it is not a simple dataset) and dims. */
 int insitra_ckpt_shape(hid_t dset, hsize_t dims[4]);
 /* What a dataset holds: float32 (tensors, samples), a 64-bit integer (the
- * tables, signed or not), or something else. */
-enum { INSITRA_CKPT_FLOAT32, INSITRA_CKPT_INT64, INSITRA_CKPT_FLOAT64, INSITRA_CKPT_OTHER };
+ * tables, signed or not), float64 or a 32-bit integer (normalisation,
+ * the caller's arrays), or something else. */
+enum { INSITRA_CKPT_FLOAT32, INSITRA_CKPT_INT64, INSITRA_CKPT_FLOAT64, INSITRA_CKPT_INT32, INSITRA_CKPT_OTHER };
+/* "float32", "a 64-bit integer", ... for messages. */
+const char *insitra_ckpt_kind_name(int kind);
 int insitra_ckpt_dataset_kind(hid_t dset);
 /* Opens the dataset at path (from the root) into *dset if it exists, holds
  * kind and has exactly the shape (ndim, want); otherwise IO_ERROR naming
@@ -104,6 +107,26 @@ int insitra_ckpt_attr_read_i64(hid_t obj, const char *name, int64_t *v);
 char *insitra_ckpt_attr_read_str(hid_t obj, const char *name);
 /* The dataset's crc32c attribute: IO_ERROR naming path when absent or not a uint32. */
 insitra_status insitra_ckpt_attr_read_crc(hid_t dset, const char *path, uint32_t *crc);
+
+/* The configuration a file stores (malloc'd YAML, NULL when out of memory):
+ * what defines the model and the run, without the environment's paths
+ * (checkpoint.dir, log.jsonl, checkpoint.deadline_env). */
+char *insitra_ckpt_stored_config(const insitra_config *cfg);
+
+/* ---- export files (docs/checkpoint.md, "Export files") ---- */
+
+/* Export format 1: /model/<tensor> float32 with global shapes and crc32c,
+ * root attributes insitra_export_format, step and the model dimensions
+ * (int64), insitra_version and config (strings), optional /normalization. */
+#define INSITRA_EXPORT_FORMAT 1
+#define INSITRA_EXPORT_FORMAT_ATTR "insitra_export_format"
+/* The export format of an open file: its version (>= 1), 0 for an export of
+ * insitra-ckpt before format versions (attribute insitra_export = 1, no
+ * dimensions), -1 when the file is not an export. */
+int64_t insitra_export_format_of(hid_t file);
+/* The root attributes of an export: the format, step, the dimensions of
+ * cfg's model, the library version and the configuration text yaml. */
+insitra_status insitra_export_attrs_write(hid_t file, const insitra_config *cfg, const char *yaml, int64_t step);
 
 /* ---- a checkpoint directory ---- */
 

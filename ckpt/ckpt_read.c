@@ -18,6 +18,7 @@
 #include "ckpt_dir.h"
 #include "ckpt_format.h"
 #include "ckpt_io.h"
+#include "ckpt_user.h"
 #include "crc32c.h"
 #include "error.h"
 
@@ -323,6 +324,10 @@ static insitra_status try_load(const insitra_ckpt_state *st, const char *file, i
         touched->samples = true;
         s = insitra_comm_agree(st->world, read_samples(st, f, meta.world_size, &tb));
     }
+    if (s == INSITRA_STATUS_OK && st->n_arrays > 0) {
+        touched->arrays = true;
+        s = insitra_ckpt_arrays_read(st, f);
+    }
     H5Fclose(f);
     if (s == INSITRA_STATUS_OK) *st->step = meta.step;
     tables_free(&tb);
@@ -358,7 +363,7 @@ insitra_status insitra_ckpt_load(const insitra_ckpt_state *st, const char *path,
                                  size_t path_size, insitra_ckpt_touched *touched)
 {
     enum { MAX_CANDIDATES = 64 };
-    *touched = (insitra_ckpt_touched){false, false};
+    *touched = (insitra_ckpt_touched){false, false, false};
     char (*cand)[PATH_LEN] = malloc(MAX_CANDIDATES * PATH_LEN);
     if (!cand) return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "checkpoint: out of memory");
     int n = st->world->rank == 0 ? list_candidates(path, cand, MAX_CANDIDATES) : 0;

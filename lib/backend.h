@@ -213,6 +213,11 @@ typedef struct insitra_backend_i {
     insitra_status (*capture_end)(insitra_backend *be);
     /* runs the recorded step; *replayed = false when nothing is recorded */
     insitra_status (*replay)(insitra_backend *be, bool *replayed);
+
+    /* ---- the caller's queue (a cudaStream_t); NULL where the backend has none ---- */
+    /* before: later work of the compute queue waits for what stream holds now; else work
+     * queued on stream later waits for what the compute queue holds now. No host wait. */
+    insitra_status (*join_stream)(insitra_backend *be, void *stream, bool before);
 } insitra_backend_i;
 
 struct insitra_backend {

@@ -9,6 +9,7 @@
 
 #include <stdio.h>
 
+#include "ckpt_state.h"
 #include "comm.h"
 #include "config.h"
 #include "engine.h"
@@ -34,6 +35,13 @@ struct insitra_trainer {
     FILE *jsonl;                /* rank 0's metrics file, or NULL */
     insitra_preempt preempt;    /* signals and the deadline (preempt.h) */
     bool stop;                  /* the ranks agreed to stop; the final checkpoint is written */
+    insitra_ckpt_array arrays[INSITRA_CHECKPOINT_ARRAYS_MAX]; /* the caller's, saved under /user */
+    int64_t n_arrays;
 };
+
+/* The normalisation the trainer applies to its samples (ckpt_model.h), or
+ * NULL when it applies none: what exports and surrogates made from it use. */
+struct insitra_norm_stats;
+const struct insitra_norm_stats *insitra_trainer_norm(const insitra_trainer *t);
 
 #endif /* INSITRA_TRAINER_H */

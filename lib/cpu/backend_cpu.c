@@ -462,6 +462,7 @@ static const insitra_backend_i cpu_interface = {
     .capture_begin = NULL,
     .capture_end = NULL,
     .replay = NULL,
+    .join_stream = NULL,
 };
 
 static int64_t cpu_attention_state_bytes(const insitra_model_dims *d, int64_t B, size_t act_size)
