@@ -8,9 +8,11 @@
 #include <string.h>
 
 #include "ckpt_format.h"
+#include "ckpt_io.h"
 #include "config.h"
 #include "crc32c.h"
 #include "error.h"
+#include "normalize.h"
 
 const char *const insitra_ckpt_group[INSITRA_CKPT_GROUPS] = {"model", "optim/m", "optim/v"};
 
@@ -301,6 +303,66 @@ int insitra_ckpt_shape(hid_t dset, hsize_t dims[4])
     if (n >= 0 && n <= 4) H5Sget_simple_extent_dims(space, dims, NULL);
     if (space >= 0) H5Sclose(space);
     return n >= 0 && n <= 4 ? n : -1;
+}
+
+/* ---- the feature statistics (/normalize) ---- */
+
+void insitra_ckpt_norm_arrays(const insitra_normalize *n, double *a[INSITRA_CKPT_NORM_DATASETS],
+                              int64_t len[INSITRA_CKPT_NORM_DATASETS])
+{
+    a[0] = n->x.mean, a[1] = n->x.m2, a[2] = n->y.mean, a[3] = n->y.m2;
+    len[0] = len[1] = n->x.width;
+    len[2] = len[3] = n->y.width;
+}
+
+insitra_status insitra_ckpt_norm_attrs_write(hid_t g, const insitra_normalize *n)
+{
+    INSITRA_CHECK(insitra_ckpt_attr_write_i64(g, INSITRA_CKPT_NORM_SAMPLES, n->samples));
+    return insitra_ckpt_attr_write_i64(g, INSITRA_CKPT_NORM_FROZEN, n->frozen ? 1 : 0);
+}
+
+/* Every rank reads the whole group (the statistics are the same everywhere).
+ * A file without it was written with data.normalize off, which the caller's
+ * check of the stored configuration already refused. */
+insitra_status insitra_ckpt_norm_read(hid_t f, insitra_normalize *n)
+{
+    double *a[INSITRA_CKPT_NORM_DATASETS];
+    int64_t len[INSITRA_CKPT_NORM_DATASETS];
+    insitra_ckpt_norm_arrays(n, a, len);
+    for (int k = 0; k < INSITRA_CKPT_NORM_DATASETS; k++) {
+        const char *path = insitra_ckpt_norm_datasets[k];
+        const hsize_t want[1] = {(hsize_t)len[k]};
+        hid_t dset;
+        INSITRA_CHECK(insitra_ckpt_open_dataset(f, path, INSITRA_CKPT_FLOAT64, 1, want, &dset));
+        uint32_t stored = 0;
+        insitra_status s = insitra_ckpt_attr_read_crc(dset, path, &stored);
+        if (s == INSITRA_STATUS_OK && H5Dread(dset, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, a[k]) < 0)
+            s = insitra_ckpt_h5_error("cannot read '/%s'", path);
+        H5Dclose(dset);
+        INSITRA_CHECK(s);
+        const uint32_t crc = insitra_crc32c(0, a[k], (size_t)len[k] * sizeof(double));
+        if (crc != stored)
+            return insitra_error_set(INSITRA_STATUS_IO_ERROR, "CRC32C of '/%s' is %08x, the file says %08x", path,
+                                     crc, stored);
+    }
+    hid_t g = H5Gopen2(f, INSITRA_CKPT_NORM_GROUP, H5P_DEFAULT);
+    int64_t samples = -1, frozen = -1;
+    if (g >= 0) {
+        insitra_ckpt_attr_read_i64(g, INSITRA_CKPT_NORM_SAMPLES, &samples);
+        insitra_ckpt_attr_read_i64(g, INSITRA_CKPT_NORM_FROZEN, &frozen);
+        H5Gclose(g);
+    }
+    if (samples < 0 || (frozen != 0 && frozen != 1))
+        return insitra_error_set(INSITRA_STATUS_IO_ERROR,
+                                 "'/%s' lacks its attributes '%s' and '%s' (or they are out of range)",
+                                 INSITRA_CKPT_NORM_GROUP, INSITRA_CKPT_NORM_SAMPLES, INSITRA_CKPT_NORM_FROZEN);
+    n->samples = samples;
+    n->x.count = n->y.count = samples * n->seq_len;
+    n->frozen = frozen == 1;
+    /* what this process counted before the read is replaced by the file's state */
+    insitra_normalize_clear(n, false);
+    insitra_normalize_update_coef(n);
+    return INSITRA_STATUS_OK;
 }
 
 int insitra_ckpt_dataset_kind(hid_t dset)

@@ -47,6 +47,18 @@ extern const insitra_ckpt_table insitra_ckpt_tables[INSITRA_CKPT_TABLES];
 extern const char *const insitra_ckpt_norm_datasets[INSITRA_CKPT_NORM_DATASETS]; /* x_mean, x_m2, y_mean, y_m2 */
 #define INSITRA_CKPT_NORM_SAMPLES "samples"
 #define INSITRA_CKPT_NORM_FROZEN "frozen"
+/* Checkpoints and export files hold the same group, written and read by
+ * these (the parallel writer creates its datasets itself, in this order). */
+struct insitra_normalize;
+/* n's arrays in insitra_ckpt_norm_datasets order, and their lengths. */
+void insitra_ckpt_norm_arrays(const struct insitra_normalize *n, double *a[INSITRA_CKPT_NORM_DATASETS],
+                              int64_t len[INSITRA_CKPT_NORM_DATASETS]);
+/* The group's attributes (samples, frozen) onto the open group g. */
+insitra_status insitra_ckpt_norm_attrs_write(hid_t g, const struct insitra_normalize *n);
+/* The whole group from an open file into n (made for the file's model):
+ * shapes, CRC32Cs and attributes checked, IO_ERROR naming what is wrong;
+ * then n's coefficients follow from the statistics (lib/normalize.h). */
+insitra_status insitra_ckpt_norm_read(hid_t file, struct insitra_normalize *n);
 #define INSITRA_CKPT_CRC_ATTR "crc32c" /* uint32, on every float32 dataset and table */
 
 /* The root attributes that decide what is loaded. version and config are
@@ -117,7 +129,8 @@ char *insitra_ckpt_stored_config(const insitra_config *cfg);
 
 /* Export format 1: /model/<tensor> float32 with global shapes and crc32c,
  * root attributes insitra_export_format, step and the model dimensions
- * (int64), insitra_version and config (strings), optional /normalization. */
+ * (int64), insitra_version and config (strings), and /normalize as in a
+ * checkpoint when the model normalises (data.normalize on). */
 #define INSITRA_EXPORT_FORMAT 1
 #define INSITRA_EXPORT_FORMAT_ATTR "insitra_export_format"
 /* The export format of an open file: its version (>= 1), 0 for an export of

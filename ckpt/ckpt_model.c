@@ -13,30 +13,6 @@
 #include "crc32c.h"
 #include "error.h"
 
-insitra_status insitra_norm_stats_create(insitra_norm_stats *n, int64_t in_features, int64_t out_features)
-{
-    memset(n, 0, sizeof *n);
-    const size_t doubles = (size_t)(2 * in_features + 2 * out_features);
-    n->mem = malloc(doubles * sizeof(double) + (size_t)out_features * sizeof(int64_t));
-    if (!n->mem) return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "normalisation: out of memory");
-    n->in_features = in_features;
-    n->out_features = out_features;
-    n->x_mean = n->mem;
-    n->x_std = n->x_mean + in_features;
-    n->y_mean = n->x_std + in_features;
-    n->y_std = n->y_mean + out_features;
-    n->residual = (int64_t *)(n->y_std + out_features);
-    for (int64_t i = 0; i < in_features; i++) n->x_mean[i] = 0.0, n->x_std[i] = 1.0;
-    for (int64_t j = 0; j < out_features; j++) n->y_mean[j] = 0.0, n->y_std[j] = 1.0, n->residual[j] = -1;
-    return INSITRA_STATUS_OK;
-}
-
-void insitra_norm_stats_free(insitra_norm_stats *n)
-{
-    free(n->mem);
-    memset(n, 0, sizeof *n);
-}
-
 /* ---- writing ---- */
 
 /* A dataset of dims holding data (bytes of it), with its crc32c. */
@@ -55,28 +31,27 @@ static insitra_status write_dataset(hid_t f, const char *path, hid_t file_type, 
     return s;
 }
 
-static insitra_status write_norm(hid_t f, const insitra_norm_stats *n)
+/* The statistics as a checkpoint holds them (ckpt_format.h). */
+static insitra_status write_norm(hid_t f, const insitra_normalize *n)
 {
-    hid_t g = H5Gcreate2(f, INSITRA_NORM_GROUP, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    if (g < 0) return insitra_ckpt_h5_error("cannot create group '/%s'", INSITRA_NORM_GROUP);
+    hid_t g = H5Gcreate2(f, INSITRA_CKPT_NORM_GROUP, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (g < 0) return insitra_ckpt_h5_error("cannot create group '/%s'", INSITRA_CKPT_NORM_GROUP);
+    insitra_status s = insitra_ckpt_norm_attrs_write(g, n);
     H5Gclose(g);
-    const char *names[4] = {"x_mean", "x_std", "y_mean", "y_std"};
-    const double *arrays[4] = {n->x_mean, n->x_std, n->y_mean, n->y_std};
-    char path[64];
-    for (int k = 0; k < 4; k++) {
-        const hsize_t dim = (hsize_t)(k < 2 ? n->in_features : n->out_features);
-        snprintf(path, sizeof path, INSITRA_NORM_GROUP "/%s", names[k]);
-        INSITRA_CHECK(write_dataset(f, path, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 1, &dim, arrays[k],
-                                    dim * sizeof(double)));
+    double *a[INSITRA_CKPT_NORM_DATASETS];
+    int64_t len[INSITRA_CKPT_NORM_DATASETS];
+    insitra_ckpt_norm_arrays(n, a, len);
+    for (int k = 0; k < INSITRA_CKPT_NORM_DATASETS && s == INSITRA_STATUS_OK; k++) {
+        const hsize_t dim = (hsize_t)len[k];
+        s = write_dataset(f, insitra_ckpt_norm_datasets[k], H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 1, &dim, a[k],
+                          (size_t)len[k] * sizeof(double));
     }
-    const hsize_t dim = (hsize_t)n->out_features;
-    return write_dataset(f, INSITRA_NORM_GROUP "/residual", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, &dim, n->residual,
-                         dim * sizeof(int64_t));
+    return s;
 }
 
 static insitra_status write_export(hid_t f, const insitra_config *cfg, const char *yaml,
                                    const insitra_param_layout *layout, const float *params, int64_t step,
-                                   const insitra_norm_stats *norm)
+                                   const insitra_normalize *norm)
 {
     hid_t g = H5Gcreate2(f, "model", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     if (g < 0) return insitra_ckpt_h5_error("cannot create group '/model'");
@@ -89,13 +64,13 @@ static insitra_status write_export(hid_t f, const insitra_config *cfg, const cha
         INSITRA_CHECK(write_dataset(f, path, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, d->ndim, dims, params + d->offset,
                                     (size_t)d->numel * sizeof(float)));
     }
-    if (norm && norm->present) INSITRA_CHECK(write_norm(f, norm));
+    if (norm && norm->mode != INSITRA_NORMALIZE_OFF) INSITRA_CHECK(write_norm(f, norm));
     return insitra_export_attrs_write(f, cfg, yaml, step);
 }
 
 insitra_status insitra_export_write(const char *path, const insitra_config *cfg,
                                     const insitra_param_layout *layout, const float *params, int64_t step,
-                                    const insitra_norm_stats *norm)
+                                    const insitra_normalize *norm)
 {
     char tmp[4200];
     if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
@@ -142,36 +117,6 @@ static insitra_status read_dataset(hid_t f, const char *path, int kind, hid_t me
     }
     H5Dclose(dset);
     return s;
-}
-
-static insitra_status read_norm(hid_t f, insitra_norm_stats *n)
-{
-    const char *names[4] = {"x_mean", "x_std", "y_mean", "y_std"};
-    double *arrays[4] = {n->x_mean, n->x_std, n->y_mean, n->y_std};
-    char path[64];
-    for (int k = 0; k < 4; k++) {
-        snprintf(path, sizeof path, INSITRA_NORM_GROUP "/%s", names[k]);
-        const hsize_t dim = (hsize_t)(k < 2 ? n->in_features : n->out_features);
-        INSITRA_CHECK(read_dataset(f, path, INSITRA_CKPT_FLOAT64, H5T_NATIVE_DOUBLE, 1, &dim, arrays[k],
-                                   dim * sizeof(double), false));
-    }
-    for (int64_t i = 0; i < n->in_features; i++)
-        if (!(n->x_std[i] > 0.0))
-            return insitra_error_set(INSITRA_STATUS_IO_ERROR, "'/" INSITRA_NORM_GROUP "/x_std' [%" PRId64
-                                     "] is %g; standard deviations must be positive", i, n->x_std[i]);
-    /* the residual map is optional: absent, no output adds an input */
-    if (H5Lexists(f, INSITRA_NORM_GROUP "/residual", H5P_DEFAULT) > 0) {
-        const hsize_t dim = (hsize_t)n->out_features;
-        INSITRA_CHECK(read_dataset(f, INSITRA_NORM_GROUP "/residual", INSITRA_CKPT_INT64, H5T_NATIVE_INT64, 1, &dim,
-                                   n->residual, dim * sizeof(int64_t), false));
-        for (int64_t j = 0; j < n->out_features; j++)
-            if (n->residual[j] < -1 || n->residual[j] >= n->in_features)
-                return insitra_error_set(INSITRA_STATUS_IO_ERROR, "'/" INSITRA_NORM_GROUP "/residual' [%" PRId64
-                                         "] is %" PRId64 "; allowed: -1 (none) or an input feature in [0, %" PRId64 ")",
-                                         j, n->residual[j], n->in_features);
-    }
-    n->present = true;
-    return INSITRA_STATUS_OK;
 }
 
 /* The kind of file, its stored configuration and step; checkpoints must be
@@ -238,9 +183,14 @@ static insitra_status read_contents(hid_t f, insitra_model_file *out)
                          (size_t)d->numel * sizeof(float), true);
     }
     insitra_param_layout_free(&layout);
-    if (s == INSITRA_STATUS_OK)
-        s = insitra_norm_stats_create(&out->norm, dims.in_features, dims.out_features);
-    if (s == INSITRA_STATUS_OK && H5Lexists(f, INSITRA_NORM_GROUP, H5P_DEFAULT) > 0) s = read_norm(f, &out->norm);
+    /* the feature maps as the trainer that wrote the file made them: the
+     * residual map from the stored configuration, the statistics from
+     * /normalize, which data.normalize on requires */
+    if (s == INSITRA_STATUS_OK) {
+        s = insitra_normalize_create(&out->norm, &out->cfg, 1);
+        if (s != INSITRA_STATUS_OK) s = insitra_error_prefix(INSITRA_STATUS_IO_ERROR, "stored configuration: ");
+    }
+    if (s == INSITRA_STATUS_OK && out->norm.mode != INSITRA_NORMALIZE_OFF) s = insitra_ckpt_norm_read(f, &out->norm);
     return s;
 }
 
@@ -267,6 +217,6 @@ insitra_status insitra_model_file_read(const char *path, insitra_model_file *out
 void insitra_model_file_free(insitra_model_file *f)
 {
     free(f->params);
-    insitra_norm_stats_free(&f->norm);
+    insitra_normalize_free(&f->norm);
     f->params = NULL;
 }

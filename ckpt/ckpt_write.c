@@ -196,23 +196,15 @@ static void write_samples(writer *w, int64_t total, int64_t offset, uint32_t *cr
 
 static void write_crc_attr(writer *w, const char *path, uint32_t crc);
 
-/* The four arrays of the statistics, in insitra_ckpt_norm_datasets order. */
-static void norm_arrays(const insitra_normalize *n, const double *a[4], int64_t len[4])
-{
-    a[0] = n->x.mean, a[1] = n->x.m2, a[2] = n->y.mean, a[3] = n->y.m2;
-    len[0] = len[1] = n->x.width;
-    len[2] = len[3] = n->y.width;
-}
-
 /* The statistics: every rank holds the same bits, so every rank computes the
  * same CRCs and rank 0 alone writes the data. */
 static void write_normalize(writer *w)
 {
     const insitra_normalize *n = w->st->norm;
     create_group(w, INSITRA_CKPT_NORM_GROUP);
-    const double *a[4];
-    int64_t len[4];
-    norm_arrays(n, a, len);
+    double *a[INSITRA_CKPT_NORM_DATASETS];
+    int64_t len[INSITRA_CKPT_NORM_DATASETS];
+    insitra_ckpt_norm_arrays(n, a, len);
     for (int k = 0; k < INSITRA_CKPT_NORM_DATASETS; k++) {
         const char *path = insitra_ckpt_norm_datasets[k];
         const hsize_t dims[1] = {(hsize_t)len[k]};
@@ -228,8 +220,7 @@ static void write_normalize(writer *w)
         note(w, insitra_ckpt_h5_error("lost '/%s'", INSITRA_CKPT_NORM_GROUP));
         return;
     }
-    insitra_status s = insitra_ckpt_attr_write_i64(g, INSITRA_CKPT_NORM_SAMPLES, n->samples);
-    if (s == INSITRA_STATUS_OK) s = insitra_ckpt_attr_write_i64(g, INSITRA_CKPT_NORM_FROZEN, n->frozen ? 1 : 0);
+    const insitra_status s = insitra_ckpt_norm_attrs_write(g, n);
     if (s != INSITRA_STATUS_OK) note(w, s);
     H5Gclose(g);
 }

@@ -223,8 +223,10 @@ insitra_status insitra_should_stop(const insitra_trainer *trainer, int32_t *stop
 /* Collective. Writes a small HDF5 file at path (rank 0 writes; as path.tmp,
  * renamed when complete): every parameter in fp32 with its global shape and
  * CRC32C, the configuration, the model's dimensions, the format version and,
- * when the trainer normalises, the /normalization group (docs/checkpoint.md,
- * "Export files"). tools/insitra_torch.py opens it in PyTorch. */
+ * with data.normalize on, the feature statistics as a checkpoint holds them
+ * (/normalize; docs/checkpoint.md, "Export files"), those insitra_predict
+ * applies now: samples pushed since the last step count from the next step.
+ * tools/insitra_torch.py opens it in PyTorch. */
 insitra_status insitra_export_save(insitra_trainer *trainer, const char *path);
 
 /* An inference handle: the model's parameters and the activations of up to
@@ -258,11 +260,13 @@ insitra_status insitra_surrogate_sample_shape(const insitra_surrogate *surrogate
                                               int64_t *in_features, int64_t *out_features);
 
 /* Local (no other rank takes part). y_out (n, T, F_out) = the model of x
- * (n, T, F_in), host arrays, with the file's normalisation applied around
- * it. Returns when y_out is written. */
+ * (n, T, F_in), host arrays, in physical units: the trainer's feature maps
+ * (data.normalize, model.residual; docs/model.md) applied around it, as
+ * insitra_predict applies them. Returns when y_out is written. */
 insitra_status insitra_surrogate_predict(insitra_surrogate *surrogate, int64_t n, const float *x,
                                          float *y_out);
-/* The same for arrays in the GPU memory of a device = cuda surrogate: the
+/* The same for arrays in the GPU memory of a device = cuda surrogate (the
+ * feature maps applied on the GPU too): the
  * forward runs after the work queued on stream (a cudaStream_t; NULL is the
  * legacy default stream), and work queued on stream afterwards runs after
  * y_out is written. The call itself does not wait for the GPU. */

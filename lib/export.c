@@ -1,7 +1,10 @@
 /*
  * insitra_export_save: the trainer's model, alone, into an export file
  * (ckpt/ckpt_model.c writes it). The parameters are gathered whole on every
- * rank (ZeRO stage 3 holds slots) and rank 0 writes.
+ * rank (ZeRO stage 3 holds slots) and rank 0 writes, with the feature
+ * statistics as the trainer applies them now: samples pushed since the last
+ * step are not counted in (the next step counts them), so an export leaves
+ * the training as it was and predicts what insitra_predict does now.
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -9,14 +12,6 @@
 #include "ckpt_model.h"
 #include "error.h"
 #include "trainer.h"
-
-const insitra_norm_stats *insitra_trainer_norm(const insitra_trainer *t)
-{
-    /* The trainer does not normalise yet (issue #15): the export and the
-     * surrogate get identity statistics. */
-    (void)t;
-    return NULL;
-}
 
 insitra_status insitra_export_save(insitra_trainer *t, const char *path)
 {
@@ -33,7 +28,7 @@ insitra_status insitra_export_save(insitra_trainer *t, const char *path)
     if (s == INSITRA_STATUS_OK) s = insitra_comm_agree(&t->comm, insitra_zero_gather_params(&t->engine.zero, params));
     if (s == INSITRA_STATUS_OK) {
         local = t->comm.rank == 0 ? insitra_export_write(path, &t->cfg, &t->engine.model.layout, params, t->step,
-                                                         insitra_trainer_norm(t))
+                                                         &t->norm)
                                   : INSITRA_STATUS_OK;
         s = insitra_comm_agree(&t->comm, local);
     }

@@ -3,8 +3,9 @@
  * simulation's loop. It holds the parameters (compute type) and the
  * activations of max_batch samples on its backend, allocated at create, and
  * runs the one model forward (lib/model_step.c) with no hooks: no other rank
- * takes part in a prediction. Normalisation (ckpt_model.h) is applied here,
- * around the forward, and nowhere else.
+ * takes part in a prediction. Around it, the trainer's feature maps
+ * (lib/normalize.h) through the same backend operations insitra_predict
+ * uses, so a surrogate predicts what its trainer does, bit for bit.
  */
 #include <inttypes.h>
 #include <limits.h>
@@ -24,32 +25,13 @@ struct insitra_surrogate {
     insitra_backend *be;
     insitra_model model;      /* full parameters, activations for max_batch samples, no gradients */
     int64_t max_batch, xs, ys;
-    insitra_norm_stats norm;  /* identity unless the file had /normalization */
-    float *x_norm;            /* (max_batch, T, F_in) host: normalised inputs, with norm only */
+    /* One backend allocation, as the engine keeps them: the feature maps
+     * (lib/normalize.h; the identity with data.normalize off) and the raw
+     * inputs of a chunk, which the maps read on the way in and out. */
+    void *mem;
+    insitra_feature_norm norm;
+    float *x_raw;             /* (max_batch, T, F_in) f32 */
 };
-
-/* ---- normalisation, the one place it is applied ---- */
-
-/* out (b, T, F_in) = (x - x_mean) / x_std */
-static void normalize_inputs(const insitra_norm_stats *n, int64_t rows, const float *x, float *out)
-{
-    const int64_t F = n->in_features;
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t i = 0; i < F; i++)
-            out[r * F + i] = (float)(((double)x[r * F + i] - n->x_mean[i]) / n->x_std[i]);
-}
-
-/* y (b, T, F_out) = y y_std + y_mean (+ x[residual]) in place */
-static void denormalize_outputs(const insitra_norm_stats *n, int64_t rows, const float *x, float *y)
-{
-    const int64_t F = n->out_features, Fi = n->in_features;
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t j = 0; j < F; j++) {
-            double v = (double)y[r * F + j] * n->y_std[j] + n->y_mean[j];
-            if (n->residual[j] >= 0) v += (double)x[r * Fi + n->residual[j]];
-            y[r * F + j] = (float)v;
-        }
-}
 
 /* ---- create ---- */
 
@@ -68,7 +50,8 @@ static insitra_status check_create_args(insitra_surrogate **s, const insitra_con
 
 /* The backend, the model and its parameters (params: layout total fp32, host). */
 static insitra_status build(insitra_surrogate *s, const insitra_config *file_cfg, const insitra_config *opts,
-                            int64_t max_batch, MPI_Comm comm, const float *params, const insitra_norm_stats *norm)
+                            int64_t max_batch, MPI_Comm comm, const float *params,
+                            const insitra_feature_norm *coef)
 {
     s->cfg = *file_cfg;
     s->cfg.device = opts ? opts->device : INSITRA_DEVICE_CPU;
@@ -99,34 +82,26 @@ static insitra_status build(insitra_surrogate *s, const insitra_config *file_cfg
         be->i->release(be, f32);
         INSITRA_CHECK(st);
     }
-    INSITRA_CHECK(insitra_norm_stats_create(&s->norm, dims.in_features, dims.out_features));
-    if (norm && norm->present) {
-        memcpy(s->norm.mem, norm->mem,
-               (size_t)(2 * dims.in_features + 2 * dims.out_features) * sizeof(double) +
-                   (size_t)dims.out_features * sizeof(int64_t));
-        s->norm.present = true;
-        s->x_norm = malloc((size_t)(max_batch * s->xs) * sizeof(float));
-        if (!s->x_norm)
-            return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "surrogate: out of memory for the normalised inputs");
-    }
+    /* the maps first, then the chunk's inputs at the backend's alignment */
+    const int64_t align = (int64_t)be->desc->align;
+    const int64_t norm_bytes = insitra_feature_norm_bytes(dims.in_features, dims.out_features);
+    const int64_t at = (norm_bytes + align - 1) / align * align;
+    INSITRA_CHECK(be->i->alloc(be, (size_t)(at + max_batch * s->xs * (int64_t)sizeof(float)),
+                               "the feature maps and a chunk's inputs", &s->mem));
+    insitra_feature_norm_carve(&s->norm, s->mem, dims.in_features, dims.out_features);
+    s->x_raw = (float *)((char *)s->mem + at);
+    /* the host maps are contiguous in carve order, like these */
+    INSITRA_CHECK(be->i->upload(be, s->norm.x_mean, coef->x_mean, (size_t)norm_bytes));
     return be->i->synchronize(be);
 }
 
 static void release(insitra_surrogate *s)
 {
     if (s->be) s->be->i->synchronize(s->be);
+    if (s->mem) s->be->i->release(s->be, s->mem);
     insitra_model_free(&s->model);
     insitra_backend_free(s->be);
-    insitra_norm_stats_free(&s->norm);
-    free(s->x_norm);
     free(s);
-}
-
-/* Bytes of the normalisation arrays (norm_stats_create's one allocation). */
-static size_t norm_bytes(const insitra_norm_stats *n)
-{
-    return (size_t)(2 * n->in_features + 2 * n->out_features) * sizeof(double) +
-           (size_t)n->out_features * sizeof(int64_t);
 }
 
 /* MPI_Bcast of any byte count (MPI counts are int). */
@@ -141,26 +116,27 @@ static insitra_status bcast_bytes(void *buf, size_t bytes, const insitra_comm *c
     return INSITRA_STATUS_OK;
 }
 
-/* Rank 0 read the file into f; every other rank receives it. Collective. */
+/* Rank 0 read the file into f; every other rank receives it: the
+ * configuration, the parameters and the feature maps the statistics gave
+ * (every rank makes its maps from the configuration, then takes rank 0's
+ * values). Collective. */
 static insitra_status share_file(insitra_model_file *f, const insitra_comm *c)
 {
-    int64_t sizes[3] = {f->num_params, f->norm.in_features, f->norm.out_features};
-    INSITRA_CHECK(bcast_bytes(sizes, sizeof sizes, c));
+    int64_t num_params = f->num_params;
+    INSITRA_CHECK(bcast_bytes(&num_params, sizeof num_params, c));
     INSITRA_CHECK(bcast_bytes(&f->cfg, sizeof f->cfg, c));
     insitra_status local = INSITRA_STATUS_OK;
     if (c->rank != 0) {
-        f->num_params = sizes[0];
-        f->params = malloc((size_t)sizes[0] * sizeof(float));
-        local = f->params ? insitra_norm_stats_create(&f->norm, sizes[1], sizes[2])
+        f->num_params = num_params;
+        f->params = malloc((size_t)num_params * sizeof(float));
+        local = f->params ? insitra_normalize_create(&f->norm, &f->cfg, 1)
                           : insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "surrogate_create: out of memory for "
-                                              "%" PRId64 " parameters", sizes[0]);
+                                              "%" PRId64 " parameters", num_params);
     }
     INSITRA_CHECK(insitra_comm_agree(c, local));
     INSITRA_CHECK(bcast_bytes(f->params, (size_t)f->num_params * sizeof(float), c));
-    int present = f->norm.present;
-    INSITRA_CHECK(bcast_bytes(&present, sizeof present, c));
-    f->norm.present = present != 0;
-    return bcast_bytes(f->norm.mem, norm_bytes(&f->norm), c);
+    const insitra_feature_norm *m = &f->norm.coef;
+    return bcast_bytes(m->x_mean, (size_t)insitra_feature_norm_bytes(m->f_in, m->f_out), c);
 }
 
 insitra_status insitra_surrogate_create(insitra_surrogate **out, const char *path, const insitra_config *opts,
@@ -182,7 +158,7 @@ insitra_status insitra_surrogate_create(insitra_surrogate **out, const char *pat
     insitra_surrogate *sur = NULL;
     if (s == INSITRA_STATUS_OK) {
         sur = calloc(1, sizeof *sur);
-        local = sur ? build(sur, &f.cfg, opts, max_batch, comm, f.params, &f.norm)
+        local = sur ? build(sur, &f.cfg, opts, max_batch, comm, f.params, &f.norm.coef)
                     : insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "surrogate_create: out of memory");
         s = insitra_comm_agree(&c, local);
     }
@@ -218,7 +194,8 @@ insitra_status insitra_surrogate_create_from_trainer(insitra_surrogate **out, in
     insitra_surrogate *sur = NULL;
     if (s == INSITRA_STATUS_OK) {
         sur = calloc(1, sizeof *sur);
-        local = sur ? build(sur, &t->cfg, opts, max_batch, t->comm.comm, params, insitra_trainer_norm(t))
+        local = sur ? build(sur, &t->cfg, opts, max_batch, t->comm.comm, params,
+                                &t->norm.coef)
                     : insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "surrogate_create_from_trainer: out of memory");
         s = insitra_comm_agree(&t->comm, local);
     }
@@ -265,35 +242,28 @@ static insitra_status check_predict_args(const insitra_surrogate *s, const char 
     return INSITRA_STATUS_OK;
 }
 
-/* The forward of b samples whose inputs are in the model's input buffer (or
- * its fp32 staging when the compute type is not fp32). */
-static insitra_status forward_staged(insitra_surrogate *s, int64_t b)
+/* The prediction of b samples whose raw inputs are in x_raw, left in the
+ * model's output buffer in physical units: the steps of insitra_predict
+ * (lib/engine.c), maps in, forward, maps out. */
+static insitra_status forward_chunk(insitra_surrogate *s, int64_t b)
 {
+    insitra_backend *be = s->be;
     insitra_model *m = &s->model;
-    if (m->a.x_f32) INSITRA_CHECK(s->be->i->to_act(s->be, m->a.x, m->a.x_f32, b * s->xs));
-    return insitra_model_forward(m, b, NULL, 1.0);
+    const int64_t tokens = b * s->cfg.model.seq_len;
+    INSITRA_CHECK(be->i->normalize_forward(be, m->a.x, NULL, s->x_raw, &s->norm, tokens));
+    INSITRA_CHECK(insitra_model_forward(m, b, NULL, 1.0));
+    return be->i->normalize_inverse(be, m->a.out, s->x_raw, &s->norm, tokens);
 }
 
 insitra_status insitra_surrogate_predict(insitra_surrogate *s, int64_t n, const float *x, float *y)
 {
     INSITRA_CHECK(check_predict_args(s, "surrogate_predict", n, x, y));
     insitra_backend *be = s->be;
-    insitra_model *m = &s->model;
-    const int64_t T = s->cfg.model.seq_len;
     for (int64_t first = 0; first < n; first += s->max_batch) {
         const int64_t b = n - first < s->max_batch ? n - first : s->max_batch;
-        const float *xb = x + first * s->xs;
-        float *yb = y + first * s->ys;
-        const float *in = xb;
-        if (s->norm.present) {
-            normalize_inputs(&s->norm, b * T, xb, s->x_norm);
-            in = s->x_norm;
-        }
-        INSITRA_CHECK(be->i->upload(be, m->a.x_f32 ? (void *)m->a.x_f32 : m->a.x, in,
-                                    (size_t)(b * s->xs) * sizeof(float)));
-        INSITRA_CHECK(forward_staged(s, b));
-        INSITRA_CHECK(be->i->download(be, yb, m->a.out, (size_t)(b * s->ys) * sizeof(float)));
-        if (s->norm.present) denormalize_outputs(&s->norm, b * T, xb, yb);
+        INSITRA_CHECK(be->i->upload(be, s->x_raw, x + first * s->xs, (size_t)(b * s->xs) * sizeof(float)));
+        INSITRA_CHECK(forward_chunk(s, b));
+        INSITRA_CHECK(be->i->download(be, y + first * s->ys, s->model.a.out, (size_t)(b * s->ys) * sizeof(float)));
     }
     return INSITRA_STATUS_OK;
 }
@@ -314,19 +284,12 @@ insitra_status insitra_surrogate_predict_device(insitra_surrogate *s, int64_t n,
             return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
                                      "surrogate_predict_device: %s is not memory of this surrogate's GPU; pass "
                                      "host arrays to insitra_surrogate_predict", k ? "y_out" : "x");
-    if (s->norm.present)
-        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
-                                 "surrogate_predict_device: this model normalises its inputs and outputs, which "
-                                 "this version applies to host arrays only; pass host arrays to "
-                                 "insitra_surrogate_predict");
-    insitra_model *m = &s->model;
     INSITRA_CHECK(be->i->join_stream(be, stream, true));
     for (int64_t first = 0; first < n; first += s->max_batch) {
         const int64_t b = n - first < s->max_batch ? n - first : s->max_batch;
-        INSITRA_CHECK(be->i->copy(be, m->a.x_f32 ? (void *)m->a.x_f32 : m->a.x, x + first * s->xs,
-                                  (size_t)(b * s->xs) * sizeof(float)));
-        INSITRA_CHECK(forward_staged(s, b));
-        INSITRA_CHECK(be->i->copy(be, y + first * s->ys, m->a.out, (size_t)(b * s->ys) * sizeof(float)));
+        INSITRA_CHECK(be->i->copy(be, s->x_raw, x + first * s->xs, (size_t)(b * s->xs) * sizeof(float)));
+        INSITRA_CHECK(forward_chunk(s, b));
+        INSITRA_CHECK(be->i->copy(be, y + first * s->ys, s->model.a.out, (size_t)(b * s->ys) * sizeof(float)));
     }
     return be->i->join_stream(be, stream, false);
 }

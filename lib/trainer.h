@@ -39,9 +39,4 @@ struct insitra_trainer {
     int64_t n_arrays;
 };
 
-/* The normalisation the trainer applies to its samples (ckpt_model.h), or
- * NULL when it applies none: what exports and surrogates made from it use. */
-struct insitra_norm_stats;
-const struct insitra_norm_stats *insitra_trainer_norm(const insitra_trainer *t);
-
 #endif /* INSITRA_TRAINER_H */

@@ -2,8 +2,9 @@
  * The surrogate and the export file (issue #19): a surrogate made from a
  * live trainer, from an export and from a checkpoint predicts exactly what
  * insitra_predict does (the same forward, the same micro-batches); on one
- * rank alone (no collective); in chunks of max_batch; normalisation from the
- * file applied as its formula says; the export's attributes are int64 and
+ * rank alone (no collective); in chunks of max_batch; with data.normalize
+ * and model.residual on the same, the statistics from /normalize of the
+ * export or checkpoint; the export's attributes are int64 and
  * carry the format version; every kind of bad file or argument fails with a
  * message naming it.
  *
@@ -32,24 +33,11 @@ static bool same_bits(const float *a, const float *b, int64_t n)
     return memcmp(a, b, (size_t)n * sizeof(float)) == 0;
 }
 
-/* Writes /normalization into an export file (one process). */
-static void add_normalization(const char *path, const double *x_mean, const double *x_std, const double *y_mean,
-                              const double *y_std, const int64_t *residual)
+/* Deletes a link (a dataset or group) of a file (one process). */
+static void unlink_h5(const char *path, const char *name)
 {
     hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
-    hid_t g = H5Gcreate2(f, "normalization", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    const char *names[5] = {"x_mean", "x_std", "y_mean", "y_std", "residual"};
-    const void *data[5] = {x_mean, x_std, y_mean, y_std, residual};
-    for (int k = 0; k < 5; k++) {
-        const hsize_t dim = k < 2 ? FI : FO;
-        hid_t sp = H5Screate_simple(1, &dim, NULL);
-        hid_t d = H5Dcreate2(g, names[k], k == 4 ? H5T_STD_I64LE : H5T_IEEE_F64LE, sp, H5P_DEFAULT, H5P_DEFAULT,
-                             H5P_DEFAULT);
-        H5Dwrite(d, k == 4 ? H5T_NATIVE_INT64 : H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, data[k]);
-        H5Dclose(d);
-        H5Sclose(sp);
-    }
-    H5Gclose(g);
+    H5Ldelete(f, name, H5P_DEFAULT);
     H5Fclose(f);
 }
 
@@ -66,6 +54,19 @@ static void damage(const char *path, const char *dataset)
     H5Dwrite(d, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, &v);
     H5Sclose(ms);
     H5Sclose(fs);
+    H5Dclose(d);
+    H5Fclose(f);
+}
+
+/* Overwrites the first value of a float64 dataset (its crc32c left as it was). */
+static void damage_f64(const char *path, const char *dataset)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, dataset, H5P_DEFAULT);
+    double v[FO];
+    H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v);
+    v[0] += 0.5;
+    H5Dwrite(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v);
     H5Dclose(d);
     H5Fclose(f);
 }
@@ -183,35 +184,76 @@ int main(int argc, char **argv)
         H5Fclose(f);
     }
 
-    /* normalisation: y = model((x - x_mean) / x_std) y_std + y_mean + x[residual] */
-    const double x_mean[FI] = {0.5, -1.0, 2.0}, x_std[FI] = {2.0, 0.5, 4.0};
-    const double y_mean[FO] = {10.0, -3.0}, y_std[FO] = {3.0, 0.25};
-    const int64_t residual[FO] = {2, -1};
-    if (t.rank == 0) {
-        copy_file(exported, normed);
-        add_normalization(normed, x_mean, x_std, y_mean, y_std, residual);
+    /* data.normalize and model.residual on: the surrogate from the live
+     * trainer and from its export predicts what insitra_predict does now, bit
+     * for bit, with samples pushed after the last step not yet counted; the
+     * checkpoint counts them (as the next step would), and its surrogate
+     * predicts what insitra_predict does after the save. */
+    insitra_config *ncfg = insitra_test_config(
+        &t, "model: {seq_len: 8, in_features: 3, out_features: 2, d_model: 16, n_layers: 2, n_heads: 2,\n"
+            "        residual: true, residual_inputs: '2, 0'}\n"
+            "training: {batch_size: 8, micro_batch_size: 4}\ndata: {capacity: 64, normalize: running}\n");
+    insitra_test_set(&t, ncfg, "parallel.zero_stage", "%d", stage);
+    insitra_trainer *tn = NULL;
+    static float xs[N * T * FI], ys[N * T * FO], nref[N * T * FO];
+    if (EXPECT_OK(&t, insitra_trainer_create(&tn, ncfg, MPI_COMM_WORLD), "trainer_create (normalising)")) {
+        /* physical units far from 0 and 1, so the maps matter */
+        for (int64_t i = 0; i < N * T * FI; i++) xs[i] = 300.0f + 20.0f * x[i] + (float)(i % FI);
+        for (int64_t i = 0; i < N * T * FO; i++) ys[i] = 0.1f * y[i];
+        for (int64_t r = 0; r < N * T; r++) { /* y[0] near x[2], y[1] near x[0]: residual '2, 0' */
+            ys[r * FO + 0] += xs[r * FI + 2];
+            ys[r * FO + 1] += xs[r * FI + 0];
+        }
+        EXPECT_OK(&t, insitra_push_samples(tn, N, xs, ys), "push (normalising)");
+        for (int k = 0; k < 3; k++) EXPECT_OK(&t, insitra_train_step(tn, NULL), "train_step (normalising)");
+        EXPECT_OK(&t, insitra_push_samples(tn, 3, ys, xs), "push after the last step");
+        EXPECT_OK(&t, insitra_predict(tn, N, xs, nref), "predict (normalising)");
+        insitra_surrogate *nlive = NULL, *nexp = NULL, *nck = NULL;
+        EXPECT_OK(&t, insitra_surrogate_create_from_trainer(&nlive, tn, NULL, MB), "surrogate from the normalising trainer");
+        EXPECT_OK(&t, insitra_export_save(tn, normed), "export_save (normalising)");
+        EXPECT_OK(&t, insitra_surrogate_create(&nexp, normed, NULL, MB, MPI_COMM_WORLD), "surrogate of the normalising export");
+        insitra_surrogate *both[2] = {nlive, nexp};
+        const char *what[2] = {"live trainer", "export"};
+        for (int k = 0; k < 2; k++) {
+            if (!both[k]) continue;
+            memset(got, 0, sizeof got);
+            EXPECT_OK(&t, insitra_surrogate_predict(both[k], N, xs, got), "predict (normalising)");
+            EXPECT(&t, same_bits(got, nref, N * T * FO), "the normalising surrogate from the %s differs from "
+                   "insitra_predict (max error %g)", what[k], insitra_test_max_error(got, nref, N * T * FO));
+        }
+        /* the export changed nothing: predict again, the same bits */
+        EXPECT_OK(&t, insitra_predict(tn, N, xs, got), "predict after the export");
+        EXPECT(&t, same_bits(got, nref, N * T * FO), "export_save changed the trainer's predictions");
+        /* data.normalize on without /normalize: refused, named (identity maps
+         * would predict wrong values silently) */
+        if (t.rank == 0) {
+            copy_file(normed, bad);
+            unlink_h5(bad, "normalize");
+        }
+        MPI_Barrier(MPI_COMM_WORLD);
+        expect_refused(&t, bad, "/normalize/x_mean");
+        char nck_path[4096];
+        EXPECT_OK(&t, insitra_checkpoint_save(tn, ckpt_dir, nck_path, sizeof nck_path), "checkpoint_save (normalising)");
+        EXPECT_OK(&t, insitra_predict(tn, N, xs, nref), "predict after the save");
+        if (EXPECT_OK(&t, insitra_surrogate_create(&nck, nck_path, NULL, MB, MPI_COMM_WORLD), nck_path)) {
+            memset(got, 0, sizeof got);
+            EXPECT_OK(&t, insitra_surrogate_predict(nck, N, xs, got), "predict (normalising checkpoint)");
+            EXPECT(&t, same_bits(got, nref, N * T * FO), "the normalising surrogate from the checkpoint differs "
+                   "from insitra_predict (max error %g)", insitra_test_max_error(got, nref, N * T * FO));
+        }
+        /* a damaged statistic is refused, named */
+        if (t.rank == 0) {
+            copy_file(normed, bad);
+            damage_f64(bad, "normalize/y_m2");
+        }
+        MPI_Barrier(MPI_COMM_WORLD);
+        expect_refused(&t, bad, "CRC32C of '/normalize/y_m2'");
+        insitra_surrogate_free(nlive);
+        insitra_surrogate_free(nexp);
+        insitra_surrogate_free(nck);
     }
-    MPI_Barrier(MPI_COMM_WORLD);
-    insitra_surrogate *plain = NULL, *norm = NULL;
-    EXPECT_OK(&t, insitra_surrogate_create(&plain, exported, NULL, MB, MPI_COMM_WORLD), "plain surrogate");
-    EXPECT_OK(&t, insitra_surrogate_create(&norm, normed, NULL, MB, MPI_COMM_WORLD), "normalising surrogate");
-    if (plain && norm) {
-        static float xn[N * T * FI], want[N * T * FO];
-        for (int64_t r = 0; r < N * T; r++)
-            for (int i = 0; i < FI; i++)
-                xn[r * FI + i] = (float)(((double)x[r * FI + i] - x_mean[i]) / x_std[i]);
-        EXPECT_OK(&t, insitra_surrogate_predict(plain, N, xn, want), "predict (normalised by hand)");
-        for (int64_t r = 0; r < N * T; r++)
-            for (int j = 0; j < FO; j++)
-                want[r * FO + j] = (float)((double)want[r * FO + j] * y_std[j] + y_mean[j] +
-                                           (residual[j] >= 0 ? (double)x[r * FI + residual[j]] : 0.0));
-        EXPECT_OK(&t, insitra_surrogate_predict(norm, N, x, got), "predict (normalising)");
-        insitra_test_within(&t, "normalisation applied as its formula says", insitra_test_max_error(got, want, N * T * FO),
-                            1e-6);
-        EXPECT(&t, insitra_test_max_error(got, ref, N * T * FO) > 1e-2, "the normalisation changed nothing");
-    }
-    insitra_surrogate_free(plain);
-    insitra_surrogate_free(norm);
+    insitra_trainer_free(tn);
+    insitra_config_free(ncfg);
 
     /* bad files and arguments */
     char missing[4200];
@@ -223,21 +265,6 @@ int main(int argc, char **argv)
     }
     MPI_Barrier(MPI_COMM_WORLD);
     expect_refused(&t, bad, "CRC32C of '/model/blocks.1.mlp.fc.weight'");
-    if (t.rank == 0) {
-        copy_file(exported, bad);
-        const double zero_std[FI] = {1.0, 0.0, 1.0};
-        add_normalization(bad, x_mean, zero_std, y_mean, y_std, residual);
-    }
-    MPI_Barrier(MPI_COMM_WORLD);
-    expect_refused(&t, bad, "x_std");
-    if (t.rank == 0) {
-        copy_file(exported, bad);
-        const int64_t wrong[FO] = {FI, -1};
-        add_normalization(bad, x_mean, x_std, y_mean, y_std, wrong);
-    }
-    MPI_Barrier(MPI_COMM_WORLD);
-    expect_refused(&t, bad, "residual");
-
     insitra_surrogate *s = NULL;
     EXPECT(&t, insitra_surrogate_create(&s, exported, NULL, 0, MPI_COMM_WORLD) != INSITRA_STATUS_OK &&
                    strstr(insitra_last_error(), "max_batch"), "max_batch 0: %s", insitra_last_error());

@@ -7,12 +7,13 @@ insitra_torch: an insitra export or checkpoint as a PyTorch module.
 
 The file is what insitra_export_save writes (an export) or one step-N.h5 of
 insitra_checkpoint_save: the parameters under /model with the C tensor names
-and shapes, the configuration, and optionally /normalization (per-feature
-x_mean, x_std, y_mean, y_std and a residual map), applied in forward exactly
-as the C surrogate applies it (docs/checkpoint.md, "Export files"):
+and shapes, the configuration, and with data.normalize on the feature
+statistics /normalize (per-feature means and sums of squared deviations,
+docs/model.md, "Normalisation and residual targets"). forward applies the
+feature maps as insitra_predict and the C surrogate do, in float32:
 
-    x_n = (x - x_mean) / x_std
-    y   = net(x_n) * y_std + y_mean + x[..., residual]   (where residual >= 0)
+    x_hat = (x - x_mean) * x_inv_std
+    y     = x[..., r(o)] + (net(x_hat) * y_std + y_mean)   (x term only where model.residual maps o)
 
 The network is the model of lib/model.h: a linear embedding plus learned
 positions, pre-LayerNorm blocks (fused-QKV attention, GELU-tanh MLP), a final
@@ -29,11 +30,13 @@ import re
 import sys
 
 import h5py
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 LAYERNORM_EPS = 1e-5
+STD_FLOOR = 1e-6  # docs/model.md: a feature's std is floored at STD_FLOOR * |mean|
 DIMS = ("seq_len", "in_features", "out_features", "d_model", "n_layers", "n_heads", "causal")
 
 
@@ -104,32 +107,28 @@ class Network(nn.Module):
 
 
 class Surrogate(nn.Module):
-    """The network with the file's normalisation around it: physical units in and out."""
+    """The network with the file's feature maps around it: physical units in and out."""
 
-    def __init__(self, dims, norm=None):
+    def __init__(self, dims, maps=None):
         super().__init__()
         self.dims = dict(dims)
         self.net = Network(**self.dims)
         fi, fo = self.dims["in_features"], self.dims["out_features"]
-        norm = norm or {}
-        f64 = dict(dtype=torch.float64)
-        self.register_buffer("x_mean", torch.as_tensor(norm.get("x_mean", [0.0] * fi), **f64))
-        self.register_buffer("x_std", torch.as_tensor(norm.get("x_std", [1.0] * fi), **f64))
-        self.register_buffer("y_mean", torch.as_tensor(norm.get("y_mean", [0.0] * fo), **f64))
-        self.register_buffer("y_std", torch.as_tensor(norm.get("y_std", [1.0] * fo), **f64))
-        residual = torch.as_tensor(norm.get("residual", [-1] * fo), dtype=torch.int64)
-        self.register_buffer("residual", residual)
-        self.normalizes = bool(norm)
+        maps = maps or {}
+        f32 = dict(dtype=torch.float32)
+        self.register_buffer("x_mean", torch.as_tensor(maps.get("x_mean", np.zeros(fi)), **f32))
+        self.register_buffer("x_inv_std", torch.as_tensor(maps.get("x_inv_std", np.ones(fi)), **f32))
+        self.register_buffer("y_mean", torch.as_tensor(maps.get("y_mean", np.zeros(fo)), **f32))
+        self.register_buffer("y_std", torch.as_tensor(maps.get("y_std", np.ones(fo)), **f32))
+        self.register_buffer("residual", torch.as_tensor(maps.get("residual", [-1] * fo), dtype=torch.int64))
+        self.normalizes = bool(maps.get("normalize", False))
 
     def forward(self, x):
-        if not self.normalizes:
-            return self.net(x)
-        # The statistics in float64 and the result rounded to x's type: the C surrogate's arithmetic.
-        xn = ((x.double() - self.x_mean) / self.x_std).to(x.dtype)
-        y = self.net(xn).double() * self.y_std + self.y_mean
+        # float32 throughout, in the C library's order of operations
+        d = self.net((x - self.x_mean) * self.x_inv_std) * self.y_std + self.y_mean
         has = self.residual >= 0
-        added = x.double().index_select(-1, self.residual.clamp(min=0)) * has
-        return (y + added).to(x.dtype)
+        base = x.index_select(-1, self.residual.clamp(min=0)) * has
+        return torch.where(has, base + d, d)
 
 
 def _dims(f):
@@ -155,17 +154,55 @@ def _dims(f):
     return dims
 
 
+def _stored_config(f):
+    """The two-level YAML insitra stores: {"model.d_model": "16", ...}."""
+    text = f.attrs["config"]
+    text = text.decode() if isinstance(text, bytes) else str(text)
+    out, section = {}, ""
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, _, value = line.strip().partition(":")
+        value = value.strip().strip('"').strip("'")
+        if not line.startswith(" "):
+            section = key
+        else:
+            out[f"{section}.{key}"] = value
+    return out
+
+
+def _maps(f, cfg, seq_len, fi, fo):
+    """The float32 feature maps of docs/model.md: the coefficients from the
+    /normalize statistics (in float64, then rounded), the residual map from
+    model.residual and model.residual_inputs."""
+    maps = {}
+    if cfg.get("model.residual") == "true":
+        text = cfg.get("model.residual_inputs", "")
+        maps["residual"] = [int(v) for v in text.split(",")] if text else list(range(fo))
+    if cfg.get("data.normalize", "off") != "off":
+        if "normalize" not in f:
+            raise ValueError("data.normalize is on but the file has no /normalize")
+        g = f["normalize"]
+        count = int(g.attrs["samples"]) * seq_len
+
+        def std(mean, m2):
+            s = np.sqrt(m2 / count) if count > 0 else np.ones_like(mean)
+            s = np.maximum(s, STD_FLOOR * np.abs(mean))
+            return np.where(s > 0, s, 1.0)
+
+        xm, ym = np.asarray(g["x_mean"], np.float64), np.asarray(g["y_mean"], np.float64)
+        xs, ys = std(xm, np.asarray(g["x_m2"], np.float64)), std(ym, np.asarray(g["y_m2"], np.float64))
+        maps.update(normalize=True, x_mean=xm.astype(np.float32), x_inv_std=(1.0 / xs).astype(np.float32),
+                    y_mean=ym.astype(np.float32), y_std=ys.astype(np.float32))
+    return maps
+
+
 def load(path, device="cpu"):
     """The surrogate of an insitra export or checkpoint file, in eval mode."""
     with h5py.File(path, "r") as f:
         dims = _dims(f)
-        norm = None
-        if "normalization" in f:
-            g = f["normalization"]
-            norm = {k: g[k][()] for k in ("x_mean", "x_std", "y_mean", "y_std")}
-            if "residual" in g:
-                norm["residual"] = g["residual"][()]
-        model = Surrogate(dims, norm)
+        cfg = _stored_config(f)
+        model = Surrogate(dims, _maps(f, cfg, dims["seq_len"], dims["in_features"], dims["out_features"]))
         state = {}
         for name in model.net.state_dict():
             if name not in f["model"]:

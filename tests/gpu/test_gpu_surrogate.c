@@ -10,7 +10,9 @@
  *   the outputs copied out just after it, with no synchronisation between,
  *   so the forward must run after the first copy and before the second.
  *   A surrogate from a GPU trainer predicts what insitra_predict does, bit
- *   for bit (the same kernels, the same micro-batches).
+ *   for bit (the same kernels, the same micro-batches). The model has its
+ *   feature maps on (data.normalize, model.residual), so every path,
+ *   device arrays too, applies them on the GPU.
  *   Device predictions of host pointers, and of a CPU surrogate, are refused.
  *
  * Without a usable GPU (CI has none) the test exits 77 (skipped).
@@ -57,10 +59,13 @@ int main(int argc, char **argv)
     for (int i = 0; i < N * T * F_IN; i++) (&x[0][0][0])[i] = (float)sin(0.013 * i) + 0.5f * (float)cos(0.7 * i);
     const int64_t ny = (int64_t)N * T * F_OUT;
 
-    /* a trainer on the GPU, trained a little, predicts; its export is the reference model */
+    /* a trainer on the GPU with its feature maps on (data.normalize,
+     * model.residual), trained a little, predicts; its export is the
+     * reference model */
     insitra_config *cfg = insitra_test_config(
         &tc, "device: cuda\nmodel: {seq_len: 32, in_features: 5, out_features: 3, d_model: 64, n_layers: 2, "
-             "n_heads: 4}\ntraining: {batch_size: 8, micro_batch_size: 4}\ndata: {capacity: 16}\n"
+             "n_heads: 4, residual: true}\ntraining: {batch_size: 8, micro_batch_size: 4}\n"
+             "data: {capacity: 16, normalize: running}\n"
              "optimizer: {lr: 0.01, warmup_steps: 0}\n");
     insitra_trainer *tr = NULL;
     if (!EXPECT_OK(&tc, insitra_trainer_create(&tr, cfg, MPI_COMM_WORLD), "trainer_create")) return insitra_test_end(&tc);
