@@ -232,8 +232,9 @@ int main(int argc, char **argv)
         }
         MPI_Barrier(MPI_COMM_WORLD);
         expect_refused(&t, bad, "/normalize/x_mean");
-        char nck_path[4096];
-        EXPECT_OK(&t, insitra_checkpoint_save(tn, ckpt_dir, nck_path, sizeof nck_path), "checkpoint_save (normalising)");
+        char nck_dir[4200], nck_path[4400];
+        snprintf(nck_dir, sizeof nck_dir, "%s-norm", ckpt_dir);
+        EXPECT_OK(&t, insitra_checkpoint_save(tn, nck_dir, nck_path, sizeof nck_path), "checkpoint_save (normalising)");
         EXPECT_OK(&t, insitra_predict(tn, N, xs, nref), "predict after the save");
         if (EXPECT_OK(&t, insitra_surrogate_create(&nck, nck_path, NULL, MB, MPI_COMM_WORLD), nck_path)) {
             memset(got, 0, sizeof got);
