@@ -8,8 +8,11 @@
 #include <string.h>
 
 #include "ckpt_format.h"
+#include "ckpt_io.h"
+#include "config.h"
 #include "crc32c.h"
 #include "error.h"
+#include "normalize.h"
 
 const char *const insitra_ckpt_group[INSITRA_CKPT_GROUPS] = {"model", "optim/m", "optim/v"};
 
@@ -24,6 +27,23 @@ const insitra_ckpt_table insitra_ckpt_tables[INSITRA_CKPT_TABLES] = {
 };
 
 #define META_CRC_ATTR "meta_crc32c"
+
+char *insitra_ckpt_stored_config(const insitra_config *cfg)
+{
+    /* Without the paths and names of the environment (checkpoint.dir,
+     * log.jsonl, checkpoint.deadline_env): they describe where a run writes,
+     * not what it trains, and may hold any bytes a file name can; left out,
+     * the stored YAML always reads back. */
+    insitra_config *copy = malloc(sizeof *copy);
+    if (!copy) return NULL;
+    *copy = *cfg;
+    copy->checkpoint.dir[0] = copy->log.jsonl[0] = copy->checkpoint.deadline_env[0] = '\0';
+    const size_t len = insitra_config_dump_yaml(copy, NULL, 0) + 1;
+    char *yaml = malloc(len);
+    if (yaml) insitra_config_dump_yaml(copy, yaml, len);
+    free(copy);
+    return yaml;
+}
 
 /* ---- attributes ---- */
 
@@ -119,6 +139,36 @@ insitra_status insitra_ckpt_attr_read_crc(hid_t dset, const char *path, uint32_t
                                  path[0] == '/' ? path + 1 : path);
     *crc = (uint32_t)v;
     return INSITRA_STATUS_OK;
+}
+
+/* ---- export files ---- */
+
+int64_t insitra_export_format_of(hid_t file)
+{
+    int64_t v = -1;
+    if (insitra_ckpt_attr_read_i64(file, INSITRA_EXPORT_FORMAT_ATTR, &v) == 1) return v >= 1 ? v : INT64_MAX;
+    if (insitra_ckpt_attr_read_i64(file, "insitra_export", &v) == 1 && v == 1) return 0;
+    return -1;
+}
+
+insitra_status insitra_export_attrs_write(hid_t file, const insitra_config *cfg, const char *yaml, int64_t step)
+{
+    /* int64, as every integer of a checkpoint; the dimensions spare a reader a YAML parser */
+    const struct { const char *name; int64_t value; } ints[] = {
+        {INSITRA_EXPORT_FORMAT_ATTR, INSITRA_EXPORT_FORMAT},
+        {"step", step},
+        {"seq_len", cfg->model.seq_len},
+        {"in_features", cfg->model.in_features},
+        {"out_features", cfg->model.out_features},
+        {"d_model", cfg->model.d_model},
+        {"n_layers", cfg->model.n_layers},
+        {"n_heads", cfg->model.n_heads},
+        {"causal", cfg->model.causal ? 1 : 0},
+    };
+    for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++)
+        INSITRA_CHECK(insitra_ckpt_attr_write_i64(file, ints[k].name, ints[k].value));
+    INSITRA_CHECK(insitra_ckpt_attr_write_str(file, "insitra_version", insitra_version()));
+    return insitra_ckpt_attr_write_str(file, "config", yaml);
 }
 
 /* ---- the root metadata ---- */
@@ -255,15 +305,88 @@ int insitra_ckpt_shape(hid_t dset, hsize_t dims[4])
     return n >= 0 && n <= 4 ? n : -1;
 }
 
+/* ---- the feature statistics (/normalize) ---- */
+
+void insitra_ckpt_norm_arrays(const insitra_normalize *n, double *a[INSITRA_CKPT_NORM_DATASETS],
+                              int64_t len[INSITRA_CKPT_NORM_DATASETS])
+{
+    a[0] = n->x.mean, a[1] = n->x.m2, a[2] = n->y.mean, a[3] = n->y.m2;
+    len[0] = len[1] = n->x.width;
+    len[2] = len[3] = n->y.width;
+}
+
+insitra_status insitra_ckpt_norm_attrs_write(hid_t g, const insitra_normalize *n)
+{
+    INSITRA_CHECK(insitra_ckpt_attr_write_i64(g, INSITRA_CKPT_NORM_SAMPLES, n->samples));
+    return insitra_ckpt_attr_write_i64(g, INSITRA_CKPT_NORM_FROZEN, n->frozen ? 1 : 0);
+}
+
+/* Every rank reads the whole group (the statistics are the same everywhere).
+ * A file without it was written with data.normalize off, which the caller's
+ * check of the stored configuration already refused. */
+insitra_status insitra_ckpt_norm_read(hid_t f, insitra_normalize *n)
+{
+    double *a[INSITRA_CKPT_NORM_DATASETS];
+    int64_t len[INSITRA_CKPT_NORM_DATASETS];
+    insitra_ckpt_norm_arrays(n, a, len);
+    for (int k = 0; k < INSITRA_CKPT_NORM_DATASETS; k++) {
+        const char *path = insitra_ckpt_norm_datasets[k];
+        const hsize_t want[1] = {(hsize_t)len[k]};
+        hid_t dset;
+        INSITRA_CHECK(insitra_ckpt_open_dataset(f, path, INSITRA_CKPT_FLOAT64, 1, want, &dset));
+        uint32_t stored = 0;
+        insitra_status s = insitra_ckpt_attr_read_crc(dset, path, &stored);
+        if (s == INSITRA_STATUS_OK && H5Dread(dset, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, a[k]) < 0)
+            s = insitra_ckpt_h5_error("cannot read '/%s'", path);
+        H5Dclose(dset);
+        INSITRA_CHECK(s);
+        const uint32_t crc = insitra_crc32c(0, a[k], (size_t)len[k] * sizeof(double));
+        if (crc != stored)
+            return insitra_error_set(INSITRA_STATUS_IO_ERROR, "CRC32C of '/%s' is %08x, the file says %08x", path,
+                                     crc, stored);
+    }
+    hid_t g = H5Gopen2(f, INSITRA_CKPT_NORM_GROUP, H5P_DEFAULT);
+    int64_t samples = -1, frozen = -1;
+    if (g >= 0) {
+        insitra_ckpt_attr_read_i64(g, INSITRA_CKPT_NORM_SAMPLES, &samples);
+        insitra_ckpt_attr_read_i64(g, INSITRA_CKPT_NORM_FROZEN, &frozen);
+        H5Gclose(g);
+    }
+    if (samples < 0 || (frozen != 0 && frozen != 1))
+        return insitra_error_set(INSITRA_STATUS_IO_ERROR,
+                                 "'/%s' lacks its attributes '%s' and '%s' (or they are out of range)",
+                                 INSITRA_CKPT_NORM_GROUP, INSITRA_CKPT_NORM_SAMPLES, INSITRA_CKPT_NORM_FROZEN);
+    n->samples = samples;
+    n->x.count = n->y.count = samples * n->seq_len;
+    n->frozen = frozen == 1;
+    /* what this process counted before the read is replaced by the file's state */
+    insitra_normalize_clear(n, false);
+    insitra_normalize_update_coef(n);
+    return INSITRA_STATUS_OK;
+}
+
 int insitra_ckpt_dataset_kind(hid_t dset)
 {
     hid_t type = H5Dget_type(dset);
     const H5T_class_t cls = type >= 0 ? H5Tget_class(type) : H5T_NO_CLASS;
     const size_t size = type >= 0 ? H5Tget_size(type) : 0;
     if (type >= 0) H5Tclose(type);
-    return cls == H5T_FLOAT && size == 4   ? INSITRA_CKPT_FLOAT32
-           : cls == H5T_FLOAT && size == 8 ? INSITRA_CKPT_FLOAT64
-           : cls == H5T_INTEGER && size == 8 ? INSITRA_CKPT_INT64 : INSITRA_CKPT_OTHER;
+    return cls == H5T_FLOAT && size == 4     ? INSITRA_CKPT_FLOAT32
+           : cls == H5T_FLOAT && size == 8   ? INSITRA_CKPT_FLOAT64
+           : cls == H5T_INTEGER && size == 8 ? INSITRA_CKPT_INT64
+           : cls == H5T_INTEGER && size == 4 ? INSITRA_CKPT_INT32
+                                             : INSITRA_CKPT_OTHER;
+}
+
+const char *insitra_ckpt_kind_name(int kind)
+{
+    switch (kind) {
+    case INSITRA_CKPT_FLOAT32: return "float32";
+    case INSITRA_CKPT_FLOAT64: return "float64";
+    case INSITRA_CKPT_INT64: return "a 64-bit integer";
+    case INSITRA_CKPT_INT32: return "a 32-bit integer";
+    default: return "another type";
+    }
 }
 
 insitra_status insitra_ckpt_open_dataset(hid_t file, const char *path, int kind, int ndim, const hsize_t *want,
@@ -285,10 +408,7 @@ insitra_status insitra_ckpt_open_dataset(hid_t file, const char *path, int kind,
     const int n = insitra_ckpt_shape(*dset, dims);
     insitra_status s = INSITRA_STATUS_OK;
     if (insitra_ckpt_dataset_kind(*dset) != kind) {
-        s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "'/%s' type is not %s", path,
-                              kind == INSITRA_CKPT_FLOAT32   ? "float32"
-                              : kind == INSITRA_CKPT_FLOAT64 ? "float64"
-                                                             : "a 64-bit integer");
+        s = insitra_error_set(INSITRA_STATUS_IO_ERROR, "'/%s' type is not %s", path, insitra_ckpt_kind_name(kind));
     } else if (n != ndim || memcmp(dims, want, (size_t)ndim * sizeof *dims) != 0) {
         char have[96] = "", expect[96] = "";
         for (int k = 0, u = 0, v = 0; k < 4; k++) {

@@ -47,6 +47,18 @@ extern const insitra_ckpt_table insitra_ckpt_tables[INSITRA_CKPT_TABLES];
 extern const char *const insitra_ckpt_norm_datasets[INSITRA_CKPT_NORM_DATASETS]; /* x_mean, x_m2, y_mean, y_m2 */
 #define INSITRA_CKPT_NORM_SAMPLES "samples"
 #define INSITRA_CKPT_NORM_FROZEN "frozen"
+/* Checkpoints and export files hold the same group, written and read by
+ * these (the parallel writer creates its datasets itself, in this order). */
+struct insitra_normalize;
+/* n's arrays in insitra_ckpt_norm_datasets order, and their lengths. */
+void insitra_ckpt_norm_arrays(const struct insitra_normalize *n, double *a[INSITRA_CKPT_NORM_DATASETS],
+                              int64_t len[INSITRA_CKPT_NORM_DATASETS]);
+/* The group's attributes (samples, frozen) onto the open group g. */
+insitra_status insitra_ckpt_norm_attrs_write(hid_t g, const struct insitra_normalize *n);
+/* The whole group from an open file into n (made for the file's model):
+ * shapes, CRC32Cs and attributes checked, IO_ERROR naming what is wrong;
+ * then n's coefficients follow from the statistics (lib/normalize.h). */
+insitra_status insitra_ckpt_norm_read(hid_t file, struct insitra_normalize *n);
 #define INSITRA_CKPT_CRC_ATTR "crc32c" /* uint32, on every float32 dataset and table */
 
 /* The root attributes that decide what is loaded. version and config are
@@ -79,8 +91,11 @@ insitra_status insitra_ckpt_meta_check(const insitra_ckpt_meta *m, const char **
 /* The shape of a dataset: ndim (<= 4, -1 if it is not a simple dataset) and dims. */
 int insitra_ckpt_shape(hid_t dset, hsize_t dims[4]);
 /* What a dataset holds: float32 (tensors, samples), a 64-bit integer (the
- * tables, signed or not), or something else. */
-enum { INSITRA_CKPT_FLOAT32, INSITRA_CKPT_INT64, INSITRA_CKPT_FLOAT64, INSITRA_CKPT_OTHER };
+ * tables, signed or not), float64 or a 32-bit integer (normalisation,
+ * the caller's arrays), or something else. */
+enum { INSITRA_CKPT_FLOAT32, INSITRA_CKPT_INT64, INSITRA_CKPT_FLOAT64, INSITRA_CKPT_INT32, INSITRA_CKPT_OTHER };
+/* "float32", "a 64-bit integer", ... for messages. */
+const char *insitra_ckpt_kind_name(int kind);
 int insitra_ckpt_dataset_kind(hid_t dset);
 /* Opens the dataset at path (from the root) into *dset if it exists, holds
  * kind and has exactly the shape (ndim, want); otherwise IO_ERROR naming
@@ -104,6 +119,27 @@ int insitra_ckpt_attr_read_i64(hid_t obj, const char *name, int64_t *v);
 char *insitra_ckpt_attr_read_str(hid_t obj, const char *name);
 /* The dataset's crc32c attribute: IO_ERROR naming path when absent or not a uint32. */
 insitra_status insitra_ckpt_attr_read_crc(hid_t dset, const char *path, uint32_t *crc);
+
+/* The configuration a file stores (malloc'd YAML, NULL when out of memory):
+ * what defines the model and the run, without the environment's paths
+ * (checkpoint.dir, log.jsonl, checkpoint.deadline_env). */
+char *insitra_ckpt_stored_config(const insitra_config *cfg);
+
+/* ---- export files (docs/checkpoint.md, "Export files") ---- */
+
+/* Export format 1: /model/<tensor> float32 with global shapes and crc32c,
+ * root attributes insitra_export_format, step and the model dimensions
+ * (int64), insitra_version and config (strings), and /normalize as in a
+ * checkpoint when the model normalises (data.normalize on). */
+#define INSITRA_EXPORT_FORMAT 1
+#define INSITRA_EXPORT_FORMAT_ATTR "insitra_export_format"
+/* The export format of an open file: its version (>= 1), 0 for an export of
+ * insitra-ckpt before format versions (attribute insitra_export = 1, no
+ * dimensions), -1 when the file is not an export. */
+int64_t insitra_export_format_of(hid_t file);
+/* The root attributes of an export: the format, step, the dimensions of
+ * cfg's model, the library version and the configuration text yaml. */
+insitra_status insitra_export_attrs_write(hid_t file, const insitra_config *cfg, const char *yaml, int64_t step);
 
 /* ---- a checkpoint directory ---- */
 

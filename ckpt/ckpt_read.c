@@ -18,6 +18,7 @@
 #include "ckpt_dir.h"
 #include "ckpt_format.h"
 #include "ckpt_io.h"
+#include "ckpt_user.h"
 #include "crc32c.h"
 #include "error.h"
 
@@ -233,50 +234,6 @@ static insitra_status read_samples(const insitra_ckpt_state *st, hid_t f, int64_
     return INSITRA_STATUS_OK;
 }
 
-/* The statistics, whole, on every rank (they are the same everywhere): the
- * shapes, the CRCs, then into the view. A file without them was written with
- * data.normalize off, which the stored configuration already refused. */
-static insitra_status read_normalize(const insitra_ckpt_state *st, hid_t f)
-{
-    insitra_normalize *n = st->norm;
-    double *a[4] = {n->x.mean, n->x.m2, n->y.mean, n->y.m2};
-    const int64_t len[4] = {n->x.width, n->x.width, n->y.width, n->y.width};
-    for (int k = 0; k < INSITRA_CKPT_NORM_DATASETS; k++) {
-        const char *path = insitra_ckpt_norm_datasets[k];
-        const hsize_t want[1] = {(hsize_t)len[k]};
-        hid_t dset;
-        INSITRA_CHECK(insitra_ckpt_open_dataset(f, path, INSITRA_CKPT_FLOAT64, 1, want, &dset));
-        uint32_t stored = 0;
-        insitra_status s = insitra_ckpt_attr_read_crc(dset, path, &stored);
-        if (s == INSITRA_STATUS_OK && H5Dread(dset, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, a[k]) < 0)
-            s = insitra_ckpt_h5_error("cannot read '/%s'", path);
-        H5Dclose(dset);
-        INSITRA_CHECK(s);
-        const uint32_t crc = insitra_crc32c(0, a[k], (size_t)len[k] * sizeof(double));
-        if (crc != stored)
-            return insitra_error_set(INSITRA_STATUS_IO_ERROR, "CRC32C of '/%s' is %08x, the file says %08x", path,
-                                     crc, stored);
-    }
-    hid_t g = H5Gopen2(f, INSITRA_CKPT_NORM_GROUP, H5P_DEFAULT);
-    int64_t samples = -1, frozen = -1;
-    if (g >= 0) {
-        insitra_ckpt_attr_read_i64(g, INSITRA_CKPT_NORM_SAMPLES, &samples);
-        insitra_ckpt_attr_read_i64(g, INSITRA_CKPT_NORM_FROZEN, &frozen);
-        H5Gclose(g);
-    }
-    if (samples < 0 || (frozen != 0 && frozen != 1))
-        return insitra_error_set(INSITRA_STATUS_IO_ERROR,
-                                 "'/%s' lacks its attributes '%s' and '%s' (or they are out of range)",
-                                 INSITRA_CKPT_NORM_GROUP, INSITRA_CKPT_NORM_SAMPLES, INSITRA_CKPT_NORM_FROZEN);
-    n->samples = samples;
-    n->x.count = n->y.count = samples * n->seq_len;
-    n->frozen = frozen == 1;
-    /* what this process counted before the load is replaced by the file's state */
-    insitra_normalize_clear(n, false);
-    insitra_normalize_update_coef(n);
-    return INSITRA_STATUS_OK;
-}
-
 /* The samplers: exact when the rank count matches, else fresh streams. */
 static void restore_sampler(const insitra_ckpt_state *st, const insitra_ckpt_meta *meta, const tables *tb)
 {
@@ -317,11 +274,15 @@ static insitra_status try_load(const insitra_ckpt_state *st, const char *file, i
         touched->state = true; /* from here a failure leaves the state mixed */
         s = read_state(st, f);
     }
-    if (s == INSITRA_STATUS_OK && st->norm) s = insitra_comm_agree(st->world, read_normalize(st, f));
+    if (s == INSITRA_STATUS_OK && st->norm) s = insitra_comm_agree(st->world, insitra_ckpt_norm_read(f, st->norm));
     if (s == INSITRA_STATUS_OK) restore_sampler(st, &meta, &tb);
     if (s == INSITRA_STATUS_OK && tb.row[INSITRA_CKPT_SAMPLE_COUNT]) {
         touched->samples = true;
         s = insitra_comm_agree(st->world, read_samples(st, f, meta.world_size, &tb));
+    }
+    if (s == INSITRA_STATUS_OK && st->n_arrays > 0) {
+        touched->arrays = true;
+        s = insitra_ckpt_arrays_read(st, f);
     }
     H5Fclose(f);
     if (s == INSITRA_STATUS_OK) *st->step = meta.step;
@@ -358,7 +319,7 @@ insitra_status insitra_ckpt_load(const insitra_ckpt_state *st, const char *path,
                                  size_t path_size, insitra_ckpt_touched *touched)
 {
     enum { MAX_CANDIDATES = 64 };
-    *touched = (insitra_ckpt_touched){false, false};
+    *touched = (insitra_ckpt_touched){false, false, false};
     char (*cand)[PATH_LEN] = malloc(MAX_CANDIDATES * PATH_LEN);
     if (!cand) return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "checkpoint: out of memory");
     int n = st->world->rank == 0 ? list_candidates(path, cand, MAX_CANDIDATES) : 0;

@@ -18,6 +18,19 @@
 #include "sample_store.h"
 #include "shard.h"
 
+/* One of the caller's arrays (insitra_checkpoint_add_array): this rank's
+ * piece of a global row-major array, where it lies in the caller's memory.
+ * ndim 0 is a scalar: rank 0's value is saved, every rank's is loaded. */
+typedef struct insitra_ckpt_array {
+    char name[64];
+    int type;                                     /* insitra_type */
+    int ndim;
+    int64_t global[INSITRA_ARRAY_MAX_DIMS];
+    int64_t offset[INSITRA_ARRAY_MAX_DIMS], count[INSITRA_ARRAY_MAX_DIMS];
+    int64_t mem_shape[INSITRA_ARRAY_MAX_DIMS], mem_offset[INSITRA_ARRAY_MAX_DIMS];
+    void *data;
+} insitra_ckpt_array;
+
 typedef struct insitra_ckpt_state {
     const insitra_comm *world;          /* every rank: the file is written by all */
     int64_t dp, tp;                     /* the layout, stored as attributes */
@@ -33,12 +46,15 @@ typedef struct insitra_ckpt_state {
     int64_t *sample_cursor;             /* samples drawn so far */
     insitra_sample_store *store;        /* pushed count; the samples with include_samples */
     insitra_normalize *norm;            /* the combined statistics, when data.normalize is on; else NULL */
+    const insitra_ckpt_array *arrays;   /* (n_arrays) the caller's, under /user */
+    int64_t n_arrays;
 } insitra_ckpt_state;
 
 /* What a load wrote into the view, whatever its outcome. */
 typedef struct insitra_ckpt_touched {
     bool state;   /* parameters, moments, step, sampler, cursor, pushed count */
     bool samples; /* the sample store's contents */
+    bool arrays;  /* the caller's arrays */
 } insitra_ckpt_touched;
 
 #endif /* INSITRA_CKPT_STATE_H */

@@ -21,6 +21,7 @@
 #include "ckpt_dir.h"
 #include "ckpt_format.h"
 #include "ckpt_io.h"
+#include "ckpt_user.h"
 #include "crc32c.h"
 #include "error.h"
 
@@ -82,7 +83,7 @@ static void note(writer *w, insitra_status s)
 
 static hid_t create_dataset(writer *w, const char *path, hid_t type, int ndim, const hsize_t *dims)
 {
-    hid_t space = H5Screate_simple(ndim, dims, NULL);
+    hid_t space = ndim > 0 ? H5Screate_simple(ndim, dims, NULL) : H5Screate(H5S_SCALAR);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     /* Every element is written: skip the fill pass. */
     H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
@@ -195,23 +196,15 @@ static void write_samples(writer *w, int64_t total, int64_t offset, uint32_t *cr
 
 static void write_crc_attr(writer *w, const char *path, uint32_t crc);
 
-/* The four arrays of the statistics, in insitra_ckpt_norm_datasets order. */
-static void norm_arrays(const insitra_normalize *n, const double *a[4], int64_t len[4])
-{
-    a[0] = n->x.mean, a[1] = n->x.m2, a[2] = n->y.mean, a[3] = n->y.m2;
-    len[0] = len[1] = n->x.width;
-    len[2] = len[3] = n->y.width;
-}
-
 /* The statistics: every rank holds the same bits, so every rank computes the
  * same CRCs and rank 0 alone writes the data. */
 static void write_normalize(writer *w)
 {
     const insitra_normalize *n = w->st->norm;
     create_group(w, INSITRA_CKPT_NORM_GROUP);
-    const double *a[4];
-    int64_t len[4];
-    norm_arrays(n, a, len);
+    double *a[INSITRA_CKPT_NORM_DATASETS];
+    int64_t len[INSITRA_CKPT_NORM_DATASETS];
+    insitra_ckpt_norm_arrays(n, a, len);
     for (int k = 0; k < INSITRA_CKPT_NORM_DATASETS; k++) {
         const char *path = insitra_ckpt_norm_datasets[k];
         const hsize_t dims[1] = {(hsize_t)len[k]};
@@ -227,10 +220,37 @@ static void write_normalize(writer *w)
         note(w, insitra_ckpt_h5_error("lost '/%s'", INSITRA_CKPT_NORM_GROUP));
         return;
     }
-    insitra_status s = insitra_ckpt_attr_write_i64(g, INSITRA_CKPT_NORM_SAMPLES, n->samples);
-    if (s == INSITRA_STATUS_OK) s = insitra_ckpt_attr_write_i64(g, INSITRA_CKPT_NORM_FROZEN, n->frozen ? 1 : 0);
+    const insitra_status s = insitra_ckpt_norm_attrs_write(g, n);
     if (s != INSITRA_STATUS_OK) note(w, s);
     H5Gclose(g);
+}
+
+/* The caller's arrays: every rank creates each dataset, writes its piece. */
+static void write_arrays(writer *w)
+{
+    const insitra_ckpt_state *st = w->st;
+    if (st->n_arrays > 0) create_group(w, INSITRA_CKPT_USER_GROUP);
+    char path[128];
+    for (int64_t k = 0; k < st->n_arrays; k++) {
+        const insitra_ckpt_array *a = &st->arrays[k];
+        snprintf(path, sizeof path, INSITRA_CKPT_USER_GROUP "/%s", a->name);
+        hsize_t dims[INSITRA_ARRAY_MAX_DIMS];
+        for (int d = 0; d < a->ndim; d++) dims[d] = (hsize_t)a->global[d];
+        hid_t dset = create_dataset(w, path, insitra_ckpt_type_file(a->type), a->ndim, dims);
+        if (dset < 0) continue;
+        hid_t fspace = -1, mspace = -1;
+        bool empty = true;
+        insitra_status s = INSITRA_STATUS_OK;
+        if (w->error == INSITRA_STATUS_OK)
+            s = insitra_ckpt_array_select(a, dset, true, st->world->rank, &fspace, &mspace, &empty);
+        if (s == INSITRA_STATUS_OK && w->error == INSITRA_STATUS_OK && !empty &&
+            H5Dwrite(dset, insitra_ckpt_type_mem(a->type), mspace, fspace, w->dxpl, a->data) < 0)
+            s = insitra_ckpt_h5_error("cannot write '/%s'", path);
+        note(w, s);
+        if (fspace >= 0) H5Sclose(fspace);
+        if (mspace >= 0) H5Sclose(mspace);
+        H5Dclose(dset);
+    }
 }
 
 static void write_crc_attr(writer *w, const char *path, uint32_t crc)
@@ -245,24 +265,6 @@ static void write_crc_attr(writer *w, const char *path, uint32_t crc)
     H5Dclose(dset);
 }
 
-/* The stored configuration: what defines the model and the run, without the
- * paths and names of the environment (checkpoint.dir, log.jsonl,
- * checkpoint.deadline_env). Those describe where a run writes, not what it
- * trains, and may hold any bytes a file name can; left out, the stored YAML
- * always reads back. */
-static char *stored_config(const insitra_config *cfg)
-{
-    insitra_config *copy = malloc(sizeof *copy);
-    if (!copy) return NULL;
-    *copy = *cfg;
-    copy->checkpoint.dir[0] = copy->log.jsonl[0] = copy->checkpoint.deadline_env[0] = '\0';
-    const size_t len = insitra_config_dump_yaml(copy, NULL, 0) + 1;
-    char *yaml = malloc(len);
-    if (yaml) insitra_config_dump_yaml(copy, yaml, len);
-    free(copy);
-    return yaml;
-}
-
 /* What a save prepares before opening the file: every allocation, so that
  * running out of memory is agreed on before the first collective call. */
 typedef struct save_plan {
@@ -270,6 +272,7 @@ typedef struct save_plan {
     uint32_t *crc;         /* (n) */
     uint64_t *bytes;       /* (n) */
     char *yaml;            /* the stored configuration */
+    uint32_t *array_crc;   /* (n_arrays) the caller's arrays, checked before the file opens */
     int64_t total_samples; /* every rank's held samples (with include_samples) */
     int64_t sample_offset; /* the row this rank's samples start at */
 } save_plan;
@@ -299,6 +302,7 @@ static void write_contents(writer *w, const save_plan *plan)
                 write_samples(w, plan->total_samples, plan->sample_offset,
                               plan->crc + at_tables + INSITRA_CKPT_TABLES,
                               plan->bytes + at_tables + INSITRA_CKPT_TABLES);
+            write_arrays(w);
         }
     }
     if (!job.done) crc_slots(&job);
@@ -318,6 +322,10 @@ static void write_contents(writer *w, const save_plan *plan)
         write_crc_attr(w, INSITRA_CKPT_SAMPLES_Y, plan->crc[at_tables + INSITRA_CKPT_TABLES + 1]);
     }
     if (st->norm) write_normalize(w);
+    for (int64_t k = 0; k < st->n_arrays; k++) {
+        snprintf(path, sizeof path, INSITRA_CKPT_USER_GROUP "/%s", st->arrays[k].name);
+        write_crc_attr(w, path, plan->array_crc[k]);
+    }
     fault_point(st, "before_complete");
     const insitra_ckpt_meta meta = {
         .format = INSITRA_CKPT_FORMAT, .step = *st->step, .world_size = st->world->size,
@@ -357,7 +365,11 @@ static int64_t reserve_bytes(const insitra_ckpt_state *st, int64_t total_samples
         }
         datasets += INSITRA_CKPT_NORM_DATASETS;
     }
-    return bytes + (datasets + INSITRA_CKPT_TABLES + 2) * 4096;
+    for (int64_t k = 0; k < st->n_arrays; k++) {
+        const int64_t b = insitra_ckpt_array_numel(&st->arrays[k]) * (int64_t)insitra_ckpt_type_size(st->arrays[k].type);
+        bytes += b + (b >= MiB ? MiB : 0);
+    }
+    return bytes + (datasets + INSITRA_CKPT_TABLES + 2 + st->n_arrays) * 4096;
 }
 
 static insitra_status plan_save(const insitra_ckpt_state *st, save_plan *plan)
@@ -366,10 +378,11 @@ static insitra_status plan_save(const insitra_ckpt_state *st, save_plan *plan)
     plan->n = 3 * nt + INSITRA_CKPT_TABLES + 2;
     plan->crc = calloc((size_t)plan->n, sizeof *plan->crc);
     plan->bytes = calloc((size_t)plan->n, sizeof *plan->bytes);
-    plan->yaml = stored_config(st->cfg);
+    plan->yaml = insitra_ckpt_stored_config(st->cfg);
+    plan->array_crc = calloc((size_t)(st->n_arrays > 0 ? st->n_arrays : 1), sizeof *plan->array_crc);
     int64_t *counts = malloc((size_t)st->world->size * sizeof *counts);
     insitra_status s = INSITRA_STATUS_OK;
-    if (!plan->crc || !plan->bytes || !plan->yaml || !counts)
+    if (!plan->crc || !plan->bytes || !plan->yaml || !plan->array_crc || !counts)
         s = insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "checkpoint: out of memory for %" PRId64 " CRCs", plan->n);
     /* Every rank takes part, whatever failed: the agreement comes after. */
     int64_t mine = st->store->count, dummy = 0;
@@ -392,6 +405,7 @@ static void plan_free(save_plan *plan)
     free(plan->crc);
     free(plan->bytes);
     free(plan->yaml);
+    free(plan->array_crc);
 }
 
 /* All ranks open the file rank 0 created and reserved. */
@@ -451,7 +465,9 @@ insitra_status insitra_ckpt_save(const insitra_ckpt_state *st, const char *dir, 
     insitra_ckpt_quiet quiet; /* failures are reported as statuses, not printed by HDF5 */
     insitra_ckpt_quiet_begin(&quiet);
     save_plan plan = {0};
-    insitra_status s = plan_save(st, &plan);
+    insitra_status s = insitra_ckpt_agree(st->world, plan_save(st, &plan));
+    /* The caller's arrays: the same on every rank and tiled, before anything is written. */
+    if (s == INSITRA_STATUS_OK) s = insitra_ckpt_arrays_check(st, plan.array_crc);
     if (s == INSITRA_STATUS_OK && root) s = insitra_ckpt_dir_prepare(dir);
     const int64_t reserved = reserve_bytes(st, plan.total_samples);
     if (s == INSITRA_STATUS_OK && root) s = insitra_ckpt_dir_reserve(tmp, reserved);

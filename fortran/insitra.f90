@@ -20,7 +20,7 @@
 !> the memory of the C row-major x[n][T][F]: the feature index varies fastest,
 !> then the token, then the sample.
 module insitra
-  use, intrinsic :: iso_c_binding, only: c_ptr, c_null_ptr, c_associated, c_f_pointer, c_char, &
+  use, intrinsic :: iso_c_binding, only: c_ptr, c_null_ptr, c_associated, c_f_pointer, c_loc, c_char, &
                                          c_null_char, c_int, c_int32_t, c_int64_t, c_size_t, &
                                          c_float, c_double
   use, intrinsic :: iso_fortran_env, only: error_unit
@@ -140,10 +140,50 @@ module insitra
     procedure :: checkpoint_save => trainer_checkpoint_save
     procedure :: checkpoint_load => trainer_checkpoint_load
     procedure :: should_stop => trainer_should_stop
+    procedure :: export_save => trainer_export_save
+    procedure, private :: trainer_add_array_r64_1, trainer_add_array_r64_2, trainer_add_array_r64_3, &
+                          trainer_add_array_r32_1, trainer_add_array_r32_2, trainer_add_array_r32_3, &
+                          trainer_add_array_i32_1, trainer_add_array_i32_2, trainer_add_array_i32_3, &
+                          trainer_add_array_i64_1, trainer_add_array_i64_2, trainer_add_array_i64_3
+    generic :: checkpoint_add_array => trainer_add_array_r64_1, trainer_add_array_r64_2, trainer_add_array_r64_3, &
+                                         trainer_add_array_r32_1, trainer_add_array_r32_2, trainer_add_array_r32_3, &
+                                         trainer_add_array_i32_1, trainer_add_array_i32_2, trainer_add_array_i32_3, &
+                                         trainer_add_array_i64_1, trainer_add_array_i64_2, trainer_add_array_i64_3
+    procedure, private :: trainer_add_scalar_r64, trainer_add_scalar_r32, trainer_add_scalar_i32, &
+                          trainer_add_scalar_i64
+    generic :: checkpoint_add_scalar => trainer_add_scalar_r64, trainer_add_scalar_r32, &
+                                        trainer_add_scalar_i32, trainer_add_scalar_i64
+    procedure :: checkpoint_clear_arrays => trainer_checkpoint_clear_arrays
     procedure, private :: trainer_assign
     generic :: assignment(=) => trainer_assign
     final :: trainer_final
   end type insitra_trainer
+
+  !> An inference handle: the trained model alone, on the CPU or one GPU.
+  !> Predictions are local (no other rank takes part); freeing is local too.
+  type, public :: insitra_surrogate
+    private
+    type(c_ptr) :: handle = c_null_ptr
+    integer(c_int64_t) :: seq_len = 0, in_features = 0, out_features = 0
+  contains
+    procedure, private :: surrogate_create_f08, surrogate_create_int
+    generic :: create => surrogate_create_f08, surrogate_create_int
+    procedure :: create_from_trainer => surrogate_create_from_trainer
+    procedure :: free => surrogate_free
+    procedure :: created => surrogate_created
+    procedure :: sample_shape => surrogate_sample_shape
+    procedure :: predict => surrogate_predict
+    procedure :: predict_device => surrogate_predict_device
+    procedure, private :: surrogate_assign
+    generic :: assignment(=) => surrogate_assign
+    final :: surrogate_final
+  end type insitra_surrogate
+
+  ! The values of the C enum insitra_type.
+  integer, parameter, public :: INSITRA_TYPE_FLOAT32 = 0
+  integer, parameter, public :: INSITRA_TYPE_FLOAT64 = 1
+  integer, parameter, public :: INSITRA_TYPE_INT32 = 2
+  integer, parameter, public :: INSITRA_TYPE_INT64 = 3
 
   public :: insitra_last_error, insitra_status_name, insitra_version
   public :: insitra_field_to_patches, insitra_patches_to_field
@@ -357,6 +397,96 @@ module insitra
       integer(c_int32_t), intent(out) :: stop
       integer(c_int) :: status
     end function c_insitra_should_stop
+
+    function c_insitra_export_save(trainer, path) bind(c, name='insitra_export_save') result(status)
+      import :: c_ptr, c_int, c_char
+      type(c_ptr), value :: trainer
+      character(kind=c_char), intent(in) :: path(*)
+      integer(c_int) :: status
+    end function c_insitra_export_save
+
+    function c_insitra_checkpoint_add_array(trainer, name, type, ndim, global_shape, offset, count, &
+                                            mem_shape, mem_offset, data) &
+        bind(c, name='insitra_checkpoint_add_array') result(status)
+      import :: c_ptr, c_int, c_char, c_int32_t, c_int64_t
+      type(c_ptr), value :: trainer
+      character(kind=c_char), intent(in) :: name(*)
+      integer(c_int), value :: type
+      integer(c_int32_t), value :: ndim
+      integer(c_int64_t), intent(in) :: global_shape(*), offset(*), count(*), mem_shape(*), mem_offset(*)
+      type(c_ptr), value :: data
+      integer(c_int) :: status
+    end function c_insitra_checkpoint_add_array
+
+    function c_insitra_checkpoint_add_scalar(trainer, name, type, data) &
+        bind(c, name='insitra_checkpoint_add_scalar') result(status)
+      import :: c_ptr, c_int, c_char
+      type(c_ptr), value :: trainer
+      character(kind=c_char), intent(in) :: name(*)
+      integer(c_int), value :: type
+      type(c_ptr), value :: data
+      integer(c_int) :: status
+    end function c_insitra_checkpoint_add_scalar
+
+    function c_insitra_checkpoint_clear_arrays(trainer) bind(c, name='insitra_checkpoint_clear_arrays') &
+        result(status)
+      import :: c_ptr, c_int
+      type(c_ptr), value :: trainer
+      integer(c_int) :: status
+    end function c_insitra_checkpoint_clear_arrays
+
+    function c_insitra_surrogate_create_fcomm(surrogate, path, opts, max_batch, comm) &
+        bind(c, name='insitra_surrogate_create_fcomm') result(status)
+      import :: c_ptr, c_int, c_char, c_int64_t
+      type(c_ptr), intent(out) :: surrogate
+      character(kind=c_char), intent(in) :: path(*)
+      type(c_ptr), value :: opts
+      integer(c_int64_t), value :: max_batch
+      integer(c_int), value :: comm
+      integer(c_int) :: status
+    end function c_insitra_surrogate_create_fcomm
+
+    function c_insitra_surrogate_create_from_trainer(surrogate, trainer, opts, max_batch) &
+        bind(c, name='insitra_surrogate_create_from_trainer') result(status)
+      import :: c_ptr, c_int, c_int64_t
+      type(c_ptr), intent(out) :: surrogate
+      type(c_ptr), value :: trainer, opts
+      integer(c_int64_t), value :: max_batch
+      integer(c_int) :: status
+    end function c_insitra_surrogate_create_from_trainer
+
+    function c_insitra_surrogate_free(surrogate) bind(c, name='insitra_surrogate_free') result(status)
+      import :: c_ptr, c_int
+      type(c_ptr), value :: surrogate
+      integer(c_int) :: status
+    end function c_insitra_surrogate_free
+
+    function c_insitra_surrogate_sample_shape(surrogate, seq_len, in_features, out_features) &
+        bind(c, name='insitra_surrogate_sample_shape') result(status)
+      import :: c_ptr, c_int, c_int64_t
+      type(c_ptr), value :: surrogate
+      integer(c_int64_t), intent(out) :: seq_len, in_features, out_features
+      integer(c_int) :: status
+    end function c_insitra_surrogate_sample_shape
+
+    function c_insitra_surrogate_predict(surrogate, n, x, y_out) bind(c, name='insitra_surrogate_predict') &
+        result(status)
+      import :: c_ptr, c_int, c_int64_t, c_float
+      type(c_ptr), value :: surrogate
+      integer(c_int64_t), value :: n
+      real(c_float), intent(in) :: x(*)
+      real(c_float), intent(inout) :: y_out(*)
+      integer(c_int) :: status
+    end function c_insitra_surrogate_predict
+
+    function c_insitra_surrogate_predict_device(surrogate, n, x, y_out, stream) &
+        bind(c, name='insitra_surrogate_predict_device') result(status)
+      import :: c_ptr, c_int, c_int64_t
+      type(c_ptr), value :: surrogate
+      integer(c_int64_t), value :: n
+      type(c_ptr), value :: x, y_out, stream
+      integer(c_int) :: status
+    end function c_insitra_surrogate_predict_device
 
     function c_insitra_plan_stage(cfg, world_size, zero_stage, plan) &
         bind(c, name='insitra_plan_stage') result(status)
@@ -1247,6 +1377,392 @@ contains
     stop_now = status == INSITRA_STATUS_OK .and. flag /= 0
     call finish(status, 'insitra_trainer%should_stop', stat)
   end subroutine trainer_should_stop
+
+  !> Collective. Writes the model alone (parameters, configuration,
+  !> normalisation) to an export file that insitra_surrogate and
+  !> tools/insitra_torch.py open.
+  subroutine trainer_export_save(self, path, stat)
+    class(insitra_trainer), intent(inout) :: self
+    character(len=*), intent(in) :: path
+    integer, intent(out), optional :: stat
+    call finish(c_insitra_export_save(self%handle, to_c_string(path)), 'insitra_trainer%export_save', stat)
+  end subroutine trainer_export_save
+
+  ! The Fortran shapes reversed into C's row-major order: Fortran's
+  ! a(nx, ny) with the piece a(i0+1:i0+cx, j0+1:j0+cy) is C's [ny][nx].
+  subroutine add_array(self, name, type, mem_shape, global_shape, offset, count, mem_offset, data, stat)
+    class(insitra_trainer), intent(inout) :: self
+    character(len=*), intent(in) :: name
+    integer, intent(in) :: type
+    integer, intent(in) :: mem_shape(:)
+    integer(c_int64_t), intent(in) :: global_shape(:), offset(:), count(:)
+    integer(c_int64_t), intent(in), optional :: mem_offset(:)
+    type(c_ptr), intent(in) :: data
+    integer, intent(out), optional :: stat
+    integer(c_int64_t) :: g(4), o(4), c(4), ms(4), mo(4)
+    integer :: d, k
+    d = size(mem_shape)
+    if (size(global_shape) /= d .or. size(offset) /= d .or. size(count) /= d) then
+      call fail(INSITRA_STATUS_INVALID_ARGUMENT, "checkpoint_add_array: '" // name // &
+                "': global_shape, offset and count need one value per dimension of the array (" // &
+                int_text(int(d, c_int64_t)) // ')', 'insitra_trainer%checkpoint_add_array', stat)
+      return
+    end if
+    if (present(mem_offset)) then
+      if (size(mem_offset) /= d) then
+        call fail(INSITRA_STATUS_INVALID_ARGUMENT, "checkpoint_add_array: '" // name // &
+                  "': mem_offset needs one value per dimension", 'insitra_trainer%checkpoint_add_array', stat)
+        return
+      end if
+    end if
+    do k = 1, d
+      g(k) = global_shape(d + 1 - k)
+      o(k) = offset(d + 1 - k)
+      c(k) = count(d + 1 - k)
+      ms(k) = mem_shape(d + 1 - k)
+      mo(k) = 0
+      if (present(mem_offset)) mo(k) = mem_offset(d + 1 - k)
+    end do
+    call finish(c_insitra_checkpoint_add_array(self%handle, to_c_string(name), int(type, c_int), &
+                                               int(d, c_int32_t), g, o, c, ms, mo, data), &
+                'insitra_trainer%checkpoint_add_array', stat)
+  end subroutine add_array
+
+  subroutine trainer_add_array_r64_1(self, name, data, global_shape, offset, count, mem_offset, stat)
+    class(insitra_trainer), intent(inout) :: self
+    character(len=*), intent(in) :: name
+    real(c_double), intent(inout), target, contiguous :: data(:)
+    integer(c_int64_t), intent(in) :: global_shape(:), offset(:), count(:)
+    integer(c_int64_t), intent(in), optional :: mem_offset(:)
+    integer, intent(out), optional :: stat
+    integer :: dims(1) ! named, so that no temporary is made
+    dims = shape(data)
+    call add_array(self, name, INSITRA_TYPE_FLOAT64, dims, global_shape, offset, count, mem_offset, &
+                   c_loc(data), stat)
+  end subroutine trainer_add_array_r64_1
+
+  subroutine trainer_add_array_r64_2(self, name, data, global_shape, offset, count, mem_offset, stat)
+    class(insitra_trainer), intent(inout) :: self
+    character(len=*), intent(in) :: name
+    real(c_double), intent(inout), target, contiguous :: data(:,:)
+    integer(c_int64_t), intent(in) :: global_shape(:), offset(:), count(:)
+    integer(c_int64_t), intent(in), optional :: mem_offset(:)
+    integer, intent(out), optional :: stat
+    integer :: dims(2) ! named, so that no temporary is made
+    dims = shape(data)
+    call add_array(self, name, INSITRA_TYPE_FLOAT64, dims, global_shape, offset, count, mem_offset, &
+                   c_loc(data), stat)
+  end subroutine trainer_add_array_r64_2
+
+  subroutine trainer_add_array_r64_3(self, name, data, global_shape, offset, count, mem_offset, stat)
+    class(insitra_trainer), intent(inout) :: self
+    character(len=*), intent(in) :: name
+    real(c_double), intent(inout), target, contiguous :: data(:,:,:)
+    integer(c_int64_t), intent(in) :: global_shape(:), offset(:), count(:)
+    integer(c_int64_t), intent(in), optional :: mem_offset(:)
+    integer, intent(out), optional :: stat
+    integer :: dims(3) ! named, so that no temporary is made
+    dims = shape(data)
+    call add_array(self, name, INSITRA_TYPE_FLOAT64, dims, global_shape, offset, count, mem_offset, &
+                   c_loc(data), stat)
+  end subroutine trainer_add_array_r64_3
+
+  subroutine trainer_add_scalar_r64(self, name, data, stat)
+    class(insitra_trainer), intent(inout) :: self
+    character(len=*), intent(in) :: name
+    real(c_double), intent(inout), target :: data
+    integer, intent(out), optional :: stat
+    call finish(c_insitra_checkpoint_add_scalar(self%handle, to_c_string(name), int(INSITRA_TYPE_FLOAT64, c_int), &
+                                                c_loc(data)), 'insitra_trainer%checkpoint_add_scalar', stat)
+  end subroutine trainer_add_scalar_r64
+
+  subroutine trainer_add_array_r32_1(self, name, data, global_shape, offset, count, mem_offset, stat)
+    class(insitra_trainer), intent(inout) :: self
+    character(len=*), intent(in) :: name
+    real(c_float), intent(inout), target, contiguous :: data(:)
+    integer(c_int64_t), intent(in) :: global_shape(:), offset(:), count(:)
+    integer(c_int64_t), intent(in), optional :: mem_offset(:)
+    integer, intent(out), optional :: stat
+    integer :: dims(1) ! named, so that no temporary is made
+    dims = shape(data)
+    call add_array(self, name, INSITRA_TYPE_FLOAT32, dims, global_shape, offset, count, mem_offset, &
+                   c_loc(data), stat)
+  end subroutine trainer_add_array_r32_1
+
+  subroutine trainer_add_array_r32_2(self, name, data, global_shape, offset, count, mem_offset, stat)
+    class(insitra_trainer), intent(inout) :: self
+    character(len=*), intent(in) :: name
+    real(c_float), intent(inout), target, contiguous :: data(:,:)
+    integer(c_int64_t), intent(in) :: global_shape(:), offset(:), count(:)
+    integer(c_int64_t), intent(in), optional :: mem_offset(:)
+    integer, intent(out), optional :: stat
+    integer :: dims(2) ! named, so that no temporary is made
+    dims = shape(data)
+    call add_array(self, name, INSITRA_TYPE_FLOAT32, dims, global_shape, offset, count, mem_offset, &
+                   c_loc(data), stat)
+  end subroutine trainer_add_array_r32_2
+
+  subroutine trainer_add_array_r32_3(self, name, data, global_shape, offset, count, mem_offset, stat)
+    class(insitra_trainer), intent(inout) :: self
+    character(len=*), intent(in) :: name
+    real(c_float), intent(inout), target, contiguous :: data(:,:,:)
+    integer(c_int64_t), intent(in) :: global_shape(:), offset(:), count(:)
+    integer(c_int64_t), intent(in), optional :: mem_offset(:)
+    integer, intent(out), optional :: stat
+    integer :: dims(3) ! named, so that no temporary is made
+    dims = shape(data)
+    call add_array(self, name, INSITRA_TYPE_FLOAT32, dims, global_shape, offset, count, mem_offset, &
+                   c_loc(data), stat)
+  end subroutine trainer_add_array_r32_3
+
+  subroutine trainer_add_scalar_r32(self, name, data, stat)
+    class(insitra_trainer), intent(inout) :: self
+    character(len=*), intent(in) :: name
+    real(c_float), intent(inout), target :: data
+    integer, intent(out), optional :: stat
+    call finish(c_insitra_checkpoint_add_scalar(self%handle, to_c_string(name), int(INSITRA_TYPE_FLOAT32, c_int), &
+                                                c_loc(data)), 'insitra_trainer%checkpoint_add_scalar', stat)
+  end subroutine trainer_add_scalar_r32
+
+  subroutine trainer_add_array_i32_1(self, name, data, global_shape, offset, count, mem_offset, stat)
+    class(insitra_trainer), intent(inout) :: self
+    character(len=*), intent(in) :: name
+    integer(c_int32_t), intent(inout), target, contiguous :: data(:)
+    integer(c_int64_t), intent(in) :: global_shape(:), offset(:), count(:)
+    integer(c_int64_t), intent(in), optional :: mem_offset(:)
+    integer, intent(out), optional :: stat
+    integer :: dims(1) ! named, so that no temporary is made
+    dims = shape(data)
+    call add_array(self, name, INSITRA_TYPE_INT32, dims, global_shape, offset, count, mem_offset, &
+                   c_loc(data), stat)
+  end subroutine trainer_add_array_i32_1
+
+  subroutine trainer_add_array_i32_2(self, name, data, global_shape, offset, count, mem_offset, stat)
+    class(insitra_trainer), intent(inout) :: self
+    character(len=*), intent(in) :: name
+    integer(c_int32_t), intent(inout), target, contiguous :: data(:,:)
+    integer(c_int64_t), intent(in) :: global_shape(:), offset(:), count(:)
+    integer(c_int64_t), intent(in), optional :: mem_offset(:)
+    integer, intent(out), optional :: stat
+    integer :: dims(2) ! named, so that no temporary is made
+    dims = shape(data)
+    call add_array(self, name, INSITRA_TYPE_INT32, dims, global_shape, offset, count, mem_offset, &
+                   c_loc(data), stat)
+  end subroutine trainer_add_array_i32_2
+
+  subroutine trainer_add_array_i32_3(self, name, data, global_shape, offset, count, mem_offset, stat)
+    class(insitra_trainer), intent(inout) :: self
+    character(len=*), intent(in) :: name
+    integer(c_int32_t), intent(inout), target, contiguous :: data(:,:,:)
+    integer(c_int64_t), intent(in) :: global_shape(:), offset(:), count(:)
+    integer(c_int64_t), intent(in), optional :: mem_offset(:)
+    integer, intent(out), optional :: stat
+    integer :: dims(3) ! named, so that no temporary is made
+    dims = shape(data)
+    call add_array(self, name, INSITRA_TYPE_INT32, dims, global_shape, offset, count, mem_offset, &
+                   c_loc(data), stat)
+  end subroutine trainer_add_array_i32_3
+
+  subroutine trainer_add_scalar_i32(self, name, data, stat)
+    class(insitra_trainer), intent(inout) :: self
+    character(len=*), intent(in) :: name
+    integer(c_int32_t), intent(inout), target :: data
+    integer, intent(out), optional :: stat
+    call finish(c_insitra_checkpoint_add_scalar(self%handle, to_c_string(name), int(INSITRA_TYPE_INT32, c_int), &
+                                                c_loc(data)), 'insitra_trainer%checkpoint_add_scalar', stat)
+  end subroutine trainer_add_scalar_i32
+
+  subroutine trainer_add_array_i64_1(self, name, data, global_shape, offset, count, mem_offset, stat)
+    class(insitra_trainer), intent(inout) :: self
+    character(len=*), intent(in) :: name
+    integer(c_int64_t), intent(inout), target, contiguous :: data(:)
+    integer(c_int64_t), intent(in) :: global_shape(:), offset(:), count(:)
+    integer(c_int64_t), intent(in), optional :: mem_offset(:)
+    integer, intent(out), optional :: stat
+    integer :: dims(1) ! named, so that no temporary is made
+    dims = shape(data)
+    call add_array(self, name, INSITRA_TYPE_INT64, dims, global_shape, offset, count, mem_offset, &
+                   c_loc(data), stat)
+  end subroutine trainer_add_array_i64_1
+
+  subroutine trainer_add_array_i64_2(self, name, data, global_shape, offset, count, mem_offset, stat)
+    class(insitra_trainer), intent(inout) :: self
+    character(len=*), intent(in) :: name
+    integer(c_int64_t), intent(inout), target, contiguous :: data(:,:)
+    integer(c_int64_t), intent(in) :: global_shape(:), offset(:), count(:)
+    integer(c_int64_t), intent(in), optional :: mem_offset(:)
+    integer, intent(out), optional :: stat
+    integer :: dims(2) ! named, so that no temporary is made
+    dims = shape(data)
+    call add_array(self, name, INSITRA_TYPE_INT64, dims, global_shape, offset, count, mem_offset, &
+                   c_loc(data), stat)
+  end subroutine trainer_add_array_i64_2
+
+  subroutine trainer_add_array_i64_3(self, name, data, global_shape, offset, count, mem_offset, stat)
+    class(insitra_trainer), intent(inout) :: self
+    character(len=*), intent(in) :: name
+    integer(c_int64_t), intent(inout), target, contiguous :: data(:,:,:)
+    integer(c_int64_t), intent(in) :: global_shape(:), offset(:), count(:)
+    integer(c_int64_t), intent(in), optional :: mem_offset(:)
+    integer, intent(out), optional :: stat
+    integer :: dims(3) ! named, so that no temporary is made
+    dims = shape(data)
+    call add_array(self, name, INSITRA_TYPE_INT64, dims, global_shape, offset, count, mem_offset, &
+                   c_loc(data), stat)
+  end subroutine trainer_add_array_i64_3
+
+  subroutine trainer_add_scalar_i64(self, name, data, stat)
+    class(insitra_trainer), intent(inout) :: self
+    character(len=*), intent(in) :: name
+    integer(c_int64_t), intent(inout), target :: data
+    integer, intent(out), optional :: stat
+    call finish(c_insitra_checkpoint_add_scalar(self%handle, to_c_string(name), int(INSITRA_TYPE_INT64, c_int), &
+                                                c_loc(data)), 'insitra_trainer%checkpoint_add_scalar', stat)
+  end subroutine trainer_add_scalar_i64
+
+  !> Local. Forgets every array and scalar added for checkpoints.
+  subroutine trainer_checkpoint_clear_arrays(self, stat)
+    class(insitra_trainer), intent(inout) :: self
+    integer, intent(out), optional :: stat
+    call finish(c_insitra_checkpoint_clear_arrays(self%handle), 'insitra_trainer%checkpoint_clear_arrays', stat)
+  end subroutine trainer_checkpoint_clear_arrays
+
+  ! ------------------------------------------------------------------------
+  ! insitra_surrogate
+  ! ------------------------------------------------------------------------
+
+  subroutine surrogate_create_int(self, path, max_batch, comm, opts, stat)
+    class(insitra_surrogate), intent(inout) :: self
+    character(len=*), intent(in) :: path
+    integer, intent(in) :: max_batch
+    integer, intent(in) :: comm
+    class(insitra_config), intent(in), optional :: opts
+    integer, intent(out), optional :: stat
+    type(MPI_Comm) :: f08
+    f08%MPI_VAL = comm
+    call surrogate_create_f08(self, path, max_batch, f08, opts, stat)
+  end subroutine surrogate_create_int
+
+  !> Collective over comm: rank 0 reads path (an export or a checkpoint file)
+  !> and broadcasts it. opts (optional) gives device and precision; max_batch
+  !> bounds the samples of one forward.
+  subroutine surrogate_create_f08(self, path, max_batch, comm, opts, stat)
+    class(insitra_surrogate), intent(inout) :: self
+    character(len=*), intent(in) :: path
+    integer, intent(in) :: max_batch
+    type(MPI_Comm), intent(in) :: comm
+    class(insitra_config), intent(in), optional :: opts
+    integer, intent(out), optional :: stat
+    type(c_ptr) :: o
+    integer(c_int) :: status
+    call surrogate_release(self)
+    o = c_null_ptr
+    if (present(opts)) o = opts%handle
+    status = c_insitra_surrogate_create_fcomm(self%handle, to_c_string(path), o, int(max_batch, c_int64_t), &
+                                              int(comm%MPI_VAL, c_int))
+    if (status == INSITRA_STATUS_OK) status = c_insitra_surrogate_sample_shape(self%handle, self%seq_len, &
+                                                                               self%in_features, self%out_features)
+    call finish(status, 'insitra_surrogate%create', stat)
+  end subroutine surrogate_create_f08
+
+  !> Collective over the trainer's communicator: the trainer's current parameters.
+  subroutine surrogate_create_from_trainer(self, trainer, max_batch, opts, stat)
+    class(insitra_surrogate), intent(inout) :: self
+    class(insitra_trainer), intent(in) :: trainer
+    integer, intent(in) :: max_batch
+    class(insitra_config), intent(in), optional :: opts
+    integer, intent(out), optional :: stat
+    type(c_ptr) :: o
+    integer(c_int) :: status
+    call surrogate_release(self)
+    o = c_null_ptr
+    if (present(opts)) o = opts%handle
+    status = c_insitra_surrogate_create_from_trainer(self%handle, trainer%handle, o, int(max_batch, c_int64_t))
+    if (status == INSITRA_STATUS_OK) status = c_insitra_surrogate_sample_shape(self%handle, self%seq_len, &
+                                                                               self%in_features, self%out_features)
+    call finish(status, 'insitra_surrogate%create_from_trainer', stat)
+  end subroutine surrogate_create_from_trainer
+
+  subroutine surrogate_release(self)
+    class(insitra_surrogate), intent(inout) :: self
+    integer(c_int) :: status
+    if (c_associated(self%handle)) status = c_insitra_surrogate_free(self%handle)
+    self%handle = c_null_ptr
+    self%seq_len = 0
+    self%in_features = 0
+    self%out_features = 0
+  end subroutine surrogate_release
+
+  !> Local. Frees the surrogate; an empty one is a no-op.
+  subroutine surrogate_free(self, stat)
+    class(insitra_surrogate), intent(inout) :: self
+    integer, intent(out), optional :: stat
+    call surrogate_release(self)
+    if (present(stat)) stat = INSITRA_STATUS_OK
+  end subroutine surrogate_free
+
+  logical function surrogate_created(self)
+    class(insitra_surrogate), intent(in) :: self
+    surrogate_created = c_associated(self%handle)
+  end function surrogate_created
+
+  subroutine surrogate_sample_shape(self, seq_len, in_features, out_features, stat)
+    class(insitra_surrogate), intent(in) :: self
+    integer(c_int64_t), intent(out) :: seq_len, in_features, out_features
+    integer, intent(out), optional :: stat
+    call finish(c_insitra_surrogate_sample_shape(self%handle, seq_len, in_features, out_features), &
+                'insitra_surrogate%sample_shape', stat)
+  end subroutine surrogate_sample_shape
+
+  !> Local. y_out(F_out, T, n) = the model of x(F_in, T, n).
+  subroutine surrogate_predict(self, x, y_out, stat)
+    class(insitra_surrogate), intent(inout) :: self
+    real(c_float), intent(in), contiguous :: x(:,:,:)
+    real(c_float), intent(inout), contiguous :: y_out(:,:,:)
+    integer, intent(out), optional :: stat
+    integer :: x_shape(3), y_shape(3)
+    x_shape = shape(x)
+    y_shape = shape(y_out)
+    if (.not. c_associated(self%handle)) then
+      call fail(INSITRA_STATUS_INVALID_ARGUMENT, 'surrogate_predict: the surrogate was not created', &
+                'insitra_surrogate%predict', stat)
+    else if (size(x, 1, kind=c_int64_t) /= self%in_features .or. size(x, 2, kind=c_int64_t) /= self%seq_len .or. &
+             size(y_out, 1, kind=c_int64_t) /= self%out_features .or. &
+             size(y_out, 2, kind=c_int64_t) /= self%seq_len .or. size(y_out, 3) /= size(x, 3)) then
+      call fail(INSITRA_STATUS_INVALID_ARGUMENT, 'surrogate_predict: x has shape ' // shape_text(x_shape) // &
+                ' and y_out ' // shape_text(y_shape) // '; this model needs (' // int_text(self%in_features) // &
+                ', ' // int_text(self%seq_len) // ', n) and (' // int_text(self%out_features) // ', ' // &
+                int_text(self%seq_len) // ', n)', 'insitra_surrogate%predict', stat)
+    else
+      call finish(c_insitra_surrogate_predict(self%handle, size(x, 3, kind=c_int64_t), x, y_out), &
+                  'insitra_surrogate%predict', stat)
+    end if
+  end subroutine surrogate_predict
+
+  !> Local, device = cuda: x and y_out are GPU addresses of n samples, stream
+  !> a cudaStream_t (c_null_ptr: the default stream).
+  subroutine surrogate_predict_device(self, n, x, y_out, stream, stat)
+    class(insitra_surrogate), intent(inout) :: self
+    integer(c_int64_t), intent(in) :: n
+    type(c_ptr), intent(in) :: x, y_out, stream
+    integer, intent(out), optional :: stat
+    call finish(c_insitra_surrogate_predict_device(self%handle, n, x, y_out, stream), &
+                'insitra_surrogate%predict_device', stat)
+  end subroutine surrogate_predict_device
+
+  subroutine surrogate_assign(lhs, rhs)
+    class(insitra_surrogate), intent(inout) :: lhs
+    type(insitra_surrogate), intent(in) :: rhs
+    if (c_associated(rhs%handle) .or. c_associated(lhs%handle)) &
+      call fail(INSITRA_STATUS_INVALID_ARGUMENT, 'an insitra_surrogate cannot be copied (it owns ' // &
+                'its C object); pass it by reference', 'assignment(=)')
+  end subroutine surrogate_assign
+
+  ! Freeing a surrogate is local, so the final procedure frees it whenever it goes out of scope.
+  impure elemental subroutine surrogate_final(self)
+    type(insitra_surrogate), intent(inout) :: self
+    call surrogate_release(self)
+  end subroutine surrogate_final
 
   subroutine trainer_assign(lhs, rhs)
     class(insitra_trainer), intent(inout) :: lhs

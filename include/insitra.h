@@ -8,7 +8,9 @@
  *
  * Collective calls (every rank of the trainer's communicator must make them,
  * in the same order): insitra_trainer_create, insitra_trainer_free,
- * insitra_train_step, insitra_predict, insitra_evaluate. A collective call
+ * insitra_train_step, insitra_predict, insitra_evaluate, the checkpoint and
+ * export calls, insitra_surrogate_create*. A surrogate's predictions are
+ * local. A collective call
  * that fails on one rank fails on every rank with the failing rank's message,
  * so no rank is left waiting.
  *
@@ -170,11 +172,106 @@ insitra_status insitra_checkpoint_save(insitra_trainer *trainer, const char *dir
 insitra_status insitra_checkpoint_load(insitra_trainer *trainer, const char *path, char *path_out,
                                        size_t path_size);
 
+/* The simulation's own state in the same checkpoint (as SCR routes an
+ * application's files into its checkpoint): arrays added here are written
+ * into /user/<name> of every later checkpoint of this trainer (the automatic
+ * ones of insitra_train_step included), under the same commit protocol and
+ * CRC32C, and read back by insitra_checkpoint_load. The library keeps the
+ * pointer, not a copy: a save reads data as it is then, a load writes into
+ * it. Adding a name again replaces its entry. */
+typedef enum insitra_type {
+    INSITRA_TYPE_FLOAT32 = 0,
+    INSITRA_TYPE_FLOAT64 = 1,
+    INSITRA_TYPE_INT32 = 2,
+    INSITRA_TYPE_INT64 = 3
+} insitra_type;
+#define INSITRA_ARRAY_MAX_DIMS 4
+#define INSITRA_CHECKPOINT_ARRAYS_MAX 32 /* arrays and scalars one trainer can hold */
+
+/* Local. This rank's piece of a global array of ndim (1-4) dimensions,
+ * row-major (C order; the Fortran binding reverses the dimensions):
+ * global_shape[ndim], the piece's first element offset[ndim] and extent
+ * count[ndim] (0 in any dimension: no piece on this rank). The piece lies in
+ * the caller's array data of shape mem_shape[ndim] from mem_offset[ndim]
+ * (a field with halo cells); both NULL: data is the piece itself. Every rank
+ * must add the same names, types and global shapes, and the pieces must
+ * tile the array exactly: a save checks both and fails on every rank,
+ * naming the array, the element and the ranks. A checkpoint may be loaded on
+ * another decomposition: each rank reads its own piece. name: letters,
+ * digits, '_', '-', '.', up to 63 characters. */
+insitra_status insitra_checkpoint_add_array(insitra_trainer *trainer, const char *name, insitra_type type,
+                                            int32_t ndim, const int64_t *global_shape, const int64_t *offset,
+                                            const int64_t *count, const int64_t *mem_shape,
+                                            const int64_t *mem_offset, void *data);
+/* Local. One value (the simulation's step, time, a flag): rank 0's is saved,
+ * a load writes it on every rank. */
+insitra_status insitra_checkpoint_add_scalar(insitra_trainer *trainer, const char *name, insitra_type type,
+                                             void *data);
+/* Local. Forgets every added array and scalar. */
+insitra_status insitra_checkpoint_clear_arrays(insitra_trainer *trainer);
+
 /* Local. *stop becomes 1 once the ranks have agreed to stop (SIGUSR1 or
  * SIGTERM arrived, or the checkpoint.deadline passed) and the final
  * checkpoint was written by insitra_train_step; the host then leaves its time
  * loop. */
 insitra_status insitra_should_stop(const insitra_trainer *trainer, int32_t *stop);
+
+/* ------------------------------------------------------------------------ */
+/* Export and the surrogate: the trained model alone, for inference.        */
+/* ------------------------------------------------------------------------ */
+
+/* Collective. Writes a small HDF5 file at path (rank 0 writes; as path.tmp,
+ * renamed when complete): every parameter in fp32 with its global shape and
+ * CRC32C, the configuration, the model's dimensions, the format version and,
+ * with data.normalize on, the feature statistics as a checkpoint holds them
+ * (/normalize; docs/checkpoint.md, "Export files"), those insitra_predict
+ * applies now: samples pushed since the last step count from the next step.
+ * tools/insitra_torch.py opens it in PyTorch. */
+insitra_status insitra_export_save(insitra_trainer *trainer, const char *path);
+
+/* An inference handle: the model's parameters and the activations of up to
+ * max_batch samples per forward, on the CPU or one GPU, and nothing else (no
+ * gradients, moments or sample store). Predictions need no other rank. */
+typedef struct insitra_surrogate insitra_surrogate;
+
+/* Collective over comm (MPI_COMM_SELF for one process alone). Rank 0 reads
+ * path, an export file or a checkpoint file (every CRC32C checked), and
+ * broadcasts it. opts may be NULL; its keys device (cpu or cuda: the GPU is
+ * picked from the node-local rank, as for a trainer) and precision (fp32, or
+ * bf16 on the GPU: the parameters are held in bf16) are used, no others.
+ * max_batch > 0 bounds the samples of one forward; a predict call of more
+ * runs several. Allocates everything now: predictions allocate nothing. */
+insitra_status insitra_surrogate_create(insitra_surrogate **surrogate, const char *path,
+                                        const insitra_config *opts, int64_t max_batch, MPI_Comm comm);
+/* The same for a Fortran communicator handle (MPI_Comm_f2c). */
+insitra_status insitra_surrogate_create_fcomm(insitra_surrogate **surrogate, const char *path,
+                                              const insitra_config *opts, int64_t max_batch,
+                                              MPI_Fint comm);
+/* Collective over the trainer's communicator: a surrogate holding the
+ * trainer's current parameters (gathered at ZeRO stage 3), on every rank;
+ * it stays as it is when the trainer trains on. */
+insitra_status insitra_surrogate_create_from_trainer(insitra_surrogate **surrogate,
+                                                     insitra_trainer *trainer,
+                                                     const insitra_config *opts, int64_t max_batch);
+/* Local. NULL is a no-op. */
+insitra_status insitra_surrogate_free(insitra_surrogate *surrogate);
+/* The sample shape of the model: T tokens, F_in inputs, F_out outputs. */
+insitra_status insitra_surrogate_sample_shape(const insitra_surrogate *surrogate, int64_t *seq_len,
+                                              int64_t *in_features, int64_t *out_features);
+
+/* Local (no other rank takes part). y_out (n, T, F_out) = the model of x
+ * (n, T, F_in), host arrays, in physical units: the trainer's feature maps
+ * (data.normalize, model.residual; docs/model.md) applied around it, as
+ * insitra_predict applies them. Returns when y_out is written. */
+insitra_status insitra_surrogate_predict(insitra_surrogate *surrogate, int64_t n, const float *x,
+                                         float *y_out);
+/* The same for arrays in the GPU memory of a device = cuda surrogate (the
+ * feature maps applied on the GPU too): the
+ * forward runs after the work queued on stream (a cudaStream_t; NULL is the
+ * legacy default stream), and work queued on stream afterwards runs after
+ * y_out is written. The call itself does not wait for the GPU. */
+insitra_status insitra_surrogate_predict_device(insitra_surrogate *surrogate, int64_t n, const float *x,
+                                                float *y_out, void *stream);
 
 /* ------------------------------------------------------------------------ */
 /* Memory: what a trainer holds, and what a configuration would need.       */

@@ -246,6 +246,10 @@ typedef struct insitra_backend_i {
     /* send (n of t) to the next rank of g, recv (n) from the previous one; finished by wait */
     insitra_status (*ring_shift)(insitra_backend *be, insitra_group *g, const void *send, void *recv,
                                  int64_t n, insitra_dtype t, insitra_coll *h);
+    /* ---- the caller's queue (a cudaStream_t); NULL where the backend has none ---- */
+    /* before: later work of the compute queue waits for what stream holds now; else work
+     * queued on stream later waits for what the compute queue holds now. No host wait. */
+    insitra_status (*join_stream)(insitra_backend *be, void *stream, bool before);
 } insitra_backend_i;
 
 struct insitra_backend {

@@ -9,6 +9,7 @@
 
 #include <stdio.h>
 
+#include "ckpt_state.h"
 #include "comm.h"
 #include "config.h"
 #include "engine.h"
@@ -34,6 +35,8 @@ struct insitra_trainer {
     FILE *jsonl;                /* rank 0's metrics file, or NULL */
     insitra_preempt preempt;    /* signals and the deadline (preempt.h) */
     bool stop;                  /* the ranks agreed to stop; the final checkpoint is written */
+    insitra_ckpt_array arrays[INSITRA_CHECKPOINT_ARRAYS_MAX]; /* the caller's, saved under /user */
+    int64_t n_arrays;
 };
 
 #endif /* INSITRA_TRAINER_H */

@@ -1,5 +1,8 @@
-/* Checkpoints of a trainer: the view, and the reset after a failed load. */
+/* Checkpoints of a trainer: the view, the caller's arrays, and the reset
+ * after a failed load. */
+#include <inttypes.h>
 #include <math.h>
+#include <string.h>
 
 #include "ckpt.h"
 #include "error.h"
@@ -25,6 +28,8 @@ void insitra_trainer_ckpt_view(insitra_trainer *t, insitra_ckpt_state *view)
         .sample_cursor = &t->sample_cursor,
         .store = &t->store,
         .norm = t->norm.mode != INSITRA_NORMALIZE_OFF ? &t->norm : NULL,
+        .arrays = t->arrays,
+        .n_arrays = t->n_arrays,
     };
 }
 
@@ -82,4 +87,108 @@ insitra_status insitra_trainer_ckpt_load(insitra_trainer *t, const char *path, c
                                           t->store.y);
     up = insitra_comm_agree(&t->comm, up);
     return s == INSITRA_STATUS_OK ? up : s;
+}
+
+/* ---- the caller's arrays ---- */
+
+static insitra_status check_name(const insitra_trainer *t, const char *fn, const char *name, int type)
+{
+    if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "%s: trainer is NULL", fn);
+    if (!name || !name[0] || strlen(name) > 63 || strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                                             "0123456789_-.") != strlen(name) ||
+        strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                 "%s: rank %d: name '%s' is not 1-63 letters, digits, '_', '-' or '.'", fn,
+                                 t->comm.rank, name ? name : "(NULL)");
+    if (type < INSITRA_TYPE_FLOAT32 || type > INSITRA_TYPE_INT64)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "%s: '%s': type %d is not an insitra_type (0-3)",
+                                 fn, name, type);
+    return INSITRA_STATUS_OK;
+}
+
+/* The piece's numbers: within the global shape, within the memory shape. */
+static insitra_status check_piece(const insitra_trainer *t, const insitra_ckpt_array *a)
+{
+    for (int k = 0; k < a->ndim; k++) {
+        const char *what = NULL;
+        if (a->global[k] < 1) what = "global_shape is below 1";
+        else if (a->offset[k] < 0 || a->count[k] < 0) what = "offset or count is negative";
+        else if (a->offset[k] > a->global[k] - a->count[k]) what = "offset + count is beyond global_shape";
+        else if (a->mem_offset[k] < 0 || a->mem_shape[k] < 1 || a->mem_offset[k] > a->mem_shape[k] - a->count[k])
+            what = "mem_offset + count is beyond mem_shape";
+        if (what)
+            return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                     "checkpoint_add_array: rank %d: '%s' dimension %d: %s (global_shape %" PRId64
+                                     ", offset %" PRId64 ", count %" PRId64 ", mem_shape %" PRId64 ", mem_offset %"
+                                     PRId64 ")", t->comm.rank, a->name, k, what, a->global[k], a->offset[k],
+                                     a->count[k], a->mem_shape[k], a->mem_offset[k]);
+    }
+    return INSITRA_STATUS_OK;
+}
+
+/* Puts a into the trainer's list: replacing the entry of its name, or added last. */
+static insitra_status keep(insitra_trainer *t, const insitra_ckpt_array *a)
+{
+    for (int64_t k = 0; k < t->n_arrays; k++)
+        if (strcmp(t->arrays[k].name, a->name) == 0) {
+            t->arrays[k] = *a;
+            return INSITRA_STATUS_OK;
+        }
+    if (t->n_arrays == INSITRA_CHECKPOINT_ARRAYS_MAX)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                 "checkpoint_add_array: '%s': a trainer holds at most %d arrays and scalars",
+                                 a->name, INSITRA_CHECKPOINT_ARRAYS_MAX);
+    t->arrays[t->n_arrays++] = *a;
+    return INSITRA_STATUS_OK;
+}
+
+insitra_status insitra_checkpoint_add_array(insitra_trainer *t, const char *name, insitra_type type, int32_t ndim,
+                                            const int64_t *global_shape, const int64_t *offset,
+                                            const int64_t *count, const int64_t *mem_shape,
+                                            const int64_t *mem_offset, void *data)
+{
+    INSITRA_CHECK(check_name(t, "checkpoint_add_array", name, (int)type));
+    if (ndim < 1 || ndim > INSITRA_ARRAY_MAX_DIMS)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                 "checkpoint_add_array: '%s': ndim = %d is outside [1, %d] (a scalar: "
+                                 "insitra_checkpoint_add_scalar)", name, (int)ndim, INSITRA_ARRAY_MAX_DIMS);
+    if (!global_shape || !offset || !count || (!mem_shape) != (!mem_offset))
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                 "checkpoint_add_array: '%s': %s", name,
+                                 !global_shape || !offset || !count ? "global_shape, offset and count are required"
+                                                                    : "give mem_shape and mem_offset together");
+    insitra_ckpt_array a = {.type = (int)type, .ndim = ndim, .data = data};
+    snprintf(a.name, sizeof a.name, "%s", name);
+    int64_t numel = 1;
+    for (int k = 0; k < ndim; k++) {
+        a.global[k] = global_shape[k];
+        a.offset[k] = offset[k];
+        a.count[k] = count[k];
+        a.mem_shape[k] = mem_shape ? mem_shape[k] : count[k] > 0 ? count[k] : 1;
+        a.mem_offset[k] = mem_offset ? mem_offset[k] : 0;
+        numel *= count[k] > 0 ? count[k] : 0;
+    }
+    INSITRA_CHECK(check_piece(t, &a));
+    if (numel > 0 && !data)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                 "checkpoint_add_array: rank %d: '%s': data is NULL for a piece of %" PRId64
+                                 " elements", t->comm.rank, name, numel);
+    return keep(t, &a);
+}
+
+insitra_status insitra_checkpoint_add_scalar(insitra_trainer *t, const char *name, insitra_type type, void *data)
+{
+    INSITRA_CHECK(check_name(t, "checkpoint_add_scalar", name, (int)type));
+    if (!data)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "checkpoint_add_scalar: '%s': data is NULL", name);
+    insitra_ckpt_array a = {.type = (int)type, .ndim = 0, .data = data};
+    snprintf(a.name, sizeof a.name, "%s", name);
+    return keep(t, &a);
+}
+
+insitra_status insitra_checkpoint_clear_arrays(insitra_trainer *t)
+{
+    if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "checkpoint_clear_arrays: trainer is NULL");
+    t->n_arrays = 0;
+    return INSITRA_STATUS_OK;
 }

@@ -4,8 +4,8 @@
 # (a 256 x 256 heat equation, 4000 solver steps, training its transformer
 # surrogate in-situ every 2 steps, a checkpoint every 250 training steps).
 # Partway, the demo interrupts it once with SIGUSR1, as a batch system does
-# before a time limit: heat2d writes a checkpoint pair (insitra's step-N.h5
-# and its own field file) and exits 0; started again, it resumes there and
+# before a time limit: heat2d writes a checkpoint (insitra's step-N.h5, its
+# own field inside) and exits 0; started again, it resumes there and
 # finishes. It ends with a table (steps, final loss, surrogate error against
 # the solver, throughput, checkpoint) and a plot, all in build/cpu/heat2d-demo.
 set -euo pipefail

@@ -72,7 +72,7 @@ static int usage(FILE *out)
 typedef struct ckpt_file {
     hid_t file;
     insitra_ckpt_meta meta;
-    int exported; /* an export (weights only, written by this tool): insitra_export = 1 */
+    int exported; /* an export (weights only: insitra_export_save or this tool) */
 } ckpt_file;
 
 static void ckpt_close(ckpt_file *c)
@@ -108,8 +108,7 @@ static int ckpt_open(ckpt_file *c, const char *path, int check_format, char *why
         return 0;
     }
     insitra_ckpt_meta_read(c->file, &c->meta);
-    int64_t exported = 0;
-    c->exported = insitra_ckpt_attr_read_i64(c->file, "insitra_export", &exported) == 1 && exported == 1;
+    c->exported = insitra_export_format_of(c->file) >= 0;
     if (!check_format || c->exported) return 1;
     const char *problem = NULL;
     if (c->meta.format < 0)
@@ -710,12 +709,13 @@ static int cmd_export(const char *path, const char *out)
         ok = 0;
     }
     const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
-    ok = ok && insitra_ckpt_attr_write_i64(dst, "insitra_export", 1) == INSITRA_STATUS_OK &&
-         insitra_ckpt_attr_write_i64(dst, "step", c.meta.step) == INSITRA_STATUS_OK &&
-         insitra_ckpt_attr_write_str(dst, "insitra_version", c.meta.version ? c.meta.version : "") ==
-             INSITRA_STATUS_OK &&
-         insitra_ckpt_attr_write_str(dst, "config", c.meta.config) == INSITRA_STATUS_OK &&
+    /* the export format insitra_export_save writes (ckpt_format.h), and where it came from */
+    insitra_config *stored = NULL;
+    ok = ok && insitra_config_create(&stored) == INSITRA_STATUS_OK &&
+         insitra_config_load_yaml_string(stored, c.meta.config) == INSITRA_STATUS_OK &&
+         insitra_export_attrs_write(dst, stored, c.meta.config, c.meta.step) == INSITRA_STATUS_OK &&
          insitra_ckpt_attr_write_str(dst, "source", base) == INSITRA_STATUS_OK;
+    insitra_config_free(stored);
     if (model >= 0) H5Gclose(model);
     if (dst >= 0 && H5Fclose(dst) < 0) ok = 0;
     free(buf);

@@ -28,11 +28,13 @@
  * Checkpoints (--checkpoint-dir): insitra writes step-N.h5 (the surrogate,
  * with its sample stores) every --checkpoint-every training steps and when a
  * stop is requested (SIGUSR1 or SIGTERM, the batch system's warning, or
- * checkpoint.deadline_*); this program writes its own state, the field and
- * the window generators, next to it (burgers1d_pair.h). SIGUSR1/SIGTERM make
- * it leave the time loop after that pair, say so, and exit with status 0; the
- * same command run again resumes from the newest pair and finishes with the
- * uninterrupted run's numbers, bit for bit (check_resume.sh checks it).
+ * checkpoint.deadline_*). This program adds its own state to the same file
+ * (insitra_checkpoint_add_array): the field, the window generators and the
+ * solver step, so both commit together and keep_last retires both.
+ * SIGUSR1/SIGTERM make it leave the time loop after that checkpoint, say so,
+ * and exit with status 0; the same command run again resumes from the
+ * newest checkpoint that verifies and finishes with the uninterrupted run's
+ * numbers, bit for bit (check_resume.sh checks it).
  */
 #include <math.h>
 #include <mpi.h>
@@ -42,7 +44,6 @@
 #include <string.h>
 
 #include "burgers1d.h"
-#include "burgers1d_pair.h"
 #include "insitra.h"
 
 #define CHECK(call)                                                              \
@@ -231,6 +232,86 @@ static insitra_config *make_config(const params *p)
     return cfg;
 }
 
+/* The simulation's state in every checkpoint of the trainer: u_next's cells
+ * as this rank's piece of the global field (the field after solver step
+ * *solver_step), this rank's window generator as its element of all ranks',
+ * and the solver step (rank 0's). */
+static void add_state(insitra_trainer *t, const domain *d, uint64_t *rng, int64_t *solver_step, int with_rng)
+{
+    const int64_t cells = d->cells, first = d->first, n = d->n, mem = d->n + 2, one = 1;
+    CHECK(insitra_checkpoint_add_array(t, "u", INSITRA_TYPE_FLOAT64, 1, &cells, &first, &n, &mem, &one, d->u_next));
+    CHECK(insitra_checkpoint_add_scalar(t, "solver_step", INSITRA_TYPE_INT64, solver_step));
+    if (with_rng) {
+        const int64_t ranks = d->size, rank = d->rank, count = 1;
+        CHECK(insitra_checkpoint_add_array(t, "generators", INSITRA_TYPE_INT64, 1, &ranks, &rank, &count, NULL, NULL,
+                                           rng));
+    }
+}
+
+/* Collective: rank 0's answer to "does dir/name exist". */
+static int exists_on_rank0(const char *dir, const char *name, const domain *d)
+{
+    int yes = 0;
+    if (d->rank == 0) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/%s", dir, name);
+        FILE *f = fopen(path, "r");
+        yes = f != NULL;
+        if (f) fclose(f);
+    }
+    MPI_Bcast(&yes, 1, MPI_INT, 0, d->comm);
+    return yes;
+}
+
+/* Collective. If dir holds a run of this program, loads its newest
+ * checkpoint that verifies (the surrogate, the field, the generators, the
+ * solver step) and returns 1; 0 for a new run; -1 on every rank when the run
+ * cannot continue (rank 0 says why). */
+static int resume(const char *dir, insitra_trainer *t, domain *d, uint64_t *rng, int64_t *solver_step,
+                  int64_t *train_step)
+{
+    if (exists_on_rank0(dir, "burgers1d-finished", d)) {
+        if (d->rank == 0)
+            fprintf(stderr, "burgers1d: %s holds a finished run; remove it (or set another "
+                            "--checkpoint-dir) to start a new one\n", dir);
+        return -1;
+    }
+    if (!exists_on_rank0(dir, "latest", d)) return 0; /* a new run */
+    char loaded[4096];
+    insitra_status s = insitra_checkpoint_load(t, dir, loaded, sizeof loaded);
+    if (s != INSITRA_STATUS_OK && strstr(insitra_last_error(), "'/user/generators' has shape")) {
+        /* Written on another rank count: the windows differ from here on
+         * anyway; a generator that depends on the step keeps them fresh. */
+        CHECK(insitra_checkpoint_clear_arrays(t));
+        add_state(t, d, rng, solver_step, 0);
+        s = insitra_checkpoint_load(t, dir, loaded, sizeof loaded);
+        add_state(t, d, rng, solver_step, 1);
+        *rng += (uint64_t)*solver_step * 0x9E3779B97F4A7C15ull;
+    }
+    if (s != INSITRA_STATUS_OK) {
+        if (d->rank == 0) fprintf(stderr, "burgers1d: cannot resume from %s: %s\n", dir, insitra_last_error());
+        return -1;
+    }
+    memcpy(d->u + 1, d->u_next + 1, (size_t)d->n * sizeof(double));
+    const char *name = strrchr(loaded, '/');
+    long long step = -1;
+    if (name && sscanf(name, "/step-%lld.h5", &step) == 1) *train_step = step;
+    return 1;
+}
+
+/* Collective. Marks the run in dir finished, so that running the same
+ * command again does not append to it. */
+static void finish(const char *dir, const domain *d)
+{
+    if (d->rank == 0) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/burgers1d-finished", dir);
+        FILE *f = fopen(path, "w");
+        if (f) fclose(f);
+    }
+    MPI_Barrier(d->comm);
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -274,17 +355,15 @@ int main(int argc, char **argv)
     if (!x || !y || !pred) MPI_Abort(MPI_COMM_WORLD, 1);
     uint64_t rng = (uint64_t)p.seed * 7919u + (uint64_t)d.rank * 104729u + 1;
 
-    /* A run stopped earlier continues from its newest checkpoint pair. */
+    /* A run stopped earlier continues from its newest checkpoint. */
     insitra_metrics m = {0};
-    burgers_pair pair = {0};
+    int64_t solver_step = 0; /* what u_next holds in a checkpoint train_step writes */
     long first_step = 1;
     if (ckpt_dir[0]) {
-        const int resumed = burgers_pair_resume(ckpt_dir, t, &d, &rng, &pair);
+        add_state(t, &d, &rng, &solver_step, 1);
+        const int resumed = resume(ckpt_dir, t, &d, &rng, &solver_step, &m.step);
         if (resumed < 0) MPI_Abort(MPI_COMM_WORLD, 1);
-        if (resumed) {
-            first_step = pair.solver_step + 1;
-            m.step = pair.train_step, m.loss = pair.loss, m.lr = pair.lr;
-        }
+        if (resumed) first_step = solver_step + 1;
     }
 
     FILE *out = NULL;
@@ -326,16 +405,12 @@ int main(int argc, char **argv)
         if (step % p.push_every == 0) {
             cut_windows(&d, W, per_push, &rng, x, y);
             CHECK(insitra_push_samples(t, per_push, x, y));
+            /* train_step writes step-N.h5 if N is a multiple of
+             * checkpoint.every_steps or a stop was requested: with the field
+             * after this solver step (u_next) and the generators as they are. */
+            solver_step = step;
             CHECK(insitra_train_step(t, &m));
-            /* train_step has just written step-N.h5 if N is a multiple of
-             * checkpoint.every_steps or a stop was requested: the field
-             * after this solver step goes next to it. */
             CHECK(insitra_should_stop(t, &stop));
-            if (ckpt_dir[0] && (stop || (ckpt_every > 0 && m.step % ckpt_every == 0))) {
-                pair = (burgers_pair){.train_step = m.step, .solver_step = step, .loss = m.loss, .lr = m.lr};
-                if (burgers_pair_save(ckpt_dir, &d, d.u_next + 1, rng, &pair) != 0)
-                    MPI_Abort(MPI_COMM_WORLD, 1);
-            }
         }
 
         if (step % p.output_every == 0 && d.rank == 0) {
@@ -359,7 +434,7 @@ int main(int argc, char **argv)
         /* Status 0: the batch script requeues the job, which resumes here. */
         if (d.rank == 0) {
             printf("\nburgers1d: stop requested (SIGUSR1, SIGTERM or the deadline) after solver step "
-                   "%ld; checkpoint pair at training step %lld in %s\n", step, (long long)m.step, ckpt_dir);
+                   "%ld; checkpoint at training step %lld in %s\n", step, (long long)m.step, ckpt_dir);
             fprintf(out, "{\"event\": \"stopped\", \"step\": %ld, \"train_steps\": %lld}\n", step,
                     (long long)m.step);
         }
@@ -375,7 +450,7 @@ int main(int argc, char **argv)
         }
         rel = sqrt(test[0] / test[1]);
         const double still = sqrt(test[2] / test[1]);
-        if (ckpt_dir[0]) burgers_pair_finish(ckpt_dir, &d);
+        if (ckpt_dir[0]) finish(ckpt_dir, &d);
         if (d.rank == 0) {
             printf("\nheld-out relative L2 error over %ld steps (every cell): %.3e\n", p.test_steps, rel);
             printf("relative L2 error of predicting 'no change': %.3e\n", still);

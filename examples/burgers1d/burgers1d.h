@@ -1,5 +1,4 @@
-/* What burgers1d.c and its checkpoint half (burgers1d_pair.c) share: the
- * decomposition of the periodic 1-D grid over the ranks. */
+/* burgers1d's decomposition of the periodic 1-D grid over the ranks. */
 #ifndef BURGERS1D_H
 #define BURGERS1D_H
 

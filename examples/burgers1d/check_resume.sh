@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The CTest test example_burgers1d_resume_np2: burgers1d run straight
 # through, and the same run interrupted with SIGUSR1 partway and resumed from
-# its checkpoint pair (examples/heat2d/interrupt_resume.sh, which signals the
+# its checkpoint (examples/heat2d/interrupt_resume.sh, which signals the
 # launcher as a batch system does and runs the command again). The resumed
 # run must end with the uninterrupted run's held-out record, every digit of
-# it (solver and training steps, final loss, held-out errors): the pair,
-# insitra's step-N.h5 with the sample stores and the program's field file
-# with u and the window generators, restores everything the run depends on.
+# it (solver and training steps, final loss, held-out errors): insitra's
+# step-N.h5, with the sample stores and the field u and window generators
+# the program adds to it, restores everything the run depends on.
 #
 #   check_resume.sh WORKDIR LAUNCHER...
 #

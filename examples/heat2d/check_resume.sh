@@ -4,9 +4,9 @@
 # resumed from its checkpoint (interrupt_resume.sh). The resumed run must
 # finish the planned steps with a finite held-out error below MAX_ERROR, and
 # end with exactly the uninterrupted run's final training loss and held-out
-# error: the checkpoint pair (insitra's step-N.h5 with the sample stores and
-# samplers, heat2d's field file with u and the patch generators) restores
-# everything the run depends on, so resuming changes no bit.
+# error: the checkpoint (insitra's step-N.h5 with the sample stores and
+# samplers, and the field u and the patch generators heat2d adds to it)
+# restores everything the run depends on, so resuming changes no bit.
 #
 #   check_resume.sh WORKDIR LAUNCHER...
 #

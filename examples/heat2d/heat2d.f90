@@ -34,25 +34,24 @@
 ! a YAML file named by `surrogate` overrides any of its keys.
 !
 ! Checkpoints (checkpoint_dir, or the YAML's checkpoint.dir): a job that is
-! stopped and started again must continue two things, and insitra holds
-! only one of them. insitra's checkpoint (step-N.h5, written by train_step
-! every checkpoint_every training steps and when a stop is requested) holds
-! the surrogate: weights, AdamW moments, the step, the samplers and, with
-! include_samples, the sample stores. The simulation's own state, the field
-! u, the solver step and each rank's patch generator, is this program's to
-! keep: it writes heat2d-N.field next to step-N.h5 at the same step
-! boundary (one collective MPI-IO file: a header, u in global order, the
-! generators). Restarting the surrogate without the field would train it on
-! a simulation started over from t = 0; restarting the field without the
-! surrogate would throw the training away. heat2d-index lists the pairs
-! written (and says "finished" once the run is done); on start, a directory
-! with an unfinished run is resumed from the newest pair that loads, so a
-! requeued job continues exactly where it stopped. SIGUSR1 or SIGTERM (the
-! batch system's warning) or checkpoint.deadline_* make the next training
-! step write the pair; heat2d then leaves the time loop, says so, and exits
-! with status 0 (examples/batch has Slurm and PBS scripts that requeue it).
+! stopped and started again must continue two things: the surrogate
+! (weights, AdamW moments, the step, the samplers and, with include_samples,
+! the sample stores) and the simulation, the field u, the solver step and
+! each rank's patch generator. Restarting the surrogate without the field
+! would train it on a simulation started over from t = 0; restarting the
+! field without the surrogate would throw the training away. So heat2d adds
+! its own state to insitra's checkpoints (trainer%checkpoint_add_array and
+! checkpoint_add_scalar): every step-N.h5, written by train_step every
+! checkpoint_every training steps and when a stop is requested, holds both
+! under one commit and one set of checksums, and keep_last retires both
+! together. On start, a directory with an unfinished run is resumed from its
+! newest checkpoint that verifies, so a requeued job continues exactly where
+! it stopped. SIGUSR1 or SIGTERM (the batch system's warning) or
+! checkpoint.deadline_* make the next training step write the checkpoint;
+! heat2d then leaves the time loop, says so, and exits with status 0
+! (examples/batch has Slurm and PBS scripts that requeue it).
 program heat2d
-  use, intrinsic :: iso_c_binding, only: c_float, c_double, c_int64_t, c_char, c_int, c_null_char
+  use, intrinsic :: iso_c_binding, only: c_float, c_double, c_int64_t
   use, intrinsic :: ieee_arithmetic, only: ieee_is_finite
   use mpi_f08
   use insitra
@@ -105,7 +104,8 @@ program heat2d
   type(MPI_Comm) :: cart
   integer :: rank, nranks, dims(2), coords(2), west, east, south, north
   integer :: lnx, lny, ix0, iy0            ! local interior size, global offset
-  real(dp), allocatable :: u(:,:), u_next(:,:), q(:,:)  ! (0:lnx+1, 0:lny+1) with halo
+  real(dp), allocatable :: u(:,:), q(:,:)       ! (0:lnx+1, 0:lny+1) with halo
+  real(dp), allocatable, target :: u_next(:,:)  ! the same; checkpoints save its interior
 
   ! ---- the surrogate ----
   type(insitra_config) :: cfg
@@ -118,11 +118,11 @@ program heat2d
   character(len=:), allocatable :: ckpt_dir   ! '' when checkpoints are off
   integer :: ckpt_every                       ! insitra's checkpoint.every_steps
   integer(c_int64_t) :: train_now = 0         ! the trainer's step
-  integer(c_int64_t) :: last_pair = -1        ! training step of the newest pair on disk
-  integer(c_int64_t), allocatable :: pairs(:) ! rank 0: the pairs heat2d-index lists
-  ! A field file starts with the bytes "heat2d-1" (little-endian int64).
-  integer(c_int64_t), parameter :: FIELD_MAGIC = int(z'312D643274616568', c_int64_t)
-  integer, parameter :: HEADER_WORDS = 10       ! int64 words before the field
+  ! What a checkpoint holds besides the surrogate: u_next's interior (the
+  ! field after solver step saved_step) and every rank's generator.
+  ! train_step may save at any step: these hold then.
+  integer(c_int64_t), target :: saved_step = 0
+  integer, allocatable, target :: generator(:)
   integer :: first_step
   logical :: stop_now = .false.
   real(dp) :: train_tokens = 0, train_seconds = 0
@@ -130,15 +130,6 @@ program heat2d
   integer :: step, unit, ios, ntiles
   real(dp) :: t0, err(3), test_err(3), rel, still
   character(len=1024) :: line
-
-  interface
-    ! C's rename(2): moves a finished file into place in one step.
-    function c_rename(old, new) bind(c, name='rename') result(rc)
-      import :: c_char, c_int
-      character(kind=c_char), intent(in) :: old(*), new(*)
-      integer(c_int) :: rc
-    end function c_rename
-  end interface
 
   call MPI_Init()
   call MPI_Comm_rank(MPI_COMM_WORLD, rank)
@@ -173,6 +164,7 @@ program heat2d
   allocate(y(F_OUT, ntok, size(x, 3)), pred(F_OUT, ntok, size(x, 3)))
   call initial_field()
   call seed_sampler(0)
+  if (len(ckpt_dir) > 0) call add_state_to_checkpoints()
 
   if (rank == 0) &
     print '(3a, 2(i0, a), 3(i0, a), 2(i0, a))', 'heat2d with insitra ', insitra_version(), ': ', &
@@ -189,9 +181,8 @@ program heat2d
     end if
     if (ios /= 0) error stop 'heat2d: cannot open the metrics file'
     if (first_step > 1) then
-      write(line, '(a, i0, a, i0, 5a)') '{"event": "resumed", "step": ', first_step - 1, &
-        ', "train_steps": ', train_now, ', "checkpoint": "', ckpt_path(train_now), &
-        '", "field": "', field_path(train_now), '"}'
+      write(line, '(a, i0, a, i0, 3a)') '{"event": "resumed", "step": ', first_step - 1, &
+        ', "train_steps": ', train_now, ', "checkpoint": "', ckpt_path(train_now), '"}'
       write(unit, '(a)') trim(line)
     end if
     if (len(ckpt_dir) > 0) &
@@ -214,18 +205,16 @@ program heat2d
     if (mod(step, push_every) == 0) then
       call cut_patches(patches_per_push, random=.true.)
       call trainer%push_samples(x(:, :, 1:patches_per_push), y(:, :, 1:patches_per_push))
+      ! train_step writes step-N.h5 if N is a multiple of checkpoint.every_steps
+      ! or a stop was requested: with the field after this solver step (u_next)
+      ! and the generators as they are now.
+      saved_step = step
+      if (len(ckpt_dir) > 0) call random_seed(get=generator)
       call trainer%train_step(m)
       train_now = m%step
       train_tokens = train_tokens + real(m%tokens, dp)
       train_seconds = train_seconds + m%step_seconds
-      ! train_step has just written step-N.h5 if N is a multiple of
-      ! checkpoint.every_steps or a stop was requested: the field after
-      ! this solver step goes next to it.
       call trainer%should_stop(stop_now)
-      if (len(ckpt_dir) > 0) then
-        if (stop_now .or. (ckpt_every > 0 .and. mod(train_now, int(ckpt_every, c_int64_t)) == 0)) &
-          call save_pair_field(step, u_next)
-      end if
     end if
 
     if (mod(step, output_every) == 0) call report(step, err)
@@ -453,8 +442,8 @@ contains
   subroutine report_stop()
     if (rank /= 0) return
     print '(/, a, i0, a, i0, 5a)', 'heat2d: stop requested (SIGUSR1, SIGTERM or the deadline) '// &
-      'at solver step ', step, ', training step ', train_now, '; saved ', ckpt_path(train_now), &
-      ' and ', field_path(train_now), '. Run again to continue.'
+      'at solver step ', step, ', training step ', train_now, '; saved the surrogate and the field in ', &
+      ckpt_path(train_now), '. Run again to continue.'
     write(line, '(a, i0, a, i0, a, es24.16e3, 3(a, es13.5e3), 3a)') &
       '{"event": "stopped", "step": ', step, ', "train_steps": ', train_now, ', "loss": ', &
       m%loss, ', "wall_s": ', MPI_Wtime() - t0, ', "train_tokens": ', train_tokens, &
@@ -463,13 +452,22 @@ contains
     close(unit)
   end subroutine report_stop
 
-  ! The end of a run that was not stopped: the last checkpoint pair, the
+  ! The end of a run that was not stopped: the last checkpoint, then the
+  ! file heat2d-finished beside it (so that running the same command again
+  ! does not append to the run, and batch scripts stop requeueing), the
   ! held-out test (further steps, never pushed, the whole domain) and the
-  ! summary; heat2d-index then says the run finished.
+  ! summary.
   subroutine finish_run()
-    if (len(ckpt_dir) > 0 .and. last_pair /= train_now) then
+    integer :: u_
+    if (len(ckpt_dir) > 0) then
+      saved_step = steps                 ! u_next holds the field after the last step
+      call random_seed(get=generator)
       call trainer%checkpoint_save('')
-      call save_pair_field(steps, u)
+      if (rank == 0) then
+        open(newunit=u_, file=ckpt_dir // '/heat2d-finished', status='replace', action='write')
+        write(u_, '(a, i0)') 'finished after training step ', train_now
+        close(u_)
+      end if
     end if
 
     ntiles = (lnx / patch) * (lny / patch)
@@ -496,7 +494,7 @@ contains
         m%loss, ', wall time', MPI_Wtime() - t0, ' s'
       if (train_seconds > 0) print '(a, es10.3, a)', 'training throughput: ', &
         train_tokens / train_seconds, ' tokens/s (tokens of all ranks per second of insitra_train_step)'
-      if (len(ckpt_dir) > 0) print '(2a)', 'checkpoint: ', ckpt_path(last_pair)
+      if (len(ckpt_dir) > 0) print '(2a)', 'checkpoint: ', ckpt_path(train_now)
       print '(a, a)', 'metrics: ', trim(metrics)
       ! loss: 17 significant digits, so runs can be compared bit for bit.
       write(line, '(a, i0, 2(a, es13.5e3), 2(a, i0), a, es24.16e3, 3(a, es13.5e3))') &
@@ -505,13 +503,12 @@ contains
         ', "loss": ', m%loss, ', "wall_s": ', MPI_Wtime() - t0, ', "train_tokens": ', &
         train_tokens, ', "train_seconds": ', train_seconds
       if (len(ckpt_dir) > 0) then
-        write(unit, '(4a)') trim(line), ', "checkpoint": "', ckpt_path(last_pair), '"}'
+        write(unit, '(4a)') trim(line), ', "checkpoint": "', ckpt_path(train_now), '"}'
       else
         write(unit, '(2a)') trim(line), '}'
       end if
       close(unit)
     end if
-    if (len(ckpt_dir) > 0) call write_index(finished=.true.)
   end subroutine finish_run
 
   ! ---- checkpoints: the simulation's half ---------------------------------
@@ -522,13 +519,6 @@ contains
     character(len=:), allocatable :: path
     path = ckpt_dir // '/step-' // padded(n) // '.h5'
   end function ckpt_path
-
-  ! dir/heat2d-NNNNNNNN.field: the field that goes with step-NNNNNNNN.h5.
-  function field_path(n) result(path)
-    integer(c_int64_t), intent(in) :: n
-    character(len=:), allocatable :: path
-    path = ckpt_dir // '/heat2d-' // padded(n) // '.field'
-  end function field_path
 
   function padded(n) result(text)
     integer(c_int64_t), intent(in) :: n
@@ -550,302 +540,68 @@ contains
     if (at > 0 .and. dot > at + 5) read(path(at + 5:dot - 1), *, iostat=ios_) n
   end function step_of
 
-  function file_exists(path) result(yes)
-    character(len=*), intent(in) :: path
-    logical :: yes
-    inquire(file=path, exist=yes)
-  end function file_exists
-
-  subroutine delete_file(path)
-    character(len=*), intent(in) :: path
-    integer :: u_, ios_
-    open(newunit=u_, file=path, status='old', iostat=ios_)
-    if (ios_ == 0) close(u_, status='delete')
-  end subroutine delete_file
-
-  subroutine check_mpi(ierr, what)
-    integer, intent(in) :: ierr
-    character(len=*), intent(in) :: what
-    character(len=MPI_MAX_ERROR_STRING) :: text
-    integer :: length, ierr2
-    if (ierr == MPI_SUCCESS) return
-    call MPI_Error_string(ierr, text, length, ierr2)
-    write(*, '(5a)') 'heat2d: ', what, ' failed: ', text(1:length)
-    error stop 1
-  end subroutine check_mpi
-
-  ! Collective. Writes heat2d-N.field for training step train_now (whose
-  ! step-N.h5 train_step or checkpoint_save has just written): a header of
-  ! ten int64 (magic, version, nx, ny, solver step, training step, ranks,
-  ! generator size, the last training loss's float64 bits, 0), the field f
-  ! after solver step `solver_step` as float64 in global (x fastest) order,
-  ! then every rank's generator state (default integers). The file is
-  ! written as .tmp, synced and renamed, so a crash leaves either the whole
-  ! file or none.
-  subroutine save_pair_field(solver_step, f)
-    integer, intent(in) :: solver_step
-    real(dp), intent(in) :: f(0:, 0:)
-    type(MPI_File) :: fh
-    type(MPI_Datatype) :: block_type
-    integer(c_int64_t) :: header(HEADER_WORDS)
-    integer(MPI_OFFSET_KIND) :: states_at   ! bytes before the generator states
-    integer, allocatable :: state(:)
-    real(dp), allocatable :: block(:, :)
-    character(len=:), allocatable :: path
-    integer :: n, ierr
-
-    path = field_path(train_now)
+  ! The simulation's state in every checkpoint of the trainer: u_next's
+  ! interior as this rank's block of the global nx x ny field, this rank's
+  ! generator as its block of all ranks', and the solver step (rank 0's).
+  subroutine add_state_to_checkpoints()
+    integer :: n
     call random_seed(size=n)
-    allocate(state(n))
-    call random_seed(get=state)
-    header = [FIELD_MAGIC, 1_c_int64_t, int(nx, c_int64_t), int(ny, c_int64_t), &
-              int(solver_step, c_int64_t), train_now, int(nranks, c_int64_t), int(n, c_int64_t), &
-              transfer(m%loss, 0_c_int64_t), 0_c_int64_t]
-    states_at = 8_MPI_OFFSET_KIND * (HEADER_WORDS + int(nx, MPI_OFFSET_KIND) * ny)
+    allocate(generator(n))
+    call trainer%checkpoint_add_array('u', u_next, global_shape=[int(nx, c_int64_t), int(ny, c_int64_t)], &
+                                      offset=[int(ix0, c_int64_t), int(iy0, c_int64_t)], &
+                                      count=[int(lnx, c_int64_t), int(lny, c_int64_t)], &
+                                      mem_offset=[1_c_int64_t, 1_c_int64_t])
+    call add_generators()
+    call trainer%checkpoint_add_scalar('solver_step', saved_step)
+  end subroutine add_state_to_checkpoints
 
-    call MPI_File_open(cart, path // '.tmp', ior(MPI_MODE_CREATE, MPI_MODE_WRONLY), &
-                       MPI_INFO_NULL, fh, ierr)
-    call check_mpi(ierr, 'creating ' // path // '.tmp')
-    call MPI_File_set_size(fh, 0_MPI_OFFSET_KIND, ierr)
-    call check_mpi(ierr, 'truncating ' // path // '.tmp')
-    ! The default view counts bytes: the header, then this rank's generator.
-    if (rank == 0) then
-      call MPI_File_write_at(fh, 0_MPI_OFFSET_KIND, header, HEADER_WORDS, MPI_INTEGER8, &
-                             MPI_STATUS_IGNORE, ierr)
-      call check_mpi(ierr, 'writing ' // path // '.tmp')
-    end if
-    call MPI_File_write_at_all(fh, states_at + int(rank, MPI_OFFSET_KIND) * n * &
-                               (storage_size(state) / 8), state, n, MPI_INTEGER, &
-                               MPI_STATUS_IGNORE, ierr)
-    call check_mpi(ierr, 'writing ' // path // '.tmp')
-    ! The field: this rank's block of the global nx x ny array.
-    call MPI_Type_create_subarray(2, [nx, ny], [lnx, lny], [ix0, iy0], MPI_ORDER_FORTRAN, &
-                                  MPI_DOUBLE_PRECISION, block_type)
-    call MPI_Type_commit(block_type)
-    call MPI_File_set_view(fh, 8_MPI_OFFSET_KIND * HEADER_WORDS, MPI_DOUBLE_PRECISION, block_type, &
-                           'native', MPI_INFO_NULL, ierr)
-    call check_mpi(ierr, 'setting the view of ' // path // '.tmp')
-    block = f(1:lnx, 1:lny)
-    call MPI_File_write_all(fh, block, lnx * lny, MPI_DOUBLE_PRECISION, MPI_STATUS_IGNORE, ierr)
-    call check_mpi(ierr, 'writing ' // path // '.tmp')
-    call MPI_File_sync(fh, ierr)
-    call check_mpi(ierr, 'syncing ' // path // '.tmp')
-    call MPI_File_close(fh, ierr)
-    call check_mpi(ierr, 'closing ' // path // '.tmp')
-    call MPI_Type_free(block_type)
-    if (rank == 0) then
-      if (c_rename(path // '.tmp' // c_null_char, path // c_null_char) /= 0) then
-        write(*, '(3a)') 'heat2d: cannot rename ', path, '.tmp'
-        error stop 1
-      end if
-    end if
-    last_pair = train_now
-    call write_index(finished=.false.)
-  end subroutine save_pair_field
+  subroutine add_generators()
+    integer(c_int64_t) :: n
+    n = size(generator, kind=c_int64_t)
+    call trainer%checkpoint_add_array('generators', generator, global_shape=[n * nranks], &
+                                      offset=[n * rank], count=[n])
+  end subroutine add_generators
 
-  ! Collective. Reads a field file into u (interior) and, when it was
-  ! written on as many ranks, this rank's generator; returns its solver
-  ! step, or -1 (on every rank) when the file is missing or does not fit.
-  function load_field(path) result(solver_step)
-    character(len=*), intent(in) :: path
-    integer :: solver_step
-    type(MPI_File) :: fh
-    type(MPI_Datatype) :: block_type
-    integer(c_int64_t) :: header(HEADER_WORDS)
-    integer(MPI_OFFSET_KIND) :: states_at, size_
-    integer, allocatable :: state(:)
-    real(dp), allocatable :: block(:, :)
-    integer :: n, ierr
-    character(len=160) :: why
-
-    solver_step = -1
-    call MPI_File_open(cart, path, MPI_MODE_RDONLY, MPI_INFO_NULL, fh, ierr)
-    if (ierr /= MPI_SUCCESS) then
-      if (rank == 0) write(*, '(3a)') 'heat2d: cannot open ', path, '; trying an older checkpoint'
-      return
-    end if
-    call MPI_File_read_at_all(fh, 0_MPI_OFFSET_KIND, header, HEADER_WORDS, MPI_INTEGER8, &
-                              MPI_STATUS_IGNORE, ierr)
-    call check_mpi(ierr, 'reading ' // path)
-    call MPI_File_get_size(fh, size_, ierr)
-    call check_mpi(ierr, 'reading ' // path)
-    states_at = 8_MPI_OFFSET_KIND * (HEADER_WORDS + int(nx, MPI_OFFSET_KIND) * ny)
-    why = ''
-    if (header(1) /= FIELD_MAGIC .or. header(2) /= 1) then
-      why = 'not a heat2d field file (version 1)'
-    else if (header(3) /= nx .or. header(4) /= ny) then
-      write(why, '(a, i0, a, i0, a)') 'written for a ', header(3), ' x ', header(4), ' grid'
-    else if (size_ /= states_at + header(7) * header(8) * (storage_size(n) / 8)) then
-      why = 'truncated'
-    end if
-    if (len_trim(why) > 0) then
-      if (rank == 0) write(*, '(5a)') 'heat2d: ', path, ' is ', trim(why), '; trying an older checkpoint'
-      call MPI_File_close(fh, ierr)
-      return
-    end if
-    call random_seed(size=n)
-    if (header(7) == nranks .and. header(8) == n) then
-      allocate(state(n))
-      call MPI_File_read_at_all(fh, states_at + int(rank, MPI_OFFSET_KIND) * n * &
-                                (storage_size(state) / 8), state, n, MPI_INTEGER, &
-                                MPI_STATUS_IGNORE, ierr)
-      call check_mpi(ierr, 'reading ' // path)
-      call random_seed(put=state)
-    else
-      ! Another rank count: the patches differ from here on anyway.
-      call seed_sampler(int(header(5)))
-    end if
-    call MPI_Type_create_subarray(2, [nx, ny], [lnx, lny], [ix0, iy0], MPI_ORDER_FORTRAN, &
-                                  MPI_DOUBLE_PRECISION, block_type)
-    call MPI_Type_commit(block_type)
-    call MPI_File_set_view(fh, 8_MPI_OFFSET_KIND * HEADER_WORDS, MPI_DOUBLE_PRECISION, block_type, &
-                           'native', MPI_INFO_NULL, ierr)
-    call check_mpi(ierr, 'setting the view of ' // path)
-    allocate(block(lnx, lny))
-    call MPI_File_read_all(fh, block, lnx * lny, MPI_DOUBLE_PRECISION, MPI_STATUS_IGNORE, ierr)
-    call check_mpi(ierr, 'reading ' // path)
-    call MPI_File_close(fh, ierr)
-    call MPI_Type_free(block_type)
-    u(1:lnx, 1:lny) = block
-    solver_step = int(header(5))
-    m%step = header(6)                           ! what the last training step reported
-    m%loss = transfer(header(9), 0.0_dp)
-  end function load_field
-
-  ! Collective. If checkpoint.dir holds an unfinished run of this program,
-  ! loads the newest checkpoint pair that loads (insitra's step-N.h5 and
-  ! heat2d-N.field) and sets first to the solver step after it; otherwise
-  ! leaves first at 1.
+  ! Collective. If checkpoint.dir holds a run of this program, loads its
+  ! newest checkpoint that verifies (the surrogate and the field together)
+  ! and sets first to the solver step after it; a new run leaves first at 1.
   subroutine resume(first)
     integer, intent(inout) :: first
     character(len=:), allocatable :: loaded
-    integer(c_int64_t) :: newest, candidate
-    integer(c_int64_t), allocatable :: listed(:)
-    integer :: k, count_, status, solver_step
-    logical :: finished
-
-    call read_index(listed, finished)
-    count_ = size(listed)
-    if (count_ == 0) then
-      if (file_exists(ckpt_dir // '/latest')) then
-        if (rank == 0) write(*, '(3a)') 'heat2d: ', ckpt_dir, ' holds insitra checkpoints but ' // &
-          'no heat2d-index (not written by heat2d); remove it or set another checkpoint_dir'
-        error stop 1
-      end if
-      allocate(pairs(0))
-      return                             ! a new run
-    end if
-    if (finished) then
+    logical :: exists
+    integer :: status
+    inquire(file=ckpt_dir // '/heat2d-finished', exist=exists)
+    if (exists) then
       if (rank == 0) write(*, '(3a)') 'heat2d: ', ckpt_dir, ' holds a finished run; remove it ' // &
         '(or set another checkpoint_dir) to start a new one'
       error stop 1
     end if
-
-    ! The newest checkpoint that verifies, then the newest field that pairs
-    ! with a loadable checkpoint (a crash can come between the two writes).
+    inquire(file=ckpt_dir // '/latest', exist=exists)
+    if (.not. exists) return             ! a new run
     call trainer%checkpoint_load(ckpt_dir, loaded, status)
+    if (status /= INSITRA_STATUS_OK .and. index(insitra_last_error(), "'/user/generators' has shape") > 0) then
+      ! Written on another rank count: the patches differ from here on
+      ! anyway, so the generators start afresh from the solver step.
+      call trainer%checkpoint_clear_arrays()
+      call trainer%checkpoint_add_array('u', u_next, global_shape=[int(nx, c_int64_t), int(ny, c_int64_t)], &
+                                        offset=[int(ix0, c_int64_t), int(iy0, c_int64_t)], &
+                                        count=[int(lnx, c_int64_t), int(lny, c_int64_t)], &
+                                        mem_offset=[1_c_int64_t, 1_c_int64_t])
+      call trainer%checkpoint_add_scalar('solver_step', saved_step)
+      call trainer%checkpoint_load(ckpt_dir, loaded, status)
+      call add_generators()              ! this rank count's, from now on
+      if (status == INSITRA_STATUS_OK) call seed_sampler(int(saved_step))
+    else if (status == INSITRA_STATUS_OK) then
+      call random_seed(put=generator)
+    end if
     if (status /= INSITRA_STATUS_OK) then
       if (rank == 0) write(*, '(4a)') 'heat2d: cannot resume from ', ckpt_dir, ': ', insitra_last_error()
       error stop 1
     end if
-    newest = step_of(loaded)
-    do k = count_, 1, -1
-      candidate = listed(k)
-      if (candidate > newest) cycle      ! its step-N.h5 did not verify
-      if (candidate < newest) then
-        call trainer%checkpoint_load(ckpt_path(candidate), loaded, status)
-        if (status /= INSITRA_STATUS_OK) cycle
-        newest = candidate
-      end if
-      solver_step = load_field(field_path(candidate))
-      if (solver_step < 0) cycle
-      first = solver_step + 1
-      train_now = candidate
-      last_pair = candidate
-      pairs = pack(listed, listed <= candidate)
-      if (rank == 0) print '(a, i0, 5a)', 'resuming after solver step ', solver_step, ' from ', &
-        ckpt_path(candidate), ' and ', field_path(candidate), ''
-      return
-    end do
-    if (rank == 0) write(*, '(3a)') 'heat2d: no heat2d field in ', ckpt_dir, &
-      ' pairs with a checkpoint that loads; remove the directory to start over'
-    error stop 1
+    u(1:lnx, 1:lny) = u_next(1:lnx, 1:lny)
+    first = int(saved_step) + 1
+    train_now = step_of(loaded)
+    if (rank == 0) print '(a, i0, 2a)', 'resuming after solver step ', saved_step, ' from ', loaded
   end subroutine resume
-
-  ! Rank 0 reads heat2d-index and shares it: the training steps of the
-  ! pairs, oldest first, and whether the run finished.
-  subroutine read_index(listed, finished)
-    integer(c_int64_t), allocatable, intent(out) :: listed(:)
-    logical, intent(out) :: finished
-    integer :: u_, ios_, count_
-    integer(c_int64_t) :: value
-    character(len=64) :: entry
-    integer(c_int64_t), allocatable :: buf(:)
-    allocate(buf(0))
-    finished = .false.
-    if (rank == 0) then
-      open(newunit=u_, file=ckpt_dir // '/heat2d-index', status='old', action='read', iostat=ios_)
-      if (ios_ == 0) then
-        do
-          read(u_, '(a)', iostat=ios_) entry
-          if (ios_ /= 0) exit
-          if (entry(1:1) == '#' .or. len_trim(entry) == 0) cycle
-          if (trim(entry) == 'finished') then
-            finished = .true.
-            cycle
-          end if
-          read(entry, *, iostat=ios_) value
-          if (ios_ == 0) buf = [buf, value]
-        end do
-        close(u_)
-      end if
-    end if
-    count_ = size(buf)
-    call MPI_Bcast(count_, 1, MPI_INTEGER, 0, cart)
-    call MPI_Bcast(finished, 1, MPI_LOGICAL, 0, cart)
-    if (rank /= 0) then
-      deallocate(buf)
-      allocate(buf(count_))
-    end if
-    if (count_ > 0) call MPI_Bcast(buf, count_, MPI_INTEGER8, 0, cart)
-    listed = buf
-  end subroutine read_index
-
-  ! Rank 0: adds the newest pair to heat2d-index, drops (and deletes the
-  ! field of) every pair whose step-N.h5 insitra has removed under
-  ! checkpoint.keep_last, and replaces the index in one rename.
-  subroutine write_index(finished)
-    logical, intent(in) :: finished
-    integer :: u_, ios_, k
-    logical, allocatable :: keep(:)
-    character(len=:), allocatable :: path
-    if (rank /= 0) return
-    if (last_pair >= 0) then
-      if (.not. any(pairs == last_pair)) pairs = [pairs, last_pair]
-    end if
-    allocate(keep(size(pairs)))
-    do k = 1, size(pairs)
-      keep(k) = .true.
-      if (pairs(k) /= last_pair) keep(k) = file_exists(ckpt_path(pairs(k)))
-      if (.not. keep(k)) call delete_file(field_path(pairs(k)))
-    end do
-    pairs = pack(pairs, keep)
-    path = ckpt_dir // '/heat2d-index'
-    open(newunit=u_, file=path // '.tmp', status='replace', action='write', iostat=ios_)
-    if (ios_ /= 0) then
-      write(*, '(3a)') 'heat2d: cannot write ', path, '.tmp'
-      error stop 1
-    end if
-    write(u_, '(a)') '# heat2d checkpoint pairs (insitra step-N.h5 + heat2d-N.field), oldest first'
-    do k = 1, size(pairs)
-      write(u_, '(i0)') pairs(k)
-    end do
-    if (finished) write(u_, '(a)') 'finished'
-    close(u_)
-    if (c_rename(path // '.tmp' // c_null_char, path // c_null_char) /= 0) then
-      write(*, '(3a)') 'heat2d: cannot rename ', path, '.tmp'
-      error stop 1
-    end if
-  end subroutine write_index
 
 end program heat2d

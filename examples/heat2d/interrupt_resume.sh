@@ -11,7 +11,7 @@
 # metrics file is METRICS. Once METRICS records solver step STOP_AT or later,
 # SIGUSR1 goes to the launcher process: MPICH's mpiexec (Hydra) and Slurm's
 # srun forward it to every rank, where insitra's handler only sets a flag;
-# the next training step writes the checkpoint pair and heat2d exits 0. The
+# the next training step writes the checkpoint and heat2d exits 0. The
 # second run of the same command finds the checkpoint and continues.
 #
 # Exits non-zero, saying why, unless the first run stopped cleanly before

@@ -523,6 +523,7 @@ static const insitra_backend_i cpu_interface = {
     .attention_block_backward = cpu_attention_block_backward,
     .attention_block_done = cpu_attention_block_done,
     .ring_shift = cpu_ring_shift,
+    .join_stream = NULL,
 };
 
 /* The row log-sum-exp, fp32 whatever the activations' type: linear in T. */

@@ -45,6 +45,7 @@ struct cuda_backend {
     int64_t workspace_bytes;
     insitra_gpu_workspace ws;     /* offsets into workspace (lib/gpu_sizes.c) */
     cudaEvent_t ev_fork, ev[kEvents];
+    cudaEvent_t ev_join;          /* orders the compute stream with a caller's stream */
     int next_event;
     cudaGraphExec_t exec;
     unsigned long long *nonfinite_dev, *nonfinite_host;
@@ -827,6 +828,16 @@ insitra_status cuda_replay(insitra_backend *be, bool *replayed)
     return INSITRA_STATUS_OK;
 }
 
+insitra_status cuda_join_stream(insitra_backend *be, void *stream, bool before)
+{
+    cuda_backend *c = cu(be);
+    cudaStream_t theirs = (cudaStream_t)stream;
+    CUDA_TRY(cudaSetDevice(c->device));
+    CUDA_TRY(cudaEventRecord(c->ev_join, before ? theirs : c->cs));
+    CUDA_TRY(cudaStreamWaitEvent(before ? c->cs : theirs, c->ev_join, 0));
+    return INSITRA_STATUS_OK;
+}
+
 void cuda_free(insitra_backend *be)
 {
     cuda_backend *c = cu(be);
@@ -835,6 +846,7 @@ void cuda_free(insitra_backend *be)
     if (c->ns) cudaStreamSynchronize(c->ns);
     if (c->exec) cudaGraphExecDestroy(c->exec);
     if (c->ev_fork) cudaEventDestroy(c->ev_fork);
+    if (c->ev_join) cudaEventDestroy(c->ev_join);
     for (cudaEvent_t e : c->ev)
         if (e) cudaEventDestroy(e);
     insitra_matmul_free(&c->mm);
@@ -900,6 +912,7 @@ const insitra_backend_i cuda_interface = {
     /* .attention_block_backward = */ NULL,
     /* .attention_block_done = */ NULL,
     /* .ring_shift = */ NULL,
+    /* .join_stream = */ cuda_join_stream,
 };
 
 insitra_status pick_device(cuda_backend *c, MPI_Comm comm)
@@ -931,6 +944,7 @@ insitra_status setup(cuda_backend *c, const insitra_config *cfg, MPI_Comm comm)
     CUDA_TRY(cudaStreamCreateWithFlags(&c->cs, cudaStreamNonBlocking));
     CUDA_TRY(cudaStreamCreateWithFlags(&c->ns, cudaStreamNonBlocking));
     CUDA_TRY(cudaEventCreateWithFlags(&c->ev_fork, cudaEventDisableTiming));
+    CUDA_TRY(cudaEventCreateWithFlags(&c->ev_join, cudaEventDisableTiming));
     for (cudaEvent_t &e : c->ev) CUDA_TRY(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     INSITRA_CHECK(insitra_matmul_create(&c->mm)); /* its workspace comes with reserve */
     CUDA_TRY(cudaMalloc(&c->nonfinite_dev, sizeof(unsigned long long)));

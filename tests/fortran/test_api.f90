@@ -5,7 +5,8 @@
 ! wrong array shapes (one rank only, in a collective call: no rank may hang),
 ! NaN in samples (the store keeps its contents), an empty store; a checkpoint
 ! save / load round trip; patch tokens of 2-D and 3-D grid blocks (layout,
-! round trip, a wrong tokens shape).
+! round trip, a wrong tokens shape); the surrogate from an export and from the
+! trainer predicting what the trainer does, its shape check, checkpoint arrays.
 program test_api
   use, intrinsic :: iso_c_binding, only: c_float, c_double, c_int64_t, c_size_t, c_sizeof, c_loc
   use, intrinsic :: ieee_arithmetic, only: ieee_value, ieee_quiet_nan
@@ -45,6 +46,7 @@ program test_api
   call test_sub_communicator()
   call test_checkpoint()
   call test_patches()
+  call test_surrogate()
   call cfg%free()
 
   call MPI_Allreduce(failures, total_failures, 1, MPI_INTEGER, MPI_SUM, MPI_COMM_WORLD)
@@ -522,5 +524,60 @@ contains
     real(c_float), intent(in) :: a(n), b(n)
     same = .not. any(abs(a - b) > 0)
   end function same
+
+  ! The surrogate: from an export and from the live trainer, it predicts what
+  ! the trainer does, bit for bit; a wrong shape is refused locally.
+  subroutine test_surrogate()
+    type(insitra_trainer) :: trainer
+    type(insitra_surrogate) :: s
+    real(c_float), allocatable :: x(:,:,:), y(:,:,:), pred(:,:,:), got(:,:,:)
+    real(c_double), allocatable, target :: field(:,:)
+    integer(c_int64_t), target :: step_count
+    character(len=64) :: path
+    integer :: stat, k
+
+    write(path, '(a, i0, a)') 'fortran-surrogate-np', nranks, '.h5'
+    call trainer%create(cfg, MPI_COMM_WORLD)
+    allocate(x(FI, T, CAP), y(FO, T, CAP), pred(FO, T, CAP), got(FO, T, CAP))
+    call make_samples(x, y, 3 * rank)
+    call trainer%push_samples(x, y)
+    do k = 1, 3
+      call trainer%train_step()
+    end do
+    call trainer%predict(x, pred)
+    call trainer%export_save(trim(path))
+    call s%create(trim(path), BATCH, MPI_COMM_WORLD)
+    call check(s%created(), 'surrogate created from the export')
+    call s%predict(x, got)
+    call check(all(transfer(got, [0]) == transfer(pred, [0])), &
+               'the surrogate from the export predicts what the trainer does, bit for bit')
+    call s%create_from_trainer(trainer, BATCH)      ! over a live one: the old one is freed
+    got = 0
+    call s%predict(x, got)
+    call check(all(transfer(got, [0]) == transfer(pred, [0])), 'the surrogate from the trainer predicts what the trainer does')
+    call s%predict(x, got(:, :, 1:2), stat=stat)
+    call expect_error(stat, INSITRA_STATUS_INVALID_ARGUMENT, 'and y_out (2, 4, 2)', 'surrogate predict, wrong n')
+    call s%free()
+    call check(.not. s%created(), 'surrogate freed')
+
+    ! checkpoint arrays: Fortran order reversed, the piece checked
+    allocate(field(0:5, 0:3))
+    call trainer%checkpoint_add_array('field', field, global_shape=[4_c_int64_t], offset=[0_c_int64_t], &
+                                      count=[4_c_int64_t], stat=stat)
+    call expect_error(stat, INSITRA_STATUS_INVALID_ARGUMENT, 'one value per dimension', 'add_array, rank')
+    call trainer%checkpoint_add_array('field', field, global_shape=[4_c_int64_t, 2_c_int64_t], &
+                                      offset=[0_c_int64_t, 3_c_int64_t], count=[4_c_int64_t, 1_c_int64_t], &
+                                      mem_offset=[1_c_int64_t, 1_c_int64_t], stat=stat)
+    call expect_error(stat, INSITRA_STATUS_INVALID_ARGUMENT, 'dimension 0: offset + count is beyond', &
+                      'add_array, a piece beyond the array (C dimension 0 = the last Fortran one)')
+    call trainer%checkpoint_add_scalar('steps', step_count, stat=stat)
+    call check(stat == INSITRA_STATUS_OK, 'add_scalar')
+    call trainer%checkpoint_clear_arrays()
+    call trainer%free()
+    if (rank == 0) then
+      open(newunit=k, file=trim(path), status='old')
+      close(k, status='delete')
+    end if
+  end subroutine test_surrogate
 
 end program test_api
