@@ -1,0 +1,289 @@
+/*
+ * Context parallelism in the trainer (parallel.cp, docs/parallel.md): the
+ * same global samples trained for 20 steps
+ *   - by one rank holding every sample whole (cp = 1, MPI_COMM_SELF), and
+ *   - by all ranks at cp = 2 and cp = 4 (dp = ranks / cp) at every ZeRO
+ *     stage, each rank holding its dp share of each step's samples and, of
+ *     each, its cp slice of tokens [c T/cp, (c+1) T/cp),
+ * must give the same losses (1e-5 relative) and final parameters (1e-4 of
+ * their largest magnitude), with data.normalize = running so the combined
+ * statistics are checked too. Also: replicated parameters (stages 0-2)
+ * bit-identical on every rank; predict returns each rank's own tokens of the
+ * one-rank prediction; evaluate the one-rank loss; sample_shape the local
+ * token count; resuming a cp > 1 checkpoint at the same cp is bit-exact and
+ * at another cp refused naming parallel.cp; cp not dividing model.seq_len or
+ * the world size refused on every rank.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "test_util.h"
+#include "trainer.h"
+
+enum { STEPS = 20, T = 8, F = 3, BG = 4, N_SAMPLES = STEPS * BG, N_EVAL = 3 };
+#define TOL_LOSS 1e-5
+#define TOL_PARAM 1e-4
+#define TOL_KEY_BIAS 1e-3
+#define C_MODEL 16
+
+static float gx[N_SAMPLES][T][F], gy[N_SAMPLES][T][F];
+static const char *const YAML = "model: {seq_len: 8, in_features: 3, out_features: 3,\n"
+                                "        d_model: 16, n_layers: 2, n_heads: 2, causal: true}\n"
+                                "training: {seed: 7}\n"
+                                "optimizer: {lr: 1.0e-2, warmup_steps: 2, decay_steps: 20}\n"
+                                "data: {capacity: 80, sampler: sequential, normalize: running}\n"
+                                "checkpoint: {include_samples: true}\n";
+
+typedef struct {
+    double loss[STEPS], eval;
+    float *params; /* full parameters after the last step */
+    float pred[N_EVAL][T][F]; /* this rank's tokens of the predictions (the rest zero) */
+    int64_t count;
+} trajectory;
+
+typedef struct {
+    int cp, cp_rank, dp_rank, dp, Tc;
+} grid;
+
+/* Samples [first, first + n) of g, this rank's token slice, into x (n, Tc, F). */
+static void slice(const grid *g, float src[][T][F], int64_t first, int64_t n, float *x)
+{
+    for (int64_t s = 0; s < n; s++)
+        memcpy(x + s * g->Tc * F, &src[first + s][g->cp_rank * g->Tc][0], (size_t)(g->Tc * F) * sizeof(float));
+}
+
+static insitra_trainer *make(insitra_test *tc, MPI_Comm comm, int stage, int cp, int64_t per)
+{
+    insitra_config *cfg = insitra_test_config(tc, YAML);
+    if (!cfg) return NULL;
+    insitra_test_set(tc, cfg, "parallel.zero_stage", "%d", stage);
+    insitra_test_set(tc, cfg, "parallel.cp", "%d", cp);
+    insitra_test_set(tc, cfg, "training.batch_size", "%lld", (long long)per);
+    insitra_trainer *t = NULL;
+    EXPECT_OK(tc, insitra_trainer_create(&t, cfg, comm), "trainer_create");
+    insitra_config_free(cfg);
+    return t;
+}
+
+/* Trains on comm at cp and records the trajectory; false when it did not finish. */
+static bool run(insitra_test *tc, MPI_Comm comm, int stage, int cp, trajectory *out)
+{
+    memset(out, 0, sizeof *out);
+    int rank, size;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    const grid g = {cp, rank % cp, rank / cp, size / cp, T / cp};
+    const int64_t per = BG / g.dp;
+    insitra_trainer *t = make(tc, comm, stage, cp, per);
+    if (!t) return false;
+    int64_t seq = 0;
+    insitra_trainer_sample_shape(t, &seq, NULL, NULL);
+    EXPECT(tc, seq == g.Tc, "sample_shape: seq_len %lld, want the local %d", (long long)seq, g.Tc);
+    float *x = malloc((size_t)(N_SAMPLES * g.Tc * F) * sizeof(float));
+    float *y = malloc((size_t)(N_SAMPLES * g.Tc * F) * sizeof(float));
+    bool ok = true;
+    for (int k = 0; ok && k < STEPS; k++) {
+        slice(&g, gx, k * BG + g.dp_rank * per, per, x);
+        slice(&g, gy, k * BG + g.dp_rank * per, per, y);
+        ok = EXPECT_OK(tc, insitra_push_samples(t, per, x, y), "push_samples");
+    }
+    for (int k = 0; ok && k < STEPS; k++) {
+        insitra_metrics m;
+        ok = EXPECT_OK(tc, insitra_train_step(t, &m), "train_step");
+        out->loss[k] = m.loss;
+    }
+    if (ok) { /* every rank passes the same N_EVAL samples' slices */
+        slice(&g, gx, 0, N_EVAL, x);
+        slice(&g, gy, 0, N_EVAL, y);
+        float *p = malloc((size_t)(N_EVAL * g.Tc * F) * sizeof(float));
+        ok = EXPECT_OK(tc, insitra_predict(t, N_EVAL, x, p), "predict") &&
+             EXPECT_OK(tc, insitra_evaluate(t, N_EVAL, x, y, &out->eval), "evaluate");
+        for (int s = 0; ok && s < N_EVAL; s++)
+            memcpy(&out->pred[s][g.cp_rank * g.Tc][0], p + s * g.Tc * F, (size_t)(g.Tc * F) * sizeof(float));
+        free(p);
+    }
+    free(x);
+    free(y);
+    if (!ok) {
+        insitra_trainer_free(t);
+        return false;
+    }
+    out->count = t->engine.model.layout.total;
+    out->params = malloc((size_t)out->count * sizeof(float));
+    insitra_zero_gather_params(&t->engine.zero, out->params);
+    if (stage <= 2) { /* replicas: every rank's parameters equal rank 0's, bit for bit */
+        float *root = malloc((size_t)out->count * sizeof(float));
+        memcpy(root, t->engine.zero.host_params, (size_t)out->count * sizeof(float));
+        MPI_Bcast(root, (int)out->count, MPI_FLOAT, 0, comm);
+        EXPECT(tc, memcmp(root, t->engine.zero.host_params, (size_t)out->count * sizeof(float)) == 0,
+               "cp %d stage %d: parameters differ from rank 0's", cp, stage);
+        free(root);
+    }
+    insitra_trainer_free(t);
+    return true;
+}
+
+static double max_abs(const float *v, int64_t n)
+{
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) m = fmax(m, fabs((double)v[i]));
+    return m;
+}
+
+static void compare(insitra_test *tc, const trajectory *a, const trajectory *ref, int cp, int stage, int size)
+{
+    double dl = 0;
+    for (int k = 0; k < STEPS; k++) dl = fmax(dl, insitra_test_rel_error(a->loss[k], ref->loss[k]));
+    /* The key bias (rows C..2C of each qkv.bias) shifts every score of a
+     * query by the same amount, which softmax ignores: its exact gradient is
+     * 0, and AdamW turns the rounding noise it gets into steps of up to lr.
+     * Its values are that noise in both runs, so they are held to a looser
+     * bound (1e-3 of max |p|; measured 3.2e-4 at cp 2), everything else to 1e-4. */
+    float *p = malloc((size_t)ref->count * sizeof(float));
+    memcpy(p, a->params, (size_t)ref->count * sizeof(float));
+    insitra_param_layout l;
+    const insitra_model_dims d = {.seq_len = T, .in_features = F, .out_features = F, .d_model = C_MODEL,
+                                  .n_layers = 2, .n_heads = 2};
+    double dkb = 0;
+    if (insitra_param_layout_create(&l, &d) == INSITRA_STATUS_OK) {
+        for (int64_t i = 0; i < l.num_tensors; i++) {
+            if (!strstr(l.tensors[i].name, "attn.qkv.bias")) continue;
+            for (int64_t j = l.tensors[i].offset + C_MODEL; j < l.tensors[i].offset + 2 * C_MODEL; j++) {
+                dkb = fmax(dkb, fabs((double)p[j] - (double)ref->params[j]));
+                p[j] = ref->params[j];
+            }
+        }
+        insitra_param_layout_free(&l);
+    }
+    const double dp = insitra_test_max_error(p, ref->params, ref->count);
+    dkb /= fmax(max_abs(ref->params, ref->count), 1e-30);
+    free(p);
+    const double de = insitra_test_rel_error(a->eval, ref->eval);
+    /* only this rank's tokens were filled in a->pred: compare those */
+    const int rank = tc->rank, Tc = T / cp, c = rank % cp;
+    float mine[N_EVAL][T][F] = {{{0}}};
+    for (int s = 0; s < N_EVAL; s++)
+        memcpy(&mine[s][c * Tc][0], &ref->pred[s][c * Tc][0], (size_t)(Tc * F) * sizeof(float));
+    const double dpred = insitra_test_max_error(&a->pred[0][0][0], &mine[0][0][0], N_EVAL * T * F);
+    if (rank == 0)
+        printf("cp %d x dp %d, stage %d: vs cp 1: loss %.2e, params %.2e (key biases %.2e), evaluate %.2e, "
+               "predict %.2e\n", cp, size / cp, stage, dl, dp, dkb, de, dpred);
+    EXPECT(tc, dl <= TOL_LOSS, "cp %d stage %d: losses differ from cp 1's by %.3e", cp, stage, dl);
+    EXPECT(tc, dp <= TOL_PARAM, "cp %d stage %d: parameters differ from cp 1's by %.3e", cp, stage, dp);
+    EXPECT(tc, dkb <= TOL_KEY_BIAS, "cp %d stage %d: key biases differ from cp 1's by %.3e", cp, stage, dkb);
+    EXPECT(tc, de <= TOL_LOSS, "cp %d stage %d: evaluate differs from cp 1's by %.3e", cp, stage, de);
+    EXPECT(tc, dpred <= TOL_PARAM, "cp %d stage %d: predictions differ from cp 1's by %.3e", cp, stage, dpred);
+}
+
+/* cp not dividing model.seq_len, or the world: trainer_create fails on every rank, naming the key. */
+static void check_refusals(insitra_test *tc, int size)
+{
+    const int bad[2] = {3, 2 * size}; /* 3 does not divide T = 8; 2 size divides 8 at 2 and 4 ranks */
+    for (int i = 0; i < 2; i++) {
+        insitra_config *cfg = insitra_test_config(tc, YAML);
+        if (!cfg) return;
+        insitra_test_set(tc, cfg, "parallel.cp", "%d", bad[i]);
+        insitra_trainer *t = NULL;
+        const insitra_status s = insitra_trainer_create(&t, cfg, MPI_COMM_WORLD);
+        EXPECT(tc, s != INSITRA_STATUS_OK && !t, "parallel.cp = %d accepted on %d ranks", bad[i], size);
+        if (EXPECT(tc, strstr(insitra_last_error(), "parallel.cp") != NULL, "parallel.cp = %d: error '%s'", bad[i],
+                   insitra_last_error()) &&
+            tc->rank == size - 1)
+            printf("rank %d, parallel.cp = %d: %s\n", tc->rank, bad[i], insitra_last_error());
+        if (t) insitra_trainer_free(t);
+        insitra_config_free(cfg);
+    }
+}
+
+/* Saved at cp after 10 steps: 10 more from the save and from a fresh
+ * trainer that loads it are the same bits; loading it at cp 1 is refused. */
+static void check_resume(insitra_test *tc, int cp, int size)
+{
+    char dir[256] = "cp_ckpt_XXXXXX";
+    if (tc->rank == 0 && !mkdtemp(dir)) dir[0] = '\0';
+    MPI_Bcast(dir, sizeof dir, MPI_CHAR, 0, MPI_COMM_WORLD);
+    if (!EXPECT(tc, dir[0] != '\0', "mkdtemp failed")) return;
+    const grid g = {cp, tc->rank % cp, tc->rank / cp, size / cp, T / cp};
+    const int64_t per = BG / g.dp;
+    float *x = malloc((size_t)(N_SAMPLES * g.Tc * F) * sizeof(float));
+    float *y = malloc((size_t)(N_SAMPLES * g.Tc * F) * sizeof(float));
+    double first[10], second[10];
+    char path[4096] = "";
+    bool ok = true;
+    for (int pass = 0; pass < 2 && ok; pass++) {
+        insitra_trainer *t = make(tc, MPI_COMM_WORLD, 1, cp, per);
+        if (!t) break;
+        int k0 = 0;
+        if (pass == 1) {
+            ok = EXPECT_OK(tc, insitra_checkpoint_load(t, path, NULL, 0), "checkpoint_load");
+            k0 = 10;
+        }
+        for (int k = k0; ok && k < STEPS; k++) {
+            if (pass == 0 && k == 10) /* after ten steps; the store holds their samples */
+                ok = EXPECT_OK(tc, insitra_checkpoint_save(t, dir, path, sizeof path), "checkpoint_save");
+            slice(&g, gx, k * BG + g.dp_rank * per, per, x);
+            slice(&g, gy, k * BG + g.dp_rank * per, per, y);
+            if (ok) ok = EXPECT_OK(tc, insitra_push_samples(t, per, x, y), "push_samples");
+            insitra_metrics m;
+            if (ok) ok = EXPECT_OK(tc, insitra_train_step(t, &m), "train_step");
+            if (ok && k >= 10) (pass == 0 ? first : second)[k - 10] = m.loss;
+        }
+        insitra_trainer_free(t);
+    }
+    if (ok && EXPECT(tc, memcmp(first, second, sizeof first) == 0, "cp %d: resumed losses are not bit-identical", cp) &&
+        tc->rank == 0)
+        printf("cp %d: 10 steps resumed from the checkpoint: bit-identical\n", cp);
+    if (ok) { /* at cp 1 (same ranks): refused, naming the key */
+        insitra_trainer *t = make(tc, MPI_COMM_WORLD, 1, 1, BG / size);
+        if (t) {
+            const insitra_status s = insitra_checkpoint_load(t, path, NULL, 0);
+            if (EXPECT(tc, s != INSITRA_STATUS_OK && strstr(insitra_last_error(), "parallel.cp"),
+                       "cp %d checkpoint loaded at cp 1: status %d, '%s'", cp, (int)s, insitra_last_error()) &&
+                tc->rank == 0)
+                printf("loaded at cp 1: %s\n", insitra_last_error());
+            insitra_trainer_free(t);
+        }
+    }
+    free(x);
+    free(y);
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (tc->rank == 0) { /* the checkpoint, its 'latest' pointer, the directory */
+        char f[4400];
+        if (path[0]) remove(path);
+        snprintf(f, sizeof f, "%s/latest", dir);
+        remove(f);
+        rmdir(dir);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    insitra_test tc = insitra_test_begin(&argc, &argv, "cp");
+    const int size = tc.size;
+    for (int i = 0; i < N_SAMPLES * T * F; i++) {
+        const float v = (float)sin(0.37 * i);
+        (&gx[0][0][0])[i] = 2.0f + 3.0f * v; /* off-centre, so the normalisation matters */
+        (&gy[0][0][0])[i] = 0.6f * v + 0.3f * v * v;
+    }
+    if (!EXPECT(&tc, size == 2 || size == 4, "run on 2 or 4 ranks, not %d", size)) return insitra_test_end(&tc);
+
+    trajectory ref;
+    bool ok = run(&tc, MPI_COMM_SELF, 0, 1, &ref);
+    const int cps[2] = {2, 4};
+    for (int i = 0; i < 2 && ok; i++) {
+        const int cp = cps[i];
+        if (size % cp != 0) continue;
+        for (int s = 0; s < 4; s++) {
+            trajectory a;
+            if (run(&tc, MPI_COMM_WORLD, s, cp, &a)) compare(&tc, &a, &ref, cp, s, size);
+            free(a.params);
+        }
+    }
+    check_refusals(&tc, size);
+    check_resume(&tc, 2, size);
+    free(ref.params);
+    return insitra_test_end(&tc);
+}
