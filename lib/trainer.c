@@ -343,10 +343,29 @@ static insitra_status validation_loss(insitra_trainer *t, double *loss)
     return INSITRA_STATUS_OK;
 }
 
+/* Collective over cp (local otherwise): whether v, a count the ranks of a
+ * cp group must share (they hold slices of the same samples), is the same
+ * on each; the caller agrees on the result, so every rank stops. */
+static insitra_status same_in_cp_group(insitra_trainer *t, const char *what, int64_t v)
+{
+    if (t->cp.size == 1) return INSITRA_STATUS_OK;
+    int64_t spread[2] = {v, -v};
+    INSITRA_CHECK(insitra_comm_max_int64(&t->cp, &spread[0]));
+    INSITRA_CHECK(insitra_comm_max_int64(&t->cp, &spread[1]));
+    if (spread[0] == -spread[1]) return INSITRA_STATUS_OK;
+    return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                             "%s = %" PRId64 " on this rank, but between %" PRId64 " and %" PRId64
+                             " on the ranks sharing its samples' tokens (parallel.cp = %d, ranks %d..%d): "
+                             "each must pass its token slice of the same samples",
+                             what, v, -spread[1], spread[0], t->cp.size, t->comm.rank - t->cp.rank,
+                             t->comm.rank - t->cp.rank + t->cp.size - 1);
+}
+
 insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
 {
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "train_step: trainer is NULL");
-    insitra_status local = INSITRA_STATUS_OK;
+    /* the cp group draws the same slots only from the same pushes */
+    insitra_status local = same_in_cp_group(t, "train_step: samples pushed", t->pushes);
     if (t->store.count == 0)
         local = insitra_error_set(INSITRA_STATUS_NOT_READY,
                                   "train_step: the sample store is empty; push samples first");
@@ -471,17 +490,7 @@ static insitra_status forward_all(insitra_trainer *t, int64_t n, const float *x,
 {
     const int64_t cap = insitra_config_micro_batch(&t->cfg);
     /* a cp group's ranks hold slices of the same samples: the ring needs the same n on each */
-    int64_t spread[2] = {n, -n};
-    INSITRA_CHECK(insitra_comm_max_int64(&t->cp, &spread[0]));
-    INSITRA_CHECK(insitra_comm_max_int64(&t->cp, &spread[1]));
-    insitra_status local = INSITRA_STATUS_OK;
-    if (spread[0] != -spread[1])
-        local = insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
-                                 "rank %d: n = %" PRId64 " here, but the ranks sharing its samples' tokens "
-                                 "(parallel.cp = %" PRId64 ") pass between %" PRId64 " and %" PRId64
-                                 "; each passes its slice of the same samples",
-                                 t->comm.rank, n, t->cfg.parallel.cp, -spread[1], spread[0]);
-    INSITRA_CHECK(insitra_comm_agree(&t->comm, local)); /* the other cp groups stop with it */
+    INSITRA_CHECK(insitra_comm_agree(&t->comm, same_in_cp_group(t, "predict/evaluate: n", n)));
     int64_t chunks = (n + cap - 1) / cap;
     INSITRA_CHECK(insitra_comm_max_int64(&t->grad, &chunks));
     return insitra_engine_forward(&t->engine, n, chunks, x, y, y_out, sse);

@@ -12,7 +12,8 @@
  * one-rank prediction; evaluate the one-rank loss; sample_shape the local
  * token count; resuming a cp > 1 checkpoint at the same cp is bit-exact and
  * at another cp refused naming parallel.cp; cp not dividing model.seq_len or
- * the world size refused on every rank.
+ * the world size refused on every rank, and so are the ranks of a cp group
+ * passing different sample counts.
  */
 #include <math.h>
 #include <stdio.h>
@@ -198,6 +199,28 @@ static void check_refusals(insitra_test *tc, int size)
     }
 }
 
+/* At cp 2, ranks of a cp group that pass different sample counts to
+ * predict, or have been pushed different counts before a step, fail on
+ * every rank, naming what differs. */
+static void check_mismatch(insitra_test *tc, int size)
+{
+    insitra_trainer *t = make(tc, MPI_COMM_WORLD, 0, 2, 1);
+    if (!t) return;
+    const int n = 1 + tc->rank % 2; /* 1 on the first rank of each cp pair, 2 on the second */
+    float x[2 * (T / 2) * F], y[2 * (T / 2) * F];
+    for (int i = 0; i < 2 * (T / 2) * F; i++) x[i] = y[i] = 0.5f;
+    insitra_status s = insitra_predict(t, n, x, y);
+    EXPECT(tc, s != INSITRA_STATUS_OK && strstr(insitra_last_error(), "n = "), "predict with n differing in a "
+           "cp group: status %d, '%s'", (int)s, insitra_last_error());
+    EXPECT_OK(tc, insitra_push_samples(t, n, x, y), "push_samples");
+    insitra_metrics m;
+    s = insitra_train_step(t, &m);
+    EXPECT(tc, s != INSITRA_STATUS_OK && strstr(insitra_last_error(), "samples pushed"),
+           "train_step with pushes differing in a cp group: status %d, '%s'", (int)s, insitra_last_error());
+    if (tc->rank == size - 1) printf("rank %d, pushes differing in a cp group: %s\n", tc->rank, insitra_last_error());
+    insitra_trainer_free(t);
+}
+
 /* Saved at cp after 10 steps: 10 more from the save and from a fresh
  * trainer that loads it are the same bits; loading it at cp 1 is refused. */
 static void check_resume(insitra_test *tc, int cp, int size)
@@ -283,6 +306,7 @@ int main(int argc, char **argv)
         }
     }
     check_refusals(&tc, size);
+    check_mismatch(&tc, size);
     check_resume(&tc, 2, size);
     free(ref.params);
     return insitra_test_end(&tc);
