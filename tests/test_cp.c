@@ -6,8 +6,10 @@
  *     stage, each rank holding its dp share of each step's samples and, of
  *     each, its cp slice of tokens [c T/cp, (c+1) T/cp),
  * must give the same losses (1e-5 relative) and final parameters (1e-4 of
- * their largest magnitude), with data.normalize = running so the combined
- * statistics are checked too. Also: replicated parameters (stages 0-2)
+ * their largest magnitude), also with training.recompute = block and
+ * micro-batches of one sample (at cp = 2, stage 2), with data.normalize =
+ * running so the combined statistics are checked too. Also: stages 1-3
+ * bit-identical to stage 0 at each cp; replicated parameters (stages 0-2)
  * bit-identical on every rank; predict returns each rank's own tokens of the
  * one-rank prediction; evaluate the one-rank loss; sample_shape the local
  * token count; resuming a cp > 1 checkpoint at the same cp is bit-exact and
@@ -56,10 +58,16 @@ static void slice(const grid *g, float src[][T][F], int64_t first, int64_t n, fl
         memcpy(x + s * g->Tc * F, &src[first + s][g->cp_rank * g->Tc][0], (size_t)(g->Tc * F) * sizeof(float));
 }
 
+static bool recompute_micro; /* the next runs: training.recompute = block, micro-batches of 1 */
+
 static insitra_trainer *make(insitra_test *tc, MPI_Comm comm, int stage, int cp, int64_t per)
 {
     insitra_config *cfg = insitra_test_config(tc, YAML);
     if (!cfg) return NULL;
+    if (recompute_micro) {
+        insitra_test_set(tc, cfg, "training.recompute", "block");
+        insitra_test_set(tc, cfg, "training.micro_batch_size", "1");
+    }
     insitra_test_set(tc, cfg, "parallel.zero_stage", "%d", stage);
     insitra_test_set(tc, cfg, "parallel.cp", "%d", cp);
     insitra_test_set(tc, cfg, "training.batch_size", "%lld", (long long)per);
@@ -299,12 +307,33 @@ int main(int argc, char **argv)
     for (int i = 0; i < 2 && ok; i++) {
         const int cp = cps[i];
         if (size % cp != 0) continue;
+        trajectory first = {.params = NULL};
         for (int s = 0; s < 4; s++) {
             trajectory a;
-            if (run(&tc, MPI_COMM_WORLD, s, cp, &a)) compare(&tc, &a, &ref, cp, s, size);
+            if (run(&tc, MPI_COMM_WORLD, s, cp, &a)) {
+                compare(&tc, &a, &ref, cp, s, size);
+                if (s == 0) {
+                    first = a;
+                    continue;
+                }
+                /* the stages differ only in where state lives: the same bits */
+                EXPECT(&tc, first.params && memcmp(a.loss, first.loss, sizeof a.loss) == 0 &&
+                                memcmp(a.params, first.params, (size_t)a.count * sizeof(float)) == 0,
+                       "cp %d: stage %d is not bit-identical to stage 0", cp, s);
+            }
             free(a.params);
         }
+        free(first.params);
     }
+    /* the ring inside recomputed blocks and across micro-batches */
+    recompute_micro = true;
+    trajectory a;
+    if (ok && run(&tc, MPI_COMM_WORLD, 2, 2, &a)) {
+        if (tc.rank == 0) printf("recompute = block, micro-batches of 1: ");
+        compare(&tc, &a, &ref, 2, 2, size);
+    }
+    free(a.params);
+    recompute_micro = false;
     check_refusals(&tc, size);
     check_mismatch(&tc, size);
     check_resume(&tc, 2, size);
