@@ -25,8 +25,8 @@
 #define ANOTHER_MODEL "holds another model"
 
 /* The stored configuration must describe the same model. */
-static insitra_status check_model(const insitra_config *mine, const char *yaml, const char *file, int world_size,
-                                  int64_t saved_world)
+static insitra_status check_model(const insitra_config *mine, const char *yaml, const char *file,
+                                  int world_size, int64_t saved_world)
 {
     /* what the weights mean: the shapes, and the units of the inputs and targets (an older
      * file reads as data.normalize off, model.residual false) */

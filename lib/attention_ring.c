@@ -30,7 +30,8 @@ int64_t insitra_attention_ring_scratch_bytes(int64_t B, int64_t Tc, int64_t C, i
 {
     /* saturating (lib/checked.h): the planner sizes configurations that do not fit 64 bits */
     const int64_t n = insitra_size_mul(insitra_size_mul(B, Tc), 2 * C);
-    const int64_t blocks = insitra_size_mul(insitra_size_mul(2, n), (int64_t)act_size + (int64_t)sizeof(float));
+    const int64_t blocks =
+        insitra_size_mul(insitra_size_mul(2, n), (int64_t)act_size + (int64_t)sizeof(float));
     return insitra_size_add(blocks, insitra_size_mul(insitra_size_mul(B, H), Tc * (int64_t)sizeof(float)));
 }
 

@@ -24,7 +24,8 @@ static engine_small_layout engine_small_bytes(const insitra_config *cfg, size_t 
     l.norm = insitra_size_align(l.slots + cfg->training.batch_size * (int64_t)sizeof(int64_t), a);
     l.x_raw = insitra_size_align(l.norm + insitra_feature_norm_bytes(Fi, Fo), a);
     const insitra_model_dims dims = insitra_config_model_dims(cfg);
-    l.bytes = l.x_raw + insitra_config_micro_batch(cfg) * insitra_model_dims_tokens(&dims) * Fi * (int64_t)sizeof(float);
+    l.bytes = l.x_raw + insitra_config_micro_batch(cfg) * insitra_model_dims_tokens(&dims) * Fi *
+                            (int64_t)sizeof(float);
     return l;
 }
 
@@ -94,8 +95,7 @@ static insitra_status store_create(insitra_engine *e, insitra_engine_store *st, 
 
 insitra_status insitra_engine_create(insitra_engine *e, const insitra_config *cfg, MPI_Comm comm,
                                      const insitra_comm *dp, const insitra_comm *cp,
-                                     const insitra_sample_store *store,
-                                     const insitra_sample_store *held_out)
+                                     const insitra_sample_store *store, const insitra_sample_store *held_out)
 {
     memset(e, 0, sizeof *e);
     e->cfg = cfg;

@@ -168,7 +168,8 @@ static int64_t carve_acts(insitra_acts *a, const insitra_model_dims *d, int64_t 
     CARVE(aa->out, insitra_size_mul(N, d->out_features), f);
     aa->ring = NULL;
     if (d->cp > 1)
-        CARVE(aa->ring, insitra_attention_ring_scratch_bytes(B, insitra_model_dims_tokens(d), C, d->n_heads, es), 1);
+        CARVE(aa->ring,
+              insitra_attention_ring_scratch_bytes(B, insitra_model_dims_tokens(d), C, d->n_heads, es), 1);
     CARVE(aa->dres, NC, e);
     CARVE(aa->dln, NC, e);
     CARVE(aa->datty, NC, e);

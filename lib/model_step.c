@@ -95,9 +95,9 @@ insitra_status insitra_model_forward(insitra_model *m, int64_t B, double *loss, 
     if (N > 0) {
         INSITRA_CHECK(op->linear_forward(be, a->encoded, NULL, a->x, param_at(m, 0, 0, base),
                                          param_at(m, 0, 1, base), NULL, N, d->in_features, C));
-        INSITRA_CHECK(op->pos_forward(be, a->encoded, (const char *)param_at(m, 0, 2, base) +
-                                                          (size_t)(pos_row0 * C) * be->act_size,
-                                      B, T, C));
+        INSITRA_CHECK(op->pos_forward(
+            be, a->encoded, (const char *)param_at(m, 0, 2, base) + (size_t)(pos_row0 * C) * be->act_size, B,
+            T, C));
     }
     INSITRA_CHECK(unit_end(m, 0, INSITRA_PASS_FORWARD));
 
@@ -191,8 +191,8 @@ insitra_status insitra_model_backward(insitra_model *m, int64_t B, float loss_sc
                                                               a->dqkv, a->ring, a->datty, ba->qkv, ba->atty,
                                                               ba->att, B, T, C, H, d->causal));
             else
-                INSITRA_CHECK(op->attention_backward(be, a->dqkv, a->datty, ba->qkv, ba->atty, ba->att, B,
-                                                     T, C, H, d->causal));
+                INSITRA_CHECK(op->attention_backward(be, a->dqkv, a->datty, ba->qkv, ba->atty, ba->att, B, T,
+                                                     C, H, d->causal));
             INSITRA_CHECK(op->linear_backward(be, a->dln, gw[INSITRA_BLOCK_QKV_W],
                                               gw[INSITRA_BLOCK_QKV_B], a->dqkv, NULL, ba->ln1,
                                               w[INSITRA_BLOCK_QKV_W], N, C, 3 * C));

@@ -89,7 +89,8 @@ insitra_status insitra_plan_stage(const insitra_config *cfg, int32_t world_size,
     INSITRA_CHECK(insitra_config_validate(cfg));
     if (world_size % cfg->parallel.cp != 0)
         return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
-                                 "config key 'parallel.cp': value %" PRId64 " does not divide world_size = %d",
+                                 "config key 'parallel.cp': value %" PRId64
+                                 " does not divide world_size = %d",
                                  cfg->parallel.cp, world_size);
     const insitra_model_dims dims = insitra_config_model_dims(cfg);
     /* ZeRO shards over every dp x cp rank; activations are for T / cp tokens (dims) */

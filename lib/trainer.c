@@ -97,8 +97,8 @@ static insitra_status allocate(insitra_trainer *t)
     INSITRA_CHECK(insitra_normalize_create(&t->norm, cfg, t->comm.size));
     /* by the dp rank: the ranks of a cp group draw the same slots, which hold slices of the same samples */
     insitra_rng_seed(&t->sampler, (uint64_t)cfg->training.seed, 1 + (uint64_t)t->dp.rank);
-    INSITRA_CHECK(insitra_engine_create(&t->engine, cfg, t->comm.comm, &t->grad, &t->cp, &t->store,
-                                        &t->held_out));
+    INSITRA_CHECK(
+        insitra_engine_create(&t->engine, cfg, t->comm.comm, &t->grad, &t->cp, &t->store, &t->held_out));
     INSITRA_CHECK(insitra_engine_set_norm(&t->engine, &t->norm.coef));
     INSITRA_CHECK(insitra_preempt_setup(&t->preempt, cfg));
     if (t->comm.rank == 0 && cfg->log.jsonl[0] != '\0') {

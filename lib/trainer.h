@@ -20,9 +20,9 @@
 struct insitra_trainer {
     insitra_config cfg;
     insitra_comm comm;          /* the caller's communicator, duplicated */
-    insitra_comm dp;            /* the data replicas: the ranks with this rank's cp_rank (they draw different samples) */
-    insitra_comm cp;            /* the ranks sharing each sample's tokens, in token order (parallel.cp) */
-    insitra_comm grad;          /* dp x cp: gradients of the replicated parameters are reduced, ZeRO shards, over it */
+    insitra_comm dp;            /* the data replicas: the ranks of this rank's cp_rank */
+    insitra_comm cp;            /* the ranks sharing each sample's tokens, in token order */
+    insitra_comm grad;          /* dp x cp: gradients reduced and ZeRO shards over it */
     insitra_comm tp;            /* the ranks sharing one replica (one rank while tp = 1) */
     insitra_engine engine;      /* model, ZeRO state and the step, on the configured backend */
     insitra_sample_store store; /* host store: pushes land here first (checkpoints read it) */

@@ -48,8 +48,8 @@ int main(int argc, char **argv)
     EXPECT(T, insitra_config_validate(cfg) == INSITRA_STATUS_OK, "cp 4 of 12 tokens validates: %s",
            insitra_last_error());
     EXPECT_OK(T, insitra_config_set(cfg, "device", "cuda"), "set device");
-    expect_error(T, insitra_config_validate(cfg), INSITRA_STATUS_CONFIG_ERROR, "'parallel.cp'", "device = cpu",
-                 NULL);
+    expect_error(T, insitra_config_validate(cfg), INSITRA_STATUS_CONFIG_ERROR, "'parallel.cp'",
+                 "device = cpu", NULL);
     EXPECT_OK(T, insitra_config_set(cfg, "device", "cpu"), "set device");
     EXPECT_OK(T, insitra_config_set(cfg, "parallel.cp", "1"), "set parallel.cp");
     EXPECT_OK(T, insitra_config_set(cfg, "model.seq_len", "64"), "set");

@@ -42,7 +42,7 @@ static const char *const YAML = "model: {seq_len: 8, in_features: 3, out_feature
 
 typedef struct {
     double loss[STEPS], eval;
-    float *params; /* full parameters after the last step */
+    float *params;            /* full parameters after the last step */
     float pred[N_EVAL][T][F]; /* this rank's tokens of the predictions (the rest zero) */
     int64_t count;
 } trajectory;
@@ -55,7 +55,8 @@ typedef struct {
 static void slice(const grid *g, float src[][T][F], int64_t first, int64_t n, float *x)
 {
     for (int64_t s = 0; s < n; s++)
-        memcpy(x + s * g->Tc * F, &src[first + s][g->cp_rank * g->Tc][0], (size_t)(g->Tc * F) * sizeof(float));
+        memcpy(x + s * g->Tc * F, &src[first + s][g->cp_rank * g->Tc][0],
+               (size_t)(g->Tc * F) * sizeof(float));
 }
 
 static bool recompute_micro; /* the next runs: training.recompute = block, micro-batches of 1 */
@@ -154,8 +155,8 @@ static void compare(insitra_test *tc, const trajectory *a, const trajectory *ref
     float *p = malloc((size_t)ref->count * sizeof(float));
     memcpy(p, a->params, (size_t)ref->count * sizeof(float));
     insitra_param_layout l;
-    const insitra_model_dims d = {.seq_len = T, .in_features = F, .out_features = F, .d_model = C_MODEL,
-                                  .n_layers = 2, .n_heads = 2};
+    const insitra_model_dims d = {
+        .seq_len = T, .in_features = F, .out_features = F, .d_model = C_MODEL, .n_layers = 2, .n_heads = 2};
     double dkb = 0;
     if (insitra_param_layout_create(&l, &d) == INSITRA_STATUS_OK) {
         for (int64_t i = 0; i < l.num_tensors; i++) {
@@ -179,12 +180,14 @@ static void compare(insitra_test *tc, const trajectory *a, const trajectory *ref
     const double dpred = insitra_test_max_error(&a->pred[0][0][0], &mine[0][0][0], N_EVAL * T * F);
     if (rank == 0)
         printf("cp %d x dp %d, stage %d: vs cp 1: loss %.2e, params %.2e (key biases %.2e), evaluate %.2e, "
-               "predict %.2e\n", cp, size / cp, stage, dl, dp, dkb, de, dpred);
+               "predict %.2e\n",
+               cp, size / cp, stage, dl, dp, dkb, de, dpred);
     EXPECT(tc, dl <= TOL_LOSS, "cp %d stage %d: losses differ from cp 1's by %.3e", cp, stage, dl);
     EXPECT(tc, dp <= TOL_PARAM, "cp %d stage %d: parameters differ from cp 1's by %.3e", cp, stage, dp);
     EXPECT(tc, dkb <= TOL_KEY_BIAS, "cp %d stage %d: key biases differ from cp 1's by %.3e", cp, stage, dkb);
     EXPECT(tc, de <= TOL_LOSS, "cp %d stage %d: evaluate differs from cp 1's by %.3e", cp, stage, de);
-    EXPECT(tc, dpred <= TOL_PARAM, "cp %d stage %d: predictions differ from cp 1's by %.3e", cp, stage, dpred);
+    EXPECT(tc, dpred <= TOL_PARAM, "cp %d stage %d: predictions differ from cp 1's by %.3e", cp, stage,
+           dpred);
 }
 
 /* cp not dividing model.seq_len, or the world: trainer_create fails on every rank, naming the key. */
@@ -198,8 +201,8 @@ static void check_refusals(insitra_test *tc, int size)
         insitra_trainer *t = NULL;
         const insitra_status s = insitra_trainer_create(&t, cfg, MPI_COMM_WORLD);
         EXPECT(tc, s != INSITRA_STATUS_OK && !t, "parallel.cp = %d accepted on %d ranks", bad[i], size);
-        if (EXPECT(tc, strstr(insitra_last_error(), "parallel.cp") != NULL, "parallel.cp = %d: error '%s'", bad[i],
-                   insitra_last_error()) &&
+        if (EXPECT(tc, strstr(insitra_last_error(), "parallel.cp") != NULL, "parallel.cp = %d: error '%s'",
+                   bad[i], insitra_last_error()) &&
             tc->rank == size - 1)
             printf("rank %d, parallel.cp = %d: %s\n", tc->rank, bad[i], insitra_last_error());
         if (t) insitra_trainer_free(t);
@@ -218,14 +221,17 @@ static void check_mismatch(insitra_test *tc, int size)
     float x[2 * (T / 2) * F], y[2 * (T / 2) * F];
     for (int i = 0; i < 2 * (T / 2) * F; i++) x[i] = y[i] = 0.5f;
     insitra_status s = insitra_predict(t, n, x, y);
-    EXPECT(tc, s != INSITRA_STATUS_OK && strstr(insitra_last_error(), "n = "), "predict with n differing in a "
-           "cp group: status %d, '%s'", (int)s, insitra_last_error());
+    EXPECT(tc, s != INSITRA_STATUS_OK && strstr(insitra_last_error(), "n = "),
+           "predict with n differing in a "
+           "cp group: status %d, '%s'",
+           (int)s, insitra_last_error());
     EXPECT_OK(tc, insitra_push_samples(t, n, x, y), "push_samples");
     insitra_metrics m;
     s = insitra_train_step(t, &m);
     EXPECT(tc, s != INSITRA_STATUS_OK && strstr(insitra_last_error(), "samples pushed"),
            "train_step with pushes differing in a cp group: status %d, '%s'", (int)s, insitra_last_error());
-    if (tc->rank == size - 1) printf("rank %d, pushes differing in a cp group: %s\n", tc->rank, insitra_last_error());
+    if (tc->rank == size - 1)
+        printf("rank %d, pushes differing in a cp group: %s\n", tc->rank, insitra_last_error());
     insitra_trainer_free(t);
 }
 
@@ -264,7 +270,9 @@ static void check_resume(insitra_test *tc, int cp, int size)
         }
         insitra_trainer_free(t);
     }
-    if (ok && EXPECT(tc, memcmp(first, second, sizeof first) == 0, "cp %d: resumed losses are not bit-identical", cp) &&
+    if (ok &&
+        EXPECT(tc, memcmp(first, second, sizeof first) == 0, "cp %d: resumed losses are not bit-identical",
+               cp) &&
         tc->rank == 0)
         printf("cp %d: 10 steps resumed from the checkpoint: bit-identical\n", cp);
     if (ok) { /* at cp 1 (same ranks): refused, naming the key */
@@ -272,7 +280,8 @@ static void check_resume(insitra_test *tc, int cp, int size)
         if (t) {
             const insitra_status s = insitra_checkpoint_load(t, path, NULL, 0);
             if (EXPECT(tc, s != INSITRA_STATUS_OK && strstr(insitra_last_error(), "parallel.cp"),
-                       "cp %d checkpoint loaded at cp 1: status %d, '%s'", cp, (int)s, insitra_last_error()) &&
+                       "cp %d checkpoint loaded at cp 1: status %d, '%s'", cp, (int)s,
+                       insitra_last_error()) &&
                 tc->rank == 0)
                 printf("loaded at cp 1: %s\n", insitra_last_error());
             insitra_trainer_free(t);
@@ -299,7 +308,8 @@ int main(int argc, char **argv)
         (&gx[0][0][0])[i] = 2.0f + 3.0f * v; /* off-centre, so the normalisation matters */
         (&gy[0][0][0])[i] = 0.6f * v + 0.3f * v * v;
     }
-    if (!EXPECT(&tc, size == 2 || size == 4, "run on 2 or 4 ranks, not %d", size)) return insitra_test_end(&tc);
+    if (!EXPECT(&tc, size == 2 || size == 4, "run on 2 or 4 ranks, not %d", size))
+        return insitra_test_end(&tc);
 
     trajectory ref;
     bool ok = run(&tc, MPI_COMM_SELF, 0, 1, &ref);
@@ -317,8 +327,9 @@ int main(int argc, char **argv)
                     continue;
                 }
                 /* the stages differ only in where state lives: the same bits */
-                EXPECT(&tc, first.params && memcmp(a.loss, first.loss, sizeof a.loss) == 0 &&
-                                memcmp(a.params, first.params, (size_t)a.count * sizeof(float)) == 0,
+                EXPECT(&tc,
+                       first.params && memcmp(a.loss, first.loss, sizeof a.loss) == 0 &&
+                           memcmp(a.params, first.params, (size_t)a.count * sizeof(float)) == 0,
                        "cp %d: stage %d is not bit-identical to stage 0", cp, s);
             }
             free(a.params);
