@@ -433,7 +433,6 @@ insitra_model_dims insitra_config_model_dims(const insitra_config *cfg)
         .n_heads = cfg->model.n_heads,
         .causal = cfg->model.causal,
         .recompute = cfg->training.recompute == INSITRA_RECOMPUTE_BLOCK,
-        .cp = cfg->parallel.cp,
     };
 }
 

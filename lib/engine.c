@@ -8,6 +8,16 @@
 #include "error.h"
 #include "optimizer.h"
 
+/* The model as this rank runs it: one sample's tokens spread over
+ * parallel.cp ranks (insitra_config_model_dims describes a whole sample, as
+ * a surrogate or an export reads it). */
+static insitra_model_dims engine_dims(const insitra_config *cfg)
+{
+    insitra_model_dims d = insitra_config_model_dims(cfg);
+    d.cp = cfg->parallel.cp;
+    return d;
+}
+
 /* Where the parts of the engine's own buffer start. */
 typedef struct engine_small_layout {
     int64_t scalars, slots, norm, x_raw, bytes;
@@ -23,7 +33,7 @@ static engine_small_layout engine_small_bytes(const insitra_config *cfg, size_t 
     l.slots = insitra_size_align(l.scalars + (int64_t)sizeof(insitra_step_scalars), a);
     l.norm = insitra_size_align(l.slots + cfg->training.batch_size * (int64_t)sizeof(int64_t), a);
     l.x_raw = insitra_size_align(l.norm + insitra_feature_norm_bytes(Fi, Fo), a);
-    const insitra_model_dims dims = insitra_config_model_dims(cfg);
+    const insitra_model_dims dims = engine_dims(cfg);
     l.bytes = l.x_raw + insitra_config_micro_batch(cfg) * insitra_model_dims_tokens(&dims) * Fi *
                             (int64_t)sizeof(float);
     return l;
@@ -39,7 +49,7 @@ insitra_status insitra_engine_bytes_for(const insitra_config *cfg, int stage, in
                                         insitra_memory_usage *usage)
 {
     const insitra_backend_desc *desc = insitra_backend_desc_for(cfg->device);
-    const insitra_model_dims dims = insitra_config_model_dims(cfg);
+    const insitra_model_dims dims = engine_dims(cfg);
     const bool separate = cfg->precision == INSITRA_PRECISION_BF16;
     const size_t es = separate ? 2 : sizeof(float);
     const int64_t mb = insitra_config_micro_batch(cfg);
@@ -104,7 +114,7 @@ insitra_status insitra_engine_create(insitra_engine *e, const insitra_config *cf
     e->xs = store->x_numel;
     e->ys = store->y_numel;
     e->cp = cp;
-    const insitra_model_dims dims = insitra_config_model_dims(cfg);
+    const insitra_model_dims dims = engine_dims(cfg);
     e->seq_len = insitra_model_dims_tokens(&dims);
     INSITRA_CHECK(insitra_backend_create(&e->be, cfg, comm));
     insitra_backend *be = e->be;

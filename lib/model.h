@@ -31,8 +31,9 @@ typedef struct insitra_model_dims {
     int64_t n_heads;      /* H, divides C */
     bool causal;          /* token t attends only to tokens <= t */
     bool recompute;       /* keep only each block's input; recompute the block in backward */
-    int64_t cp;           /* ranks sharing one sample's tokens (parallel.cp; 0 reads as 1): each
-                           * holds T / cp of them and attends through the ring (attention_ring.h) */
+    int64_t cp;           /* ranks sharing one sample's tokens, each holding T / cp of them and
+                           * attending through the ring (attention_ring.h); the engine sets it
+                           * from parallel.cp, 0 or 1 (insitra_config_model_dims): whole samples */
 } insitra_model_dims;
 
 /* Tokens of one sample on one rank: T / cp. Activations are sized for these;

@@ -595,6 +595,7 @@ static int cmd_verify(const char *path)
         problem("/", "%s: the expected tensors are unknown", why);
     } else {
         dims = insitra_config_model_dims(cfg);
+        dims.cp = cfg->parallel.cp; /* the samples were saved per token slice */
         have_layout = insitra_param_layout_create(&layout, &dims) == INSITRA_STATUS_OK;
         if (!have_layout) problem("/", "stored config: %s", insitra_last_error());
         insitra_config_free(cfg);
