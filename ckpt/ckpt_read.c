@@ -26,7 +26,8 @@
 #define ANOTHER_MODEL "holds another model"
 
 /* The stored configuration must describe the same model. */
-static insitra_status check_model(const insitra_config *mine, const char *yaml, const char *file)
+static insitra_status check_model(const insitra_config *mine, const char *yaml, const char *file,
+                                  int world_size, int64_t saved_world)
 {
     /* what the weights mean: the shapes, and the units of the inputs and targets (an older
      * file reads as data.normalize off, model.residual false) */
@@ -40,6 +41,19 @@ static insitra_status check_model(const insitra_config *mine, const char *yaml, 
         insitra_config_free(stored);
         return insitra_error_prefix(INSITRA_STATUS_IO_ERROR, "stored configuration: ");
     }
+    /* A rank's samples, statistics and sampler are of its own token slice
+     * (parallel.cp): resumed only by the same slicing, on as many ranks. */
+    if (stored->parallel.cp != mine->parallel.cp)
+        s = insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                              "checkpoint '%s' was saved at config key 'parallel.cp' = %" PRId64 " but this "
+                              "trainer runs parallel.cp = %" PRId64 "; a checkpoint resumes only at the "
+                              "parallel.cp it was saved at in this version",
+                              file, stored->parallel.cp, mine->parallel.cp);
+    if (s == INSITRA_STATUS_OK && mine->parallel.cp > 1 && world_size != saved_world)
+        s = insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                              "checkpoint '%s' was saved by %" PRId64 " ranks at parallel.cp = %" PRId64
+                              "; with parallel.cp > 1 it resumes only on as many ranks (this run has %d)",
+                              file, saved_world, mine->parallel.cp, world_size);
     for (size_t k = 0; k < sizeof keys / sizeof keys[0] && s == INSITRA_STATUS_OK; k++) {
         char theirs[INSITRA_CONFIG_PATH_MAX + 32], ours[INSITRA_CONFIG_PATH_MAX + 32];
         insitra_config_get(stored, keys[k], theirs, sizeof theirs);
@@ -265,7 +279,7 @@ static insitra_status try_load(const insitra_ckpt_state *st, const char *file, i
     const char *warning = NULL;
     tables tb = {0};
     insitra_status s = insitra_ckpt_meta_check(&meta, &warning);
-    if (s == INSITRA_STATUS_OK) s = check_model(st->cfg, meta.config, file);
+    if (s == INSITRA_STATUS_OK) s = check_model(st->cfg, meta.config, file, st->world->size, meta.world_size);
     if (s == INSITRA_STATUS_OK) s = read_tables(f, &meta, &tb);
     /* Collective reads need every rank: agree before starting them. */
     s = insitra_comm_agree(st->world, s);

@@ -112,7 +112,9 @@ insitra_status insitra_trainer_create_fcomm(insitra_trainer **trainer, const ins
 /* Collective. Frees everything the trainer holds; NULL is a no-op. */
 insitra_status insitra_trainer_free(insitra_trainer *trainer);
 
-/* The sample shape this trainer expects: T tokens, F_in input and F_out output features. */
+/* The sample shape this trainer expects from this rank: T tokens, F_in input
+ * and F_out output features. With parallel.cp > 1, T is this rank's share,
+ * model.seq_len / cp (docs/parallel.md). */
 insitra_status insitra_trainer_sample_shape(const insitra_trainer *trainer, int64_t *seq_len,
                                             int64_t *in_features, int64_t *out_features);
 /* Number of trainable parameters of the whole model. */
@@ -120,7 +122,10 @@ insitra_status insitra_trainer_num_parameters(const insitra_trainer *trainer, in
 
 /* Local (not collective). Copies n samples into this rank's sample store, a
  * ring buffer of data.capacity samples that evicts the oldest. x is
- * [n][T][F_in], y is [n][T][F_out]. Samples holding NaN or Inf are rejected
+ * [n][T][F_in], y is [n][T][F_out], T as insitra_trainer_sample_shape gives
+ * it: with parallel.cp > 1 this rank's tokens [c T, (c+1) T) of each sample
+ * (c its place in its cp group), the group's ranks pushing slices of the same
+ * samples in the same order (train_step checks the counts). Samples holding NaN or Inf are rejected
  * (the message names the first bad index) and the store keeps its contents. */
 insitra_status insitra_push_samples(insitra_trainer *trainer, int64_t n, const float *x,
                                     const float *y);
@@ -139,11 +144,13 @@ insitra_status insitra_samples_stored(const insitra_trainer *trainer, int64_t *c
 insitra_status insitra_train_step(insitra_trainer *trainer, insitra_metrics *metrics);
 
 /* Collective (n may differ between ranks, and be 0). Model outputs for n
- * inputs: x is [n][T][F_in], y_out is [n][T][F_out]. */
+ * inputs: x is [n][T][F_in], y_out is [n][T][F_out]; with parallel.cp > 1,
+ * this rank's tokens of each sample, and the same n on the ranks of a cp group. */
 insitra_status insitra_predict(insitra_trainer *trainer, int64_t n, const float *x, float *y_out);
 
 /* Collective. Mean squared error over all ranks' samples (n may differ
- * between ranks, and be 0 on some); every rank receives the global value. */
+ * between ranks, and be 0 on some; parallel.cp > 1: as for predict, and the
+ * mean is over every rank's tokens); every rank receives the global value. */
 insitra_status insitra_evaluate(insitra_trainer *trainer, int64_t n, const float *x,
                                 const float *y, double *loss);
 

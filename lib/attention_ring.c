@@ -5,6 +5,7 @@
  */
 #include "attention_ring.h"
 
+#include "checked.h"
 #include "error.h"
 
 /* The scratch carved: kv[2] act, dkv[2] f32, l f32. */
@@ -27,8 +28,11 @@ static ring_scratch carve(void *scratch, int64_t n, size_t act_size)
 
 int64_t insitra_attention_ring_scratch_bytes(int64_t B, int64_t Tc, int64_t C, int64_t H, size_t act_size)
 {
-    const int64_t n = B * Tc * 2 * C;
-    return 2 * n * (int64_t)act_size + 2 * n * (int64_t)sizeof(float) + B * H * Tc * (int64_t)sizeof(float);
+    /* saturating (lib/checked.h): the planner sizes configurations that do not fit 64 bits */
+    const int64_t n = insitra_size_mul(insitra_size_mul(B, Tc), 2 * C);
+    const int64_t blocks =
+        insitra_size_mul(insitra_size_mul(2, n), (int64_t)act_size + (int64_t)sizeof(float));
+    return insitra_size_add(blocks, insitra_size_mul(insitra_size_mul(B, H), Tc * (int64_t)sizeof(float)));
 }
 
 static insitra_status need_ops(const insitra_backend *be)

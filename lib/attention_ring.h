@@ -11,7 +11,7 @@
  * the same bits; against the attention of the whole sample on one rank the
  * result agrees to rounding.
  *
- * Not reachable from the trainer yet: parallel.cp is 1 in this version.
+ * The trainer reaches it through lib/model_step.c when parallel.cp > 1.
  */
 #ifndef INSITRA_ATTENTION_RING_H
 #define INSITRA_ATTENTION_RING_H

@@ -76,7 +76,7 @@ static const config_entry entries[] = {
     {"checkpoint.deadline_margin_seconds", KIND_REAL, FIELD(checkpoint.deadline_margin_seconds), 0, 1e9, "120", {0}},
     {"parallel.dp", KIND_INT, FIELD(parallel.dp), 0, 1048576, "0", {0}},
     {"parallel.tp", KIND_INT, FIELD(parallel.tp), 1, 1, "1", {0}},
-    {"parallel.cp", KIND_INT, FIELD(parallel.cp), 1, 1, "1", {0}},
+    {"parallel.cp", KIND_INT, FIELD(parallel.cp), 1, 4096, "1", {0}},
     {"parallel.zero_stage", KIND_INT, FIELD(parallel.zero_stage), 0, 3, "0", {0}},
     {"parallel.bucket_mib", KIND_REAL, FIELD(parallel.bucket_mib), 0, 1048576, "64", {0}},
     {"cuda.graphs", KIND_BOOL, FIELD(cuda.graphs), 0, 1, "true", {0}},
@@ -406,6 +406,18 @@ insitra_status insitra_config_validate(const insitra_config *cfg)
         return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
                                  "config key 'data.normalize': frozen needs data.normalize_samples or "
                                  "data.normalize_steps above 0 (when to freeze); use running to never freeze");
+    if (cfg->model.seq_len % cfg->parallel.cp != 0)
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "config key 'parallel.cp': value %" PRId64
+                                 " does not divide model.seq_len = %" PRId64
+                                 " (each of the cp ranks holds seq_len / cp tokens of every sample)",
+                                 cfg->parallel.cp, cfg->model.seq_len);
+    if (cfg->parallel.cp > 1 && cfg->device == INSITRA_DEVICE_CUDA)
+        return insitra_error_set(
+            INSITRA_STATUS_CONFIG_ERROR,
+            "config key 'parallel.cp': value %" PRId64 " needs device = cpu; the CUDA "
+            "backend has no context-parallel attention in this version (set parallel.cp = 1)",
+            cfg->parallel.cp);
     INSITRA_CHECK(insitra_residual_map_parse(cfg, NULL));
     return insitra_config_check_sizes(cfg);
 }

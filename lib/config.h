@@ -66,7 +66,7 @@ struct insitra_config {
     struct {
         int64_t dp;               /* data-parallel ranks; 0 = world size / tp */
         int64_t tp;               /* tensor-parallel ranks (1 in this version) */
-        int64_t cp;               /* context-parallel ranks per sample (1 in this version) */
+        int64_t cp;               /* ranks sharing one sample's tokens (docs/parallel.md) */
         int64_t zero_stage;       /* 0-3 */
         double bucket_mib;        /* all ranks' gradient slots one reduction carries (MiB of fp32) */
     } parallel;

@@ -8,6 +8,16 @@
 #include "error.h"
 #include "optimizer.h"
 
+/* The model as this rank runs it: one sample's tokens spread over
+ * parallel.cp ranks (insitra_config_model_dims describes a whole sample, as
+ * a surrogate or an export reads it). */
+static insitra_model_dims engine_dims(const insitra_config *cfg)
+{
+    insitra_model_dims d = insitra_config_model_dims(cfg);
+    d.cp = cfg->parallel.cp;
+    return d;
+}
+
 /* Where the parts of the engine's own buffer start. */
 typedef struct engine_small_layout {
     int64_t scalars, slots, norm, x_raw, bytes;
@@ -23,7 +33,9 @@ static engine_small_layout engine_small_bytes(const insitra_config *cfg, size_t 
     l.slots = insitra_size_align(l.scalars + (int64_t)sizeof(insitra_step_scalars), a);
     l.norm = insitra_size_align(l.slots + cfg->training.batch_size * (int64_t)sizeof(int64_t), a);
     l.x_raw = insitra_size_align(l.norm + insitra_feature_norm_bytes(Fi, Fo), a);
-    l.bytes = l.x_raw + insitra_config_micro_batch(cfg) * cfg->model.seq_len * Fi * (int64_t)sizeof(float);
+    const insitra_model_dims dims = engine_dims(cfg);
+    l.bytes = l.x_raw + insitra_config_micro_batch(cfg) * insitra_model_dims_tokens(&dims) * Fi *
+                            (int64_t)sizeof(float);
     return l;
 }
 
@@ -37,7 +49,7 @@ insitra_status insitra_engine_bytes_for(const insitra_config *cfg, int stage, in
                                         insitra_memory_usage *usage)
 {
     const insitra_backend_desc *desc = insitra_backend_desc_for(cfg->device);
-    const insitra_model_dims dims = insitra_config_model_dims(cfg);
+    const insitra_model_dims dims = engine_dims(cfg);
     const bool separate = cfg->precision == INSITRA_PRECISION_BF16;
     const size_t es = separate ? 2 : sizeof(float);
     const int64_t mb = insitra_config_micro_batch(cfg);
@@ -46,7 +58,9 @@ insitra_status insitra_engine_bytes_for(const insitra_config *cfg, int stage, in
     INSITRA_CHECK(insitra_shard_layouts_for(&dims, dp, insitra_config_bucket_floats(cfg), &layout, &sl));
     const insitra_zero_bytes z = insitra_zero_bytes_for(stage, separate, es, desc->align, &layout, &sl);
     const int64_t att = desc->attention_state_bytes(&dims, mb, es);
-    const int64_t xs = dims.seq_len * dims.in_features, ys = dims.seq_len * dims.out_features;
+    /* a rank holds its own T / cp tokens of every sample */
+    const int64_t Tc = insitra_model_dims_tokens(&dims);
+    const int64_t xs = Tc * dims.in_features, ys = Tc * dims.out_features;
     const engine_small_layout small = engine_small_bytes(cfg, desc->align);
     const int64_t slots_at = small.slots;
     *usage = (insitra_memory_usage){
@@ -90,8 +104,8 @@ static insitra_status store_create(insitra_engine *e, insitra_engine_store *st, 
 }
 
 insitra_status insitra_engine_create(insitra_engine *e, const insitra_config *cfg, MPI_Comm comm,
-                                     const insitra_comm *dp, const insitra_sample_store *store,
-                                     const insitra_sample_store *held_out)
+                                     const insitra_comm *dp, const insitra_comm *cp,
+                                     const insitra_sample_store *store, const insitra_sample_store *held_out)
 {
     memset(e, 0, sizeof *e);
     e->cfg = cfg;
@@ -99,11 +113,13 @@ insitra_status insitra_engine_create(insitra_engine *e, const insitra_config *cf
     e->mb = insitra_config_micro_batch(cfg);
     e->xs = store->x_numel;
     e->ys = store->y_numel;
-    e->seq_len = cfg->model.seq_len;
+    e->cp = cp;
+    const insitra_model_dims dims = engine_dims(cfg);
+    e->seq_len = insitra_model_dims_tokens(&dims);
     INSITRA_CHECK(insitra_backend_create(&e->be, cfg, comm));
     insitra_backend *be = e->be;
-    const insitra_model_dims dims = insitra_config_model_dims(cfg);
     INSITRA_CHECK(insitra_model_create_on(&e->model, be, &dims, e->mb, false, false));
+    e->model.cp_rank = dims.cp > 1 ? cp->rank : 0;
     INSITRA_CHECK(insitra_zero_create(&e->zero, (int)cfg->parallel.zero_stage,
                                       cfg->precision == INSITRA_PRECISION_BF16, insitra_config_bucket_floats(cfg),
                                       dp, &e->model));
@@ -129,6 +145,7 @@ insitra_status insitra_engine_set_norm(insitra_engine *e, const insitra_feature_
 insitra_status insitra_engine_connect(insitra_engine *e)
 {
     INSITRA_CHECK(insitra_zero_connect(&e->zero));
+    if (e->model.dims.cp > 1) INSITRA_CHECK(e->be->i->group_create(e->be, e->cp, &e->model.cp_group));
     insitra_zero_init_host(&e->zero, (uint64_t)e->cfg->training.seed, e->cfg->model.init_std);
     return insitra_zero_import(&e->zero);
 }
@@ -138,6 +155,7 @@ void insitra_engine_free(insitra_engine *e)
     insitra_backend *be = e->be;
     if (!be) return;
     be->i->synchronize(be);
+    if (e->model.cp_group) be->i->group_free(be, e->model.cp_group);
     insitra_zero_free(&e->zero);
     insitra_model_free(&e->model);
     be->i->release(be, e->mem);

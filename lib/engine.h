@@ -37,7 +37,8 @@ typedef struct insitra_engine {
     insitra_backend *be;
     insitra_model model;
     insitra_zero zero;
-    int64_t batch, mb, xs, ys, seq_len;
+    const insitra_comm *cp;             /* the ranks sharing each sample's tokens, in token order */
+    int64_t batch, mb, xs, ys, seq_len; /* seq_len: this rank's tokens per sample, T / cp */
     void *mem;                    /* the engine's own backend buffer: */
     double *stats;                /* [0] loss, [1] gradient sum of squares, [2] squared errors of a pass */
     insitra_step_scalars *scalars;
@@ -53,11 +54,15 @@ insitra_status insitra_engine_bytes_for(const insitra_config *cfg, int stage, in
                                         insitra_memory_usage *usage);
 
 /* Local: the backend (comm picks the GPU from the node-local rank), the model, the stage's
- * buffers. insitra_engine_connect follows once every rank got here. */
+ * buffers. dp: the ranks that reduce the replicated parameters' gradients and
+ * share ZeRO's shards (every dp x cp rank); cp: the ranks holding one sample's
+ * tokens (parallel.cp; a rank holds its own T / cp tokens in the stores).
+ * insitra_engine_connect follows once every rank got here. */
 insitra_status insitra_engine_create(insitra_engine *e, const insitra_config *cfg, MPI_Comm comm,
-                                     const insitra_comm *dp, const insitra_sample_store *store,
-                                     const insitra_sample_store *held_out);
-/* Collective over dp: the backend's process group, then the initial parameters. */
+                                     const insitra_comm *dp, const insitra_comm *cp,
+                                     const insitra_sample_store *store, const insitra_sample_store *held_out);
+/* Collective over dp: the backend's process groups (dp, and cp when parallel.cp > 1), then the
+ * initial parameters. */
 insitra_status insitra_engine_connect(insitra_engine *e);
 void insitra_engine_free(insitra_engine *e);
 

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention_ring.h"
 #include "backend.h"
 #include "checked.h"
 #include "error.h"
@@ -116,7 +117,7 @@ static int64_t carve_acts(insitra_acts *a, const insitra_model_dims *d, int64_t 
                           int64_t att_bytes, size_t align, char *base)
 {
     const int64_t f = (int64_t)sizeof(float), e = (int64_t)es, C = d->d_model;
-    const int64_t N = insitra_size_mul(B, d->seq_len);
+    const int64_t N = insitra_size_mul(B, insitra_model_dims_tokens(d));
     const int64_t NC = insitra_size_mul(N, C), NC3 = insitra_size_mul(3, NC), NC4 = insitra_size_mul(4, NC);
     int64_t used = 0;
     /* every buffer on an `align` boundary: vector loads and cuBLASLt want it */
@@ -165,6 +166,10 @@ static int64_t carve_acts(insitra_acts *a, const insitra_model_dims *d, int64_t 
     CARVE(aa->lnf_mean, N, f);
     CARVE(aa->lnf_rstd, N, f);
     CARVE(aa->out, insitra_size_mul(N, d->out_features), f);
+    aa->ring = NULL;
+    if (d->cp > 1)
+        CARVE(aa->ring,
+              insitra_attention_ring_scratch_bytes(B, insitra_model_dims_tokens(d), C, d->n_heads, es), 1);
     CARVE(aa->dres, NC, e);
     CARVE(aa->dln, NC, e);
     CARVE(aa->datty, NC, e);

@@ -31,7 +31,17 @@ typedef struct insitra_model_dims {
     int64_t n_heads;      /* H, divides C */
     bool causal;          /* token t attends only to tokens <= t */
     bool recompute;       /* keep only each block's input; recompute the block in backward */
+    int64_t cp;           /* ranks sharing one sample's tokens, each holding T / cp of them and
+                           * attending through the ring (attention_ring.h); the engine sets it
+                           * from parallel.cp, 0 or 1 (insitra_config_model_dims): whole samples */
 } insitra_model_dims;
+
+/* Tokens of one sample on one rank: T / cp. Activations are sized for these;
+ * the positional table keeps all T rows. */
+static inline int64_t insitra_model_dims_tokens(const insitra_model_dims *d)
+{
+    return d->cp > 1 ? d->seq_len / d->cp : d->seq_len;
+}
 
 /* One named parameter tensor inside the flat buffer. */
 typedef struct insitra_tensor_desc {
@@ -81,7 +91,8 @@ typedef struct insitra_param_layout {
     int64_t max_unit_numel;
 } insitra_param_layout;
 
-/* Per-block activations kept for backward, each sized for B samples. "act"
+/* Per-block activations kept for backward, each sized for B samples of T
+ * tokens (T / cp when a sample's tokens are spread over cp ranks). "act"
  * buffers are in the backend's compute type, statistics in fp32. */
 typedef struct insitra_block_acts {
     void *ln1;                  /* (B,T,C)   act */
@@ -106,6 +117,7 @@ typedef struct insitra_acts {
     void *lnf;                  /* (B,T,C) act */
     float *lnf_mean, *lnf_rstd; /* (B,T) */
     float *out;                 /* (B,T,F_out) */
+    void *ring;                 /* the ring attention's scratch when cp > 1, else NULL */
     /* backward scratch, reused by every block */
     void *dres;                 /* (B,T,C)   gradient of the residual stream */
     void *dln;                  /* (B,T,C)   */
@@ -141,6 +153,10 @@ typedef struct insitra_model {
     void *act_memory;         /* one buffer for every activation */
     int64_t act_bytes;
     insitra_acts a;
+    /* cp > 1: the cp group (the ranks holding one sample's tokens, in token
+     * order) and this rank's place in it; it holds tokens [cp_rank Tc, (cp_rank + 1) Tc) */
+    struct insitra_group *cp_group;
+    int64_t cp_rank;
     struct insitra_backend *own_be; /* the backend insitra_model_create made, if any */
 } insitra_model;
 

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention_ring.h"
 #include "backend.h"
 #include "error.h"
 #include "model.h"
@@ -53,14 +54,18 @@ static insitra_status block_forward(insitra_model *m, insitra_block_acts *ba, co
     insitra_backend *be = m->be;
     const insitra_backend_i *op = be->i;
     const insitra_model_dims *d = &m->dims;
-    const int64_t T = d->seq_len, C = d->d_model, H = d->n_heads, N = B * T;
+    const int64_t T = insitra_model_dims_tokens(d), C = d->d_model, H = d->n_heads, N = B * T;
     INSITRA_CHECK(op->layernorm_forward(be, ba->ln1, ba->ln1_mean, ba->ln1_rstd, res, w[INSITRA_BLOCK_LN1_W],
                                         w[INSITRA_BLOCK_LN1_B], N, C));
     /* qkv (N,3C) */
     INSITRA_CHECK(op->linear_forward(be, ba->qkv, NULL, ba->ln1, w[INSITRA_BLOCK_QKV_W], w[INSITRA_BLOCK_QKV_B],
                                      NULL, N, C, 3 * C));
-    /* atty (N,C) */
-    INSITRA_CHECK(op->attention_forward(be, ba->atty, ba->att, ba->qkv, B, T, C, H, d->causal));
+    /* atty (N,C); with cp > 1 the queries meet the other ranks' keys through the ring */
+    if (d->cp > 1)
+        INSITRA_CHECK(insitra_attention_ring_forward(be, m->cp_group, (int)m->cp_rank, (int)d->cp, ba->atty,
+                                                     ba->att, m->a.ring, ba->qkv, B, T, C, H, d->causal));
+    else
+        INSITRA_CHECK(op->attention_forward(be, ba->atty, ba->att, ba->qkv, B, T, C, H, d->causal));
     /* res_att (N,C) = res + atty W_proj^T + b */
     INSITRA_CHECK(op->linear_forward(be, ba->res_att, NULL, ba->atty, w[INSITRA_BLOCK_PROJ_W],
                                      w[INSITRA_BLOCK_PROJ_B], res, N, C, C));
@@ -79,7 +84,8 @@ insitra_status insitra_model_forward(insitra_model *m, int64_t B, double *loss, 
     insitra_backend *be = m->be;
     const insitra_backend_i *op = be->i;
     const insitra_model_dims *d = &m->dims;
-    const int64_t T = d->seq_len, C = d->d_model, N = B * T, L = d->n_layers;
+    const int64_t T = insitra_model_dims_tokens(d), C = d->d_model, N = B * T, L = d->n_layers;
+    const int64_t pos_row0 = m->cp_rank * T; /* this rank's tokens' global positions */
     insitra_acts *a = &m->a;
     const void *base;
     float *unused;
@@ -89,7 +95,9 @@ insitra_status insitra_model_forward(insitra_model *m, int64_t B, double *loss, 
     if (N > 0) {
         INSITRA_CHECK(op->linear_forward(be, a->encoded, NULL, a->x, param_at(m, 0, 0, base),
                                          param_at(m, 0, 1, base), NULL, N, d->in_features, C));
-        INSITRA_CHECK(op->pos_forward(be, a->encoded, param_at(m, 0, 2, base), B, T, C));
+        INSITRA_CHECK(op->pos_forward(
+            be, a->encoded, (const char *)param_at(m, 0, 2, base) + (size_t)(pos_row0 * C) * be->act_size, B,
+            T, C));
     }
     INSITRA_CHECK(unit_end(m, 0, INSITRA_PASS_FORWARD));
 
@@ -124,7 +132,7 @@ insitra_status insitra_model_backward(insitra_model *m, int64_t B, float loss_sc
     insitra_backend *be = m->be;
     const insitra_backend_i *op = be->i;
     const insitra_model_dims *d = &m->dims;
-    const int64_t T = d->seq_len, C = d->d_model, H = d->n_heads, N = B * T;
+    const int64_t T = insitra_model_dims_tokens(d), C = d->d_model, H = d->n_heads, N = B * T;
     const int64_t L = d->n_layers, F_out = d->out_features;
     insitra_acts *a = &m->a;
     const void *res_final = L > 0 ? a->blocks[L - 1].res_out : a->encoded;
@@ -178,8 +186,13 @@ insitra_status insitra_model_backward(insitra_model *m, int64_t B, float loss_sc
             INSITRA_CHECK(op->linear_backward(be, a->datty, gw[INSITRA_BLOCK_PROJ_W],
                                               gw[INSITRA_BLOCK_PROJ_B], a->dres, NULL, ba->atty,
                                               w[INSITRA_BLOCK_PROJ_W], N, C, C));
-            INSITRA_CHECK(op->attention_backward(be, a->dqkv, a->datty, ba->qkv, ba->atty, ba->att, B, T,
-                                                 C, H, d->causal));
+            if (d->cp > 1)
+                INSITRA_CHECK(insitra_attention_ring_backward(be, m->cp_group, (int)m->cp_rank, (int)d->cp,
+                                                              a->dqkv, a->ring, a->datty, ba->qkv, ba->atty,
+                                                              ba->att, B, T, C, H, d->causal));
+            else
+                INSITRA_CHECK(op->attention_backward(be, a->dqkv, a->datty, ba->qkv, ba->atty, ba->att, B, T,
+                                                     C, H, d->causal));
             INSITRA_CHECK(op->linear_backward(be, a->dln, gw[INSITRA_BLOCK_QKV_W],
                                               gw[INSITRA_BLOCK_QKV_B], a->dqkv, NULL, ba->ln1,
                                               w[INSITRA_BLOCK_QKV_W], N, C, 3 * C));
@@ -193,7 +206,7 @@ insitra_status insitra_model_backward(insitra_model *m, int64_t B, float loss_sc
     /* embedding: dres holds d(encoded) */
     INSITRA_CHECK(unit_begin(m, 0, INSITRA_PASS_BACKWARD, &base, &gbase));
     if (N > 0) {
-        INSITRA_CHECK(op->pos_backward(be, grad_at(m, 0, 2, gbase), a->dres, B, T, C));
+        INSITRA_CHECK(op->pos_backward(be, grad_at(m, 0, 2, gbase) + m->cp_rank * T * C, a->dres, B, T, C));
         INSITRA_CHECK(op->linear_backward(be, NULL, grad_at(m, 0, 0, gbase), grad_at(m, 0, 1, gbase),
                                           a->dres, NULL, a->x, param_at(m, 0, 0, base), N,
                                           d->in_features, C));

@@ -87,7 +87,13 @@ insitra_status insitra_plan_stage(const insitra_config *cfg, int32_t world_size,
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
                                  "plan_stage: zero_stage = %d is outside [0, 3]", zero_stage);
     INSITRA_CHECK(insitra_config_validate(cfg));
+    if (world_size % cfg->parallel.cp != 0)
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "config key 'parallel.cp': value %" PRId64
+                                 " does not divide world_size = %d",
+                                 cfg->parallel.cp, world_size);
     const insitra_model_dims dims = insitra_config_model_dims(cfg);
+    /* ZeRO shards over every dp x cp rank; activations are for T / cp tokens (dims) */
     const int64_t dp = world_size / cfg->parallel.tp, mb = insitra_config_micro_batch(cfg);
     insitra_param_layout layout;
     insitra_shard_layout sl;
@@ -139,23 +145,25 @@ insitra_status insitra_plan_max_seq_len(const insitra_config *cfg, int32_t world
     insitra_config c = *cfg;
     insitra_status err;
     /* Every byte count grows with T (positions, activations, workspace, sample
-     * store, alignment), so a bisection finds the last T that fits. */
-    int f = fits_at(&c, 1, world_size, zero_stage, budget_bytes, &err);
+     * store, alignment), so a bisection finds the last T that fits; T runs
+     * over the multiples of parallel.cp, the only ones it accepts. */
+    const int64_t cp = cfg->parallel.cp;
+    int f = fits_at(&c, cp, world_size, zero_stage, budget_bytes, &err);
     if (f <= 0) return f < 0 ? err : INSITRA_STATUS_OK;
-    int64_t lo = 1, hi = INSITRA_SEQ_LEN_MAX; /* lo fits */
-    f = fits_at(&c, hi, world_size, zero_stage, budget_bytes, &err);
+    int64_t lo = 1, hi = INSITRA_SEQ_LEN_MAX / cp; /* lo cp fits */
+    f = fits_at(&c, hi * cp, world_size, zero_stage, budget_bytes, &err);
     if (f < 0) return err;
     if (f) {
-        *seq_len = hi;
+        *seq_len = hi * cp;
         if (at_limit) *at_limit = 1;
         return INSITRA_STATUS_OK;
     }
-    while (hi - lo > 1) { /* lo fits, hi does not */
+    while (hi - lo > 1) { /* lo cp fits, hi cp does not */
         const int64_t mid = lo + (hi - lo) / 2;
-        f = fits_at(&c, mid, world_size, zero_stage, budget_bytes, &err);
+        f = fits_at(&c, mid * cp, world_size, zero_stage, budget_bytes, &err);
         if (f < 0) return err;
         *(f ? &lo : &hi) = mid;
     }
-    *seq_len = lo;
+    *seq_len = lo * cp;
     return INSITRA_STATUS_OK;
 }

@@ -46,25 +46,36 @@ static insitra_status check_same_config(insitra_trainer *t)
     return s;
 }
 
-/* parallel.dp x parallel.tp must be the communicator's size. */
+/* parallel.dp x parallel.cp x parallel.tp must be the communicator's size. */
 static insitra_status check_grid(insitra_trainer *t)
 {
-    const int64_t world = t->comm.size, tp = t->cfg.parallel.tp;
-    const int64_t dp = t->cfg.parallel.dp > 0 ? t->cfg.parallel.dp : world / tp;
-    if (dp * tp != world)
+    const int64_t world = t->comm.size, tp = t->cfg.parallel.tp, cp = t->cfg.parallel.cp;
+    if (world % cp != 0)
         return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
-                                 "config keys 'parallel.dp' x 'parallel.tp' = %" PRId64 " x %" PRId64
-                                 " = %" PRId64 " does not match the communicator's %" PRId64
-                                 " ranks (parallel.dp = 0 picks world / tp)",
-                                 dp, tp, dp * tp, world);
+                                 "config key 'parallel.cp': value %" PRId64 " does not divide the "
+                                 "communicator's %" PRId64 " ranks",
+                                 cp, world);
+    const int64_t dp = t->cfg.parallel.dp > 0 ? t->cfg.parallel.dp : world / (tp * cp);
+    if (dp * cp * tp != world)
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "config keys 'parallel.dp' x 'parallel.cp' x 'parallel.tp' = %" PRId64
+                                 " x %" PRId64 " x %" PRId64 " = %" PRId64 " does not match the "
+                                 "communicator's %" PRId64 " ranks (parallel.dp = 0 picks world / (cp tp))",
+                                 dp, cp, tp, dp * cp * tp, world);
     return INSITRA_STATUS_OK;
 }
 
-/* The process grid: rank = dp_rank * tp + tp_rank. */
+/* The process grid: rank = (dp_rank * cp + cp_rank) * tp + tp_rank, so
+ * consecutive ranks of the communicator given to insitra_trainer_create
+ * share a sample's tokens (a simulation picks the grouping by the rank
+ * order of that communicator, docs/parallel.md). */
 static insitra_status build_grid(insitra_trainer *t)
 {
-    const int tp = (int)t->cfg.parallel.tp, rank = t->comm.rank;
-    INSITRA_CHECK(insitra_comm_split(&t->comm, rank % tp, rank, &t->dp));
+    const int tp = (int)t->cfg.parallel.tp, cp = (int)t->cfg.parallel.cp, rank = t->comm.rank;
+    const int tp_rank = rank % tp, cp_rank = rank / tp % cp;
+    INSITRA_CHECK(insitra_comm_split(&t->comm, tp_rank, rank, &t->grad));
+    INSITRA_CHECK(insitra_comm_split(&t->comm, cp_rank * tp + tp_rank, rank, &t->dp));
+    INSITRA_CHECK(insitra_comm_split(&t->comm, rank / (tp * cp) * tp + tp_rank, rank, &t->cp));
     return insitra_comm_split(&t->comm, rank / tp, rank, &t->tp);
 }
 
@@ -76,15 +87,18 @@ static insitra_status allocate(insitra_trainer *t)
     t->batch_slots = calloc((size_t)cfg->training.batch_size, sizeof(int64_t));
     if (!t->batch_slots)
         return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "trainer: cannot allocate the batch's slots");
-    INSITRA_CHECK(insitra_sample_store_create(&t->store, cfg->data.capacity, T * cfg->model.in_features,
-                                              T * cfg->model.out_features));
+    const int64_t Tc = T / cfg->parallel.cp; /* this rank's tokens of each sample */
+    INSITRA_CHECK(insitra_sample_store_create(&t->store, cfg->data.capacity, Tc * cfg->model.in_features,
+                                              Tc * cfg->model.out_features));
     const int64_t held = insitra_config_held_out_capacity(cfg);
     t->held_out = (insitra_sample_store){.x_numel = t->store.x_numel, .y_numel = t->store.y_numel};
     if (held > 0)
         INSITRA_CHECK(insitra_sample_store_create(&t->held_out, held, t->store.x_numel, t->store.y_numel));
     INSITRA_CHECK(insitra_normalize_create(&t->norm, cfg, t->comm.size));
-    insitra_rng_seed(&t->sampler, (uint64_t)cfg->training.seed, 1 + (uint64_t)t->comm.rank);
-    INSITRA_CHECK(insitra_engine_create(&t->engine, cfg, t->comm.comm, &t->dp, &t->store, &t->held_out));
+    /* by the dp rank: the ranks of a cp group draw the same slots, which hold slices of the same samples */
+    insitra_rng_seed(&t->sampler, (uint64_t)cfg->training.seed, 1 + (uint64_t)t->dp.rank);
+    INSITRA_CHECK(
+        insitra_engine_create(&t->engine, cfg, t->comm.comm, &t->grad, &t->cp, &t->store, &t->held_out));
     INSITRA_CHECK(insitra_engine_set_norm(&t->engine, &t->norm.coef));
     INSITRA_CHECK(insitra_preempt_setup(&t->preempt, cfg));
     if (t->comm.rank == 0 && cfg->log.jsonl[0] != '\0') {
@@ -108,6 +122,8 @@ static void release(insitra_trainer *t)
     insitra_normalize_free(&t->norm);
     free(t->batch_slots);
     insitra_comm_free(&t->tp);
+    insitra_comm_free(&t->cp);
+    insitra_comm_free(&t->grad);
     insitra_comm_free(&t->dp);
     insitra_comm_free(&t->comm);
     free(t);
@@ -123,7 +139,7 @@ insitra_status insitra_trainer_create(insitra_trainer **trainer, const insitra_c
     *trainer = NULL;
     insitra_trainer *t = calloc(1, sizeof *t);
     if (!t) return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "trainer_create: out of memory");
-    t->comm.comm = t->dp.comm = t->tp.comm = MPI_COMM_NULL;
+    t->comm.comm = t->dp.comm = t->cp.comm = t->grad.comm = t->tp.comm = MPI_COMM_NULL;
     t->cfg = *cfg;
     insitra_status s = insitra_comm_create(&t->comm, comm);
     if (s != INSITRA_STATUS_OK) {
@@ -168,7 +184,7 @@ insitra_status insitra_trainer_sample_shape(const insitra_trainer *t, int64_t *s
                                             int64_t *in_features, int64_t *out_features)
 {
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "trainer_sample_shape: trainer is NULL");
-    if (seq_len) *seq_len = t->cfg.model.seq_len;
+    if (seq_len) *seq_len = t->cfg.model.seq_len / t->cfg.parallel.cp; /* this rank's tokens */
     if (in_features) *in_features = t->cfg.model.in_features;
     if (out_features) *out_features = t->cfg.model.out_features;
     return INSITRA_STATUS_OK;
@@ -319,18 +335,37 @@ static insitra_status validation_loss(insitra_trainer *t, double *loss)
 {
     const int64_t mb = insitra_config_micro_batch(&t->cfg);
     int64_t chunks = (t->held_out.count + mb - 1) / mb;
-    INSITRA_CHECK(insitra_comm_max_int64(&t->dp, &chunks));
+    INSITRA_CHECK(insitra_comm_max_int64(&t->grad, &chunks));
     double acc[2] = {0.0, (double)(t->held_out.count * t->held_out.y_numel)}; /* squared errors, values */
     INSITRA_CHECK(insitra_comm_agree(&t->comm, insitra_engine_validate(&t->engine, chunks, t->batch_slots, &acc[0])));
-    INSITRA_CHECK(insitra_comm_sum_ordered(&t->dp, acc, 2));
+    INSITRA_CHECK(insitra_comm_sum_ordered(&t->grad, acc, 2));
     *loss = acc[1] > 0 ? acc[0] / acc[1] : NAN;
     return INSITRA_STATUS_OK;
+}
+
+/* Collective over cp (local otherwise): whether v, a count the ranks of a
+ * cp group must share (they hold slices of the same samples), is the same
+ * on each; the caller agrees on the result, so every rank stops. */
+static insitra_status same_in_cp_group(insitra_trainer *t, const char *what, int64_t v)
+{
+    if (t->cp.size == 1) return INSITRA_STATUS_OK;
+    int64_t spread[2] = {v, -v};
+    INSITRA_CHECK(insitra_comm_max_int64(&t->cp, &spread[0]));
+    INSITRA_CHECK(insitra_comm_max_int64(&t->cp, &spread[1]));
+    if (spread[0] == -spread[1]) return INSITRA_STATUS_OK;
+    return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                             "%s = %" PRId64 " on this rank, but between %" PRId64 " and %" PRId64
+                             " on the ranks sharing its samples' tokens (parallel.cp = %d, ranks %d..%d): "
+                             "each must pass its token slice of the same samples",
+                             what, v, -spread[1], spread[0], t->cp.size, t->comm.rank - t->cp.rank,
+                             t->comm.rank - t->cp.rank + t->cp.size - 1);
 }
 
 insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
 {
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "train_step: trainer is NULL");
-    insitra_status local = INSITRA_STATUS_OK;
+    /* the cp group draws the same slots only from the same pushes */
+    insitra_status local = same_in_cp_group(t, "train_step: samples pushed", t->pushes);
     if (t->store.count == 0)
         local = insitra_error_set(INSITRA_STATUS_NOT_READY,
                                   "train_step: the sample store is empty; push samples first");
@@ -348,7 +383,7 @@ insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
                                                                    lr, &loss, &norm)));
     /* A stop request (signal or deadline) on any rank stops every rank. */
     double stop_requested = insitra_preempt_requested(&t->preempt) ? 1.0 : 0.0;
-    INSITRA_CHECK(insitra_comm_sum_ordered(&t->dp, &stop_requested, 1));
+    INSITRA_CHECK(insitra_comm_sum_ordered(&t->grad, &stop_requested, 1));
     if (!isfinite(loss) || !isfinite(norm))
         return insitra_error_set(INSITRA_STATUS_NUMERICAL_ERROR,
                                  "train_step %" PRId64 ": loss = %g, gradient norm = %g; the update "
@@ -454,8 +489,10 @@ static insitra_status forward_all(insitra_trainer *t, int64_t n, const float *x,
                                   float *y_out, double *sse)
 {
     const int64_t cap = insitra_config_micro_batch(&t->cfg);
+    /* a cp group's ranks hold slices of the same samples: the ring needs the same n on each */
+    INSITRA_CHECK(insitra_comm_agree(&t->comm, same_in_cp_group(t, "predict/evaluate: n", n)));
     int64_t chunks = (n + cap - 1) / cap;
-    INSITRA_CHECK(insitra_comm_max_int64(&t->dp, &chunks));
+    INSITRA_CHECK(insitra_comm_max_int64(&t->grad, &chunks));
     return insitra_engine_forward(&t->engine, n, chunks, x, y, y_out, sse);
 }
 
@@ -477,7 +514,7 @@ insitra_status insitra_evaluate(insitra_trainer *t, int64_t n, const float *x, c
     INSITRA_CHECK(insitra_comm_agree(&t->comm, local));
     double acc[2] = {0.0, (double)(n * t->store.y_numel)}; /* squared errors, values */
     INSITRA_CHECK(forward_all(t, n, x, y, NULL, &acc[0]));
-    INSITRA_CHECK(insitra_comm_sum_ordered(&t->dp, acc, 2));
+    INSITRA_CHECK(insitra_comm_sum_ordered(&t->grad, acc, 2));
     if (acc[1] == 0.0)
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
                                  "evaluate: no rank passed any sample (n = 0 everywhere)");
@@ -490,5 +527,5 @@ insitra_status insitra_memory_report(const insitra_trainer *t, insitra_memory_us
     if (!t || !usage)
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "memory_report: %s is NULL",
                                  !t ? "trainer" : "usage");
-    return insitra_engine_bytes_for(&t->cfg, (int)t->cfg.parallel.zero_stage, t->dp.size, usage);
+    return insitra_engine_bytes_for(&t->cfg, (int)t->cfg.parallel.zero_stage, t->grad.size, usage);
 }

@@ -13,7 +13,7 @@ void insitra_trainer_ckpt_view(insitra_trainer *t, insitra_ckpt_state *view)
     insitra_zero *z = &t->engine.zero;
     *view = (insitra_ckpt_state){
         .world = &t->comm,
-        .dp = t->dp.size,
+        .dp = t->grad.size, /* the ranks ZeRO shards over: dp x cp */
         .tp = t->tp.size,
         .cfg = &t->cfg,
         .layout = &t->engine.model.layout,
@@ -58,7 +58,7 @@ static void reset(insitra_trainer *t, insitra_ckpt_touched touched)
         insitra_zero_init_host(&t->engine.zero, (uint64_t)t->cfg.training.seed, t->cfg.model.init_std);
         t->step = 0;
         t->sample_cursor = 0;
-        insitra_rng_seed(&t->sampler, (uint64_t)t->cfg.training.seed, 1 + (uint64_t)t->comm.rank);
+        insitra_rng_seed(&t->sampler, (uint64_t)t->cfg.training.seed, 1 + (uint64_t)t->dp.rank);
         insitra_normalize_clear(&t->norm, true);
     }
     if (touched.samples) t->store.count = t->store.next = 0;

@@ -37,9 +37,22 @@ int main(int argc, char **argv)
     expect_value(T, cfg, "model.causal", "true");
 
     /* bad values: nothing changes */
-    /* Context parallelism is not built: any other degree is refused. */
-    expect_error(T, insitra_config_set(cfg, "parallel.cp", "2"), INSITRA_STATUS_CONFIG_ERROR, "'parallel.cp'",
-                 "out of range [1, 1]", NULL);
+    /* Context parallelism: at least 1, dividing model.seq_len, on the CPU only. */
+    expect_error(T, insitra_config_set(cfg, "parallel.cp", "0"), INSITRA_STATUS_CONFIG_ERROR, "'parallel.cp'",
+                 "out of range [1, 4096]", NULL);
+    EXPECT_OK(T, insitra_config_set(cfg, "model.seq_len", "12"), "set");
+    EXPECT_OK(T, insitra_config_set(cfg, "parallel.cp", "5"), "set parallel.cp");
+    expect_error(T, insitra_config_validate(cfg), INSITRA_STATUS_CONFIG_ERROR, "'parallel.cp'",
+                 "does not divide model.seq_len = 12", NULL);
+    EXPECT_OK(T, insitra_config_set(cfg, "parallel.cp", "4"), "set parallel.cp");
+    EXPECT(T, insitra_config_validate(cfg) == INSITRA_STATUS_OK, "cp 4 of 12 tokens validates: %s",
+           insitra_last_error());
+    EXPECT_OK(T, insitra_config_set(cfg, "device", "cuda"), "set device");
+    expect_error(T, insitra_config_validate(cfg), INSITRA_STATUS_CONFIG_ERROR, "'parallel.cp'",
+                 "device = cpu", NULL);
+    EXPECT_OK(T, insitra_config_set(cfg, "device", "cpu"), "set device");
+    EXPECT_OK(T, insitra_config_set(cfg, "parallel.cp", "1"), "set parallel.cp");
+    EXPECT_OK(T, insitra_config_set(cfg, "model.seq_len", "64"), "set");
     expect_error(T, insitra_config_set(cfg, "model.d_model", "-3"), INSITRA_STATUS_CONFIG_ERROR,
                  "model.d_model", "-3", "[1, 65536]");
     expect_error(T, insitra_config_set(cfg, "model.d_model", "12x"), INSITRA_STATUS_CONFIG_ERROR,

@@ -4,7 +4,10 @@
  * be within 5% of the theory for fp32 Adam:
  *   stage 0: 16P   stage 1: 8P + 8P/N   stage 2: 4P + 12P/N
  *   stage 3: 16P/N + the two per-unit gather buffers (prefetch double-buffering)
- * and insitra_plan_stage must predict exactly what insitra_memory_report says.
+ * and insitra_plan_stage must predict exactly what insitra_memory_report says,
+ * also with parallel.cp = 2 (on an even rank count: ZeRO shards over all
+ * dp x cp ranks, activations are for seq_len / 2 tokens plus the ring's
+ * scratch, so fewer than at cp = 1).
  * Also: ranks whose configurations differ, or a grid that does not match the
  * communicator, fail on every rank with a message naming the key.
  */
@@ -12,6 +15,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "attention_ring.h"
 #include "test_util.h"
 #include "trainer.h"
 
@@ -29,8 +33,12 @@ int main(int argc, char **argv)
     insitra_test tc = insitra_test_begin(&argc, &argv, "zero_memory");
     const int rank = tc.rank, size = tc.size;
     const double N = size;
-    for (int stage = 0; stage < 4; stage++) {
+    int64_t act_cp1[4] = {0};
+    /* stages 0-3 at cp = 1, then (on an even rank count) at cp = 2 */
+    for (int run = 0; run < (size % 2 == 0 ? 8 : 4); run++) {
+        const int stage = run % 4, cp = 1 + run / 4;
         insitra_config *cfg = make_config(&tc, stage);
+        if (cfg) insitra_test_set(&tc, cfg, "parallel.cp", "%d", cp);
         insitra_trainer *t = NULL;
         if (!cfg || !EXPECT_OK(&tc, insitra_trainer_create(&t, cfg, MPI_COMM_WORLD), "trainer_create")) {
             insitra_config_free(cfg);
@@ -44,9 +52,9 @@ int main(int argc, char **argv)
         const double state = (double)(r.parameter_bytes + r.gradient_bytes + r.optimizer_bytes);
         const double dev = fabs(state - theory[stage]) / theory[stage];
         if (rank == 0)
-            printf("stage %d, %d ranks, P = %.0f: model state %.0f bytes, theory %.0f (%.2f%% off); "
+            printf("cp %d, stage %d, %d ranks, P = %.0f: model state %.0f bytes, theory %.0f (%.2f%% off); "
                    "activations %lld, comm buffers %lld, total %lld\n",
-                   stage, size, P, state, theory[stage], 100 * dev, (long long)r.activation_bytes,
+                   cp, stage, size, P, state, theory[stage], 100 * dev, (long long)r.activation_bytes,
                    (long long)r.communication_bytes, (long long)r.total_bytes);
         EXPECT(&tc, dev <= 0.05, "stage %d: model state %.0f bytes is %.1f%% off the theory %.0f", stage,
                state, 100 * dev, theory[stage]);
@@ -58,6 +66,13 @@ int main(int argc, char **argv)
                (long long)plan.memory.total_bytes, (long long)r.total_bytes);
         EXPECT(&tc, (size == 1) == (plan.comm_bytes_per_step == 0), "stage %d: traffic %lld bytes", stage,
                (long long)plan.comm_bytes_per_step);
+        if (cp == 1) act_cp1[stage] = r.activation_bytes;
+        const int64_t ring =
+            insitra_attention_ring_scratch_bytes(4, 8, 64, 4, sizeof(float)); /* B, T/2, C, H */
+        if (cp == 2)
+            EXPECT(&tc, r.activation_bytes < act_cp1[stage] && r.activation_bytes > ring,
+                   "cp 2, stage %d: activations %lld bytes, want below cp 1's %lld and above the ring's %lld",
+                   stage, (long long)r.activation_bytes, (long long)act_cp1[stage], (long long)ring);
         insitra_trainer_free(t);
         insitra_config_free(cfg);
     }

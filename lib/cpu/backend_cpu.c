@@ -531,7 +531,7 @@ static int64_t cpu_attention_state_bytes(const insitra_model_dims *d, int64_t B,
 {
     (void)act_size;
     return insitra_size_mul(insitra_size_mul(B, d->n_heads),
-                            insitra_size_mul(d->seq_len, (int64_t)sizeof(float)));
+                            insitra_size_mul(insitra_model_dims_tokens(d), (int64_t)sizeof(float)));
 }
 
 /* Attention tiles live on each thread's stack (lib/cpu/attention.h). */
