@@ -56,6 +56,7 @@ static insitra_status build(insitra_surrogate *s, const insitra_config *file_cfg
     s->cfg.device = opts ? opts->device : INSITRA_DEVICE_CPU;
     s->cfg.precision = opts ? opts->precision : INSITRA_PRECISION_FP32;
     s->cfg.cuda.graphs = false;
+    s->cfg.parallel.cp = 1; /* whole samples on this rank, whatever group trained it */
     s->max_batch = max_batch;
     insitra_model_dims dims = insitra_config_model_dims(&s->cfg);
     /* No backward: the layout training.recompute = block uses, one block's
