@@ -222,10 +222,14 @@ void insitra_gemm_warn_narrow(int rank)
     insitra_blas_info_get(&blas);
     /* The linear layers' provider first, then the CBLAS that attention calls
      * when it is another library; one line in all. */
-    if (insitra_gemm_kernel_advice(gemm.provider, gemm.kernel, flags, advice, sizeof advice) ||
-        (strcmp(gemm.provider, blas.provider) != 0 &&
-         insitra_gemm_kernel_advice(blas.provider, blas.kernel, flags, advice, sizeof advice))) {
+    if (insitra_gemm_kernel_advice(gemm.provider, gemm.kernel, flags, advice, sizeof advice)) {
         fprintf(stderr, "%s\n", advice);
+        fflush(stderr);
+    } else if (strcmp(gemm.provider, blas.provider) != 0 &&
+               insitra_gemm_kernel_advice(blas.provider, blas.kernel, flags, advice, sizeof advice)) {
+        /* only attention's products are slow: say so, the linear layers are fine */
+        fprintf(stderr, "%s (%s serves attention's products here; the linear layers run on %s, %s kernels.)\n",
+                advice, blas.provider, gemm.provider, gemm.kernel);
         fflush(stderr);
     }
 }
