@@ -23,6 +23,9 @@
 #   INSITRA_SURROGATE_BENCH_REPS    timed calls per side (50), after 5 untimed
 #   INSITRA_SURROGATE_BENCH_PYTHON  the python that has torch and h5py (python3)
 #   INSITRA_SURROGATE_BENCH_MODES   torch.compile modes on the GPU ("default reduce-overhead")
+#   INSITRA_SURROGATE_BENCH_CPU_MODES  torch.compile modes on the CPU ("default": reduce-overhead
+#                                   is CUDA graphs, nothing on a CPU but a second compilation)
+#   INSITRA_SURROGATE_BENCH_CPUS    cores to pin both CPU sides to (taskset -c list, e.g. "0,1")
 #   MPIEXEC                         launcher of the insitra side ("mpiexec"; "-n 1" is appended)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -54,15 +57,19 @@ value() { grep -o 'RESULT .*' "$1" | tail -n 1 | tr ' ' '\n' | sed -n "s/^$2=//p
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2fx", b / a; else print "n/a" }'; }
 
 rows=() result=()
+# both sides on the same cores when asked (taskset -c LIST)
+pin=()
+[[ -n ${INSITRA_SURROGATE_BENCH_CPUS:-} ]] && pin=(taskset -c "$INSITRA_SURROGATE_BENCH_CPUS")
 if [[ ${INSITRA_SURROGATE_BENCH_CPU:-1} != 0 ]]; then
     for threads in 1 2; do
         name=cpu_S_t$threads
         export_file=$outdir/S.h5
-        OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads "${mpiexec[@]}" -n 1 "$bin" --config S --device cpu \
+        OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads ${pin[@]+"${pin[@]}"} "${mpiexec[@]}" -n 1 "$bin" --config S --device cpu \
             --precision fp32 --n 16 --reps "$reps" --export "$export_file" >"$outdir/$name.log" 2>&1 ||
             die "insitra failed, see $outdir/$name.log"
-        OMP_NUM_THREADS=$threads "$python" "$here/bench_torch_surrogate.py" "$export_file" --device cpu --n 16 \
-            --threads "$threads" --reps "$reps" --config S >"$outdir/${name}_torch.log" 2>&1 ||
+        OMP_NUM_THREADS=$threads ${pin[@]+"${pin[@]}"} "$python" "$here/bench_torch_surrogate.py" "$export_file" \
+            --device cpu --n 16 --threads "$threads" --reps "$reps" --config S \
+            --modes "${INSITRA_SURROGATE_BENCH_CPU_MODES:-default}" >"$outdir/${name}_torch.log" 2>&1 ||
             echo "run_surrogate_bench: torch failed, see $outdir/${name}_torch.log" >&2
         ours=$(value "$outdir/$name.log" host_ms)
         theirs=$(value "$outdir/${name}_torch.log" torch_ms)
