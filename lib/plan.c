@@ -11,6 +11,7 @@
 #include "config.h"
 #include "engine.h"
 #include "error.h"
+#include "gpu_sizes.h"
 #include "model.h"
 #include "shard.h"
 
@@ -130,6 +131,52 @@ static int fits_at(insitra_config *c, int64_t T, int32_t world_size, int32_t sta
     return p.memory.total_bytes <= budget;
 }
 
+/* Whether the GPU attention leaves cuDNN's SDPA (and its (B,H,T,T) buffer)
+ * at model.seq_len = T: the one place where a longer sequence can need less
+ * memory. */
+static bool leaves_sdpa(const insitra_config *cfg, int64_t T)
+{
+    insitra_config c = *cfg;
+    c.model.seq_len = T;
+    const insitra_model_dims d = insitra_config_model_dims(&c);
+    const size_t act = c.precision == INSITRA_PRECISION_BF16 ? 2 : 4;
+    return insitra_gpu_sdpa_choice(&d, insitra_config_micro_batch(&c), act) == INSITRA_GPU_SDPA_NONE;
+}
+
+/* The first k in [1, kmax] at which a GPU run leaves cuDNN's SDPA for the
+ * fused kernels, whose memory is lower; 1 when it never runs SDPA (the CPU,
+ * fp32, no cuDNN), kmax + 1 when it never leaves. T = k * parallel.cp. */
+static int64_t sdpa_break(const insitra_config *cfg, int64_t kmax)
+{
+    const int64_t cp = cfg->parallel.cp;
+    if (cfg->device != INSITRA_DEVICE_CUDA || leaves_sdpa(cfg, cp)) return 1;
+    if (!leaves_sdpa(cfg, kmax * cp)) return kmax + 1;
+    int64_t lo = 1, hi = kmax; /* lo runs SDPA, hi does not; SDPA's bytes grow with T */
+    while (hi - lo > 1) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        *(leaves_sdpa(cfg, mid * cp) ? &hi : &lo) = mid;
+    }
+    return hi;
+}
+
+/* The largest k in [a, b] with k * cp fitting, given that a * cp fits and
+ * that the bytes grow with k on [a, b]; -1 with *err on a failed plan. */
+static int64_t last_fitting(insitra_config *c, int64_t a, int64_t b, int32_t world_size, int32_t stage,
+                            int64_t budget, insitra_status *err)
+{
+    const int64_t cp = c->parallel.cp;
+    int f = fits_at(c, b * cp, world_size, stage, budget, err);
+    if (f != 0) return f < 0 ? -1 : b;
+    int64_t lo = a, hi = b; /* lo fits, hi does not */
+    while (hi - lo > 1) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        f = fits_at(c, mid * cp, world_size, stage, budget, err);
+        if (f < 0) return -1;
+        *(f ? &lo : &hi) = mid;
+    }
+    return lo;
+}
+
 insitra_status insitra_plan_max_seq_len(const insitra_config *cfg, int32_t world_size, int32_t zero_stage,
                                         int64_t budget_bytes, int64_t *seq_len, int32_t *at_limit)
 {
@@ -143,27 +190,27 @@ insitra_status insitra_plan_max_seq_len(const insitra_config *cfg, int32_t world
     *seq_len = 0;
     if (at_limit) *at_limit = 0;
     insitra_config c = *cfg;
-    insitra_status err;
+    insitra_status err = INSITRA_STATUS_OK;
     /* Every byte count grows with T (positions, activations, workspace, sample
-     * store, alignment), so a bisection finds the last T that fits; T runs
+     * store, alignment) but one: a GPU run leaves cuDNN's SDPA, and its
+     * (B,H,T,T) buffer, past a length (lib/gpu_sizes.c). So the lengths split
+     * in two runs, each searched by bisection, the longer run first; T runs
      * over the multiples of parallel.cp, the only ones it accepts. */
-    const int64_t cp = cfg->parallel.cp;
-    int f = fits_at(&c, cp, world_size, zero_stage, budget_bytes, &err);
-    if (f <= 0) return f < 0 ? err : INSITRA_STATUS_OK;
-    int64_t lo = 1, hi = INSITRA_SEQ_LEN_MAX / cp; /* lo cp fits */
-    f = fits_at(&c, hi * cp, world_size, zero_stage, budget_bytes, &err);
-    if (f < 0) return err;
-    if (f) {
-        *seq_len = hi * cp;
-        if (at_limit) *at_limit = 1;
-        return INSITRA_STATUS_OK;
-    }
-    while (hi - lo > 1) { /* lo cp fits, hi cp does not */
-        const int64_t mid = lo + (hi - lo) / 2;
-        f = fits_at(&c, mid * cp, world_size, zero_stage, budget_bytes, &err);
+    const int64_t cp = cfg->parallel.cp, kmax = INSITRA_SEQ_LEN_MAX / cp;
+    const int64_t brk = sdpa_break(cfg, kmax);
+    int64_t k = 0;
+    if (brk <= kmax) {
+        const int f = fits_at(&c, brk * cp, world_size, zero_stage, budget_bytes, &err);
         if (f < 0) return err;
-        *(f ? &lo : &hi) = mid;
+        if (f) k = last_fitting(&c, brk, kmax, world_size, zero_stage, budget_bytes, &err);
     }
-    *seq_len = lo * cp;
+    if (k == 0 && brk > 1) {
+        const int f = fits_at(&c, cp, world_size, zero_stage, budget_bytes, &err);
+        if (f < 0) return err;
+        if (f) k = last_fitting(&c, 1, brk - 1, world_size, zero_stage, budget_bytes, &err);
+    }
+    if (k < 0) return err;
+    *seq_len = k * cp;
+    if (at_limit) *at_limit = k == kmax;
     return INSITRA_STATUS_OK;
 }

@@ -1,6 +1,8 @@
 /*
  * insitra_plan_max_seq_len (insitra-plan --max-seq-len): the answer T must
- * fit the budget by insitra_plan_stage's own formula and T + 1 must not, for
+ * fit the budget by insitra_plan_stage's own formula, and neither T + 1 nor
+ * any longer sequence on a grid up to the key's limit may (builds with cuDNN
+ * need less memory past the length where SDPA's (B,H,T,T) buffer goes), for
  * both backends' sizing, both precisions, recompute on and off, every ZeRO
  * stage and two world sizes; a budget that holds the key's limit answers the
  * limit, one that holds nothing answers 0, a negative one is an error.
@@ -27,8 +29,16 @@ static void check_budget(insitra_test *t, insitra_config *cfg, int world, int st
     int32_t at_limit = -1;
     if (!EXPECT_OK(t, insitra_plan_max_seq_len(cfg, world, stage, budget, &T, &at_limit), "plan_max_seq_len"))
         return;
-    EXPECT(t, less == 0 ? T >= T0 : T < T0, "%s, stage %d, %d ranks: T = %lld for the budget at %lld - %lld",
+    EXPECT(t, less == 0 ? T >= T0 : T != T0, "%s, stage %d, %d ranks: T = %lld for the budget at %lld - %lld",
            what, stage, world, (long long)T, (long long)T0, (long long)less);
+    /* The largest: no longer sequence fits either (a GPU run past cuDNN's
+     * SDPA needs less than a shorter one with it, so T may exceed T0), on a
+     * grid of lengths up to the key's limit. */
+    int64_t longer = 0;
+    for (int64_t u = T + 1; u <= INSITRA_SEQ_LEN_MAX && !longer; u += 61)
+        if (total_at(t, cfg, u, world, stage) <= budget) longer = u;
+    EXPECT(t, longer == 0, "%s, stage %d, %d ranks: T = %lld is the answer, but %lld fits too", what, stage,
+           world, (long long)T, (long long)longer);
     EXPECT(t, T >= 1 && at_limit == 0, "%s: T = %lld, at_limit %d", what, (long long)T, at_limit);
     if (T < 1) return;
     const int64_t at = total_at(t, cfg, T, world, stage), after = total_at(t, cfg, T + 1, world, stage);
