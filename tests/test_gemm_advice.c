@@ -38,7 +38,6 @@ int main(int argc, char **argv)
     expect_advice(&t, "OpenBLAS 0.3.21", "Prescott", AVX2, true, "OPENBLAS_CORETYPE=Haswell");
     expect_advice(&t, "OpenBLAS 0.3.21", "Prescott", AVX_ONLY, true, "OPENBLAS_CORETYPE=Sandybridge");
     expect_advice(&t, "OpenBLAS 0.3.21", "Haswell", AVX512, true, "SkylakeX");
-    expect_advice(&t, "OpenBLAS 0.3.21", "Prescott", AVX512, true, "INSITRA_CPU_GEMM=oneDNN");
     /* Kernels as wide as the CPU, or wider names of the same class: quiet. */
     expect_advice(&t, "OpenBLAS 0.3.21", "SkylakeX", AVX512, false, NULL);
     expect_advice(&t, "OpenBLAS 0.3.21", "Cooperlake", AVX512, false, NULL);

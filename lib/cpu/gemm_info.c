@@ -179,7 +179,7 @@ bool insitra_gemm_kernel_advice(const char *provider, const char *kernel, const 
     if (lib == OPENBLAS)
         snprintf(advice + n, size - (size_t)n,
                  "Fix: set OPENBLAS_CORETYPE=%s in the job's environment (it does not know this "
-                 "CPU), or build insitra with -DINSITRA_CPU_GEMM=oneDNN.",
+                 "CPU).",
                  openblas_fix[have]);
     else if (lib == ONEDNN)
         snprintf(advice + n, size - (size_t)n,
@@ -187,8 +187,8 @@ bool insitra_gemm_kernel_advice(const char *provider, const char *kernel, const 
                  "a newer oneDNN.");
     else
         snprintf(advice + n, size - (size_t)n,
-                 "Fix: use a %s build that knows this CPU, or build insitra with "
-                 "-DINSITRA_CPU_GEMM=oneDNN.",
+                 "Fix: use a %s build that knows this CPU, or link OpenBLAS (OPENBLAS_CORETYPE "
+                 "names the kernels when it does not know the CPU).",
                  lib == BLIS ? "BLIS" : "BLAS");
     return true;
 }
