@@ -17,7 +17,7 @@ done
 # clang-14, its runtime (libFuzzer, sanitizers) and OpenMP: the fuzz preset.
 packages=(cmake make gcc gfortran pkg-config mpich libmpich-dev libhdf5-mpich-dev
           libopenblas-openmp-dev libyaml-dev gnuplot-nox  # gnuplot: the demo's plot
-          libdnnl-dev  # oneDNN: the linear layers' GEMMs (INSITRA_CPU_GEMM=AUTO takes it when found)
+          libdnnl-dev  # oneDNN: bench_gemm_onednn, and the opt-in INSITRA_CPU_GEMM=oneDNN
           clang-14 libclang-rt-14-dev libomp-14-dev ${extra[@]+"${extra[@]}"})
 
 missing=()
