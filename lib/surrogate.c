@@ -83,9 +83,8 @@ static insitra_status build(insitra_surrogate *s, const insitra_config *file_cfg
         INSITRA_CHECK(st);
     }
     /* the maps first, then the chunk's inputs at the backend's alignment */
-    const int64_t align = (int64_t)be->desc->align;
     const int64_t norm_bytes = insitra_feature_norm_bytes(dims.in_features, dims.out_features);
-    const int64_t at = (norm_bytes + align - 1) / align * align;
+    const int64_t at = insitra_size_align(norm_bytes, (int64_t)be->desc->align);
     INSITRA_CHECK(be->i->alloc(be, (size_t)(at + max_batch * s->xs * (int64_t)sizeof(float)),
                                "the feature maps and a chunk's inputs", &s->mem));
     insitra_feature_norm_carve(&s->norm, s->mem, dims.in_features, dims.out_features);
