@@ -65,7 +65,7 @@ struct insitra_config {
     } checkpoint;
     struct {
         int64_t dp;               /* data-parallel ranks; 0 = world size / tp */
-        int64_t tp;               /* tensor-parallel ranks (1 in this version) */
+        int64_t tp;               /* tensor-parallel ranks (docs/parallel.md) */
         int64_t cp;               /* ranks sharing one sample's tokens (docs/parallel.md) */
         int64_t zero_stage;       /* 0-3 */
         double bucket_mib;        /* all ranks' gradient slots one reduction carries (MiB of fp32) */
@@ -98,6 +98,11 @@ struct insitra_model_dims insitra_config_model_dims(const insitra_config *cfg);
 
 /* Micro-batch size with the "0 means batch_size" rule applied. */
 int64_t insitra_config_micro_batch(const insitra_config *cfg);
+
+/* The slices one sample's tokens are spread over: parallel.cp x parallel.tp
+ * consecutive ranks, the rank r holding slice r % slices, tokens
+ * [slice T / slices, (slice + 1) T / slices). */
+int64_t insitra_config_token_slices(const insitra_config *cfg);
 
 /* Samples each rank's held-out store keeps: data.capacity x data.validation_fraction, rounded up. */
 int64_t insitra_config_held_out_capacity(const insitra_config *cfg);

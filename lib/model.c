@@ -22,17 +22,22 @@ static const char *block_tensor_names[INSITRA_BLOCK_NUM_TENSORS] = {
     "mlp.fc.weight",  "mlp.fc.bias",  "mlp.proj.weight", "mlp.proj.bias",
 };
 
-static void add_tensor(insitra_param_layout *l, const char *name, int64_t rows, int64_t cols,
-                       int32_t ndim)
+/* A tensor of global shape (rows, cols), this rank's part of it as split
+ * over tp ranks. */
+static void add_tensor(insitra_param_layout *l, const char *name, int64_t rows, int64_t cols, int32_t ndim,
+                       insitra_tp_split split, int64_t tp)
 {
     insitra_tensor_desc *t = &l->tensors[l->num_tensors++];
     snprintf(t->name, sizeof t->name, "%s", name);
     t->ndim = ndim;
-    t->shape[0] = rows;
-    t->shape[1] = cols;
+    t->split = tp > 1 ? split : INSITRA_TP_REPLICATED;
+    t->global_shape[0] = rows;
+    t->global_shape[1] = cols;
+    t->shape[0] = t->split == INSITRA_TP_ROWS || t->split == INSITRA_TP_HEADS ? rows / tp : rows;
+    t->shape[1] = t->split == INSITRA_TP_COLS ? cols / tp : cols;
     /* Saturating: a total that does not fit stays INSITRA_SIZE_OVERFLOW, which
      * insitra_param_layout_create reports. */
-    t->numel = insitra_size_mul(rows, cols);
+    t->numel = insitra_size_mul(t->shape[0], t->shape[1]);
     t->offset = l->total;
     /* Linear weights decay; biases, LayerNorm and positions do not. */
     t->decay = ndim == 2 && strcmp(name, "pos_embed") != 0;
@@ -41,31 +46,38 @@ static void add_tensor(insitra_param_layout *l, const char *name, int64_t rows, 
 
 insitra_status insitra_param_layout_create(insitra_param_layout *l, const insitra_model_dims *d)
 {
-    const int64_t C = d->d_model, L = d->n_layers;
+    const int64_t C = d->d_model, L = d->n_layers, tp = insitra_model_dims_tp(d);
     memset(l, 0, sizeof *l);
     l->tensors = calloc((size_t)insitra_param_layout_count(L), sizeof *l->tensors);
     if (!l->tensors)
         return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "model: out of memory for the tensor table");
-    add_tensor(l, "embed.weight", C, d->in_features, 2);
-    add_tensor(l, "embed.bias", C, 1, 1);
-    add_tensor(l, "pos_embed", d->seq_len, C, 2);
+    add_tensor(l, "embed.weight", C, d->in_features, 2, INSITRA_TP_REPLICATED, tp);
+    add_tensor(l, "embed.bias", C, 1, 1, INSITRA_TP_REPLICATED, tp);
+    add_tensor(l, "pos_embed", d->seq_len, C, 2, INSITRA_TP_REPLICATED, tp);
     l->first_block_tensor = l->num_tensors;
     l->block_offset0 = l->total;
     const int64_t rows[INSITRA_BLOCK_NUM_TENSORS] = {C, C, 3 * C, 3 * C, C, C,
                                                      C, C, 4 * C, 4 * C, C, C};
     const int64_t cols[INSITRA_BLOCK_NUM_TENSORS] = {1, 1, C, 1, C, 1, 1, 1, C, 1, 4 * C, 1};
+    /* Megatron's split: qkv and fc column-parallel (by heads, by rows of the
+     * output), proj and mlp.proj row-parallel (by columns of the input);
+     * LayerNorms and the row-parallel biases replicated */
+    const insitra_tp_split split[INSITRA_BLOCK_NUM_TENSORS] = {
+        INSITRA_TP_REPLICATED, INSITRA_TP_REPLICATED, INSITRA_TP_HEADS, INSITRA_TP_HEADS,
+        INSITRA_TP_COLS,       INSITRA_TP_REPLICATED, INSITRA_TP_REPLICATED, INSITRA_TP_REPLICATED,
+        INSITRA_TP_ROWS,       INSITRA_TP_ROWS,       INSITRA_TP_COLS,       INSITRA_TP_REPLICATED};
     for (int64_t b = 0; b < L; b++) {
         for (int i = 0; i < INSITRA_BLOCK_NUM_TENSORS; i++) {
             char name[48];
             snprintf(name, sizeof name, "blocks.%lld.%s", (long long)b, block_tensor_names[i]);
-            add_tensor(l, name, rows[i], cols[i], cols[i] == 1 ? 1 : 2);
+            add_tensor(l, name, rows[i], cols[i], cols[i] == 1 ? 1 : 2, split[i], tp);
         }
         if (b == 0) l->block_numel = l->total - l->block_offset0;
     }
-    add_tensor(l, "ln_f.weight", C, 1, 1);
-    add_tensor(l, "ln_f.bias", C, 1, 1);
-    add_tensor(l, "head.weight", d->out_features, C, 2);
-    add_tensor(l, "head.bias", d->out_features, 1, 1);
+    add_tensor(l, "ln_f.weight", C, 1, 1, INSITRA_TP_REPLICATED, tp);
+    add_tensor(l, "ln_f.bias", C, 1, 1, INSITRA_TP_REPLICATED, tp);
+    add_tensor(l, "head.weight", d->out_features, C, 2, INSITRA_TP_REPLICATED, tp);
+    add_tensor(l, "head.bias", d->out_features, 1, 1, INSITRA_TP_REPLICATED, tp);
     if (l->total == INSITRA_SIZE_OVERFLOW) {
         insitra_param_layout_free(l);
         return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
@@ -99,6 +111,44 @@ void insitra_param_layout_free(insitra_param_layout *l)
     free(l->tensors);
     free(l->units);
     memset(l, 0, sizeof *l);
+}
+
+insitra_tp_window insitra_tensor_tp_window(const insitra_tensor_desc *t, int64_t r)
+{
+    const int64_t R = t->shape[0];
+    insitra_tp_window w = {.n = 1, .rows = {R}};
+    switch (t->split) {
+    case INSITRA_TP_REPLICATED: break;
+    case INSITRA_TP_ROWS: w.global_row[0] = r * R; break;
+    case INSITRA_TP_COLS: w.col0 = r * t->shape[1]; break;
+    case INSITRA_TP_HEADS: {
+        /* rows [q | k | v] of C each; rank r's heads are rows [r C/tp, (r+1) C/tp) of each */
+        const int64_t part = R / 3, C = t->global_shape[0] / 3;
+        w.n = 3;
+        for (int i = 0; i < 3; i++) {
+            w.local_row[i] = i * part;
+            w.global_row[i] = i * C + r * part;
+            w.rows[i] = part;
+        }
+        break;
+    }
+    }
+    return w;
+}
+
+void insitra_tensor_tp_runs(const insitra_tensor_desc *t, int64_t r,
+                            void (*fn)(void *ctx, int64_t local, int64_t global, int64_t count), void *ctx)
+{
+    const insitra_tp_window w = insitra_tensor_tp_window(t, r);
+    const int64_t K = t->shape[1], GK = t->global_shape[1];
+    for (int i = 0; i < w.n; i++) {
+        if (K == GK) { /* whole rows: one run */
+            fn(ctx, w.local_row[i] * K, w.global_row[i] * GK, w.rows[i] * K);
+            continue;
+        }
+        for (int64_t row = 0; row < w.rows[i]; row++)
+            fn(ctx, (w.local_row[i] + row) * K, (w.global_row[i] + row) * GK + w.col0, K);
+    }
 }
 
 int64_t insitra_param_layout_find(const insitra_param_layout *l, const char *name)

@@ -34,24 +34,71 @@ typedef struct insitra_model_dims {
     int64_t cp;           /* ranks sharing one sample's tokens, each holding T / cp of them and
                            * attending through the ring (attention_ring.h); the engine sets it
                            * from parallel.cp, 0 or 1 (insitra_config_model_dims): whole samples */
+    int64_t tp;           /* tensor-parallel ranks (Megatron with sequence parallelism): each
+                           * holds H / tp heads and 4C / tp MLP columns of every block, and
+                           * T / (cp tp) tokens of the residual stream; 0 or 1: no split */
 } insitra_model_dims;
 
-/* Tokens of one sample on one rank: T / cp. Activations are sized for these;
- * the positional table keeps all T rows. */
+static inline int64_t insitra_model_dims_cp(const insitra_model_dims *d) { return d->cp > 1 ? d->cp : 1; }
+static inline int64_t insitra_model_dims_tp(const insitra_model_dims *d) { return d->tp > 1 ? d->tp : 1; }
+
+/* Tokens of one sample on one rank in the residual stream (embedding,
+ * LayerNorms, residual adds, head): T / (cp tp). The positional table keeps
+ * all T rows. */
 static inline int64_t insitra_model_dims_tokens(const insitra_model_dims *d)
 {
-    return d->cp > 1 ? d->seq_len / d->cp : d->seq_len;
+    return d->seq_len / (insitra_model_dims_cp(d) * insitra_model_dims_tp(d));
 }
+
+/* Tokens of one sample a rank's attention and MLP GEMMs see: the tp group's
+ * tokens gathered, T / cp. */
+static inline int64_t insitra_model_dims_attn_tokens(const insitra_model_dims *d)
+{
+    return d->seq_len / insitra_model_dims_cp(d);
+}
+
+/* Heads a rank computes: H / tp (each of width C / H). */
+static inline int64_t insitra_model_dims_heads(const insitra_model_dims *d)
+{
+    return d->n_heads / insitra_model_dims_tp(d);
+}
+
+/* How a tensor is divided over the ranks of a tp group. */
+typedef enum insitra_tp_split {
+    INSITRA_TP_REPLICATED, /* every rank holds all of it (its gradient is summed over tp) */
+    INSITRA_TP_ROWS,       /* rank r: rows [r R / tp, (r + 1) R / tp) (column-parallel fc) */
+    INSITRA_TP_HEADS,      /* rank r: its heads' rows of each of q, k and v (fused qkv) */
+    INSITRA_TP_COLS,       /* rank r: columns [r K / tp, (r + 1) K / tp) (row-parallel proj) */
+} insitra_tp_split;
 
 /* One named parameter tensor inside the flat buffer. */
 typedef struct insitra_tensor_desc {
     char name[48];     /* e.g. "blocks.3.attn.qkv.weight" */
     int32_t ndim;      /* 1 or 2 */
-    int64_t shape[2];  /* rows, cols (cols = 1 for ndim 1) */
-    int64_t numel;
+    int64_t shape[2];  /* rows, cols on this rank (cols = 1 for ndim 1) */
+    int64_t global_shape[2]; /* the whole tensor's: what checkpoints and exports hold */
+    int64_t numel;     /* of shape */
     int64_t offset;    /* in floats from the start of the buffer */
     bool decay;        /* AdamW weight decay applies (weight matrices only) */
+    insitra_tp_split split;
 } insitra_tensor_desc;
+
+/* Where tp rank r's part of a tensor (of this layout's tp) sits in the whole tensor:
+ * its local rows come in n runs (3 for HEADS: q, k, v; else 1), run i being
+ * local rows [local_row[i], local_row[i] + rows[i]) at global rows from
+ * global_row[i], every run at global columns [col0, col0 + shape[1]). */
+typedef struct insitra_tp_window {
+    int n;
+    int64_t local_row[3], global_row[3], rows[3];
+    int64_t col0;
+} insitra_tp_window;
+
+insitra_tp_window insitra_tensor_tp_window(const insitra_tensor_desc *t, int64_t r);
+
+/* Calls fn(ctx, local, global, count) for every contiguous run of rank r's
+ * part of tensor t: element offsets within the local and the whole tensor. */
+void insitra_tensor_tp_runs(const insitra_tensor_desc *t, int64_t r,
+                            void (*fn)(void *ctx, int64_t local, int64_t global, int64_t count), void *ctx);
 
 /* The twelve tensors of one block, in buffer order. */
 enum insitra_block_tensor {
