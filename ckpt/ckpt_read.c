@@ -251,17 +251,20 @@ static insitra_status read_samples(const insitra_ckpt_state *st, hid_t f, int64_
     return INSITRA_STATUS_OK;
 }
 
-/* The samplers: exact when the rank count matches, else fresh streams. */
+/* The samplers: exact when the rank grid matches (the rank count and
+ * parallel.tp; parallel.cp always does), else fresh streams, one per
+ * stream of the new grid, so the ranks of a tp or cp group still draw the
+ * same slots. */
 static void restore_sampler(const insitra_ckpt_state *st, const insitra_ckpt_meta *meta, const tables *tb)
 {
     const int rank = st->world->rank;
-    if (meta->world_size == st->world->size) {
+    if (meta->world_size == st->world->size && meta->tp == st->tp) {
         memcpy(st->sampler->s, tb->row[INSITRA_CKPT_SAMPLER_STATE] + 4 * rank, sizeof st->sampler->s);
         *st->sample_cursor = (int64_t)tb->row[INSITRA_CKPT_SAMPLE_CURSOR][rank];
         st->store->pushed = (int64_t)tb->row[INSITRA_CKPT_SAMPLES_PUSHED][rank];
     } else {
         insitra_rng_seed(st->sampler, (uint64_t)st->cfg->training.seed ^ (uint64_t)meta->step * 0x9e3779b97f4a7c15ull,
-                         1 + (uint64_t)rank);
+                         st->sampler_stream);
         *st->sample_cursor = 0;
     }
 }
