@@ -48,6 +48,7 @@ insitra_status insitra_param_layout_create(insitra_param_layout *l, const insitr
 {
     const int64_t C = d->d_model, L = d->n_layers, tp = insitra_model_dims_tp(d);
     memset(l, 0, sizeof *l);
+    l->tp = tp;
     l->tensors = calloc((size_t)insitra_param_layout_count(L), sizeof *l->tensors);
     if (!l->tensors)
         return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "model: out of memory for the tensor table");
@@ -166,9 +167,12 @@ int64_t insitra_param_layout_find(const insitra_param_layout *l, const char *nam
 static int64_t carve_acts(insitra_acts *a, const insitra_model_dims *d, int64_t B, size_t es,
                           int64_t att_bytes, size_t align, char *base)
 {
-    const int64_t f = (int64_t)sizeof(float), e = (int64_t)es, C = d->d_model;
-    const int64_t N = insitra_size_mul(B, insitra_model_dims_tokens(d));
-    const int64_t NC = insitra_size_mul(N, C), NC3 = insitra_size_mul(3, NC), NC4 = insitra_size_mul(4, NC);
+    const int64_t f = (int64_t)sizeof(float), e = (int64_t)es, C = d->d_model, tp = insitra_model_dims_tp(d);
+    /* Nl residual-stream rows, Ng the tp group's rows; Cl, a rank's share of a width C */
+    const int64_t Nl = insitra_size_mul(B, insitra_model_dims_tokens(d));
+    const int64_t Ng = insitra_size_mul(B, insitra_model_dims_attn_tokens(d)), Cl = C / tp;
+    const int64_t NC = insitra_size_mul(Nl, C), NgC = insitra_size_mul(Ng, C);
+    const int64_t NgCl = insitra_size_mul(Ng, Cl), NgCl3 = insitra_size_mul(3, NgCl), NgCl4 = insitra_size_mul(4, NgCl);
     int64_t used = 0;
     /* every buffer on an `align` boundary: vector loads and cuBLASLt want it */
 #define CARVE(ptr, count, elem)                                                                    \
@@ -179,10 +183,10 @@ static int64_t carve_acts(insitra_acts *a, const insitra_model_dims *d, int64_t 
     } while (0)
     insitra_acts scratch_a;
     insitra_acts *aa = a ? a : &scratch_a;
-    CARVE(aa->x, insitra_size_mul(N, d->in_features), e);
+    CARVE(aa->x, insitra_size_mul(Nl, d->in_features), e);
     aa->x_f32 = NULL;
-    if (es != sizeof(float)) CARVE(aa->x_f32, insitra_size_mul(N, d->in_features), f);
-    CARVE(aa->y, insitra_size_mul(N, d->out_features), f);
+    if (es != sizeof(float)) CARVE(aa->x_f32, insitra_size_mul(Nl, d->in_features), f);
+    CARVE(aa->y, insitra_size_mul(Nl, d->out_features), f);
     CARVE(aa->encoded, NC, e);
     /* A block's activations: every block's kept for backward, or (recompute)
      * one set that each block's forward and recomputation use in turn, and
@@ -197,35 +201,43 @@ static int64_t carve_acts(insitra_acts *a, const insitra_model_dims *d, int64_t 
             ba->res_out = res_out;
             continue;
         }
-        CARVE(ba->ln1, NC, e);
-        CARVE(ba->ln1_mean, N, f);
-        CARVE(ba->ln1_rstd, N, f);
-        CARVE(ba->qkv, NC3, e);
+        CARVE(ba->ln1, NgC, e);
+        CARVE(ba->ln1_mean, Nl, f);
+        CARVE(ba->ln1_rstd, Nl, f);
+        CARVE(ba->qkv, NgCl3, e);
         CARVE(ba->att, att_bytes, 1);
-        CARVE(ba->atty, NC, e);
+        CARVE(ba->atty, NgCl, e);
         CARVE(ba->res_att, NC, e);
-        CARVE(ba->ln2, NC, e);
-        CARVE(ba->ln2_mean, N, f);
-        CARVE(ba->ln2_rstd, N, f);
-        CARVE(ba->fch, NC4, e);
-        CARVE(ba->fch_gelu, NC4, e);
+        CARVE(ba->ln2, NgC, e);
+        CARVE(ba->ln2_mean, Nl, f);
+        CARVE(ba->ln2_rstd, Nl, f);
+        CARVE(ba->fch, NgCl4, e);
+        CARVE(ba->fch_gelu, NgCl4, e);
         CARVE(ba->res_out, NC, e);
         shared = *ba;
     }
     CARVE(aa->lnf, NC, e);
-    CARVE(aa->lnf_mean, N, f);
-    CARVE(aa->lnf_rstd, N, f);
-    CARVE(aa->out, insitra_size_mul(N, d->out_features), f);
+    CARVE(aa->lnf_mean, Nl, f);
+    CARVE(aa->lnf_rstd, Nl, f);
+    CARVE(aa->out, insitra_size_mul(Nl, d->out_features), f);
     aa->ring = NULL;
     if (d->cp > 1)
         CARVE(aa->ring,
-              insitra_attention_ring_scratch_bytes(B, insitra_model_dims_tokens(d), C, d->n_heads, es), 1);
+              insitra_attention_ring_scratch_bytes(B, insitra_model_dims_attn_tokens(d), Cl,
+                                                   insitra_model_dims_heads(d), es),
+              1);
+    aa->tp_local = aa->tp_part = aa->tp_pieces = NULL;
+    if (tp > 1) {
+        CARVE(aa->tp_local, NC, e);
+        CARVE(aa->tp_part, NgC, e);
+        CARVE(aa->tp_pieces, NgC, e);
+    }
     CARVE(aa->dres, NC, e);
-    CARVE(aa->dln, NC, e);
-    CARVE(aa->datty, NC, e);
-    CARVE(aa->dqkv, NC3, e);
-    CARVE(aa->dfch, NC4, e);
-    CARVE(aa->dout, insitra_size_mul(N, d->out_features), e);
+    CARVE(aa->dln, NgC, e);
+    CARVE(aa->datty, NgCl, e);
+    CARVE(aa->dqkv, NgCl3, e);
+    CARVE(aa->dfch, NgCl4, e);
+    CARVE(aa->dout, insitra_size_mul(Nl, d->out_features), e);
 #undef CARVE
     return used;
 }
@@ -323,6 +335,29 @@ void insitra_param_init_unit(const insitra_param_layout *l, int64_t unit, int64_
         } else {
             memset(p, 0, (size_t)t->numel * sizeof(float));
         }
+    }
+}
+
+typedef struct slice_ctx {
+    float *local;
+    const float *global;
+} slice_ctx;
+
+static void slice_run(void *ctx, int64_t local, int64_t global, int64_t count)
+{
+    slice_ctx *c = ctx;
+    memcpy(c->local + local, c->global + global, (size_t)count * sizeof(float));
+}
+
+void insitra_param_unit_slice(const insitra_param_layout *local, const insitra_param_layout *global, int64_t unit,
+                              int64_t tp_rank, const float *global_unit, float *local_unit)
+{
+    const insitra_param_unit *lu = &local->units[unit], *gu = &global->units[unit];
+    for (int64_t k = 0; k < lu->num_tensors; k++) {
+        const insitra_tensor_desc *t = &local->tensors[lu->first_tensor + k];
+        const insitra_tensor_desc *g = &global->tensors[gu->first_tensor + k];
+        slice_ctx c = {local_unit + (t->offset - lu->offset), global_unit + (g->offset - gu->offset)};
+        insitra_tensor_tp_runs(t, tp_rank, slice_run, &c);
     }
 }
 

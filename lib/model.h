@@ -133,6 +133,7 @@ typedef struct insitra_param_layout {
     int64_t first_block_tensor;  /* index of blocks.0.ln1.weight */
     int64_t block_offset0;       /* offset of block 0 */
     int64_t block_numel;         /* floats per block */
+    int64_t tp;                  /* the ranks the tensors are split over (1: whole tensors) */
     int64_t num_units;           /* L + 2 */
     insitra_param_unit *units;
     int64_t max_unit_numel;
@@ -140,7 +141,12 @@ typedef struct insitra_param_layout {
 
 /* Per-block activations kept for backward, each sized for B samples of T
  * tokens (T / cp when a sample's tokens are spread over cp ranks). "act"
- * buffers are in the backend's compute type, statistics in fp32. */
+ * buffers are in the backend's compute type, statistics in fp32. With
+ * tp > 1, rows are Nl = B T / (cp tp) tokens of the residual stream (the
+ * LayerNorm statistics, res_att, res_out) or Ng = B T / cp gathered tokens
+ * (ln1, ln2 and everything between), and the widths 3C, C (atty), 4C are
+ * this rank's 1 / tp of them: the gathered LayerNorm outputs are kept, so
+ * backward gathers only gradients. */
 typedef struct insitra_block_acts {
     void *ln1;                  /* (B,T,C)   act */
     float *ln1_mean, *ln1_rstd; /* (B,T)     */
@@ -165,6 +171,10 @@ typedef struct insitra_acts {
     float *lnf_mean, *lnf_rstd; /* (B,T) */
     float *out;                 /* (B,T,F_out) */
     void *ring;                 /* the ring attention's scratch when cp > 1, else NULL */
+    /* tp > 1 (sequence parallelism): a LayerNorm's output on this rank's tokens before the
+     * gather (Nl,C), a row-parallel GEMM's partial sums or a gathered gradient (Ng,C), and the
+     * rank-major pieces of a collective (Ng,C); NULL at tp = 1 */
+    void *tp_local, *tp_part, *tp_pieces;
     /* backward scratch, reused by every block */
     void *dres;                 /* (B,T,C)   gradient of the residual stream */
     void *dln;                  /* (B,T,C)   */
@@ -204,8 +214,18 @@ typedef struct insitra_model {
      * order) and this rank's place in it; it holds tokens [cp_rank Tc, (cp_rank + 1) Tc) */
     struct insitra_group *cp_group;
     int64_t cp_rank;
+    /* tp > 1: the tp group, this rank's place in it (its heads and columns) */
+    struct insitra_group *tp_group;
+    int64_t tp_rank;
     struct insitra_backend *own_be; /* the backend insitra_model_create made, if any */
 } insitra_model;
+
+/* Which slice of each sample's tokens the rank holds (insitra_config_token_slices):
+ * tokens [slice T', (slice + 1) T') with T' = insitra_model_dims_tokens. */
+static inline int64_t insitra_model_token_slice(const insitra_model *m)
+{
+    return m->cp_rank * insitra_model_dims_tp(&m->dims) + m->tp_rank;
+}
 
 /* Tensors of a model of L blocks: embed.{weight,bias}, pos_embed, twelve per
  * block, ln_f.{weight,bias}, head.{weight,bias}. */
@@ -248,6 +268,12 @@ void insitra_model_free(insitra_model *m);
 struct insitra_rng;
 void insitra_param_init_unit(const insitra_param_layout *layout, int64_t unit, int64_t n_layers,
                              double std, struct insitra_rng *rng, float *unit_base);
+/* Unit `unit` of a layout of whole tensors (global, tp = 1) into the slices
+ * tp rank tp_rank holds of it (local: the same dims at tp > 1); both host fp32
+ * unit ranges. Initialising the whole unit and slicing it gives every tp the
+ * parameters tp = 1 starts from. */
+void insitra_param_unit_slice(const insitra_param_layout *local, const insitra_param_layout *global, int64_t unit,
+                              int64_t tp_rank, const float *global_unit, float *local_unit);
 /* The whole layout into params (host fp32). */
 void insitra_param_init(const insitra_param_layout *layout, int64_t n_layers, uint64_t seed,
                         double std, float *params);

@@ -731,15 +731,16 @@ insitra_status done(cuda_backend *c, insitra_coll *h)
     return INSITRA_STATUS_OK;
 }
 
-insitra_status cuda_reduce_scatter(insitra_backend *be, insitra_group *g, const float *send, float *recv, int64_t n,
-                                   insitra_coll *h)
+insitra_status cuda_reduce_scatter(insitra_backend *be, insitra_group *g, const void *send, void *recv, int64_t n,
+                                   insitra_dtype t, insitra_coll *h)
 {
     cuda_backend *c = cu(be);
     INSITRA_CHECK(fork(c, h));
     if (!g->nccl)
-        INSITRA_CHECK(copy_on(c->ns, recv, send, (size_t)n * sizeof(float)));
+        INSITRA_CHECK(copy_on(c->ns, recv, send, (size_t)n * insitra_dtype_size(t)));
     else
-        NCCL_TRY(ncclReduceScatter(send, recv, (size_t)n, ncclFloat, ncclSum, g->nccl, c->ns));
+        NCCL_TRY(ncclReduceScatter(send, recv, (size_t)n, t == INSITRA_DTYPE_BF16 ? ncclBfloat16 : ncclFloat, ncclSum,
+                                   g->nccl, c->ns));
     return done(c, h);
 }
 
@@ -913,6 +914,10 @@ const insitra_backend_i cuda_interface = {
     /* .attention_block_done = */ NULL,
     /* .ring_shift = */ NULL,
     /* .join_stream = */ cuda_join_stream,
+    /* tensor parallelism: not built for CUDA; insitra_config_validate refuses parallel.tp > 1 there */
+    /* .bias_residual_forward = */ NULL,
+    /* .bias_backward = */ NULL,
+    /* .block_transpose = */ NULL,
 };
 
 insitra_status pick_device(cuda_backend *c, MPI_Comm comm)
