@@ -324,7 +324,7 @@ insitra_status insitra_ckpt_norm_attrs_write(hid_t g, const insitra_normalize *n
 /* Every rank reads the whole group (the statistics are the same everywhere).
  * A file without it was written with data.normalize off, which the caller's
  * check of the stored configuration already refused. */
-insitra_status insitra_ckpt_norm_read(hid_t f, insitra_normalize *n)
+insitra_status insitra_ckpt_norm_read(hid_t f, int64_t saved_slices, insitra_normalize *n)
 {
     double *a[INSITRA_CKPT_NORM_DATASETS];
     int64_t len[INSITRA_CKPT_NORM_DATASETS];
@@ -352,12 +352,17 @@ insitra_status insitra_ckpt_norm_read(hid_t f, insitra_normalize *n)
         insitra_ckpt_attr_read_i64(g, INSITRA_CKPT_NORM_FROZEN, &frozen);
         H5Gclose(g);
     }
-    if (samples < 0 || (frozen != 0 && frozen != 1))
+    if (samples < 0 || (frozen != 0 && frozen != 1) || saved_slices < 1 || samples % saved_slices != 0 ||
+        samples / saved_slices > INT64_MAX / n->slices / n->seq_len)
         return insitra_error_set(INSITRA_STATUS_IO_ERROR,
-                                 "'/%s' lacks its attributes '%s' and '%s' (or they are out of range)",
-                                 INSITRA_CKPT_NORM_GROUP, INSITRA_CKPT_NORM_SAMPLES, INSITRA_CKPT_NORM_FROZEN);
-    n->samples = samples;
-    n->x.count = n->y.count = samples * n->seq_len;
+                                 "'/%s' lacks its attributes '%s' and '%s' (or they are out of range: %" PRId64
+                                 " samples counted by %" PRId64 " token slices each)",
+                                 INSITRA_CKPT_NORM_GROUP, INSITRA_CKPT_NORM_SAMPLES, INSITRA_CKPT_NORM_FROZEN, samples,
+                                 saved_slices);
+    /* every slice of a sample was counted once, by the rank holding it: the
+     * same samples as this run counts them (parallel.tp or cp changed) */
+    n->samples = samples / saved_slices * n->slices;
+    n->x.count = n->y.count = n->samples * n->seq_len;
     n->frozen = frozen == 1;
     /* what this process counted before the read is replaced by the file's state */
     insitra_normalize_clear(n, false);

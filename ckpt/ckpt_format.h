@@ -58,8 +58,11 @@ void insitra_ckpt_norm_arrays(const struct insitra_normalize *n, double *a[INSIT
 insitra_status insitra_ckpt_norm_attrs_write(hid_t g, const struct insitra_normalize *n);
 /* The whole group from an open file into n (made for the file's model):
  * shapes, CRC32Cs and attributes checked, IO_ERROR naming what is wrong;
- * then n's coefficients follow from the statistics (lib/normalize.h). */
-insitra_status insitra_ckpt_norm_read(hid_t file, struct insitra_normalize *n);
+ * then n's coefficients follow from the statistics (lib/normalize.h).
+ * saved_slices: the token slices per sample of the writer
+ * (insitra_config_token_slices of the stored configuration), whose ranks
+ * each counted every sample once: the count is restated in n's slices. */
+insitra_status insitra_ckpt_norm_read(hid_t file, int64_t saved_slices, struct insitra_normalize *n);
 #define INSITRA_CKPT_CRC_ATTR "crc32c" /* uint32, on every float32 dataset and table */
 
 /* The root attributes that decide what is loaded. version and config are

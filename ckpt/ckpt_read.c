@@ -26,9 +26,10 @@
 #define PATH_LEN 4200
 #define ANOTHER_MODEL "holds another model"
 
-/* The stored configuration must describe the same model. */
+/* The stored configuration must describe the same model. *saved_slices:
+ * the writer's token slices per sample (parallel.cp x parallel.tp). */
 static insitra_status check_model(const insitra_config *mine, const char *yaml, const char *file,
-                                  int world_size, int64_t saved_world)
+                                  int world_size, int64_t saved_world, int64_t *saved_slices)
 {
     /* what the weights mean: the shapes, and the units of the inputs and targets (an older
      * file reads as data.normalize off, model.residual false) */
@@ -42,6 +43,7 @@ static insitra_status check_model(const insitra_config *mine, const char *yaml, 
         insitra_config_free(stored);
         return insitra_error_prefix(INSITRA_STATUS_IO_ERROR, "stored configuration: ");
     }
+    *saved_slices = insitra_config_token_slices(stored);
     /* A rank's samples, statistics and sampler are of its own token slice
      * (parallel.cp): resumed only by the same slicing, on as many ranks. */
     if (stored->parallel.cp != mine->parallel.cp)
@@ -285,7 +287,9 @@ static insitra_status try_load(const insitra_ckpt_state *st, const char *file, i
     const char *warning = NULL;
     tables tb = {0};
     insitra_status s = insitra_ckpt_meta_check(&meta, &warning);
-    if (s == INSITRA_STATUS_OK) s = check_model(st->cfg, meta.config, file, st->world->size, meta.world_size);
+    int64_t saved_slices = 1;
+    if (s == INSITRA_STATUS_OK)
+        s = check_model(st->cfg, meta.config, file, st->world->size, meta.world_size, &saved_slices);
     if (s == INSITRA_STATUS_OK) s = read_tables(f, &meta, &tb);
     /* Collective reads need every rank: agree before starting them. */
     s = insitra_comm_agree(st->world, s);
@@ -294,11 +298,22 @@ static insitra_status try_load(const insitra_ckpt_state *st, const char *file, i
         touched->state = true; /* from here a failure leaves the state mixed */
         s = read_state(st, f);
     }
-    if (s == INSITRA_STATUS_OK && st->norm) s = insitra_comm_agree(st->world, insitra_ckpt_norm_read(f, st->norm));
+    if (s == INSITRA_STATUS_OK && st->norm)
+        s = insitra_comm_agree(st->world, insitra_ckpt_norm_read(f, saved_slices, st->norm));
     if (s == INSITRA_STATUS_OK) restore_sampler(st, &meta, &tb);
-    if (s == INSITRA_STATUS_OK && tb.row[INSITRA_CKPT_SAMPLE_COUNT]) {
+    /* A stored sample is one rank's token slice: it fits only the same
+     * slicing, and with more than one slice only the rank of the same place
+     * in the same grid (the same rank count). */
+    const int64_t slices = insitra_config_token_slices(st->cfg);
+    const bool samples_fit = saved_slices == slices && (slices == 1 || meta.world_size == st->world->size);
+    if (s == INSITRA_STATUS_OK && tb.row[INSITRA_CKPT_SAMPLE_COUNT] && samples_fit) {
         touched->samples = true;
         s = insitra_comm_agree(st->world, read_samples(st, f, meta.world_size, &tb));
+    } else if (s == INSITRA_STATUS_OK && tb.row[INSITRA_CKPT_SAMPLE_COUNT] && st->world->rank == 0) {
+        fprintf(stderr, "insitra: %s: its samples are not loaded: they are slices of %" PRId64 " tokens of %" PRId64
+                " ranks and this run holds slices of %" PRId64 " on %d ranks (parallel.cp x parallel.tp "
+                "changed); the sample stores start empty\n", file, st->cfg->model.seq_len / saved_slices,
+                meta.world_size, st->cfg->model.seq_len / slices, st->world->size);
     }
     if (s == INSITRA_STATUS_OK && st->n_arrays > 0) {
         touched->arrays = true;

@@ -15,12 +15,16 @@
  *                        do a surrogate's made from the checkpoint file (which
  *                        checks every tensor's CRC32C over the whole tensor);
  *                        training goes on.
+ *
+ * With "norm" after STAGE: data.normalize running and the samples in the
+ * checkpoint. The statistics, counted per token slice, load at another tp as
+ * the same statistics (the predictions say so); the samples, slices of the
+ * writer's tp, are not loaded at another one (the stores start empty).
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "insitra.h"
 #include "test_util.h"
@@ -33,6 +37,8 @@ enum { T = 8, FI = 3, FO = 2, N = 5, STEPS = 6 };
  * largest prediction. */
 #define PRED_TOL 1e-5
 
+static bool normalised;
+
 static insitra_trainer *make(insitra_test *t, int tp, int stage)
 {
     insitra_config *cfg = insitra_test_config(t, "model: {seq_len: 8, in_features: 3, out_features: 2,\n"
@@ -43,6 +49,10 @@ static insitra_trainer *make(insitra_test *t, int tp, int stage)
     if (!cfg) MPI_Abort(MPI_COMM_WORLD, 2);
     insitra_test_set(t, cfg, "parallel.tp", "%d", tp);
     insitra_test_set(t, cfg, "parallel.zero_stage", "%d", stage);
+    if (normalised) {
+        insitra_test_set(t, cfg, "data.normalize", "running");
+        insitra_test_set(t, cfg, "checkpoint.include_samples", "true");
+    }
     insitra_trainer *tr = NULL;
     if (insitra_trainer_create(&tr, cfg, MPI_COMM_WORLD) != INSITRA_STATUS_OK) {
         printf("rank %d: create at tp %d, stage %d: %s\n", t->rank, tp, stage, insitra_last_error());
@@ -52,11 +62,14 @@ static insitra_trainer *make(insitra_test *t, int tp, int stage)
     return tr;
 }
 
+/* 16 samples per rank, this rank's token slice of each (T / tp tokens at tp > 1). */
 static void push(insitra_test *t, insitra_trainer *tr, int salt)
 {
     static float x[16 * T * FI], y[16 * T * FO];
-    insitra_test_fill_wave(x, 16 * T * FI, sin, 0.23, t->rank + salt, 1);
-    insitra_test_fill_wave(y, 16 * T * FO, cos, 0.11, salt - t->rank, 1);
+    int64_t Tl = 0;
+    EXPECT_OK(t, insitra_trainer_sample_shape(tr, &Tl, NULL, NULL), "sample_shape");
+    insitra_test_fill_wave(x, 16 * Tl * FI, sin, 0.23, t->rank + salt, 1);
+    insitra_test_fill_wave(y, 16 * Tl * FO, cos, 0.11, salt - t->rank, 1);
     EXPECT_OK(t, insitra_push_samples(tr, 16, x, y), "push");
 }
 
@@ -101,6 +114,34 @@ static float *whole_state(insitra_test *t, insitra_trainer *tr, int64_t *n)
     return w;
 }
 
+/* insitra_predict of the whole samples x into pred (N, T, FO) on every rank:
+ * each rank predicts its token slice of them (T / tp tokens at tp > 1, as
+ * it is pushed), and the slices are put together (data replicas predict
+ * the same). */
+static void predict_whole(insitra_test *t, insitra_trainer *tr, const float *x, float *pred)
+{
+    int64_t Tl = 0;
+    EXPECT_OK(t, insitra_trainer_sample_shape(tr, &Tl, NULL, NULL), "sample_shape");
+    const int64_t slice = insitra_model_token_slice(&tr->engine.model);
+    float *xl = malloc((size_t)(N * Tl * FI) * sizeof(float)), *yl = malloc((size_t)(N * Tl * FO) * sizeof(float));
+    for (int64_t s = 0; s < N; s++)
+        memcpy(xl + s * Tl * FI, x + (s * T + slice * Tl) * FI, (size_t)(Tl * FI) * sizeof(float));
+    EXPECT_OK(t, insitra_predict(tr, N, xl, yl), "predict");
+    /* every rank's slice index and predictions */
+    int64_t *slices = malloc((size_t)t->size * sizeof(int64_t));
+    float *all = malloc((size_t)(t->size * N * Tl * FO) * sizeof(float));
+    MPI_Allgather(&slice, 1, MPI_INT64_T, slices, 1, MPI_INT64_T, MPI_COMM_WORLD);
+    MPI_Allgather(yl, (int)(N * Tl * FO), MPI_FLOAT, all, (int)(N * Tl * FO), MPI_FLOAT, MPI_COMM_WORLD);
+    for (int r = 0; r < t->size; r++)
+        for (int64_t s = 0; s < N; s++)
+            memcpy(pred + (s * T + slices[r] * Tl) * FO, all + ((int64_t)r * N + s) * Tl * FO,
+                   (size_t)(Tl * FO) * sizeof(float));
+    free(xl);
+    free(yl);
+    free(slices);
+    free(all);
+}
+
 /* A surrogate from path (every rank) predicts ref to rounding. */
 static void surrogate_matches(insitra_test *t, const char *path, const float *x, const float *ref, const char *what)
 {
@@ -122,12 +163,14 @@ static void write_mode(insitra_test *t, const char *dir, int tp, int stage)
     EXPECT_OK(t, insitra_checkpoint_save(tr, dir, path, sizeof path), "checkpoint_save");
     static float x[N * T * FI], pred[N * T * FO], got[N * T * FO];
     inputs(x);
-    EXPECT_OK(t, insitra_predict(tr, N, x, pred), "predict");
+    predict_whole(t, tr, x, pred);
     int64_t W = 0;
     float *state = whole_state(t, tr, &W);
     if (t->rank == 0) {
         file_io(t, dir, "state.bin", state, (size_t)(3 * W) * sizeof(float), 1);
         file_io(t, dir, "pred.bin", pred, sizeof pred, 1);
+        const int64_t wrote_tp = tp;
+        file_io(t, dir, "tp.bin", (void *)&wrote_tp, sizeof wrote_tp, 1);
     }
     /* the export holds the whole model: a surrogate made from it predicts what the trainer does */
     char exported[4200];
@@ -154,6 +197,13 @@ static void read_mode(insitra_test *t, const char *dir, int tp, int stage)
     char path[4096] = "";
     EXPECT_OK(t, insitra_checkpoint_load(tr, dir, path, sizeof path), "checkpoint_load");
     EXPECT(t, tr->step == STEPS, "step after the load is %lld", (long long)tr->step);
+    if (normalised) {
+        int64_t held = -1, wrote_tp = 0;
+        insitra_samples_stored(tr, &held);
+        file_io(t, dir, "tp.bin", &wrote_tp, sizeof wrote_tp, 0);
+        EXPECT(t, wrote_tp == tp ? held > 0 : held == 0, "%lld samples after a load at tp %d of a tp %lld file",
+               (long long)held, tp, (long long)wrote_tp);
+    }
     int64_t W = 0;
     float *got = whole_state(t, tr, &W), *want = malloc((size_t)(3 * W) * sizeof(float));
     file_io(t, dir, "state.bin", want, (size_t)(3 * W) * sizeof(float), 0);
@@ -164,7 +214,7 @@ static void read_mode(insitra_test *t, const char *dir, int tp, int stage)
     static float x[N * T * FI], pred[N * T * FO], ref[N * T * FO];
     inputs(x);
     file_io(t, dir, "pred.bin", ref, sizeof ref, 0);
-    EXPECT_OK(t, insitra_predict(tr, N, x, pred), "predict");
+    predict_whole(t, tr, x, pred);
     insitra_test_within(t, "predictions after the resume", insitra_test_max_error(pred, ref, N * T * FO), PRED_TOL);
     surrogate_matches(t, path, x, ref, "surrogate from the checkpoint");
     /* training goes on */
@@ -185,25 +235,12 @@ int main(int argc, char **argv)
 {
     insitra_test t = insitra_test_begin(&argc, &argv, "tp_ckpt");
     if (argc < 5) {
-        EXPECT(&t, false, "usage: test_tp_ckpt write|read DIR TP STAGE");
+        EXPECT(&t, false, "usage: test_tp_ckpt write|read DIR TP STAGE [norm]");
         return insitra_test_end(&t);
     }
     const char *mode = argv[1], *dir = argv[2];
     const int tp = atoi(argv[3]), stage = atoi(argv[4]);
-    /* Until the engine splits the model over the tp group, a run at tp > 1
-     * trains tp separate whole models: nothing here could hold. */
-    char written[4200];
-    snprintf(written, sizeof written, "%s/state.bin", dir);
-    if (strcmp(mode, "read") == 0 && access(written, F_OK) != 0)
-        return insitra_test_skip(&t, "no %s: its write step was skipped", written);
-    if (tp > 1) {
-        insitra_trainer *probe = make(&t, tp, stage);
-        const int64_t split = insitra_model_dims_tp(&probe->engine.model.dims);
-        insitra_trainer_free(probe);
-        if (split != tp)
-            return insitra_test_skip(&t, "the engine runs parallel.tp = %d with an unsplit model (tp %lld)", tp,
-                                     (long long)split);
-    }
+    normalised = argc > 5 && strcmp(argv[5], "norm") == 0;
     if (strcmp(mode, "write") == 0) write_mode(&t, dir, tp, stage);
     else if (strcmp(mode, "read") == 0) read_mode(&t, dir, tp, stage);
     else EXPECT(&t, false, "unknown mode '%s'", mode);
