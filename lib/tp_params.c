@@ -9,18 +9,16 @@
 #include "error.h"
 #include "trainer.h"
 
-/* A copy between a tensor's local and whole storage, run by run. */
+/* A tensor's local runs copied into its whole storage. */
 typedef struct run_copy {
-    const float *from;
-    float *to;
-    bool to_whole; /* local -> whole (gather), else whole -> local (slice) */
+    const float *from; /* the local tensor */
+    float *to;         /* the whole one */
 } run_copy;
 
 static void copy_run(void *ctx, int64_t local, int64_t global, int64_t count)
 {
     const run_copy *c = ctx;
-    if (c->to_whole) memcpy(c->to + global, c->from + local, (size_t)count * sizeof(float));
-    else memcpy(c->to + local, c->from + global, (size_t)count * sizeof(float));
+    memcpy(c->to + global, c->from + local, (size_t)count * sizeof(float));
 }
 
 /* Rank r's parts (at part, local layout) into the whole buffer. */
@@ -30,7 +28,7 @@ static void place(const insitra_param_layout *local, const float *part, int64_t 
     for (int64_t i = 0; i < local->num_tensors; i++) {
         const insitra_tensor_desc *t = &local->tensors[i];
         if (t->split == INSITRA_TP_REPLICATED && r != 0) continue;
-        run_copy c = {.from = part + t->offset, .to = whole_params + whole->tensors[i].offset, .to_whole = true};
+        run_copy c = {.from = part + t->offset, .to = whole_params + whole->tensors[i].offset};
         insitra_tensor_tp_runs(t, r, copy_run, &c);
     }
 }
@@ -63,12 +61,9 @@ insitra_status insitra_tp_params_gather(const insitra_comm *tp, const insitra_pa
 void insitra_tp_params_slice(const insitra_param_layout *whole, const float *whole_params,
                              const insitra_param_layout *local, int64_t tp_rank, float *local_params)
 {
-    for (int64_t i = 0; i < local->num_tensors; i++) {
-        const insitra_tensor_desc *t = &local->tensors[i];
-        run_copy c = {.from = whole_params + whole->tensors[i].offset, .to = local_params + t->offset,
-                      .to_whole = false};
-        insitra_tensor_tp_runs(t, tp_rank, copy_run, &c);
-    }
+    for (int64_t u = 0; u < local->num_units; u++)
+        insitra_param_unit_slice(local, whole, u, tp_rank, whole_params + whole->units[u].offset,
+                                 local_params + local->units[u].offset);
 }
 
 insitra_status insitra_trainer_whole_params(insitra_trainer *t, insitra_param_layout *whole, float **params)

@@ -26,7 +26,7 @@ insitra_status insitra_tp_params_gather(const insitra_comm *tp, const insitra_pa
                                         const insitra_param_layout *whole, float *whole_params);
 
 /* Local: tp rank tp_rank's part (local layout, of tp ranks) of the whole
- * parameters (whole layout, tp = 1). */
+ * parameters (whole layout, tp = 1), unit by unit (insitra_param_unit_slice). */
 void insitra_tp_params_slice(const insitra_param_layout *whole, const float *whole_params,
                              const insitra_param_layout *local, int64_t tp_rank, float *local_params);
 

@@ -522,7 +522,7 @@ static void check_rank_tables(const ckpt_file *c, const insitra_model_dims *dims
     free(counts);
     if (dset >= 0) H5Dclose(dset);
     if (total < 0) return; /* a problem named above, or a CRC mismatch below */
-    /* a rank's samples hold its tokens: seq_len / parallel.cp of each */
+    /* a rank's samples hold its tokens: seq_len / (parallel.cp x parallel.tp) of each */
     const hsize_t T = (hsize_t)insitra_model_dims_tokens(dims), n = (hsize_t)total;
     const hsize_t x[2] = {n, T * (hsize_t)dims->in_features}, y[2] = {n, T * (hsize_t)dims->out_features};
     check_dataset(c->file, "/" INSITRA_CKPT_SAMPLES_X, INSITRA_CKPT_FLOAT32, 2, x);
@@ -597,6 +597,8 @@ static int cmd_verify(const char *path)
         dims.cp = cfg->parallel.cp; /* the samples were saved per token slice */
         have_layout = insitra_param_layout_create(&layout, &dims) == INSITRA_STATUS_OK;
         if (!have_layout) problem("/", "stored config: %s", insitra_last_error());
+        /* after the layout: tensors are stored whole, samples per slice of cp x tp */
+        dims.tp = cfg->parallel.tp;
         insitra_config_free(cfg);
     }
     for (int g = 0; have_layout && g < (c.exported ? 1 : INSITRA_CKPT_GROUPS); g++)
