@@ -16,6 +16,11 @@
  *                        checks every tensor's CRC32C over the whole tensor);
  *                        training goes on.
  *
+ *   straight DIR TP STAGE  with the samples in the checkpoint: 6 steps, a
+ *                        checkpoint, 4 more steps whose losses go to DIR
+ *   resume DIR TP STAGE  the same grid: load, 4 steps, the same losses bit
+ *                        for bit (samplers and samples restored exactly)
+ *
  * With "norm" after STAGE: data.normalize running and the samples in the
  * checkpoint. The statistics, counted per token slice, load at another tp as
  * the same statistics (the predictions say so); the samples, slices of the
@@ -37,7 +42,7 @@ enum { T = 8, FI = 3, FO = 2, N = 5, STEPS = 6 };
  * largest prediction. */
 #define PRED_TOL 1e-5
 
-static bool normalised;
+static bool normalised, keep_samples;
 
 static insitra_trainer *make(insitra_test *t, int tp, int stage)
 {
@@ -49,10 +54,8 @@ static insitra_trainer *make(insitra_test *t, int tp, int stage)
     if (!cfg) MPI_Abort(MPI_COMM_WORLD, 2);
     insitra_test_set(t, cfg, "parallel.tp", "%d", tp);
     insitra_test_set(t, cfg, "parallel.zero_stage", "%d", stage);
-    if (normalised) {
-        insitra_test_set(t, cfg, "data.normalize", "running");
-        insitra_test_set(t, cfg, "checkpoint.include_samples", "true");
-    }
+    if (normalised) insitra_test_set(t, cfg, "data.normalize", "running");
+    if (normalised || keep_samples) insitra_test_set(t, cfg, "checkpoint.include_samples", "true");
     insitra_trainer *tr = NULL;
     if (insitra_trainer_create(&tr, cfg, MPI_COMM_WORLD) != INSITRA_STATUS_OK) {
         printf("rank %d: create at tp %d, stage %d: %s\n", t->rank, tp, stage, insitra_last_error());
@@ -231,17 +234,55 @@ static void read_mode(insitra_test *t, const char *dir, int tp, int stage)
     insitra_trainer_free(tr);
 }
 
+static void straight_mode(insitra_test *t, const char *dir, int tp, int stage)
+{
+    insitra_trainer *tr = make(t, tp, stage);
+    push(t, tr, 0);
+    for (int k = 0; k < STEPS; k++) EXPECT_OK(t, insitra_train_step(tr, NULL), "train_step");
+    EXPECT_OK(t, insitra_checkpoint_save(tr, dir, NULL, 0), "checkpoint_save");
+    double losses[4];
+    for (int k = 0; k < 4; k++) {
+        insitra_metrics m = {0};
+        EXPECT_OK(t, insitra_train_step(tr, &m), "train_step after the save");
+        losses[k] = m.loss;
+    }
+    if (t->rank == 0) file_io(t, dir, "losses.bin", losses, sizeof losses, 1);
+    insitra_trainer_free(tr);
+}
+
+static void resume_mode(insitra_test *t, const char *dir, int tp, int stage)
+{
+    insitra_trainer *tr = make(t, tp, stage); /* no push: the samples come from the checkpoint */
+    EXPECT_OK(t, insitra_checkpoint_load(tr, dir, NULL, 0), "checkpoint_load");
+    double losses[4], want[4];
+    for (int k = 0; k < 4; k++) {
+        insitra_metrics m = {0};
+        EXPECT_OK(t, insitra_train_step(tr, &m), "train_step after the load");
+        losses[k] = m.loss;
+    }
+    file_io(t, dir, "losses.bin", want, sizeof want, 0);
+    EXPECT(t, memcmp(losses, want, sizeof want) == 0, "resumed losses differ: %.17g vs %.17g (last)", losses[3],
+           want[3]);
+    if (t->rank == 0)
+        printf("resumed at tp %d, stage %d on %d ranks: 4 steps %s (last loss %.9g)\n", tp, stage, t->size,
+               memcmp(losses, want, sizeof want) == 0 ? "bit-identical" : "DIFFERENT", losses[3]);
+    insitra_trainer_free(tr);
+}
+
 int main(int argc, char **argv)
 {
     insitra_test t = insitra_test_begin(&argc, &argv, "tp_ckpt");
     if (argc < 5) {
-        EXPECT(&t, false, "usage: test_tp_ckpt write|read DIR TP STAGE [norm]");
+        EXPECT(&t, false, "usage: test_tp_ckpt write|read|straight|resume DIR TP STAGE [norm]");
         return insitra_test_end(&t);
     }
     const char *mode = argv[1], *dir = argv[2];
     const int tp = atoi(argv[3]), stage = atoi(argv[4]);
     normalised = argc > 5 && strcmp(argv[5], "norm") == 0;
+    keep_samples = strcmp(mode, "straight") == 0 || strcmp(mode, "resume") == 0;
     if (strcmp(mode, "write") == 0) write_mode(&t, dir, tp, stage);
+    else if (strcmp(mode, "straight") == 0) straight_mode(&t, dir, tp, stage);
+    else if (strcmp(mode, "resume") == 0) resume_mode(&t, dir, tp, stage);
     else if (strcmp(mode, "read") == 0) read_mode(&t, dir, tp, stage);
     else EXPECT(&t, false, "unknown mode '%s'", mode);
     return insitra_test_end(&t);
