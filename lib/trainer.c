@@ -202,7 +202,7 @@ insitra_status insitra_trainer_num_parameters(const insitra_trainer *t, int64_t 
     if (!t || !count)
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "trainer_num_parameters: %s is NULL",
                                  !t ? "trainer" : "count");
-    *count = t->engine.model.layout.total;
+    *count = t->engine.model.layout.global_total; /* the model's, not this rank's tp slices */
     return INSITRA_STATUS_OK;
 }
 
