@@ -359,7 +359,8 @@ insitra_status insitra_ckpt_norm_read(hid_t f, insitra_normalize *n, int64_t fil
     /* each of the file_cp slices of a sample was counted: whole samples, then n's slices of them */
     if (file_cp < 1 || samples % file_cp != 0 || samples / file_cp > INT64_MAX / (n->cp * n->seq_len))
         return insitra_error_set(INSITRA_STATUS_IO_ERROR,
-                                 "'/%s' counts %" PRId64 " sample slices, not a whole number of samples of %" PRId64
+                                 "'/%s' counts %" PRId64
+                                 " sample slices, not a whole number of samples of %" PRId64
                                  " slices (parallel.cp) each",
                                  INSITRA_CKPT_NORM_GROUP, samples, file_cp);
     samples = samples / file_cp * n->cp;

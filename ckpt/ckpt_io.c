@@ -73,7 +73,8 @@ uint32_t insitra_ckpt_crc_rows(uint32_t acc, const void *rows, int64_t n, size_t
 {
     const unsigned char *at = rows;
     /* Horner's rule: each earlier row moves one stride further from the end */
-    for (int64_t i = 0; i < n; i++, at += piece) acc = insitra_crc32c_combine(acc, insitra_crc32c(0, at, piece), stride);
+    for (int64_t i = 0; i < n; i++, at += piece)
+        acc = insitra_crc32c_combine(acc, insitra_crc32c(0, at, piece), stride);
     return acc;
 }
 

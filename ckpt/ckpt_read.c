@@ -115,10 +115,11 @@ static insitra_status read_tables(hid_t f, const insitra_ckpt_meta *meta, int64_
     tb->total_samples = insitra_ckpt_sample_rows((const int64_t *)tb->row[INSITRA_CKPT_SAMPLE_COUNT],
                                                  meta->world_size, slices, &bad);
     if (tb->total_samples < 0)
-        return insitra_error_set(INSITRA_STATUS_IO_ERROR,
-                                 "'/samples/count' of rank %" PRId64 " is %" PRId64
-                                 " (negative, too large, or not its group's: %" PRId64 " ranks share each sample)",
-                                 bad, bad >= 0 ? (int64_t)tb->row[INSITRA_CKPT_SAMPLE_COUNT][bad] : -1, slices);
+        return insitra_error_set(
+            INSITRA_STATUS_IO_ERROR,
+            "'/samples/count' of rank %" PRId64 " is %" PRId64
+            " (negative, too large, or not its group's: %" PRId64 " ranks share each sample)",
+            bad, bad >= 0 ? (int64_t)tb->row[INSITRA_CKPT_SAMPLE_COUNT][bad] : -1, slices);
     return INSITRA_STATUS_OK;
 }
 
@@ -243,7 +244,8 @@ static insitra_status read_samples(const insitra_ckpt_state *st, hid_t f, int64_
             acc = insitra_ckpt_crc_rows(acc, bufs[p], rows, (size_t)piece, row_bytes);
             at += rows;
         }
-        const uint64_t after = (uint64_t)(slices - 1 - slice) * piece + (uint64_t)(total - first - n) * row_bytes;
+        const uint64_t after =
+            (uint64_t)(slices - 1 - slice) * piece + (uint64_t)(total - first - n) * row_bytes;
         crc[p] = n > 0 ? insitra_crc32c_combine(acc, 0, after) : 0;
         H5Dclose(dset);
     }
@@ -263,8 +265,8 @@ static insitra_status read_samples(const insitra_ckpt_state *st, hid_t f, int64_
 /* The samplers: a group's (its ranks draw together) exact when the number
  * of groups matches, taken from the first rank of the writer's group of the
  * same index; else fresh streams, one per group. */
-static void restore_sampler(const insitra_ckpt_state *st, const insitra_ckpt_meta *meta, int64_t writer_slices,
-                            const tables *tb)
+static void restore_sampler(const insitra_ckpt_state *st, const insitra_ckpt_meta *meta,
+                            int64_t writer_slices, const tables *tb)
 {
     const int64_t slices = insitra_config_token_slices(st->cfg), group = st->world->rank / slices;
     if (meta->world_size / writer_slices == st->world->size / slices) {
@@ -273,7 +275,8 @@ static void restore_sampler(const insitra_ckpt_state *st, const insitra_ckpt_met
         *st->sample_cursor = (int64_t)tb->row[INSITRA_CKPT_SAMPLE_CURSOR][from];
         st->store->pushed = (int64_t)tb->row[INSITRA_CKPT_SAMPLES_PUSHED][from];
     } else {
-        insitra_rng_seed(st->sampler, (uint64_t)st->cfg->training.seed ^ (uint64_t)meta->step * 0x9e3779b97f4a7c15ull,
+        insitra_rng_seed(st->sampler,
+                         (uint64_t)st->cfg->training.seed ^ (uint64_t)meta->step * 0x9e3779b97f4a7c15ull,
                          1 + (uint64_t)group);
         *st->sample_cursor = 0;
     }
@@ -299,12 +302,14 @@ static insitra_status try_load(const insitra_ckpt_state *st, const char *file, i
     if (s == INSITRA_STATUS_OK) s = check_model(st->cfg, &meta, file, &wl);
     const bool samples = H5Lexists(f, INSITRA_CKPT_SAMPLES_GROUP, H5P_DEFAULT) > 0;
     /* before format 3, the samples of a cp > 1 run were rows of each rank's own slice */
-    if (s == INSITRA_STATUS_OK && samples && wl.slices > 1 && meta.format < INSITRA_CKPT_FORMAT_GLOBAL_SAMPLES)
-        s = insitra_error_set(INSITRA_STATUS_IO_ERROR,
-                              "checkpoint '%s' (format %" PRId64 ", insitra %s) holds its samples as the token "
-                              "slices of its parallel.cp = %" PRId64 " ranks, which this version (format %d) does "
-                              "not read; resume it with the version that wrote it",
-                              file, meta.format, meta.version ? meta.version : "?", wl.cp, INSITRA_CKPT_FORMAT);
+    if (s == INSITRA_STATUS_OK && samples && wl.slices > 1 &&
+        meta.format < INSITRA_CKPT_FORMAT_GLOBAL_SAMPLES)
+        s = insitra_error_set(
+            INSITRA_STATUS_IO_ERROR,
+            "checkpoint '%s' (format %" PRId64 ", insitra %s) holds its samples as the token "
+            "slices of its parallel.cp = %" PRId64 " ranks, which this version (format %d) does "
+            "not read; resume it with the version that wrote it",
+            file, meta.format, meta.version ? meta.version : "?", wl.cp, INSITRA_CKPT_FORMAT);
     if (s == INSITRA_STATUS_OK) s = read_tables(f, &meta, wl.slices, &tb);
     /* Collective reads need every rank: agree before starting them. */
     s = insitra_comm_agree(st->world, s);

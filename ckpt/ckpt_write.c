@@ -206,12 +206,13 @@ static void write_samples(writer *w, int64_t total, int64_t offset, uint32_t *cr
         uint32_t acc = 0;
         for (int k = 0; k < 2; k++) { /* the ring's two runs */
             const float *src = data[p] + run_start[k] * width[p];
-            write_block(w, dset, paths[p], offset + (k ? first_run : 0), run_len[k], slice * width[p], width[p],
-                        src);
+            write_block(w, dset, paths[p], offset + (k ? first_run : 0), run_len[k], slice * width[p],
+                        width[p], src);
             acc = insitra_ckpt_crc_rows(acc, src, run_len[k], (size_t)piece, row_bytes);
         }
         /* what follows this rank's last piece: the rest of its row, then the later rows */
-        const uint64_t after = (uint64_t)(slices - 1 - slice) * piece + (uint64_t)(total - offset - sm->count) * row_bytes;
+        const uint64_t after =
+            (uint64_t)(slices - 1 - slice) * piece + (uint64_t)(total - offset - sm->count) * row_bytes;
         crc[p] = sm->count > 0 ? insitra_crc32c_combine(acc, 0, after) : 0;
         bytes[p] = 0;
         if (dset >= 0) H5Dclose(dset);
@@ -377,8 +378,10 @@ static int64_t reserve_bytes(const insitra_ckpt_state *st, int64_t total_samples
         bytes += 3 * (b + (b >= MiB ? MiB : 0));
         datasets += 3;
     }
-    const int64_t sample_bytes[2] = {total_samples * st->store->x_numel * (int64_t)sizeof(float),
-                                     total_samples * st->store->y_numel * (int64_t)sizeof(float)};
+    /* the rows are whole samples: every token slice of the store's width */
+    const int64_t row_floats = insitra_config_token_slices(st->cfg) * (int64_t)sizeof(float);
+    const int64_t sample_bytes[2] = {total_samples * st->store->x_numel * row_floats,
+                                     total_samples * st->store->y_numel * row_floats};
     for (int p = 0; p < 2; p++) bytes += sample_bytes[p] + (sample_bytes[p] >= MiB ? MiB : 0);
     bytes += (int64_t)st->world->size * 7 * (int64_t)sizeof(uint64_t) + MiB; /* the tables, each below or aligned */
     if (st->norm) { /* the statistics: four float64 arrays, each below or aligned */
@@ -425,11 +428,12 @@ static insitra_status plan_save(const insitra_ckpt_state *st, save_plan *plan)
         if (counts[2 * r] != counts[2 * lead] || counts[2 * r + 1] != counts[2 * lead + 1]) {
             s = insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
                                   "checkpoint_save: rank %" PRId64 " holds %" PRId64 " samples of %" PRId64
-                                  " pushed but rank %" PRId64 " %" PRId64 " of %" PRId64 "; the ranks %" PRId64
-                                  "..%" PRId64 " share each sample's tokens (parallel.cp = %" PRId64
+                                  " pushed but rank %" PRId64 " %" PRId64 " of %" PRId64
+                                  "; the ranks %" PRId64 "..%" PRId64
+                                  " share each sample's tokens (parallel.cp = %" PRId64
                                   ") and must be pushed their slices of the same samples",
-                                  r, counts[2 * r], counts[2 * r + 1], lead, counts[2 * lead], counts[2 * lead + 1],
-                                  lead, lead + slices - 1, slices);
+                                  r, counts[2 * r], counts[2 * r + 1], lead, counts[2 * lead],
+                                  counts[2 * lead + 1], lead, lead + slices - 1, slices);
             break;
         }
         if (r == st->world->rank - st->world->rank % slices) plan->sample_offset = plan->total_samples;

@@ -121,8 +121,8 @@ typedef struct saved {
     float *params;
     int64_t count;
     float pred[N_EVAL][T][F];
-    double more[MORE];          /* the writer's own losses of the next MORE steps */
-    uint64_t sampler[4][4];     /* by world rank */
+    double more[MORE];      /* the writer's own losses of the next MORE steps */
+    uint64_t sampler[4][4]; /* by world rank */
     int64_t cursor[4];
 } saved;
 
@@ -145,7 +145,8 @@ static bool write_case(insitra_test *tc, const layout *w, const char *dir, saved
             insitra_zero_gather_params(&t->engine.zero, out->params);
             memcpy(sampler, t->sampler.s, sizeof sampler);
             cursor = t->sample_cursor;
-            ok = EXPECT_OK(tc, insitra_checkpoint_save(t, dir, out->path, sizeof out->path), "checkpoint_save");
+            ok = EXPECT_OK(tc, insitra_checkpoint_save(t, dir, out->path, sizeof out->path),
+                           "checkpoint_save");
         }
         for (int k = 0; ok && k < MORE; k++) ok = push_and_step(tc, t, w, SAVE_STEPS + k, &out->more[k]);
         if (t) insitra_trainer_free(t);
@@ -191,8 +192,9 @@ static void check_store(insitra_test *tc, const insitra_trainer *t, const layout
             memcmp(t->store.y + j * r->Tc * F, &gy[s][r->slice * r->Tc][0], bytes) != 0)
             wrong = j;
     }
-    EXPECT(tc, wrong < 0, "%s: rank %d: stored sample %lld is not its token slice %d of sample %lld", name, tc->rank,
-           (long long)wrong, r->slice, wrong < 0 ? -1LL : (long long)file_row_sample(w, first + wrong));
+    EXPECT(tc, wrong < 0, "%s: rank %d: stored sample %lld is not its token slice %d of sample %lld", name,
+           tc->rank, (long long)wrong, r->slice,
+           wrong < 0 ? -1LL : (long long)file_row_sample(w, first + wrong));
 }
 
 /* Loads sv on r, checks what the header says, trains MORE steps. */
@@ -206,44 +208,50 @@ static void read_case(insitra_test *tc, const char *name, const layout *w, const
     float *params = ok ? malloc((size_t)sv->count * sizeof(float)) : NULL;
     if (params) {
         insitra_zero_gather_params(&t->engine.zero, params);
-        EXPECT(tc, t->engine.model.layout.total == sv->count &&
-                       memcmp(params, sv->params, (size_t)sv->count * sizeof(float)) == 0,
+        EXPECT(tc,
+               t->engine.model.layout.total == sv->count &&
+                   memcmp(params, sv->params, (size_t)sv->count * sizeof(float)) == 0,
                "%s: parameters after the load are not the saved bits", name);
         free(params);
     }
     if (ok) check_store(tc, t, w, r, name);
     const bool same_replicas = w->dp == r->dp;
-    if (ok && same_replicas) { /* the replica's sampler goes on: from the first rank of the writer's replica */
+    if (ok &&
+        same_replicas) { /* the replica's sampler goes on: from the first rank of the writer's replica */
         const int from = r->group * w->cp;
-        EXPECT(tc, memcmp(t->sampler.s, sv->sampler[from], sizeof t->sampler.s) == 0 &&
-                       t->sample_cursor == sv->cursor[from],
+        EXPECT(tc,
+               memcmp(t->sampler.s, sv->sampler[from], sizeof t->sampler.s) == 0 &&
+                   t->sample_cursor == sv->cursor[from],
                "%s: rank %d's sampler is not that of writer rank %d", name, tc->rank, from);
     }
     float pred[N_EVAL][T][F];
     if (ok && predict_all(tc, t, r, pred)) {
         const double e = insitra_test_max_error(&pred[0][0][0], &sv->pred[0][0][0], N_EVAL * T * F);
-        EXPECT(tc, e <= TOL, "%s: predictions after the load differ from those before the save by %.3e", name, e);
+        EXPECT(tc, e <= TOL, "%s: predictions after the load differ from those before the save by %.3e", name,
+               e);
         if (tc->rank == 0) printf("%s: predictions after the load vs before the save: %.2e\n", name, e);
     }
     double loss[MORE] = {0}, dl = 0;
     for (int k = 0; ok && k < MORE; k++) {
         ok = push_and_step(tc, t, r, SAVE_STEPS + k, &loss[k]);
-        ok = ok && EXPECT(tc, isfinite(loss[k]), "%s: step %d's loss is %g", name, SAVE_STEPS + k + 1, loss[k]);
+        ok = ok &&
+             EXPECT(tc, isfinite(loss[k]), "%s: step %d's loss is %g", name, SAVE_STEPS + k + 1, loss[k]);
         dl = fmax(dl, insitra_test_rel_error(loss[k], sv->more[k]));
     }
     if (ok && same_replicas) { /* the same batches: the writer's own next losses, to rounding */
-        EXPECT(tc, dl <= TOL, "%s: the %d steps after the load differ from the writer's by %.3e", name, MORE, dl);
+        EXPECT(tc, dl <= TOL, "%s: the %d steps after the load differ from the writer's by %.3e", name, MORE,
+               dl);
         if (tc->rank == 0) printf("%s: %d more steps vs the writer's: %.2e\n", name, MORE, dl);
     } else if (ok && tc->rank == 0) {
-        printf("%s: %d more steps from step %d, finite (another replica count: fresh sampler streams)\n", name,
-               MORE, SAVE_STEPS);
+        printf("%s: %d more steps from step %d, finite (another replica count: fresh sampler streams)\n",
+               name, MORE, SAVE_STEPS);
     }
     insitra_trainer_free(t);
 }
 
 /* A load that must fail on every rank of l, the message naming `want`. */
-static void expect_refused(insitra_test *tc, const layout *l, const char *path, const char *key, const char *value,
-                           const char *want, const char *what)
+static void expect_refused(insitra_test *tc, const layout *l, const char *path, const char *key,
+                           const char *value, const char *want, const char *what)
 {
     if (l->comm == MPI_COMM_NULL) return;
     insitra_trainer *t = make(tc, l, key, value);
@@ -305,10 +313,12 @@ int main(int argc, char **argv)
     };
     char a_path[4096] = "";
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        layout w = make_layout(&tc, cases[c].n_w, cases[c].cp_w), r = make_layout(&tc, cases[c].n_r, cases[c].cp_r);
+        layout w = make_layout(&tc, cases[c].n_w, cases[c].cp_w),
+               r = make_layout(&tc, cases[c].n_r, cases[c].cp_r);
         char dir[64], name[160];
         snprintf(dir, sizeof dir, DIR "/%s", cases[c].name);
-        snprintf(name, sizeof name, "%s: dp %d x cp %d -> dp %d x cp %d", cases[c].name, w.dp, w.cp, r.dp, r.cp);
+        snprintf(name, sizeof name, "%s: dp %d x cp %d -> dp %d x cp %d", cases[c].name, w.dp, w.cp, r.dp,
+                 r.cp);
         saved sv;
         if (write_case(&tc, &w, dir, &sv)) read_case(&tc, name, &w, &r, &sv);
         MPI_Barrier(MPI_COMM_WORLD);
@@ -320,7 +330,8 @@ int main(int argc, char **argv)
 
     /* refusals, on the first two ranks at cp 2 and one rank at cp 1 */
     layout two = make_layout(&tc, 2, 2), one = make_layout(&tc, 1, 1);
-    expect_refused(&tc, &one, a_path, "model.seq_len", "16", "model.seq_len", "seq_len 16 loading a seq_len 8 file");
+    expect_refused(&tc, &one, a_path, "model.seq_len", "16", "model.seq_len",
+                   "seq_len 16 loading a seq_len 8 file");
     char old[4200];
     snprintf(old, sizeof old, DIR "/A-format1.h5");
     int made = 0;
@@ -331,8 +342,10 @@ int main(int argc, char **argv)
     }
     MPI_Bcast(&made, 1, MPI_INT, 0, MPI_COMM_WORLD);
     if (EXPECT(&tc, made, "could not make a format 1 copy of %s", a_path)) {
-        expect_refused(&tc, &two, old, NULL, NULL, "token slices", "format 1 file of cp 2 with samples, at cp 2");
-        expect_refused(&tc, &one, old, NULL, NULL, "token slices", "format 1 file of cp 2 with samples, at cp 1");
+        expect_refused(&tc, &two, old, NULL, NULL, "token slices",
+                       "format 1 file of cp 2 with samples, at cp 2");
+        expect_refused(&tc, &one, old, NULL, NULL, "token slices",
+                       "format 1 file of cp 2 with samples, at cp 1");
     }
     check_save_mismatch(&tc, &two, DIR "/mismatch");
     free_layout(&two);

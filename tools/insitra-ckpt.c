@@ -405,12 +405,14 @@ static void info_samples(const ckpt_file *c)
     /* from format 3 the ranks sharing each sample's tokens store it once, whole */
     int64_t slices = 1, bad;
     char why[256];
-    insitra_config *cfg = c->meta.format >= INSITRA_CKPT_FORMAT_GLOBAL_SAMPLES ? ckpt_config(c, why, sizeof why) : NULL;
+    insitra_config *cfg =
+        c->meta.format >= INSITRA_CKPT_FORMAT_GLOBAL_SAMPLES ? ckpt_config(c, why, sizeof why) : NULL;
     if (cfg) slices = insitra_config_token_slices(cfg);
     insitra_config_free(cfg);
-    const int64_t total = per_rank && H5Dread(dset, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, per_rank) >= 0
-                              ? insitra_ckpt_sample_rows(per_rank, (int64_t)dims[0], slices, &bad)
-                              : -1;
+    const int64_t total =
+        per_rank && H5Dread(dset, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, per_rank) >= 0
+            ? insitra_ckpt_sample_rows(per_rank, (int64_t)dims[0], slices, &bad)
+            : -1;
     if (total >= 0) {
         printf("%-14s %" PRId64 " stored (per rank:", "samples", total);
         for (hsize_t r = 0; r < dims[0] && r < 16; r++) printf(" %" PRId64, per_rank[r]);
@@ -517,13 +519,14 @@ static void check_rank_tables(const ckpt_file *c, const insitra_model_dims *dims
                                                                                        : NULL;
     int64_t total = -1, bad = -1;
     if (counts && H5Dread(dset, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, counts) >= 0) {
-        /* counts come from the file: a negative one, a sum past 2^62 or a group's ranks disagreeing is damage */
+        /* from the file: a negative count, a sum past 2^62 or a group's ranks disagreeing is damage */
         total = insitra_ckpt_sample_rows(counts, (int64_t)w, slices, &bad);
         if (total < 0)
-            problem(insitra_ckpt_tables[INSITRA_CKPT_SAMPLE_COUNT].path,
-                    "rank %lld holds %lld samples, which no store holds (the counts must be non-negative, add "
-                    "up within 2^62, and be the same on the %lld ranks sharing each sample)",
-                    (long long)bad, bad >= 0 ? (long long)counts[bad] : -1LL, (long long)slices);
+            problem(
+                insitra_ckpt_tables[INSITRA_CKPT_SAMPLE_COUNT].path,
+                "rank %lld holds %lld samples, which no store holds (the counts must be non-negative, add "
+                "up within 2^62, and be the same on the %lld ranks sharing each sample)",
+                (long long)bad, bad >= 0 ? (long long)counts[bad] : -1LL, (long long)slices);
     }
     free(counts);
     if (dset >= 0) H5Dclose(dset);
@@ -603,8 +606,10 @@ static int cmd_verify(const char *path)
         dims = insitra_config_model_dims(cfg);
         /* format 3 stores whole samples, one row per group of ranks sharing them;
          * before, each rank its own slice's rows (docs/checkpoint.md) */
-        if (c.meta.format >= INSITRA_CKPT_FORMAT_GLOBAL_SAMPLES) slices = insitra_config_token_slices(cfg);
-        else dims.cp = cfg->parallel.cp;
+        if (c.meta.format >= INSITRA_CKPT_FORMAT_GLOBAL_SAMPLES)
+            slices = insitra_config_token_slices(cfg);
+        else
+            dims.cp = cfg->parallel.cp;
         have_layout = insitra_param_layout_create(&layout, &dims) == INSITRA_STATUS_OK;
         if (!have_layout) problem("/", "stored config: %s", insitra_last_error());
         insitra_config_free(cfg);
