@@ -1,8 +1,9 @@
 /*
  * Loading a checkpoint: verify and read one file, or walk a directory from
  * `latest` back to the newest checkpoint that verifies. Each rank reads what
- * its own layout needs, so any rank count and ZeRO stage can resume any
- * checkpoint; CRC32Cs are checked piece by piece and combined across ranks.
+ * its own layout needs, so any rank count, ZeRO stage and parallel.cp can
+ * resume any checkpoint (a rank its token slice of the stored samples);
+ * CRC32Cs are checked piece by piece and combined across ranks.
  * Everything that decides what is read (the root attributes, the stored
  * configuration, the integer tables) is checked before the first byte of
  * the state is written.
