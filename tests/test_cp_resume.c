@@ -8,10 +8,13 @@
  *   C  dp 2 x cp 2 (4 ranks) -> dp 1 x cp 2 (2 ranks)   fewer data replicas
  *   D  cp 2 (2 ranks)        -> dp 2 x cp 1 (2 ranks)   more data replicas
  *   E  dp 2 x cp 2 (4 ranks) -> dp 2 x cp 1 (2 ranks)   the same replicas
+ *   F  dp 2 x cp 2 (4 ranks) -> dp 1 x cp 4 (4 ranks)   at data.capacity 10: the
+ *      writers' stores wrap round, the reader keeps 10 of the 20 rows
  * After each load: the step is the saved one; the parameters are the saved
  * bits; every rank's store holds, oldest first, its slice of tokens of the
  * samples its data replica is given (its own replica's with as many
- * replicas, else an even block of all, in replica order), bit for bit; the
+ * replicas, else an even block of all, in replica order; the newest
+ * data.capacity of them), bit for bit; the
  * predictions of the same samples equal those before the save to rounding
  * (1e-5 of their scale: only the sums' order differs); with as many
  * replicas the sampler states and cursors are the writer's, and the next
@@ -19,7 +22,8 @@
  * batches at another cp; with data.normalize = running the statistics'
  * counts are converted too, so a wrong conversion shows in the
  * predictions); with another replica count the steps go on from the saved
- * step with finite losses. Also refused, by name: a cp = 2 file made to
+ * step with finite losses. Also refused, by name: a flipped byte in a
+ * cp = 2 file's samples (the CRC of interleaved slices), a cp = 2 file made to
  * look written before format 3 (its samples are token slices), a
  * different model.seq_len, and a save whose cp group's ranks were pushed
  * different counts. The dp 2 x cp 2 file stays in cp_resume_files/ for
@@ -54,11 +58,12 @@ typedef struct layout {
     int n, cp;
     MPI_Comm comm;
     int rank, dp, group, slice, Tc, per; /* per: samples each replica is pushed per step */
+    int capacity;                        /* data.capacity */
 } layout;
 
-static layout make_layout(const insitra_test *tc, int n, int cp)
+static layout make_layout(const insitra_test *tc, int n, int cp, int capacity)
 {
-    layout l = {.n = n, .cp = cp, .comm = MPI_COMM_NULL};
+    layout l = {.n = n, .cp = cp, .comm = MPI_COMM_NULL, .capacity = capacity};
     MPI_Comm_split(MPI_COMM_WORLD, tc->rank < n ? 0 : MPI_UNDEFINED, tc->rank, &l.comm);
     l.rank = tc->rank, l.dp = n / cp, l.group = tc->rank / cp, l.slice = tc->rank % cp, l.Tc = T / cp;
     l.per = BG / l.dp;
@@ -72,6 +77,7 @@ static insitra_trainer *make(insitra_test *tc, const layout *l, const char *key,
     insitra_test_set(tc, cfg, "parallel.cp", "%d", l->cp);
     insitra_test_set(tc, cfg, "parallel.zero_stage", "1");
     insitra_test_set(tc, cfg, "training.batch_size", "%d", l->per);
+    insitra_test_set(tc, cfg, "data.capacity", "%d", l->capacity);
     if (key) insitra_test_set(tc, cfg, key, "%s", value);
     insitra_trainer *t = NULL;
     EXPECT_OK(tc, insitra_trainer_create(&t, cfg, l->comm), "trainer_create");
@@ -165,21 +171,31 @@ static bool write_case(insitra_test *tc, const layout *w, const char *dir, saved
     return all == 1;
 }
 
+/* Samples each of the writer's replicas held at the save: its newest. */
+static int64_t held(const layout *w)
+{
+    const int64_t pushed = (int64_t)SAVE_STEPS * w->per;
+    return pushed < w->capacity ? pushed : w->capacity;
+}
+
 /* The global sample index of row `row` of the writer's file: replica h's
- * pushes, oldest first, replica after replica. */
+ * held samples, oldest first, replica after replica. */
 static int64_t file_row_sample(const layout *w, int64_t row)
 {
-    const int64_t per_replica = (int64_t)SAVE_STEPS * w->per, h = row / per_replica, j = row % per_replica;
+    const int64_t pushed = (int64_t)SAVE_STEPS * w->per, h = row / held(w);
+    const int64_t j = pushed - held(w) + row % held(w); /* replica h's j-th push */
     return j / w->per * BG + h * w->per + j % w->per;
 }
 
-/* This rank's store after the load against the samples its replica is given. */
+/* This rank's store after the load against the samples its replica is
+ * given (the newest data.capacity of them). */
 static void check_store(insitra_test *tc, const insitra_trainer *t, const layout *w, const layout *r,
                         const char *name)
 {
-    const int64_t total = (int64_t)SAVE_STEPS * BG;
+    const int64_t total = (int64_t)w->dp * held(w);
     int64_t first = total * r->group / r->dp, n = total * (r->group + 1) / r->dp - first;
-    if (w->dp == r->dp) first = (int64_t)r->group * SAVE_STEPS * w->per, n = (int64_t)SAVE_STEPS * w->per;
+    if (w->dp == r->dp) first = (int64_t)r->group * held(w), n = held(w);
+    if (n > r->capacity) first += n - r->capacity, n = r->capacity;
     if (!EXPECT(tc, t->store.count == n && t->store.x_numel == r->Tc * F,
                 "%s: rank %d holds %lld samples of %lld floats, want %lld of %d", name, tc->rank,
                 (long long)t->store.count, (long long)t->store.x_numel, (long long)n, r->Tc * F))
@@ -305,16 +321,19 @@ int main(int argc, char **argv)
     }
     MPI_Barrier(MPI_COMM_WORLD);
 
+    /* F: each writer replica's store wraps round (12 pushes, capacity 10),
+     * and the reader keeps the newest 10 of the 20 stored rows */
     const struct {
         const char *name;
-        int n_w, cp_w, n_r, cp_r;
+        int n_w, cp_w, n_r, cp_r, capacity;
     } cases[] = {
-        {"A", 2, 2, 1, 1}, {"B", 1, 1, 4, 4}, {"C", 4, 2, 2, 2}, {"D", 2, 2, 2, 1}, {"E", 4, 2, 2, 1},
+        {"A", 2, 2, 1, 1, 80}, {"B", 1, 1, 4, 4, 80}, {"C", 4, 2, 2, 2, 80},
+        {"D", 2, 2, 2, 1, 80}, {"E", 4, 2, 2, 1, 80}, {"F", 4, 2, 4, 4, 10},
     };
     char a_path[4096] = "";
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        layout w = make_layout(&tc, cases[c].n_w, cases[c].cp_w),
-               r = make_layout(&tc, cases[c].n_r, cases[c].cp_r);
+        layout w = make_layout(&tc, cases[c].n_w, cases[c].cp_w, cases[c].capacity),
+               r = make_layout(&tc, cases[c].n_r, cases[c].cp_r, cases[c].capacity);
         char dir[64], name[160];
         snprintf(dir, sizeof dir, DIR "/%s", cases[c].name);
         snprintf(name, sizeof name, "%s: dp %d x cp %d -> dp %d x cp %d", cases[c].name, w.dp, w.cp, r.dp,
@@ -329,18 +348,29 @@ int main(int argc, char **argv)
     }
 
     /* refusals, on the first two ranks at cp 2 and one rank at cp 1 */
-    layout two = make_layout(&tc, 2, 2), one = make_layout(&tc, 1, 1);
+    layout two = make_layout(&tc, 2, 2, 80), one = make_layout(&tc, 1, 1, 80);
     expect_refused(&tc, &one, a_path, "model.seq_len", "16", "model.seq_len",
                    "seq_len 16 loading a seq_len 8 file");
-    char old[4200];
+    char old[4200], flipped[4200];
     snprintf(old, sizeof old, DIR "/A-format1.h5");
-    int made = 0;
-    if (tc.rank == 0) { /* a cp 2 file made to look older than format 3 */
+    snprintf(flipped, sizeof flipped, DIR "/A-flipped.h5");
+    int made = 0, made_flip = 0;
+    if (tc.rank ==
+        0) { /* a cp 2 file made to look older than format 3, and one with a byte of a sample flipped */
         char cmd[8600];
         snprintf(cmd, sizeof cmd, "cp '%s' '%s'", a_path, old);
         made = system(cmd) == 0 && damage_downgrade(old) == 0;
+        snprintf(cmd, sizeof cmd, "cp '%s' '%s'", a_path, flipped);
+        made_flip = system(cmd) == 0 && damage_flip_data(flipped, "/samples/x") == 0;
     }
     MPI_Bcast(&made, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    MPI_Bcast(&made_flip, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    if (EXPECT(&tc, made_flip, "could not flip a byte of a copy of %s", a_path)) {
+        expect_refused(&tc, &two, flipped, NULL, NULL, "CRC32C of '/samples/x'",
+                       "a sample's byte flipped, at cp 2");
+        expect_refused(&tc, &one, flipped, NULL, NULL, "CRC32C of '/samples/x'",
+                       "a sample's byte flipped, at cp 1");
+    }
     if (EXPECT(&tc, made, "could not make a format 1 copy of %s", a_path)) {
         expect_refused(&tc, &two, old, NULL, NULL, "token slices",
                        "format 1 file of cp 2 with samples, at cp 2");
