@@ -361,6 +361,8 @@ int64_t insitra_config_held_out_capacity(const insitra_config *cfg)
     return f > 0 ? (int64_t)ceil((double)cfg->data.capacity * f) : 0;
 }
 
+int64_t insitra_config_token_slices(const insitra_config *cfg) { return cfg->parallel.cp; }
+
 int64_t insitra_config_micro_batch(const insitra_config *cfg)
 {
     return cfg->training.micro_batch_size > 0 ? cfg->training.micro_batch_size

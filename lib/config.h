@@ -99,6 +99,12 @@ struct insitra_model_dims insitra_config_model_dims(const insitra_config *cfg);
 /* Micro-batch size with the "0 means batch_size" rule applied. */
 int64_t insitra_config_micro_batch(const insitra_config *cfg);
 
+/* How many token slices each sample is split into across the ranks that
+ * share it (parallel.cp today): rank r holds slice r % slices of its
+ * samples, and the ranks r / slices share them. The one definition the
+ * trainer's store and the checkpoint's re-slicing both follow. */
+int64_t insitra_config_token_slices(const insitra_config *cfg);
+
 /* Samples each rank's held-out store keeps: data.capacity x data.validation_fraction, rounded up. */
 int64_t insitra_config_held_out_capacity(const insitra_config *cfg);
 

@@ -87,7 +87,7 @@ static insitra_status allocate(insitra_trainer *t)
     t->batch_slots = calloc((size_t)cfg->training.batch_size, sizeof(int64_t));
     if (!t->batch_slots)
         return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "trainer: cannot allocate the batch's slots");
-    const int64_t Tc = T / cfg->parallel.cp; /* this rank's tokens of each sample */
+    const int64_t Tc = T / insitra_config_token_slices(cfg); /* this rank's tokens of each sample */
     INSITRA_CHECK(insitra_sample_store_create(&t->store, cfg->data.capacity, Tc * cfg->model.in_features,
                                               Tc * cfg->model.out_features));
     const int64_t held = insitra_config_held_out_capacity(cfg);
@@ -184,7 +184,8 @@ insitra_status insitra_trainer_sample_shape(const insitra_trainer *t, int64_t *s
                                             int64_t *in_features, int64_t *out_features)
 {
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "trainer_sample_shape: trainer is NULL");
-    if (seq_len) *seq_len = t->cfg.model.seq_len / t->cfg.parallel.cp; /* this rank's tokens */
+    if (seq_len)
+        *seq_len = t->cfg.model.seq_len / insitra_config_token_slices(&t->cfg); /* this rank's tokens */
     if (in_features) *in_features = t->cfg.model.in_features;
     if (out_features) *out_features = t->cfg.model.out_features;
     return INSITRA_STATUS_OK;
