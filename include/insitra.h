@@ -161,8 +161,9 @@ insitra_status insitra_evaluate(insitra_trainer *trainer, int64_t n, const float
 /* Collective. Writes dir/step-NNNNNNNN.h5 (every rank its shard), then
  * points dir/latest at it and deletes checkpoints beyond checkpoint.keep_last.
  * The file appears under its final name only once every rank has written and
- * flushed its part: a crash leaves the previous checkpoint as it was. If
- * path_out is not NULL, the new file's path is written there (NUL-terminated,
+ * flushed its part: a crash leaves the previous checkpoint as it was. The
+ * ranks of a cp group must hold the same sample count (INVALID_ARGUMENT
+ * otherwise, naming parallel.cp). If path_out is not NULL, the new file's path is written there (NUL-terminated,
  * truncated to path_size). */
 insitra_status insitra_checkpoint_save(insitra_trainer *trainer, const char *dir, char *path_out,
                                        size_t path_size);
@@ -171,7 +172,8 @@ insitra_status insitra_checkpoint_save(insitra_trainer *trainer, const char *dir
  * sampler and (when the checkpoint has them) the samples. path is a file, or
  * a directory: then its newest checkpoint that verifies (file complete, every
  * CRC32C right) is used, older ones tried in turn. The checkpoint may come
- * from another rank count or ZeRO stage. The model keys must match the
+ * from another rank count, ZeRO stage or parallel.cp (each rank reads its
+ * token slice of the stored samples). The model keys must match the
  * trainer's; a mismatch names the key. If path_out is not NULL, the path that
  * was loaded is written there. When nothing loads, the trainer is unchanged,
  * unless a checkpoint failed its checks halfway through reading: then it is

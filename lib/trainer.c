@@ -191,7 +191,8 @@ insitra_status insitra_trainer_sample_shape(const insitra_trainer *t, int64_t *s
                                             int64_t *in_features, int64_t *out_features)
 {
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "trainer_sample_shape: trainer is NULL");
-    if (seq_len) *seq_len = t->cfg.model.seq_len / insitra_config_token_slices(&t->cfg); /* this rank's tokens */
+    if (seq_len)
+        *seq_len = t->cfg.model.seq_len / insitra_config_token_slices(&t->cfg); /* this rank's tokens */
     if (in_features) *in_features = t->cfg.model.in_features;
     if (out_features) *out_features = t->cfg.model.out_features;
     return INSITRA_STATUS_OK;
