@@ -120,7 +120,7 @@ for R in $rank_counts; do
     fi
 done
 
-declare -A res last_t last_ms
+declare -A res last_t last_ms same_t_ms
 rows=()      # "T R" in run order
 noisy=0
 summary=$log_dir/summary.md
@@ -179,13 +179,20 @@ for T in $ts; do
             skip "$R x ${plan_mib} MiB planned > MemAvailable ${avail_mib} MiB"; continue
         fi
         # Predicted time: the last T of this rank count, scaled as T^2 (attention's
-        # share grows so; the rest grows as T, so this over-estimates).
-        pred=
+        # share grows so; the rest grows as T, so this over-estimates); before
+        # that, this T's last run at another rank count.
+        pred='' from=''
+        [[ ${last_t[$R]:-} == skipped ]] && { skip "a shorter T was skipped or failed at $R ranks"; continue; }
         if [[ -n ${last_t[$R]:-} ]]; then
-            if [[ ${last_t[$R]} == skipped ]]; then skip "a shorter T was skipped or failed at $R ranks"; continue; fi
             pred=$(calc %.0f "($warmup + $steps) * ${last_ms[$R]} / 1000 * ($T / ${last_t[$R]})^2 + 2")
+            from="${last_ms[$R]} ms/step at T=${last_t[$R]}"
+        elif [[ -n ${same_t_ms[$T]:-} ]]; then
+            pred=$(calc %.0f "($warmup + $steps) * ${same_t_ms[$T]} / 1000 + 2")
+            from="${same_t_ms[$T]} ms/step at another rank count"
+        fi
+        if [[ -n $pred ]]; then
             if ((pred > max_run_s)); then
-                skip "predicted ${pred}s (from ${last_ms[$R]} ms/step at T=${last_t[$R]}) > --max-run-s $max_run_s"
+                skip "predicted ${pred}s (from $from) > --max-run-s $max_run_s"
                 last_t[$R]=skipped; continue
             fi
             if ((deadline_s > 0 && SECONDS - start + pred > deadline_s)); then
@@ -228,7 +235,7 @@ for T in $ts; do
         if awk "BEGIN { exit !($step_ms > 1.25 * $(field "$line" step_ms_min)) }"; then
             noisy=1 res[$k,note]="noisy: median $(calc %.2f "$step_ms / $(field "$line" step_ms_min)")x the fastest step"
         fi
-        last_t[$R]=$T last_ms[$R]=$step_ms
+        last_t[$R]=$T last_ms[$R]=$step_ms same_t_ms[$T]=$step_ms
         write_summary
     done
 done
