@@ -66,6 +66,7 @@ module insitra
     real(c_double) :: step_seconds = 0          ! wall time of the step on this rank
     real(c_double) :: comm_wait_seconds = 0     ! part of step_seconds waiting on communication
     real(c_double) :: validation_loss = 0       ! held-out loss (data.validation_fraction); NaN if not computed
+    real(c_double) :: ring_wait_seconds = 0     ! part of comm_wait_seconds in the cp attention ring's waits
   end type insitra_metrics
 
   !> Bytes held on one rank (C struct insitra_memory_usage).

@@ -100,6 +100,9 @@ typedef struct insitra_metrics {
     double validation_loss;   /* mean squared error over every rank's held-out samples
                                  (data.validation_fraction), in the units of loss; NaN when
                                  not computed this step (only at progress lines, log.every_steps) */
+    double ring_wait_seconds; /* part of comm_wait_seconds blocked in the context-parallel
+                                 attention ring's waits (0 at parallel.cp = 1): its exposed
+                                 communication, the neighbours' lateness included */
 } insitra_metrics;
 
 /* Collective over comm (which is duplicated; the caller keeps its own). The

@@ -409,6 +409,7 @@ insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
         .lr = lr,
         .step_seconds = seconds,
         .comm_wait_seconds = insitra_engine_wait_seconds(&t->engine),
+        .ring_wait_seconds = insitra_engine_ring_wait_seconds(&t->engine),
     };
     out.tokens_per_second = seconds > 0 ? (double)out.tokens / seconds : 0.0;
     out.validation_loss = NAN;

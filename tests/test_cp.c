@@ -16,7 +16,8 @@
  * token count; resuming a cp > 1 checkpoint at the same cp is bit-exact
  * (other layouts: test_cp_resume.c); cp not dividing model.seq_len or
  * the world size refused on every rank, and so are the ranks of a cp group
- * passing different sample counts.
+ * passing different sample counts. insitra_metrics.ring_wait_seconds is
+ * positive at cp > 1, zero at cp = 1 and within comm_wait_seconds.
  */
 #include <math.h>
 #include <stdio.h>
@@ -110,6 +111,13 @@ static bool run(insitra_test *tc, MPI_Comm comm, int stage, int cp, trajectory *
         insitra_metrics m;
         ok = EXPECT_OK(tc, insitra_train_step(t, &m), "train_step");
         out->loss[k] = m.loss;
+        /* the ring's blocked time: some at cp > 1 (it waits 3 cp - 2 times per layer), none at cp = 1,
+         * and a part of all the step's waits */
+        EXPECT(tc, cp > 1 ? m.ring_wait_seconds > 0 : m.ring_wait_seconds == 0,
+               "cp %d step %d: ring_wait_seconds %g", cp, k, m.ring_wait_seconds);
+        EXPECT(tc, m.ring_wait_seconds <= m.comm_wait_seconds * (1 + 1e-12),
+               "cp %d step %d: ring_wait_seconds %g > comm_wait_seconds %g", cp, k, m.ring_wait_seconds,
+               m.comm_wait_seconds);
         out->validation = m.validation_loss;
     }
     if (ok) { /* every rank passes the same N_EVAL samples' slices */
