@@ -324,7 +324,7 @@ insitra_status insitra_ckpt_norm_attrs_write(hid_t g, const insitra_normalize *n
 /* Every rank reads the whole group (the statistics are the same everywhere).
  * A file without it was written with data.normalize off, which the caller's
  * check of the stored configuration already refused. */
-insitra_status insitra_ckpt_norm_read(hid_t f, int64_t saved_slices, insitra_normalize *n)
+insitra_status insitra_ckpt_norm_read(hid_t f, insitra_normalize *n, int64_t file_slices)
 {
     double *a[INSITRA_CKPT_NORM_DATASETS];
     int64_t len[INSITRA_CKPT_NORM_DATASETS];
@@ -352,17 +352,20 @@ insitra_status insitra_ckpt_norm_read(hid_t f, int64_t saved_slices, insitra_nor
         insitra_ckpt_attr_read_i64(g, INSITRA_CKPT_NORM_FROZEN, &frozen);
         H5Gclose(g);
     }
-    if (samples < 0 || (frozen != 0 && frozen != 1) || saved_slices < 1 || samples % saved_slices != 0 ||
-        samples / saved_slices > INT64_MAX / n->slices / n->seq_len)
+    if (samples < 0 || (frozen != 0 && frozen != 1))
         return insitra_error_set(INSITRA_STATUS_IO_ERROR,
-                                 "'/%s' lacks its attributes '%s' and '%s' (or they are out of range: %" PRId64
-                                 " samples counted by %" PRId64 " token slices each)",
-                                 INSITRA_CKPT_NORM_GROUP, INSITRA_CKPT_NORM_SAMPLES, INSITRA_CKPT_NORM_FROZEN, samples,
-                                 saved_slices);
-    /* every slice of a sample was counted once, by the rank holding it: the
-     * same samples as this run counts them (parallel.tp or cp changed) */
-    n->samples = samples / saved_slices * n->slices;
-    n->x.count = n->y.count = n->samples * n->seq_len;
+                                 "'/%s' lacks its attributes '%s' and '%s' (or they are out of range)",
+                                 INSITRA_CKPT_NORM_GROUP, INSITRA_CKPT_NORM_SAMPLES, INSITRA_CKPT_NORM_FROZEN);
+    /* each of the file_slices slices of a sample was counted: whole samples, then n's slices of them */
+    if (file_slices < 1 || samples % file_slices != 0 || samples / file_slices > INT64_MAX / (n->slices * n->seq_len))
+        return insitra_error_set(INSITRA_STATUS_IO_ERROR,
+                                 "'/%s' counts %" PRId64
+                                 " sample slices, not a whole number of samples of %" PRId64
+                                 " slices (parallel.cp x parallel.tp) each",
+                                 INSITRA_CKPT_NORM_GROUP, samples, file_slices);
+    samples = samples / file_slices * n->slices;
+    n->samples = samples;
+    n->x.count = n->y.count = samples * n->seq_len;
     n->frozen = frozen == 1;
     /* what this process counted before the read is replaced by the file's state */
     insitra_normalize_clear(n, false);
@@ -552,6 +555,43 @@ uint32_t insitra_ckpt_tensor_crc(const insitra_tensor_desc *t, int64_t tp_rank, 
     insitra_ckpt_tensor_rects(t, tp_rank, first, count, crc_rect, &c);
     const uint64_t total = (uint64_t)(t->global_shape[0] * t->global_shape[1]) * sizeof(float);
     return count > 0 ? insitra_crc32c_combine(c.crc, 0, total - c.at) : 0;
+}
+
+insitra_status insitra_ckpt_select_block(hid_t dset, int64_t row, int64_t rows, int64_t col, int64_t cols,
+                                         hid_t *file_space, hid_t *mem_space)
+{
+    *file_space = H5Dget_space(dset);
+    const hsize_t mem_dim = rows > 0 && cols > 0 ? (hsize_t)(rows * cols) : 1;
+    *mem_space = H5Screate_simple(1, &mem_dim, NULL);
+    if (*file_space < 0 || *mem_space < 0)
+        return insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: cannot create a dataspace");
+    if (rows <= 0 || cols <= 0) {
+        H5Sselect_none(*file_space);
+        H5Sselect_none(*mem_space);
+        return INSITRA_STATUS_OK;
+    }
+    /* HDF5 walks the block row by row, the order of the memory piece */
+    const hsize_t start[2] = {(hsize_t)row, (hsize_t)col}, block[2] = {(hsize_t)rows, (hsize_t)cols};
+    const hsize_t one[2] = {1, 1};
+    if (H5Sselect_hyperslab(*file_space, H5S_SELECT_SET, start, NULL, one, block) < 0)
+        return insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: cannot select a hyperslab");
+    return INSITRA_STATUS_OK;
+}
+
+int64_t insitra_ckpt_sample_rows(const int64_t *counts, int64_t world, int64_t slices, int64_t *bad_rank)
+{
+    *bad_rank = -1;
+    if (slices < 1 || world % slices != 0) return -1;
+    int64_t total = 0;
+    for (int64_t r = 0; r < world; r++) {
+        const int64_t lead = counts[r - r % slices];
+        if (counts[r] < 0 || counts[r] != lead || counts[r] > (INT64_C(1) << 62) - total) {
+            *bad_rank = r;
+            return -1;
+        }
+        if (r % slices == 0) total += counts[r];
+    }
+    return total;
 }
 
 /* ---- the directory ---- */

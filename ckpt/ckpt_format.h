@@ -19,9 +19,15 @@
 #include "model.h"
 
 /* Format 2 = format 1 + the metadata checksum (meta_crc32c) and a crc32c on
- * the integer tables. Format 1 files still load, with a warning. */
-#define INSITRA_CKPT_FORMAT 2
+ * the integer tables. Format 1 files still load, with a warning.
+ * Format 3 = format 2 with the stored samples global at any parallel.cp:
+ * one row per sample, every token, written by the token slices' ranks
+ * together (the same bytes as format 2 at parallel.cp = 1). Format 1 and 2
+ * files saved at parallel.cp > 1 held rows of each rank's own slice: their
+ * samples are refused (INSITRA_CKPT_FORMAT_GLOBAL_SAMPLES). */
+#define INSITRA_CKPT_FORMAT 3
 #define INSITRA_CKPT_FORMAT_OLDEST 1
+#define INSITRA_CKPT_FORMAT_GLOBAL_SAMPLES 3
 
 /* Groups of tensors, in file order: parameters, AdamW m, AdamW v. */
 #define INSITRA_CKPT_GROUPS 3
@@ -39,6 +45,14 @@ extern const insitra_ckpt_table insitra_ckpt_tables[INSITRA_CKPT_TABLES];
 #define INSITRA_CKPT_SAMPLES_GROUP "samples"
 #define INSITRA_CKPT_SAMPLES_X "samples/x"
 #define INSITRA_CKPT_SAMPLES_Y "samples/y"
+/* The rows of /samples/x and /samples/y from /samples/count (counts, one per
+ * writer rank): each group of `slices` consecutive writer ranks (the stored
+ * configuration's insitra_config_token_slices from format 3 on, 1 before)
+ * held slices of the same samples, one row each, so a group adds its first
+ * rank's count. -1 when a count is negative, the sum passes 2^62, slices
+ * does not divide world, or the ranks of a group disagree: *bad_rank then
+ * names the rank whose count is wrong. */
+int64_t insitra_ckpt_sample_rows(const int64_t *counts, int64_t world, int64_t slices, int64_t *bad_rank);
 /* The feature statistics (data.normalize, lib/normalize.h), the same on every
  * rank, written by rank 0: float64 means and sums of squared deviations of
  * the inputs (in_features) and the learned targets (out_features), and on
@@ -59,10 +73,10 @@ insitra_status insitra_ckpt_norm_attrs_write(hid_t g, const struct insitra_norma
 /* The whole group from an open file into n (made for the file's model):
  * shapes, CRC32Cs and attributes checked, IO_ERROR naming what is wrong;
  * then n's coefficients follow from the statistics (lib/normalize.h).
- * saved_slices: the token slices per sample of the writer
- * (insitra_config_token_slices of the stored configuration), whose ranks
- * each counted every sample once: the count is restated in n's slices. */
-insitra_status insitra_ckpt_norm_read(hid_t file, int64_t saved_slices, struct insitra_normalize *n);
+ * file_slices: the token slices (insitra_config_token_slices) of the
+ * file's writer. Its `samples` counts each sample once per token slice, and
+ * n counts them n->slices times: a file of another cp or tp is converted. */
+insitra_status insitra_ckpt_norm_read(hid_t file, struct insitra_normalize *n, int64_t file_slices);
 #define INSITRA_CKPT_CRC_ATTR "crc32c" /* uint32, on every float32 dataset and table */
 
 /* The root attributes that decide what is loaded. version and config are
@@ -112,6 +126,11 @@ insitra_status insitra_ckpt_open_dataset(hid_t file, const char *path, int kind,
  * space; count 0 selects nothing (collective calls still take part). */
 insitra_status insitra_ckpt_select(hid_t dset, int64_t first, int64_t count, hid_t *file_space,
                                    hid_t *mem_space);
+/* The same for the block of rows [row, row + rows) and columns [col, col +
+ * cols) of a 2-D dataset (one rank's token slice of its samples), with a
+ * memory space of rows x cols contiguous values; rows 0 selects nothing. */
+insitra_status insitra_ckpt_select_block(hid_t dset, int64_t row, int64_t rows, int64_t col, int64_t cols,
+                                         hid_t *file_space, hid_t *mem_space);
 
 /* Tensors hold their whole (global) shape at any parallel.tp. Rank tp_rank's
  * local tensor t (of its layout's tp) sits in it as insitra_tensor_tp_window

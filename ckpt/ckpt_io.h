@@ -39,6 +39,16 @@ void insitra_ckpt_group_buffers(const insitra_ckpt_state *st, int g, float **ful
 insitra_status insitra_ckpt_combine_crcs(const insitra_comm *c, uint32_t *crc,
                                          const uint64_t *bytes, int64_t n);
 
+/* A rank's share of the CRC32C of a dataset whose pieces are spread over
+ * the ranks in any order (the token slices of the stored samples): as the
+ * pieces of all ranks tile the dataset, its CRC is the XOR over the pieces
+ * of each piece's CRC shifted past the bytes that follow it (CRC(a || b) =
+ * CRC(a) x^(8 |b|) + CRC(b) mod P). Adds n rows of `piece` bytes each, one
+ * every `stride` bytes of the dataset, to acc (0 to start); the share is
+ * then insitra_crc32c_combine(acc, 0, bytes after the last row's piece),
+ * and insitra_ckpt_combine_crcs with bytes 0 XORs the shares. */
+uint32_t insitra_ckpt_crc_rows(uint32_t acc, const void *rows, int64_t n, size_t piece, uint64_t stride);
+
 /* insitra_comm_agree, but every rank returns the failing rank's status
  * (IO_ERROR rather than REMOTE_ERROR) with its message: a full disk is an
  * I/O error wherever it is seen. */

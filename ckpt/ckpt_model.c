@@ -190,7 +190,8 @@ static insitra_status read_contents(hid_t f, insitra_model_file *out)
         s = insitra_normalize_create(&out->norm, &out->cfg, 1);
         if (s != INSITRA_STATUS_OK) s = insitra_error_prefix(INSITRA_STATUS_IO_ERROR, "stored configuration: ");
     }
-    if (s == INSITRA_STATUS_OK && out->norm.mode != INSITRA_NORMALIZE_OFF) s = insitra_ckpt_norm_read(f, out->norm.slices, &out->norm);
+    if (s == INSITRA_STATUS_OK && out->norm.mode != INSITRA_NORMALIZE_OFF)
+        s = insitra_ckpt_norm_read(f, &out->norm, insitra_config_token_slices(&out->cfg));
     return s;
 }
 

@@ -1,9 +1,10 @@
 /*
  * Loading a checkpoint: verify and read one file, or walk a directory from
  * `latest` back to the newest checkpoint that verifies. Each rank reads what
- * its own layout needs, so any rank count, parallel.tp and ZeRO stage can
- * resume any checkpoint (tensors are stored whole); CRC32Cs are checked
- * piece by piece and combined across ranks.
+ * its own layout needs, so any rank count, ZeRO stage, parallel.cp and
+ * parallel.tp can resume any checkpoint (tensors are stored whole, and a
+ * rank reads its tp part of them and its token slice of the stored samples);
+ * CRC32Cs are checked piece by piece and combined across ranks.
  * Everything that decides what is read (the root attributes, the stored
  * configuration, the integer tables) is checked before the first byte of
  * the state is written.
@@ -26,10 +27,16 @@
 #define PATH_LEN 4200
 #define ANOTHER_MODEL "holds another model"
 
-/* The stored configuration must describe the same model. *saved_slices:
- * the writer's token slices per sample (parallel.cp x parallel.tp). */
-static insitra_status check_model(const insitra_config *mine, const char *yaml, const char *file,
-                                  int world_size, int64_t saved_world, int64_t *saved_slices)
+/* What the stored configuration says of the file's layout. */
+typedef struct writer_layout {
+    int64_t slices; /* token slices of a sample (insitra_config_token_slices) */
+    int64_t cp;     /* parallel.cp (a format-2 file's samples are per cp rank) */
+} writer_layout;
+
+/* The stored configuration must describe the same model; its layout (any
+ * parallel.cp and rank count) into *wl. */
+static insitra_status check_model(const insitra_config *mine, const insitra_ckpt_meta *meta, const char *file,
+                                  writer_layout *wl)
 {
     /* what the weights mean: the shapes, and the units of the inputs and targets (an older
      * file reads as data.normalize off, model.residual false) */
@@ -38,25 +45,18 @@ static insitra_status check_model(const insitra_config *mine, const char *yaml, 
                                  "model.residual", "model.residual_inputs", "data.normalize"};
     insitra_config *stored = NULL;
     INSITRA_CHECK(insitra_config_create(&stored));
-    insitra_status s = insitra_config_load_yaml_string(stored, yaml);
+    insitra_status s = insitra_config_load_yaml_string(stored, meta->config);
     if (s != INSITRA_STATUS_OK) {
         insitra_config_free(stored);
         return insitra_error_prefix(INSITRA_STATUS_IO_ERROR, "stored configuration: ");
     }
-    *saved_slices = insitra_config_token_slices(stored);
-    /* A rank's samples, statistics and sampler are of its own token slice
-     * (parallel.cp): resumed only by the same slicing, on as many ranks. */
-    if (stored->parallel.cp != mine->parallel.cp)
-        s = insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
-                              "checkpoint '%s' was saved at config key 'parallel.cp' = %" PRId64 " but this "
-                              "trainer runs parallel.cp = %" PRId64 "; a checkpoint resumes only at the "
-                              "parallel.cp it was saved at in this version",
-                              file, stored->parallel.cp, mine->parallel.cp);
-    if (s == INSITRA_STATUS_OK && mine->parallel.cp > 1 && world_size != saved_world)
-        s = insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
-                              "checkpoint '%s' was saved by %" PRId64 " ranks at parallel.cp = %" PRId64
-                              "; with parallel.cp > 1 it resumes only on as many ranks (this run has %d)",
-                              file, saved_world, mine->parallel.cp, world_size);
+    wl->slices = insitra_config_token_slices(stored);
+    wl->cp = stored->parallel.cp;
+    if (meta->world_size % wl->slices != 0)
+        s = insitra_error_set(INSITRA_STATUS_IO_ERROR,
+                              "checkpoint '%s' was saved by %" PRId64 " ranks, which %" PRId64
+                              " token slices (parallel.cp x parallel.tp) do not divide",
+                              file, meta->world_size, wl->slices);
     for (size_t k = 0; k < sizeof keys / sizeof keys[0] && s == INSITRA_STATUS_OK; k++) {
         char theirs[INSITRA_CONFIG_PATH_MAX + 32], ours[INSITRA_CONFIG_PATH_MAX + 32];
         insitra_config_get(stored, keys[k], theirs, sizeof theirs);
@@ -105,20 +105,23 @@ static insitra_status read_table(hid_t f, int k, int64_t writers, bool check_crc
     return s;
 }
 
-static insitra_status read_tables(hid_t f, const insitra_ckpt_meta *meta, tables *tb)
+static insitra_status read_tables(hid_t f, const insitra_ckpt_meta *meta, int64_t slices, tables *tb)
 {
     const bool samples = H5Lexists(f, INSITRA_CKPT_SAMPLES_GROUP, H5P_DEFAULT) > 0;
     const int n = samples ? INSITRA_CKPT_TABLES : INSITRA_CKPT_SAMPLE_COUNT;
     for (int k = 0; k < n; k++)
         INSITRA_CHECK(read_table(f, k, meta->world_size, meta->format >= 2, &tb->row[k]));
     tb->total_samples = 0;
-    for (int64_t r = 0; samples && r < meta->world_size; r++) {
-        const int64_t c = (int64_t)tb->row[INSITRA_CKPT_SAMPLE_COUNT][r];
-        if (c < 0 || c > INT64_MAX / 2 - tb->total_samples)
-            return insitra_error_set(INSITRA_STATUS_IO_ERROR, "'/samples/count' of rank %" PRId64 " is %" PRId64,
-                                     r, c);
-        tb->total_samples += c;
-    }
+    if (!samples) return INSITRA_STATUS_OK;
+    int64_t bad = -1;
+    tb->total_samples = insitra_ckpt_sample_rows((const int64_t *)tb->row[INSITRA_CKPT_SAMPLE_COUNT],
+                                                 meta->world_size, slices, &bad);
+    if (tb->total_samples < 0)
+        return insitra_error_set(
+            INSITRA_STATUS_IO_ERROR,
+            "'/samples/count' of rank %" PRId64 " is %" PRId64
+            " (negative, too large, or not its group's: %" PRId64 " ranks share each sample)",
+            bad, bad >= 0 ? (int64_t)tb->row[INSITRA_CKPT_SAMPLE_COUNT][bad] : -1, slices);
     return INSITRA_STATUS_OK;
 }
 
@@ -195,49 +198,59 @@ static insitra_status read_state(const insitra_ckpt_state *st, hid_t f)
     return s;
 }
 
-/* The stored samples: this rank's own when the rank count is the same,
- * otherwise an even block of all of them; the newest data.capacity are kept,
- * older ones only enter the CRC. The datasets' extents were checked against
- * the (checked) counts, so no selection reaches past them, and no read is
- * larger than the store. */
-static insitra_status read_samples(const insitra_ckpt_state *st, hid_t f, int64_t writers, const tables *tb)
+/* The stored samples, whole rows of every token: each group of this run's
+ * ranks (insitra_config_token_slices consecutive ranks) takes the rows of
+ * the writer's group of its index when the number of groups (data
+ * replicas) is the same, otherwise an even block of all of them; each rank
+ * reads its slice's columns of those rows. The newest data.capacity are
+ * kept, older ones only enter the CRC. The datasets' extents were checked
+ * against the (checked) counts, so no selection reaches past them, and no
+ * read is larger than the store. */
+static insitra_status read_samples(const insitra_ckpt_state *st, hid_t f, int64_t writer_groups,
+                                   int64_t writer_slices, const tables *tb)
 {
-    const int size = st->world->size, rank = st->world->rank;
+    const int64_t slices = insitra_config_token_slices(st->cfg), slice = st->world->rank % slices;
+    const int64_t groups = st->world->size / slices, group = st->world->rank / slices;
     const int64_t total = tb->total_samples;
-    int64_t first = total * rank / size, n = total * (rank + 1) / size - first;
-    if (writers == size) {
+    const uint64_t *counts = tb->row[INSITRA_CKPT_SAMPLE_COUNT];
+    int64_t first = total * group / groups, n = total * (group + 1) / groups - first;
+    if (writer_groups == groups) {
         first = 0;
-        for (int r = 0; r < rank; r++) first += (int64_t)tb->row[INSITRA_CKPT_SAMPLE_COUNT][r];
-        n = (int64_t)tb->row[INSITRA_CKPT_SAMPLE_COUNT][rank];
+        for (int64_t g = 0; g < group; g++) first += (int64_t)counts[g * writer_slices];
+        n = (int64_t)counts[group * writer_slices];
     }
     insitra_sample_store *sm = st->store;
     const int64_t keep = n < sm->capacity ? n : sm->capacity;
     const char *paths[2] = {INSITRA_CKPT_SAMPLES_X, INSITRA_CKPT_SAMPLES_Y};
     float *bufs[2] = {sm->x, sm->y};
-    const int64_t widths[2] = {sm->x_numel, sm->y_numel};
+    const int64_t widths[2] = {sm->x_numel, sm->y_numel}; /* this rank's slice of a row */
     uint32_t crc[2] = {0, 0}, stored[2] = {0, 0};
-    uint64_t bytes[2] = {0, 0};
+    const uint64_t bytes[2] = {0, 0}; /* the shares are XORed (insitra_ckpt_crc_rows) */
     insitra_status s = INSITRA_STATUS_OK;
     for (int p = 0; p < 2 && s == INSITRA_STATUS_OK; p++) {
-        const hsize_t want[2] = {(hsize_t)total, (hsize_t)widths[p]};
+        const hsize_t want[2] = {(hsize_t)total, (hsize_t)(slices * widths[p])};
         hid_t dset;
         s = insitra_ckpt_open_dataset(f, paths[p], INSITRA_CKPT_FLOAT32, 2, want, &dset);
         if (s != INSITRA_STATUS_OK) break;
         s = insitra_ckpt_attr_read_crc(dset, paths[p], &stored[p]);
+        const uint64_t piece = (uint64_t)widths[p] * sizeof(float), row_bytes = (uint64_t)slices * piece;
+        uint32_t acc = 0;
         /* Older rows pass through the buffer for the CRC, then the kept ones stay. */
         for (int64_t at = first; at < first + n && s == INSITRA_STATUS_OK;) {
             const int64_t older = first + n - keep - at;
             const int64_t rows = older > 0 ? (older < keep ? older : keep) : first + n - at;
             hid_t fspace = -1, mspace = -1;
-            s = insitra_ckpt_select(dset, at * widths[p], rows * widths[p], &fspace, &mspace);
+            s = insitra_ckpt_select_block(dset, at, rows, slice * widths[p], widths[p], &fspace, &mspace);
             if (s == INSITRA_STATUS_OK && H5Dread(dset, H5T_NATIVE_FLOAT, mspace, fspace, H5P_DEFAULT, bufs[p]) < 0)
                 s = insitra_ckpt_h5_error("cannot read '/%s'", paths[p]);
             if (fspace >= 0) H5Sclose(fspace);
             if (mspace >= 0) H5Sclose(mspace);
-            crc[p] = insitra_crc32c(crc[p], bufs[p], (size_t)(rows * widths[p]) * sizeof(float));
+            acc = insitra_ckpt_crc_rows(acc, bufs[p], rows, (size_t)piece, row_bytes);
             at += rows;
         }
-        bytes[p] = (uint64_t)(n * widths[p]) * sizeof(float);
+        const uint64_t after =
+            (uint64_t)(slices - 1 - slice) * piece + (uint64_t)(total - first - n) * row_bytes;
+        crc[p] = n > 0 ? insitra_crc32c_combine(acc, 0, after) : 0;
         H5Dclose(dset);
     }
     /* Every rank takes part in the combination, even after a local failure. */
@@ -253,20 +266,22 @@ static insitra_status read_samples(const insitra_ckpt_state *st, hid_t f, int64_
     return INSITRA_STATUS_OK;
 }
 
-/* The samplers: exact when the rank grid matches (the rank count and
- * parallel.tp; parallel.cp always does), else fresh streams, one per
- * stream of the new grid, so the ranks of a tp or cp group still draw the
- * same slots. */
-static void restore_sampler(const insitra_ckpt_state *st, const insitra_ckpt_meta *meta, const tables *tb)
+/* The samplers: a group's (its ranks draw together) exact when the number
+ * of groups matches, taken from the first rank of the writer's group of the
+ * same index; else fresh streams, one per group. */
+static void restore_sampler(const insitra_ckpt_state *st, const insitra_ckpt_meta *meta,
+                            int64_t writer_slices, const tables *tb)
 {
-    const int rank = st->world->rank;
-    if (meta->world_size == st->world->size && meta->tp == st->tp) {
-        memcpy(st->sampler->s, tb->row[INSITRA_CKPT_SAMPLER_STATE] + 4 * rank, sizeof st->sampler->s);
-        *st->sample_cursor = (int64_t)tb->row[INSITRA_CKPT_SAMPLE_CURSOR][rank];
-        st->store->pushed = (int64_t)tb->row[INSITRA_CKPT_SAMPLES_PUSHED][rank];
+    const int64_t slices = insitra_config_token_slices(st->cfg), group = st->world->rank / slices;
+    if (meta->world_size / writer_slices == st->world->size / slices) {
+        const int64_t from = group * writer_slices;
+        memcpy(st->sampler->s, tb->row[INSITRA_CKPT_SAMPLER_STATE] + 4 * from, sizeof st->sampler->s);
+        *st->sample_cursor = (int64_t)tb->row[INSITRA_CKPT_SAMPLE_CURSOR][from];
+        st->store->pushed = (int64_t)tb->row[INSITRA_CKPT_SAMPLES_PUSHED][from];
     } else {
-        insitra_rng_seed(st->sampler, (uint64_t)st->cfg->training.seed ^ (uint64_t)meta->step * 0x9e3779b97f4a7c15ull,
-                         st->sampler_stream);
+        insitra_rng_seed(st->sampler,
+                         (uint64_t)st->cfg->training.seed ^ (uint64_t)meta->step * 0x9e3779b97f4a7c15ull,
+                         1 + (uint64_t)group);
         *st->sample_cursor = 0;
     }
 }
@@ -287,10 +302,19 @@ static insitra_status try_load(const insitra_ckpt_state *st, const char *file, i
     const char *warning = NULL;
     tables tb = {0};
     insitra_status s = insitra_ckpt_meta_check(&meta, &warning);
-    int64_t saved_slices = 1;
-    if (s == INSITRA_STATUS_OK)
-        s = check_model(st->cfg, meta.config, file, st->world->size, meta.world_size, &saved_slices);
-    if (s == INSITRA_STATUS_OK) s = read_tables(f, &meta, &tb);
+    writer_layout wl = {1, 1};
+    if (s == INSITRA_STATUS_OK) s = check_model(st->cfg, &meta, file, &wl);
+    const bool samples = H5Lexists(f, INSITRA_CKPT_SAMPLES_GROUP, H5P_DEFAULT) > 0;
+    /* before format 3, the samples of a cp > 1 run were rows of each rank's own slice */
+    if (s == INSITRA_STATUS_OK && samples && wl.slices > 1 &&
+        meta.format < INSITRA_CKPT_FORMAT_GLOBAL_SAMPLES)
+        s = insitra_error_set(
+            INSITRA_STATUS_IO_ERROR,
+            "checkpoint '%s' (format %" PRId64 ", insitra %s) holds its samples as the token "
+            "slices of its parallel.cp = %" PRId64 " ranks, which this version (format %d) does "
+            "not read; resume it with the version that wrote it",
+            file, meta.format, meta.version ? meta.version : "?", wl.cp, INSITRA_CKPT_FORMAT);
+    if (s == INSITRA_STATUS_OK) s = read_tables(f, &meta, wl.slices, &tb);
     /* Collective reads need every rank: agree before starting them. */
     s = insitra_comm_agree(st->world, s);
     if (s == INSITRA_STATUS_OK) {
@@ -299,21 +323,11 @@ static insitra_status try_load(const insitra_ckpt_state *st, const char *file, i
         s = read_state(st, f);
     }
     if (s == INSITRA_STATUS_OK && st->norm)
-        s = insitra_comm_agree(st->world, insitra_ckpt_norm_read(f, saved_slices, st->norm));
-    if (s == INSITRA_STATUS_OK) restore_sampler(st, &meta, &tb);
-    /* A stored sample is one rank's token slice: it fits only the same
-     * slicing, and with more than one slice only the rank of the same place
-     * in the same grid (the same rank count). */
-    const int64_t slices = insitra_config_token_slices(st->cfg);
-    const bool samples_fit = saved_slices == slices && (slices == 1 || meta.world_size == st->world->size);
-    if (s == INSITRA_STATUS_OK && tb.row[INSITRA_CKPT_SAMPLE_COUNT] && samples_fit) {
+        s = insitra_comm_agree(st->world, insitra_ckpt_norm_read(f, st->norm, wl.slices));
+    if (s == INSITRA_STATUS_OK) restore_sampler(st, &meta, wl.slices, &tb);
+    if (s == INSITRA_STATUS_OK && tb.row[INSITRA_CKPT_SAMPLE_COUNT]) {
         touched->samples = true;
-        s = insitra_comm_agree(st->world, read_samples(st, f, meta.world_size, &tb));
-    } else if (s == INSITRA_STATUS_OK && tb.row[INSITRA_CKPT_SAMPLE_COUNT] && st->world->rank == 0) {
-        fprintf(stderr, "insitra: %s: its samples are not loaded: they are slices of %" PRId64 " tokens of %" PRId64
-                " ranks and this run holds slices of %" PRId64 " on %d ranks (parallel.cp x parallel.tp "
-                "changed); the sample stores start empty\n", file, st->cfg->model.seq_len / saved_slices,
-                meta.world_size, st->cfg->model.seq_len / slices, st->world->size);
+        s = insitra_comm_agree(st->world, read_samples(st, f, meta.world_size / wl.slices, wl.slices, &tb));
     }
     if (s == INSITRA_STATUS_OK && st->n_arrays > 0) {
         touched->arrays = true;

@@ -46,8 +46,6 @@ typedef struct insitra_ckpt_state {
     float *m, *v;                       /* AdamW moments: (layout.total) at stage 0, else slots */
     int64_t *step;                      /* optimizer steps taken */
     insitra_rng *sampler;               /* this rank's sampler (4 words) */
-    uint64_t sampler_stream;            /* the stream it is seeded on: the ranks of a cp or tp
-                                         * group share one, as they draw the same slots */
     int64_t *sample_cursor;             /* samples drawn so far */
     insitra_sample_store *store;        /* pushed count; the samples with include_samples */
     insitra_normalize *norm;            /* the combined statistics, when data.normalize is on; else NULL */

@@ -175,29 +175,54 @@ static void write_tables(writer *w, int n, uint32_t *crc, uint64_t *bytes)
     }
 }
 
-/* The samples: rank r's held samples, oldest first, at rows [offset_r,
- * offset_r + count_r) of (total, width); their CRCs go to crc[0..2). */
+/* This rank's elements of the block [row, row + rows) x [col, col + cols)
+ * of a 2-D dataset (independent I/O), from rows x cols contiguous values. */
+static void write_block(writer *w, hid_t dset, const char *path, int64_t row, int64_t rows, int64_t col,
+                        int64_t cols, const float *data)
+{
+    if (dset < 0 || w->error != INSITRA_STATUS_OK) return;
+    hid_t fspace = -1, mspace = -1;
+    insitra_status s = insitra_ckpt_select_block(dset, row, rows, col, cols, &fspace, &mspace);
+    if (s == INSITRA_STATUS_OK && H5Dwrite(dset, H5T_NATIVE_FLOAT, mspace, fspace, w->dxpl, data) < 0)
+        s = insitra_ckpt_h5_error("cannot write '/%s'", path);
+    if (fspace >= 0) H5Sclose(fspace);
+    if (mspace >= 0) H5Sclose(mspace);
+    note(w, s);
+}
+
+/* The samples, whole: one row per sample of every token, (total, T F). The
+ * ranks of a group (insitra_config_token_slices consecutive ranks) hold the
+ * same samples, each rank its slice of tokens: rank r writes the columns of
+ * slice r % slices of its group's rows [offset, offset + count), oldest
+ * first. Its share of each dataset's CRC goes to crc[0..2) (bytes 0: the
+ * shares are XORed, insitra_ckpt_crc_rows). */
 static void write_samples(writer *w, int64_t total, int64_t offset, uint32_t *crc, uint64_t *bytes)
 {
     const insitra_sample_store *sm = w->st->store;
+    const int64_t slices = insitra_config_token_slices(w->st->cfg), slice = w->st->world->rank % slices;
     /* The ring holds the oldest samples from slot `oldest` to the end, then from 0. */
     const int64_t oldest = (sm->next - sm->count + sm->capacity) % sm->capacity;
     const int64_t first_run = sm->count < sm->capacity - oldest ? sm->count : sm->capacity - oldest;
     const int64_t run_start[2] = {oldest, 0}, run_len[2] = {first_run, sm->count - first_run};
     const char *paths[2] = {INSITRA_CKPT_SAMPLES_X, INSITRA_CKPT_SAMPLES_Y};
     const float *data[2] = {sm->x, sm->y};
-    const int64_t width[2] = {sm->x_numel, sm->y_numel};
+    const int64_t width[2] = {sm->x_numel, sm->y_numel}; /* this rank's slice of a row */
     for (int p = 0; p < 2; p++) {
-        const hsize_t dims[2] = {(hsize_t)total, (hsize_t)width[p]};
+        const hsize_t dims[2] = {(hsize_t)total, (hsize_t)(slices * width[p])};
         hid_t dset = create_dataset(w, paths[p], H5T_IEEE_F32LE, 2, dims);
-        crc[p] = 0;
+        const uint64_t piece = (uint64_t)width[p] * sizeof(float), row_bytes = (uint64_t)slices * piece;
+        uint32_t acc = 0;
         for (int k = 0; k < 2; k++) { /* the ring's two runs */
             const float *src = data[p] + run_start[k] * width[p];
-            write_piece(w, dset, paths[p], H5T_NATIVE_FLOAT, NULL, (offset + (k ? first_run : 0)) * width[p],
-                        run_len[k] * width[p], src);
-            crc[p] = insitra_crc32c(crc[p], src, (size_t)(run_len[k] * width[p]) * sizeof(float));
+            write_block(w, dset, paths[p], offset + (k ? first_run : 0), run_len[k], slice * width[p],
+                        width[p], src);
+            acc = insitra_ckpt_crc_rows(acc, src, run_len[k], (size_t)piece, row_bytes);
         }
-        bytes[p] = (uint64_t)(sm->count * width[p]) * sizeof(float);
+        /* what follows this rank's last piece: the rest of its row, then the later rows */
+        const uint64_t after =
+            (uint64_t)(slices - 1 - slice) * piece + (uint64_t)(total - offset - sm->count) * row_bytes;
+        crc[p] = sm->count > 0 ? insitra_crc32c_combine(acc, 0, after) : 0;
+        bytes[p] = 0;
         if (dset >= 0) H5Dclose(dset);
     }
 }
@@ -362,8 +387,10 @@ static int64_t reserve_bytes(const insitra_ckpt_state *st, int64_t total_samples
         bytes += 3 * (b + (b >= MiB ? MiB : 0));
         datasets += 3;
     }
-    const int64_t sample_bytes[2] = {total_samples * st->store->x_numel * (int64_t)sizeof(float),
-                                     total_samples * st->store->y_numel * (int64_t)sizeof(float)};
+    /* the rows are whole samples: every token slice of the store's width */
+    const int64_t row_floats = insitra_config_token_slices(st->cfg) * (int64_t)sizeof(float);
+    const int64_t sample_bytes[2] = {total_samples * st->store->x_numel * row_floats,
+                                     total_samples * st->store->y_numel * row_floats};
     for (int p = 0; p < 2; p++) bytes += sample_bytes[p] + (sample_bytes[p] >= MiB ? MiB : 0);
     bytes += (int64_t)st->world->size * 7 * (int64_t)sizeof(uint64_t) + MiB; /* the tables, each below or aligned */
     if (st->norm) { /* the statistics: four float64 arrays, each below or aligned */
@@ -389,20 +416,37 @@ static insitra_status plan_save(const insitra_ckpt_state *st, save_plan *plan)
     plan->bytes = calloc((size_t)plan->n, sizeof *plan->bytes);
     plan->yaml = insitra_ckpt_stored_config(st->cfg);
     plan->array_crc = calloc((size_t)(st->n_arrays > 0 ? st->n_arrays : 1), sizeof *plan->array_crc);
-    int64_t *counts = malloc((size_t)st->world->size * sizeof *counts);
+    int64_t *counts = malloc((size_t)st->world->size * 2 * sizeof *counts); /* (size, 2): held, pushed */
     insitra_status s = INSITRA_STATUS_OK;
     if (!plan->crc || !plan->bytes || !plan->yaml || !plan->array_crc || !counts)
         s = insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "checkpoint: out of memory for %" PRId64 " CRCs", plan->n);
     /* Every rank takes part, whatever failed: the agreement comes after. */
-    int64_t mine = st->store->count, dummy = 0;
-    const int rc = MPI_Allgather(&mine, 1, MPI_INT64_T, counts ? counts : &dummy, counts ? 1 : 0,
-                                 MPI_INT64_T, st->world->comm);
+    const int64_t mine[2] = {st->store->count, st->store->pushed};
+    int64_t dummy[2] = {0, 0};
+    const int rc = MPI_Allgather(mine, 2, MPI_INT64_T, counts ? counts : dummy, counts ? 2 : 0, MPI_INT64_T,
+                                 st->world->comm);
     if (rc != MPI_SUCCESS && s == INSITRA_STATUS_OK)
         s = insitra_error_set(INSITRA_STATUS_MPI_ERROR, "checkpoint: MPI_Allgather of sample counts failed");
+    /* A group's ranks (insitra_config_token_slices consecutive ranks) hold
+     * slices of the same samples: one row of the file each, so the same
+     * count and pushes on each (the same on every rank: it is agreed). */
+    const int64_t slices = insitra_config_token_slices(st->cfg), size = st->world->size;
     plan->total_samples = plan->sample_offset = 0;
-    for (int r = 0; counts && r < st->world->size; r++) {
-        if (r == st->world->rank) plan->sample_offset = plan->total_samples;
-        plan->total_samples += counts[r];
+    for (int64_t r = 0; counts && rc == MPI_SUCCESS && s == INSITRA_STATUS_OK && r < size; r++) {
+        const int64_t lead = r - r % slices;
+        if (counts[2 * r] != counts[2 * lead] || counts[2 * r + 1] != counts[2 * lead + 1]) {
+            s = insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                  "checkpoint_save: rank %" PRId64 " holds %" PRId64 " samples of %" PRId64
+                                  " pushed but rank %" PRId64 " %" PRId64 " of %" PRId64
+                                  "; the ranks %" PRId64 "..%" PRId64
+                                  " share each sample's tokens (parallel.cp = %" PRId64
+                                  ") and must be pushed their slices of the same samples",
+                                  r, counts[2 * r], counts[2 * r + 1], lead, counts[2 * lead],
+                                  counts[2 * lead + 1], lead, lead + slices - 1, slices);
+            break;
+        }
+        if (r == st->world->rank - st->world->rank % slices) plan->sample_offset = plan->total_samples;
+        if (r % slices == 0) plan->total_samples += counts[2 * r];
     }
     free(counts);
     if (!st->cfg->checkpoint.include_samples) plan->total_samples = 0;

@@ -100,6 +100,9 @@ typedef struct insitra_metrics {
     double validation_loss;   /* mean squared error over every rank's held-out samples
                                  (data.validation_fraction), in the units of loss; NaN when
                                  not computed this step (only at progress lines, log.every_steps) */
+    double ring_wait_seconds; /* part of comm_wait_seconds blocked in the context-parallel
+                                 attention ring's waits (0 at parallel.cp = 1): its exposed
+                                 communication, the neighbours' lateness included */
 } insitra_metrics;
 
 /* Collective over comm (which is duplicated; the caller keeps its own). The
@@ -161,8 +164,9 @@ insitra_status insitra_evaluate(insitra_trainer *trainer, int64_t n, const float
 /* Collective. Writes dir/step-NNNNNNNN.h5 (every rank its shard), then
  * points dir/latest at it and deletes checkpoints beyond checkpoint.keep_last.
  * The file appears under its final name only once every rank has written and
- * flushed its part: a crash leaves the previous checkpoint as it was. If
- * path_out is not NULL, the new file's path is written there (NUL-terminated,
+ * flushed its part: a crash leaves the previous checkpoint as it was. The
+ * ranks of a cp group must hold the same sample count (INVALID_ARGUMENT
+ * otherwise, naming parallel.cp). If path_out is not NULL, the new file's path is written there (NUL-terminated,
  * truncated to path_size). */
 insitra_status insitra_checkpoint_save(insitra_trainer *trainer, const char *dir, char *path_out,
                                        size_t path_size);
@@ -171,7 +175,8 @@ insitra_status insitra_checkpoint_save(insitra_trainer *trainer, const char *dir
  * sampler and (when the checkpoint has them) the samples. path is a file, or
  * a directory: then its newest checkpoint that verifies (file complete, every
  * CRC32C right) is used, older ones tried in turn. The checkpoint may come
- * from another rank count or ZeRO stage. The model keys must match the
+ * from another rank count, ZeRO stage or parallel.cp (each rank reads its
+ * token slice of the stored samples). The model keys must match the
  * trainer's; a mismatch names the key. If path_out is not NULL, the path that
  * was loaded is written there. When nothing loads, the trainer is unchanged,
  * unless a checkpoint failed its checks halfway through reading: then it is
@@ -327,6 +332,23 @@ insitra_status insitra_plan_stage(const insitra_config *cfg, int32_t world_size,
 insitra_status insitra_plan_max_seq_len(const insitra_config *cfg, int32_t world_size,
                                         int32_t zero_stage, int64_t budget_bytes,
                                         int64_t *seq_len, int32_t *at_limit);
+
+/* A process grid and its plan. */
+typedef struct insitra_plan_grid {
+    int32_t dp, cp, tp;  /* parallel.dp x parallel.cp x parallel.tp = world_size */
+    insitra_plan plan;   /* at plan.zero_stage */
+} insitra_plan_grid;
+
+/* Local, allocates nothing: the grid (cp, tp, ZeRO stage; dp the rest) that
+ * trains cfg on world_size ranks within budget_bytes per rank, by
+ * insitra_plan_stage's formula. Of the grids cfg allows (cp x tp dividing
+ * model.seq_len and world_size, tp dividing model.n_heads and 4 d_model,
+ * what cfg's device runs), the one that splits a sample least (smallest
+ * cp x tp, then tp before cp, since a tp group's collectives are on every
+ * layer's path) and, among those, the least traffic per step. *found = 0
+ * when none fits (best untouched). cfg's own parallel.* keys are ignored. */
+insitra_status insitra_plan_suggest_grid(const insitra_config *cfg, int32_t world_size, int64_t budget_bytes,
+                                         insitra_plan_grid *best, int32_t *found);
 
 /* ---- patch tokens of a grid (lib/patch.c, docs/patches.md) ----
  *

@@ -45,6 +45,16 @@ static insitra_status need_ops(const insitra_backend *be)
                              "the %s backend has no context-parallel attention (parallel.cp must be 1)", i->name);
 }
 
+/* i->wait, its blocked time also counted as the ring's (insitra_metrics.ring_wait_seconds): two
+ * reads of the backend's own clock total, no clock of its own. */
+static insitra_status ring_wait(insitra_backend *be, insitra_coll *h)
+{
+    const double w0 = be->wait_seconds;
+    const insitra_status s = be->i->wait(be, h);
+    be->ring_wait_seconds += be->wait_seconds - w0;
+    return s;
+}
+
 insitra_status insitra_attention_ring_forward(insitra_backend *be, insitra_group *g, int rank, int size,
                                               void *out, float *lse, void *scratch, const void *qkv, int64_t B,
                                               int64_t Tc, int64_t C, int64_t H, bool causal)
@@ -61,7 +71,7 @@ insitra_status insitra_attention_ring_forward(insitra_backend *be, insitra_group
         if (s + 1 < size) INSITRA_CHECK(i->ring_shift(be, g, r.kv[cur], r.kv[1 - cur], n, be->act, &h));
         INSITRA_CHECK(i->attention_block_forward(be, out, lse, r.l, qkv, r.kv[cur], B, Tc, Tc, C, H,
                                                  (int64_t)rank * Tc, (int64_t)j * Tc, causal, s == 0));
-        if (s + 1 < size) INSITRA_CHECK(i->wait(be, &h));
+        if (s + 1 < size) INSITRA_CHECK(ring_wait(be, &h));
     }
     return i->attention_block_finish(be, out, lse, lse, r.l, B, Tc, C, H); /* lse held m until now */
 }
@@ -86,8 +96,8 @@ insitra_status insitra_attention_ring_backward(insitra_backend *be, insitra_grou
                                                   Tc, C, H, (int64_t)rank * Tc, (int64_t)j * Tc, causal));
         /* this block's dk, dv move on with it; after the last step they reach home */
         INSITRA_CHECK(i->ring_shift(be, g, r.dkv[cur], r.dkv[1 - cur], n, INSITRA_DTYPE_F32, &dh));
-        if (s + 1 < size) INSITRA_CHECK(i->wait(be, &h));
-        INSITRA_CHECK(i->wait(be, &dh));
+        if (s + 1 < size) INSITRA_CHECK(ring_wait(be, &h));
+        INSITRA_CHECK(ring_wait(be, &dh));
     }
     /* dkv[size % 2] holds this rank's own block's dk, dv from every rank */
     return i->attention_block_done(be, dqkv, r.dkv[size % 2], B * Tc, C, H);

@@ -270,6 +270,7 @@ struct insitra_backend {
     size_t act_size;       /* its bytes */
     bool host_memory;      /* buffers are host memory the library reads in place */
     double wait_seconds;   /* host time blocked on collectives, for the step's metrics */
+    double ring_wait_seconds; /* the part of wait_seconds in the cp attention ring (attention_ring.c) */
     void *impl;
 };
 

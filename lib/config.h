@@ -99,9 +99,12 @@ struct insitra_model_dims insitra_config_model_dims(const insitra_config *cfg);
 /* Micro-batch size with the "0 means batch_size" rule applied. */
 int64_t insitra_config_micro_batch(const insitra_config *cfg);
 
-/* The slices one sample's tokens are spread over: parallel.cp x parallel.tp
- * consecutive ranks, the rank r holding slice r % slices, tokens
- * [slice T / slices, (slice + 1) T / slices). */
+/* How many token slices each sample is split into across the ranks that
+ * share it: parallel.cp x parallel.tp consecutive ranks. Rank r holds slice
+ * r % slices of its samples, tokens [slice T / slices, (slice + 1) T /
+ * slices), and the ranks r / slices share them. The one definition the
+ * trainer's store, the model's positions and the checkpoint's re-slicing
+ * follow. */
 int64_t insitra_config_token_slices(const insitra_config *cfg);
 
 /* Samples each rank's held-out store keeps: data.capacity x data.validation_fraction, rounded up. */

@@ -300,7 +300,7 @@ insitra_status insitra_engine_step(insitra_engine *e, const int64_t *slots, int6
     const insitra_config *cfg = e->cfg;
     const insitra_step_scalars sc =
         insitra_step_scalars_make(&cfg->optimizer, t, lr, cfg->training.grad_clip, e->zero.sl.dp);
-    be->wait_seconds = 0.0;
+    be->wait_seconds = be->ring_wait_seconds = 0.0;
     /* The step's inputs go in before it: a replayed step reads them where they land. */
     INSITRA_CHECK(be->i->upload(be, e->slots, slots, (size_t)e->batch * sizeof(int64_t)));
     INSITRA_CHECK(be->i->upload(be, e->scalars, &sc, sizeof sc));
@@ -361,3 +361,4 @@ insitra_status insitra_engine_validate(insitra_engine *e, int64_t chunks, int64_
 }
 
 double insitra_engine_wait_seconds(const insitra_engine *e) { return e->be->wait_seconds; }
+double insitra_engine_ring_wait_seconds(const insitra_engine *e) { return e->be->ring_wait_seconds; }

@@ -101,7 +101,9 @@ insitra_status insitra_engine_forward(insitra_engine *e, int64_t n, int64_t chun
  * training loss's units). rows: host scratch of micro-batch size. */
 insitra_status insitra_engine_validate(insitra_engine *e, int64_t chunks, int64_t *rows, double *sse);
 
-/* Host time blocked on collectives in the last step. */
+/* Host time blocked on collectives in the last step, and the part of it in
+ * the context-parallel attention ring's waits. */
 double insitra_engine_wait_seconds(const insitra_engine *e);
+double insitra_engine_ring_wait_seconds(const insitra_engine *e);
 
 #endif /* INSITRA_ENGINE_H */

@@ -42,6 +42,7 @@ static void add_tensor(insitra_param_layout *l, const char *name, int64_t rows, 
     /* Linear weights decay; biases, LayerNorm and positions do not. */
     t->decay = ndim == 2 && strcmp(name, "pos_embed") != 0;
     l->total = insitra_size_add(l->total, t->numel);
+    l->global_total = insitra_size_add(l->global_total, insitra_size_mul(rows, cols));
 }
 
 insitra_status insitra_param_layout_create(insitra_param_layout *l, const insitra_model_dims *d)

@@ -130,6 +130,7 @@ typedef struct insitra_param_layout {
     int64_t num_tensors;         /* 3 + 12 L + 4 */
     insitra_tensor_desc *tensors;
     int64_t total;               /* floats in the whole buffer */
+    int64_t global_total;        /* the whole model's parameters (= total at tp = 1) */
     int64_t first_block_tensor;  /* index of blocks.0.ln1.weight */
     int64_t block_offset0;       /* offset of block 0 */
     int64_t block_numel;         /* floats per block */

@@ -242,3 +242,49 @@ insitra_status insitra_plan_max_seq_len(const insitra_config *cfg, int32_t world
     if (at_limit) *at_limit = k == kmax;
     return INSITRA_STATUS_OK;
 }
+
+/* Whether grid a is preferred to b: fewer ranks per sample, then tp before
+ * cp at the same count, then less traffic, then the lower stage. */
+static bool grid_before(const insitra_plan_grid *a, const insitra_plan_grid *b)
+{
+    const int32_t sa = a->cp * a->tp, sb = b->cp * b->tp;
+    if (sa != sb) return sa < sb;
+    if (a->cp != b->cp) return a->cp < b->cp;
+    if (a->plan.comm_bytes_per_step != b->plan.comm_bytes_per_step)
+        return a->plan.comm_bytes_per_step < b->plan.comm_bytes_per_step;
+    return a->plan.zero_stage < b->plan.zero_stage;
+}
+
+insitra_status insitra_plan_suggest_grid(const insitra_config *cfg, int32_t world_size, int64_t budget_bytes,
+                                         insitra_plan_grid *best, int32_t *found)
+{
+    if (!cfg || !best || !found)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "plan_suggest_grid: %s is NULL",
+                                 !cfg ? "cfg" : !best ? "best" : "found");
+    if (world_size < 1 || budget_bytes < 0)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                 "plan_suggest_grid: world_size = %d (at least 1), budget_bytes = %" PRId64
+                                 " (at least 0)",
+                                 world_size, budget_bytes);
+    *found = 0;
+    insitra_config c = *cfg;
+    for (int32_t cp = 1; cp <= world_size; cp++) {
+        for (int32_t tp = 1; world_size % cp == 0 && tp <= world_size / cp; tp++) {
+            if ((world_size / cp) % tp != 0) continue;
+            c.parallel.cp = cp;
+            c.parallel.tp = tp;
+            c.parallel.dp = 0;
+            for (int32_t stage = 0; stage < 4; stage++) {
+                insitra_plan_grid g = {world_size / (cp * tp), cp, tp, {0}};
+                const insitra_status s = insitra_plan_stage(&c, world_size, stage, &g.plan);
+                if (s == INSITRA_STATUS_CONFIG_ERROR) break; /* a grid cfg does not allow */
+                INSITRA_CHECK(s);
+                if (g.plan.memory.total_bytes > budget_bytes) continue;
+                if (!*found || grid_before(&g, best)) *best = g;
+                *found = 1;
+            }
+        }
+    }
+    insitra_error_clear();
+    return INSITRA_STATUS_OK;
+}

@@ -191,7 +191,8 @@ insitra_status insitra_trainer_sample_shape(const insitra_trainer *t, int64_t *s
                                             int64_t *in_features, int64_t *out_features)
 {
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "trainer_sample_shape: trainer is NULL");
-    if (seq_len) *seq_len = t->cfg.model.seq_len / insitra_config_token_slices(&t->cfg); /* this rank's tokens */
+    if (seq_len)
+        *seq_len = t->cfg.model.seq_len / insitra_config_token_slices(&t->cfg); /* this rank's tokens */
     if (in_features) *in_features = t->cfg.model.in_features;
     if (out_features) *out_features = t->cfg.model.out_features;
     return INSITRA_STATUS_OK;
@@ -202,7 +203,7 @@ insitra_status insitra_trainer_num_parameters(const insitra_trainer *t, int64_t 
     if (!t || !count)
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "trainer_num_parameters: %s is NULL",
                                  !t ? "trainer" : "count");
-    *count = t->engine.model.layout.total;
+    *count = t->engine.model.layout.global_total; /* the model's, not this rank's tp slices */
     return INSITRA_STATUS_OK;
 }
 
@@ -408,6 +409,7 @@ insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
         .lr = lr,
         .step_seconds = seconds,
         .comm_wait_seconds = insitra_engine_wait_seconds(&t->engine),
+        .ring_wait_seconds = insitra_engine_ring_wait_seconds(&t->engine),
     };
     out.tokens_per_second = seconds > 0 ? (double)out.tokens / seconds : 0.0;
     out.validation_loss = NAN;

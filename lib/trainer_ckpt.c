@@ -26,7 +26,6 @@ void insitra_trainer_ckpt_view(insitra_trainer *t, insitra_ckpt_state *view)
         .v = z->host_v,
         .step = &t->step,
         .sampler = &t->sampler,
-        .sampler_stream = 1 + (uint64_t)t->dp.rank, /* as trainer_create seeds it */
         .sample_cursor = &t->sample_cursor,
         .store = &t->store,
         .norm = t->norm.mode != INSITRA_NORMALIZE_OFF ? &t->norm : NULL,

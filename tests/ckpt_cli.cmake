@@ -26,7 +26,7 @@ set_tests_properties(ckpt_cli_make PROPERTIES FIXTURES_REQUIRED ckpt_cli_clean
 set(damage
   "corrupt=corrupt|${step6}|${dir}/corrupt.h5|/model/blocks.1.attn.qkv.weight"
   "truncate=truncate|${step6}|${dir}/truncated.h5"
-  "version=attr|${step6}|${dir}/version3.h5|insitra_format|3"
+  "version=attr|${step6}|${dir}/version4.h5|insitra_format|4"
   "step=attr|${step6}|${dir}/step.h5|step|73"
   "world4=attr|${step6}|${dir}/world4.h5|world_size|4"
   "world1=attr|${step6}|${dir}/world1.h5|world_size|1"
@@ -102,8 +102,8 @@ ckpt_cli_check(NAME verify_truncated ARGS "verify|${dir}/truncated.h5" RC 1
   MATCH "truncated or corrupt" FIXTURES ckpt_cli_truncate)
 ckpt_cli_check(NAME info_truncated ARGS "info|${dir}/truncated.h5" RC 1
   MATCH "truncated or corrupt" FIXTURES ckpt_cli_truncate)
-ckpt_cli_check(NAME verify_version ARGS "verify|${dir}/version3.h5" RC 1
-  MATCH "checkpoint format version 3; this insitra reads versions 1 to 2"
+ckpt_cli_check(NAME verify_version ARGS "verify|${dir}/version4.h5" RC 1
+  MATCH "checkpoint format version 4; this insitra reads versions 1 to 3"
   FIXTURES ckpt_cli_version)
 # Every root attribute and the stored configuration are inside the metadata
 # checksum; a format 1 file (none) verifies with a note.

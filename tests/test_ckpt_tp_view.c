@@ -74,7 +74,7 @@ static void view_make(insitra_test *t, view *v, int tp, int stage)
         .layout = &v->local, .shards = &v->sl, .zero_stage = stage,
         .params = v->full[0] ? v->buf[0] : NULL, .param_shard = v->full[0] ? NULL : v->buf[0],
         .m = v->buf[1], .v = v->buf[2], .step = &v->step, .sampler = &v->sampler,
-        .sampler_stream = 1 + (uint64_t)v->grad.rank, .sample_cursor = &v->cursor, .store = &v->store,
+        .sample_cursor = &v->cursor, .store = &v->store,
     };
 }
 

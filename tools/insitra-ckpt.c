@@ -402,9 +402,18 @@ static void info_samples(const ckpt_file *c)
     hsize_t dims[4];
     const int ndim = dset < 0 ? -1 : insitra_ckpt_shape(dset, dims);
     int64_t *per_rank = ndim == 1 && dims[0] > 0 && dims[0] <= 1u << 24 ? malloc(dims[0] * sizeof *per_rank) : NULL;
-    if (per_rank && H5Dread(dset, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, per_rank) >= 0) {
-        int64_t total = 0;
-        for (hsize_t r = 0; r < dims[0]; r++) total += per_rank[r];
+    /* from format 3 the ranks sharing each sample's tokens store it once, whole */
+    int64_t slices = 1, bad;
+    char why[256];
+    insitra_config *cfg =
+        c->meta.format >= INSITRA_CKPT_FORMAT_GLOBAL_SAMPLES ? ckpt_config(c, why, sizeof why) : NULL;
+    if (cfg) slices = insitra_config_token_slices(cfg);
+    insitra_config_free(cfg);
+    const int64_t total =
+        per_rank && H5Dread(dset, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, per_rank) >= 0
+            ? insitra_ckpt_sample_rows(per_rank, (int64_t)dims[0], slices, &bad)
+            : -1;
+    if (total >= 0) {
         printf("%-14s %" PRId64 " stored (per rank:", "samples", total);
         for (hsize_t r = 0; r < dims[0] && r < 16; r++) printf(" %" PRId64, per_rank[r]);
         printf("%s)\n", dims[0] > 16 ? " ..." : "");
@@ -488,8 +497,10 @@ static void check_tensors(hid_t file, const char *group, const insitra_param_lay
 }
 
 /* The per-rank tables against the writer's world size, and the samples'
- * shape against their counts. */
-static void check_rank_tables(const ckpt_file *c, const insitra_model_dims *dims)
+ * shape against their counts: whole samples (dims->cp = 1), a row per group
+ * of `slices` ranks (format 3), or before format 3 each rank's rows of its
+ * own slice (dims->cp = parallel.cp, slices = 1). */
+static void check_rank_tables(const ckpt_file *c, const insitra_model_dims *dims, int64_t slices)
 {
     if (c->meta.world_size < 1) return; /* already a metadata problem */
     const hsize_t w = (hsize_t)c->meta.world_size;
@@ -506,23 +517,21 @@ static void check_rank_tables(const ckpt_file *c, const insitra_model_dims *dims
     hsize_t cdims[4];
     int64_t *counts = dset >= 0 && insitra_ckpt_shape(dset, cdims) == 1 && cdims[0] == w ? malloc(w * sizeof *counts)
                                                                                        : NULL;
-    int64_t total = -1;
+    int64_t total = -1, bad = -1;
     if (counts && H5Dread(dset, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, counts) >= 0) {
-        total = 0;
-        /* counts come from the file: a negative one, or a sum past int64, is damage */
-        for (hsize_t r = 0; r < w && total >= 0; r++)
-            if (counts[r] < 0 || !insitra_add_i64(total, counts[r], &total)) {
-                problem(insitra_ckpt_tables[INSITRA_CKPT_SAMPLE_COUNT].path,
-                        "rank %llu holds %lld samples, which no store holds (the counts must be "
-                        "non-negative and add up within 64 bits)",
-                        (unsigned long long)r, (long long)counts[r]);
-                total = -1;
-            }
+        /* from the file: a negative count, a sum past 2^62 or a group's ranks disagreeing is damage */
+        total = insitra_ckpt_sample_rows(counts, (int64_t)w, slices, &bad);
+        if (total < 0)
+            problem(
+                insitra_ckpt_tables[INSITRA_CKPT_SAMPLE_COUNT].path,
+                "rank %lld holds %lld samples, which no store holds (the counts must be non-negative, add "
+                "up within 2^62, and be the same on the %lld ranks sharing each sample)",
+                (long long)bad, bad >= 0 ? (long long)counts[bad] : -1LL, (long long)slices);
     }
     free(counts);
     if (dset >= 0) H5Dclose(dset);
     if (total < 0) return; /* a problem named above, or a CRC mismatch below */
-    /* a rank's samples hold its tokens: seq_len / (parallel.cp x parallel.tp) of each */
+    /* a row holds seq_len / dims->cp tokens */
     const hsize_t T = (hsize_t)insitra_model_dims_tokens(dims), n = (hsize_t)total;
     const hsize_t x[2] = {n, T * (hsize_t)dims->in_features}, y[2] = {n, T * (hsize_t)dims->out_features};
     check_dataset(c->file, "/" INSITRA_CKPT_SAMPLES_X, INSITRA_CKPT_FLOAT32, 2, x);
@@ -590,20 +599,24 @@ static int cmd_verify(const char *path)
     insitra_model_dims dims = {0};
     insitra_param_layout layout = {0};
     int have_layout = 0;
+    int64_t slices = 1;
     if (!cfg) {
         problem("/", "%s: the expected tensors are unknown", why);
     } else {
         dims = insitra_config_model_dims(cfg);
-        dims.cp = cfg->parallel.cp; /* the samples were saved per token slice */
+        /* format 3 stores whole samples, one row per group of ranks sharing them;
+         * before, each rank its own slice's rows (docs/checkpoint.md) */
+        if (c.meta.format >= INSITRA_CKPT_FORMAT_GLOBAL_SAMPLES)
+            slices = insitra_config_token_slices(cfg);
+        else
+            dims.cp = cfg->parallel.cp;
         have_layout = insitra_param_layout_create(&layout, &dims) == INSITRA_STATUS_OK;
         if (!have_layout) problem("/", "stored config: %s", insitra_last_error());
-        /* after the layout: tensors are stored whole, samples per slice of cp x tp */
-        dims.tp = cfg->parallel.tp;
         insitra_config_free(cfg);
     }
     for (int g = 0; have_layout && g < (c.exported ? 1 : INSITRA_CKPT_GROUPS); g++)
         check_tensors(c.file, insitra_ckpt_group[g], &layout);
-    if (!c.exported) check_rank_tables(&c, have_layout ? &dims : NULL);
+    if (!c.exported) check_rank_tables(&c, have_layout ? &dims : NULL, slices);
 
     void *buf = malloc(CHUNK_BYTES);
     if (!buf) {
