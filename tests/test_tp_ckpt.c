@@ -7,7 +7,8 @@
  *                        whole parameters and AdamW moments to DIR/state.bin
  *                        and the predictions of fixed inputs to DIR/pred.bin.
  *                        An export, and surrogates made from it and from the
- *                        live trainer, predict what the trainer does.
+ *                        live trainer, predict what the trainer does (and
+ *                        tools/insitra_torch.py's, tests/test_tp_torch.py).
  *   read DIR TP STAGE    another tp, stage and rank count: the loaded state,
  *                        gathered whole, equals state.bin bit for bit; the
  *                        predictions equal pred.bin to rounding (the tp
@@ -172,6 +173,7 @@ static void write_mode(insitra_test *t, const char *dir, int tp, int stage)
     if (t->rank == 0) {
         file_io(t, dir, "state.bin", state, (size_t)(3 * W) * sizeof(float), 1);
         file_io(t, dir, "pred.bin", pred, sizeof pred, 1);
+        file_io(t, dir, "x.bin", x, sizeof x, 1); /* for test_tp_torch.py */
     }
     /* the export holds the whole model: a surrogate made from it predicts what the trainer does */
     char exported[4200];
