@@ -27,10 +27,10 @@ namespace {
 
 typedef __nv_bfloat16 bf16;
 
-constexpr int kThreads = 128;                 /* per block */
-constexpr int kTile = 16;                     /* rows of the other operand per shared tile */
-constexpr int kPerLane = 8;                   /* dimensions of a row per lane */
-constexpr int kStatLanes = kThreads / kTile;  /* lanes per staged row when its delta is summed */
+constexpr int kThreads = 128;                /* per block */
+constexpr int kTile = 16;                    /* rows of the other operand per shared tile */
+constexpr int kPerLane = 8;                  /* dimensions of a row per lane */
+constexpr int kStatLanes = kThreads / kTile; /* lanes per staged row when its delta is summed */
 constexpr float kLog2e = 1.4426950408889634f;
 static_assert(32 % kStatLanes == 0, "a staged row's lanes sit in one warp");
 
@@ -40,7 +40,8 @@ __device__ __forceinline__ void store_f(float *p, float v) { *p = v; }
 __device__ __forceinline__ void store_f(bf16 *p, float v) { *p = __float2bfloat16(v); }
 
 /* the sum over G consecutive lanes, the same butterfly on every lane */
-template <int G> __device__ __forceinline__ float group_sum(float v)
+template <int G>
+__device__ __forceinline__ float group_sum(float v)
 {
 #pragma unroll
     for (int o = G / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -61,7 +62,8 @@ __device__ __forceinline__ void load_tile(float (*dst)[kPerLane * G], const T *s
 
 /* this lane's dims of a row (zeros past n or hd), times mul */
 template <typename T, int G>
-__device__ __forceinline__ void load_row(float x[kPerLane], const T *src, int row, int n, int hd, int lg, float mul)
+__device__ __forceinline__ void load_row(float x[kPerLane], const T *src, int row, int n, int hd, int lg,
+                                         float mul)
 {
 #pragma unroll
     for (int i = 0; i < kPerLane; i++) {
@@ -80,7 +82,8 @@ __device__ __forceinline__ void store_row(T *dst, const float x[kPerLane], int r
 }
 
 /* this lane's dims with a shared row, summed over the group */
-template <int G> __device__ __forceinline__ float dot(const float x[kPerLane], const float *srow, int lg)
+template <int G>
+__device__ __forceinline__ float dot(const float x[kPerLane], const float *srow, int lg)
 {
     float acc = 0.f;
 #pragma unroll
@@ -98,9 +101,9 @@ __device__ __forceinline__ int keys_end(bool causal, int r0, int R, int shift, i
 
 /* grid (B*H, query blocks of R rows): folds the block's keys into out, m, l */
 template <typename T, int G>
-__global__ void __launch_bounds__(kThreads) block_fwd_k(T *out, float *m_, float *l_, const T *qkv, const T *kv,
-                                                        int Tq, int Tk, int H, int hd, int shift, float scale,
-                                                        bool causal, bool first)
+__global__ void __launch_bounds__(kThreads)
+    block_fwd_k(T *out, float *m_, float *l_, const T *qkv, const T *kv, int Tq, int Tk, int H, int hd,
+                int shift, float scale, bool causal, bool first)
 {
     constexpr int R = kThreads / G;
     __shared__ float sK[kTile][kPerLane * G], sV[kTile][kPerLane * G];
@@ -149,10 +152,11 @@ __global__ void __launch_bounds__(kThreads) block_fwd_k(T *out, float *m_, float
 
 /* out (n = B*Tq*C) *= 1 / l of its row; lse (rows) = m + log l */
 template <typename T>
-__global__ void block_finish_k(T *out, float *lse, const float *m, const float *l, int64_t n, int64_t rows, int Tq,
-                               int C, int H, int hd)
+__global__ void block_finish_k(T *out, float *lse, const float *m, const float *l, int64_t n, int64_t rows,
+                               int Tq, int C, int H, int hd)
 {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t t = (i / C) % Tq, b = i / ((int64_t)C * Tq), h = (i % C) / hd;
         const float inv = 1.f / l[(b * H + h) * Tq + t];
         store_f(out + i, load_f(out + i) * inv);
@@ -162,9 +166,9 @@ __global__ void block_finish_k(T *out, float *lse, const float *m, const float *
 
 /* grid (B*H, key blocks of R rows): dkv of a group's key += its sums over every query that sees it */
 template <typename T, int G>
-__global__ void __launch_bounds__(kThreads) block_dkdv_k(float *dkv, const T *qkv, const T *kv, const T *dout,
-                                                         const T *out, const float *lse, int Tq, int Tk, int H,
-                                                         int hd, int shift, float scale, bool causal)
+__global__ void __launch_bounds__(kThreads)
+    block_dkdv_k(float *dkv, const T *qkv, const T *kv, const T *dout, const T *out, const float *lse, int Tq,
+                 int Tk, int H, int hd, int shift, float scale, bool causal)
 {
     constexpr int R = kThreads / G;
     __shared__ float sQ[kTile][kPerLane * G], sO[kTile][kPerLane * G], sL[kTile], sD[kTile];
@@ -183,7 +187,7 @@ __global__ void __launch_bounds__(kThreads) block_dkdv_k(float *dkv, const T *qk
         __syncthreads();
         load_tile<T, G>(sQ, q, 3 * C, q0, Tq, hd);
         load_tile<T, G>(sO, dO, C, q0, Tq, hd);
-        {   /* delta of staged row sr: kStatLanes lanes, then a butterfly */
+        { /* delta of staged row sr: kStatLanes lanes, then a butterfly */
             float acc = 0.f;
             if (q0 + sr < Tq)
                 for (int d = sl; d < hd; d += kStatLanes)
@@ -219,9 +223,9 @@ __global__ void __launch_bounds__(kThreads) block_dkdv_k(float *dkv, const T *qk
 
 /* grid (B*H, query blocks of R rows): the q columns of dqkv += the query's sum over the keys it sees */
 template <typename T, int G>
-__global__ void __launch_bounds__(kThreads) block_dq_k(T *dqkv, const T *qkv, const T *kv, const T *dout,
-                                                       const T *out, const float *lse, int Tq, int Tk, int H,
-                                                       int hd, int shift, float scale, bool causal)
+__global__ void __launch_bounds__(kThreads)
+    block_dq_k(T *dqkv, const T *qkv, const T *kv, const T *dout, const T *out, const float *lse, int Tq,
+               int Tk, int H, int hd, int shift, float scale, bool causal)
 {
     constexpr int R = kThreads / G;
     __shared__ float sK[kTile][kPerLane * G], sV[kTile][kPerLane * G];
@@ -266,11 +270,14 @@ __global__ void __launch_bounds__(kThreads) block_dq_k(T *dqkv, const T *qkv, co
 template <typename T>
 __global__ void block_done_k(T *dqkv, const float *dkv, int64_t n, int C, float scale)
 {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t row = i / (3 * C);
         const int c = (int)(i % (3 * C));
-        if (c < C) store_f(dqkv + i, load_f(dqkv + i) * scale);
-        else store_f(dqkv + i, dkv[row * 2 * C + c - C] * (c < 2 * C ? scale : 1.f));
+        if (c < C)
+            store_f(dqkv + i, load_f(dqkv + i) * scale);
+        else
+            store_f(dqkv + i, dkv[row * 2 * C + c - C] * (c < 2 * C ? scale : 1.f));
     }
 }
 
@@ -304,7 +311,8 @@ struct launch {
     bool causal;
     dim3 q_grid, k_grid;
 
-    template <int G> static launch make(const insitra_attention_block_shape *sh)
+    template <int G>
+    static launch make(const insitra_attention_block_shape *sh)
     {
         constexpr int R = kThreads / G;
         launch a;
@@ -323,8 +331,8 @@ void forward_g(T *out, float *m, float *l, const T *qkv, const T *kv, const insi
                bool first, cudaStream_t s)
 {
     const launch a = launch::make<G>(sh);
-    block_fwd_k<T, G><<<a.q_grid, kThreads, 0, s>>>(out, m, l, qkv, kv, a.Tq, a.Tk, a.H, a.hd, a.shift, a.scale,
-                                                    a.causal, first);
+    block_fwd_k<T, G><<<a.q_grid, kThreads, 0, s>>>(out, m, l, qkv, kv, a.Tq, a.Tk, a.H, a.hd, a.shift,
+                                                    a.scale, a.causal, first);
 }
 
 template <typename T, int G>
@@ -332,10 +340,10 @@ void backward_g(T *dqkv, float *dkv, const T *dout, const T *qkv, const T *kv, c
                 const insitra_attention_block_shape *sh, cudaStream_t s)
 {
     const launch a = launch::make<G>(sh);
-    block_dkdv_k<T, G><<<a.k_grid, kThreads, 0, s>>>(dkv, qkv, kv, dout, out, lse, a.Tq, a.Tk, a.H, a.hd, a.shift,
-                                                     a.scale, a.causal);
-    block_dq_k<T, G><<<a.q_grid, kThreads, 0, s>>>(dqkv, qkv, kv, dout, out, lse, a.Tq, a.Tk, a.H, a.hd, a.shift,
-                                                   a.scale, a.causal);
+    block_dkdv_k<T, G><<<a.k_grid, kThreads, 0, s>>>(dkv, qkv, kv, dout, out, lse, a.Tq, a.Tk, a.H, a.hd,
+                                                     a.shift, a.scale, a.causal);
+    block_dq_k<T, G><<<a.q_grid, kThreads, 0, s>>>(dqkv, qkv, kv, dout, out, lse, a.Tq, a.Tk, a.H, a.hd,
+                                                   a.shift, a.scale, a.causal);
 }
 
 template <typename T>
@@ -355,8 +363,9 @@ insitra_status forward_t(void *out, float *m, float *l, const void *qkv, const v
 }
 
 template <typename T>
-insitra_status backward_t(void *dqkv, float *dkv, const void *dout, const void *qkv, const void *kv, const void *out,
-                          const float *lse, const insitra_attention_block_shape *sh, cudaStream_t s)
+insitra_status backward_t(void *dqkv, float *dkv, const void *dout, const void *qkv, const void *kv,
+                          const void *out, const float *lse, const insitra_attention_block_shape *sh,
+                          cudaStream_t s)
 {
     T *d = (T *)dqkv;
     const T *g = (const T *)dout, *x = (const T *)qkv, *y = (const T *)kv, *o = (const T *)out;
@@ -378,11 +387,11 @@ constexpr int64_t kMaxHeadDim = 8 * 32;
 insitra_status insitra_cuda_attention_block_check(const insitra_attention_block_shape *sh)
 {
     if (sh->B < 0 || sh->Tq < 1 || sh->Tk < 1 || sh->H < 1 || sh->C < 1 || sh->C % sh->H != 0)
-        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
-                                 "GPU attention block: shape B=%lld Tq=%lld Tk=%lld C=%lld H=%lld is not valid "
-                                 "(Tq, Tk >= 1, H divides C)",
-                                 (long long)sh->B, (long long)sh->Tq, (long long)sh->Tk, (long long)sh->C,
-                                 (long long)sh->H);
+        return insitra_error_set(
+            INSITRA_STATUS_INVALID_ARGUMENT,
+            "GPU attention block: shape B=%lld Tq=%lld Tk=%lld C=%lld H=%lld is not valid "
+            "(Tq, Tk >= 1, H divides C)",
+            (long long)sh->B, (long long)sh->Tq, (long long)sh->Tk, (long long)sh->C, (long long)sh->H);
     const int64_t hd = sh->C / sh->H;
     if (hd > kMaxHeadDim)
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
@@ -392,10 +401,11 @@ insitra_status insitra_cuda_attention_block_check(const insitra_attention_block_
     /* grid.y counts blocks of at least 4 rows; B*H is grid.x */
     const int64_t rows = sh->Tq > sh->Tk ? sh->Tq : sh->Tk;
     if (rows > 4 * 65535LL || sh->B * sh->H > 2147483647LL)
-        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
-                                 "GPU context-parallel attention: %lld tokens per rank or %lld heads exceed the "
-                                 "kernels' grid",
-                                 (long long)rows, (long long)(sh->B * sh->H));
+        return insitra_error_set(
+            INSITRA_STATUS_INVALID_ARGUMENT,
+            "GPU context-parallel attention: %lld tokens per rank or %lld heads exceed the "
+            "kernels' grid",
+            (long long)rows, (long long)(sh->B * sh->H));
     return INSITRA_STATUS_OK;
 }
 
@@ -409,9 +419,9 @@ insitra_status insitra_cuda_attention_kv_pack(void *kv, const void *qkv, int64_t
     return INSITRA_STATUS_OK;
 }
 
-insitra_status insitra_cuda_attention_block_forward(void *out, float *m, float *l, const void *qkv, const void *kv,
-                                                    const insitra_attention_block_shape *sh, bool first,
-                                                    cudaStream_t s)
+insitra_status insitra_cuda_attention_block_forward(void *out, float *m, float *l, const void *qkv,
+                                                    const void *kv, const insitra_attention_block_shape *sh,
+                                                    bool first, cudaStream_t s)
 {
     INSITRA_CHECK(insitra_cuda_attention_block_check(sh));
     if (sh->B == 0) return INSITRA_STATUS_OK;
@@ -419,24 +429,26 @@ insitra_status insitra_cuda_attention_block_forward(void *out, float *m, float *
     return forward_t<float>(out, m, l, qkv, kv, sh, first, s);
 }
 
-insitra_status insitra_cuda_attention_block_finish(void *out, float *lse, const float *m, const float *l, int64_t B,
-                                                   int64_t Tq, int64_t C, int64_t H, bool is_bf16, cudaStream_t s)
+insitra_status insitra_cuda_attention_block_finish(void *out, float *lse, const float *m, const float *l,
+                                                   int64_t B, int64_t Tq, int64_t C, int64_t H, bool is_bf16,
+                                                   cudaStream_t s)
 {
     const int64_t n = B * Tq * C, rows = B * H * Tq;
     if (n == 0) return INSITRA_STATUS_OK;
     /* every row has C / H >= 1 elements, so the n threads cover the rows too */
     if (is_bf16)
-        block_finish_k<bf16><<<elementwise_blocks(n), kThreads, 0, s>>>((bf16 *)out, lse, m, l, n, rows, (int)Tq,
-                                                                         (int)C, (int)H, (int)(C / H));
+        block_finish_k<bf16><<<elementwise_blocks(n), kThreads, 0, s>>>(
+            (bf16 *)out, lse, m, l, n, rows, (int)Tq, (int)C, (int)H, (int)(C / H));
     else
-        block_finish_k<float><<<elementwise_blocks(n), kThreads, 0, s>>>((float *)out, lse, m, l, n, rows, (int)Tq,
-                                                                          (int)C, (int)H, (int)(C / H));
+        block_finish_k<float><<<elementwise_blocks(n), kThreads, 0, s>>>(
+            (float *)out, lse, m, l, n, rows, (int)Tq, (int)C, (int)H, (int)(C / H));
     LAUNCH_TRY();
     return INSITRA_STATUS_OK;
 }
 
-insitra_status insitra_cuda_attention_block_backward(void *dqkv, float *dkv, const void *dout, const void *qkv,
-                                                     const void *kv, const void *out, const float *lse,
+insitra_status insitra_cuda_attention_block_backward(void *dqkv, float *dkv, const void *dout,
+                                                     const void *qkv, const void *kv, const void *out,
+                                                     const float *lse,
                                                      const insitra_attention_block_shape *sh, cudaStream_t s)
 {
     INSITRA_CHECK(insitra_cuda_attention_block_check(sh));
@@ -446,8 +458,8 @@ insitra_status insitra_cuda_attention_block_backward(void *dqkv, float *dkv, con
     return backward_t<float>(dqkv, dkv, dout, qkv, kv, out, lse, sh, s);
 }
 
-insitra_status insitra_cuda_attention_block_done(void *dqkv, const float *dkv, int64_t N, int64_t C, int64_t H,
-                                                 bool is_bf16, cudaStream_t s)
+insitra_status insitra_cuda_attention_block_done(void *dqkv, const float *dkv, int64_t N, int64_t C,
+                                                 int64_t H, bool is_bf16, cudaStream_t s)
 {
     const int64_t n = N * 3 * C;
     if (n == 0) return INSITRA_STATUS_OK;

@@ -40,7 +40,7 @@ typedef struct insitra_attention_block_shape {
     int64_t B, Tq, Tk, C, H; /* samples, query tokens, key tokens, channels, heads (H divides C) */
     int64_t q_pos, k_pos;    /* global positions of the first query and the first key */
     bool causal;
-    bool bf16;               /* element type of qkv, kv, out, dout, dqkv: bf16, else fp32 */
+    bool bf16; /* element type of qkv, kv, out, dout, dqkv: bf16, else fp32 */
 } insitra_attention_block_shape;
 
 /* OK, or INSITRA_STATUS_INVALID_ARGUMENT naming what the kernels cannot run. */
@@ -52,25 +52,27 @@ insitra_status insitra_cuda_attention_kv_pack(void *kv, const void *qkv, int64_t
 
 /* out (B,Tq,C) += the block's part, unnormalised; m, l (B,H,Tq) the running
  * row maximum and sum; first: out, m, l start from 0, -inf, 0 */
-insitra_status insitra_cuda_attention_block_forward(void *out, float *m, float *l, const void *qkv, const void *kv,
-                                                    const insitra_attention_block_shape *sh, bool first,
-                                                    cudaStream_t s);
+insitra_status insitra_cuda_attention_block_forward(void *out, float *m, float *l, const void *qkv,
+                                                    const void *kv, const insitra_attention_block_shape *sh,
+                                                    bool first, cudaStream_t s);
 
 /* out (B,Tq,C) /= l, lse (B,H,Tq) = m + log l; lse may be m */
-insitra_status insitra_cuda_attention_block_finish(void *out, float *lse, const float *m, const float *l, int64_t B,
-                                                   int64_t Tq, int64_t C, int64_t H, bool bf16, cudaStream_t s);
+insitra_status insitra_cuda_attention_block_finish(void *out, float *lse, const float *m, const float *l,
+                                                   int64_t B, int64_t Tq, int64_t C, int64_t H, bool bf16,
+                                                   cudaStream_t s);
 
 /* The block's part of the gradients, from the finished out and lse and dout
  * (B,Tq,C): the q columns of dqkv (B,Tq,3C) += dS k, dkv (B,Tk,2C) f32 +=
  * [dS^T q | P^T dout]; dq and dk unscaled */
-insitra_status insitra_cuda_attention_block_backward(void *dqkv, float *dkv, const void *dout, const void *qkv,
-                                                     const void *kv, const void *out, const float *lse,
+insitra_status insitra_cuda_attention_block_backward(void *dqkv, float *dkv, const void *dout,
+                                                     const void *qkv, const void *kv, const void *out,
+                                                     const float *lse,
                                                      const insitra_attention_block_shape *sh, cudaStream_t s);
 
 /* dqkv (N,3C): dq *= 1/sqrt(hd); the k, v columns = dkv (N,2C) f32 with dk
  * times 1/sqrt(hd) (dkv itself is left as it is) */
-insitra_status insitra_cuda_attention_block_done(void *dqkv, const float *dkv, int64_t N, int64_t C, int64_t H,
-                                                 bool bf16, cudaStream_t s);
+insitra_status insitra_cuda_attention_block_done(void *dqkv, const float *dkv, int64_t N, int64_t C,
+                                                 int64_t H, bool bf16, cudaStream_t s);
 
 #ifdef __cplusplus
 }

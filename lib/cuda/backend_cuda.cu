@@ -659,26 +659,27 @@ insitra_status cuda_attention_kv_pack(insitra_backend *be, void *kv, const void 
     return insitra_cuda_attention_kv_pack(kv, qkv, N, C, be->act_size, cu(be)->cs);
 }
 
-insitra_status cuda_attention_block_forward(insitra_backend *be, void *out, float *m, float *l, const void *qkv,
-                                            const void *kv, int64_t B, int64_t Tq, int64_t Tk, int64_t C, int64_t H,
-                                            int64_t q_pos, int64_t k_pos, bool causal, bool first)
+insitra_status cuda_attention_block_forward(insitra_backend *be, void *out, float *m, float *l,
+                                            const void *qkv, const void *kv, int64_t B, int64_t Tq,
+                                            int64_t Tk, int64_t C, int64_t H, int64_t q_pos, int64_t k_pos,
+                                            bool causal, bool first)
 {
     cuda_backend *c = cu(be);
     const insitra_attention_block_shape sh{B, Tq, Tk, C, H, q_pos, k_pos, causal, c->bf16};
     return insitra_cuda_attention_block_forward(out, m, l, qkv, kv, &sh, first, c->cs);
 }
 
-insitra_status cuda_attention_block_finish(insitra_backend *be, void *out, float *lse, const float *m, const float *l,
-                                           int64_t B, int64_t Tq, int64_t C, int64_t H)
+insitra_status cuda_attention_block_finish(insitra_backend *be, void *out, float *lse, const float *m,
+                                           const float *l, int64_t B, int64_t Tq, int64_t C, int64_t H)
 {
     cuda_backend *c = cu(be);
     return insitra_cuda_attention_block_finish(out, lse, m, l, B, Tq, C, H, c->bf16, c->cs);
 }
 
 insitra_status cuda_attention_block_backward(insitra_backend *be, void *dqkv, float *dkv, const void *dout,
-                                             const void *qkv, const void *kv, const void *out, const float *lse,
-                                             int64_t B, int64_t Tq, int64_t Tk, int64_t C, int64_t H, int64_t q_pos,
-                                             int64_t k_pos, bool causal)
+                                             const void *qkv, const void *kv, const void *out,
+                                             const float *lse, int64_t B, int64_t Tq, int64_t Tk, int64_t C,
+                                             int64_t H, int64_t q_pos, int64_t k_pos, bool causal)
 {
     cuda_backend *c = cu(be);
     const insitra_attention_block_shape sh{B, Tq, Tk, C, H, q_pos, k_pos, causal, c->bf16};

@@ -223,14 +223,16 @@ static insitra_status op_attention_blocks(insitra_backend *be, void **b, const i
     const bool causal = d[7] != 0;
     const insitra_backend_i *i = be->i;
     INSITRA_CHECK(i->attention_kv_pack(be, b[6], b[4], B * Tq, C));
-    INSITRA_CHECK(i->attention_block_forward(be, b[0], b[1], b[2], b[4], b[5], B, Tq, Tk, C, H, qp, kp, causal, true));
-    INSITRA_CHECK(i->attention_block_forward(be, b[0], b[1], b[2], b[4], b[6], B, Tq, Tq, C, H, qp, qp, causal, false));
+    INSITRA_CHECK(
+        i->attention_block_forward(be, b[0], b[1], b[2], b[4], b[5], B, Tq, Tk, C, H, qp, kp, causal, true));
+    INSITRA_CHECK(
+        i->attention_block_forward(be, b[0], b[1], b[2], b[4], b[6], B, Tq, Tq, C, H, qp, qp, causal, false));
     INSITRA_CHECK(i->attention_block_finish(be, b[0], b[3], b[1], b[2], B, Tq, C, H));
     INSITRA_CHECK(i->fill_zero(be, b[8], (size_t)(B * Tq * 3 * C) * be->act_size));
-    INSITRA_CHECK(i->attention_block_backward(be, b[8], b[9], b[7], b[4], b[5], b[0], b[3], B, Tq, Tk, C, H, qp, kp,
-                                              causal));
-    INSITRA_CHECK(i->attention_block_backward(be, b[8], b[10], b[7], b[4], b[6], b[0], b[3], B, Tq, Tq, C, H, qp, qp,
-                                              causal));
+    INSITRA_CHECK(i->attention_block_backward(be, b[8], b[9], b[7], b[4], b[5], b[0], b[3], B, Tq, Tk, C, H,
+                                              qp, kp, causal));
+    INSITRA_CHECK(i->attention_block_backward(be, b[8], b[10], b[7], b[4], b[6], b[0], b[3], B, Tq, Tq, C, H,
+                                              qp, qp, causal));
     return i->attention_block_done(be, b[8], b[10], B * Tq, C, H);
 }
 
@@ -439,8 +441,9 @@ int main(int argc, char **argv)
                                   {1, 20, 30, 256, 2, 30, 10, 1}, {1, 9, 9, 256, 1, 9, 0, 0}};
         for (size_t k = 0; k < sizeof blk / sizeof *blk; k++) {
             const int64_t *d = blk[k], B = d[0], Tq = d[1], Tk = d[2], C = d[3], H = d[4];
-            snprintf(c.name, sizeof c.name, "attention_block_* B%lld Tq%lld Tk%lld C%lld H%lld q%lld k%lld%s %s",
-                     (long long)B, (long long)Tq, (long long)Tk, (long long)C, (long long)H, (long long)d[5],
+            snprintf(c.name, sizeof c.name,
+                     "attention_block_* B%lld Tq%lld Tk%lld C%lld H%lld q%lld k%lld%s %s", (long long)B,
+                     (long long)Tq, (long long)Tk, (long long)C, (long long)H, (long long)d[5],
                      (long long)d[6], d[7] ? " causal" : "", p);
             c.nt = 11;
             c.t[0] = T_OUT("out", B * Tq * C, true, 0);

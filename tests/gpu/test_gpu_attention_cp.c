@@ -61,7 +61,8 @@ static void *put(insitra_backend *be, const float *host, int64_t n, bool act)
     if (be->i->alloc(be, (size_t)n * sizeof(float), "test", &f32) != INSITRA_STATUS_OK) return NULL;
     be->i->upload(be, f32, host, (size_t)n * sizeof(float));
     if (!act || be->act == INSITRA_DTYPE_F32) return f32;
-    if (be->i->alloc(be, (size_t)n * be->act_size, "test", &dst) == INSITRA_STATUS_OK) be->i->to_act(be, dst, f32, n);
+    if (be->i->alloc(be, (size_t)n * be->act_size, "test", &dst) == INSITRA_STATUS_OK)
+        be->i->to_act(be, dst, f32, n);
     be->i->synchronize(be);
     be->i->release(be, f32);
     return dst;
@@ -127,8 +128,8 @@ static bool emulate(insitra_backend *be, const cp_case *k, const float *qkv, con
     for (int c = 0; ok && c < k->cp; c++) {
         for (int s = 0; ok && s < k->cp; s++) {
             const int j = (c - s + k->cp) % k->cp;
-            ok = i->attention_block_forward(be, rk[c].out, rk[c].m, rk[c].l, rk[c].qkv, rk[j].kv, B, Tc, Tc, C, H,
-                                            c * Tc, j * Tc, k->causal, s == 0) == INSITRA_STATUS_OK;
+            ok = i->attention_block_forward(be, rk[c].out, rk[c].m, rk[c].l, rk[c].qkv, rk[j].kv, B, Tc, Tc,
+                                            C, H, c * Tc, j * Tc, k->causal, s == 0) == INSITRA_STATUS_OK;
         }
         ok = ok && i->attention_block_finish(be, rk[c].out, rk[c].m, rk[c].m, rk[c].l, B, Tc, C, H) ==
                        INSITRA_STATUS_OK;
@@ -138,8 +139,8 @@ static bool emulate(insitra_backend *be, const cp_case *k, const float *qkv, con
     for (int s = 0; ok && s < k->cp; s++)
         for (int c = 0; ok && c < k->cp; c++) {
             const int j = (c - s + k->cp) % k->cp;
-            ok = i->attention_block_backward(be, rk[c].dqkv, rk[j].dkv, rk[c].dout, rk[c].qkv, rk[j].kv, rk[c].out,
-                                             rk[c].m, B, Tc, Tc, C, H, c * Tc, j * Tc,
+            ok = i->attention_block_backward(be, rk[c].dqkv, rk[j].dkv, rk[c].dout, rk[c].qkv, rk[j].kv,
+                                             rk[c].out, rk[c].m, B, Tc, Tc, C, H, c * Tc, j * Tc,
                                              k->causal) == INSITRA_STATUS_OK;
         }
     for (int c = 0; ok && c < k->cp; c++)
@@ -167,8 +168,8 @@ static bool emulate(insitra_backend *be, const cp_case *k, const float *qkv, con
 }
 
 /* The ring of lib/attention_ring.c on a one-rank group: the whole sample, one block. */
-static bool ring_of_one(insitra_backend *be, insitra_group *g, const cp_case *k, const float *qkv, const float *dout,
-                        result *r)
+static bool ring_of_one(insitra_backend *be, insitra_group *g, const cp_case *k, const float *qkv,
+                        const float *dout, result *r)
 {
     const int64_t B = k->B, T = k->T, H = k->H, C = H * k->hd;
     const insitra_backend_i *i = be->i;
@@ -207,8 +208,8 @@ static void check(insitra_test *t, const char *what, const cp_case *k, const cha
 {
     const int64_t B = k->B, T = k->T, H = k->H, C = H * k->hd;
     char name[96];
-    snprintf(name, sizeof name, "%s cp%d B%lld T%lld H%lld hd%lld%s %s", what, k->cp, (long long)B, (long long)T,
-             (long long)H, (long long)k->hd, k->causal ? " causal" : "", p);
+    snprintf(name, sizeof name, "%s cp%d B%lld T%lld H%lld hd%lld%s %s", what, k->cp, (long long)B,
+             (long long)T, (long long)H, (long long)k->hd, k->causal ? " causal" : "", p);
     char q[128];
     snprintf(q, sizeof q, "%s out", name);
     insitra_test_within(t, q, insitra_test_max_error(got->out, ref->out, B * T * C), tol);

@@ -50,11 +50,12 @@ static bool run(insitra_test *tc, MPI_Comm comm, int cp, const char *precision, 
     int rank;
     MPI_Comm_rank(comm, &rank);
     const int c = rank % cp, Tc = T / cp;
-    insitra_config *cfg = insitra_test_config(tc, "model: {seq_len: 16, in_features: 3, out_features: 3,\n"
-                                                  "        d_model: 32, n_layers: 2, n_heads: 2, causal: true}\n"
-                                                  "training: {seed: 5, batch_size: 4}\n"
-                                                  "optimizer: {lr: 3.0e-3, warmup_steps: 2, decay_steps: 20}\n"
-                                                  "data: {capacity: 40, sampler: sequential}\n");
+    insitra_config *cfg =
+        insitra_test_config(tc, "model: {seq_len: 16, in_features: 3, out_features: 3,\n"
+                                "        d_model: 32, n_layers: 2, n_heads: 2, causal: true}\n"
+                                "training: {seed: 5, batch_size: 4}\n"
+                                "optimizer: {lr: 3.0e-3, warmup_steps: 2, decay_steps: 20}\n"
+                                "data: {capacity: 40, sampler: sequential}\n");
     if (!cfg) return false;
     insitra_test_set(tc, cfg, "device", "cuda");
     insitra_test_set(tc, cfg, "precision", "%s", precision);
@@ -101,7 +102,8 @@ int main(int argc, char **argv)
     int devices = 0;
     if (cudaGetDeviceCount(&devices) != cudaSuccess) devices = 0;
     if (tc.size != 2 || devices < 2)
-        return insitra_test_skip(&tc, "cp = 2 on the GPU needs 2 ranks and 2 CUDA devices (%d rank(s), %d usable)",
+        return insitra_test_skip(&tc,
+                                 "cp = 2 on the GPU needs 2 ranks and 2 CUDA devices (%d rank(s), %d usable)",
                                  tc.size, devices);
     for (int i = 0; i < N_SAMPLES * T * F; i++) {
         const float v = (float)sin(0.29 * i);
@@ -110,7 +112,8 @@ int main(int argc, char **argv)
     }
     const int c = tc.rank % 2, Tc = T / 2;
     trajectory ref, a, b;
-    if (run(&tc, MPI_COMM_SELF, 1, "fp32", 0, true, &ref) && run(&tc, MPI_COMM_WORLD, 2, "fp32", 0, true, &a)) {
+    if (run(&tc, MPI_COMM_SELF, 1, "fp32", 0, true, &ref) &&
+        run(&tc, MPI_COMM_WORLD, 2, "fp32", 0, true, &a)) {
         insitra_test_within(&tc, "fp32 cp 2 vs cp 1: losses", loss_error(&a, &ref, STEPS), 1e-4);
         /* only this rank's tokens were filled in a.pred */
         float mine[N_EVAL][T][F] = {{{0}}};
