@@ -15,12 +15,14 @@
  * probabilities from lse; dq and dk are left without the 1/sqrt(hd), which
  * done applies once.
  *
- * Kernels: a group of G lanes holds one row (8 of its dimensions per lane,
- * hd <= 8G), tiles of 16 rows of the other operand staged in shared memory
- * as fp32; fp32 arithmetic for fp32 and bf16 alike. Forward and the dq pass
- * give each query row to one group, the dk/dv pass each key row; every
- * output element is summed by one thread in a fixed order, no atomics, so
- * reruns are bit-identical.
+ * Kernels, as attention.cuh's: bf16 with hd = 32, 64 or 128 (and 16-byte
+ * aligned tensors) on the tensor cores (mma.sync, fp32 accumulation,
+ * probabilities rounded to bf16 for the P V and dS products); fp32, and bf16
+ * with other head sizes up to 256, on the CUDA cores with fp32 arithmetic (a
+ * group of lanes per row, 16-row tiles of the other operand in shared
+ * memory). Forward and the dq pass give each query row to one owner, the
+ * dk/dv pass each key row; every output element is summed by one thread in
+ * a fixed order, no atomics, so reruns are bit-identical.
  *
  * Plain C, so that tests can call the kernels directly.
  */

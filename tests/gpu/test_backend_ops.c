@@ -12,7 +12,8 @@
  * ~4e-3; seen at most 3.7e-3). Forward and backward of every layer, the
  * feature maps (normalisation, residual), the optimizer and shard operations,
  * and the blocks of a context-parallel attention (two blocks at offsets,
- * causal masks by global position).
+ * causal masks by global position; seen at most 5.1e-7 in fp32 and 5.7e-3
+ * in bf16).
  *
  * Without a usable GPU (CI has none) it prints why and exits 77: skipped.
  */
