@@ -11,13 +11,15 @@
 #   check_field.sh WORKDIR RANKS LAUNCHER...
 #
 # LAUNCHER... runs heat2d on RANKS ranks (mpiexec -n RANKS .../heat2d); the
-# namelist's path is appended to it.
+# namelist's path is appended to it. HEAT2D_STEPS and HEAT2D_MIN_GAIN change
+# the run's length and the factor (example_heat2d_field_np4: shorter, as its
+# four ranks share two cores on CI).
 set -euo pipefail
 work=$1
 ranks=$2
 shift 2
 
-NX=64 NY=64 FIELD_PATCH=4 MIN_GAIN=2
+NX=64 NY=64 FIELD_PATCH=4 SPINUP=${HEAT2D_SPINUP:-400} STEPS=${HEAT2D_STEPS:-900} MIN_GAIN=${HEAT2D_MIN_GAIN:-2}
 
 rm -rf "$work"
 mkdir -p "$work"
@@ -31,8 +33,8 @@ cat >field.nml <<NML
   nx = $NX, ny = $NY
   mode = 'field'
   field_patch = $FIELD_PATCH
-  spinup = 400
-  steps = 900
+  spinup = $SPINUP
+  steps = $STEPS
   push_every = 2
   output_every = 100
   test_steps = 10
