@@ -53,10 +53,10 @@ resumes=$(awk '/"event": "resumed"/ { if (match($0, /"step": *[0-9]+/)) {
   printf "set label \"resumed\" at %s, graph 0.04 offset 0.5, 0 font \",9\"\n", s } }' "$metrics")
 [ -n "$final" ] && title="$title: held-out relative L2 error at the end $final"
 # gnuplot stops on a column with no number at all: the whole-field curve only when there is one.
-field_curve="" main_title="surrogate"
+field_curve="" main_title="surrogate" loss_title="training loss (MSE)"
 if awk '$5 != "NaN" { found = 1 } END { exit !found }' "$data"; then
   field_curve=", '' using 1:5 with linespoints pt 9 ps 0.6 title 'whole-field surrogate relative L2 error (held out)'"
-  main_title="per-patch surrogate"
+  main_title="per-patch surrogate" loss_title="per-patch training loss (MSE)"
 fi
 
 gnuplot <<GNUPLOT
@@ -69,7 +69,7 @@ set format y '10^{%L}'
 set grid
 set key top right
 $resumes
-plot '$data' using 1:2 with linespoints pt 7 ps 0.6 title 'training loss (MSE)', \
+plot '$data' using 1:2 with linespoints pt 7 ps 0.6 title '$loss_title', \
      '' using 1:3 with linespoints pt 5 ps 0.6 title '$main_title relative L2 error (held out)', \
      '' using 1:4 with lines dashtype 2 title "relative L2 error of predicting 'no change'"$field_curve
 GNUPLOT
