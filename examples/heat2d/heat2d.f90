@@ -634,11 +634,12 @@ contains
     integer, intent(in) :: step
     real(dp), intent(in) :: e(3, 2)
     real(dp) :: r(2), still_now
+    integer :: k
     character(len=256) :: more
     if (rank /= 0) return
     r = 0
-    do s = S_PATCH, S_FIELD
-      if (trained(s)) r(s) = sqrt(e(1, s) / e(2, s))
+    do k = S_PATCH, S_FIELD
+      if (trained(k)) r(k) = sqrt(e(1, k) / e(2, k))
     end do
     still_now = sqrt(e(3, main) / e(2, main))
     more = ''
@@ -721,17 +722,18 @@ contains
 
   ! Rank 0: the table of the held-out test and the held_out record.
   subroutine print_summary()
+    integer :: k
     print '(/, a, i0, a)', 'held-out test: the ', test_steps, ' solver steps after training, ' // &
       'each predicted from the solver''s field before it, every point of the domain'
     print '(a)', 'surrogate     tokens per sample               rel. L2 error  ' // &
       "'no change' / it  training steps  final loss  tokens/s (train_step)"
-    do s = S_PATCH, S_FIELD
-      if (.not. trained(s)) cycle
-      if (s == S_PATCH) write(line, '(i0, a, i0, a, i0, a)') ntok, ' (', patch, ' x ', patch, ' points)'
-      if (s == S_FIELD) write(line, '(i0, a, i0, a)') ftok_global, ' (', ftok, ' per rank)'
-      print '(a, 2x, a30, es10.3, f15.1, a, i13, es15.3, es13.3)', NAMES(s), line(1:30), rel(s), &
-        still / max(rel(s), tiny(rel)), 'x', m(s)%step, m(s)%loss, &
-        train_tokens(s) / max(train_seconds(s), tiny(rel))
+    do k = S_PATCH, S_FIELD
+      if (.not. trained(k)) cycle
+      if (k == S_PATCH) write(line, '(i0, a, i0, a, i0, a)') ntok, ' (', patch, ' x ', patch, ' points)'
+      if (k == S_FIELD) write(line, '(i0, a, i0, a)') ftok_global, ' (', ftok, ' per rank)'
+      print '(a, 2x, a30, es10.3, f15.1, a, i13, es15.3, es13.3)', NAMES(k), line(1:30), rel(k), &
+        still / max(rel(k), tiny(rel)), 'x', m(k)%step, m(k)%loss, &
+        train_tokens(k) / max(train_seconds(k), tiny(rel))
     end do
     print '(a, 2x, a30, es10.3, f15.1, a)', 'no change  ', '', still, 1.0_dp, 'x'
     print '(a)', "relative L2 = ||prediction - solver|| / ||solver|| over every point of the " // &
