@@ -398,7 +398,7 @@ contains
     ! number of tokens, T / cp (the same on every rank, so no rank stops alone).
     if (trained(S_FIELD) .and. (mod(nx, dims(1) * field_patch) /= 0 .or. &
                               mod(ny, dims(2) * field_patch) /= 0)) then
-      if (rank == 0) print '(a, 4(i0, a))', 'heat2d: whole-field mode needs nx and ny divisible by ' // &
+      if (rank == 0) print '(a, 5(i0, a))', 'heat2d: whole-field mode needs nx and ny divisible by ' // &
         'the ranks along them times field_patch; ', nx, ' x ', ny, ' on ', dims(1), ' x ', dims(2), &
         ' ranks with field_patch ', field_patch, ' is not'
       error stop 1
