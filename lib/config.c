@@ -431,8 +431,9 @@ insitra_status insitra_config_validate(const insitra_config *cfg)
     if (cfg->parallel.tp > 1 && cfg->device == INSITRA_DEVICE_CUDA)
         return insitra_error_set(
             INSITRA_STATUS_CONFIG_ERROR,
-            "config key 'parallel.tp': value %" PRId64 " needs device = cpu; the CUDA "
-            "backend has no tensor-parallel layers in this version (set parallel.tp = 1)",
+            "config key 'parallel.tp': value %" PRId64 " needs device = cpu; the CUDA backend's "
+            "workspace and attention plans are not sized for tensor-parallel blocks in this version "
+            "(set parallel.tp = 1)",
             cfg->parallel.tp);
     if (cfg->parallel.cp > 1 && cfg->device == INSITRA_DEVICE_CUDA)
         return insitra_error_set(

@@ -494,6 +494,42 @@ insitra_status cuda_pos_backward(insitra_backend *be, float *dpos, const void *d
     return INSITRA_STATUS_OK;
 }
 
+/* ---- tensor parallelism ---- */
+
+insitra_status cuda_bias_residual_forward(insitra_backend *be, void *out, const void *inp, const void *b,
+                                          const void *residual, int64_t N, int64_t C)
+{
+    cuda_backend *c = cu(be);
+    if (c->bf16)
+        insitra_bias_residual<bf16>((bf16 *)out, (const bf16 *)inp, (const bf16 *)b, (const bf16 *)residual, N, C,
+                                    c->cs);
+    else
+        insitra_bias_residual<float>((float *)out, (const float *)inp, (const float *)b, (const float *)residual, N,
+                                     C, c->cs);
+    LAUNCH_TRY();
+    return INSITRA_STATUS_OK;
+}
+
+/* db (C) += column sums of dout (N,C): pos_backward's reduction with one token per sample */
+insitra_status cuda_bias_backward(insitra_backend *be, float *db, const void *dout, int64_t N, int64_t C)
+{
+    return cuda_pos_backward(be, db, dout, N, 1, C);
+}
+
+/* out (Q,P,n) = in (P,Q,n): P strided copies, one per p */
+insitra_status cuda_block_transpose(insitra_backend *be, void *out, const void *in, int64_t P, int64_t Q, int64_t n,
+                                    insitra_dtype t)
+{
+    cuda_backend *c = cu(be);
+    const size_t row = (size_t)n * insitra_dtype_size(t);
+    for (int64_t p = 0; p < P; p++)
+        CUDA_TRY(cudaMemcpy2DAsync((char *)out + (size_t)p * row, (size_t)P * row,
+                                   (const char *)in + (size_t)(p * Q) * row, row, row, (size_t)Q,
+                                   cudaMemcpyDeviceToDevice, c->cs));
+    return INSITRA_STATUS_OK;
+}
+
+
 insitra_status cuda_layernorm_forward(insitra_backend *be, void *out, float *mean, float *rstd, const void *inp,
                                       const void *w, const void *b, int64_t N, int64_t C)
 {
@@ -914,10 +950,9 @@ const insitra_backend_i cuda_interface = {
     /* .attention_block_done = */ NULL,
     /* .ring_shift = */ NULL,
     /* .join_stream = */ cuda_join_stream,
-    /* tensor parallelism: not built for CUDA; insitra_config_validate refuses parallel.tp > 1 there */
-    /* .bias_residual_forward = */ NULL,
-    /* .bias_backward = */ NULL,
-    /* .block_transpose = */ NULL,
+    /* .bias_residual_forward = */ cuda_bias_residual_forward,
+    /* .bias_backward = */ cuda_bias_backward,
+    /* .block_transpose = */ cuda_block_transpose,
 };
 
 insitra_status pick_device(cuda_backend *c, MPI_Comm comm)
