@@ -435,12 +435,6 @@ insitra_status insitra_config_validate(const insitra_config *cfg)
             "workspace and attention plans are not sized for tensor-parallel blocks in this version "
             "(set parallel.tp = 1)",
             cfg->parallel.tp);
-    if (cfg->parallel.cp > 1 && cfg->device == INSITRA_DEVICE_CUDA)
-        return insitra_error_set(
-            INSITRA_STATUS_CONFIG_ERROR,
-            "config key 'parallel.cp': value %" PRId64 " needs device = cpu; the CUDA "
-            "backend has no context-parallel attention in this version (set parallel.cp = 1)",
-            cfg->parallel.cp);
     INSITRA_CHECK(insitra_residual_map_parse(cfg, NULL));
     return insitra_config_check_sizes(cfg);
 }

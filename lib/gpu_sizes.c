@@ -28,7 +28,7 @@ static int64_t take(int64_t *used, int64_t n)
 insitra_gpu_sdpa insitra_gpu_sdpa_choice(const insitra_model_dims *d, int64_t B, size_t act_size)
 {
 #ifdef INSITRA_HAVE_CUDNN
-    if (!insitra_gpu_attention_fused(act_size)) return INSITRA_GPU_SDPA_NONE;
+    if (!insitra_gpu_attention_fused(act_size) || d->cp > 1) return INSITRA_GPU_SDPA_NONE;
     const char *want = getenv("INSITRA_GPU_ATTENTION");
     if (want && !strcmp(want, "fused")) return INSITRA_GPU_SDPA_NONE;
     if (want && !strcmp(want, "cudnn")) return INSITRA_GPU_SDPA_DETERMINISTIC;
@@ -57,19 +57,22 @@ int64_t insitra_gpu_sdpa_bytes(int64_t B, int64_t H, int64_t T, int64_t hd, insi
 
 insitra_gpu_workspace insitra_gpu_workspace_for(const insitra_model_dims *d, int64_t B, size_t act_size)
 {
-    const int64_t T = d->seq_len, C = d->d_model, H = d->n_heads, N = mul(B, T), es = (int64_t)act_size;
-    const int64_t NCe = mul(mul(N, C), es);
+    /* a rank's tokens; with cp > 1 the attention is the ring's (lib/attention_ring.h),
+     * which keeps its blocks in the activations and takes none of the attention's buffers */
+    const int64_t T = insitra_model_dims_attn_tokens(d), C = d->d_model, H = d->n_heads, N = mul(B, T);
+    const int64_t es = (int64_t)act_size, NCe = mul(mul(N, C), es);
     const int64_t widest = 4 * C > d->out_features ? 4 * C : d->out_features;
     const int64_t col_a = mul(insitra_gpu_col_splits(N), 2 * widest);
     const int64_t col_b = mul(mul(insitra_gpu_col_splits(B), 2 * T), C);
     insitra_gpu_workspace w;
     int64_t u = 0;
-    const bool fused = insitra_gpu_attention_fused(act_size);
-    w.qkvr = take(&u, fused ? 0 : mul(3, NCe));
-    w.yr = take(&u, fused ? 0 : NCe);
-    w.dyr = take(&u, fused ? 0 : NCe);
-    w.dqkvr = take(&u, fused ? 0 : mul(3, NCe));
-    w.datt = take(&u, fused ? 0 : mul(mul(mul(B, H), mul(T, T)), es));
+    const bool ring = d->cp > 1, fused = !ring && insitra_gpu_attention_fused(act_size);
+    const bool materialised = !ring && !fused;
+    w.qkvr = take(&u, materialised ? mul(3, NCe) : 0);
+    w.yr = take(&u, materialised ? NCe : 0);
+    w.dyr = take(&u, materialised ? NCe : 0);
+    w.dqkvr = take(&u, materialised ? mul(3, NCe) : 0);
+    w.datt = take(&u, materialised ? mul(mul(mul(B, H), mul(T, T)), es) : 0);
     w.delta = take(&u, fused ? mul(mul(B, H), mul(T, (int64_t)sizeof(float))) : 0);
     w.col_partial = take(&u, mul(col_a > col_b ? col_a : col_b, (int64_t)sizeof(float)));
     w.reduce_partial = take(&u, INSITRA_GPU_REDUCE_BLOCKS * (int64_t)sizeof(double));
@@ -86,8 +89,9 @@ insitra_gpu_workspace insitra_gpu_workspace_for(const insitra_model_dims *d, int
  * softmax probabilities (B,H,T,T) (materialised). */
 static int64_t cuda_attention_state_bytes(const insitra_model_dims *d, int64_t B, size_t act_size)
 {
-    const int64_t rows = mul(mul(B, d->n_heads), d->seq_len);
-    if (insitra_gpu_attention_fused(act_size)) return mul(rows, (int64_t)sizeof(float));
+    const int64_t rows = mul(mul(B, d->n_heads), insitra_model_dims_attn_tokens(d));
+    /* the ring (cp > 1) keeps the log-sum-exp too, of the rank's tokens */
+    if (insitra_gpu_attention_fused(act_size) || d->cp > 1) return mul(rows, (int64_t)sizeof(float));
     return mul(mul(rows, d->seq_len), (int64_t)act_size);
 }
 
