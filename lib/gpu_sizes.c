@@ -57,7 +57,7 @@ int64_t insitra_gpu_sdpa_bytes(int64_t B, int64_t H, int64_t T, int64_t hd, insi
 
 insitra_gpu_workspace insitra_gpu_workspace_for(const insitra_model_dims *d, int64_t B, size_t act_size)
 {
-    /* a rank's tokens; with cp > 1 the attention is the ring's (lib/attention_ring.h),
+    /* the tokens a rank's attention sees (T / cp); with cp > 1 the attention is the ring's (lib/attention_ring.h),
      * which keeps its blocks in the activations and takes none of the attention's buffers */
     const int64_t T = insitra_model_dims_attn_tokens(d), C = d->d_model, H = d->n_heads, N = mul(B, T);
     const int64_t es = (int64_t)act_size, NCe = mul(mul(N, C), es);
