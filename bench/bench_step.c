@@ -42,11 +42,12 @@ typedef struct bench_config {
     int64_t n_layers;     /* L */
     int64_t n_heads;      /* H */
     int64_t batch_size;   /* B, samples per optimizer step on this rank */
+    int64_t slices;       /* ranks sharing each sample's tokens: parallel.cp x parallel.tp */
 } bench_config;
 
 static const bench_config bench_configs[] = {
-    {"S", 256, 16, 16, 128, 4, 4, 16},
-    {"M", 256, 16, 16, 512, 8, 8, 8},
+    {"S", 256, 16, 16, 128, 4, 4, 16, 1},
+    {"M", 256, 16, 16, 512, 8, 8, 8, 1},
 };
 
 /* Samples in the store: more than one batch, so the sampler has to draw. */
@@ -151,6 +152,10 @@ static int make_trainer(bench_config *bc, int n_overrides, char **overrides,
     err = err || get_key(cfg, "model.n_layers", &bc->n_layers);
     err = err || get_key(cfg, "model.n_heads", &bc->n_heads);
     err = err || get_key(cfg, "training.batch_size", &bc->batch_size);
+    int64_t cp = 1, tp = 1;
+    err = err || get_key(cfg, "parallel.cp", &cp);
+    err = err || get_key(cfg, "parallel.tp", &tp);
+    bc->slices = cp * tp;
     err = err || check(insitra_trainer_create(trainer, cfg, MPI_COMM_WORLD),
                        "insitra_trainer_create");
     insitra_config_free(cfg);
@@ -161,8 +166,9 @@ static int make_trainer(bench_config *bc, int n_overrides, char **overrides,
  * smooth function of x, so the loss is finite and the step does real work. */
 static int push_synthetic(insitra_trainer *trainer, const bench_config *bc, int rank)
 {
-    size_t nx = (size_t)(BENCH_CAPACITY * bc->seq_len * bc->in_features);
-    size_t ny = (size_t)(BENCH_CAPACITY * bc->seq_len * bc->out_features);
+    const int64_t T = bc->seq_len / bc->slices; /* this rank's tokens of each sample */
+    size_t nx = (size_t)(BENCH_CAPACITY * T * bc->in_features);
+    size_t ny = (size_t)(BENCH_CAPACITY * T * bc->out_features);
     float *x = malloc(nx * sizeof *x);               /* (N,T,F_in) */
     float *y = malloc(ny * sizeof *y);               /* (N,T,F_out) */
     if (!x || !y) {
@@ -174,7 +180,7 @@ static int push_synthetic(insitra_trainer *trainer, const bench_config *bc, int 
     uint64_t state = 12345u + (uint64_t)rank;
     for (size_t i = 0; i < nx; i++)
         x[i] = next_uniform(&state);
-    for (int64_t s = 0; s < BENCH_CAPACITY * bc->seq_len; s++)
+    for (int64_t s = 0; s < BENCH_CAPACITY * T; s++)
         for (int64_t f = 0; f < bc->out_features; f++)
             y[s * bc->out_features + f] =
                 sinf(x[s * bc->in_features + f % bc->in_features] * 3.0f);
@@ -234,18 +240,21 @@ static int bench_training(bench_config *bc, int warmup, int steps, int n_overrid
         double step_s = median(times, steps);
         double wait_s = median(waits, steps);
         double cpu_s = median(cpus, steps);
-        double tokens = (double)(nranks * bc->batch_size * bc->seq_len);
+        /* the data replicas' samples: a sample's tokens are spread over `slices` ranks */
+        double tokens = (double)(nranks / bc->slices * bc->batch_size * bc->seq_len);
         double flops_per_token =
             6.0 * (double)params + 12.0 * (double)(bc->n_layers * bc->d_model * bc->seq_len);
         double tokens_per_s = tokens / step_s;
+        insitra_memory_usage mem = {0};
+        insitra_memory_report(trainer, &mem);
         printf("insitra config=%s ranks=%d threads=%s warmup=%d steps=%d params=%lld "
                "tokens_per_step=%.0f flops_per_token=%.0f step_ms=%.3f step_ms_min=%.3f "
                "step_ms_mean=%.3f tokens_per_s=%.1f gflops=%.2f comm_wait_ms=%.3f "
-               "comm_share=%.4f cpu_ms=%.3f loss=%.6g\n",
+               "comm_share=%.4f cpu_ms=%.3f mem_mib=%.1f loss=%.6g\n",
                bc->name, nranks, thread_env(), warmup, steps, (long long)params, tokens,
                flops_per_token, 1e3 * step_s, 1e3 * times[0], 1e3 * mean, tokens_per_s,
                flops_per_token * tokens_per_s * 1e-9, 1e3 * wait_s, wait_s / step_s, 1e3 * cpu_s,
-               metrics.loss);
+               (double)mem.total_bytes / 1048576.0, metrics.loss);
     }
     free(times);
     free(waits);

@@ -324,7 +324,7 @@ insitra_status insitra_ckpt_norm_attrs_write(hid_t g, const insitra_normalize *n
 /* Every rank reads the whole group (the statistics are the same everywhere).
  * A file without it was written with data.normalize off, which the caller's
  * check of the stored configuration already refused. */
-insitra_status insitra_ckpt_norm_read(hid_t f, insitra_normalize *n, int64_t file_cp)
+insitra_status insitra_ckpt_norm_read(hid_t f, insitra_normalize *n, int64_t file_slices)
 {
     double *a[INSITRA_CKPT_NORM_DATASETS];
     int64_t len[INSITRA_CKPT_NORM_DATASETS];
@@ -356,14 +356,14 @@ insitra_status insitra_ckpt_norm_read(hid_t f, insitra_normalize *n, int64_t fil
         return insitra_error_set(INSITRA_STATUS_IO_ERROR,
                                  "'/%s' lacks its attributes '%s' and '%s' (or they are out of range)",
                                  INSITRA_CKPT_NORM_GROUP, INSITRA_CKPT_NORM_SAMPLES, INSITRA_CKPT_NORM_FROZEN);
-    /* each of the file_cp slices of a sample was counted: whole samples, then n's slices of them */
-    if (file_cp < 1 || samples % file_cp != 0 || samples / file_cp > INT64_MAX / (n->cp * n->seq_len))
+    /* each of the file_slices slices of a sample was counted: whole samples, then n's slices of them */
+    if (file_slices < 1 || samples % file_slices != 0 || samples / file_slices > INT64_MAX / (n->slices * n->seq_len))
         return insitra_error_set(INSITRA_STATUS_IO_ERROR,
                                  "'/%s' counts %" PRId64
                                  " sample slices, not a whole number of samples of %" PRId64
-                                 " slices (parallel.cp) each",
-                                 INSITRA_CKPT_NORM_GROUP, samples, file_cp);
-    samples = samples / file_cp * n->cp;
+                                 " slices (parallel.cp x parallel.tp) each",
+                                 INSITRA_CKPT_NORM_GROUP, samples, file_slices);
+    samples = samples / file_slices * n->slices;
     n->samples = samples;
     n->x.count = n->y.count = samples * n->seq_len;
     n->frozen = frozen == 1;

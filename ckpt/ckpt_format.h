@@ -72,10 +72,10 @@ insitra_status insitra_ckpt_norm_attrs_write(hid_t g, const struct insitra_norma
 /* The whole group from an open file into n (made for the file's model):
  * shapes, CRC32Cs and attributes checked, IO_ERROR naming what is wrong;
  * then n's coefficients follow from the statistics (lib/normalize.h).
- * file_cp: the parallel.cp the file was written at. Its `samples` counts
- * each sample once per token slice (file_cp times), and n counts them n->cp
- * times: a file of another cp is converted. */
-insitra_status insitra_ckpt_norm_read(hid_t file, struct insitra_normalize *n, int64_t file_cp);
+ * file_slices: the token slices (insitra_config_token_slices) of the
+ * file's writer. Its `samples` counts each sample once per token slice, and
+ * n counts them n->slices times: a file of another cp or tp is converted. */
+insitra_status insitra_ckpt_norm_read(hid_t file, struct insitra_normalize *n, int64_t file_slices);
 #define INSITRA_CKPT_CRC_ATTR "crc32c" /* uint32, on every float32 dataset and table */
 
 /* The root attributes that decide what is loaded. version and config are

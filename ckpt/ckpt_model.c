@@ -191,7 +191,7 @@ static insitra_status read_contents(hid_t f, insitra_model_file *out)
         if (s != INSITRA_STATUS_OK) s = insitra_error_prefix(INSITRA_STATUS_IO_ERROR, "stored configuration: ");
     }
     if (s == INSITRA_STATUS_OK && out->norm.mode != INSITRA_NORMALIZE_OFF)
-        s = insitra_ckpt_norm_read(f, &out->norm, out->cfg.parallel.cp);
+        s = insitra_ckpt_norm_read(f, &out->norm, insitra_config_token_slices(&out->cfg));
     return s;
 }
 

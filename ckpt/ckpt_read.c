@@ -29,7 +29,7 @@
 /* What the stored configuration says of the file's layout. */
 typedef struct writer_layout {
     int64_t slices; /* token slices of a sample (insitra_config_token_slices) */
-    int64_t cp;     /* parallel.cp: the normalisation counted each sample cp times */
+    int64_t cp;     /* parallel.cp (a format-2 file's samples are per cp rank) */
 } writer_layout;
 
 /* The stored configuration must describe the same model; its layout (any
@@ -54,7 +54,7 @@ static insitra_status check_model(const insitra_config *mine, const insitra_ckpt
     if (meta->world_size % wl->slices != 0)
         s = insitra_error_set(INSITRA_STATUS_IO_ERROR,
                               "checkpoint '%s' was saved by %" PRId64 " ranks, which %" PRId64
-                              " token slices (parallel.cp) do not divide",
+                              " token slices (parallel.cp x parallel.tp) do not divide",
                               file, meta->world_size, wl->slices);
     for (size_t k = 0; k < sizeof keys / sizeof keys[0] && s == INSITRA_STATUS_OK; k++) {
         char theirs[INSITRA_CONFIG_PATH_MAX + 32], ours[INSITRA_CONFIG_PATH_MAX + 32];
@@ -320,7 +320,7 @@ static insitra_status try_load(const insitra_ckpt_state *st, const char *file, i
         s = read_state(st, f);
     }
     if (s == INSITRA_STATUS_OK && st->norm)
-        s = insitra_comm_agree(st->world, insitra_ckpt_norm_read(f, st->norm, wl.cp));
+        s = insitra_comm_agree(st->world, insitra_ckpt_norm_read(f, st->norm, wl.slices));
     if (s == INSITRA_STATUS_OK) restore_sampler(st, &meta, wl.slices, &tb);
     if (s == INSITRA_STATUS_OK && tb.row[INSITRA_CKPT_SAMPLE_COUNT]) {
         touched->samples = true;

@@ -89,6 +89,12 @@ module insitra
     integer(c_int32_t) :: collectives_per_step = 0
   end type insitra_plan
 
+  !> A process grid and its plan (C struct insitra_plan_grid).
+  type, bind(c), public :: insitra_plan_grid
+    integer(c_int32_t) :: dp = 0, cp = 0, tp = 0
+    type(insitra_plan) :: plan
+  end type insitra_plan_grid
+
   !> A configuration: defaults, YAML, dotted-key overrides. Local (no MPI).
   type, public :: insitra_config
     private
@@ -110,6 +116,7 @@ module insitra
     procedure :: validate => config_validate
     procedure :: plan_stage => config_plan_stage
     procedure :: plan_max_seq_len => config_plan_max_seq_len
+    procedure :: plan_suggest_grid => config_plan_suggest_grid
     procedure, private :: config_assign
     generic :: assignment(=) => config_assign
     final :: config_final
@@ -508,6 +515,17 @@ module insitra
       integer(c_int32_t), intent(out) :: at_limit
       integer(c_int) :: status
     end function c_insitra_plan_max_seq_len
+
+    function c_insitra_plan_suggest_grid(cfg, world_size, budget_bytes, best, found) &
+        bind(c, name='insitra_plan_suggest_grid') result(status)
+      import :: c_ptr, c_int, c_int32_t, c_int64_t, insitra_plan_grid
+      type(c_ptr), value :: cfg
+      integer(c_int32_t), value :: world_size
+      integer(c_int64_t), value :: budget_bytes
+      type(insitra_plan_grid), intent(inout) :: best
+      integer(c_int32_t), intent(out) :: found
+      integer(c_int) :: status
+    end function c_insitra_plan_suggest_grid
 
     function c_insitra_field_to_patches(d, shape, variables, patch, field, tokens) &
         bind(c, name='insitra_field_to_patches') result(status)
@@ -1033,6 +1051,23 @@ contains
                 'insitra_config%plan_max_seq_len', stat)
     if (present(at_limit)) at_limit = limit /= 0
   end subroutine config_plan_max_seq_len
+
+  !> The grid (dp x cp x tp, ZeRO stage) that trains this configuration on
+  !> world_size ranks within budget_bytes each (insitra_plan_suggest_grid);
+  !> found is .false. when none fits.
+  subroutine config_plan_suggest_grid(self, world_size, budget_bytes, grid, found, stat)
+    class(insitra_config), intent(in) :: self
+    integer, intent(in) :: world_size
+    integer(c_int64_t), intent(in) :: budget_bytes
+    type(insitra_plan_grid), intent(inout) :: grid
+    logical, intent(out) :: found
+    integer, intent(out), optional :: stat
+    integer(c_int32_t) :: f
+    f = 0
+    call finish(c_insitra_plan_suggest_grid(self%handle, int(world_size, c_int32_t), budget_bytes, grid, f), &
+                'insitra_config%plan_suggest_grid', stat)
+    found = f /= 0
+  end subroutine config_plan_suggest_grid
 
   ! A handle owns its C object: copying one would free it twice. Assigning
   ! an empty (never created or freed) configuration is allowed.

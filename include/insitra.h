@@ -333,6 +333,23 @@ insitra_status insitra_plan_max_seq_len(const insitra_config *cfg, int32_t world
                                         int32_t zero_stage, int64_t budget_bytes,
                                         int64_t *seq_len, int32_t *at_limit);
 
+/* A process grid and its plan. */
+typedef struct insitra_plan_grid {
+    int32_t dp, cp, tp;  /* parallel.dp x parallel.cp x parallel.tp = world_size */
+    insitra_plan plan;   /* at plan.zero_stage */
+} insitra_plan_grid;
+
+/* Local, allocates nothing: the grid (cp, tp, ZeRO stage; dp the rest) that
+ * trains cfg on world_size ranks within budget_bytes per rank, by
+ * insitra_plan_stage's formula. Of the grids cfg allows (cp x tp dividing
+ * model.seq_len and world_size, tp dividing model.n_heads and 4 d_model,
+ * what cfg's device runs), the one that splits a sample least (smallest
+ * cp x tp, then tp before cp, since a tp group's collectives are on every
+ * layer's path) and, among those, the least traffic per step. *found = 0
+ * when none fits (best untouched). cfg's own parallel.* keys are ignored. */
+insitra_status insitra_plan_suggest_grid(const insitra_config *cfg, int32_t world_size, int64_t budget_bytes,
+                                         insitra_plan_grid *best, int32_t *found);
+
 /* ---- patch tokens of a grid (lib/patch.c, docs/patches.md) ----
  *
  * A rank's block of a regular grid with `variables` values per point,

@@ -194,9 +194,9 @@ typedef struct insitra_backend_i {
     /* collective over c */
     insitra_status (*group_create)(insitra_backend *be, const insitra_comm *c, insitra_group **g);
     void (*group_free)(insitra_backend *be, insitra_group *g);
-    /* recv (n) = sum over ranks of their send[rank * n ..] (f32) */
-    insitra_status (*reduce_scatter)(insitra_backend *be, insitra_group *g, const float *send,
-                                     float *recv, int64_t n, insitra_coll *h);
+    /* recv (n) = sum over ranks of their send[rank * n ..] (of t) */
+    insitra_status (*reduce_scatter)(insitra_backend *be, insitra_group *g, const void *send,
+                                     void *recv, int64_t n, insitra_dtype t, insitra_coll *h);
     /* recv (ranks, n) = every rank's send (n) */
     insitra_status (*all_gather)(insitra_backend *be, insitra_group *g, const void *send, void *recv,
                                  int64_t n, insitra_dtype t, insitra_coll *h);
@@ -250,6 +250,17 @@ typedef struct insitra_backend_i {
     /* before: later work of the compute queue waits for what stream holds now; else work
      * queued on stream later waits for what the compute queue holds now. No host wait. */
     insitra_status (*join_stream)(insitra_backend *be, void *stream, bool before);
+    /* ---- tensor parallelism (lib/model_step.c, docs/parallel.md); NULL where not built ---- */
+    /* out (N,C) act = inp (N,C) act + b (C) act + residual (N,C) act; out may be inp: a
+     * row-parallel layer's bias and residual, added once its partial sums are reduced */
+    insitra_status (*bias_residual_forward)(insitra_backend *be, void *out, const void *inp, const void *b,
+                                            const void *residual, int64_t N, int64_t C);
+    /* db (C) f32 += column sums of dout (N,C) act */
+    insitra_status (*bias_backward)(insitra_backend *be, float *db, const void *dout, int64_t N, int64_t C);
+    /* out (Q,P,n) = in (P,Q,n), elements of t: a collective's rank-major pieces to sample-major
+     * rows and back */
+    insitra_status (*block_transpose)(insitra_backend *be, void *out, const void *in, int64_t P, int64_t Q,
+                                      int64_t n, insitra_dtype t);
 } insitra_backend_i;
 
 struct insitra_backend {

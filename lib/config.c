@@ -75,7 +75,7 @@ static const config_entry entries[] = {
     {"checkpoint.deadline_env", KIND_STRING, FIELD(checkpoint.deadline_env), 0, 0, "", {0}},
     {"checkpoint.deadline_margin_seconds", KIND_REAL, FIELD(checkpoint.deadline_margin_seconds), 0, 1e9, "120", {0}},
     {"parallel.dp", KIND_INT, FIELD(parallel.dp), 0, 1048576, "0", {0}},
-    {"parallel.tp", KIND_INT, FIELD(parallel.tp), 1, 1, "1", {0}},
+    {"parallel.tp", KIND_INT, FIELD(parallel.tp), 1, 4096, "1", {0}},
     {"parallel.cp", KIND_INT, FIELD(parallel.cp), 1, 4096, "1", {0}},
     {"parallel.zero_stage", KIND_INT, FIELD(parallel.zero_stage), 0, 3, "0", {0}},
     {"parallel.bucket_mib", KIND_REAL, FIELD(parallel.bucket_mib), 0, 1048576, "64", {0}},
@@ -361,8 +361,6 @@ int64_t insitra_config_held_out_capacity(const insitra_config *cfg)
     return f > 0 ? (int64_t)ceil((double)cfg->data.capacity * f) : 0;
 }
 
-int64_t insitra_config_token_slices(const insitra_config *cfg) { return cfg->parallel.cp; }
-
 int64_t insitra_config_micro_batch(const insitra_config *cfg)
 {
     return cfg->training.micro_batch_size > 0 ? cfg->training.micro_batch_size
@@ -414,6 +412,29 @@ insitra_status insitra_config_validate(const insitra_config *cfg)
                                  " does not divide model.seq_len = %" PRId64
                                  " (each of the cp ranks holds seq_len / cp tokens of every sample)",
                                  cfg->parallel.cp, cfg->model.seq_len);
+    if (cfg->model.n_heads % cfg->parallel.tp != 0)
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "config key 'parallel.tp': value %" PRId64 " does not divide model.n_heads = %" PRId64
+                                 " (each of the tp ranks computes n_heads / tp heads)",
+                                 cfg->parallel.tp, cfg->model.n_heads);
+    if (4 * cfg->model.d_model % cfg->parallel.tp != 0)
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "config key 'parallel.tp': value %" PRId64 " does not divide the MLP's width "
+                                 "4 x model.d_model = %" PRId64 " (each of the tp ranks holds a 1/tp of it)",
+                                 cfg->parallel.tp, 4 * cfg->model.d_model);
+    if (cfg->model.seq_len % (cfg->parallel.cp * cfg->parallel.tp) != 0)
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "config keys 'parallel.cp' x 'parallel.tp' = %" PRId64 " x %" PRId64
+                                 " do not divide model.seq_len = %" PRId64 " (each of the cp x tp ranks "
+                                 "holds seq_len / (cp tp) tokens of every sample)",
+                                 cfg->parallel.cp, cfg->parallel.tp, cfg->model.seq_len);
+    if (cfg->parallel.tp > 1 && cfg->device == INSITRA_DEVICE_CUDA)
+        return insitra_error_set(
+            INSITRA_STATUS_CONFIG_ERROR,
+            "config key 'parallel.tp': value %" PRId64 " needs device = cpu; the CUDA backend's "
+            "workspace and attention plans are not sized for tensor-parallel blocks in this version "
+            "(set parallel.tp = 1)",
+            cfg->parallel.tp);
     INSITRA_CHECK(insitra_residual_map_parse(cfg, NULL));
     return insitra_config_check_sizes(cfg);
 }
@@ -429,6 +450,8 @@ insitra_model_dims insitra_config_model_dims(const insitra_config *cfg)
         .n_heads = cfg->model.n_heads,
         .causal = cfg->model.causal,
         .recompute = cfg->training.recompute == INSITRA_RECOMPUTE_BLOCK,
+        .cp = 1,
+        .tp = 1,
     };
 }
 
@@ -523,4 +546,9 @@ size_t insitra_config_dump_yaml(const insitra_config *cfg, char *buf, size_t len
     }
 #undef EMIT
     return used;
+}
+
+int64_t insitra_config_token_slices(const insitra_config *cfg)
+{
+    return cfg->parallel.cp * cfg->parallel.tp;
 }

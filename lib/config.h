@@ -65,7 +65,7 @@ struct insitra_config {
     } checkpoint;
     struct {
         int64_t dp;               /* data-parallel ranks; 0 = world size / tp */
-        int64_t tp;               /* tensor-parallel ranks (1 in this version) */
+        int64_t tp;               /* tensor-parallel ranks (docs/parallel.md) */
         int64_t cp;               /* ranks sharing one sample's tokens (docs/parallel.md) */
         int64_t zero_stage;       /* 0-3 */
         double bucket_mib;        /* all ranks' gradient slots one reduction carries (MiB of fp32) */
@@ -100,9 +100,11 @@ struct insitra_model_dims insitra_config_model_dims(const insitra_config *cfg);
 int64_t insitra_config_micro_batch(const insitra_config *cfg);
 
 /* How many token slices each sample is split into across the ranks that
- * share it (parallel.cp today): rank r holds slice r % slices of its
- * samples, and the ranks r / slices share them. The one definition the
- * trainer's store and the checkpoint's re-slicing both follow. */
+ * share it: parallel.cp x parallel.tp consecutive ranks. Rank r holds slice
+ * r % slices of its samples, tokens [slice T / slices, (slice + 1) T /
+ * slices), and the ranks r / slices share them. The one definition the
+ * trainer's store, the model's positions and the checkpoint's re-slicing
+ * follow. */
 int64_t insitra_config_token_slices(const insitra_config *cfg);
 
 /* Samples each rank's held-out store keeps: data.capacity x data.validation_fraction, rounded up. */

@@ -9,12 +9,14 @@
 #include "optimizer.h"
 
 /* The model as this rank runs it: one sample's tokens spread over
- * parallel.cp ranks (insitra_config_model_dims describes a whole sample, as
- * a surrogate or an export reads it). */
+ * parallel.cp x parallel.tp ranks, each block's tensors over parallel.tp
+ * (insitra_config_model_dims describes a whole sample and whole tensors, as a
+ * surrogate or an export reads them). */
 static insitra_model_dims engine_dims(const insitra_config *cfg)
 {
     insitra_model_dims d = insitra_config_model_dims(cfg);
     d.cp = cfg->parallel.cp;
+    d.tp = cfg->parallel.tp;
     return d;
 }
 
@@ -58,7 +60,7 @@ insitra_status insitra_engine_bytes_for(const insitra_config *cfg, int stage, in
     INSITRA_CHECK(insitra_shard_layouts_for(&dims, dp, insitra_config_bucket_floats(cfg), &layout, &sl));
     const insitra_zero_bytes z = insitra_zero_bytes_for(stage, separate, es, desc->align, &layout, &sl);
     const int64_t att = desc->attention_state_bytes(&dims, mb, es);
-    /* a rank holds its own T / cp tokens of every sample */
+    /* a rank holds its own T / (cp tp) tokens of every sample */
     const int64_t Tc = insitra_model_dims_tokens(&dims);
     const int64_t xs = Tc * dims.in_features, ys = Tc * dims.out_features;
     const engine_small_layout small = engine_small_bytes(cfg, desc->align);
@@ -104,7 +106,7 @@ static insitra_status store_create(insitra_engine *e, insitra_engine_store *st, 
 }
 
 insitra_status insitra_engine_create(insitra_engine *e, const insitra_config *cfg, MPI_Comm comm,
-                                     const insitra_comm *dp, const insitra_comm *cp,
+                                     const insitra_comm *dp, const insitra_comm *cp, const insitra_comm *tp,
                                      const insitra_sample_store *store, const insitra_sample_store *held_out)
 {
     memset(e, 0, sizeof *e);
@@ -114,12 +116,14 @@ insitra_status insitra_engine_create(insitra_engine *e, const insitra_config *cf
     e->xs = store->x_numel;
     e->ys = store->y_numel;
     e->cp = cp;
+    e->tp = tp;
     const insitra_model_dims dims = engine_dims(cfg);
     e->seq_len = insitra_model_dims_tokens(&dims);
     INSITRA_CHECK(insitra_backend_create(&e->be, cfg, comm));
     insitra_backend *be = e->be;
     INSITRA_CHECK(insitra_model_create_on(&e->model, be, &dims, e->mb, false, false));
     e->model.cp_rank = dims.cp > 1 ? cp->rank : 0;
+    e->model.tp_rank = dims.tp > 1 ? tp->rank : 0;
     INSITRA_CHECK(insitra_zero_create(&e->zero, (int)cfg->parallel.zero_stage,
                                       cfg->precision == INSITRA_PRECISION_BF16, insitra_config_bucket_floats(cfg),
                                       dp, &e->model));
@@ -146,7 +150,8 @@ insitra_status insitra_engine_connect(insitra_engine *e)
 {
     INSITRA_CHECK(insitra_zero_connect(&e->zero));
     if (e->model.dims.cp > 1) INSITRA_CHECK(e->be->i->group_create(e->be, e->cp, &e->model.cp_group));
-    insitra_zero_init_host(&e->zero, (uint64_t)e->cfg->training.seed, e->cfg->model.init_std);
+    if (e->model.dims.tp > 1) INSITRA_CHECK(e->be->i->group_create(e->be, e->tp, &e->model.tp_group));
+    INSITRA_CHECK(insitra_zero_init_host(&e->zero, (uint64_t)e->cfg->training.seed, e->cfg->model.init_std));
     return insitra_zero_import(&e->zero);
 }
 
@@ -156,6 +161,7 @@ void insitra_engine_free(insitra_engine *e)
     if (!be) return;
     be->i->synchronize(be);
     if (e->model.cp_group) be->i->group_free(be, e->model.cp_group);
+    if (e->model.tp_group) be->i->group_free(be, e->model.tp_group);
     insitra_zero_free(&e->zero);
     insitra_model_free(&e->model);
     be->i->release(be, e->mem);
@@ -243,22 +249,25 @@ static insitra_status enqueue_step(insitra_engine *e)
     insitra_backend *be = e->be;
     insitra_model *m = &e->model;
     insitra_zero *z = &e->zero;
-    const int64_t micro = e->batch / e->mb;
+    const int64_t micro = e->batch / e->mb, tp = insitra_model_dims_tp(&m->dims);
     INSITRA_CHECK(be->i->fill_zero(be, e->stats, 2 * sizeof(double)));
     INSITRA_CHECK(insitra_zero_begin_step(z));
-    /* each micro-batch's squared errors enter the loss as its share of this rank's mean */
-    const double per_value = 1.0 / (double)(e->batch * e->ys);
+    /* each micro-batch's squared errors enter the loss as its share of this
+     * rank's mean, a tp group's ranks' means averaged (their tokens differ) */
+    const double per_value = 1.0 / (double)(e->batch * e->ys * tp);
     for (int64_t i = 0; i < micro; i++) {
         INSITRA_CHECK(gather_micro_batch(e, &e->stores[INSITRA_STORE_TRAIN], e->slots + i * e->mb, e->mb));
         insitra_zero_set_last_micro_batch(z, i == micro - 1);
         INSITRA_CHECK(insitra_model_forward(m, e->mb, &e->stats[0], per_value));
-        INSITRA_CHECK(insitra_model_backward(m, e->mb, (float)e->mb / (float)e->batch));
+        INSITRA_CHECK(insitra_model_backward(m, e->mb, (float)e->mb / (float)(e->batch * tp)));
     }
     INSITRA_CHECK(insitra_zero_finish_backward(z));
     /* The global batch is every dp rank's batch: the loss and the gradient are
-     * the means over ranks of the local means; the reductions above summed. */
+     * the means over ranks of the local means; the reductions above summed.
+     * The tp ranks' sums differ (their tokens and tensor slices do) and add up. */
     INSITRA_CHECK(insitra_zero_grad_sum_squares(z, &e->stats[1]));
     INSITRA_CHECK(be->i->sum_ordered(be, z->group, e->stats, 2));
+    if (tp > 1) INSITRA_CHECK(be->i->sum_ordered(be, m->tp_group, e->stats, 2));
     return insitra_zero_update(z, e->scalars, e->stats);
 }
 

@@ -37,8 +37,10 @@ typedef struct insitra_engine {
     insitra_backend *be;
     insitra_model model;
     insitra_zero zero;
-    const insitra_comm *cp;             /* the ranks sharing each sample's tokens, in token order */
-    int64_t batch, mb, xs, ys, seq_len; /* seq_len: this rank's tokens per sample, T / cp */
+    const insitra_comm *cp;             /* the cp ring: the ranks of this tp rank holding one sample's
+                                           tokens, in token order */
+    const insitra_comm *tp;             /* the ranks sharing each block's tensors (parallel.tp) */
+    int64_t batch, mb, xs, ys, seq_len; /* seq_len: this rank's tokens per sample, T / (cp tp) */
     void *mem;                    /* the engine's own backend buffer: */
     double *stats;                /* [0] loss, [1] gradient sum of squares, [2] squared errors of a pass */
     insitra_step_scalars *scalars;
@@ -54,14 +56,15 @@ insitra_status insitra_engine_bytes_for(const insitra_config *cfg, int stage, in
                                         insitra_memory_usage *usage);
 
 /* Local: the backend (comm picks the GPU from the node-local rank), the model, the stage's
- * buffers. dp: the ranks that reduce the replicated parameters' gradients and
- * share ZeRO's shards (every dp x cp rank); cp: the ranks holding one sample's
- * tokens (parallel.cp; a rank holds its own T / cp tokens in the stores).
+ * buffers. dp: the ranks that reduce the gradients and share ZeRO's shards
+ * (every dp x cp rank of this tp rank); cp: the ring of ranks holding one
+ * sample's tokens (parallel.cp); tp: the ranks sharing each block's tensors
+ * (parallel.tp). A rank holds its own T / (cp tp) tokens in the stores.
  * insitra_engine_connect follows once every rank got here. */
 insitra_status insitra_engine_create(insitra_engine *e, const insitra_config *cfg, MPI_Comm comm,
-                                     const insitra_comm *dp, const insitra_comm *cp,
+                                     const insitra_comm *dp, const insitra_comm *cp, const insitra_comm *tp,
                                      const insitra_sample_store *store, const insitra_sample_store *held_out);
-/* Collective over dp: the backend's process groups (dp, and cp when parallel.cp > 1), then the
+/* Collective over dp: the backend's process groups (dp, and cp and tp when above 1), then the
  * initial parameters. */
 insitra_status insitra_engine_connect(insitra_engine *e);
 void insitra_engine_free(insitra_engine *e);

@@ -57,9 +57,9 @@ int64_t insitra_gpu_sdpa_bytes(int64_t B, int64_t H, int64_t T, int64_t hd, insi
 
 insitra_gpu_workspace insitra_gpu_workspace_for(const insitra_model_dims *d, int64_t B, size_t act_size)
 {
-    /* a rank's tokens; with cp > 1 the attention is the ring's (lib/attention_ring.h),
+    /* the tokens a rank's attention sees (T / cp); with cp > 1 the attention is the ring's (lib/attention_ring.h),
      * which keeps its blocks in the activations and takes none of the attention's buffers */
-    const int64_t T = insitra_model_dims_tokens(d), C = d->d_model, H = d->n_heads, N = mul(B, T);
+    const int64_t T = insitra_model_dims_attn_tokens(d), C = d->d_model, H = d->n_heads, N = mul(B, T);
     const int64_t es = (int64_t)act_size, NCe = mul(mul(N, C), es);
     const int64_t widest = 4 * C > d->out_features ? 4 * C : d->out_features;
     const int64_t col_a = mul(insitra_gpu_col_splits(N), 2 * widest);
@@ -89,7 +89,7 @@ insitra_gpu_workspace insitra_gpu_workspace_for(const insitra_model_dims *d, int
  * softmax probabilities (B,H,T,T) (materialised). */
 static int64_t cuda_attention_state_bytes(const insitra_model_dims *d, int64_t B, size_t act_size)
 {
-    const int64_t rows = mul(mul(B, d->n_heads), insitra_model_dims_tokens(d));
+    const int64_t rows = mul(mul(B, d->n_heads), insitra_model_dims_attn_tokens(d));
     /* the ring (cp > 1) keeps the log-sum-exp too, of the rank's tokens */
     if (insitra_gpu_attention_fused(act_size) || d->cp > 1) return mul(rows, (int64_t)sizeof(float));
     return mul(mul(rows, d->seq_len), (int64_t)act_size);

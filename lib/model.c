@@ -22,50 +22,64 @@ static const char *block_tensor_names[INSITRA_BLOCK_NUM_TENSORS] = {
     "mlp.fc.weight",  "mlp.fc.bias",  "mlp.proj.weight", "mlp.proj.bias",
 };
 
-static void add_tensor(insitra_param_layout *l, const char *name, int64_t rows, int64_t cols,
-                       int32_t ndim)
+/* A tensor of global shape (rows, cols), this rank's part of it as split
+ * over tp ranks. */
+static void add_tensor(insitra_param_layout *l, const char *name, int64_t rows, int64_t cols, int32_t ndim,
+                       insitra_tp_split split, int64_t tp)
 {
     insitra_tensor_desc *t = &l->tensors[l->num_tensors++];
     snprintf(t->name, sizeof t->name, "%s", name);
     t->ndim = ndim;
-    t->shape[0] = rows;
-    t->shape[1] = cols;
+    t->split = tp > 1 ? split : INSITRA_TP_REPLICATED;
+    t->global_shape[0] = rows;
+    t->global_shape[1] = cols;
+    t->shape[0] = t->split == INSITRA_TP_ROWS || t->split == INSITRA_TP_HEADS ? rows / tp : rows;
+    t->shape[1] = t->split == INSITRA_TP_COLS ? cols / tp : cols;
     /* Saturating: a total that does not fit stays INSITRA_SIZE_OVERFLOW, which
      * insitra_param_layout_create reports. */
-    t->numel = insitra_size_mul(rows, cols);
+    t->numel = insitra_size_mul(t->shape[0], t->shape[1]);
     t->offset = l->total;
     /* Linear weights decay; biases, LayerNorm and positions do not. */
     t->decay = ndim == 2 && strcmp(name, "pos_embed") != 0;
     l->total = insitra_size_add(l->total, t->numel);
+    l->global_total = insitra_size_add(l->global_total, insitra_size_mul(rows, cols));
 }
 
 insitra_status insitra_param_layout_create(insitra_param_layout *l, const insitra_model_dims *d)
 {
-    const int64_t C = d->d_model, L = d->n_layers;
+    const int64_t C = d->d_model, L = d->n_layers, tp = insitra_model_dims_tp(d);
     memset(l, 0, sizeof *l);
+    l->tp = tp;
     l->tensors = calloc((size_t)insitra_param_layout_count(L), sizeof *l->tensors);
     if (!l->tensors)
         return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "model: out of memory for the tensor table");
-    add_tensor(l, "embed.weight", C, d->in_features, 2);
-    add_tensor(l, "embed.bias", C, 1, 1);
-    add_tensor(l, "pos_embed", d->seq_len, C, 2);
+    add_tensor(l, "embed.weight", C, d->in_features, 2, INSITRA_TP_REPLICATED, tp);
+    add_tensor(l, "embed.bias", C, 1, 1, INSITRA_TP_REPLICATED, tp);
+    add_tensor(l, "pos_embed", d->seq_len, C, 2, INSITRA_TP_REPLICATED, tp);
     l->first_block_tensor = l->num_tensors;
     l->block_offset0 = l->total;
     const int64_t rows[INSITRA_BLOCK_NUM_TENSORS] = {C, C, 3 * C, 3 * C, C, C,
                                                      C, C, 4 * C, 4 * C, C, C};
     const int64_t cols[INSITRA_BLOCK_NUM_TENSORS] = {1, 1, C, 1, C, 1, 1, 1, C, 1, 4 * C, 1};
+    /* Megatron's split: qkv and fc column-parallel (by heads, by rows of the
+     * output), proj and mlp.proj row-parallel (by columns of the input);
+     * LayerNorms and the row-parallel biases replicated */
+    const insitra_tp_split split[INSITRA_BLOCK_NUM_TENSORS] = {
+        INSITRA_TP_REPLICATED, INSITRA_TP_REPLICATED, INSITRA_TP_HEADS, INSITRA_TP_HEADS,
+        INSITRA_TP_COLS,       INSITRA_TP_REPLICATED, INSITRA_TP_REPLICATED, INSITRA_TP_REPLICATED,
+        INSITRA_TP_ROWS,       INSITRA_TP_ROWS,       INSITRA_TP_COLS,       INSITRA_TP_REPLICATED};
     for (int64_t b = 0; b < L; b++) {
         for (int i = 0; i < INSITRA_BLOCK_NUM_TENSORS; i++) {
             char name[48];
             snprintf(name, sizeof name, "blocks.%lld.%s", (long long)b, block_tensor_names[i]);
-            add_tensor(l, name, rows[i], cols[i], cols[i] == 1 ? 1 : 2);
+            add_tensor(l, name, rows[i], cols[i], cols[i] == 1 ? 1 : 2, split[i], tp);
         }
         if (b == 0) l->block_numel = l->total - l->block_offset0;
     }
-    add_tensor(l, "ln_f.weight", C, 1, 1);
-    add_tensor(l, "ln_f.bias", C, 1, 1);
-    add_tensor(l, "head.weight", d->out_features, C, 2);
-    add_tensor(l, "head.bias", d->out_features, 1, 1);
+    add_tensor(l, "ln_f.weight", C, 1, 1, INSITRA_TP_REPLICATED, tp);
+    add_tensor(l, "ln_f.bias", C, 1, 1, INSITRA_TP_REPLICATED, tp);
+    add_tensor(l, "head.weight", d->out_features, C, 2, INSITRA_TP_REPLICATED, tp);
+    add_tensor(l, "head.bias", d->out_features, 1, 1, INSITRA_TP_REPLICATED, tp);
     if (l->total == INSITRA_SIZE_OVERFLOW) {
         insitra_param_layout_free(l);
         return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
@@ -101,6 +115,44 @@ void insitra_param_layout_free(insitra_param_layout *l)
     memset(l, 0, sizeof *l);
 }
 
+insitra_tp_window insitra_tensor_tp_window(const insitra_tensor_desc *t, int64_t r)
+{
+    const int64_t R = t->shape[0];
+    insitra_tp_window w = {.n = 1, .rows = {R}};
+    switch (t->split) {
+    case INSITRA_TP_REPLICATED: break;
+    case INSITRA_TP_ROWS: w.global_row[0] = r * R; break;
+    case INSITRA_TP_COLS: w.col0 = r * t->shape[1]; break;
+    case INSITRA_TP_HEADS: {
+        /* rows [q | k | v] of C each; rank r's heads are rows [r C/tp, (r+1) C/tp) of each */
+        const int64_t part = R / 3, C = t->global_shape[0] / 3;
+        w.n = 3;
+        for (int i = 0; i < 3; i++) {
+            w.local_row[i] = i * part;
+            w.global_row[i] = i * C + r * part;
+            w.rows[i] = part;
+        }
+        break;
+    }
+    }
+    return w;
+}
+
+void insitra_tensor_tp_runs(const insitra_tensor_desc *t, int64_t r,
+                            void (*fn)(void *ctx, int64_t local, int64_t global, int64_t count), void *ctx)
+{
+    const insitra_tp_window w = insitra_tensor_tp_window(t, r);
+    const int64_t K = t->shape[1], GK = t->global_shape[1];
+    for (int i = 0; i < w.n; i++) {
+        if (K == GK) { /* whole rows: one run */
+            fn(ctx, w.local_row[i] * K, w.global_row[i] * GK, w.rows[i] * K);
+            continue;
+        }
+        for (int64_t row = 0; row < w.rows[i]; row++)
+            fn(ctx, (w.local_row[i] + row) * K, (w.global_row[i] + row) * GK + w.col0, K);
+    }
+}
+
 int64_t insitra_param_layout_find(const insitra_param_layout *l, const char *name)
 {
     for (int64_t i = 0; i < l->num_tensors; i++)
@@ -116,9 +168,12 @@ int64_t insitra_param_layout_find(const insitra_param_layout *l, const char *nam
 static int64_t carve_acts(insitra_acts *a, const insitra_model_dims *d, int64_t B, size_t es,
                           int64_t att_bytes, size_t align, char *base)
 {
-    const int64_t f = (int64_t)sizeof(float), e = (int64_t)es, C = d->d_model;
-    const int64_t N = insitra_size_mul(B, insitra_model_dims_tokens(d));
-    const int64_t NC = insitra_size_mul(N, C), NC3 = insitra_size_mul(3, NC), NC4 = insitra_size_mul(4, NC);
+    const int64_t f = (int64_t)sizeof(float), e = (int64_t)es, C = d->d_model, tp = insitra_model_dims_tp(d);
+    /* Nl residual-stream rows, Ng the tp group's rows; Cl, a rank's share of a width C */
+    const int64_t Nl = insitra_size_mul(B, insitra_model_dims_tokens(d));
+    const int64_t Ng = insitra_size_mul(B, insitra_model_dims_attn_tokens(d)), Cl = C / tp;
+    const int64_t NC = insitra_size_mul(Nl, C), NgC = insitra_size_mul(Ng, C);
+    const int64_t NgCl = insitra_size_mul(Ng, Cl), NgCl3 = insitra_size_mul(3, NgCl), NgCl4 = insitra_size_mul(4, NgCl);
     int64_t used = 0;
     /* every buffer on an `align` boundary: vector loads and cuBLASLt want it */
 #define CARVE(ptr, count, elem)                                                                    \
@@ -129,10 +184,10 @@ static int64_t carve_acts(insitra_acts *a, const insitra_model_dims *d, int64_t 
     } while (0)
     insitra_acts scratch_a;
     insitra_acts *aa = a ? a : &scratch_a;
-    CARVE(aa->x, insitra_size_mul(N, d->in_features), e);
+    CARVE(aa->x, insitra_size_mul(Nl, d->in_features), e);
     aa->x_f32 = NULL;
-    if (es != sizeof(float)) CARVE(aa->x_f32, insitra_size_mul(N, d->in_features), f);
-    CARVE(aa->y, insitra_size_mul(N, d->out_features), f);
+    if (es != sizeof(float)) CARVE(aa->x_f32, insitra_size_mul(Nl, d->in_features), f);
+    CARVE(aa->y, insitra_size_mul(Nl, d->out_features), f);
     CARVE(aa->encoded, NC, e);
     /* A block's activations: every block's kept for backward, or (recompute)
      * one set that each block's forward and recomputation use in turn, and
@@ -147,35 +202,43 @@ static int64_t carve_acts(insitra_acts *a, const insitra_model_dims *d, int64_t 
             ba->res_out = res_out;
             continue;
         }
-        CARVE(ba->ln1, NC, e);
-        CARVE(ba->ln1_mean, N, f);
-        CARVE(ba->ln1_rstd, N, f);
-        CARVE(ba->qkv, NC3, e);
+        CARVE(ba->ln1, NgC, e);
+        CARVE(ba->ln1_mean, Nl, f);
+        CARVE(ba->ln1_rstd, Nl, f);
+        CARVE(ba->qkv, NgCl3, e);
         CARVE(ba->att, att_bytes, 1);
-        CARVE(ba->atty, NC, e);
+        CARVE(ba->atty, NgCl, e);
         CARVE(ba->res_att, NC, e);
-        CARVE(ba->ln2, NC, e);
-        CARVE(ba->ln2_mean, N, f);
-        CARVE(ba->ln2_rstd, N, f);
-        CARVE(ba->fch, NC4, e);
-        CARVE(ba->fch_gelu, NC4, e);
+        CARVE(ba->ln2, NgC, e);
+        CARVE(ba->ln2_mean, Nl, f);
+        CARVE(ba->ln2_rstd, Nl, f);
+        CARVE(ba->fch, NgCl4, e);
+        CARVE(ba->fch_gelu, NgCl4, e);
         CARVE(ba->res_out, NC, e);
         shared = *ba;
     }
     CARVE(aa->lnf, NC, e);
-    CARVE(aa->lnf_mean, N, f);
-    CARVE(aa->lnf_rstd, N, f);
-    CARVE(aa->out, insitra_size_mul(N, d->out_features), f);
+    CARVE(aa->lnf_mean, Nl, f);
+    CARVE(aa->lnf_rstd, Nl, f);
+    CARVE(aa->out, insitra_size_mul(Nl, d->out_features), f);
     aa->ring = NULL;
     if (d->cp > 1)
         CARVE(aa->ring,
-              insitra_attention_ring_scratch_bytes(B, insitra_model_dims_tokens(d), C, d->n_heads, es), 1);
+              insitra_attention_ring_scratch_bytes(B, insitra_model_dims_attn_tokens(d), Cl,
+                                                   insitra_model_dims_heads(d), es),
+              1);
+    aa->tp_local = aa->tp_part = aa->tp_pieces = NULL;
+    if (tp > 1) {
+        CARVE(aa->tp_local, NC, e);
+        CARVE(aa->tp_part, NgC, e);
+        CARVE(aa->tp_pieces, NgC, e);
+    }
     CARVE(aa->dres, NC, e);
-    CARVE(aa->dln, NC, e);
-    CARVE(aa->datty, NC, e);
-    CARVE(aa->dqkv, NC3, e);
-    CARVE(aa->dfch, NC4, e);
-    CARVE(aa->dout, insitra_size_mul(N, d->out_features), e);
+    CARVE(aa->dln, NgC, e);
+    CARVE(aa->datty, NgCl, e);
+    CARVE(aa->dqkv, NgCl3, e);
+    CARVE(aa->dfch, NgCl4, e);
+    CARVE(aa->dout, insitra_size_mul(Nl, d->out_features), e);
 #undef CARVE
     return used;
 }
@@ -273,6 +336,29 @@ void insitra_param_init_unit(const insitra_param_layout *l, int64_t unit, int64_
         } else {
             memset(p, 0, (size_t)t->numel * sizeof(float));
         }
+    }
+}
+
+typedef struct slice_ctx {
+    float *local;
+    const float *global;
+} slice_ctx;
+
+static void slice_run(void *ctx, int64_t local, int64_t global, int64_t count)
+{
+    slice_ctx *c = ctx;
+    memcpy(c->local + local, c->global + global, (size_t)count * sizeof(float));
+}
+
+void insitra_param_unit_slice(const insitra_param_layout *local, const insitra_param_layout *global, int64_t unit,
+                              int64_t tp_rank, const float *global_unit, float *local_unit)
+{
+    const insitra_param_unit *lu = &local->units[unit], *gu = &global->units[unit];
+    for (int64_t k = 0; k < lu->num_tensors; k++) {
+        const insitra_tensor_desc *t = &local->tensors[lu->first_tensor + k];
+        const insitra_tensor_desc *g = &global->tensors[gu->first_tensor + k];
+        slice_ctx c = {local_unit + (t->offset - lu->offset), global_unit + (g->offset - gu->offset)};
+        insitra_tensor_tp_runs(t, tp_rank, slice_run, &c);
     }
 }
 

@@ -34,24 +34,71 @@ typedef struct insitra_model_dims {
     int64_t cp;           /* ranks sharing one sample's tokens, each holding T / cp of them and
                            * attending through the ring (attention_ring.h); the engine sets it
                            * from parallel.cp, 0 or 1 (insitra_config_model_dims): whole samples */
+    int64_t tp;           /* tensor-parallel ranks (Megatron with sequence parallelism): each
+                           * holds H / tp heads and 4C / tp MLP columns of every block, and
+                           * T / (cp tp) tokens of the residual stream; 0 or 1: no split */
 } insitra_model_dims;
 
-/* Tokens of one sample on one rank: T / cp. Activations are sized for these;
- * the positional table keeps all T rows. */
+static inline int64_t insitra_model_dims_cp(const insitra_model_dims *d) { return d->cp > 1 ? d->cp : 1; }
+static inline int64_t insitra_model_dims_tp(const insitra_model_dims *d) { return d->tp > 1 ? d->tp : 1; }
+
+/* Tokens of one sample on one rank in the residual stream (embedding,
+ * LayerNorms, residual adds, head): T / (cp tp). The positional table keeps
+ * all T rows. */
 static inline int64_t insitra_model_dims_tokens(const insitra_model_dims *d)
 {
-    return d->cp > 1 ? d->seq_len / d->cp : d->seq_len;
+    return d->seq_len / (insitra_model_dims_cp(d) * insitra_model_dims_tp(d));
 }
+
+/* Tokens of one sample a rank's attention and MLP GEMMs see: the tp group's
+ * tokens gathered, T / cp. */
+static inline int64_t insitra_model_dims_attn_tokens(const insitra_model_dims *d)
+{
+    return d->seq_len / insitra_model_dims_cp(d);
+}
+
+/* Heads a rank computes: H / tp (each of width C / H). */
+static inline int64_t insitra_model_dims_heads(const insitra_model_dims *d)
+{
+    return d->n_heads / insitra_model_dims_tp(d);
+}
+
+/* How a tensor is divided over the ranks of a tp group. */
+typedef enum insitra_tp_split {
+    INSITRA_TP_REPLICATED, /* every rank holds all of it (its gradient is summed over tp) */
+    INSITRA_TP_ROWS,       /* rank r: rows [r R / tp, (r + 1) R / tp) (column-parallel fc) */
+    INSITRA_TP_HEADS,      /* rank r: its heads' rows of each of q, k and v (fused qkv) */
+    INSITRA_TP_COLS,       /* rank r: columns [r K / tp, (r + 1) K / tp) (row-parallel proj) */
+} insitra_tp_split;
 
 /* One named parameter tensor inside the flat buffer. */
 typedef struct insitra_tensor_desc {
     char name[48];     /* e.g. "blocks.3.attn.qkv.weight" */
     int32_t ndim;      /* 1 or 2 */
-    int64_t shape[2];  /* rows, cols (cols = 1 for ndim 1) */
-    int64_t numel;
+    int64_t shape[2];  /* rows, cols on this rank (cols = 1 for ndim 1) */
+    int64_t global_shape[2]; /* the whole tensor's: what checkpoints and exports hold */
+    int64_t numel;     /* of shape */
     int64_t offset;    /* in floats from the start of the buffer */
     bool decay;        /* AdamW weight decay applies (weight matrices only) */
+    insitra_tp_split split;
 } insitra_tensor_desc;
+
+/* Where tp rank r's part of a tensor (of this layout's tp) sits in the whole tensor:
+ * its local rows come in n runs (3 for HEADS: q, k, v; else 1), run i being
+ * local rows [local_row[i], local_row[i] + rows[i]) at global rows from
+ * global_row[i], every run at global columns [col0, col0 + shape[1]). */
+typedef struct insitra_tp_window {
+    int n;
+    int64_t local_row[3], global_row[3], rows[3];
+    int64_t col0;
+} insitra_tp_window;
+
+insitra_tp_window insitra_tensor_tp_window(const insitra_tensor_desc *t, int64_t r);
+
+/* Calls fn(ctx, local, global, count) for every contiguous run of rank r's
+ * part of tensor t: element offsets within the local and the whole tensor. */
+void insitra_tensor_tp_runs(const insitra_tensor_desc *t, int64_t r,
+                            void (*fn)(void *ctx, int64_t local, int64_t global, int64_t count), void *ctx);
 
 /* The twelve tensors of one block, in buffer order. */
 enum insitra_block_tensor {
@@ -83,9 +130,11 @@ typedef struct insitra_param_layout {
     int64_t num_tensors;         /* 3 + 12 L + 4 */
     insitra_tensor_desc *tensors;
     int64_t total;               /* floats in the whole buffer */
+    int64_t global_total;        /* the whole model's parameters (= total at tp = 1) */
     int64_t first_block_tensor;  /* index of blocks.0.ln1.weight */
     int64_t block_offset0;       /* offset of block 0 */
     int64_t block_numel;         /* floats per block */
+    int64_t tp;                  /* the ranks the tensors are split over (1: whole tensors) */
     int64_t num_units;           /* L + 2 */
     insitra_param_unit *units;
     int64_t max_unit_numel;
@@ -93,7 +142,12 @@ typedef struct insitra_param_layout {
 
 /* Per-block activations kept for backward, each sized for B samples of T
  * tokens (T / cp when a sample's tokens are spread over cp ranks). "act"
- * buffers are in the backend's compute type, statistics in fp32. */
+ * buffers are in the backend's compute type, statistics in fp32. With
+ * tp > 1, rows are Nl = B T / (cp tp) tokens of the residual stream (the
+ * LayerNorm statistics, res_att, res_out) or Ng = B T / cp gathered tokens
+ * (ln1, ln2 and everything between), and the widths 3C, C (atty), 4C are
+ * this rank's 1 / tp of them: the gathered LayerNorm outputs are kept, so
+ * backward gathers only gradients. */
 typedef struct insitra_block_acts {
     void *ln1;                  /* (B,T,C)   act */
     float *ln1_mean, *ln1_rstd; /* (B,T)     */
@@ -118,6 +172,10 @@ typedef struct insitra_acts {
     float *lnf_mean, *lnf_rstd; /* (B,T) */
     float *out;                 /* (B,T,F_out) */
     void *ring;                 /* the ring attention's scratch when cp > 1, else NULL */
+    /* tp > 1 (sequence parallelism): a LayerNorm's output on this rank's tokens before the
+     * gather (Nl,C), a row-parallel GEMM's partial sums or a gathered gradient (Ng,C), and the
+     * rank-major pieces of a collective (Ng,C); NULL at tp = 1 */
+    void *tp_local, *tp_part, *tp_pieces;
     /* backward scratch, reused by every block */
     void *dres;                 /* (B,T,C)   gradient of the residual stream */
     void *dln;                  /* (B,T,C)   */
@@ -157,8 +215,18 @@ typedef struct insitra_model {
      * order) and this rank's place in it; it holds tokens [cp_rank Tc, (cp_rank + 1) Tc) */
     struct insitra_group *cp_group;
     int64_t cp_rank;
+    /* tp > 1: the tp group, this rank's place in it (its heads and columns) */
+    struct insitra_group *tp_group;
+    int64_t tp_rank;
     struct insitra_backend *own_be; /* the backend insitra_model_create made, if any */
 } insitra_model;
+
+/* Which slice of each sample's tokens the rank holds (insitra_config_token_slices):
+ * tokens [slice T', (slice + 1) T') with T' = insitra_model_dims_tokens. */
+static inline int64_t insitra_model_token_slice(const insitra_model *m)
+{
+    return m->cp_rank * insitra_model_dims_tp(&m->dims) + m->tp_rank;
+}
 
 /* Tensors of a model of L blocks: embed.{weight,bias}, pos_embed, twelve per
  * block, ln_f.{weight,bias}, head.{weight,bias}. */
@@ -201,6 +269,12 @@ void insitra_model_free(insitra_model *m);
 struct insitra_rng;
 void insitra_param_init_unit(const insitra_param_layout *layout, int64_t unit, int64_t n_layers,
                              double std, struct insitra_rng *rng, float *unit_base);
+/* Unit `unit` of a layout of whole tensors (global, tp = 1) into the slices
+ * tp rank tp_rank holds of it (local: the same dims at tp > 1); both host fp32
+ * unit ranges. Initialising the whole unit and slicing it gives every tp the
+ * parameters tp = 1 starts from. */
+void insitra_param_unit_slice(const insitra_param_layout *local, const insitra_param_layout *global, int64_t unit,
+                              int64_t tp_rank, const float *global_unit, float *local_unit);
 /* The whole layout into params (host fp32). */
 void insitra_param_init(const insitra_param_layout *layout, int64_t n_layers, uint64_t seed,
                         double std, float *params);

@@ -46,37 +46,134 @@ static float *grad_at(const insitra_model *m, int64_t u, int64_t i, float *base)
     return base + (l->tensors[i].offset - l->units[u].offset);
 }
 
-/* One block's forward: res_out (N,C) = res + attn(LN1(res)) + MLP(LN2(...)),
- * keeping in ba what its backward reads. w: the block's twelve tensors. */
+/* ---- tensor parallelism with sequence parallelism (Korthikanti et al. 2022) ----
+ * At tp > 1 a rank's residual stream holds its own Nl = B Tl tokens
+ * (Tl = T / (cp tp)); a column-parallel GEMM reads the group's Ng = tp Nl
+ * tokens, gathered, and a row-parallel GEMM's partial sums over the group's
+ * tokens are reduce-scattered back to each rank's own: the bytes of
+ * Megatron's two all-reduces, the activations divided by tp. Collectives
+ * carry rank-major pieces (tp, B, Tl, C); the layers see samples (B, tp Tl, C). */
+
+/* out (B, tp Tl, C) = every tp rank's inp (B, Tl, C), rank r's at tokens [r Tl, (r+1) Tl) */
+static insitra_status tp_gather(insitra_model *m, void *out, const void *inp, int64_t B, int64_t C)
+{
+    insitra_backend *be = m->be;
+    const int64_t tp = m->dims.tp, n = B * insitra_model_dims_tokens(&m->dims) * C;
+    insitra_coll h = {.req = MPI_REQUEST_NULL, .event = -1};
+    void *pieces = B == 1 ? out : m->a.tp_pieces; /* one sample: rank-major is sample-major */
+    INSITRA_CHECK(be->i->all_gather(be, m->tp_group, inp, pieces, n, be->act, &h));
+    INSITRA_CHECK(be->i->wait(be, &h));
+    return B == 1 ? INSITRA_STATUS_OK : be->i->block_transpose(be, out, pieces, tp, B, n / B, be->act);
+}
+
+/* out (B, Tl, C) = the sum over the tp group of their inp (B, tp Tl, C) at this rank's tokens */
+static insitra_status tp_reduce(insitra_model *m, void *out, const void *inp, int64_t B, int64_t C)
+{
+    insitra_backend *be = m->be;
+    const int64_t tp = m->dims.tp, n = B * insitra_model_dims_tokens(&m->dims) * C;
+    insitra_coll h = {.req = MPI_REQUEST_NULL, .event = -1};
+    const void *pieces = inp;
+    if (B > 1) {
+        INSITRA_CHECK(be->i->block_transpose(be, m->a.tp_pieces, inp, B, tp, n / B, be->act));
+        pieces = m->a.tp_pieces;
+    }
+    INSITRA_CHECK(be->i->reduce_scatter(be, m->tp_group, pieces, out, n, be->act, &h));
+    return be->i->wait(be, &h);
+}
+
+/* LayerNorm of this rank's tokens res (Nl,C); out (Ng,C) the tp group's outputs gathered
+ * (out (N,C) itself at tp = 1): the input of a column-parallel GEMM */
+static insitra_status ln_gathered_forward(insitra_model *m, void *out, float *mean, float *rstd, const void *res,
+                                          const void *w, const void *b, int64_t B)
+{
+    insitra_backend *be = m->be;
+    const int64_t C = m->dims.d_model, Nl = B * insitra_model_dims_tokens(&m->dims);
+    if (m->dims.tp <= 1) return be->i->layernorm_forward(be, out, mean, rstd, res, w, b, Nl, C);
+    INSITRA_CHECK(be->i->layernorm_forward(be, m->a.tp_local, mean, rstd, res, w, b, Nl, C));
+    return tp_gather(m, out, m->a.tp_local, B, C);
+}
+
+/* dres (Nl,C) += d LN/d res from dln (Ng,C), the gradient of the gathered output: each
+ * rank's part of it summed over the group first */
+static insitra_status ln_gathered_backward(insitra_model *m, void *dres, float *dw, float *db, void *dln,
+                                           const void *res, const float *mean, const float *rstd, const void *w,
+                                           int64_t B)
+{
+    insitra_backend *be = m->be;
+    const int64_t C = m->dims.d_model, Nl = B * insitra_model_dims_tokens(&m->dims);
+    if (m->dims.tp > 1) {
+        INSITRA_CHECK(tp_reduce(m, m->a.tp_local, dln, B, C));
+        dln = m->a.tp_local;
+    }
+    return be->i->layernorm_backward(be, dres, dw, db, dln, res, mean, rstd, w, Nl, C, true);
+}
+
+/* out (Nl,C) = residual (Nl,C) + inp (Ng,IC) w^T + b, w (C,IC): at tp > 1 IC is this rank's
+ * share of the input columns and the partial products are summed over the group
+ * (row-parallel), the bias and residual added once after */
+static insitra_status row_parallel_forward(insitra_model *m, void *out, const void *inp, const void *w,
+                                           const void *b, const void *residual, int64_t B, int64_t IC)
+{
+    insitra_backend *be = m->be;
+    const int64_t C = m->dims.d_model, Nl = B * insitra_model_dims_tokens(&m->dims);
+    if (m->dims.tp <= 1) return be->i->linear_forward(be, out, NULL, inp, w, b, residual, Nl, IC, C);
+    const int64_t Ng = B * insitra_model_dims_attn_tokens(&m->dims);
+    INSITRA_CHECK(be->i->linear_forward(be, m->a.tp_part, NULL, inp, w, NULL, NULL, Ng, IC, C));
+    INSITRA_CHECK(tp_reduce(m, out, m->a.tp_part, B, C));
+    return be->i->bias_residual_forward(be, out, out, b, residual, Nl, C);
+}
+
+/* From dres (Nl,C), the gradient of row_parallel_forward's out: dinp (Ng,IC) (times
+ * gelu'(gelu_pre) when given), dw (C,IC) +=, db (C) += */
+static insitra_status row_parallel_backward(insitra_model *m, void *dinp, float *dw, float *db, const void *dres,
+                                            const void *gelu_pre, const void *inp, const void *w, int64_t B,
+                                            int64_t IC)
+{
+    insitra_backend *be = m->be;
+    const int64_t C = m->dims.d_model, Nl = B * insitra_model_dims_tokens(&m->dims);
+    if (m->dims.tp <= 1) return be->i->linear_backward(be, dinp, dw, db, dres, gelu_pre, inp, w, Nl, IC, C);
+    const int64_t Ng = B * insitra_model_dims_attn_tokens(&m->dims);
+    INSITRA_CHECK(tp_gather(m, m->a.tp_part, dres, B, C));
+    INSITRA_CHECK(be->i->linear_backward(be, dinp, dw, NULL, m->a.tp_part, gelu_pre, inp, w, Ng, IC, C));
+    return be->i->bias_backward(be, db, dres, Nl, C);
+}
+
+/* One block's forward: res_out (Nl,C) = res + attn(LN1(res)) + MLP(LN2(...)),
+ * keeping in ba what its backward reads. w: the block's twelve tensors (this
+ * rank's heads and MLP columns at tp > 1). */
 static insitra_status block_forward(insitra_model *m, insitra_block_acts *ba, const void *const *w, const void *res,
                                     int64_t B)
 {
     insitra_backend *be = m->be;
     const insitra_backend_i *op = be->i;
     const insitra_model_dims *d = &m->dims;
-    const int64_t T = insitra_model_dims_tokens(d), C = d->d_model, H = d->n_heads, N = B * T;
-    INSITRA_CHECK(op->layernorm_forward(be, ba->ln1, ba->ln1_mean, ba->ln1_rstd, res, w[INSITRA_BLOCK_LN1_W],
-                                        w[INSITRA_BLOCK_LN1_B], N, C));
-    /* qkv (N,3C) */
+    /* Ta tokens a sample's attention sees here, Cl and Hl this rank's width and heads */
+    const int64_t Ta = insitra_model_dims_attn_tokens(d), Ng = B * Ta, tp = insitra_model_dims_tp(d);
+    const int64_t C = d->d_model, Cl = C / tp, Hl = insitra_model_dims_heads(d);
+    /* ln1 (Ng,C) */
+    INSITRA_CHECK(ln_gathered_forward(m, ba->ln1, ba->ln1_mean, ba->ln1_rstd, res, w[INSITRA_BLOCK_LN1_W],
+                                      w[INSITRA_BLOCK_LN1_B], B));
+    /* qkv (Ng,3Cl) */
     INSITRA_CHECK(op->linear_forward(be, ba->qkv, NULL, ba->ln1, w[INSITRA_BLOCK_QKV_W], w[INSITRA_BLOCK_QKV_B],
-                                     NULL, N, C, 3 * C));
-    /* atty (N,C); with cp > 1 the queries meet the other ranks' keys through the ring */
+                                     NULL, Ng, C, 3 * Cl));
+    /* atty (Ng,Cl); with cp > 1 the queries meet the other ranks' keys through the ring */
     if (d->cp > 1)
         INSITRA_CHECK(insitra_attention_ring_forward(be, m->cp_group, (int)m->cp_rank, (int)d->cp, ba->atty,
-                                                     ba->att, m->a.ring, ba->qkv, B, T, C, H, d->causal));
+                                                     ba->att, m->a.ring, ba->qkv, B, Ta, Cl, Hl, d->causal));
     else
-        INSITRA_CHECK(op->attention_forward(be, ba->atty, ba->att, ba->qkv, B, T, C, H, d->causal));
-    /* res_att (N,C) = res + atty W_proj^T + b */
-    INSITRA_CHECK(op->linear_forward(be, ba->res_att, NULL, ba->atty, w[INSITRA_BLOCK_PROJ_W],
-                                     w[INSITRA_BLOCK_PROJ_B], res, N, C, C));
-    INSITRA_CHECK(op->layernorm_forward(be, ba->ln2, ba->ln2_mean, ba->ln2_rstd, ba->res_att, w[INSITRA_BLOCK_LN2_W],
-                                        w[INSITRA_BLOCK_LN2_B], N, C));
-    /* fch_gelu (N,4C) = gelu(fch), fch = ln2 W_fc^T + b */
+        INSITRA_CHECK(op->attention_forward(be, ba->atty, ba->att, ba->qkv, B, Ta, Cl, Hl, d->causal));
+    /* res_att (Nl,C) = res + atty W_proj^T + b */
+    INSITRA_CHECK(row_parallel_forward(m, ba->res_att, ba->atty, w[INSITRA_BLOCK_PROJ_W], w[INSITRA_BLOCK_PROJ_B],
+                                       res, B, Cl));
+    /* ln2 (Ng,C) */
+    INSITRA_CHECK(ln_gathered_forward(m, ba->ln2, ba->ln2_mean, ba->ln2_rstd, ba->res_att, w[INSITRA_BLOCK_LN2_W],
+                                      w[INSITRA_BLOCK_LN2_B], B));
+    /* fch_gelu (Ng,4Cl) = gelu(fch), fch = ln2 W_fc^T + b */
     INSITRA_CHECK(op->linear_forward(be, ba->fch_gelu, ba->fch, ba->ln2, w[INSITRA_BLOCK_FC_W], w[INSITRA_BLOCK_FC_B],
-                                     NULL, N, C, 4 * C));
-    /* res_out (N,C) = res_att + fch_gelu W_fcproj^T + b */
-    return op->linear_forward(be, ba->res_out, NULL, ba->fch_gelu, w[INSITRA_BLOCK_FCPROJ_W],
-                              w[INSITRA_BLOCK_FCPROJ_B], ba->res_att, N, 4 * C, C);
+                                     NULL, Ng, C, 4 * Cl));
+    /* res_out (Nl,C) = res_att + fch_gelu W_fcproj^T + b */
+    return row_parallel_forward(m, ba->res_out, ba->fch_gelu, w[INSITRA_BLOCK_FCPROJ_W], w[INSITRA_BLOCK_FCPROJ_B],
+                                ba->res_att, B, 4 * Cl);
 }
 
 insitra_status insitra_model_forward(insitra_model *m, int64_t B, double *loss, double loss_scale)
@@ -85,7 +182,7 @@ insitra_status insitra_model_forward(insitra_model *m, int64_t B, double *loss, 
     const insitra_backend_i *op = be->i;
     const insitra_model_dims *d = &m->dims;
     const int64_t T = insitra_model_dims_tokens(d), C = d->d_model, N = B * T, L = d->n_layers;
-    const int64_t pos_row0 = m->cp_rank * T; /* this rank's tokens' global positions */
+    const int64_t pos_row0 = insitra_model_token_slice(m) * T; /* this rank's tokens' global positions */
     insitra_acts *a = &m->a;
     const void *base;
     float *unused;
@@ -132,8 +229,10 @@ insitra_status insitra_model_backward(insitra_model *m, int64_t B, float loss_sc
     insitra_backend *be = m->be;
     const insitra_backend_i *op = be->i;
     const insitra_model_dims *d = &m->dims;
-    const int64_t T = insitra_model_dims_tokens(d), C = d->d_model, H = d->n_heads, N = B * T;
+    const int64_t T = insitra_model_dims_tokens(d), C = d->d_model, N = B * T;
     const int64_t L = d->n_layers, F_out = d->out_features;
+    const int64_t Ta = insitra_model_dims_attn_tokens(d), Ng = B * Ta;
+    const int64_t Cl = C / insitra_model_dims_tp(d), Hl = insitra_model_dims_heads(d);
     insitra_acts *a = &m->a;
     const void *res_final = L > 0 ? a->blocks[L - 1].res_out : a->encoded;
     const void *base;
@@ -170,35 +269,31 @@ insitra_status insitra_model_backward(insitra_model *m, int64_t B, float loss_sc
         if (N > 0 && d->recompute) INSITRA_CHECK(block_forward(m, ba, w, res_in, B));
         if (N > 0) {
             /* MLP: dres holds d(res_out); the residual passes it to res_att unchanged.
-             * dfch (N,4C) = (dres W_fcproj) gelu'(fch) */
-            INSITRA_CHECK(op->linear_backward(be, a->dfch, gw[INSITRA_BLOCK_FCPROJ_W],
-                                              gw[INSITRA_BLOCK_FCPROJ_B], a->dres, ba->fch, ba->fch_gelu,
-                                              w[INSITRA_BLOCK_FCPROJ_W], N, 4 * C, C));
-            /* dln (N,C) */
+             * dfch (Ng,4Cl) = (dres W_fcproj) gelu'(fch) */
+            INSITRA_CHECK(row_parallel_backward(m, a->dfch, gw[INSITRA_BLOCK_FCPROJ_W], gw[INSITRA_BLOCK_FCPROJ_B],
+                                                a->dres, ba->fch, ba->fch_gelu, w[INSITRA_BLOCK_FCPROJ_W], B,
+                                                4 * Cl));
+            /* dln (Ng,C): this rank's columns' part */
             INSITRA_CHECK(op->linear_backward(be, a->dln, gw[INSITRA_BLOCK_FC_W], gw[INSITRA_BLOCK_FC_B],
-                                              a->dfch, NULL, ba->ln2, w[INSITRA_BLOCK_FC_W], N, C,
-                                              4 * C));
-            INSITRA_CHECK(op->layernorm_backward(be, a->dres, gw[INSITRA_BLOCK_LN2_W],
-                                                 gw[INSITRA_BLOCK_LN2_B], a->dln, ba->res_att,
-                                                 ba->ln2_mean, ba->ln2_rstd, w[INSITRA_BLOCK_LN2_W], N,
-                                                 C, true));
-            /* attention: dres now holds d(res_att). datty (N,C), dqkv (N,3C) */
-            INSITRA_CHECK(op->linear_backward(be, a->datty, gw[INSITRA_BLOCK_PROJ_W],
-                                              gw[INSITRA_BLOCK_PROJ_B], a->dres, NULL, ba->atty,
-                                              w[INSITRA_BLOCK_PROJ_W], N, C, C));
+                                              a->dfch, NULL, ba->ln2, w[INSITRA_BLOCK_FC_W], Ng, C,
+                                              4 * Cl));
+            INSITRA_CHECK(ln_gathered_backward(m, a->dres, gw[INSITRA_BLOCK_LN2_W], gw[INSITRA_BLOCK_LN2_B], a->dln,
+                                               ba->res_att, ba->ln2_mean, ba->ln2_rstd, w[INSITRA_BLOCK_LN2_W], B));
+            /* attention: dres now holds d(res_att). datty (Ng,Cl), dqkv (Ng,3Cl) */
+            INSITRA_CHECK(row_parallel_backward(m, a->datty, gw[INSITRA_BLOCK_PROJ_W], gw[INSITRA_BLOCK_PROJ_B],
+                                                a->dres, NULL, ba->atty, w[INSITRA_BLOCK_PROJ_W], B, Cl));
             if (d->cp > 1)
                 INSITRA_CHECK(insitra_attention_ring_backward(be, m->cp_group, (int)m->cp_rank, (int)d->cp,
                                                               a->dqkv, a->ring, a->datty, ba->qkv, ba->atty,
-                                                              ba->att, B, T, C, H, d->causal));
+                                                              ba->att, B, Ta, Cl, Hl, d->causal));
             else
-                INSITRA_CHECK(op->attention_backward(be, a->dqkv, a->datty, ba->qkv, ba->atty, ba->att, B, T,
-                                                     C, H, d->causal));
+                INSITRA_CHECK(op->attention_backward(be, a->dqkv, a->datty, ba->qkv, ba->atty, ba->att, B, Ta,
+                                                     Cl, Hl, d->causal));
             INSITRA_CHECK(op->linear_backward(be, a->dln, gw[INSITRA_BLOCK_QKV_W],
                                               gw[INSITRA_BLOCK_QKV_B], a->dqkv, NULL, ba->ln1,
-                                              w[INSITRA_BLOCK_QKV_W], N, C, 3 * C));
-            INSITRA_CHECK(op->layernorm_backward(be, a->dres, gw[INSITRA_BLOCK_LN1_W],
-                                                 gw[INSITRA_BLOCK_LN1_B], a->dln, res_in, ba->ln1_mean,
-                                                 ba->ln1_rstd, w[INSITRA_BLOCK_LN1_W], N, C, true));
+                                              w[INSITRA_BLOCK_QKV_W], Ng, C, 3 * Cl));
+            INSITRA_CHECK(ln_gathered_backward(m, a->dres, gw[INSITRA_BLOCK_LN1_W], gw[INSITRA_BLOCK_LN1_B], a->dln,
+                                               res_in, ba->ln1_mean, ba->ln1_rstd, w[INSITRA_BLOCK_LN1_W], B));
         }
         INSITRA_CHECK(unit_end(m, l + 1, INSITRA_PASS_BACKWARD));
     }
@@ -206,7 +301,8 @@ insitra_status insitra_model_backward(insitra_model *m, int64_t B, float loss_sc
     /* embedding: dres holds d(encoded) */
     INSITRA_CHECK(unit_begin(m, 0, INSITRA_PASS_BACKWARD, &base, &gbase));
     if (N > 0) {
-        INSITRA_CHECK(op->pos_backward(be, grad_at(m, 0, 2, gbase) + m->cp_rank * T * C, a->dres, B, T, C));
+        INSITRA_CHECK(
+            op->pos_backward(be, grad_at(m, 0, 2, gbase) + insitra_model_token_slice(m) * T * C, a->dres, B, T, C));
         INSITRA_CHECK(op->linear_backward(be, NULL, grad_at(m, 0, 0, gbase), grad_at(m, 0, 1, gbase),
                                           a->dres, NULL, a->x, param_at(m, 0, 0, base), N,
                                           d->in_features, C));

@@ -171,9 +171,9 @@ insitra_status insitra_normalize_create(insitra_normalize *n, const insitra_conf
     n->mode = cfg->data.normalize;
     n->freeze_samples = cfg->data.normalize_samples;
     n->freeze_steps = cfg->data.normalize_steps;
-    /* a rank sees its own T / cp tokens of each sample it is pushed (parallel.cp) */
-    n->cp = cfg->parallel.cp;
-    n->seq_len = cfg->model.seq_len / n->cp;
+    /* a rank sees its own T / (cp tp) tokens of each sample it is pushed (parallel.cp, parallel.tp) */
+    n->slices = insitra_config_token_slices(cfg);
+    n->seq_len = cfg->model.seq_len / n->slices;
     n->world = world;
     /* the combination's rows: only when there is anything to combine */
     const int64_t rows = n->mode == INSITRA_NORMALIZE_OFF ? 0 : (int64_t)world + 1;
@@ -279,7 +279,7 @@ insitra_status insitra_normalize_combine(insitra_normalize *n, MPI_Comm comm, in
     }
     insitra_normalize_clear(n, false);
     if (n->mode == INSITRA_NORMALIZE_FROZEN &&
-        ((n->freeze_samples > 0 && n->samples >= n->freeze_samples * n->cp) ||
+        ((n->freeze_samples > 0 && n->samples >= n->freeze_samples * n->slices) ||
          (n->freeze_steps > 0 && steps_done + 1 >= n->freeze_steps)))
         n->frozen = true;
     insitra_normalize_update_coef(n);

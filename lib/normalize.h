@@ -79,10 +79,11 @@ typedef struct insitra_normalize {
     int mode;                      /* INSITRA_NORMALIZE_* */
     int64_t freeze_samples;        /* data.normalize_samples (0: not by samples) */
     int64_t freeze_steps;          /* data.normalize_steps (0: not by steps) */
-    int64_t seq_len;               /* tokens per sample on this rank: model.seq_len / parallel.cp */
-    int64_t cp;                    /* parallel.cp: each sample is counted once by each of cp ranks */
+    int64_t seq_len;               /* tokens per sample on this rank: model.seq_len / slices */
+    int64_t slices;                /* insitra_config_token_slices: each sample is counted once by each
+                                      of the cp x tp ranks holding its slices */
     bool frozen;                   /* the statistics no longer change */
-    int64_t samples;               /* samples in x, y (every rank's; a sample cp times) */
+    int64_t samples;               /* samples in x, y (every rank's; a sample `slices` times) */
     insitra_moments x, y;          /* every rank's samples, combined: the coefficients' source */
     insitra_moments x_new, y_new;  /* this rank's samples since the last combination */
     int64_t samples_new;

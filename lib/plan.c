@@ -46,6 +46,29 @@ static void traffic(int stage, const insitra_param_layout *l, const insitra_shar
     *calls = sl->dp < 2 ? 0 : n < 0x1p31 ? (int32_t)n : INT32_MAX;
 }
 
+/* tp > 1: what the blocks' sequence-parallel collectives add (lib/model_step.c):
+ * per block and micro-batch two all-gathers and two reduce-scatters of the
+ * rank's B Tl C activations forward, as many backward, and the forward's
+ * again when blocks are recomputed; then one all-gather of the replicated
+ * tensors' reduced gradients per step. */
+static void tp_traffic(const insitra_model_dims *d, const insitra_param_layout *l, const insitra_shard_layout *sl,
+                       int stage, int64_t mb, size_t act_size, int64_t micro_steps, int64_t *bytes, int32_t *calls)
+{
+    const double tp = (double)insitra_model_dims_tp(d);
+    if (tp < 2) return;
+    const double rank_acts = (double)mb * (double)insitra_model_dims_tokens(d) * (double)d->d_model;
+    const double per_block = (d->recompute ? 12.0 : 8.0) * (tp - 1) * rank_acts * (double)act_size;
+    double replicated = 0;
+    for (int64_t i = 0; i < l->num_tensors; i++)
+        if (l->tensors[i].split == INSITRA_TP_REPLICATED)
+            replicated += (double)(stage == 0 ? l->tensors[i].numel : sl->len[i]);
+    const double b = (double)*bytes + (double)micro_steps * (double)d->n_layers * per_block +
+                     (tp - 1) * replicated * sizeof(float);
+    const double n = (double)*calls + (double)micro_steps * (double)d->n_layers * (d->recompute ? 12 : 8) + 1;
+    *bytes = *bytes == INSITRA_SIZE_OVERFLOW || b >= 0x1p63 ? INSITRA_SIZE_OVERFLOW : (int64_t)b;
+    *calls = n < 0x1p31 ? (int32_t)n : INT32_MAX;
+}
+
 /* A figure that does not fit 64 bits is an error, not a wrapped number. */
 static insitra_status check_counted(const insitra_plan *p, const insitra_config *cfg)
 {
@@ -88,13 +111,16 @@ insitra_status insitra_plan_stage(const insitra_config *cfg, int32_t world_size,
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
                                  "plan_stage: zero_stage = %d is outside [0, 3]", zero_stage);
     INSITRA_CHECK(insitra_config_validate(cfg));
-    if (world_size % cfg->parallel.cp != 0)
+    if (world_size % insitra_config_token_slices(cfg) != 0)
         return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
-                                 "config key 'parallel.cp': value %" PRId64
-                                 " does not divide world_size = %d",
-                                 cfg->parallel.cp, world_size);
-    const insitra_model_dims dims = insitra_config_model_dims(cfg);
-    /* ZeRO shards over every dp x cp rank; activations are for T / cp tokens (dims) */
+                                 "config keys 'parallel.cp' x 'parallel.tp' = %" PRId64 " x %" PRId64
+                                 " do not divide world_size = %d",
+                                 cfg->parallel.cp, cfg->parallel.tp, world_size);
+    insitra_model_dims dims = insitra_config_model_dims(cfg);
+    dims.cp = cfg->parallel.cp;
+    dims.tp = cfg->parallel.tp;
+    /* ZeRO shards this rank's tp slices over every dp x cp rank; activations
+     * are for T / (cp tp) tokens, or T / cp gathered (dims) */
     const int64_t dp = world_size / cfg->parallel.tp, mb = insitra_config_micro_batch(cfg);
     insitra_param_layout layout;
     insitra_shard_layout sl;
@@ -111,6 +137,8 @@ insitra_status insitra_plan_stage(const insitra_config *cfg, int32_t world_size,
     }
     traffic(zero_stage, &layout, &sl, cfg->training.batch_size / mb, &plan->comm_bytes_per_step,
             &plan->collectives_per_step);
+    tp_traffic(&dims, &layout, &sl, zero_stage, mb, cfg->precision == INSITRA_PRECISION_BF16 ? 2 : sizeof(float),
+               cfg->training.batch_size / mb, &plan->comm_bytes_per_step, &plan->collectives_per_step);
     insitra_shard_layout_free(&sl);
     insitra_param_layout_free(&layout);
     return check_counted(plan, cfg);
@@ -213,5 +241,51 @@ insitra_status insitra_plan_max_seq_len(const insitra_config *cfg, int32_t world
     if (k < 0) return err;
     *seq_len = k * cp;
     if (at_limit) *at_limit = k == kmax;
+    return INSITRA_STATUS_OK;
+}
+
+/* Whether grid a is preferred to b: fewer ranks per sample, then tp before
+ * cp at the same count, then less traffic, then the lower stage. */
+static bool grid_before(const insitra_plan_grid *a, const insitra_plan_grid *b)
+{
+    const int32_t sa = a->cp * a->tp, sb = b->cp * b->tp;
+    if (sa != sb) return sa < sb;
+    if (a->cp != b->cp) return a->cp < b->cp;
+    if (a->plan.comm_bytes_per_step != b->plan.comm_bytes_per_step)
+        return a->plan.comm_bytes_per_step < b->plan.comm_bytes_per_step;
+    return a->plan.zero_stage < b->plan.zero_stage;
+}
+
+insitra_status insitra_plan_suggest_grid(const insitra_config *cfg, int32_t world_size, int64_t budget_bytes,
+                                         insitra_plan_grid *best, int32_t *found)
+{
+    if (!cfg || !best || !found)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "plan_suggest_grid: %s is NULL",
+                                 !cfg ? "cfg" : !best ? "best" : "found");
+    if (world_size < 1 || budget_bytes < 0)
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
+                                 "plan_suggest_grid: world_size = %d (at least 1), budget_bytes = %" PRId64
+                                 " (at least 0)",
+                                 world_size, budget_bytes);
+    *found = 0;
+    insitra_config c = *cfg;
+    for (int32_t cp = 1; cp <= world_size; cp++) {
+        for (int32_t tp = 1; world_size % cp == 0 && tp <= world_size / cp; tp++) {
+            if ((world_size / cp) % tp != 0) continue;
+            c.parallel.cp = cp;
+            c.parallel.tp = tp;
+            c.parallel.dp = 0;
+            for (int32_t stage = 0; stage < 4; stage++) {
+                insitra_plan_grid g = {world_size / (cp * tp), cp, tp, {0}};
+                const insitra_status s = insitra_plan_stage(&c, world_size, stage, &g.plan);
+                if (s == INSITRA_STATUS_CONFIG_ERROR) break; /* a grid cfg does not allow */
+                INSITRA_CHECK(s);
+                if (g.plan.memory.total_bytes > budget_bytes) continue;
+                if (!*found || grid_before(&g, best)) *best = g;
+                *found = 1;
+            }
+        }
+    }
+    insitra_error_clear();
     return INSITRA_STATUS_OK;
 }

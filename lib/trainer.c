@@ -55,6 +55,11 @@ static insitra_status check_grid(insitra_trainer *t)
                                  "config key 'parallel.cp': value %" PRId64 " does not divide the "
                                  "communicator's %" PRId64 " ranks",
                                  cp, world);
+    if (world % (cp * tp) != 0)
+        return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
+                                 "config key 'parallel.tp': value %" PRId64 " (x parallel.cp = %" PRId64
+                                 ") does not divide the communicator's %" PRId64 " ranks",
+                                 tp, cp, world);
     const int64_t dp = t->cfg.parallel.dp > 0 ? t->cfg.parallel.dp : world / (tp * cp);
     if (dp * cp * tp != world)
         return insitra_error_set(INSITRA_STATUS_CONFIG_ERROR,
@@ -76,6 +81,7 @@ static insitra_status build_grid(insitra_trainer *t)
     INSITRA_CHECK(insitra_comm_split(&t->comm, tp_rank, rank, &t->grad));
     INSITRA_CHECK(insitra_comm_split(&t->comm, cp_rank * tp + tp_rank, rank, &t->dp));
     INSITRA_CHECK(insitra_comm_split(&t->comm, rank / (tp * cp) * tp + tp_rank, rank, &t->cp));
+    INSITRA_CHECK(insitra_comm_split(&t->comm, rank / (tp * cp), rank, &t->slices));
     return insitra_comm_split(&t->comm, rank / tp, rank, &t->tp);
 }
 
@@ -95,10 +101,10 @@ static insitra_status allocate(insitra_trainer *t)
     if (held > 0)
         INSITRA_CHECK(insitra_sample_store_create(&t->held_out, held, t->store.x_numel, t->store.y_numel));
     INSITRA_CHECK(insitra_normalize_create(&t->norm, cfg, t->comm.size));
-    /* by the dp rank: the ranks of a cp group draw the same slots, which hold slices of the same samples */
+    /* by the dp rank: the cp x tp ranks sharing samples draw the same slots, which hold slices of them */
     insitra_rng_seed(&t->sampler, (uint64_t)cfg->training.seed, 1 + (uint64_t)t->dp.rank);
     INSITRA_CHECK(
-        insitra_engine_create(&t->engine, cfg, t->comm.comm, &t->grad, &t->cp, &t->store, &t->held_out));
+        insitra_engine_create(&t->engine, cfg, t->comm.comm, &t->grad, &t->cp, &t->tp, &t->store, &t->held_out));
     INSITRA_CHECK(insitra_engine_set_norm(&t->engine, &t->norm.coef));
     INSITRA_CHECK(insitra_preempt_setup(&t->preempt, cfg));
     if (t->comm.rank == 0 && cfg->log.jsonl[0] != '\0') {
@@ -122,6 +128,7 @@ static void release(insitra_trainer *t)
     insitra_normalize_free(&t->norm);
     free(t->batch_slots);
     insitra_comm_free(&t->tp);
+    insitra_comm_free(&t->slices);
     insitra_comm_free(&t->cp);
     insitra_comm_free(&t->grad);
     insitra_comm_free(&t->dp);
@@ -139,7 +146,7 @@ insitra_status insitra_trainer_create(insitra_trainer **trainer, const insitra_c
     *trainer = NULL;
     insitra_trainer *t = calloc(1, sizeof *t);
     if (!t) return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "trainer_create: out of memory");
-    t->comm.comm = t->dp.comm = t->cp.comm = t->grad.comm = t->tp.comm = MPI_COMM_NULL;
+    t->comm.comm = t->dp.comm = t->cp.comm = t->slices.comm = t->grad.comm = t->tp.comm = MPI_COMM_NULL;
     t->cfg = *cfg;
     insitra_status s = insitra_comm_create(&t->comm, comm);
     if (s != INSITRA_STATUS_OK) {
@@ -196,7 +203,7 @@ insitra_status insitra_trainer_num_parameters(const insitra_trainer *t, int64_t 
     if (!t || !count)
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "trainer_num_parameters: %s is NULL",
                                  !t ? "trainer" : "count");
-    *count = t->engine.model.layout.total;
+    *count = t->engine.model.layout.global_total; /* the model's, not this rank's tp slices */
     return INSITRA_STATUS_OK;
 }
 
@@ -336,37 +343,38 @@ static insitra_status validation_loss(insitra_trainer *t, double *loss)
 {
     const int64_t mb = insitra_config_micro_batch(&t->cfg);
     int64_t chunks = (t->held_out.count + mb - 1) / mb;
-    INSITRA_CHECK(insitra_comm_max_int64(&t->grad, &chunks));
+    INSITRA_CHECK(insitra_comm_max_int64(&t->comm, &chunks));
     double acc[2] = {0.0, (double)(t->held_out.count * t->held_out.y_numel)}; /* squared errors, values */
     INSITRA_CHECK(insitra_comm_agree(&t->comm, insitra_engine_validate(&t->engine, chunks, t->batch_slots, &acc[0])));
-    INSITRA_CHECK(insitra_comm_sum_ordered(&t->grad, acc, 2));
+    INSITRA_CHECK(insitra_comm_sum_ordered(&t->comm, acc, 2)); /* every rank's tokens */
     *loss = acc[1] > 0 ? acc[0] / acc[1] : NAN;
     return INSITRA_STATUS_OK;
 }
 
-/* Collective over cp (local otherwise): whether v, a count the ranks of a
- * cp group must share (they hold slices of the same samples), is the same
- * on each; the caller agrees on the result, so every rank stops. */
-static insitra_status same_in_cp_group(insitra_trainer *t, const char *what, int64_t v)
+/* Collective over the ranks holding slices of the same samples (cp x tp;
+ * local otherwise): whether v, a count they must share, is the same on each;
+ * the caller agrees on the result, so every rank stops. */
+static insitra_status same_in_sample_group(insitra_trainer *t, const char *what, int64_t v)
 {
-    if (t->cp.size == 1) return INSITRA_STATUS_OK;
+    const insitra_comm *g = &t->slices;
+    if (g->size == 1) return INSITRA_STATUS_OK;
     int64_t spread[2] = {v, -v};
-    INSITRA_CHECK(insitra_comm_max_int64(&t->cp, &spread[0]));
-    INSITRA_CHECK(insitra_comm_max_int64(&t->cp, &spread[1]));
+    INSITRA_CHECK(insitra_comm_max_int64(g, &spread[0]));
+    INSITRA_CHECK(insitra_comm_max_int64(g, &spread[1]));
     if (spread[0] == -spread[1]) return INSITRA_STATUS_OK;
     return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
                              "%s = %" PRId64 " on this rank, but between %" PRId64 " and %" PRId64
-                             " on the ranks sharing its samples' tokens (parallel.cp = %d, ranks %d..%d): "
-                             "each must pass its token slice of the same samples",
-                             what, v, -spread[1], spread[0], t->cp.size, t->comm.rank - t->cp.rank,
-                             t->comm.rank - t->cp.rank + t->cp.size - 1);
+                             " on the ranks sharing its samples' tokens (parallel.cp x parallel.tp = %d, ranks "
+                             "%d..%d): each must pass its token slice of the same samples",
+                             what, v, -spread[1], spread[0], g->size, t->comm.rank - g->rank,
+                             t->comm.rank - g->rank + g->size - 1);
 }
 
 insitra_status insitra_train_step(insitra_trainer *t, insitra_metrics *metrics)
 {
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "train_step: trainer is NULL");
-    /* the cp group draws the same slots only from the same pushes */
-    insitra_status local = same_in_cp_group(t, "train_step: samples pushed", t->pushes);
+    /* the ranks sharing samples draw the same slots only from the same pushes */
+    insitra_status local = same_in_sample_group(t, "train_step: samples pushed", t->pushes);
     if (t->store.count == 0)
         local = insitra_error_set(INSITRA_STATUS_NOT_READY,
                                   "train_step: the sample store is empty; push samples first");
@@ -491,10 +499,10 @@ static insitra_status forward_all(insitra_trainer *t, int64_t n, const float *x,
                                   float *y_out, double *sse)
 {
     const int64_t cap = insitra_config_micro_batch(&t->cfg);
-    /* a cp group's ranks hold slices of the same samples: the ring needs the same n on each */
-    INSITRA_CHECK(insitra_comm_agree(&t->comm, same_in_cp_group(t, "predict/evaluate: n", n)));
+    /* ranks holding slices of the same samples run the ring and the tp collectives: the same n on each */
+    INSITRA_CHECK(insitra_comm_agree(&t->comm, same_in_sample_group(t, "predict/evaluate: n", n)));
     int64_t chunks = (n + cap - 1) / cap;
-    INSITRA_CHECK(insitra_comm_max_int64(&t->grad, &chunks));
+    INSITRA_CHECK(insitra_comm_max_int64(&t->comm, &chunks));
     return insitra_engine_forward(&t->engine, n, chunks, x, y, y_out, sse);
 }
 
@@ -516,7 +524,7 @@ insitra_status insitra_evaluate(insitra_trainer *t, int64_t n, const float *x, c
     INSITRA_CHECK(insitra_comm_agree(&t->comm, local));
     double acc[2] = {0.0, (double)(n * t->store.y_numel)}; /* squared errors, values */
     INSITRA_CHECK(forward_all(t, n, x, y, NULL, &acc[0]));
-    INSITRA_CHECK(insitra_comm_sum_ordered(&t->grad, acc, 2));
+    INSITRA_CHECK(insitra_comm_sum_ordered(&t->comm, acc, 2)); /* every rank's tokens */
     if (acc[1] == 0.0)
         return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT,
                                  "evaluate: no rank passed any sample (n = 0 everywhere)");

@@ -22,15 +22,16 @@ struct insitra_trainer {
     insitra_config cfg;
     insitra_comm comm;          /* the caller's communicator, duplicated */
     insitra_comm dp;            /* the data replicas: the ranks of this rank's cp_rank */
-    insitra_comm cp;            /* the ranks sharing each sample's tokens, in token order */
+    insitra_comm cp;            /* the cp ring: the ranks of this tp rank sharing each sample's tokens */
+    insitra_comm slices;        /* every rank holding slices of the same samples (cp x tp), in token order */
     insitra_comm grad;          /* dp x cp: gradients reduced and ZeRO shards over it */
-    insitra_comm tp;            /* the ranks sharing one replica (one rank while tp = 1) */
+    insitra_comm tp;            /* the ranks sharing each block's tensors (parallel.tp) */
     insitra_engine engine;      /* model, ZeRO state and the step, on the configured backend */
     insitra_sample_store store; /* host store: pushes land here first (checkpoints read it) */
     insitra_sample_store held_out; /* pushes kept for the validation loss, never trained on */
     int64_t pushes;             /* samples ever pushed to this rank, both stores (the split's index) */
     insitra_normalize norm;     /* the feature statistics and maps (data.normalize, model.residual) */
-    insitra_rng sampler;        /* seeded by (training.seed, dp rank): a cp group draws the same batches */
+    insitra_rng sampler;        /* seeded by (training.seed, dp rank): the cp x tp ranks draw the same batches */
     int64_t sample_cursor;      /* samples drawn so far (the sequential sampler's position) */
     int64_t *batch_slots;       /* (batch_size) store slots of this step's samples */
     int64_t step;               /* optimizer steps taken */

@@ -26,6 +26,18 @@ static void *take(carver *c, int64_t bytes)
 
 static int64_t mul(int64_t a, int64_t b) { return insitra_size_mul(a, b); }
 
+/* tp > 1: floats of the replicated tensors' gradients each rank sums over the
+ * tp group once the dp x cp reduction is done: the whole tensors at stage 0
+ * (every rank updates all of them), else its slots of them. */
+static int64_t tp_replicated_floats(int stage, const insitra_param_layout *l, const insitra_shard_layout *sl)
+{
+    int64_t n = 0;
+    for (int64_t i = 0; l->tp > 1 && i < l->num_tensors; i++)
+        if (l->tensors[i].split == INSITRA_TP_REPLICATED)
+            n = insitra_size_add(n, stage == 0 ? l->tensors[i].numel : sl->len[i]);
+    return n;
+}
+
 /* What the stage keeps, by category, with z's pointers bound when base is given. */
 static insitra_zero_bytes carve(insitra_zero *z, int stage, bool separate, size_t act_size, size_t align,
                                 const insitra_param_layout *l, const insitra_shard_layout *sl,
@@ -75,6 +87,9 @@ static insitra_zero_bytes carve(insitra_zero *z, int stage, bool separate, size_
     z->bucket_copies = take(&c, nt * (int64_t)sizeof(insitra_shard_copy));
     z->update_segs = take(&c, nt * (int64_t)sizeof(insitra_update_segment));
     z->norm_segs = take(&c, nt * (int64_t)sizeof(insitra_update_segment));
+    const int64_t R = tp_replicated_floats(stage, l, sl);
+    z->tp_send = R > 0 ? take(&c, mul(R, f)) : NULL;
+    z->tp_recv = R > 0 ? take(&c, mul(mul(l->tp, R), f)) : NULL;
     b.comm = c.used;
     return b;
 }
@@ -96,7 +111,9 @@ static insitra_status build_tables(insitra_zero *z)
     const int64_t nt = l->num_tensors, r = sl->rank;
     insitra_shard_copy *copies = calloc((size_t)(2 * nt), sizeof *copies), *bucket_copies = copies + nt;
     insitra_update_segment *upd = calloc((size_t)nt, sizeof *upd), *norm = calloc((size_t)nt, sizeof *norm);
-    if (!copies || !upd || !norm) {
+    z->tp_runs = calloc((size_t)nt, sizeof *z->tp_runs);
+    z->n_tp_runs = 0;
+    if (!copies || !upd || !norm || !z->tp_runs) {
         free(copies);
         free(upd);
         free(norm);
@@ -132,6 +149,13 @@ static insitra_status build_tables(insitra_zero *z)
         }
         norm[i] = (insitra_update_segment){0, z->stage <= 1 ? slot_in_full : sl->offset[i], 0, 0, mine, 0};
         if (s->count > z->max_seg) z->max_seg = s->count;
+        if (l->tp > 1 && t->split == INSITRA_TP_REPLICATED) {
+            /* summed over tp after the reduction (tp_sum_replicated); the norm counts a
+             * replicated tensor once, on tp rank 0 */
+            z->tp_runs[z->n_tp_runs++] = z->stage == 0 ? (insitra_update_segment){.grad = t->offset, .count = t->numel}
+                                                       : norm[i];
+            if (z->model->tp_rank != 0) norm[i].count = 0;
+        }
     }
     z->n_segs = nt;
     insitra_backend *be = z->be;
@@ -257,7 +281,7 @@ static insitra_status start_reduce(insitra_zero *z, int64_t b, const float *buck
     INSITRA_CHECK(pack_bucket(z, b, z->reduce_packed[k], bucket_grads, 0, z->sl.dp, INSITRA_DTYPE_F32));
     z->reduce_id[k] = b;
     return z->be->i->reduce_scatter(z->be, z->group, z->reduce_packed[k], z->reduce_recv[k],
-                                    z->sl.bucket_len[b], &z->reduce_h[k]);
+                                    z->sl.bucket_len[b], INSITRA_DTYPE_F32, &z->reduce_h[k]);
 }
 
 /* ---- parameters: gather one unit at a time (stage 3) ---- */
@@ -423,31 +447,47 @@ void insitra_zero_free(insitra_zero *z)
     }
     if (z->model) z->model->hooks = NULL;
     free(z->host_mirror);
+    free(z->tp_runs);
     insitra_shard_layout_free(&z->sl);
     memset(z, 0, sizeof *z);
 }
 
 /* ---- state in and out ---- */
 
-void insitra_zero_init_host(insitra_zero *z, uint64_t seed, double std)
+insitra_status insitra_zero_init_host(insitra_zero *z, uint64_t seed, double std)
 {
     const insitra_param_layout *l = z->layout;
+    const insitra_model_dims *d = &z->model->dims;
     const int64_t moments = z->stage == 0 ? l->total : z->sl.total;
+    /* tp > 1: each unit drawn whole (the tensors of tp = 1) and sliced */
+    insitra_model_dims whole_dims = *d;
+    whole_dims.tp = 1;
+    insitra_param_layout whole = {0};
+    if (l->tp > 1) INSITRA_CHECK(insitra_param_layout_create(&whole, &whole_dims));
+    const int64_t drawn = l->tp > 1 ? whole.max_unit_numel : 0;
+    float *unit = malloc((size_t)(drawn + l->max_unit_numel) * sizeof(float)), *mine = unit ? unit + drawn : NULL;
+    if (!unit) {
+        insitra_param_layout_free(&whole);
+        return insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY, "ZeRO: out of memory initialising the parameters");
+    }
     insitra_rng rng;
     insitra_rng_seed(&rng, seed, 0);
-    float *unit = z->host_params_full ? NULL : malloc((size_t)l->max_unit_numel * sizeof(float));
     for (int64_t u = 0; u < l->num_units; u++) {
-        if (z->host_params_full) {
-            insitra_param_init_unit(l, u, z->model->dims.n_layers, std, &rng, z->host_params + l->units[u].offset);
-        } else if (unit) {
-            /* one unit at a time: no full copy ever exists */
-            insitra_param_init_unit(l, u, z->model->dims.n_layers, std, &rng, unit);
-            insitra_shard_extract_unit(&z->sl, l, u, unit, z->host_params + z->sl.unit_offset[u]);
+        float *out = z->host_params_full ? z->host_params + l->units[u].offset : mine;
+        if (l->tp > 1) {
+            insitra_param_init_unit(&whole, u, d->n_layers, std, &rng, unit);
+            insitra_param_unit_slice(l, &whole, u, z->model->tp_rank, unit, out);
+        } else {
+            insitra_param_init_unit(l, u, d->n_layers, std, &rng, out);
         }
+        /* one unit at a time: no full copy ever exists */
+        if (!z->host_params_full) insitra_shard_extract_unit(&z->sl, l, u, out, z->host_params + z->sl.unit_offset[u]);
     }
     free(unit);
+    insitra_param_layout_free(&whole);
     memset(z->host_m, 0, (size_t)moments * sizeof(float));
     memset(z->host_v, 0, (size_t)moments * sizeof(float));
+    return INSITRA_STATUS_OK;
 }
 
 /* Stages 1-2: every rank's updated slots (compute type, in send, or extracted
@@ -524,11 +564,36 @@ void insitra_zero_begin_pass(insitra_zero *z) { z->error = INSITRA_STATUS_OK; }
 
 void insitra_zero_set_last_micro_batch(insitra_zero *z, bool last) { z->communicate = last; }
 
+/* tp > 1: the replicated tensors' gradients (reduced over dp x cp already)
+ * summed over the tp group, whose ranks computed them from different tokens
+ * (sequence parallelism). Every rank adds the pieces in rank order, so all
+ * get the same bits and the tensors stay replicas after the update. */
+static insitra_status tp_sum_replicated(insitra_zero *z)
+{
+    insitra_backend *be = z->be;
+    float *grads = z->stage <= 1 ? z->grads : z->grad_shard;
+    int64_t n = 0;
+    for (int64_t k = 0; k < z->n_tp_runs; n += z->tp_runs[k++].count)
+        INSITRA_CHECK(be->i->copy(be, z->tp_send + n, grads + z->tp_runs[k].grad,
+                                  (size_t)z->tp_runs[k].count * sizeof(float)));
+    insitra_coll h = {.req = MPI_REQUEST_NULL, .event = -1};
+    INSITRA_CHECK(be->i->all_gather(be, z->model->tp_group, z->tp_send, z->tp_recv, n, INSITRA_DTYPE_F32, &h));
+    INSITRA_CHECK(be->i->wait(be, &h));
+    INSITRA_CHECK(be->i->copy(be, z->tp_send, z->tp_recv, (size_t)n * sizeof(float)));
+    for (int64_t r = 1; r < z->layout->tp; r++) INSITRA_CHECK(be->i->add(be, z->tp_send, z->tp_recv + r * n, n));
+    n = 0;
+    for (int64_t k = 0; k < z->n_tp_runs; n += z->tp_runs[k++].count)
+        INSITRA_CHECK(be->i->copy(be, grads + z->tp_runs[k].grad, z->tp_send + n,
+                                  (size_t)z->tp_runs[k].count * sizeof(float)));
+    return INSITRA_STATUS_OK;
+}
+
 insitra_status insitra_zero_finish_backward(insitra_zero *z)
 {
     /* Oldest first, the order the reductions started. */
     HOOK_TRY(z, finish_reduce(z, z->next_reduce));
     HOOK_TRY(z, finish_reduce(z, z->next_reduce ^ 1));
+    if (z->layout->tp > 1) HOOK_TRY(z, tp_sum_replicated(z));
     return z->error;
 }
 
@@ -647,7 +712,7 @@ static insitra_status raw_comm(insitra_zero *z, char *buf)
     insitra_coll h[2] = {{.req = MPI_REQUEST_NULL, .event = -1}, {.req = MPI_REQUEST_NULL, .event = -1}};
     float *src = (float *)buf, *dst = src + z->sl.dp * S;
     void *gathered = dst + S;
-    INSITRA_CHECK(be->i->reduce_scatter(be, z->group, src, dst, S, &h[0]));
+    INSITRA_CHECK(be->i->reduce_scatter(be, z->group, src, dst, S, INSITRA_DTYPE_F32, &h[0]));
     INSITRA_CHECK(be->i->all_gather(be, z->group, dst, gathered, S, INSITRA_DTYPE_F32, &h[1]));
     INSITRA_CHECK(be->i->wait(be, &h[0]));
     return be->i->wait(be, &h[1]);

@@ -15,6 +15,10 @@
  *            all-gathered just before forward or backward uses it (the next
  *            one prefetched) and dropped after
  *
+ * With parallel.tp > 1 the layout is this rank's slices of the tensors and
+ * the dp group is the dp x cp ranks of its tp rank; the replicated tensors'
+ * reduced gradients are then summed over the tp group too.
+ *
  * With precision bf16 the working parameters are in bf16 and fp32 master
  * weights are kept apart (P at stage 0, S at stages 1-3); in fp32 the
  * working parameters are the master weights.
@@ -83,6 +87,11 @@ typedef struct insitra_zero {
     insitra_shard_copy *bucket_copies; /* per tensor, relative to its bucket (backend memory) */
     insitra_update_segment *update_segs, *norm_segs; /* per tensor (backend memory) */
     int64_t n_segs, max_seg;
+    /* tp > 1: the replicated tensors' gradient runs summed over the tp group (host table),
+     * and that sum's send and receive buffers (R, and tp R, f32) */
+    insitra_update_segment *tp_runs;
+    int64_t n_tp_runs;
+    float *tp_send, *tp_recv;
 
     /* host copies the checkpoints read and write: the backend's own buffers when they are host
      * memory, else mirrors filled by insitra_zero_export */
@@ -112,9 +121,10 @@ insitra_status insitra_zero_create(insitra_zero *z, int stage, bool master_separ
 insitra_status insitra_zero_connect(insitra_zero *z);
 void insitra_zero_free(insitra_zero *z);
 
-/* The same initial parameters at every stage and world size, into the host
- * copies (then insitra_zero_import), moments zeroed. */
-void insitra_zero_init_host(insitra_zero *z, uint64_t seed, double std);
+/* The same initial parameters at every stage, world size and tp (each tp
+ * rank's slices of the tp = 1 tensors), into the host copies (then
+ * insitra_zero_import), moments zeroed. Local. */
+insitra_status insitra_zero_init_host(insitra_zero *z, uint64_t seed, double std);
 /* Collective: the host copies into the backend (after init or a checkpoint load). */
 insitra_status insitra_zero_import(insitra_zero *z);
 /* The backend's state into the host copies (before a checkpoint save). */

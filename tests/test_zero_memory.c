@@ -7,7 +7,8 @@
  * and insitra_plan_stage must predict exactly what insitra_memory_report says,
  * also with parallel.cp = 2 (on an even rank count: ZeRO shards over all
  * dp x cp ranks, activations are for seq_len / 2 tokens plus the ring's
- * scratch, so fewer than at cp = 1).
+ * scratch, so fewer than at cp = 1) and with parallel.tp = 2 (ZeRO shards each
+ * rank's tensor slices over the dp ranks; fewer activations than at tp = 1).
  * Also: ranks whose configurations differ, or a grid that does not match the
  * communicator, fail on every rank with a message naming the key.
  */
@@ -32,13 +33,14 @@ int main(int argc, char **argv)
 {
     insitra_test tc = insitra_test_begin(&argc, &argv, "zero_memory");
     const int rank = tc.rank, size = tc.size;
-    const double N = size;
     int64_t act_cp1[4] = {0};
-    /* stages 0-3 at cp = 1, then (on an even rank count) at cp = 2 */
-    for (int run = 0; run < (size % 2 == 0 ? 8 : 4); run++) {
-        const int stage = run % 4, cp = 1 + run / 4;
+    /* stages 0-3 at cp = 1, then (on an even rank count) at cp = 2 and at tp = 2 */
+    for (int run = 0; run < (size % 2 == 0 ? 12 : 4); run++) {
+        const int stage = run % 4, cp = run / 4 == 1 ? 2 : 1, tp = run / 4 == 2 ? 2 : 1;
+        const double N = (double)(size / tp); /* the ranks ZeRO shards a tensor slice over */
         insitra_config *cfg = make_config(&tc, stage);
         if (cfg) insitra_test_set(&tc, cfg, "parallel.cp", "%d", cp);
+        if (cfg) insitra_test_set(&tc, cfg, "parallel.tp", "%d", tp);
         insitra_trainer *t = NULL;
         if (!cfg || !EXPECT_OK(&tc, insitra_trainer_create(&t, cfg, MPI_COMM_WORLD), "trainer_create")) {
             insitra_config_free(cfg);
@@ -52,9 +54,9 @@ int main(int argc, char **argv)
         const double state = (double)(r.parameter_bytes + r.gradient_bytes + r.optimizer_bytes);
         const double dev = fabs(state - theory[stage]) / theory[stage];
         if (rank == 0)
-            printf("cp %d, stage %d, %d ranks, P = %.0f: model state %.0f bytes, theory %.0f (%.2f%% off); "
+            printf("cp %d, tp %d, stage %d, %d ranks, P = %.0f: model state %.0f bytes, theory %.0f (%.2f%% off); "
                    "activations %lld, comm buffers %lld, total %lld\n",
-                   cp, stage, size, P, state, theory[stage], 100 * dev, (long long)r.activation_bytes,
+                   cp, tp, stage, size, P, state, theory[stage], 100 * dev, (long long)r.activation_bytes,
                    (long long)r.communication_bytes, (long long)r.total_bytes);
         EXPECT(&tc, dev <= 0.05, "stage %d: model state %.0f bytes is %.1f%% off the theory %.0f", stage,
                state, 100 * dev, theory[stage]);
@@ -66,9 +68,13 @@ int main(int argc, char **argv)
                (long long)plan.memory.total_bytes, (long long)r.total_bytes);
         EXPECT(&tc, (size == 1) == (plan.comm_bytes_per_step == 0), "stage %d: traffic %lld bytes", stage,
                (long long)plan.comm_bytes_per_step);
-        if (cp == 1) act_cp1[stage] = r.activation_bytes;
+        if (cp == 1 && tp == 1) act_cp1[stage] = r.activation_bytes;
         const int64_t ring =
             insitra_attention_ring_scratch_bytes(4, 8, 64, 4, sizeof(float)); /* B, T/2, C, H */
+        if (tp == 2) /* the residual stream, the MLP and the heads divided by two; the gathered LNs not */
+            EXPECT(&tc, r.activation_bytes < act_cp1[stage],
+                   "tp 2, stage %d: activations %lld bytes, want below tp 1's %lld", stage,
+                   (long long)r.activation_bytes, (long long)act_cp1[stage]);
         if (cp == 2)
             EXPECT(&tc, r.activation_bytes < act_cp1[stage] && r.activation_bytes > ring,
                    "cp 2, stage %d: activations %lld bytes, want below cp 1's %lld and above the ring's %lld",

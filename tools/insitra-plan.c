@@ -4,6 +4,7 @@
  *
  *   insitra-plan [--ranks N[,N...]] [--set key=value]... [--memory-per-rank GiB] [config.yaml | step-N.h5]
  *   insitra-plan --max-seq-len --memory-per-rank GiB [--ranks ...] [--set ...] [config.yaml | step-N.h5]
+ *   insitra-plan --grid --memory-per-rank GiB [--ranks ...] [--set ...] [config.yaml | step-N.h5]
  *   insitra-plan --system
  *
  * A checkpoint in place of the YAML file plans the configuration stored in it.
@@ -26,7 +27,7 @@ static int usage(FILE *out)
 {
     fprintf(out,
             "usage: insitra-plan [--ranks N[,N...]] [--set key=value]... [--memory-per-rank GiB]\n"
-            "                    [--max-seq-len] [config.yaml | checkpoint.h5]\n"
+            "                    [--max-seq-len | --grid] [config.yaml | checkpoint.h5]\n"
             "       insitra-plan --system\n"
             "Prints, for each ZeRO stage and rank count, the bytes one rank holds (parameters,\n"
             "gradients, optimizer state, activations, communication buffers, sample store) and\n"
@@ -35,6 +36,9 @@ static int usage(FILE *out)
             "--memory-per-rank), prints instead the largest model.seq_len that fits in that memory\n"
             "at each stage and rank count, the other keys as given. A checkpoint file in place of\n"
             "the YAML file plans the configuration stored in it.\n"
+            "With --grid (needs --memory-per-rank), suggests per rank count the process grid\n"
+            "(parallel.dp x cp x tp) and ZeRO stage that fit: the fewest ranks per sample, then\n"
+            "the least traffic (insitra_plan_suggest_grid).\n"
             "With --system, prints what the CPU backend runs on here: the GEMM libraries and\n"
             "their kernels, the CPU's vector units, cores and OpenMP threads.\n");
     return out == stdout ? 0 : 2;
@@ -119,6 +123,31 @@ static int parse_ranks(const char *arg, int *out, int max)
     return n;
 }
 
+/* --grid: the suggested grid per rank count within the budget. */
+static int print_grids(insitra_config *cfg, const char *ranks_arg, double budget_gib)
+{
+    int ranks[64];
+    const int n = parse_ranks(ranks_arg, ranks, 64);
+    if (n == 0) return 2;
+    const int64_t budget = (int64_t)(budget_gib * 1073741824.0);
+    printf("\n\n%5s %5s %5s %5s %5s %11s %12s\n", "ranks", "dp", "cp", "tp", "stage", "total MiB", "sent MiB/step");
+    for (int i = 0; i < n; i++) {
+        insitra_plan_grid g;
+        int32_t found = 0;
+        if (insitra_plan_suggest_grid(cfg, ranks[i], budget, &g, &found) != INSITRA_STATUS_OK) {
+            fprintf(stderr, "insitra-plan: %s\n", insitra_last_error());
+            return 2;
+        }
+        if (found)
+            printf("%5d %5d %5d %5d %5d %11.1f %12.1f\n", ranks[i], g.dp, g.cp, g.tp, g.plan.zero_stage,
+                   mib(g.plan.memory.total_bytes), mib(g.plan.comm_bytes_per_step));
+        else
+            printf("%5d  no grid fits in %.3g GiB per rank\n", ranks[i], budget_gib);
+    }
+    printf("\nThe fewest ranks per sample (cp x tp; tp first), then the least traffic per step.\n");
+    return 0;
+}
+
 /* --max-seq-len: the largest model.seq_len within the budget, per rank count
  * and stage, and the plan's total there (cfg's model.seq_len is set to each
  * answer in turn). */
@@ -187,7 +216,7 @@ int main(int argc, char **argv)
 {
     const char *ranks_arg = "1,2,4,8", *yaml = NULL;
     double budget_gib = 0;
-    int max_seq_len = 0;
+    int max_seq_len = 0, grid = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return usage(stdout);
@@ -198,6 +227,8 @@ int main(int argc, char **argv)
             budget_gib = atof(argv[++i]);
         else if (!strcmp(a, "--max-seq-len"))
             max_seq_len = 1;
+        else if (!strcmp(a, "--grid"))
+            grid = 1;
         else if (!strcmp(a, "--set") && i + 1 < argc)
             i++; /* applied after the file */
         else if (a[0] != '-' && !yaml)
@@ -207,8 +238,9 @@ int main(int argc, char **argv)
             return usage(stderr);
         }
     }
-    if (max_seq_len && !(budget_gib > 0)) {
-        fprintf(stderr, "insitra-plan: --max-seq-len needs --memory-per-rank GiB (more than 0)\n");
+    if ((max_seq_len || grid) && !(budget_gib > 0)) {
+        fprintf(stderr, "insitra-plan: %s needs --memory-per-rank GiB (more than 0)\n",
+                grid ? "--grid" : "--max-seq-len");
         return usage(stderr);
     }
     /* Defaults, then the file, then every --set on top. */
@@ -230,8 +262,8 @@ int main(int argc, char **argv)
         insitra_config_get(cfg, keys[k], val, sizeof val);
         printf(" %s=%s", strchr(keys[k], '.') + 1, val);
     }
-    if (max_seq_len) {
-        const int rc = print_max_seq_len(cfg, ranks_arg, budget_gib);
+    if (max_seq_len || grid) {
+        const int rc = grid ? print_grids(cfg, ranks_arg, budget_gib) : print_max_seq_len(cfg, ranks_arg, budget_gib);
         insitra_config_free(cfg);
         return rc;
     }

@@ -367,6 +367,40 @@ static insitra_status cpu_shard_unpack(insitra_backend *be, void *flat, const vo
     return INSITRA_STATUS_OK;
 }
 
+static insitra_status cpu_bias_residual_forward(insitra_backend *be, void *out, const void *inp, const void *b,
+                                                const void *residual, int64_t N, int64_t C)
+{
+    (void)be;
+    float *o = out;
+    const float *x = inp, *bias = b, *r = residual;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t c = 0; c < C; c++) o[i * C + c] = x[i * C + c] + bias[c] + r[i * C + c];
+    return INSITRA_STATUS_OK;
+}
+
+static insitra_status cpu_bias_backward(insitra_backend *be, float *db, const void *dout, int64_t N, int64_t C)
+{
+    (void)be;
+    const float *d = dout;
+    /* rows in order, like linear_backward's bias: the same sums at every thread count */
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t c = 0; c < C; c++) db[c] += d[i * C + c];
+    return INSITRA_STATUS_OK;
+}
+
+static insitra_status cpu_block_transpose(insitra_backend *be, void *out, const void *in, int64_t P, int64_t Q,
+                                          int64_t n, insitra_dtype t)
+{
+    (void)be;
+    const size_t bytes = (size_t)n * insitra_dtype_size(t);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t p = 0; p < P; p++)
+        for (int64_t q = 0; q < Q; q++)
+            memcpy((char *)out + (size_t)(q * P + p) * bytes, (const char *)in + (size_t)(p * Q + q) * bytes, bytes);
+    return INSITRA_STATUS_OK;
+}
+
 static insitra_status cpu_add(insitra_backend *be, float *dst, const float *src, int64_t n)
 {
     (void)be;
@@ -401,10 +435,12 @@ static void cpu_group_free(insitra_backend *be, insitra_group *g)
 
 static MPI_Datatype mpi_type(insitra_dtype t) { return t == INSITRA_DTYPE_BF16 ? MPI_UINT16_T : MPI_FLOAT; }
 
-static insitra_status cpu_reduce_scatter(insitra_backend *be, insitra_group *g, const float *send,
-                                         float *recv, int64_t n, insitra_coll *h)
+static insitra_status cpu_reduce_scatter(insitra_backend *be, insitra_group *g, const void *send,
+                                         void *recv, int64_t n, insitra_dtype t, insitra_coll *h)
 {
     (void)be;
+    if (t != INSITRA_DTYPE_F32) /* the CPU backend computes in fp32 (insitra_config_validate) */
+        return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "reduce_scatter: the CPU backend sums fp32 only");
     const int rc = MPI_Ireduce_scatter_block(send, recv, (int)n, MPI_FLOAT, MPI_SUM, g->c->comm, &h->req);
     h->active = rc == MPI_SUCCESS;
     h->pair = false;
@@ -523,6 +559,9 @@ static const insitra_backend_i cpu_interface = {
     .attention_block_backward = cpu_attention_block_backward,
     .attention_block_done = cpu_attention_block_done,
     .ring_shift = cpu_ring_shift,
+    .bias_residual_forward = cpu_bias_residual_forward,
+    .bias_backward = cpu_bias_backward,
+    .block_transpose = cpu_block_transpose,
     .join_stream = NULL,
 };
 
@@ -530,8 +569,9 @@ static const insitra_backend_i cpu_interface = {
 static int64_t cpu_attention_state_bytes(const insitra_model_dims *d, int64_t B, size_t act_size)
 {
     (void)act_size;
-    return insitra_size_mul(insitra_size_mul(B, d->n_heads),
-                            insitra_size_mul(insitra_model_dims_tokens(d), (int64_t)sizeof(float)));
+    /* the row statistics (lse) of this rank's heads over the tokens its attention sees */
+    return insitra_size_mul(insitra_size_mul(B, insitra_model_dims_heads(d)),
+                            insitra_size_mul(insitra_model_dims_attn_tokens(d), (int64_t)sizeof(float)));
 }
 
 /* Attention tiles live on each thread's stack (lib/cpu/attention.h). */

@@ -205,7 +205,7 @@ insitra_status cuda_reserve(insitra_backend *be, const insitra_model_dims *d, in
     /* a head size the attention kernels cannot run is a configuration error, found here */
     const bool ring = d->cp > 1; /* the attention of lib/attention_ring.c, on blocks of a rank's tokens */
     if (ring) {
-        const int64_t Tc = insitra_model_dims_tokens(d);
+        const int64_t Tc = insitra_model_dims_attn_tokens(d);
         const insitra_attention_block_shape sh{B, Tc, Tc, d->d_model, d->n_heads, 0, 0, false, c->bf16};
         INSITRA_CHECK(insitra_cuda_attention_block_check(&sh));
     } else if (insitra_gpu_attention_fused(be->act_size)) {
@@ -500,6 +500,42 @@ insitra_status cuda_pos_backward(insitra_backend *be, float *dpos, const void *d
     return INSITRA_STATUS_OK;
 }
 
+/* ---- tensor parallelism ---- */
+
+insitra_status cuda_bias_residual_forward(insitra_backend *be, void *out, const void *inp, const void *b,
+                                          const void *residual, int64_t N, int64_t C)
+{
+    cuda_backend *c = cu(be);
+    if (c->bf16)
+        insitra_bias_residual<bf16>((bf16 *)out, (const bf16 *)inp, (const bf16 *)b, (const bf16 *)residual, N, C,
+                                    c->cs);
+    else
+        insitra_bias_residual<float>((float *)out, (const float *)inp, (const float *)b, (const float *)residual, N,
+                                     C, c->cs);
+    LAUNCH_TRY();
+    return INSITRA_STATUS_OK;
+}
+
+/* db (C) += column sums of dout (N,C): pos_backward's reduction with one token per sample */
+insitra_status cuda_bias_backward(insitra_backend *be, float *db, const void *dout, int64_t N, int64_t C)
+{
+    return cuda_pos_backward(be, db, dout, N, 1, C);
+}
+
+/* out (Q,P,n) = in (P,Q,n): P strided copies, one per p */
+insitra_status cuda_block_transpose(insitra_backend *be, void *out, const void *in, int64_t P, int64_t Q, int64_t n,
+                                    insitra_dtype t)
+{
+    cuda_backend *c = cu(be);
+    const size_t row = (size_t)n * insitra_dtype_size(t);
+    for (int64_t p = 0; p < P; p++)
+        CUDA_TRY(cudaMemcpy2DAsync((char *)out + (size_t)p * row, (size_t)P * row,
+                                   (const char *)in + (size_t)(p * Q) * row, row, row, (size_t)Q,
+                                   cudaMemcpyDeviceToDevice, c->cs));
+    return INSITRA_STATUS_OK;
+}
+
+
 insitra_status cuda_layernorm_forward(insitra_backend *be, void *out, float *mean, float *rstd, const void *inp,
                                       const void *w, const void *b, int64_t N, int64_t C)
 {
@@ -778,15 +814,16 @@ insitra_status done(cuda_backend *c, insitra_coll *h)
     return INSITRA_STATUS_OK;
 }
 
-insitra_status cuda_reduce_scatter(insitra_backend *be, insitra_group *g, const float *send, float *recv, int64_t n,
-                                   insitra_coll *h)
+insitra_status cuda_reduce_scatter(insitra_backend *be, insitra_group *g, const void *send, void *recv, int64_t n,
+                                   insitra_dtype t, insitra_coll *h)
 {
     cuda_backend *c = cu(be);
     INSITRA_CHECK(fork(c, h));
     if (!g->nccl)
-        INSITRA_CHECK(copy_on(c->ns, recv, send, (size_t)n * sizeof(float)));
+        INSITRA_CHECK(copy_on(c->ns, recv, send, (size_t)n * insitra_dtype_size(t)));
     else
-        NCCL_TRY(ncclReduceScatter(send, recv, (size_t)n, ncclFloat, ncclSum, g->nccl, c->ns));
+        NCCL_TRY(ncclReduceScatter(send, recv, (size_t)n, t == INSITRA_DTYPE_BF16 ? ncclBfloat16 : ncclFloat, ncclSum,
+                                   g->nccl, c->ns));
     return done(c, h);
 }
 
@@ -983,6 +1020,9 @@ const insitra_backend_i cuda_interface = {
     /* .attention_block_done = */ cuda_attention_block_done,
     /* .ring_shift = */ cuda_ring_shift,
     /* .join_stream = */ cuda_join_stream,
+    /* .bias_residual_forward = */ cuda_bias_residual_forward,
+    /* .bias_backward = */ cuda_bias_backward,
+    /* .block_transpose = */ cuda_block_transpose,
 };
 
 insitra_status pick_device(cuda_backend *c, MPI_Comm comm)

@@ -11,7 +11,9 @@
 size_t insitra_test_sizeof_metrics(void);
 size_t insitra_test_sizeof_memory_usage(void);
 size_t insitra_test_sizeof_plan(void);
+size_t insitra_test_sizeof_plan_grid(void);
 
 size_t insitra_test_sizeof_metrics(void) { return sizeof(insitra_metrics); }
 size_t insitra_test_sizeof_memory_usage(void) { return sizeof(insitra_memory_usage); }
 size_t insitra_test_sizeof_plan(void) { return sizeof(insitra_plan); }
+size_t insitra_test_sizeof_plan_grid(void) { return sizeof(insitra_plan_grid); }

@@ -31,6 +31,10 @@ program test_api
       import :: c_size_t
       integer(c_size_t) :: n
     end function sizeof_plan
+    function sizeof_plan_grid() bind(c, name='insitra_test_sizeof_plan_grid') result(n)
+      import :: c_size_t
+      integer(c_size_t) :: n
+    end function sizeof_plan_grid
   end interface
 
   call MPI_Init()
@@ -124,13 +128,14 @@ contains
     type(insitra_metrics) :: m
     type(insitra_memory_usage) :: usage
     type(insitra_plan) :: plan
-    integer(c_size_t) :: fortran(3), c(3)
-    character(len=64) :: sizes
-    fortran = [c_sizeof(m), c_sizeof(usage), c_sizeof(plan)]
-    c = [sizeof_metrics(), sizeof_memory_usage(), sizeof_plan()]
-    write(sizes, '(3(i0, 1x), a, 3(1x, i0), a)') fortran, 'in Fortran,', c, ' in C'
+    type(insitra_plan_grid) :: grid
+    integer(c_size_t) :: fortran(4), c(4)
+    character(len=80) :: sizes
+    fortran = [c_sizeof(m), c_sizeof(usage), c_sizeof(plan), c_sizeof(grid)]
+    c = [sizeof_metrics(), sizeof_memory_usage(), sizeof_plan(), sizeof_plan_grid()]
+    write(sizes, '(4(i0, 1x), a, 4(1x, i0), a)') fortran, 'in Fortran,', c, ' in C'
     call check(all(fortran == c), 'sizes of insitra_metrics, insitra_memory_usage, ' // &
-               'insitra_plan: ' // trim(sizes))
+               'insitra_plan, insitra_plan_grid: ' // trim(sizes))
   end subroutine test_struct_layout
 
   subroutine test_config()
@@ -144,7 +149,8 @@ contains
     type(insitra_plan) :: plan
     integer :: seq_len
     integer(c_int64_t) :: max_seq
-    logical :: at_limit
+    logical :: at_limit, found
+    type(insitra_plan_grid) :: grid
 
     write(version, '(i0, ".", i0, ".", i0)') INSITRA_VERSION_MAJOR, INSITRA_VERSION_MINOR, &
                                              INSITRA_VERSION_PATCH
@@ -194,6 +200,12 @@ contains
     call check(max_seq >= seq_len .and. .not. at_limit, 'plan_max_seq_len within the plan''s total')
     call cfg%plan_max_seq_len(4, 1, 1_c_int64_t, max_seq)
     call check(max_seq == 0, 'plan_max_seq_len of one byte is 0')
+    ! A roomy budget: the suggested grid splits no sample and fits it.
+    call cfg%plan_suggest_grid(4, 2 * plan%memory%total_bytes, grid, found)
+    call check(found .and. grid%dp == 4 .and. grid%cp == 1 .and. grid%tp == 1 .and. &
+               grid%plan%memory%total_bytes <= 2 * plan%memory%total_bytes, 'plan_suggest_grid, a roomy budget')
+    call cfg%plan_suggest_grid(4, 1_c_int64_t, grid, found)
+    call check(.not. found, 'plan_suggest_grid of one byte finds none')
 
     ! A typed get of a key of another type names the key.
     call cfg%get('optimizer.lr', n_heads, stat)

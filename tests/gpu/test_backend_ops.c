@@ -312,6 +312,19 @@ static insitra_status op_shard(insitra_backend *be, void **b, const int64_t *d)
     return be->i->add(be, b[4], b[5], 86);
 }
 
+static insitra_status op_bias_residual(insitra_backend *be, void **b, const int64_t *d)
+{
+    /* d: N, C; b: out, inp, b, residual, db, dout */
+    INSITRA_CHECK(be->i->bias_residual_forward(be, b[0], b[1], b[2], b[3], d[0], d[1]));
+    return be->i->bias_backward(be, b[4], b[5], d[0], d[1]);
+}
+
+static insitra_status op_block_transpose(insitra_backend *be, void **b, const int64_t *d)
+{
+    /* d: P, Q, n; b: out (Q,P,n), in (P,Q,n) */
+    return be->i->block_transpose(be, b[0], b[1], d[0], d[1], d[2], be->act);
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -432,6 +445,30 @@ int main(int argc, char **argv)
             c.t[3] = T_OUT("dqkv", B * T * 3 * C, true, 0);
             c.t[4] = T_IN("dout", B * T * C, true, 1);
             check(cpu, gpu, &c, op_attention, d, tol);
+        }
+        const int64_t bias[][2] = {{1, 8}, {37, 24}, {512, 64}};
+        for (size_t k = 0; k < sizeof bias / sizeof *bias; k++) {
+            const int64_t N = bias[k][0], C = bias[k][1];
+            snprintf(c.name, sizeof c.name, "bias_residual_forward+bias_backward N%lld C%lld %s", (long long)N,
+                     (long long)C, p);
+            c.nt = 6;
+            c.t[0] = T_OUT("out", N * C, true, 0);
+            c.t[1] = T_IN("inp", N * C, true, 1);
+            c.t[2] = T_IN("b", C, true, 0.5f);
+            c.t[3] = T_IN("residual", N * C, true, 1);
+            c.t[4] = T_OUT("db", C, false, 0.1f); /* accumulates into what is there */
+            c.t[5] = T_IN("dout", N * C, true, 1);
+            check(cpu, gpu, &c, op_bias_residual, bias[k], tol);
+        }
+        const int64_t tr[][3] = {{1, 3, 5}, {2, 4, 96}, {4, 3, 1000}};
+        for (size_t k = 0; k < sizeof tr / sizeof *tr; k++) {
+            const int64_t *d = tr[k], n = d[0] * d[1] * d[2];
+            snprintf(c.name, sizeof c.name, "block_transpose P%lld Q%lld n%lld %s", (long long)d[0], (long long)d[1],
+                     (long long)d[2], p);
+            c.nt = 2;
+            c.t[0] = T_OUT("out", n, true, 0);
+            c.t[1] = T_IN("in", n, true, 1);
+            check(cpu, gpu, &c, op_block_transpose, d, 0.0); /* a copy: the same bits */
         }
         /* B, Tq, Tk, C, H, q_pos, k_pos of the other block, causal: the other block before the
          * queries, after them (wholly masked, folded in first), overlapping them, Tk != Tq; head
