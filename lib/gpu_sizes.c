@@ -34,8 +34,10 @@ insitra_gpu_sdpa insitra_gpu_sdpa_choice(const insitra_model_dims *d, int64_t B,
     if (want && !strcmp(want, "cudnn")) return INSITRA_GPU_SDPA_DETERMINISTIC;
     if (want && !strcmp(want, "cudnn-fast")) return INSITRA_GPU_SDPA_FAST;
     if (want && *want && strcmp(want, "auto")) return INSITRA_GPU_SDPA_NONE;
+    /* this rank's heads (tp) over the whole sample (cp = 1 here) */
     const int64_t hd = d->n_heads > 0 ? d->d_model / d->n_heads : 0;
-    const int64_t dp = insitra_gpu_sdpa_bytes(B, d->n_heads, d->seq_len, hd, INSITRA_GPU_SDPA_DETERMINISTIC);
+    const int64_t dp = insitra_gpu_sdpa_bytes(B, insitra_model_dims_heads(d), d->seq_len, hd,
+                                              INSITRA_GPU_SDPA_DETERMINISTIC);
     return dp <= INSITRA_GPU_SDPA_AUTO_BYTES ? INSITRA_GPU_SDPA_DETERMINISTIC : INSITRA_GPU_SDPA_NONE;
 #else
     (void)d, (void)B, (void)act_size;
@@ -57,9 +59,12 @@ int64_t insitra_gpu_sdpa_bytes(int64_t B, int64_t H, int64_t T, int64_t hd, insi
 
 insitra_gpu_workspace insitra_gpu_workspace_for(const insitra_model_dims *d, int64_t B, size_t act_size)
 {
-    /* the tokens a rank's attention sees (T / cp); with cp > 1 the attention is the ring's (lib/attention_ring.h),
-     * which keeps its blocks in the activations and takes none of the attention's buffers */
-    const int64_t T = insitra_model_dims_attn_tokens(d), C = d->d_model, H = d->n_heads, N = mul(B, T);
+    /* the tokens a rank's attention sees (T / cp) and its heads (H / tp); with cp > 1 the
+     * attention is the ring's (lib/attention_ring.h), which keeps its blocks in the
+     * activations and takes none of the attention's buffers. Widths stay the whole
+     * model's: an upper bound of a tp rank's. */
+    const int64_t T = insitra_model_dims_attn_tokens(d), C = d->d_model, H = insitra_model_dims_heads(d);
+    const int64_t N = mul(B, T);
     const int64_t es = (int64_t)act_size, NCe = mul(mul(N, C), es);
     const int64_t widest = 4 * C > d->out_features ? 4 * C : d->out_features;
     const int64_t col_a = mul(insitra_gpu_col_splits(N), 2 * widest);
@@ -79,7 +84,8 @@ insitra_gpu_workspace insitra_gpu_workspace_for(const insitra_model_dims *d, int
     w.segment_partial =
         take(&u, insitra_param_layout_count(d->n_layers) * INSITRA_GPU_SEGMENT_BLOCKS * (int64_t)sizeof(double));
     w.gemm = take(&u, INSITRA_GPU_GEMM_WORKSPACE);
-    w.sdpa_bytes = insitra_gpu_sdpa_bytes(B, H, T, H > 0 ? C / H : 0, insitra_gpu_sdpa_choice(d, B, act_size));
+    w.sdpa_bytes = insitra_gpu_sdpa_bytes(B, H, T, d->n_heads > 0 ? C / d->n_heads : 0,
+                                          insitra_gpu_sdpa_choice(d, B, act_size));
     w.sdpa = take(&u, w.sdpa_bytes);
     w.total = u;
     return w;
@@ -89,10 +95,11 @@ insitra_gpu_workspace insitra_gpu_workspace_for(const insitra_model_dims *d, int
  * softmax probabilities (B,H,T,T) (materialised). */
 static int64_t cuda_attention_state_bytes(const insitra_model_dims *d, int64_t B, size_t act_size)
 {
-    const int64_t rows = mul(mul(B, d->n_heads), insitra_model_dims_attn_tokens(d));
+    /* this rank's heads (tp) over the tokens its attention sees (cp) */
+    const int64_t Ta = insitra_model_dims_attn_tokens(d), rows = mul(mul(B, insitra_model_dims_heads(d)), Ta);
     /* the ring (cp > 1) keeps the log-sum-exp too, of the rank's tokens */
     if (insitra_gpu_attention_fused(act_size) || d->cp > 1) return mul(rows, (int64_t)sizeof(float));
-    return mul(mul(rows, d->seq_len), (int64_t)act_size);
+    return mul(mul(rows, Ta), (int64_t)act_size);
 }
 
 static int64_t cuda_workspace_bytes(const insitra_model_dims *d, int64_t B, size_t act_size)

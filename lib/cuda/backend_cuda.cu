@@ -126,18 +126,19 @@ insitra_status cuda_synchronize(insitra_backend *be)
  * for both directions at these shapes (the same tanh form as our kernels). */
 bool probe_fused_gelu(cuda_backend *c, const insitra_model_dims *d, int64_t B)
 {
-    const int64_t C = d->d_model, N = B * d->seq_len;
+    /* the MLP's fc at this rank's shape: the tp group's tokens, this rank's 4C / tp columns */
+    const int64_t C = d->d_model, N = B * insitra_model_dims_attn_tokens(d), W = 4 * C / insitra_model_dims_tp(d);
     if (N == 0 || d->n_layers == 0) return false;
     void *any = c->workspace; /* 256-byte aligned stand-ins: nothing runs */
     insitra_gemm f{};
-    f.ta = true; f.m = 4 * C; f.n = N; f.k = C;
+    f.ta = true; f.m = W; f.n = N; f.k = C;
     f.a = any; f.lda = C; f.b = any; f.ldb = C;
-    f.d = any; f.ldd = 4 * C; f.alpha = 1.f; f.batch = 1;
+    f.d = any; f.ldd = W; f.alpha = 1.f; f.batch = 1;
     f.bias = any; f.gelu = INSITRA_GELU_FORWARD; f.aux = any;
     insitra_gemm b{};
-    b.m = 4 * C; b.n = N; b.k = C;
-    b.a = any; b.lda = 4 * C; b.b = any; b.ldb = C;
-    b.d = any; b.ldd = 4 * C; b.alpha = 1.f; b.batch = 1;
+    b.m = W; b.n = N; b.k = C;
+    b.a = any; b.lda = W; b.b = any; b.ldb = C;
+    b.d = any; b.ldd = W; b.alpha = 1.f; b.batch = 1;
     b.gelu = INSITRA_GELU_BACKWARD; b.aux = any;
     return insitra_matmul_supported(&c->mm, &f, c->ab, c->ab) && insitra_matmul_supported(&c->mm, &b, c->ab, c->ab);
 }
@@ -204,18 +205,20 @@ insitra_status cuda_reserve(insitra_backend *be, const insitra_model_dims *d, in
     }
     /* a head size the attention kernels cannot run is a configuration error, found here */
     const bool ring = d->cp > 1; /* the attention of lib/attention_ring.c, on blocks of a rank's tokens */
+    /* the attention a rank runs: the tokens it sees (T / cp), its heads and their width (tp) */
+    const int64_t Ta = insitra_model_dims_attn_tokens(d), Hl = insitra_model_dims_heads(d);
+    const int64_t Cl = d->d_model / insitra_model_dims_tp(d);
     if (ring) {
-        const int64_t Tc = insitra_model_dims_attn_tokens(d);
-        const insitra_attention_block_shape sh{B, Tc, Tc, d->d_model, d->n_heads, 0, 0, false, c->bf16};
+        const insitra_attention_block_shape sh{B, Ta, Ta, Cl, Hl, 0, 0, false, c->bf16};
         INSITRA_CHECK(insitra_cuda_attention_block_check(&sh));
     } else if (insitra_gpu_attention_fused(be->act_size)) {
-        const insitra_attention_shape sh{B, d->seq_len, d->d_model, d->n_heads, false, c->bf16};
+        const insitra_attention_shape sh{B, Ta, Cl, Hl, false, c->bf16};
         INSITRA_CHECK(insitra_fused_attention_check(&sh));
     }
     c->ws = w;
 #ifdef INSITRA_HAVE_CUDNN
     if (!ring && insitra_gpu_attention_fused(be->act_size)) {
-        const insitra_attention_shape run{B, d->seq_len, d->d_model, d->n_heads, d->causal, c->bf16};
+        const insitra_attention_shape run{B, Ta, Cl, Hl, d->causal, c->bf16};
         INSITRA_CHECK(reserve_cudnn_attention(c, d, B, &run));
     }
 #endif
