@@ -5,14 +5,20 @@
  * that keeps the (B,H,T,T) probabilities, head merge), on the same inputs.
  * bench/bench_torch_attention.py times PyTorch's SDPA on the same shape.
  *
- *   bench_gpu_attention [--B 16] [--H 12] [--T 1024] [--hd 64] [--causal] [--fp32] [--reps 50]
+ *   bench_gpu_attention [--B 16] [--H 12] [--T 1024] [--hd 64] [--causal] [--fp32] [--reps 50] [--cp 1]
+ *
+ * With --cp c > 1 it also times one rank's part of a context-parallel
+ * attention of the same samples (lib/cuda/attention_block.cuh): T / c
+ * queries meeting c blocks of T / c keys in the ring's order, forward (the
+ * blocks, then finish) and backward (the blocks, then done), without the
+ * ring's communication. The rank is the last one, which with causal sees
+ * every block (the others wait for it at each step of the ring).
  *
  * Median over reps of CUDA-event times; the inputs (qkv and dout, uniform
  * random) are larger than the L2 cache at the default shape. Prints one line
- *   attention impl=fused B=.. H=.. T=.. hd=.. causal=.. precision=.. fwd_ms=.. bwd_ms=.. total_ms=.. tflops=..
- * per implementation (FLOPs counted as 4 B H T^2 hd forward and 10 B H T^2 hd
- * backward, halved when causal: the matrix products an exact attention
- * needs, not the recomputation the fused backward does).
+ *   attention impl=fused B=.. H=.. T=.. hd=.. causal=.. precision=.. fwd_ms=.. bwd_ms=.. total_ms=..
+ * tflops=.. per implementation (FLOPs counted as 4 B H T^2 hd forward and 10 B H T^2 hd backward, halved when
+ * causal: the matrix products an exact attention needs, not the recomputation the fused backward does).
  */
 #include <algorithm>
 #include <cuda_bf16.h>
@@ -24,6 +30,7 @@
 #include <vector>
 
 #include "cuda/attention.cuh"
+#include "cuda/attention_block.cuh"
 #ifdef INSITRA_HAVE_CUDNN
 #include "cuda/attention_cudnn.cuh"
 #endif
@@ -36,6 +43,7 @@ struct args {
     int64_t B = 16, H = 12, T = 1024, hd = 64;
     bool causal = false, fp32 = false;
     int reps = 50;
+    int64_t cp = 1;
 };
 
 /* The materialised attention of the model before the fused kernels, on
@@ -167,6 +175,60 @@ template <typename T> int run(const args &a)
         if (good) report("fused", f, b);
     }
 
+    if (good && a.cp > 1) {
+        /* one rank's queries (the last rank's) against the blocks of every rank, packed from
+         * parts of qkv; out, lse (as m), delta (as l), dqkv and dout are the buffers above */
+        const int64_t Tc = a.T / a.cp, nkv = a.B * Tc * 2 * C, nq = a.B * Tc * 3 * C;
+        const int64_t q = a.cp - 1;
+        const bool bf = sizeof(T) == 2;
+        T *kv = nullptr;
+        float *dkv = nullptr;
+        cudaMalloc(&kv, (size_t)(a.cp * nkv) * sizeof(T)), cudaMalloc(&dkv, (size_t)nkv * sizeof(float));
+        for (int64_t j = 0; j < a.cp; j++)
+            insitra_cuda_attention_kv_pack(kv + j * nkv, qkv + j * nq, a.B * Tc, C, sizeof(T), 0);
+        const T *qr = qkv + q * nq;
+        const auto block = [&](int64_t j) {
+            return insitra_attention_block_shape{a.B, Tc, Tc, C, a.H, q * Tc, j * Tc, a.causal, bf};
+        };
+        const auto fwd = [&] {
+            insitra_status st = INSITRA_STATUS_OK;
+            for (int64_t s = 0; s < a.cp && st == INSITRA_STATUS_OK; s++) {
+                const insitra_attention_block_shape b = block(q - s);
+                st = insitra_cuda_attention_block_forward(out, lse, delta, qr, kv + (q - s) * nkv, &b, s == 0,
+                                                          0);
+            }
+            if (st == INSITRA_STATUS_OK)
+                st = insitra_cuda_attention_block_finish(out, lse, lse, delta, a.B, Tc, C, a.H, bf, 0);
+            return st;
+        };
+        const auto bwd = [&] {
+            cudaMemsetAsync(dqkv, 0, (size_t)nq * sizeof(T), 0);
+            cudaMemsetAsync(dkv, 0, (size_t)nkv * sizeof(float), 0);
+            insitra_status st = INSITRA_STATUS_OK;
+            for (int64_t s = 0; s < a.cp && st == INSITRA_STATUS_OK; s++) {
+                const insitra_attention_block_shape b = block(q - s);
+                st = insitra_cuda_attention_block_backward(dqkv, dkv, dout, qr, kv + (q - s) * nkv, out, lse,
+                                                           &b, 0);
+            }
+            if (st == INSITRA_STATUS_OK)
+                st = insitra_cuda_attention_block_done(dqkv, dkv, a.B * Tc, C, a.H, bf, 0);
+            return st;
+        };
+        if (ok(fwd(), "block forward") && ok(bwd(), "block backward")) {
+            const double f = time_ms(fwd, a.reps), b = time_ms(bwd, a.reps);
+            /* this rank's exact products: cp whole blocks, or with causal cp - 1 and half the diagonal one */
+            const double pairs = (a.causal ? (double)a.cp - 0.5 : (double)a.cp) * (double)Tc * Tc;
+            const double fl = 14.0 * a.B * a.H * pairs * a.hd;
+            printf(
+                "attention impl=blocks_cp%lld rank=%lld B=%lld H=%lld Tc=%lld hd=%lld causal=%d precision=%s "
+                "fwd_ms=%.4f bwd_ms=%.4f total_ms=%.4f tflops=%.1f\n",
+                (long long)a.cp, (long long)q, (long long)a.B, (long long)a.H, (long long)Tc, (long long)a.hd,
+                (int)a.causal, bf ? "bf16" : "fp32", f, b, f + b, fl / ((f + b) * 1e-3) / 1e12);
+            fflush(stdout);
+        }
+        cudaFree(kv), cudaFree(dkv);
+    }
+
 #ifdef INSITRA_HAVE_CUDNN
     /* cuDNN's SDPA (bf16), both backward graphs: its output and gradients
      * against the fused kernels' (max |difference| / max |fused value|), and
@@ -256,14 +318,16 @@ int main(int argc, char **argv)
         else if (has_value && !strcmp(k, "--T")) a.T = atoll(argv[++i]);
         else if (has_value && !strcmp(k, "--hd")) a.hd = atoll(argv[++i]);
         else if (has_value && !strcmp(k, "--reps")) a.reps = atoi(argv[++i]);
+        else if (has_value && !strcmp(k, "--cp"))
+            a.cp = atoll(argv[++i]);
         else {
             fprintf(stderr, "usage: bench_gpu_attention [--B 16] [--H 12] [--T 1024] [--hd 64] [--causal] "
-                            "[--fp32] [--reps 50]\n");
+                            "[--fp32] [--reps 50] [--cp 1]\n");
             return 2;
         }
     }
-    if (a.B < 1 || a.H < 1 || a.T < 1 || a.hd < 1 || a.reps < 1) {
-        fprintf(stderr, "bench_gpu_attention: B, H, T, hd and reps must be positive\n");
+    if (a.B < 1 || a.H < 1 || a.T < 1 || a.hd < 1 || a.reps < 1 || a.cp < 1 || a.T % a.cp != 0) {
+        fprintf(stderr, "bench_gpu_attention: B, H, T, hd, reps and cp must be positive, cp dividing T\n");
         return 2;
     }
     return a.fp32 ? run<float>(a) : run<bf16>(a);

@@ -245,14 +245,16 @@ static int bench_training(bench_config *bc, int warmup, int steps, int n_overrid
         double flops_per_token =
             6.0 * (double)params + 12.0 * (double)(bc->n_layers * bc->d_model * bc->seq_len);
         double tokens_per_s = tokens / step_s;
+        insitra_memory_usage mem = {0};
+        insitra_memory_report(trainer, &mem);
         printf("insitra config=%s ranks=%d threads=%s warmup=%d steps=%d params=%lld "
                "tokens_per_step=%.0f flops_per_token=%.0f step_ms=%.3f step_ms_min=%.3f "
                "step_ms_mean=%.3f tokens_per_s=%.1f gflops=%.2f comm_wait_ms=%.3f "
-               "comm_share=%.4f cpu_ms=%.3f loss=%.6g\n",
+               "comm_share=%.4f cpu_ms=%.3f mem_mib=%.1f loss=%.6g\n",
                bc->name, nranks, thread_env(), warmup, steps, (long long)params, tokens,
                flops_per_token, 1e3 * step_s, 1e3 * times[0], 1e3 * mean, tokens_per_s,
                flops_per_token * tokens_per_s * 1e-9, 1e3 * wait_s, wait_s / step_s, 1e3 * cpu_s,
-               metrics.loss);
+               (double)mem.total_bytes / 1048576.0, metrics.loss);
     }
     free(times);
     free(waits);

@@ -428,18 +428,6 @@ insitra_status insitra_config_validate(const insitra_config *cfg)
                                  " do not divide model.seq_len = %" PRId64 " (each of the cp x tp ranks "
                                  "holds seq_len / (cp tp) tokens of every sample)",
                                  cfg->parallel.cp, cfg->parallel.tp, cfg->model.seq_len);
-    if (cfg->parallel.tp > 1 && cfg->device == INSITRA_DEVICE_CUDA)
-        return insitra_error_set(
-            INSITRA_STATUS_CONFIG_ERROR,
-            "config key 'parallel.tp': value %" PRId64 " needs device = cpu; the CUDA "
-            "backend has no tensor-parallel layers in this version (set parallel.tp = 1)",
-            cfg->parallel.tp);
-    if (cfg->parallel.cp > 1 && cfg->device == INSITRA_DEVICE_CUDA)
-        return insitra_error_set(
-            INSITRA_STATUS_CONFIG_ERROR,
-            "config key 'parallel.cp': value %" PRId64 " needs device = cpu; the CUDA "
-            "backend has no context-parallel attention in this version (set parallel.cp = 1)",
-            cfg->parallel.cp);
     INSITRA_CHECK(insitra_residual_map_parse(cfg, NULL));
     return insitra_config_check_sizes(cfg);
 }

@@ -166,7 +166,8 @@ static bool leaves_sdpa(const insitra_config *cfg, int64_t T)
 {
     insitra_config c = *cfg;
     c.model.seq_len = T;
-    const insitra_model_dims d = insitra_config_model_dims(&c);
+    insitra_model_dims d = insitra_config_model_dims(&c);
+    d.cp = c.parallel.cp; /* with cp > 1 the ring runs, never SDPA */
     const size_t act = c.precision == INSITRA_PRECISION_BF16 ? 2 : 4;
     return insitra_gpu_sdpa_choice(&d, insitra_config_micro_batch(&c), act) == INSITRA_GPU_SDPA_NONE;
 }

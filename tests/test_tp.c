@@ -17,12 +17,18 @@
  * model against its analytic gradient (the slices put together, the
  * replicated tensors' parts summed). tp not dividing n_heads, or the world,
  * refused on every rank; ranks of a tp group passing different sample counts
- * refused.
+ * refused. Built with INSITRA_TEST_CUDA (gpu_tp_np2) the trainers run on
+ * the CUDA backend in fp32, one GPU per rank, and the test skips with fewer
+ * GPUs than ranks.
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#ifdef INSITRA_TEST_CUDA
+#include <cuda_runtime.h>
+#endif
 
 #include "backend.h"
 #include "gradcheck.h"
@@ -113,6 +119,9 @@ static insitra_trainer *make(insitra_test *tc, MPI_Comm comm, int stage, int cp,
         insitra_test_set(tc, cfg, "training.recompute", "block");
         insitra_test_set(tc, cfg, "training.micro_batch_size", "1");
     }
+#ifdef INSITRA_TEST_CUDA /* gpu_tp_np2: the same runs on the CUDA backend, fp32 */
+    insitra_test_set(tc, cfg, "device", "cuda");
+#endif
     insitra_test_set(tc, cfg, "parallel.zero_stage", "%d", stage);
     insitra_test_set(tc, cfg, "parallel.cp", "%d", cp);
     insitra_test_set(tc, cfg, "parallel.tp", "%d", tp);
@@ -369,6 +378,13 @@ int main(int argc, char **argv)
 {
     insitra_test tc = insitra_test_begin(&argc, &argv, "tp");
     const int size = tc.size;
+#ifdef INSITRA_TEST_CUDA
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess) devices = 0;
+    if (devices < size)
+        return insitra_test_skip(&tc, "%d rank(s) need as many CUDA devices, this machine has %d usable", size,
+                                 devices);
+#endif
     for (int i = 0; i < N_SAMPLES * T * F; i++) {
         const float v = (float)sin(0.37 * i);
         (&gx[0][0][0])[i] = 2.0f + 3.0f * v;

@@ -11,13 +11,16 @@
 #   check_resume.sh WORKDIR LAUNCHER...
 #
 # LAUNCHER... runs heat2d on its ranks (mpiexec -n 2 .../heat2d); the
-# namelist's path is appended to it.
+# namelist's path is appended to it. The environment may change the run:
+# HEAT2D_STEPS, HEAT2D_SPINUP, HEAT2D_STOP_AT, and HEAT2D_NAMELIST, lines
+# added to the namelist (example_heat2d_field_resume_np2: mode = 'field').
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=$1
 shift
 
-STEPS=400 PUSH_EVERY=2 STOP_AT=100 MAX_ERROR=0.1
+STEPS=${HEAT2D_STEPS:-400} SPINUP=${HEAT2D_SPINUP:-0} STOP_AT=${HEAT2D_STOP_AT:-100}
+PUSH_EVERY=2 MAX_ERROR=0.1
 
 rm -rf "$work"
 mkdir -p "$work"
@@ -27,6 +30,8 @@ for run in straight resumed; do
 &parameters
   nx = 64, ny = 64
   steps = $STEPS
+  spinup = $SPINUP
+  ${HEAT2D_NAMELIST:-}
   push_every = $PUSH_EVERY
   output_every = 50
   eval_patches = 16
@@ -64,7 +69,8 @@ echo "check_resume: stopped after solver step $stopped_at; resumed run: $steps s
 
 check "the run stopped partway ($stopped_at < $STEPS)" test "${stopped_at:-$STEPS}" -lt "$STEPS"
 check "the resumed run finished the planned $STEPS solver steps" test "$steps" = "$STEPS"
-check "and $((STEPS / PUSH_EVERY)) training steps" test "$train_steps" = "$((STEPS / PUSH_EVERY))"
+check "and $(((STEPS - SPINUP) / PUSH_EVERY)) training steps" \
+  test "$train_steps" = "$(((STEPS - SPINUP) / PUSH_EVERY))"
 check "the held-out error is finite and below $MAX_ERROR" \
   awk -v e="$error" -v max="$MAX_ERROR" \
     'BEGIN { exit !(e ~ /^ *[-+]?[0-9.]+([eE][-+]?[0-9]+)?$/ && e + 0 < max) }'

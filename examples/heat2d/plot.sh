@@ -21,7 +21,8 @@ fi
 
 data=$(mktemp)
 trap 'rm -f "$data"' EXIT
-# One row per interval record: step, loss, rel_l2, no_change_rel_l2.
+# One row per interval record: step, loss, rel_l2, no_change_rel_l2 and
+# field_rel_l2 (heat2d's mode = 'both': the whole-field surrogate's error).
 awk '
   function field(key,    s) {
     if (!match($0, "\"" key "\": *[-+0-9.eE]+")) return "NaN"
@@ -30,7 +31,7 @@ awk '
     return s
   }
   /"event": "interval"/ {
-    print field("step"), field("loss"), field("rel_l2"), field("no_change_rel_l2")
+    print field("step"), field("loss"), field("rel_l2"), field("no_change_rel_l2"), field("field_rel_l2")
   }' "$metrics" >"$data"
 if [ ! -s "$data" ]; then
   echo "plot.sh: no interval records in $metrics" >&2
@@ -51,6 +52,12 @@ resumes=$(awk '/"event": "resumed"/ { if (match($0, /"step": *[0-9]+/)) {
   printf "set arrow from %s, graph 0 to %s, graph 1 nohead dashtype 3 lc rgb \"gray40\"\n", s, s
   printf "set label \"resumed\" at %s, graph 0.04 offset 0.5, 0 font \",9\"\n", s } }' "$metrics")
 [ -n "$final" ] && title="$title: held-out relative L2 error at the end $final"
+# gnuplot stops on a column with no number at all: the whole-field curve only when there is one.
+field_curve="" main_title="surrogate" loss_title="training loss (MSE)"
+if awk '$5 != "NaN" { found = 1 } END { exit !found }' "$data"; then
+  field_curve=", '' using 1:5 with linespoints pt 9 ps 0.6 title 'whole-field surrogate relative L2 error (held out)'"
+  main_title="per-patch surrogate" loss_title="per-patch training loss (MSE)"
+fi
 
 gnuplot <<GNUPLOT
 set terminal $terminal
@@ -62,8 +69,8 @@ set format y '10^{%L}'
 set grid
 set key top right
 $resumes
-plot '$data' using 1:2 with linespoints pt 7 ps 0.6 title 'training loss (MSE)', \
-     '' using 1:3 with linespoints pt 5 ps 0.6 title 'surrogate relative L2 error (held out)', \
-     '' using 1:4 with lines dashtype 2 title "relative L2 error of predicting 'no change'"
+plot '$data' using 1:2 with linespoints pt 7 ps 0.6 title '$loss_title', \
+     '' using 1:3 with linespoints pt 5 ps 0.6 title '$main_title relative L2 error (held out)', \
+     '' using 1:4 with lines dashtype 2 title "relative L2 error of predicting 'no change'"$field_curve
 GNUPLOT
 echo "plot.sh: wrote $png"

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "attention.cuh"
+#include "attention_block.cuh"
 #ifdef INSITRA_HAVE_CUDNN
 #include "attention_cudnn.cuh"
 #endif
@@ -125,18 +126,19 @@ insitra_status cuda_synchronize(insitra_backend *be)
  * for both directions at these shapes (the same tanh form as our kernels). */
 bool probe_fused_gelu(cuda_backend *c, const insitra_model_dims *d, int64_t B)
 {
-    const int64_t C = d->d_model, N = B * d->seq_len;
+    /* the MLP's fc at this rank's shape: the tp group's tokens, this rank's 4C / tp columns */
+    const int64_t C = d->d_model, N = B * insitra_model_dims_attn_tokens(d), W = 4 * C / insitra_model_dims_tp(d);
     if (N == 0 || d->n_layers == 0) return false;
     void *any = c->workspace; /* 256-byte aligned stand-ins: nothing runs */
     insitra_gemm f{};
-    f.ta = true; f.m = 4 * C; f.n = N; f.k = C;
+    f.ta = true; f.m = W; f.n = N; f.k = C;
     f.a = any; f.lda = C; f.b = any; f.ldb = C;
-    f.d = any; f.ldd = 4 * C; f.alpha = 1.f; f.batch = 1;
+    f.d = any; f.ldd = W; f.alpha = 1.f; f.batch = 1;
     f.bias = any; f.gelu = INSITRA_GELU_FORWARD; f.aux = any;
     insitra_gemm b{};
-    b.m = 4 * C; b.n = N; b.k = C;
-    b.a = any; b.lda = 4 * C; b.b = any; b.ldb = C;
-    b.d = any; b.ldd = 4 * C; b.alpha = 1.f; b.batch = 1;
+    b.m = W; b.n = N; b.k = C;
+    b.a = any; b.lda = W; b.b = any; b.ldb = C;
+    b.d = any; b.ldd = W; b.alpha = 1.f; b.batch = 1;
     b.gelu = INSITRA_GELU_BACKWARD; b.aux = any;
     return insitra_matmul_supported(&c->mm, &f, c->ab, c->ab) && insitra_matmul_supported(&c->mm, &b, c->ab, c->ab);
 }
@@ -201,15 +203,22 @@ insitra_status cuda_reserve(insitra_backend *be, const insitra_model_dims *d, in
         INSITRA_CHECK(cuda_alloc(be, (size_t)w.total, "the kernels' workspace", &c->workspace));
         c->workspace_bytes = w.total;
     }
-    if (insitra_gpu_attention_fused(be->act_size)) {
-        /* a head size the fused kernels cannot run is a configuration error, found here */
-        const insitra_attention_shape sh{B, d->seq_len, d->d_model, d->n_heads, false, c->bf16};
+    /* a head size the attention kernels cannot run is a configuration error, found here */
+    const bool ring = d->cp > 1; /* the attention of lib/attention_ring.c, on blocks of a rank's tokens */
+    /* the attention a rank runs: the tokens it sees (T / cp), its heads and their width (tp) */
+    const int64_t Ta = insitra_model_dims_attn_tokens(d), Hl = insitra_model_dims_heads(d);
+    const int64_t Cl = d->d_model / insitra_model_dims_tp(d);
+    if (ring) {
+        const insitra_attention_block_shape sh{B, Ta, Ta, Cl, Hl, 0, 0, false, c->bf16};
+        INSITRA_CHECK(insitra_cuda_attention_block_check(&sh));
+    } else if (insitra_gpu_attention_fused(be->act_size)) {
+        const insitra_attention_shape sh{B, Ta, Cl, Hl, false, c->bf16};
         INSITRA_CHECK(insitra_fused_attention_check(&sh));
     }
     c->ws = w;
 #ifdef INSITRA_HAVE_CUDNN
-    if (insitra_gpu_attention_fused(be->act_size)) {
-        const insitra_attention_shape run{B, d->seq_len, d->d_model, d->n_heads, d->causal, c->bf16};
+    if (!ring && insitra_gpu_attention_fused(be->act_size)) {
+        const insitra_attention_shape run{B, Ta, Cl, Hl, d->causal, c->bf16};
         INSITRA_CHECK(reserve_cudnn_attention(c, d, B, &run));
     }
 #endif
@@ -494,6 +503,42 @@ insitra_status cuda_pos_backward(insitra_backend *be, float *dpos, const void *d
     return INSITRA_STATUS_OK;
 }
 
+/* ---- tensor parallelism ---- */
+
+insitra_status cuda_bias_residual_forward(insitra_backend *be, void *out, const void *inp, const void *b,
+                                          const void *residual, int64_t N, int64_t C)
+{
+    cuda_backend *c = cu(be);
+    if (c->bf16)
+        insitra_bias_residual<bf16>((bf16 *)out, (const bf16 *)inp, (const bf16 *)b, (const bf16 *)residual, N, C,
+                                    c->cs);
+    else
+        insitra_bias_residual<float>((float *)out, (const float *)inp, (const float *)b, (const float *)residual, N,
+                                     C, c->cs);
+    LAUNCH_TRY();
+    return INSITRA_STATUS_OK;
+}
+
+/* db (C) += column sums of dout (N,C): pos_backward's reduction with one token per sample */
+insitra_status cuda_bias_backward(insitra_backend *be, float *db, const void *dout, int64_t N, int64_t C)
+{
+    return cuda_pos_backward(be, db, dout, N, 1, C);
+}
+
+/* out (Q,P,n) = in (P,Q,n): P strided copies, one per p */
+insitra_status cuda_block_transpose(insitra_backend *be, void *out, const void *in, int64_t P, int64_t Q, int64_t n,
+                                    insitra_dtype t)
+{
+    cuda_backend *c = cu(be);
+    const size_t row = (size_t)n * insitra_dtype_size(t);
+    for (int64_t p = 0; p < P; p++)
+        CUDA_TRY(cudaMemcpy2DAsync((char *)out + (size_t)p * row, (size_t)P * row,
+                                   (const char *)in + (size_t)(p * Q) * row, row, row, (size_t)Q,
+                                   cudaMemcpyDeviceToDevice, c->cs));
+    return INSITRA_STATUS_OK;
+}
+
+
 insitra_status cuda_layernorm_forward(insitra_backend *be, void *out, float *mean, float *rstd, const void *inp,
                                       const void *w, const void *b, int64_t N, int64_t C)
 {
@@ -646,6 +691,47 @@ insitra_status cuda_add(insitra_backend *be, float *dst, const float *src, int64
     return INSITRA_STATUS_OK;
 }
 
+/* ---- context parallelism (lib/attention_ring.c): attention_block.cuh's kernels ---- */
+
+insitra_status cuda_attention_kv_pack(insitra_backend *be, void *kv, const void *qkv, int64_t N, int64_t C)
+{
+    return insitra_cuda_attention_kv_pack(kv, qkv, N, C, be->act_size, cu(be)->cs);
+}
+
+insitra_status cuda_attention_block_forward(insitra_backend *be, void *out, float *m, float *l,
+                                            const void *qkv, const void *kv, int64_t B, int64_t Tq,
+                                            int64_t Tk, int64_t C, int64_t H, int64_t q_pos, int64_t k_pos,
+                                            bool causal, bool first)
+{
+    cuda_backend *c = cu(be);
+    const insitra_attention_block_shape sh{B, Tq, Tk, C, H, q_pos, k_pos, causal, c->bf16};
+    return insitra_cuda_attention_block_forward(out, m, l, qkv, kv, &sh, first, c->cs);
+}
+
+insitra_status cuda_attention_block_finish(insitra_backend *be, void *out, float *lse, const float *m,
+                                           const float *l, int64_t B, int64_t Tq, int64_t C, int64_t H)
+{
+    cuda_backend *c = cu(be);
+    return insitra_cuda_attention_block_finish(out, lse, m, l, B, Tq, C, H, c->bf16, c->cs);
+}
+
+insitra_status cuda_attention_block_backward(insitra_backend *be, void *dqkv, float *dkv, const void *dout,
+                                             const void *qkv, const void *kv, const void *out,
+                                             const float *lse, int64_t B, int64_t Tq, int64_t Tk, int64_t C,
+                                             int64_t H, int64_t q_pos, int64_t k_pos, bool causal)
+{
+    cuda_backend *c = cu(be);
+    const insitra_attention_block_shape sh{B, Tq, Tk, C, H, q_pos, k_pos, causal, c->bf16};
+    return insitra_cuda_attention_block_backward(dqkv, dkv, dout, qkv, kv, out, lse, &sh, c->cs);
+}
+
+insitra_status cuda_attention_block_done(insitra_backend *be, void *dqkv, float *dkv, int64_t N, int64_t C,
+                                         int64_t H)
+{
+    cuda_backend *c = cu(be);
+    return insitra_cuda_attention_block_done(dqkv, dkv, N, C, H, c->bf16, c->cs);
+}
+
 } // namespace
 
 /* ---- collectives: NCCL on the comm stream ---- */
@@ -754,6 +840,30 @@ insitra_status cuda_all_gather(insitra_backend *be, insitra_group *g, const void
     else
         NCCL_TRY(ncclAllGather(send, recv, (size_t)n, t == INSITRA_DTYPE_BF16 ? ncclBfloat16 : ncclFloat, g->nccl,
                                c->ns));
+    return done(c, h);
+}
+
+/* Send to the next rank, receive from the previous one: one NCCL group, so
+ * neither blocks the other. The group is always closed, even after a
+ * failed call inside it. */
+insitra_status cuda_ring_shift(insitra_backend *be, insitra_group *g, const void *send, void *recv, int64_t n,
+                               insitra_dtype t, insitra_coll *h)
+{
+    cuda_backend *c = cu(be);
+    INSITRA_CHECK(fork(c, h));
+    if (!g->nccl) {
+        INSITRA_CHECK(copy_on(c->ns, recv, send, (size_t)n * insitra_dtype_size(t)));
+        return done(c, h);
+    }
+    const ncclDataType_t nt = t == INSITRA_DTYPE_BF16 ? ncclBfloat16 : ncclFloat;
+    const int next = (g->rank + 1) % g->size, prev = (g->rank + g->size - 1) % g->size;
+    NCCL_TRY(ncclGroupStart());
+    const ncclResult_t rs = ncclSend(send, (size_t)n, nt, next, g->nccl, c->ns);
+    const ncclResult_t rr = ncclRecv(recv, (size_t)n, nt, prev, g->nccl, c->ns);
+    const ncclResult_t re = ncclGroupEnd();
+    NCCL_TRY(rs);
+    NCCL_TRY(rr);
+    NCCL_TRY(re);
     return done(c, h);
 }
 
@@ -906,18 +1016,16 @@ const insitra_backend_i cuda_interface = {
     /* .capture_begin = */ cuda_capture_begin,
     /* .capture_end = */ cuda_capture_end,
     /* .replay = */ cuda_replay,
-    /* context parallelism (lib/attention_ring.c): not built on the GPU yet */
-    /* .attention_kv_pack = */ NULL,
-    /* .attention_block_forward = */ NULL,
-    /* .attention_block_finish = */ NULL,
-    /* .attention_block_backward = */ NULL,
-    /* .attention_block_done = */ NULL,
-    /* .ring_shift = */ NULL,
+    /* .attention_kv_pack = */ cuda_attention_kv_pack,
+    /* .attention_block_forward = */ cuda_attention_block_forward,
+    /* .attention_block_finish = */ cuda_attention_block_finish,
+    /* .attention_block_backward = */ cuda_attention_block_backward,
+    /* .attention_block_done = */ cuda_attention_block_done,
+    /* .ring_shift = */ cuda_ring_shift,
     /* .join_stream = */ cuda_join_stream,
-    /* tensor parallelism: not built for CUDA; insitra_config_validate refuses parallel.tp > 1 there */
-    /* .bias_residual_forward = */ NULL,
-    /* .bias_backward = */ NULL,
-    /* .block_transpose = */ NULL,
+    /* .bias_residual_forward = */ cuda_bias_residual_forward,
+    /* .bias_backward = */ cuda_bias_backward,
+    /* .block_transpose = */ cuda_block_transpose,
 };
 
 insitra_status pick_device(cuda_backend *c, MPI_Comm comm)

@@ -169,6 +169,14 @@ __global__ void pos_forward_k(T *enc, const T *pos, int64_t total, int64_t tc)
         enc[i] = from_f<T>(to_f(enc[i]) + to_f(pos[i % tc]));
 }
 
+template <typename T>
+__global__ void bias_residual_k(T *out, const T *x, const T *b, const T *res, int64_t total, int64_t C)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = from_f<T>(to_f(x[i]) + to_f(b[i % C]) + to_f(res[i]));
+}
+
 /* One warp per row; the row is read twice (mean, then variance) and once more to write. */
 template <typename T>
 __global__ void layernorm_forward_k(T *out, float *mean, float *rstd, const T *x, const T *w,
@@ -829,6 +837,12 @@ void insitra_pos_forward(T *enc, const T *pos, int64_t B, int64_t Tn, int64_t C,
 }
 
 template <typename T>
+void insitra_bias_residual(T *out, const T *x, const T *b, const T *res, int64_t N, int64_t C, cudaStream_t s)
+{
+    if (N * C > 0) bias_residual_k<T><<<grid_for(N * C), kThreads, 0, s>>>(out, x, b, res, N * C, C);
+}
+
+template <typename T>
 void insitra_layernorm_forward(T *out, float *mean, float *rstd, const T *x, const T *w,
                                const T *b, int64_t N, int64_t C, cudaStream_t s)
 {
@@ -1002,6 +1016,7 @@ void insitra_shard_unpack(T *flat, const T *packed, const insitra_shard_copy *co
     template void insitra_normalize_forward<T>(T *, float *, const float *, insitra_feature_norm, \
                                                int64_t, cudaStream_t);                           \
     template void insitra_pos_forward<T>(T *, const T *, int64_t, int64_t, int64_t, cudaStream_t); \
+    template void insitra_bias_residual<T>(T *, const T *, const T *, const T *, int64_t, int64_t, cudaStream_t); \
     template void insitra_layernorm_forward<T>(T *, float *, float *, const T *, const T *,      \
                                                const T *, int64_t, int64_t, cudaStream_t);       \
     template void insitra_layernorm_backward_dx<T>(T *, const T *, const T *, const float *,     \

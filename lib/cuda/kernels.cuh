@@ -48,6 +48,10 @@ void insitra_find_nonfinite(const float *a, int64_t n, unsigned long long *first
 template <typename T>
 void insitra_pos_forward(T *enc, const T *pos, int64_t B, int64_t Tn, int64_t C, cudaStream_t s);
 
+/* out (N,C) = x (N,C) + b (C) + res (N,C), summed in fp32; out may be x */
+template <typename T>
+void insitra_bias_residual(T *out, const T *x, const T *b, const T *res, int64_t N, int64_t C, cudaStream_t s);
+
 /* out (N,C) = LN(x) * w + b; mean, rstd (N) in fp32 for backward */
 template <typename T>
 void insitra_layernorm_forward(T *out, float *mean, float *rstd, const T *x, const T *w,
