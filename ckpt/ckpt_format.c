@@ -536,16 +536,16 @@ typedef struct crc_ctx {
 static void crc_rect(void *ctx, int64_t local, const int64_t start[2], const int64_t block[2])
 {
     crc_ctx *c = ctx;
-    /* whole rows of the whole tensor are one contiguous run, else one run a row */
+    /* whole rows of the whole tensor are one contiguous run, else one run a
+     * row, a row of the whole tensor apart */
     const bool whole_rows = block[1] == c->cols;
     const int64_t runs = whole_rows ? 1 : block[0], len = whole_rows ? block[0] * block[1] : block[1];
-    for (int64_t j = 0; j < runs; j++) {
-        const uint64_t begin = (uint64_t)((start[0] + j) * c->cols + start[1]) * sizeof(float);
-        const uint64_t bytes = (uint64_t)len * sizeof(float);
-        const float *p = c->data + (local - c->first) + j * len;
-        c->crc = insitra_crc32c_combine(c->crc, insitra_crc32c(0, p, (size_t)bytes), begin + bytes - c->at);
-        c->at = begin + bytes;
-    }
+    const uint64_t begin = (uint64_t)(start[0] * c->cols + start[1]) * sizeof(float);
+    const uint64_t bytes = (uint64_t)len * sizeof(float), stride = (uint64_t)c->cols * sizeof(float);
+    const float *p = c->data + (local - c->first);
+    c->crc = insitra_crc32c_combine(c->crc, insitra_crc32c(0, p, (size_t)bytes), begin + bytes - c->at);
+    c->crc = insitra_ckpt_crc_rows(c->crc, p + len, runs - 1, (size_t)bytes, stride);
+    c->at = begin + bytes + (uint64_t)(runs - 1) * stride;
 }
 
 uint32_t insitra_ckpt_tensor_crc(const insitra_tensor_desc *t, int64_t tp_rank, int64_t first, int64_t count,

@@ -34,8 +34,9 @@ void insitra_ckpt_group_buffers(const insitra_ckpt_state *st, int g, float **ful
 
 /* The CRC32C of a dataset from every rank's piece CRC (pieces in rank order):
  * one all-gather for n datasets at once. crc[k], bytes[k] in; crc[k] out.
- * Entries of 0 bytes are XORed in: a tensor's shares (insitra_ckpt_tensor_crc),
- * which already stand at their places in the dataset, pass bytes 0. */
+ * Entries of 0 bytes are XORed in: the shares of a tensor
+ * (insitra_ckpt_tensor_crc) or of the samples (insitra_ckpt_crc_rows), which
+ * already stand at their places in the dataset, pass bytes 0. */
 insitra_status insitra_ckpt_combine_crcs(const insitra_comm *c, uint32_t *crc,
                                          const uint64_t *bytes, int64_t n);
 
