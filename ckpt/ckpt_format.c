@@ -435,8 +435,61 @@ insitra_status insitra_ckpt_open_dataset(hid_t file, const char *path, int kind,
     return s;
 }
 
-insitra_status insitra_ckpt_select(hid_t dset, int64_t first, int64_t count, hid_t *file_space,
-                                   hid_t *mem_space)
+/* The rectangles of rank tp_rank's local elements [first, first + count) in
+ * the whole tensor: the range cut into at most three rectangles of the local
+ * tensor (a partial first row, whole rows, a partial last row), each cut
+ * again by the window's row runs and moved to its global rows and columns.
+ * Every split sends increasing local rows to increasing global rows and a
+ * local row to one run of columns, so the rectangles come in the whole
+ * tensor's row-major order, which is also the order of the local elements. */
+void insitra_ckpt_tensor_rects(const insitra_tensor_desc *t, int64_t tp_rank, int64_t first, int64_t count,
+                               void (*fn)(void *ctx, int64_t local, const int64_t start[2], const int64_t block[2]),
+                               void *ctx)
+{
+    const int64_t K = t->shape[1], end = first + count;
+    const insitra_tp_window w = insitra_tensor_tp_window(t, tp_rank);
+    for (int64_t at = first; at < end;) {
+        const int64_t row = at / K, col = at % K;
+        const bool partial = col != 0 || end - at < K;
+        const int64_t rows = partial ? 1 : (end - at) / K;
+        const int64_t cols = partial ? (K - col < end - at ? K - col : end - at) : K;
+        for (int i = 0; i < w.n; i++) {
+            const int64_t a = row > w.local_row[i] ? row : w.local_row[i];
+            const int64_t b = row + rows < w.local_row[i] + w.rows[i] ? row + rows : w.local_row[i] + w.rows[i];
+            if (a >= b) continue;
+            const int64_t start[2] = {w.global_row[i] + (a - w.local_row[i]), w.col0 + col};
+            const int64_t block[2] = {b - a, cols};
+            fn(ctx, a * K + col, start, block);
+        }
+        at += rows * cols;
+    }
+}
+
+/* The selection being built: rectangles ORed into the file space. */
+typedef struct select_ctx {
+    hid_t space;
+    int ndim;
+    int64_t cols; /* of the whole tensor */
+    H5S_seloper_t op;
+    bool failed;
+} select_ctx;
+
+static void select_rect(void *ctx, int64_t local, const int64_t start[2], const int64_t block[2])
+{
+    (void)local;
+    select_ctx *c = ctx;
+    hsize_t s[2] = {(hsize_t)start[0], (hsize_t)start[1]}, b[2] = {(hsize_t)block[0], (hsize_t)block[1]};
+    const hsize_t one[2] = {1, 1};
+    if (c->ndim == 1) { /* a column vector: the rows are the elements */
+        s[0] = (hsize_t)(start[0] * c->cols + start[1]);
+        b[0] = (hsize_t)(block[0] * block[1]);
+    }
+    if (H5Sselect_hyperslab(c->space, c->op, s, NULL, one, b) < 0) c->failed = true;
+    c->op = H5S_SELECT_OR;
+}
+
+insitra_status insitra_ckpt_select_tensor(hid_t dset, const insitra_tensor_desc *t, int64_t tp_rank, int64_t first,
+                                          int64_t count, hid_t *file_space, hid_t *mem_space)
 {
     *file_space = H5Dget_space(dset);
     const hsize_t mem_dim = count > 0 ? (hsize_t)count : 1;
@@ -448,37 +501,60 @@ insitra_status insitra_ckpt_select(hid_t dset, int64_t first, int64_t count, hid
         H5Sselect_none(*mem_space);
         return INSITRA_STATUS_OK;
     }
+    select_ctx c = {.space = *file_space, .ndim = H5Sget_simple_extent_ndims(*file_space),
+                    .cols = t->global_shape[1], .op = H5S_SELECT_SET};
+    insitra_ckpt_tensor_rects(t, tp_rank, first, count, select_rect, &c);
+    return c.failed ? insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: cannot select a hyperslab")
+                    : INSITRA_STATUS_OK;
+}
+
+insitra_status insitra_ckpt_select(hid_t dset, int64_t first, int64_t count, hid_t *file_space,
+                                   hid_t *mem_space)
+{
+    /* the dataset as one whole, unsplit tensor */
     hsize_t dims[2] = {0, 1};
-    const int ndim = H5Sget_simple_extent_ndims(*file_space);
-    H5Sget_simple_extent_dims(*file_space, dims, NULL);
-    const hsize_t cols = ndim == 2 ? dims[1] : 1;
-    /* Up to three rectangles of rows: a partial first row, whole rows, a partial
-     * last row. HDF5 walks a selection in file order, which is the order of the
-     * flattened range, so it matches the contiguous memory piece. */
-    const hsize_t end = (hsize_t)(first + count);
-    hsize_t at = (hsize_t)first;
-    H5S_seloper_t op = H5S_SELECT_SET;
-    while (at < end) {
-        const hsize_t row = at / cols, col = at % cols;
-        hsize_t start[2], block[2], one[2] = {1, 1};
-        if (col != 0 || end - at < cols) { /* within one row */
-            const hsize_t n = (cols - col) < (end - at) ? cols - col : end - at;
-            start[0] = row, start[1] = col, block[0] = 1, block[1] = n;
-            at += n;
-        } else { /* whole rows */
-            const hsize_t rows = (end - at) / cols;
-            start[0] = row, start[1] = 0, block[0] = rows, block[1] = cols;
-            at += rows * cols;
-        }
-        if (ndim == 1) {
-            start[0] = start[0] * cols + start[1];
-            block[0] *= block[1];
-        }
-        if (H5Sselect_hyperslab(*file_space, op, start, NULL, one, block) < 0)
-            return insitra_error_set(INSITRA_STATUS_IO_ERROR, "checkpoint: cannot select a hyperslab");
-        op = H5S_SELECT_OR;
-    }
-    return INSITRA_STATUS_OK;
+    hid_t space = H5Dget_space(dset);
+    const int ndim = space >= 0 ? H5Sget_simple_extent_ndims(space) : -1;
+    if (ndim == 1 || ndim == 2) H5Sget_simple_extent_dims(space, dims, NULL);
+    if (space >= 0) H5Sclose(space);
+    insitra_tensor_desc whole = {.ndim = ndim, .split = INSITRA_TP_REPLICATED};
+    whole.shape[0] = whole.global_shape[0] = (int64_t)dims[0];
+    whole.shape[1] = whole.global_shape[1] = (int64_t)dims[1];
+    whole.numel = whole.shape[0] * whole.shape[1];
+    return insitra_ckpt_select_tensor(dset, &whole, 0, first, count, file_space, mem_space);
+}
+
+/* The contribution being summed: a CRC register over the bytes up to `at`
+ * (the whole tensor's), others' bytes counting as absent. */
+typedef struct crc_ctx {
+    const float *data; /* the local elements from first */
+    int64_t first, cols;
+    uint32_t crc;
+    uint64_t at;
+} crc_ctx;
+
+static void crc_rect(void *ctx, int64_t local, const int64_t start[2], const int64_t block[2])
+{
+    crc_ctx *c = ctx;
+    /* whole rows of the whole tensor are one contiguous run, else one run a
+     * row, a row of the whole tensor apart */
+    const bool whole_rows = block[1] == c->cols;
+    const int64_t runs = whole_rows ? 1 : block[0], len = whole_rows ? block[0] * block[1] : block[1];
+    const uint64_t begin = (uint64_t)(start[0] * c->cols + start[1]) * sizeof(float);
+    const uint64_t bytes = (uint64_t)len * sizeof(float), stride = (uint64_t)c->cols * sizeof(float);
+    const float *p = c->data + (local - c->first);
+    c->crc = insitra_crc32c_combine(c->crc, insitra_crc32c(0, p, (size_t)bytes), begin + bytes - c->at);
+    c->crc = insitra_ckpt_crc_rows(c->crc, p + len, runs - 1, (size_t)bytes, stride);
+    c->at = begin + bytes + (uint64_t)(runs - 1) * stride;
+}
+
+uint32_t insitra_ckpt_tensor_crc(const insitra_tensor_desc *t, int64_t tp_rank, int64_t first, int64_t count,
+                                 const float *data)
+{
+    crc_ctx c = {.data = data, .first = first, .cols = t->global_shape[1]};
+    insitra_ckpt_tensor_rects(t, tp_rank, first, count, crc_rect, &c);
+    const uint64_t total = (uint64_t)(t->global_shape[0] * t->global_shape[1]) * sizeof(float);
+    return count > 0 ? insitra_crc32c_combine(c.crc, 0, total - c.at) : 0;
 }
 
 insitra_status insitra_ckpt_select_block(hid_t dset, int64_t row, int64_t rows, int64_t col, int64_t cols,

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "insitra.h"
+#include "model.h"
 
 /* Format 2 = format 1 + the metadata checksum (meta_crc32c) and a crc32c on
  * the integer tables. Format 1 files still load, with a warning.
@@ -121,7 +122,7 @@ insitra_status insitra_ckpt_open_dataset(hid_t file, const char *path, int kind,
                                          hid_t *dset);
 
 /* A file dataspace selecting the flattened range [first, first + count) of
- * a tensor of shape (rows, cols) (cols = 1 for 1-D), and a matching memory
+ * a dataset of shape (rows, cols) (cols = 1 for 1-D), and a matching memory
  * space; count 0 selects nothing (collective calls still take part). */
 insitra_status insitra_ckpt_select(hid_t dset, int64_t first, int64_t count, hid_t *file_space,
                                    hid_t *mem_space);
@@ -130,6 +131,28 @@ insitra_status insitra_ckpt_select(hid_t dset, int64_t first, int64_t count, hid
  * memory space of rows x cols contiguous values; rows 0 selects nothing. */
 insitra_status insitra_ckpt_select_block(hid_t dset, int64_t row, int64_t rows, int64_t col, int64_t cols,
                                          hid_t *file_space, hid_t *mem_space);
+
+/* Tensors hold their whole (global) shape at any parallel.tp. Rank tp_rank's
+ * local tensor t (of its layout's tp) sits in it as insitra_tensor_tp_window
+ * says: its elements [first, first + count) are the rectangles
+ * fn(ctx, local, start, block) gives, local being the local element offset
+ * of a rectangle's first element, start and block its rows and columns in
+ * the whole tensor. They come in the whole tensor's row-major order, which is
+ * the local order too: a contiguous piece of memory matches the selection. */
+void insitra_ckpt_tensor_rects(const insitra_tensor_desc *t, int64_t tp_rank, int64_t first, int64_t count,
+                               void (*fn)(void *ctx, int64_t local, const int64_t start[2], const int64_t block[2]),
+                               void *ctx);
+/* Those rectangles as a file space of the tensor's dataset (global shape),
+ * with a memory space of count elements; count 0 selects nothing. */
+insitra_status insitra_ckpt_select_tensor(hid_t dset, const insitra_tensor_desc *t, int64_t tp_rank, int64_t first,
+                                          int64_t count, hid_t *file_space, hid_t *mem_space);
+/* The share of those elements (at data, count floats) in the CRC32C of the
+ * whole tensor's bytes: the XOR of the shares of pieces that tile the tensor,
+ * whatever the ranks and splits that held them, is the dataset's crc32c (a
+ * CRC is linear: each run's CRC, moved past the bytes after it, adds in).
+ * 0 for count 0. */
+uint32_t insitra_ckpt_tensor_crc(const insitra_tensor_desc *t, int64_t tp_rank, int64_t first, int64_t count,
+                                 const float *data);
 
 /* Scalar attributes. Integer reads convert any integer width; string reads
  * accept fixed and variable length and return a malloc'd copy. */

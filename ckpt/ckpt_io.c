@@ -23,6 +23,11 @@ insitra_ckpt_piece insitra_ckpt_slot(const insitra_ckpt_state *st, int64_t i, fl
     return (insitra_ckpt_piece){.data = data, .first = count > 0 ? first : 0, .count = count};
 }
 
+bool insitra_ckpt_slot_written(const insitra_ckpt_state *st, int64_t i)
+{
+    return st->tp_rank == 0 || st->layout->tensors[i].split != INSITRA_TP_REPLICATED;
+}
+
 void insitra_ckpt_group_buffers(const insitra_ckpt_state *st, int g, float **full, float **shard)
 {
     /* Parameters are whole where the view says so; the moments at stage 0. */

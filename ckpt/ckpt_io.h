@@ -7,6 +7,7 @@
 #define INSITRA_CKPT_IO_H
 
 #include <hdf5.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,11 +25,18 @@ typedef struct insitra_ckpt_piece {
 insitra_ckpt_piece insitra_ckpt_slot(const insitra_ckpt_state *st, int64_t i, float *full,
                                      float *shard);
 
+/* Whether this rank's slot of tensor i goes into the file (and its CRC):
+ * a tensor replicated over the tp group is written by tp rank 0 alone. */
+bool insitra_ckpt_slot_written(const insitra_ckpt_state *st, int64_t i);
+
 /* The full and shard buffers of tensor group g (0 parameters, 1 m, 2 v). */
 void insitra_ckpt_group_buffers(const insitra_ckpt_state *st, int g, float **full, float **shard);
 
 /* The CRC32C of a dataset from every rank's piece CRC (pieces in rank order):
- * one all-gather for n datasets at once. crc[k], bytes[k] in; crc[k] out. */
+ * one all-gather for n datasets at once. crc[k], bytes[k] in; crc[k] out.
+ * Entries of 0 bytes are XORed in: the shares of a tensor
+ * (insitra_ckpt_tensor_crc) or of the samples (insitra_ckpt_crc_rows), which
+ * already stand at their places in the dataset, pass bytes 0. */
 insitra_status insitra_ckpt_combine_crcs(const insitra_comm *c, uint32_t *crc,
                                          const uint64_t *bytes, int64_t n);
 

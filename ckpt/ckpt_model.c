@@ -60,7 +60,7 @@ static insitra_status write_export(hid_t f, const insitra_config *cfg, const cha
     for (int64_t i = 0; i < layout->num_tensors; i++) {
         const insitra_tensor_desc *d = &layout->tensors[i];
         snprintf(path, sizeof path, "model/%s", d->name);
-        const hsize_t dims[2] = {(hsize_t)d->shape[0], (hsize_t)d->shape[1]};
+        const hsize_t dims[2] = {(hsize_t)d->global_shape[0], (hsize_t)d->global_shape[1]};
         INSITRA_CHECK(write_dataset(f, path, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, d->ndim, dims, params + d->offset,
                                     (size_t)d->numel * sizeof(float)));
     }
@@ -178,7 +178,7 @@ static insitra_status read_contents(hid_t f, insitra_model_file *out)
     for (int64_t i = 0; i < layout.num_tensors && s == INSITRA_STATUS_OK; i++) {
         const insitra_tensor_desc *d = &layout.tensors[i];
         snprintf(path, sizeof path, "model/%s", d->name);
-        const hsize_t want[2] = {(hsize_t)d->shape[0], (hsize_t)d->shape[1]};
+        const hsize_t want[2] = {(hsize_t)d->global_shape[0], (hsize_t)d->global_shape[1]};
         s = read_dataset(f, path, INSITRA_CKPT_FLOAT32, H5T_NATIVE_FLOAT, d->ndim, want, out->params + d->offset,
                          (size_t)d->numel * sizeof(float), true);
     }

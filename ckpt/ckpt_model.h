@@ -16,7 +16,8 @@
 #include "normalize.h"
 
 /* Writes an export file at path (as path.tmp, renamed when complete): params
- * (layout.total fp32, the layout's order), the stored configuration, step,
+ * (layout.total fp32, the layout's order; a layout of tp = 1, whole tensors:
+ * lib/tp_params.h assembles them from a tp group), the stored configuration, step,
  * and norm's statistics as /normalize (the checkpoint's group) when norm is
  * not NULL and data.normalize is on. One process. */
 insitra_status insitra_export_write(const char *path, const insitra_config *cfg,

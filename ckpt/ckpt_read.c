@@ -1,8 +1,9 @@
 /*
  * Loading a checkpoint: verify and read one file, or walk a directory from
  * `latest` back to the newest checkpoint that verifies. Each rank reads what
- * its own layout needs, so any rank count, ZeRO stage and parallel.cp can
- * resume any checkpoint (a rank its token slice of the stored samples);
+ * its own layout needs, so any rank count, ZeRO stage, parallel.cp and
+ * parallel.tp can resume any checkpoint (tensors are stored whole, and a
+ * rank reads its tp part of them and its token slice of the stored samples);
  * CRC32Cs are checked piece by piece and combined across ranks.
  * Everything that decides what is read (the root attributes, the stored
  * configuration, the integer tables) is checked before the first byte of
@@ -136,28 +137,30 @@ static insitra_status read_tensors(const insitra_ckpt_state *st, hid_t f, hid_t 
     for (int64_t i = 0; i < l->num_tensors; i++) {
         const insitra_tensor_desc *d = &l->tensors[i];
         snprintf(path, sizeof path, "%s/%s", insitra_ckpt_group[g], d->name);
-        const hsize_t want[2] = {(hsize_t)d->shape[0], (hsize_t)d->shape[1]};
+        /* the whole tensor, of which this rank reads its tp rank's part (at this run's tp) */
+        const hsize_t want[2] = {(hsize_t)d->global_shape[0], (hsize_t)d->global_shape[1]};
         hid_t dset;
         INSITRA_CHECK(insitra_ckpt_open_dataset(f, path, INSITRA_CKPT_FLOAT32, d->ndim, want, &dset));
         insitra_status s = insitra_ckpt_attr_read_crc(dset, path, &stored[i]);
         const insitra_ckpt_piece p = insitra_ckpt_slot(st, i, full, shard);
         if (s == INSITRA_STATUS_OK) {
-            herr_t err;
-            if (full) {
-                err = H5Dread(dset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, dxpl, full + d->offset);
-            } else {
-                hid_t fspace = -1, mspace = -1;
-                s = insitra_ckpt_select(dset, p.first, p.count, &fspace, &mspace);
-                err = s == INSITRA_STATUS_OK ? H5Dread(dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, p.data) : -1;
-                if (fspace >= 0) H5Sclose(fspace);
-                if (mspace >= 0) H5Sclose(mspace);
-            }
-            if (err < 0 && s == INSITRA_STATUS_OK) s = insitra_ckpt_h5_error("cannot read '/%s'", path);
+            /* all of the local tensor when it is held whole, else the slot */
+            const int64_t first = full ? 0 : p.first, count = full ? d->numel : p.count;
+            float *into = full ? full + d->offset : p.data;
+            hid_t fspace = -1, mspace = -1;
+            s = insitra_ckpt_select_tensor(dset, d, st->tp_rank, first, count, &fspace, &mspace);
+            if (s == INSITRA_STATUS_OK && H5Dread(dset, H5T_NATIVE_FLOAT, mspace, fspace, dxpl, into) < 0)
+                s = insitra_ckpt_h5_error("cannot read '/%s'", path);
+            if (fspace >= 0) H5Sclose(fspace);
+            if (mspace >= 0) H5Sclose(mspace);
         }
         H5Dclose(dset);
         INSITRA_CHECK(s);
-        bytes[i] = (uint64_t)p.count * sizeof(float);
-        crc[i] = insitra_crc32c(0, p.data, bytes[i]);
+        /* the slot's share of the whole tensor's CRC, once per element: a
+         * replicated tensor counted on tp rank 0 only (combined by XOR, bytes 0) */
+        bytes[i] = 0;
+        crc[i] = insitra_ckpt_slot_written(st, i) ? insitra_ckpt_tensor_crc(d, st->tp_rank, p.first, p.count, p.data)
+                                                  : 0;
     }
     return INSITRA_STATUS_OK;
 }

@@ -33,9 +33,12 @@ typedef struct insitra_ckpt_array {
 
 typedef struct insitra_ckpt_state {
     const insitra_comm *world;          /* every rank: the file is written by all */
-    int64_t dp, tp;                     /* the layout, stored as attributes */
+    int64_t dp, tp;                     /* the layout, stored as attributes: dp counts the ranks
+                                         * ZeRO shards over (dp x cp), tp the tensor-parallel ones */
+    int64_t tp_rank;                    /* this rank's place in its tp group: where its local
+                                         * tensors sit in the whole ones the file holds */
     const insitra_config *cfg;          /* stored; its model keys are compared on load */
-    const insitra_param_layout *layout; /* the tensors, names and shapes */
+    const insitra_param_layout *layout; /* the tensors, names and (local) shapes, of tp ranks */
     const insitra_shard_layout *shards; /* this rank's slot of each tensor */
     int zero_stage;
     float *params;                      /* (layout.total) when held whole, else NULL */

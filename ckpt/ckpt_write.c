@@ -59,8 +59,12 @@ static void crc_slots(crc_job *j)
         insitra_ckpt_group_buffers(j->st, g, &full, &shard);
         for (int64_t i = 0; i < nt; i++) {
             const insitra_ckpt_piece p = insitra_ckpt_slot(j->st, i, full, shard);
-            j->bytes[g * nt + i] = (uint64_t)p.count * sizeof(float);
-            j->crc[g * nt + i] = insitra_crc32c(0, p.data, (size_t)j->bytes[g * nt + i]);
+            /* a share of the whole tensor's CRC, in place: combined by XOR (bytes 0) */
+            j->bytes[g * nt + i] = 0;
+            j->crc[g * nt + i] = insitra_ckpt_slot_written(j->st, i)
+                                     ? insitra_ckpt_tensor_crc(&j->st->layout->tensors[i], j->st->tp_rank, p.first,
+                                                               p.count, p.data)
+                                     : 0;
         }
     }
     j->done = true;
@@ -102,14 +106,16 @@ static hid_t create_dataset(writer *w, const char *path, hid_t type, int ndim, c
     return dset;
 }
 
-/* This rank's elements [first, first + count) of dset (independent I/O):
- * skipped after an earlier failure on this rank. */
-static void write_piece(writer *w, hid_t dset, const char *path, hid_t mem_type, int64_t first,
-                        int64_t count, const void *data)
+/* This rank's elements [first, first + count) of dset (independent I/O), of
+ * its local tensor t when t is not NULL: skipped after an earlier failure on
+ * this rank. */
+static void write_piece(writer *w, hid_t dset, const char *path, hid_t mem_type, const insitra_tensor_desc *t,
+                        int64_t first, int64_t count, const void *data)
 {
     if (dset < 0 || w->error != INSITRA_STATUS_OK) return;
     hid_t fspace = -1, mspace = -1;
-    insitra_status s = insitra_ckpt_select(dset, first, count, &fspace, &mspace);
+    insitra_status s = t ? insitra_ckpt_select_tensor(dset, t, w->st->tp_rank, first, count, &fspace, &mspace)
+                         : insitra_ckpt_select(dset, first, count, &fspace, &mspace);
     if (s == INSITRA_STATUS_OK && H5Dwrite(dset, mem_type, mspace, fspace, w->dxpl, data) < 0)
         s = insitra_ckpt_h5_error("cannot write '/%s'", path);
     if (fspace >= 0) H5Sclose(fspace);
@@ -124,7 +130,8 @@ static void create_group(writer *w, const char *path)
     else H5Gclose(g);
 }
 
-/* The float32 tensors of one group: this rank's slot of each. */
+/* The float32 tensors of one group, in their whole shapes: this rank's slot
+ * of each (none of a replicated tensor but on tp rank 0). */
 static void write_tensors(writer *w, int g)
 {
     const insitra_ckpt_state *st = w->st;
@@ -134,10 +141,11 @@ static void write_tensors(writer *w, int g)
     for (int64_t i = 0; i < st->layout->num_tensors; i++) {
         const insitra_tensor_desc *d = &st->layout->tensors[i];
         snprintf(path, sizeof path, "%s/%s", insitra_ckpt_group[g], d->name);
-        const hsize_t dims[2] = {(hsize_t)d->shape[0], (hsize_t)d->shape[1]};
+        const hsize_t dims[2] = {(hsize_t)d->global_shape[0], (hsize_t)d->global_shape[1]};
         hid_t dset = create_dataset(w, path, H5T_IEEE_F32LE, d->ndim, dims);
         const insitra_ckpt_piece p = insitra_ckpt_slot(st, i, full, shard);
-        write_piece(w, dset, path, H5T_NATIVE_FLOAT, p.first, p.count, p.data);
+        write_piece(w, dset, path, H5T_NATIVE_FLOAT, d, p.first, insitra_ckpt_slot_written(st, i) ? p.count : 0,
+                    p.data);
         if (dset >= 0) H5Dclose(dset);
         if (g == 0 && i == st->layout->num_tensors / 2) fault_point(st, "tensors");
     }
@@ -159,7 +167,7 @@ static void write_tables(writer *w, int n, uint32_t *crc, uint64_t *bytes)
         const hsize_t dims[2] = {(hsize_t)st->world->size, (hsize_t)tb->width};
         const hid_t type = tb->is_unsigned ? H5T_STD_U64LE : H5T_STD_I64LE;
         hid_t dset = create_dataset(w, tb->path, type, tb->width > 1 ? 2 : 1, dims);
-        write_piece(w, dset, tb->path, tb->is_unsigned ? H5T_NATIVE_UINT64 : H5T_NATIVE_INT64,
+        write_piece(w, dset, tb->path, tb->is_unsigned ? H5T_NATIVE_UINT64 : H5T_NATIVE_INT64, NULL,
                     st->world->rank * tb->width, tb->width, rows[k]);
         if (dset >= 0) H5Dclose(dset);
         bytes[k] = (uint64_t)tb->width * sizeof(uint64_t);
@@ -374,7 +382,8 @@ static int64_t reserve_bytes(const insitra_ckpt_state *st, int64_t total_samples
     const int64_t MiB = 1 << 20;
     int64_t bytes = MiB, datasets = 0;
     for (int64_t i = 0; i < st->layout->num_tensors; i++) {
-        const int64_t b = st->layout->tensors[i].numel * (int64_t)sizeof(float);
+        const insitra_tensor_desc *d = &st->layout->tensors[i];
+        const int64_t b = d->global_shape[0] * d->global_shape[1] * (int64_t)sizeof(float); /* whole, at any tp */
         bytes += 3 * (b + (b >= MiB ? MiB : 0));
         datasets += 3;
     }

@@ -17,6 +17,7 @@
 #include "comm.h"
 #include "error.h"
 #include "model.h"
+#include "tp_params.h"
 #include "trainer.h"
 
 struct insitra_surrogate {
@@ -56,7 +57,9 @@ static insitra_status build(insitra_surrogate *s, const insitra_config *file_cfg
     s->cfg.device = opts ? opts->device : INSITRA_DEVICE_CPU;
     s->cfg.precision = opts ? opts->precision : INSITRA_PRECISION_FP32;
     s->cfg.cuda.graphs = false;
-    s->cfg.parallel.cp = 1; /* whole samples on this rank, whatever group trained it */
+    /* whole samples and the whole model on this rank, whatever group trained it */
+    s->cfg.parallel.cp = 1;
+    s->cfg.parallel.tp = 1;
     s->max_batch = max_batch;
     insitra_model_dims dims = insitra_config_model_dims(&s->cfg);
     /* No backward: the layout training.recompute = block uses, one block's
@@ -182,14 +185,13 @@ insitra_status insitra_surrogate_create_from_trainer(insitra_surrogate **out, in
 {
     insitra_error_clear();
     if (!t) return insitra_error_set(INSITRA_STATUS_INVALID_ARGUMENT, "surrogate_create_from_trainer: trainer is NULL");
-    insitra_status local = check_create_args(out, opts, max_batch);
-    const int64_t P = t->engine.model.layout.total;
+    insitra_status s = insitra_comm_agree(&t->comm, check_create_args(out, opts, max_batch));
+    /* the whole model (parallel.tp > 1: gathered from the tp group's parts) */
+    insitra_param_layout whole;
     float *params = NULL;
-    if (local == INSITRA_STATUS_OK && !(params = malloc((size_t)P * sizeof(float))))
-        local = insitra_error_set(INSITRA_STATUS_OUT_OF_MEMORY,
-                                  "surrogate_create_from_trainer: out of memory for %" PRId64 " parameters", P);
-    insitra_status s = insitra_comm_agree(&t->comm, local);
-    if (s == INSITRA_STATUS_OK) s = insitra_comm_agree(&t->comm, insitra_zero_gather_params(&t->engine.zero, params));
+    if (s == INSITRA_STATUS_OK) s = insitra_trainer_whole_params(t, &whole, &params);
+    if (s == INSITRA_STATUS_OK) insitra_param_layout_free(&whole);
+    insitra_status local = INSITRA_STATUS_OK;
     insitra_surrogate *sur = NULL;
     if (s == INSITRA_STATUS_OK) {
         sur = calloc(1, sizeof *sur);

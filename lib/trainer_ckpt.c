@@ -15,6 +15,7 @@ void insitra_trainer_ckpt_view(insitra_trainer *t, insitra_ckpt_state *view)
         .world = &t->comm,
         .dp = t->grad.size, /* the ranks ZeRO shards over: dp x cp */
         .tp = t->tp.size,
+        .tp_rank = t->tp.rank,
         .cfg = &t->cfg,
         .layout = &t->engine.model.layout,
         .shards = &z->sl,

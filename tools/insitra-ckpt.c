@@ -484,7 +484,7 @@ static void check_tensors(hid_t file, const char *group, const insitra_param_lay
     char path[PATH_LEN];
     for (int64_t i = 0; i < l->num_tensors; i++) {
         const insitra_tensor_desc *d = &l->tensors[i];
-        const hsize_t want[2] = {(hsize_t)d->shape[0], (hsize_t)d->shape[1]};
+        const hsize_t want[2] = {(hsize_t)d->global_shape[0], (hsize_t)d->global_shape[1]};
         snprintf(path, sizeof path, "/%s/%s", group, d->name);
         check_dataset(file, path, INSITRA_CKPT_FLOAT32, d->ndim, want);
     }

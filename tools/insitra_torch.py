@@ -183,10 +183,11 @@ def _maps(f, cfg, seq_len, fi, fo):
         if "normalize" not in f:
             raise ValueError("data.normalize is on but the file has no /normalize")
         g = f["normalize"]
-        # "samples" counts each sample once per token slice (parallel.cp of
-        # them, T / cp values each): T values per feature per whole sample
-        cp = int(cfg.get("parallel.cp", "1"))
-        count = int(g.attrs["samples"]) // cp * seq_len
+        # "samples" counts each sample once per token slice (parallel.cp x
+        # parallel.tp of them, T / (cp tp) values each): T values per feature
+        # per whole sample
+        slices = int(cfg.get("parallel.cp", "1")) * int(cfg.get("parallel.tp", "1"))
+        count = int(g.attrs["samples"]) // slices * seq_len
 
         def std(mean, m2):
             s = np.sqrt(m2 / count) if count > 0 else np.ones_like(mean)
