@@ -116,8 +116,8 @@ insitra_status insitra_trainer_create_fcomm(insitra_trainer **trainer, const ins
 insitra_status insitra_trainer_free(insitra_trainer *trainer);
 
 /* The sample shape this trainer expects from this rank: T tokens, F_in input
- * and F_out output features. With parallel.cp > 1, T is this rank's share,
- * model.seq_len / cp (docs/parallel.md). */
+ * and F_out output features. With parallel.cp or parallel.tp > 1, T is this
+ * rank's share, model.seq_len / (cp tp) (docs/parallel.md). */
 insitra_status insitra_trainer_sample_shape(const insitra_trainer *trainer, int64_t *seq_len,
                                             int64_t *in_features, int64_t *out_features);
 /* Number of trainable parameters of the whole model. */

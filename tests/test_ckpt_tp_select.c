@@ -28,25 +28,6 @@ static insitra_model_dims dims_at(int64_t tp)
                                 .n_layers = 2, .n_heads = 4, .tp = tp};
 }
 
-/* Tensor t's part on tp rank r of tp ranks, cut from the whole tensor g
- * (global_shape) by the split's definition. */
-static void cut_local(const insitra_tensor_desc *t, int64_t tp, int64_t r, const float *g, float *out)
-{
-    const int64_t R = t->global_shape[0], K = t->global_shape[1];
-    int64_t n = 0;
-    for (int64_t row = 0; row < R; row++)
-        for (int64_t col = 0; col < K; col++) {
-            bool mine = true;
-            switch (t->split) {
-            case INSITRA_TP_REPLICATED: break;
-            case INSITRA_TP_ROWS: mine = row / (R / tp) == r; break;
-            case INSITRA_TP_COLS: mine = col / (K / tp) == r; break;
-            case INSITRA_TP_HEADS: mine = row % (R / 3) / (R / 3 / tp) == r; break; /* [q | k | v] */
-            }
-            if (mine) out[n++] = g[row * K + col];
-        }
-}
-
 /* Slot s of `slots` over n elements, as uneven as ZeRO's can be, cutting rows. */
 static void slot_of(int64_t n, int64_t slots, int64_t s, int64_t *first, int64_t *count)
 {
@@ -105,7 +86,7 @@ static void check_read(insitra_test *t, const char *path, const insitra_param_la
         memset(got, 0, (size_t)l->total * sizeof(float));
         for (int64_t i = 0; i < l->num_tensors; i++) {
             const insitra_tensor_desc *d = &l->tensors[i];
-            cut_local(d, tp, r, whole + g->tensors[i].offset, want + d->offset);
+            insitra_test_tp_cut(d, tp, r, whole + g->tensors[i].offset, want + d->offset);
             hid_t dset = H5Dopen2(f, d->name, H5P_DEFAULT);
             for (int64_t s = 0; s < slots; s++) {
                 int64_t first, count;
@@ -196,8 +177,8 @@ int main(int argc, char **argv)
         float *locals = malloc((size_t)(tp * l->total) * sizeof(float));
         for (int64_t r = 0; r < tp; r++)
             for (int64_t i = 0; i < l->num_tensors; i++)
-                cut_local(&l->tensors[i], tp, r, whole + g->tensors[i].offset, locals + r * l->total +
-                                                                                  l->tensors[i].offset);
+                insitra_test_tp_cut(&l->tensors[i], tp, r, whole + g->tensors[i].offset,
+                                    locals + r * l->total + l->tensors[i].offset);
         const int64_t slots = k == 1 ? 3 : 2; /* uneven slots cutting rows */
         char what[64];
         snprintf(what, sizeof what, "written at tp %lld in %lld slots", (long long)tp, (long long)slots);

@@ -14,24 +14,6 @@
 #include "test_util.h"
 #include "tp_params.h"
 
-/* Tensor t's part on tp rank r of tp ranks, cut from the whole tensor g. */
-static void cut_local(const insitra_tensor_desc *t, int64_t tp, int64_t r, const float *g, float *out)
-{
-    const int64_t R = t->global_shape[0], K = t->global_shape[1];
-    int64_t n = 0;
-    for (int64_t row = 0; row < R; row++)
-        for (int64_t col = 0; col < K; col++) {
-            bool mine = true;
-            switch (t->split) {
-            case INSITRA_TP_REPLICATED: break;
-            case INSITRA_TP_ROWS: mine = row / (R / tp) == r; break;
-            case INSITRA_TP_COLS: mine = col / (K / tp) == r; break;
-            case INSITRA_TP_HEADS: mine = row % (R / 3) / (R / 3 / tp) == r; break; /* [q | k | v] */
-            }
-            if (mine) out[n++] = g[row * K + col];
-        }
-}
-
 int main(int argc, char **argv)
 {
     insitra_test t = insitra_test_begin(&argc, &argv, "tp_params");
@@ -53,7 +35,7 @@ int main(int argc, char **argv)
     insitra_tp_params_slice(&whole, w, &local, tp.rank, mine);
     for (int64_t i = 0; i < local.num_tensors; i++) {
         const insitra_tensor_desc *l = &local.tensors[i];
-        cut_local(l, tp.size, tp.rank, w + whole.tensors[i].offset, want + l->offset);
+        insitra_test_tp_cut(l, tp.size, tp.rank, w + whole.tensors[i].offset, want + l->offset);
         EXPECT(&t, memcmp(mine + l->offset, want + l->offset, (size_t)l->numel * sizeof(float)) == 0,
                "tp %d rank %d: slice of '%s' is not its part", tp.size, tp.rank, l->name);
     }

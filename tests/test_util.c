@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "model.h"
+
 #define TINY 1e-30
 
 insitra_test insitra_test_begin(int *argc, char ***argv, const char *name)
@@ -149,4 +151,21 @@ double insitra_test_l2_error(const float *c, const float *r, int64_t n)
         norm += (double)r[i] * (double)r[i];
     }
     return sqrt(diff / fmax(norm, TINY));
+}
+
+void insitra_test_tp_cut(const insitra_tensor_desc *t, int64_t tp, int64_t r, const float *g, float *out)
+{
+    const int64_t R = t->global_shape[0], K = t->global_shape[1];
+    int64_t n = 0;
+    for (int64_t row = 0; row < R; row++)
+        for (int64_t col = 0; col < K; col++) {
+            bool mine = true;
+            switch (t->split) {
+            case INSITRA_TP_REPLICATED: break;
+            case INSITRA_TP_ROWS: mine = row / (R / tp) == r; break;
+            case INSITRA_TP_COLS: mine = col / (K / tp) == r; break;
+            case INSITRA_TP_HEADS: mine = row % (R / 3) / (R / 3 / tp) == r; break; /* [q | k | v] */
+            }
+            if (mine) out[n++] = g[row * K + col];
+        }
 }

@@ -95,4 +95,10 @@ double insitra_test_max_error(const float *c, const float *r, int64_t n);
 /* ||c - r|| / ||r|| (2-norms); INFINITY when any c_i is not finite. */
 double insitra_test_l2_error(const float *c, const float *r, int64_t n);
 
+/* Tensor t's part on tp rank r of tp ranks, cut from the whole tensor g
+ * (t->global_shape) into out, by the split's definition (docs/parallel.md),
+ * element by element: the reference the tp window code is held to. */
+struct insitra_tensor_desc;
+void insitra_test_tp_cut(const struct insitra_tensor_desc *t, int64_t tp, int64_t r, const float *g, float *out);
+
 #endif

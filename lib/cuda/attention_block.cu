@@ -376,29 +376,7 @@ __global__ void __launch_bounds__(32 * NW)
                     s[n][e] = -INFINITY;
                 mx[e / 2] = fmaxf(mx[e / 2], s[n][e]);
             }
-        float base[2], alpha[2], sum[2] = {0.f, 0.f};
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            base[r] = mx[r] == -INFINITY ? 0.f : mx[r];
-            alpha[r] = exp2f(m[r] - base[r]);
-            m[r] = mx[r];
-        }
-#pragma unroll
-        for (int n = 0; n < NB; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                s[n][e] = exp2f(s[n][e] - base[e / 2]);
-                sum[e / 2] += s[n][e];
-            }
-#pragma unroll
-        for (int r = 0; r < 2; r++) l[r] = l[r] * alpha[r] + sum[r];
-#pragma unroll
-        for (int n = 0; n < HD / 8; n++) {
-            o[n][0] *= alpha[0], o[n][1] *= alpha[0];
-            o[n][2] *= alpha[1], o[n][3] *= alpha[1];
-        }
+        mm::online_softmax_tile<HD>(s, mx, m, l, o);
         mm::tile_accumulate<HD>(o, s, cV, lane);
         __syncthreads(); /* this stage is refilled next iteration */
     }

@@ -157,6 +157,42 @@ __device__ __forceinline__ void tile_accumulate(float acc[HD / 8][4], const floa
     }
 }
 
+/* One tile of keys into a warp's online softmax (16 rows, base-2 units): s
+ * (16 x kTile scores, masked ones -inf) becomes the tile's probabilities
+ * against the new running maximum, whose per-lane candidates mx holds (the
+ * old maximum m and the tile's); the row sums l and the output accumulators
+ * o are rescaled by the change of maximum, s's rows added to l. The caller
+ * then adds s times the tile's values to o (tile_accumulate). */
+template <int HD>
+__device__ __forceinline__ void online_softmax_tile(float s[kTile / 8][4], float mx[2], float m[2], float l[2],
+                                                    float o[HD / 8][4])
+{
+    float base[2], alpha[2], sum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        /* the four lanes of a row agree on its maximum */
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        base[r] = mx[r] == -INFINITY ? 0.f : mx[r]; /* a row with no key yet stays all zero */
+        alpha[r] = exp2f(m[r] - base[r]);
+        m[r] = mx[r];
+    }
+#pragma unroll
+    for (int n = 0; n < kTile / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            s[n][e] = exp2f(s[n][e] - base[e / 2]);
+            sum[e / 2] += s[n][e];
+        }
+#pragma unroll
+    for (int r = 0; r < 2; r++) l[r] = l[r] * alpha[r] + sum[r];
+#pragma unroll
+    for (int n = 0; n < HD / 8; n++) {
+        o[n][0] *= alpha[0], o[n][1] *= alpha[0];
+        o[n][2] *= alpha[1], o[n][3] *= alpha[1];
+    }
+}
+
 /* Writes rows (16 x HD accumulators, times scale) of this warp as bf16 pairs;
  * row0 is the warp's first row, rows at or past Tn are skipped. */
 template <int HD>
