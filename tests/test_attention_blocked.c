@@ -19,7 +19,7 @@
  * against the one attention of the whole sample, same tolerance, and their
  * composed gradient against finite differences at cp = 2 (layers_gradcheck's
  * tolerances). Also: the same bits on one thread and on more threads than heads (the two
- * backward schedules), and state memory linear in T (the backend's
+ * backward schedules, of the whole attention and of the blocks), and state memory linear in T (the backend's
  * attention_state_bytes doubles when T doubles).
  */
 #include <math.h>
@@ -289,6 +289,22 @@ static void check_blocks(insitra_test *t, int64_t T, int64_t hs, int64_t cp, boo
            (long long)cp, (long long)T, (long long)hs, causal ? "causal" : "bidirectional", e_out, e_lse, e_dqkv);
     printf("blocks cp=%lld T=%-4lld hs=%-3lld %-13s out %.2e  lse %.2e  dqkv %.2e\n", (long long)cp, (long long)T,
            (long long)hs, causal ? "causal" : "bidirectional", e_out, e_lse, e_dqkv);
+    /* the block backward's two schedules (per head; key and query passes when
+     * the threads outnumber the heads) give the same bits */
+    float *dqkv_ranks = malloc(sizeof(float) * (size_t)(3 * N * C));
+    float *dkv_ranks = malloc(sizeof(float) * (size_t)(2 * N * C));
+    memcpy(dqkv_ranks, k.dqkv, sizeof(float) * (size_t)(3 * N * C));
+    memcpy(dkv_ranks, k.dkv, sizeof(float) * (size_t)(2 * N * C));
+    const int threads = omp_get_max_threads(), other = threads > k.B * k.H ? 1 : (int)(k.B * k.H) + 1;
+    omp_set_num_threads(other);
+    cp_backward(&k);
+    omp_set_num_threads(threads);
+    EXPECT(t,
+           memcmp(dqkv_ranks, k.dqkv, sizeof(float) * (size_t)(3 * N * C)) == 0 &&
+               memcmp(dkv_ranks, k.dkv, sizeof(float) * (size_t)(2 * N * C)) == 0,
+           "cp=%lld T=%lld hs=%lld: the block backward differs between %d and %d threads", (long long)cp,
+           (long long)T, (long long)hs, threads, other);
+    free(dqkv_ranks), free(dkv_ranks);
     free(out), free(lse), free(dqkv);
     cp_case_free(&k);
 }

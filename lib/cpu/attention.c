@@ -377,14 +377,43 @@ void insitra_attention_block_backward(float *dqkv, float *dk, float *dv, const f
                                       int64_t Tk, int64_t C, int64_t H, int64_t q_pos, int64_t k_pos,
                                       bool causal)
 {
-    /* One task per head: it owns dq of its queries and dk, dv of the block's keys. */
+    /* Enough heads for every thread: one task per head, which owns dq of its
+     * queries and dk, dv of the block's keys. Otherwise, as in
+     * insitra_attention_backward, a pass over key tiles (dk, dv) and one over
+     * query tiles (dq), with T / 64 times as many tasks (a cp rank of a
+     * 4-head model on 8 threads left half of them idle). Both add the same
+     * terms in the same order: the same bits. */
+    if (B * H >= omp_get_max_threads()) {
 #pragma omp parallel for collapse(2) schedule(dynamic)
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t h = 0; h < H; h++) {
-            const head_view hv =
-                block_view(dqkv, dk, dv, dout, qkv, k, v, kvs, out, lse, b, h, Tq, Tk, C, H, q_pos, k_pos);
-            for (int64_t k0 = 0; k0 < Tk; k0 += BK) backward_keys_task(&hv, k0, causal, true);
-        }
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t h = 0; h < H; h++) {
+                const head_view hv =
+                    block_view(dqkv, dk, dv, dout, qkv, k, v, kvs, out, lse, b, h, Tq, Tk, C, H, q_pos, k_pos);
+                for (int64_t k0 = 0; k0 < Tk; k0 += BK) backward_keys_task(&hv, k0, causal, true);
+            }
+        return;
+    }
+    const int64_t nkb = (Tk + BK - 1) / BK, nqb = (Tq + BQ - 1) / BQ;
+#pragma omp parallel
+    {
+        /* the passes write disjoint rows (dk, dv; dq) and read only inputs */
+#pragma omp for collapse(3) schedule(dynamic) nowait
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t kb = 0; kb < nkb; kb++) {
+                    const head_view hv =
+                        block_view(dqkv, dk, dv, dout, qkv, k, v, kvs, out, lse, b, h, Tq, Tk, C, H, q_pos, k_pos);
+                    backward_keys_task(&hv, kb * BK, causal, false);
+                }
+#pragma omp for collapse(3) schedule(dynamic) nowait
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t qb = 0; qb < nqb; qb++) {
+                    const head_view hv =
+                        block_view(dqkv, dk, dv, dout, qkv, k, v, kvs, out, lse, b, h, Tq, Tk, C, H, q_pos, k_pos);
+                    backward_queries_task(&hv, qb * BQ, causal);
+                }
+    }
 }
 
 void insitra_attention_block_scale(float *a, int64_t rs, int64_t B, int64_t n, int64_t C, int64_t H)
