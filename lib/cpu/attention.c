@@ -259,70 +259,6 @@ static void backward_queries_task(const head_view *hv, int64_t q0, bool causal)
     }
 }
 
-/* rows (n,hs) at stride rs: zero them. */
-static void zero_rows(float *a, int64_t rs, int64_t n, int64_t hs)
-{
-    for (int64_t r = 0; r < n; r++) memset(a + r * rs, 0, (size_t)hs * sizeof(float));
-}
-
-/* The whole backward of one head in one task: five tile products instead of
- * seven, dq accumulated over the key blocks in the order the queries task
- * uses. */
-static void backward_head_task(const head_view *hv, bool causal)
-{
-    zero_rows(hv->dq, hv->qs, hv->Tq, hv->hs);
-    zero_rows(hv->dk, hv->kvs, hv->Tk, hv->hs);
-    zero_rows(hv->dv, hv->kvs, hv->Tk, hv->hs);
-    for (int64_t k0 = 0; k0 < hv->Tk; k0 += BK) backward_keys_task(hv, k0, causal, true);
-    scale_rows(hv->dq, hv->qs, hv->Tq, hv->hs, hv->scale);
-    scale_rows(hv->dk, hv->kvs, hv->Tk, hv->hs, hv->scale);
-}
-
-void insitra_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *out,
-                                const float *lse, int64_t B, int64_t T, int64_t C, int64_t H,
-                                bool causal)
-{
-    /* Enough heads for every thread: one task per head. Otherwise the two
-     * passes over key and query blocks, which recompute the tiles once more
-     * but give the threads T / 64 times as many tasks. Both give the same bits. */
-    if (B * H >= omp_get_max_threads()) {
-#pragma omp parallel for collapse(2) schedule(dynamic)
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t h = 0; h < H; h++) {
-                const head_view hv = head_at(dqkv, dout, qkv, out, lse, b, h, T, C, H);
-                backward_head_task(&hv, causal);
-            }
-        return;
-    }
-    const int64_t nkb = (T + BK - 1) / BK, nqb = (T + BQ - 1) / BQ;
-#pragma omp parallel
-    {
-        /* The two passes write disjoint columns of dqkv and read only the
-         * inputs, so a thread may start on the second before the first ends. */
-#pragma omp for collapse(3) schedule(dynamic) nowait
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t h = 0; h < H; h++)
-                for (int64_t kb = 0; kb < nkb; kb++) {
-                    const head_view hv = head_at(dqkv, dout, qkv, out, lse, b, h, T, C, H);
-                    const int64_t k0 = kb * BK, nk = min64(BK, T - k0);
-                    zero_rows(hv.dk + k0 * hv.kvs, hv.kvs, nk, hv.hs);
-                    zero_rows(hv.dv + k0 * hv.kvs, hv.kvs, nk, hv.hs);
-                    backward_keys_task(&hv, k0, causal, false);
-                    scale_rows(hv.dk + k0 * hv.kvs, hv.kvs, nk, hv.hs, hv.scale);
-                }
-#pragma omp for collapse(3) schedule(dynamic) nowait
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t h = 0; h < H; h++)
-                for (int64_t qb = 0; qb < nqb; qb++) {
-                    const head_view hv = head_at(dqkv, dout, qkv, out, lse, b, h, T, C, H);
-                    const int64_t q0 = qb * BQ, nq = min64(BQ, T - q0);
-                    zero_rows(hv.dq + q0 * hv.qs, hv.qs, nq, hv.hs);
-                    backward_queries_task(&hv, q0, causal);
-                    scale_rows(hv.dq + q0 * hv.qs, hv.qs, nq, hv.hs, hv.scale);
-                }
-    }
-}
-
 /* ---- blocks of keys (context parallelism) ---- */
 
 /* The view of head h of sample b: this rank's queries against one block. */
@@ -421,4 +357,19 @@ void insitra_attention_block_scale(float *a, int64_t rs, int64_t B, int64_t n, i
     const float scale = 1.0f / sqrtf((float)(C / H));
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < B; b++) scale_rows(a + b * n * rs, rs, n, C, scale);
+}
+
+/* The whole sample's attention is one block of keys at the queries' own
+ * positions: its gradients are the block's, added into zeroed dq, dk, dv
+ * and scaled once all terms are in (the same sums in the same order as a
+ * cp rank's, so the two schedules of the block backward serve both). */
+void insitra_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *out,
+                                const float *lse, int64_t B, int64_t T, int64_t C, int64_t H,
+                                bool causal)
+{
+    memset(dqkv, 0, (size_t)(B * T * 3 * C) * sizeof(float));
+    insitra_attention_block_backward(dqkv, dqkv + C, dqkv + 2 * C, dout, qkv, qkv + C, qkv + 2 * C, 3 * C, out,
+                                     lse, B, T, T, C, H, 0, 0, causal);
+    insitra_attention_block_scale(dqkv, 3 * C, B, T, C, H);     /* dq */
+    insitra_attention_block_scale(dqkv + C, 3 * C, B, T, C, H); /* dk */
 }
