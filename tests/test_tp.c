@@ -7,8 +7,8 @@
  *     dp 2 x tp 2 and cp 2 x tp 2, each rank holding its slices of the
  *     blocks' tensors and its token slice [s T/(cp tp), (s+1) T/(cp tp)) of
  *     each sample (s = cp_rank tp + tp_rank),
- * must give the same losses (5e-5 relative: TOL_TRAJECTORY says why), the
- * same evaluated loss (1e-5) and final parameters (1e-4 of
+ * must give the same losses and evaluated loss (1e-5 relative) and final
+ * parameters (1e-4 of
  * their largest magnitude, the tp slices put together), also with
  * training.recompute = block and micro-batches of one sample; replicated
  * tensors bit-identical on the ranks of a tp group; predict returns each
@@ -36,22 +36,20 @@
 #include "trainer.h"
 
 enum { STEPS = 20, T = 8, F = 3, BG = 4, N_SAMPLES = STEPS * BG, N_EVAL = 3, C_MODEL = 16, H = 4, LAYERS = 2 };
+/* Losses, evaluated loss: relative; parameters, predictions: of the largest
+ * magnitude. lr is 3e-3: at 1e-2 AdamW turned the rounding of the
+ * row-parallel sums (another order of addition) on parameters whose exact
+ * gradient is 0, the key biases, into whole steps, and 20 steps grew
+ * step 1's 5e-10 to 2e-5 with OpenBLAS's GEMMs and 9e-5 with oneDNN's: a
+ * measure of that chaos, not of tp. At 3e-3 both stay below 1e-7. */
 #define TOL_LOSS 1e-5
-/* The training losses: step 1 agrees with one rank's to 5e-10, but the
- * row-parallel sums add the group's partial products in another order, and
- * 20 AdamW steps at lr 1e-2 on this small model grow that rounding to
- * 1.9e-5 (tp 2; test_cp.c sees the same growth with held-out samples):
- * held to 5e-5, the final parameters and the evaluated loss still to 1e-4
- * and 1e-5. */
-#define TOL_TRAJECTORY 5e-5
 #define TOL_PARAM 1e-4
-#define TOL_KEY_BIAS 1e-3
 
 static float gx[N_SAMPLES][T][F], gy[N_SAMPLES][T][F];
 static const char *const YAML = "model: {seq_len: 8, in_features: 3, out_features: 3,\n"
                                 "        d_model: 16, n_layers: 2, n_heads: 4, causal: true}\n"
                                 "training: {seed: 7}\n"
-                                "optimizer: {lr: 1.0e-2, warmup_steps: 2, decay_steps: 20}\n"
+                                "optimizer: {lr: 3.0e-3, warmup_steps: 2, decay_steps: 20}\n"
                                 "data: {capacity: 80, sampler: sequential, normalize: running}\n";
 
 static const insitra_model_dims WHOLE = {
@@ -209,37 +207,11 @@ static bool run(insitra_test *tc, MPI_Comm comm, int stage, int cp, int tp, traj
     return ok;
 }
 
-static double max_abs(const float *v, int64_t n)
-{
-    double m = 0;
-    for (int64_t i = 0; i < n; i++) m = fmax(m, fabs((double)v[i]));
-    return m;
-}
-
 static void compare(insitra_test *tc, const trajectory *a, const trajectory *ref, const char *what)
 {
     double dl = 0;
     for (int k = 0; k < STEPS; k++) dl = fmax(dl, insitra_test_rel_error(a->loss[k], ref->loss[k]));
-    /* The key biases' exact gradient is 0 (softmax ignores a shift of a
-     * query's scores) and AdamW turns their rounding noise into steps: held
-     * to 1e-3 of max |p| as in test_cp.c, everything else to 1e-4. */
-    float *p = malloc((size_t)ref->count * sizeof(float));
-    memcpy(p, a->params, (size_t)ref->count * sizeof(float));
-    insitra_param_layout l;
-    double dkb = 0;
-    if (insitra_param_layout_create(&l, &WHOLE) == INSITRA_STATUS_OK) {
-        for (int64_t i = 0; i < l.num_tensors; i++) {
-            if (!strstr(l.tensors[i].name, "attn.qkv.bias")) continue;
-            for (int64_t j = l.tensors[i].offset + C_MODEL; j < l.tensors[i].offset + 2 * C_MODEL; j++) {
-                dkb = fmax(dkb, fabs((double)p[j] - (double)ref->params[j]));
-                p[j] = ref->params[j];
-            }
-        }
-        insitra_param_layout_free(&l);
-    }
-    const double dp = insitra_test_max_error(p, ref->params, ref->count);
-    dkb /= fmax(max_abs(ref->params, ref->count), 1e-30);
-    free(p);
+    const double dp = insitra_test_max_error(a->params, ref->params, ref->count);
     const double de = insitra_test_rel_error(a->eval, ref->eval);
     /* only this rank's tokens were filled in a->pred: compare those */
     float mine[N_EVAL][T][F] = {{{0}}};
@@ -253,11 +225,10 @@ static void compare(insitra_test *tc, const trajectory *a, const trajectory *ref
             printf("  step %d: %.9g %.9g %.2e\n", k + 1, ref->loss[k], a->loss[k],
                    insitra_test_rel_error(a->loss[k], ref->loss[k]));
     if (tc->rank == 0)
-        printf("%s: vs one rank: loss %.2e, params %.2e (key biases %.2e), evaluate %.2e, predict %.2e\n", what,
-               dl, dp, dkb, de, dpred);
-    EXPECT(tc, dl <= TOL_TRAJECTORY, "%s: losses differ from tp 1's by %.3e", what, dl);
+        printf("%s: vs one rank: loss %.2e, params %.2e, evaluate %.2e, predict %.2e\n", what, dl, dp, de,
+               dpred);
+    EXPECT(tc, dl <= TOL_LOSS, "%s: losses differ from tp 1's by %.3e", what, dl);
     EXPECT(tc, dp <= TOL_PARAM, "%s: parameters differ from tp 1's by %.3e", what, dp);
-    EXPECT(tc, dkb <= TOL_KEY_BIAS, "%s: key biases differ from tp 1's by %.3e", what, dkb);
     EXPECT(tc, de <= TOL_LOSS, "%s: evaluate differs from tp 1's by %.3e", what, de);
     EXPECT(tc, dpred <= TOL_PARAM, "%s: predictions differ from tp 1's by %.3e", what, dpred);
 }
